@@ -1,0 +1,26 @@
+"""dask_em: EM for latent-variable models on data larger than memory, on Dask.
+
+>>> from dask_em import GaussianMixture
+>>> gmm = GaussianMixture(n_components=4).fit("data.zarr")   # doctest: +SKIP
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from dask_em.data import open_zarr_array
+from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
+from dask_em.mixture import GaussianMixture
+from dask_em.model_io import load
+
+try:
+    __version__ = version("dask_em")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ConvergenceWarning",
+    "EmptyComponentWarning",
+    "GaussianMixture",
+    "__version__",
+    "load",
+    "open_zarr_array",
+]

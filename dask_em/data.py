@@ -1,0 +1,244 @@
+"""Input data: conversion to row-chunked dask arrays, validation, and the scan pass.
+
+Accepted inputs for ``X`` (n_samples, n_features):
+
+- a NumPy array (or anything ``np.asarray`` takes),
+- a dask array,
+- an xarray DataArray, first dim the samples (e.g. ``("sample", "feature")``),
+- the path or URL of a Zarr array (``"data.zarr"``, ``"data.zarr/X"``, ``"s3://..."``).
+
+Chunks run along samples only: a feature axis split across chunks is rechunked into
+one.  Integer and boolean data become float64, float16 becomes float32; float32 stays
+float32 (the kernels keep the E-step products in float32 and accumulate in float64).
+
+NaN/inf are found before any fitting: at once for NumPy input, and in the *scan pass*
+for lazy input, which reads every block once to check it and to draw the sample used
+for initialization (:func:`scan_block`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+#: Target size of one chunk when dask_em chunks in-memory data itself.
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+def open_zarr_array(path: str | os.PathLike, storage_options: dict | None = None) -> da.Array:
+    """A dask array over the Zarr array at ``path`` (local path or fsspec URL)."""
+    import zarr
+
+    location = os.fspath(path)
+    try:
+        node = zarr.open(store=location, mode="r", storage_options=storage_options)
+    except FileNotFoundError:
+        raise ValueError(f"{location!r} is not a Zarr array: nothing found there") from None
+    except Exception as error:  # zarr raises several types for unreadable stores
+        raise ValueError(f"{location!r} is not a readable Zarr array: {error}") from None
+    if isinstance(node, zarr.Group):
+        members = sorted(name for name, _ in node.arrays())
+        hint = f"; its arrays are {members}" if members else " with no arrays"
+        raise ValueError(
+            f"{location!r} is a Zarr group, not an array{hint}. "
+            f"Pass the path of one array, e.g. {location.rstrip('/')}/{(members or ['X'])[0]}"
+        )
+    return da.from_zarr(node)
+
+
+def _chunk_rows(n_features: int, itemsize: int) -> int:
+    return max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * itemsize))
+
+
+def as_row_chunked(X: Any, *, storage_options: dict | None = None) -> da.Array:
+    """``X`` as a 2-D float dask array chunked along rows only (see module docstring).
+
+    Raises ValueError for a path that is not a Zarr array, for input that is not 2-D and
+    for non-numeric dtypes; NumPy input is also checked for NaN/inf here.
+    """
+    if isinstance(X, (str, os.PathLike)):
+        X = open_zarr_array(X, storage_options)
+    elif _is_xarray(X):
+        if X.ndim != 2:
+            raise ValueError(
+                f"expected a 2-D DataArray (sample, feature), got dims {tuple(X.dims)}"
+            )
+        X = X.data
+    if not isinstance(X, da.Array):
+        X = as_float_matrix(X)
+        X = da.from_array(X, chunks=(_chunk_rows(X.shape[1], X.itemsize), -1))
+    else:
+        _check_shape_dtype(X.shape, X.dtype)
+        X = _as_float(X)
+    if any(math_isnan(c) for c in X.chunks[0]):
+        raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
+    if len(X.chunks[1]) != 1:
+        X = X.rechunk({1: -1})
+    return X
+
+
+def as_float_matrix(X: Any) -> np.ndarray:
+    """In-memory ``X`` as a checked 2-D float NumPy array (shape, dtype, NaN/inf)."""
+    X = np.asarray(X)
+    _check_shape_dtype(X.shape, X.dtype)
+    X = _as_float(X)
+    check_finite_numpy(X)
+    return X
+
+
+def math_isnan(value) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def _is_xarray(X: Any) -> bool:
+    return type(X).__module__.startswith("xarray") and hasattr(X, "dims")
+
+
+def _check_shape_dtype(shape: tuple, dtype: np.dtype) -> None:
+    if len(shape) != 2:
+        raise ValueError(
+            f"expected 2-D data of shape (n_samples, n_features), got {len(shape)}-D data "
+            f"of shape {shape}; reshape a single feature with X.reshape(-1, 1)"
+        )
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(
+        dtype, np.complexfloating
+    ):
+        raise ValueError(f"X must hold real numbers, got dtype {dtype}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"X is empty: shape {shape}")
+
+
+def _as_float(X):
+    if X.dtype in (np.float32, np.float64):
+        return X
+    if X.dtype == np.float16:
+        return X.astype(np.float32)
+    return X.astype(np.float64)
+
+
+def describe_nonfinite(count: int, row: int, col: int, what: str = "X") -> str:
+    return (
+        f"{what} contains {count} NaN or infinite value{'s' if count != 1 else ''}; "
+        f"the first is at row {row}, column {col}"
+    )
+
+
+def check_finite_numpy(X: np.ndarray, what: str = "X") -> None:
+    """Raise ValueError naming the count and first position of NaN/inf in ``X``."""
+    bad = ~np.isfinite(X)
+    count = int(bad.sum())
+    if count:
+        position = np.argwhere(bad)[0]
+        raise ValueError(describe_nonfinite(count, *map(int, position), what=what))
+
+
+def as_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
+    """Per-row weights (n_samples,) chunked like X's rows; checked if in memory."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, da.Array):
+        w = sample_weight
+    else:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.ndim == 1 and w.shape[0] == X.shape[0]:
+            if not np.all(np.isfinite(w)):
+                raise ValueError("sample_weight contains NaN or infinite values")
+            if np.any(w < 0):
+                raise ValueError(
+                    f"sample_weight must be non-negative; first negative at row "
+                    f"{int(np.argmax(w < 0))}"
+                )
+            if not w.sum() > 0:
+                raise ValueError("sample_weight sums to zero")
+    if w.ndim != 1 or w.shape[0] != X.shape[0]:
+        raise ValueError(f"sample_weight must have shape ({X.shape[0]},) to match X, got {w.shape}")
+    if isinstance(w, np.ndarray):
+        w = da.from_array(w, chunks=(X.chunks[0],))
+    w = w.astype(np.float64)
+    if w.chunks[0] != X.chunks[0]:
+        w = w.rechunk((X.chunks[0],))
+    return w
+
+
+def row_offsets(X: da.Array) -> list[int]:
+    """Index of the first row of each block."""
+    return [int(v) for v in np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]])]
+
+
+# --------------------------------------------------------------------------- scan pass
+def scan_block(
+    _shared: Any,
+    X: np.ndarray,
+    w: np.ndarray | None,
+    n_pick: int,
+    seed: int,
+    row_offset: int,
+) -> dict[str, Any]:
+    """Check one block for NaN/inf (and bad weights) and draw ``n_pick`` rows from it.
+
+    Returns ``sample`` (n_pick, D) float64, ``sample_weight`` (n_pick,), and counts and
+    first global positions of problems.  Merging is concatenation (:func:`merge_scans`).
+    """
+    bad = ~np.isfinite(X)
+    n_bad = int(bad.sum())
+    first_bad = None
+    if n_bad:
+        r, c = np.argwhere(bad)[0]
+        first_bad = (row_offset + int(r), int(c))
+    n_bad_w, first_bad_w = 0, None
+    if w is not None:
+        bad_w = ~np.isfinite(w) | (w < 0)
+        n_bad_w = int(bad_w.sum())
+        if n_bad_w:
+            first_bad_w = row_offset + int(np.argmax(bad_w))
+    rng = np.random.default_rng(seed)
+    n_pick = min(int(n_pick), len(X))
+    rows = np.sort(rng.choice(len(X), size=n_pick, replace=False)) if n_pick else []
+    sample = np.asarray(X[rows], dtype=np.float64).reshape(n_pick, X.shape[1])
+    sample_w = np.ones(n_pick) if w is None else np.asarray(w[rows], dtype=np.float64)
+    return {
+        "sample": sample,
+        "sample_weight": sample_w,
+        "n_nonfinite": n_bad,
+        "first_nonfinite": first_bad,
+        "n_bad_weight": n_bad_w,
+        "first_bad_weight": first_bad_w,
+        "weight": float(len(X)) if w is None else float(np.sum(w, dtype=np.float64)),
+    }
+
+
+def _first(a, b):
+    candidates = [p for p in (a, b) if p is not None]
+    return min(candidates) if candidates else None
+
+
+def merge_scans(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Concatenate samples and add up the problem counts, in block order."""
+    out = dict(parts[0])
+    for b in parts[1:]:
+        out = {
+            "sample": np.concatenate([out["sample"], b["sample"]]),
+            "sample_weight": np.concatenate([out["sample_weight"], b["sample_weight"]]),
+            "n_nonfinite": out["n_nonfinite"] + b["n_nonfinite"],
+            "first_nonfinite": _first(out["first_nonfinite"], b["first_nonfinite"]),
+            "n_bad_weight": out["n_bad_weight"] + b["n_bad_weight"],
+            "first_bad_weight": _first(out["first_bad_weight"], b["first_bad_weight"]),
+            "weight": out["weight"] + b["weight"],
+        }
+    return out
+
+
+def raise_for_scan_problems(scan: dict[str, Any]) -> None:
+    """ValueError naming the count and first position of NaN/inf or bad weights."""
+    if scan["n_nonfinite"]:
+        raise ValueError(describe_nonfinite(scan["n_nonfinite"], *scan["first_nonfinite"]))
+    if scan["n_bad_weight"]:
+        raise ValueError(
+            f"sample_weight contains {scan['n_bad_weight']} negative, NaN or infinite "
+            f"values; the first is at row {scan['first_bad_weight']}"
+        )
+    if not scan["weight"] > 0:
+        raise ValueError("sample_weight sums to zero")

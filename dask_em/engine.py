@@ -1,0 +1,286 @@
+"""The EM engine: the only code in dask_em that knows Dask.
+
+One pass over the data is one small graph:
+
+    params-<model>-<token>                     the parameters, one literal key
+    estep-<model>-<token>, i                   block_stats(params, X_i, w_i), one per block
+    reduce-<model>-<token>, level, j           merge of up to ``split_every`` children
+
+so each worker receives the parameters once, the E-step and the statistics of a block
+run fused in one task where the block lives, and only statistics of size O(K D^2)
+travel up a tree to the client, which runs the M-step.  The task names show up as
+``estep-<model>`` and ``reduce-<model>`` in the dashboard's task stream.
+
+Data placement (``cache``): ``"memory"`` persists X (and the sample weights) in the
+cluster once; ``"stream"`` keeps the graph that reads X (e.g. from Zarr), so every pass
+reads it again and never holds more than a few blocks per worker; ``"auto"`` persists
+when X takes at most half of the cluster's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import psutil
+from dask.delayed import Delayed, delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from dask_em.families.base import Family, Params, Stats
+
+logger = logging.getLogger(__name__)
+
+CACHE_MODES = ("auto", "memory", "stream")
+
+#: In "auto" mode, persist when the data takes at most this share of cluster memory.
+AUTO_PERSIST_SHARE = 0.5
+
+#: An objective that falls by more than this (relative) is reported as a decrease.
+MONOTONE_TOLERANCE = 1e-10
+
+
+def active_client():
+    """The current ``distributed.Client``, or None when Dask runs without one."""
+    try:
+        from distributed import get_client
+    except ImportError:  # pragma: no cover - distributed is a core dependency
+        return None
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
+@dataclass
+class IterationRecord:
+    """One EM iteration: objective at the parameters the iteration started from."""
+
+    iteration: int
+    objective: float
+    change: float
+    seconds: float
+    reseeded: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "objective": self.objective,
+            "change": self.change,
+            "seconds": self.seconds,
+            "reseeded": list(self.reseeded),
+        }
+
+
+@dataclass
+class FitResult:
+    """What :meth:`EMEngine.run` returns."""
+
+    params: Params
+    history: list[IterationRecord] = field(default_factory=list)
+    converged: bool = False
+    n_iter: int = 0
+    lower_bound: float = -math.inf
+
+
+class EMEngine:
+    """Runs passes of block functions and full EM loops over a row-chunked dask array.
+
+    Parameters
+    ----------
+    X : dask array (n_samples, n_features), chunked along rows only.
+    sample_weight : dask array (n_samples,) with X's row chunks, or None.
+    model : short name used in task names (``estep-<model>``).
+    cache : "auto", "memory" or "stream" (see module docstring).
+    split_every : fan-in of the reduction tree.
+    """
+
+    def __init__(
+        self,
+        X: da.Array,
+        sample_weight: da.Array | None = None,
+        *,
+        model: str,
+        cache: str = "auto",
+        split_every: int = 8,
+    ):
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+        if len(X.chunks[1]) != 1:
+            raise ValueError("EMEngine needs the feature axis in one chunk; rechunk X first")
+        if split_every < 2:
+            raise ValueError(f"split_every must be at least 2, got {split_every}")
+        self.model = model
+        self.split_every = split_every
+        self.client = active_client()
+        self.persisted = self._should_persist(X, sample_weight, cache)
+        if self.persisted:
+            X, sample_weight = self._persist(X, sample_weight)
+        self.X = X
+        self.sample_weight = sample_weight
+
+    # -- placement ------------------------------------------------------------------
+    def memory_budget(self) -> int:
+        """Bytes of memory the cluster (or this machine, without a client) offers."""
+        if self.client is not None:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+            limits = [w.get("memory_limit") or 0 for w in workers]
+            if limits and all(limits):
+                return int(sum(limits))
+            return int(psutil.virtual_memory().total)
+        return int(psutil.virtual_memory().available)
+
+    def _should_persist(self, X, sample_weight, cache) -> bool:
+        if cache != "auto":
+            return cache == "memory"
+        nbytes = X.nbytes + (0 if sample_weight is None else sample_weight.nbytes)
+        return nbytes <= AUTO_PERSIST_SHARE * self.memory_budget()
+
+    def _persist(self, X, sample_weight):
+        collections = (X,) if sample_weight is None else (X, sample_weight)
+        if self.client is not None:
+            persisted = self.client.persist(list(collections))
+        else:
+            persisted = dask.persist(*collections)
+        logger.info("persisted %.1f MB of data in %s", X.nbytes / 1e6, self._where())
+        return persisted[0], (persisted[1] if sample_weight is not None else None)
+
+    def _where(self) -> str:
+        return "the cluster" if self.client is not None else "local memory"
+
+    @property
+    def n_blocks(self) -> int:
+        return self.X.numblocks[0]
+
+    def release(self) -> None:
+        """Drop references to persisted data so the cluster can free it."""
+        self.X = None
+        self.sample_weight = None
+
+    # -- one pass -------------------------------------------------------------------
+    def map_reduce(
+        self,
+        block_func: Callable[..., Stats],
+        merge: Callable[..., Stats],
+        shared: Any,
+        *,
+        stage: str = "estep",
+        per_block: Sequence[tuple] | None = None,
+    ) -> Stats:
+        """``merge(block_func(shared, X_i, w_i, *per_block[i]) for every block i)``.
+
+        ``shared`` is sent once (one literal key); ``per_block[i]`` holds small extra
+        arguments (ints, floats) for block i.  The reduction is a fixed tree, so the same
+        chunking always merges in the same order (bitwise reproducible).
+        """
+        token = uuid.uuid4().hex[:16]
+        map_name = f"{stage}-{self.model}-{token}"
+        reduce_name = f"reduce-{self.model}-{token}"
+        shared_node = delayed(shared, name=f"params-{self.model}-{token}", traverse=False)
+        dsk: dict = {}
+        keys = []
+        for i in range(self.n_blocks):
+            w_key = None if self.sample_weight is None else (self.sample_weight.name, i)
+            extra = tuple(per_block[i]) if per_block is not None else ()
+            dsk[(map_name, i)] = (block_func, shared_node.key, (self.X.name, i, 0), w_key, *extra)
+            keys.append((map_name, i))
+        level = 0
+        while len(keys) > 1 or level == 0:
+            parents = []
+            for j in range(0, len(keys), self.split_every):
+                key = (reduce_name, level, j // self.split_every)
+                dsk[key] = (merge, *keys[j : j + self.split_every])
+                parents.append(key)
+            keys = parents
+            level += 1
+        dependencies = [self.X, shared_node]
+        if self.sample_weight is not None:
+            dependencies.append(self.sample_weight)
+        graph = HighLevelGraph.from_collections(reduce_name, dsk, dependencies=dependencies)
+        result = Delayed(keys[0], graph, layer=reduce_name)
+        if self.client is not None:
+            return self.client.compute(result).result()
+        return result.compute()
+
+    # -- the EM loop ----------------------------------------------------------------
+    def run(
+        self,
+        family: Family,
+        params: Params,
+        *,
+        max_iter: int,
+        tol: float,
+        repair: Callable[[Params, Stats], tuple[Params, tuple[int, ...]]] | None = None,
+        callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
+    ) -> FitResult:
+        """EM from ``params`` until the mean objective changes by less than ``tol``.
+
+        Each iteration evaluates the objective at the current parameters (E-step), then
+        moves them (M-step), exactly as scikit-learn's ``BaseMixture.fit``; ``lower_bound``
+        is the objective of the last E-step.  ``repair(params, stats)`` may fix up the
+        new parameters (re-seeding) and returns the indices it changed.
+        """
+        result = FitResult(params=params)
+        previous = -math.inf
+        for iteration in range(1, max_iter + 1):
+            started = time.perf_counter()
+            stats = self.map_reduce(family.block_stats, family.merge, params, stage="estep")
+            objective = family.objective(stats, params)
+            if not math.isfinite(objective):
+                raise FloatingPointError(
+                    f"the objective became {objective} at iteration {iteration}; "
+                    "check the data for extreme values or increase regularization"
+                )
+            new_params = family.m_step(stats)
+            changed: tuple[int, ...] = ()
+            if repair is not None:
+                new_params, changed = repair(new_params, stats)
+            change = objective - previous
+            record = IterationRecord(
+                iteration, objective, change, time.perf_counter() - started, changed
+            )
+            self._check_monotone(record, result.history)
+            result.history.append(record)
+            logger.info(
+                "%s iteration %d: objective %.10g, change %.3g, %.3f s",
+                self.model,
+                iteration,
+                objective,
+                change,
+                record.seconds,
+            )
+            for callback in callbacks:
+                callback(record, new_params)
+            params = new_params
+            result.params, result.n_iter, result.lower_bound = params, iteration, objective
+            if abs(change) < tol:
+                result.converged = True
+                break
+            previous = objective
+        return result
+
+    @staticmethod
+    def _check_monotone(record: IterationRecord, history: list[IterationRecord]) -> None:
+        if not history or history[-1].reseeded:
+            return
+        before = history[-1].objective
+        if record.objective < before - MONOTONE_TOLERANCE * max(1.0, abs(before)):
+            logger.warning(
+                "objective decreased at iteration %d: %.12g -> %.12g",
+                record.iteration,
+                before,
+                record.objective,
+            )
+
+
+def blockwise_seeds(seed: int, n_blocks: int) -> list[int]:
+    """Independent 63-bit seeds, one per block, derived from one seed."""
+    children = np.random.SeedSequence(seed).spawn(n_blocks)
+    return [int(child.generate_state(2, np.uint32).view(np.uint64)[0] >> 1) for child in children]

@@ -1,0 +1,88 @@
+"""The contract every family of kernels fulfils, and helpers for additive statistics.
+
+A *family* is a bundle of pure NumPy functions that work on ONE block of data and know
+nothing of Dask.  One EM iteration is
+
+    stats_b = family.block_stats(params, X_b, w_b)      for every block b (on workers)
+    stats   = family.merge(stats_1, stats_2, ...)        tree reduction (anywhere)
+    params  = family.m_step(stats)                       on the client
+
+``Stats`` are plain ``dict[str, np.ndarray | float]`` in float64.  They are *additive*:
+for any partition of the rows into A and B, ``merge(stats(A), stats(B)) == stats(A ∪ B)``
+up to rounding.  Most fields are plain sums; first and second moments are carried in a
+centred form (per-component weighted mean and scatter about that mean) and merged with
+the pairwise update of Chan, Golub and LeVeque (1979), which is exact in real arithmetic
+and avoids the catastrophic cancellation of ``E[xx] - m m^T``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+Stats = dict[str, Any]
+Params = dict[str, Any]
+
+
+class Family(Protocol):
+    """What the engine needs from a model to run EM on it (see module docstring)."""
+
+    name: str
+
+    def block_stats(self, params: Params, X: np.ndarray, w: np.ndarray | None) -> Stats:
+        """E-step fused with statistics for one block ``X`` of shape (n, D)."""
+
+    def merge(self, *parts: Stats) -> Stats:
+        """Combine the statistics of disjoint blocks (associative)."""
+
+    def m_step(self, stats: Stats) -> Params:
+        """New parameters from merged statistics."""
+
+    def objective(self, stats: Stats, params: Params) -> float:
+        """Mean per-sample objective at ``params`` (log-likelihood [+ log-prior]) / weight."""
+
+
+def merge_centred_moments(
+    nk_a: np.ndarray,
+    mean_a: np.ndarray,
+    nk_b: np.ndarray,
+    mean_b: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise merge of weighted means (Chan et al. 1979, eq. 2.1).
+
+    Parameters
+    ----------
+    nk_a, nk_b : (K,) total weight of each component in blocks A and B.
+    mean_a, mean_b : (K, D) weighted means of each component in A and B (0 where nk is 0).
+
+    Returns
+    -------
+    nk : (K,) merged weight.
+    mean : (K, D) merged mean ``mean_a + delta * nk_b / nk``.
+    delta : (K, D) ``mean_b - mean_a``.
+    correction : (K,) ``nk_a * nk_b / nk``; the merged scatter is
+        ``scatter_a + scatter_b + correction * delta delta^T`` (or its diagonal/trace).
+    """
+    nk = nk_a + nk_b
+    frac_b = np.divide(nk_b, nk, out=np.zeros_like(nk), where=nk > 0)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * frac_b[:, None]
+    correction = nk_a * frac_b
+    return nk, mean, delta, correction
+
+
+def add_fields(a: Mapping[str, Any], b: Mapping[str, Any], names: Sequence[str]) -> Stats:
+    """``{name: a[name] + b[name]}`` for the plainly additive fields."""
+    return {name: a[name] + b[name] for name in names}
+
+
+def log_normalize(weighted_log_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bayes' rule in log space: returns ``log p(x_i)`` (n,) and responsibilities (n, K)."""
+    peak = weighted_log_prob.max(axis=1, keepdims=True)
+    peak[~np.isfinite(peak)] = 0.0
+    shifted = np.exp(weighted_log_prob - peak)
+    total = shifted.sum(axis=1, keepdims=True)
+    shifted /= total
+    return (np.log(total) + peak)[:, 0], shifted

@@ -1,0 +1,468 @@
+"""Gaussian mixture kernels: log-densities, block statistics and the M-step.
+
+Pure NumPy/SciPy on ONE block; no Dask here.  Shapes, with K components and D features:
+
+================  ==================  ========================  =====================
+covariance_type   covariances         precisions_cholesky       scatter statistic
+================  ==================  ========================  =====================
+"full"            (K, D, D)           (K, D, D)                 (K, D, D)
+"tied"            (D, D)              (D, D)                    (D, D)
+"diag"            (K, D)              (K, D)                    (K, D)
+"spherical"       (K,)                (K,)                      (K,)
+================  ==================  ========================  =====================
+
+As in scikit-learn, only the Cholesky factor ``L`` of each precision matrix is used in the
+E-step (``precision = L L^T``): the Mahalanobis term is ``||(x - mu) L||^2`` and
+``log det(precision)^{1/2} = sum(log diag L)``; nothing is ever inverted.
+
+Numerics: each block is first shifted by ``params["center"]`` (the mixture's overall
+mean), so data far from the origin (values around 1e6 with unit spread) loses no
+precision in the E-step, and float32 blocks can keep the matrix products in float32.
+Statistics are always float64 and centred: per component the weighted mean and the
+scatter ``sum_i r_ik (x_i - m_k)(x_i - m_k)^T`` about it, merged across rows with
+:func:`dask_em.families.base.merge_centred_moments`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from dask_em.families.base import (
+    Params,
+    Stats,
+    add_fields,
+    log_normalize,
+    merge_centred_moments,
+)
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+#: Rows handled at once inside a block, so the (rows, K*D) temporaries stay in cache.
+ROWS_PER_SLICE = 4096
+
+#: A component whose weight falls to this share of the total (or below) is empty.
+EMPTY_COMPONENT_SHARE = 1e-12
+
+_ADDITIVE_FIELDS = ("weight", "n_rows", "loglik")
+
+
+# --------------------------------------------------------------------------- precisions
+def compute_precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Cholesky factors ``L`` of the precision matrices (``precision = L L^T``).
+
+    Raises a ValueError that says what to do when a covariance is not positive definite.
+    """
+    message = (
+        "Fitting the mixture model failed because some components have ill-defined "
+        "empirical covariance (for instance caused by singleton or collapsed samples). "
+        "Try to decrease the number of components, increase reg_covar, or scale the "
+        "input data."
+    )
+    if covariance_type in ("full", "tied"):
+        stack = covariances[None] if covariance_type == "tied" else covariances
+        n_features = stack.shape[-1]
+        eye = np.eye(n_features)
+        out = np.empty_like(stack, dtype=np.float64)
+        for k, cov in enumerate(stack):
+            try:
+                cov_chol = linalg.cholesky(cov, lower=True)
+            except linalg.LinAlgError:
+                raise ValueError(message) from None
+            out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
+        return out[0] if covariance_type == "tied" else out
+    if np.any(np.less_equal(covariances, 0.0)) or not np.all(np.isfinite(covariances)):
+        raise ValueError(message)
+    return 1.0 / np.sqrt(covariances)
+
+
+def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """``precision = L L^T`` (full, tied) or ``L**2`` (diag, spherical)."""
+    if covariance_type == "full":
+        return prec_chol @ prec_chol.transpose(0, 2, 1)
+    if covariance_type == "tied":
+        return prec_chol @ prec_chol.T
+    return prec_chol**2
+
+
+def cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Inverse of :func:`precisions_from_cholesky` (lower Cholesky factor of each)."""
+    if covariance_type == "full":
+        return np.stack([linalg.cholesky(p, lower=True) for p in precisions])
+    if covariance_type == "tied":
+        return linalg.cholesky(precisions, lower=True)
+    return np.sqrt(precisions)
+
+
+def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Covariances ``(L L^T)^{-1}`` from precision Cholesky factors."""
+    if covariance_type == "full":
+        return np.stack([_inverse_from_cholesky(L) for L in prec_chol])
+    if covariance_type == "tied":
+        return _inverse_from_cholesky(prec_chol)
+    return 1.0 / prec_chol**2
+
+
+def _inverse_from_cholesky(L: np.ndarray) -> np.ndarray:
+    # (L L^T)^{-1} = L^{-T} L^{-1}
+    L_inv = linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True)
+    return L_inv.T @ L_inv
+
+
+def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
+    """``log det(precision_k)^{1/2}`` for each component, shape (K,) (or scalar, tied)."""
+    if covariance_type == "full":
+        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+    if covariance_type == "tied":
+        return np.log(np.diag(prec_chol)).sum()
+    if covariance_type == "diag":
+        return np.log(prec_chol).sum(axis=1)
+    return n_features * np.log(prec_chol)
+
+
+# --------------------------------------------------------------------------- E-step
+def _mahalanobis_full(Xc, means_c, prec_chol):
+    # y_k = (x - mu_k) L_k for all k by ONE matrix product: [L_1 ... L_K] is (D, K*D).
+    n_components, n_features = means_c.shape
+    stacked = prec_chol.transpose(1, 0, 2).reshape(n_features, n_components * n_features)
+    offsets = np.einsum("kd,kde->ke", means_c, prec_chol).reshape(-1)
+    y = Xc @ stacked.astype(Xc.dtype, copy=False)
+    y -= offsets.astype(Xc.dtype, copy=False)
+    y *= y
+    return y.reshape(len(Xc), n_components, n_features).sum(axis=2)
+
+
+def _mahalanobis_tied(Xc, means_c, prec_chol):
+    P = prec_chol.astype(Xc.dtype, copy=False)
+    y = Xc @ P
+    offsets = (means_c @ prec_chol).astype(Xc.dtype, copy=False)
+    return (y * y).sum(axis=1)[:, None] - 2.0 * (y @ offsets.T) + (offsets * offsets).sum(1)
+
+
+def _mahalanobis_diag(Xc, means_c, prec_chol):
+    precisions = (prec_chol**2).astype(Xc.dtype, copy=False)
+    mp = (means_c * prec_chol**2).astype(Xc.dtype, copy=False)
+    const = (means_c**2 * prec_chol**2).sum(axis=1)
+    return (Xc * Xc) @ precisions.T - 2.0 * (Xc @ mp.T) + const
+
+
+def _mahalanobis_spherical(Xc, means_c, prec_chol):
+    precisions = prec_chol**2
+    sq_norm = (Xc * Xc).sum(axis=1)[:, None]
+    cross = Xc @ means_c.T.astype(Xc.dtype, copy=False)
+    return (sq_norm - 2.0 * cross + (means_c**2).sum(axis=1)) * precisions
+
+
+_MAHALANOBIS = {
+    "full": _mahalanobis_full,
+    "tied": _mahalanobis_tied,
+    "diag": _mahalanobis_diag,
+    "spherical": _mahalanobis_spherical,
+}
+
+
+def estimate_log_gaussian_prob(
+    X: np.ndarray,
+    means: np.ndarray,
+    prec_chol: np.ndarray,
+    covariance_type: str,
+    center: np.ndarray | None = None,
+) -> np.ndarray:
+    """``log N(x_i | mu_k, Sigma_k)``, shape (n, K), float64.
+
+    ``X`` is (n, D) float32 or float64; the products run in X's dtype after shifting by
+    ``center`` (D,), which must be close to the data (the mixture mean is).
+    """
+    n_features = X.shape[1]
+    if center is None:
+        center = np.zeros(n_features)
+    Xc = X - center.astype(X.dtype, copy=False)
+    means_c = means - center
+    maha = _MAHALANOBIS[covariance_type](Xc, means_c, prec_chol).astype(np.float64, copy=False)
+    log_det = log_det_cholesky(prec_chol, covariance_type, n_features)
+    return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
+
+
+# --------------------------------------------------------------------------- statistics
+def _scatter_full(Xc, resp, means_c):
+    # Z[k, i, :] = sqrt(r_ik) (x_i - m_k);  scatter_k = Z_k^T Z_k
+    Z = (Xc[None, :, :] - means_c[:, None, :]) * np.sqrt(resp.T)[:, :, None]
+    return Z.transpose(0, 2, 1) @ Z
+
+
+def _scatter_tied(Xc, resp, means_c):
+    return _scatter_full(Xc, resp, means_c).sum(axis=0)
+
+
+def _scatter_diag(Xc, resp, means_c):
+    diff = Xc[None, :, :] - means_c[:, None, :]
+    return np.einsum("ki,kid->kd", resp.T, diff * diff)
+
+
+def _scatter_spherical(Xc, resp, means_c):
+    return _scatter_diag(Xc, resp, means_c).sum(axis=1)
+
+
+_SCATTER = {
+    "full": _scatter_full,
+    "tied": _scatter_tied,
+    "diag": _scatter_diag,
+    "spherical": _scatter_spherical,
+}
+
+
+def _merge_scatter(covariance_type, scatter_a, scatter_b, delta, correction):
+    total = scatter_a + scatter_b
+    if covariance_type == "full":
+        return total + correction[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    if covariance_type == "tied":
+        return total + np.einsum("k,ki,kj->ij", correction, delta, delta)
+    if covariance_type == "diag":
+        return total + correction[:, None] * delta**2
+    return total + correction * (delta**2).sum(axis=1)
+
+
+def stats_from_responsibilities(
+    X: np.ndarray,
+    resp: np.ndarray,
+    covariance_type: str,
+    center: np.ndarray | None = None,
+) -> Stats:
+    """Weighted centred moments of one slice, given (already weighted) responsibilities.
+
+    ``resp`` (n, K) holds ``w_i * r_ik``.  Returns the fields ``nk`` (K,), ``means``
+    (K, D, absolute coordinates) and ``scatter`` (see the module table); ``weight``,
+    ``n_rows`` and ``loglik`` are the caller's.
+    """
+    n_features = X.shape[1]
+    if center is None:
+        center = np.zeros(n_features)
+    Xc = np.asarray(X, dtype=np.float64) - center
+    nk = resp.sum(axis=0)
+    sums = resp.T @ Xc
+    means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
+    scatter = _SCATTER[covariance_type](Xc, resp, means_c)
+    return {"nk": nk, "means": means_c + center, "scatter": scatter}
+
+
+def _empty_stats(n_components: int, n_features: int, covariance_type: str) -> Stats:
+    scatter_shape = {
+        "full": (n_components, n_features, n_features),
+        "tied": (n_features, n_features),
+        "diag": (n_components, n_features),
+        "spherical": (n_components,),
+    }[covariance_type]
+    return {
+        "weight": 0.0,
+        "n_rows": 0,
+        "loglik": 0.0,
+        "nk": np.zeros(n_components),
+        "means": np.zeros((n_components, n_features)),
+        "scatter": np.zeros(scatter_shape),
+    }
+
+
+# --------------------------------------------------------------------------- the family
+@dataclass(frozen=True)
+class GaussianFamily:
+    """Gaussian mixture kernels for one covariance type (see module docstring).
+
+    Parameters are a dict with ``weights`` (K,), ``means`` (K, D), ``covariances`` and
+    ``precisions_cholesky`` (shapes in the module table) and ``center`` (D,).
+    """
+
+    covariance_type: str = "full"
+    reg_covar: float = 1e-6
+    name: str = "gmm"
+
+    def __post_init__(self):
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
+            )
+
+    # -- parameters ---------------------------------------------------------------
+    def make_params(
+        self,
+        weights: np.ndarray,
+        means: np.ndarray,
+        covariances: np.ndarray | None = None,
+        precisions_cholesky: np.ndarray | None = None,
+    ) -> Params:
+        """Complete a parameter dict from weights, means and either covariance form."""
+        weights = np.asarray(weights, dtype=np.float64)
+        means = np.asarray(means, dtype=np.float64)
+        if precisions_cholesky is None:
+            covariances = np.asarray(covariances, dtype=np.float64)
+            precisions_cholesky = compute_precision_cholesky(covariances, self.covariance_type)
+        elif covariances is None:
+            precisions_cholesky = np.asarray(precisions_cholesky, dtype=np.float64)
+            covariances = covariances_from_cholesky(precisions_cholesky, self.covariance_type)
+        return {
+            "weights": weights,
+            "means": means,
+            "covariances": covariances,
+            "precisions_cholesky": precisions_cholesky,
+            "center": weights @ means,
+        }
+
+    def n_parameters(self, n_components: int, n_features: int) -> int:
+        """Number of free parameters (for BIC/AIC)."""
+        per_cov = {
+            "full": n_components * n_features * (n_features + 1) / 2.0,
+            "tied": n_features * (n_features + 1) / 2.0,
+            "diag": n_components * n_features,
+            "spherical": n_components,
+        }[self.covariance_type]
+        return int(per_cov + n_components * n_features + n_components - 1)
+
+    # -- E-step -------------------------------------------------------------------
+    def weighted_log_prob(self, params: Params, X: np.ndarray) -> np.ndarray:
+        """``log pi_k + log N(x_i | k)``, shape (n, K), float64."""
+        log_prob = estimate_log_gaussian_prob(
+            X,
+            params["means"],
+            params["precisions_cholesky"],
+            self.covariance_type,
+            params["center"],
+        )
+        with np.errstate(divide="ignore"):
+            return log_prob + np.log(params["weights"])
+
+    def block_stats(self, params: Params, X: np.ndarray, w: np.ndarray | None = None) -> Stats:
+        """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,)."""
+        n_components, n_features = params["means"].shape
+        out = _empty_stats(n_components, n_features, self.covariance_type)
+        for start in range(0, len(X), ROWS_PER_SLICE):
+            X_slice = X[start : start + ROWS_PER_SLICE]
+            w_slice = None if w is None else w[start : start + ROWS_PER_SLICE]
+            out = self.merge(out, self._slice_stats(params, X_slice, w_slice))
+        return out
+
+    def _slice_stats(self, params, X, w):
+        log_norm, resp = log_normalize(self.weighted_log_prob(params, X))
+        if w is None:
+            weight, loglik = float(len(X)), float(log_norm.sum())
+        else:
+            w = np.asarray(w, dtype=np.float64)
+            resp *= w[:, None]
+            weight, loglik = float(w.sum()), float(w @ log_norm)
+        stats = stats_from_responsibilities(X, resp, self.covariance_type, params["center"])
+        stats.update(weight=weight, n_rows=len(X), loglik=loglik)
+        return stats
+
+    def responsibility_stats(self, X: np.ndarray, resp: np.ndarray, w: np.ndarray | None) -> Stats:
+        """Statistics of a block from given responsibilities (initialization)."""
+        if w is not None:
+            resp = resp * np.asarray(w, dtype=np.float64)[:, None]
+        center = np.asarray(X[: min(len(X), 1024)], dtype=np.float64).mean(axis=0)
+        stats = stats_from_responsibilities(X, resp, self.covariance_type, center)
+        weight = float(len(X)) if w is None else float(np.sum(w, dtype=np.float64))
+        stats.update(weight=weight, n_rows=len(X), loglik=0.0)
+        return stats
+
+    # -- reduction ----------------------------------------------------------------
+    def merge(self, *parts: Stats) -> Stats:
+        """Merge statistics of disjoint row sets, left to right."""
+        out = parts[0]
+        for b in parts[1:]:
+            if out["n_rows"] == 0:
+                out = b
+                continue
+            if b["n_rows"] == 0:
+                continue
+            nk, means, delta, correction = merge_centred_moments(
+                out["nk"], out["means"], b["nk"], b["means"]
+            )
+            scatter = _merge_scatter(
+                self.covariance_type, out["scatter"], b["scatter"], delta, correction
+            )
+            merged = add_fields(out, b, _ADDITIVE_FIELDS)
+            merged.update(nk=nk, means=means, scatter=scatter)
+            out = merged
+        return out
+
+    # -- M-step -------------------------------------------------------------------
+    def empty_components(self, stats: Stats) -> np.ndarray:
+        """Indices of components whose weight vanished (they need re-seeding)."""
+        return np.flatnonzero(stats["nk"] <= EMPTY_COMPONENT_SHARE * stats["weight"])
+
+    def m_step(self, stats: Stats) -> Params:
+        """Weighted maximum likelihood from merged statistics, with ``reg_covar * I``.
+
+        Empty components (see :meth:`empty_components`) keep finite placeholder values
+        (their weight is 0); the estimator re-seeds them.
+        """
+        nk = stats["nk"]
+        safe_nk = np.maximum(nk, np.finfo(np.float64).tiny)
+        n_features = stats["means"].shape[1]
+        scatter = stats["scatter"]
+        reg = self.reg_covar
+        if self.covariance_type == "full":
+            covariances = scatter / safe_nk[:, None, None] + reg * np.eye(n_features)
+        elif self.covariance_type == "tied":
+            covariances = scatter / nk.sum() + reg * np.eye(n_features)
+        elif self.covariance_type == "diag":
+            covariances = scatter / safe_nk[:, None] + reg
+        else:
+            covariances = scatter / (safe_nk * n_features) + reg
+        empty = self.empty_components(stats)
+        if empty.size and self.covariance_type != "tied":
+            covariances[empty] = _neutral_covariance(self.covariance_type, n_features, reg)
+        weights = nk / stats["weight"]
+        return self.make_params(weights, stats["means"], covariances=covariances)
+
+    def objective(self, stats: Stats, params: Params) -> float:
+        """Mean log-likelihood per unit of sample weight at ``params``."""
+        return stats["loglik"] / stats["weight"]
+
+    # -- re-seeding ---------------------------------------------------------------
+    def reseed(self, params: Params, empty: np.ndarray, sample: np.ndarray) -> Params:
+        """Move each empty component onto the sample row the model explains worst.
+
+        Its covariance becomes the sample covariance (in the family's form) and its
+        weight ``1 / len(sample)``; the other weights are renormalized.
+        """
+        log_density, _ = log_normalize(self.weighted_log_prob(params, sample))
+        order = np.argsort(log_density)
+        weights = params["weights"].copy()
+        means = params["means"].copy()
+        covariances = params["covariances"].copy()
+        n_features = sample.shape[1]
+        spread = np.cov(sample, rowvar=False).reshape(n_features, n_features)
+        pooled = {
+            "full": spread,
+            "diag": np.diag(spread),
+            "spherical": np.trace(spread) / n_features,
+        }
+        for rank, k in enumerate(empty):
+            means[k] = sample[order[rank % len(order)]]
+            weights[k] = 1.0 / len(sample)
+            if self.covariance_type != "tied":
+                covariances[k] = pooled[self.covariance_type] + self.reg_covar * (
+                    np.eye(n_features) if self.covariance_type == "full" else 1.0
+                )
+        return self.make_params(weights / weights.sum(), means, covariances=covariances)
+
+    # -- sampling -----------------------------------------------------------------
+    def sample_component(
+        self, params: Params, k: int, n: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """``n`` draws from component ``k``, shape (n, D)."""
+        mean = params["means"][k]
+        cov = params["covariances"]
+        if self.covariance_type == "full":
+            return rng.multivariate_normal(mean, cov[k], n)
+        if self.covariance_type == "tied":
+            return rng.multivariate_normal(mean, cov, n)
+        scale = np.sqrt(cov[k])
+        return mean + rng.standard_normal((n, len(mean))) * scale
+
+
+def _neutral_covariance(covariance_type, n_features, reg):
+    if covariance_type == "full":
+        return np.eye(n_features) * max(reg, 1.0)
+    return max(reg, 1.0)

@@ -1,0 +1,126 @@
+"""Initialization from a sample: k-means++ seeding, Lloyd rounds, random choices.
+
+The client never loads the whole dataset.  The scan pass (:mod:`dask_em.data`) draws a
+sample from across all blocks; centres are chosen on that sample here; then one
+distributed pass turns them into initial parameters: each row is assigned to its
+nearest centre (a one-hot responsibility) or, for ``"random"``, gets random
+responsibilities, and the family's M-step runs on the resulting statistics.  This is
+scikit-learn's ``_initialize_parameters`` (responsibilities first, then an M-step),
+computed on the cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+#: Rows drawn from across the blocks for initialization and re-seeding.
+DEFAULT_SAMPLE_SIZE = 20_000
+
+
+def _squared_distances(X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    # Shift by the centres' mean first so that data far from the origin keeps precision.
+    shift = centers.mean(axis=0)
+    Xs, Cs = X - shift, centers - shift
+    d2 = (Xs * Xs).sum(1)[:, None] - 2.0 * Xs @ Cs.T + (Cs * Cs).sum(1)[None, :]
+    return np.maximum(d2, 0.0)
+
+
+def kmeans_plusplus(
+    X: np.ndarray, n_clusters: int, rng: np.random.Generator, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007), weighted by ``weights``.
+
+    Returns centres (n_clusters, D).  Tries ``2 + log(k)`` candidates per step, as
+    scikit-learn does.
+    """
+    n = len(X)
+    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    n_trials = 2 + int(np.log(n_clusters))
+    first = rng.choice(n, p=weights / weights.sum())
+    centers = [X[first]]
+    closest = _squared_distances(X, X[first : first + 1])[:, 0]
+    for _ in range(1, n_clusters):
+        potential = weights * closest
+        total = potential.sum()
+        if not total > 0:  # every row sits on a chosen centre already
+            candidates = rng.choice(n, size=n_trials)
+        else:
+            candidates = rng.choice(n, size=n_trials, p=potential / total)
+        distances = np.minimum(closest[None, :], _squared_distances(X, X[candidates]).T)
+        best = int(np.argmin((distances * weights).sum(axis=1)))
+        centers.append(X[candidates[best]])
+        closest = distances[best]
+    return np.array(centers)
+
+
+def lloyd(
+    X: np.ndarray,
+    centers: np.ndarray,
+    weights: np.ndarray | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+) -> np.ndarray:
+    """Weighted Lloyd iterations from ``centers`` until they stop moving.
+
+    ``tol`` is relative to the mean per-feature variance of ``X``, as in scikit-learn.
+    """
+    weights = np.ones(len(X)) if weights is None else weights
+    threshold = tol * float(np.mean(np.var(X, axis=0)))
+    centers = centers.copy()
+    for _ in range(max_iter):
+        labels = np.argmin(_squared_distances(X, centers), axis=1)
+        new = centers.copy()
+        mass = np.bincount(labels, weights=weights, minlength=len(centers))
+        for k in np.flatnonzero(mass > 0):
+            members = labels == k
+            new[k] = weights[members] @ X[members] / mass[k]
+        shift = float(((new - centers) ** 2).sum())
+        centers = new
+        if shift <= threshold:
+            break
+    return centers
+
+
+def initial_centers(
+    method: str,
+    sample: np.ndarray,
+    sample_weight: np.ndarray,
+    n_components: int,
+    rng: np.random.Generator,
+) -> np.ndarray | None:
+    """Centres (K, D) chosen on the sample, or None for ``"random"`` responsibilities."""
+    if method not in INIT_METHODS:
+        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {method!r}")
+    if method == "random":
+        return None
+    if method == "random_from_data":
+        return sample[rng.choice(len(sample), size=n_components, replace=False)].copy()
+    centers = kmeans_plusplus(sample, n_components, rng, sample_weight)
+    if method == "kmeans":
+        centers = lloyd(sample, centers, sample_weight)
+    return centers
+
+
+def init_block_stats(
+    shared: dict[str, Any], X: np.ndarray, w: np.ndarray | None, seed: int
+) -> dict[str, Any]:
+    """Statistics of one block under initial responsibilities.
+
+    ``shared`` holds ``family``, ``n_components`` and ``centers`` (K, D) or None; with
+    centres each row is assigned to the nearest one, without them it gets random
+    responsibilities drawn from ``seed`` (normalized uniform, as scikit-learn).
+    """
+    family, centers, n_components = shared["family"], shared["centers"], shared["n_components"]
+    X64 = np.asarray(X, dtype=np.float64)
+    if centers is None:
+        resp = np.random.default_rng(seed).uniform(size=(len(X), n_components))
+        resp /= resp.sum(axis=1, keepdims=True)
+    else:
+        labels = np.argmin(_squared_distances(X64, centers), axis=1)
+        resp = np.zeros((len(X), n_components))
+        resp[np.arange(len(X)), labels] = 1.0
+    return family.responsibility_stats(X64, resp, w)

@@ -1,0 +1,357 @@
+"""What every mixture estimator shares: the fit loop around the engine, prediction, scoring.
+
+A subclass supplies the family (:meth:`BaseMixture._family`), the initial parameters
+from the scan sample (:meth:`BaseMixture._initial_params`), and the mapping between the
+parameter dict and its fitted attributes (``_set_fitted`` / ``_fitted_params``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import numbers
+import os
+import warnings
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from dask_em.data import (
+    as_float_matrix,
+    as_row_chunked,
+    as_sample_weight,
+    check_finite_numpy,
+    describe_nonfinite,
+    merge_scans,
+    raise_for_scan_problems,
+    row_offsets,
+    scan_block,
+)
+from dask_em.engine import CACHE_MODES, EMEngine, FitResult, blockwise_seeds
+from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
+from dask_em.families.base import Params, Stats, log_normalize
+
+logger = logging.getLogger(__name__)
+
+
+def seed_from(random_state: Any) -> int:
+    """An integer seed from an int, None, a NumPy Generator or RandomState."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    if isinstance(random_state, numbers.Integral):
+        return int(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**63 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    raise ValueError(
+        f"random_state must be None, an int or a NumPy generator, got {random_state!r}"
+    )
+
+
+@contextlib.contextmanager
+def verbose_logging(verbose: int):
+    """Show the per-iteration log lines on stderr while ``verbose`` is set."""
+    if not verbose:
+        yield
+        return
+    package_logger = logging.getLogger("dask_em")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous)
+
+
+def _is_lazy(X: Any) -> bool:
+    if isinstance(X, (da.Array, str, os.PathLike)):
+        return True
+    return hasattr(X, "dims") and isinstance(getattr(X, "data", None), da.Array)
+
+
+class BaseMixture:
+    """Base class of dask_em's mixture estimators (scikit-learn's estimator surface)."""
+
+    _model_name = "mixture"
+
+    # -- scikit-learn parameter protocol ------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [p.name for p in signature.parameters.values() if p.name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters, as scikit-learn's ``BaseEstimator.get_params``."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> BaseMixture:
+        """Set constructor parameters; unknown names raise ValueError."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
+        }
+        shown = []
+        for name, value in self.get_params().items():
+            default = defaults.get(name)
+            if isinstance(value, np.ndarray) or (value is not default and value != default):
+                shown.append(
+                    f"{name}={value!r}"
+                    if not isinstance(value, np.ndarray)
+                    else f"{name}=array{value.shape}"
+                )
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    # -- subclass hooks -----------------------------------------------------------
+    def _family(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_hyperparameters(self, n_features: int) -> None:
+        """Validate constructor parameters (before any cluster work)."""
+        if not isinstance(self.n_components, numbers.Integral) or self.n_components < 1:
+            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+        if not self.tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol!r}")
+        if not isinstance(self.max_iter, numbers.Integral) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not isinstance(self.n_init, numbers.Integral) or self.n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+
+    def _initial_params(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> Params:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _set_fitted(self, params: Params) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _fitted_params(self) -> Params:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _is_fitted(self) -> bool:
+        return hasattr(self, "converged_")
+
+    def _check_fitted(self) -> None:
+        if not self._is_fitted():
+            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+
+    # -- fitting ------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> BaseMixture:
+        """Estimate the parameters with EM, on the active Dask client if there is one.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray DataArray or Zarr path, (n_samples, n_features)
+        y : ignored (scikit-learn compatibility).
+        sample_weight : (n_samples,) non-negative weights, or None.  An integer weight
+            counts as that many copies of its row.
+
+        Runs ``n_init`` initializations and keeps the one with the best final objective.
+        The first pass over the data checks it (NaN/inf, weights) and draws the sample
+        used for initialization and re-seeding.
+        """
+        X = as_row_chunked(X)
+        n_samples, n_features = X.shape
+        self._check_hyperparameters(n_features)
+        if n_samples < self.n_components:
+            raise ValueError(
+                f"expected n_samples >= n_components, got n_samples={n_samples} and "
+                f"n_components={self.n_components}"
+            )
+        weights = as_sample_weight(sample_weight, X)
+        seed = seed_from(self.random_state)
+        rng = np.random.default_rng(seed)
+        with verbose_logging(self.verbose):
+            engine = EMEngine(X, weights, model=self._model_name, cache=self.cache)
+            try:
+                scan = self._scan(engine, rng)
+                best = self._fit_restarts(engine, scan, rng)
+            finally:
+                engine.release()
+        self._set_fitted(best.params)
+        self.n_features_in_ = n_features
+        self.converged_ = best.converged
+        self.n_iter_ = best.n_iter
+        self.lower_bound_ = best.lower_bound
+        self.lower_bounds_ = [record.objective for record in best.history]
+        self.history_ = [record.as_dict() for record in best.history]
+        if not best.converged:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _scan(self, engine: EMEngine, rng: np.random.Generator) -> dict:
+        sizes = np.asarray(engine.X.chunks[0])
+        n_samples = int(sizes.sum())
+        total = min(n_samples, self.init_sample_size)
+        picks = rng.multivariate_hypergeometric(sizes, total)
+        seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
+        per_block = list(zip(picks.tolist(), seeds, row_offsets(engine.X), strict=True))
+        scan = engine.map_reduce(scan_block, merge_scans, None, stage="scan", per_block=per_block)
+        raise_for_scan_problems(scan)
+        return scan
+
+    def _fit_restarts(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> FitResult:
+        family = self._family()
+        repair = self._make_repair(family, scan["sample"])
+        warm = self.warm_start and self._is_fitted()
+        best: FitResult | None = None
+        for attempt in range(1 if warm else self.n_init):
+            params = self._fitted_params() if warm else self._initial_params(engine, scan, rng)
+            result = engine.run(family, params, max_iter=self.max_iter, tol=self.tol, repair=repair)
+            logger.info("initialization %d: objective %.10g", attempt + 1, result.lower_bound)
+            if best is None or result.lower_bound > best.lower_bound:
+                best = result
+        return best
+
+    @staticmethod
+    def _make_repair(family, sample: np.ndarray):
+        def repair(params: Params, stats: Stats) -> tuple[Params, tuple[int, ...]]:
+            empty = family.empty_components(stats)
+            if empty.size == 0:
+                return params, ()
+            warnings.warn(
+                f"component(s) {empty.tolist()} lost all their data and were re-seeded on "
+                "the sample rows the model explained worst",
+                EmptyComponentWarning,
+                stacklevel=2,
+            )
+            return family.reseed(params, empty, sample), tuple(int(k) for k in empty)
+
+        return repair
+
+    # -- prediction ---------------------------------------------------------------
+    def _apply(self, X: Any, kernel, out_columns: int | None, dtype) -> Any:
+        """Apply ``kernel(family, params, block)`` to every block of X.
+
+        NumPy in, NumPy out; dask array, DataArray over dask, or Zarr path in, a lazy
+        dask array out, chunked like X along rows.
+        """
+        self._check_fitted()
+        family, params = self._family(), self._fitted_params()
+        if not _is_lazy(X):
+            X = as_float_matrix(X.data if hasattr(X, "dims") else X)
+            self._check_n_features(X.shape[1])
+            return kernel(family, params, X)
+        X = as_row_chunked(X)
+        self._check_n_features(X.shape[1])
+        name = f"{kernel.__name__.strip('_')}-{self._model_name}"
+
+        def block(X_block, block_info=None):
+            offset = block_info[0]["array-location"][0][0] if block_info else 0
+            bad = ~np.isfinite(X_block)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise ValueError(describe_nonfinite(int(bad.sum()), offset + int(r), int(c)))
+            return kernel(family, params, X_block)
+
+        if out_columns is None:
+            return X.map_blocks(block, drop_axis=1, dtype=dtype, name=name, meta=np.empty(0, dtype))
+        return X.map_blocks(
+            block,
+            chunks=(X.chunks[0], (out_columns,)),
+            dtype=dtype,
+            name=name,
+            meta=np.empty((0, 0), dtype),
+        )
+
+    def _check_n_features(self, n_features: int) -> None:
+        if n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {n_features} features, but {type(self).__name__} was fitted with "
+                f"{self.n_features_in_} features"
+            )
+
+    def predict(self, X: Any) -> Any:
+        """Most likely component of each row, shape (n_samples,), int64."""
+        return self._apply(X, _predict, None, np.int64)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Posterior probability of each component, shape (n_samples, n_components)."""
+        return self._apply(X, _predict_proba, self.n_components, np.float64)
+
+    def score_samples(self, X: Any) -> Any:
+        """Log-likelihood ``log p(x_i)`` of each row, shape (n_samples,) (nats)."""
+        return self._apply(X, _score_samples, None, np.float64)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood per row (nats)."""
+        scores = self.score_samples(X)
+        return float(scores.mean().compute() if isinstance(scores, da.Array) else scores.mean())
+
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
+        """Fit, then label X with the fitted model (the labels of the final E-step)."""
+        return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def _n_parameters(self) -> int:
+        return self._family().n_parameters(self.n_components, self.n_features_in_)
+
+    def bic(self, X: Any) -> float:
+        """Bayesian information criterion on X (lower is better)."""
+        n = _n_rows(X)
+        return -2.0 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X: Any) -> float:
+        """Akaike information criterion on X (lower is better)."""
+        n = _n_rows(X)
+        return -2.0 * self.score(X) * n + 2.0 * self._n_parameters()
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` rows from the fitted model: ``(X (n, D), labels (n,))``."""
+        self._check_fitted()
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        family, params = self._family(), self._fitted_params()
+        rng = np.random.default_rng(seed_from(self.random_state))
+        counts = rng.multinomial(n_samples, params["weights"])
+        X = np.vstack(
+            [family.sample_component(params, k, int(c), rng) for k, c in enumerate(counts)]
+        )
+        labels = np.repeat(np.arange(len(counts)), counts)
+        return X, labels
+
+    # -- model files --------------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write the fitted model to a Zarr store through xarray (never pickle)."""
+        from dask_em.model_io import save_model
+
+        save_model(self, path, overwrite=overwrite)
+
+
+def _n_rows(X: Any) -> int:
+    if isinstance(X, (str, os.PathLike)):
+        return as_row_chunked(X).shape[0]
+    return int(np.shape(X)[0]) if not hasattr(X, "shape") else int(X.shape[0])
+
+
+def _predict(family, params, X):
+    return np.argmax(family.weighted_log_prob(params, X), axis=1)
+
+
+def _predict_proba(family, params, X):
+    return log_normalize(family.weighted_log_prob(params, X))[1]
+
+
+def _score_samples(family, params, X):
+    return log_normalize(family.weighted_log_prob(params, X))[0]
+
+
+__all__ = ["BaseMixture", "check_finite_numpy", "seed_from"]

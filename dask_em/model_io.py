@@ -1,0 +1,147 @@
+"""Model files: fitted estimators as xarray Datasets in Zarr stores (never pickle).
+
+Layout (format ``dask_em.model``, version :data:`FORMAT_VERSION`):
+
+- data variables: the fitted arrays with named dims (``component``, ``feature``,
+  ``feature_j`` for the second axis of a matrix) and the history along ``iteration``
+  (``history_objective``, ``history_change``, ``history_seconds``);
+- attributes: ``dask_em_format``, ``dask_em_format_version``, ``model`` (class name),
+  ``params`` (the constructor parameters as JSON), ``converged``, ``n_iter``,
+  ``lower_bound``, ``n_features_in``, ``dask_em_version``.
+
+A store is written next to its destination and renamed into place, so a crash never
+leaves half a model at ``path``; an existing path is replaced only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+FORMAT_NAME = "dask_em.model"
+FORMAT_VERSION = 1
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return None  # e.g. a NumPy Generator as random_state: not reproducible from a file
+
+
+def to_dataset(model: Any) -> xr.Dataset:
+    """A fitted estimator as an xarray Dataset (see module docstring).
+
+    The estimator names its arrays in ``_model_variables()``: ``{name: (dims, array)}``.
+    """
+    from dask_em import __version__
+
+    model._check_fitted()
+    history = model.history_
+    data_vars = dict(model._model_variables())
+    data_vars.update(
+        history_objective=(("iteration",), [h["objective"] for h in history]),
+        history_change=(("iteration",), [h["change"] for h in history]),
+        history_seconds=(("iteration",), [h["seconds"] for h in history]),
+    )
+    coords = {"iteration": [h["iteration"] for h in history]}
+    for dims, values in model._model_variables().values():
+        for dim, size in zip(dims, np.shape(values), strict=True):
+            coords.setdefault(dim, np.arange(size))
+    attrs = {
+        "dask_em_format": FORMAT_NAME,
+        "dask_em_format_version": FORMAT_VERSION,
+        "dask_em_version": __version__,
+        "model": type(model).__name__,
+        "params": json.dumps(model.get_params(), default=_json_default),
+        "converged": bool(model.converged_),
+        "n_iter": int(model.n_iter_),
+        "lower_bound": float(model.lower_bound_),
+        "n_features_in": int(model.n_features_in_),
+        "history_reseeded": json.dumps([h["reseeded"] for h in history]),
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def from_dataset(ds: xr.Dataset) -> Any:
+    """Rebuild a fitted estimator from :func:`to_dataset`'s Dataset."""
+    from dask_em.mixture import GaussianMixture
+
+    fmt, version = ds.attrs.get("dask_em_format"), ds.attrs.get("dask_em_format_version")
+    if fmt != FORMAT_NAME:
+        raise ValueError(f"not a dask_em model file (format attribute is {fmt!r})")
+    if version is None or int(version) > FORMAT_VERSION:
+        raise ValueError(
+            f"model file format version {version} is newer than this dask_em reads "
+            f"({FORMAT_VERSION}); upgrade dask_em"
+        )
+    classes = {"GaussianMixture": GaussianMixture}
+    name = ds.attrs.get("model")
+    if name not in classes:
+        raise ValueError(f"unknown model class {name!r} in model file")
+    params = json.loads(ds.attrs["params"])
+    for key, value in params.items():
+        if key.endswith("_init") and isinstance(value, list):
+            params[key] = np.asarray(value)
+    model = classes[name](**params)
+    model._restore_variables({name: ds[name].values for name in ds.data_vars})
+    model.n_features_in_ = int(ds.attrs["n_features_in"])
+    model.converged_ = bool(ds.attrs["converged"])
+    model.n_iter_ = int(ds.attrs["n_iter"])
+    model.lower_bound_ = float(ds.attrs["lower_bound"])
+    reseeded = json.loads(ds.attrs.get("history_reseeded", "[]"))
+    model.history_ = [
+        {
+            "iteration": int(it),
+            "objective": float(obj),
+            "change": float(change),
+            "seconds": float(sec),
+            "reseeded": reseeded[i] if i < len(reseeded) else [],
+        }
+        for i, (it, obj, change, sec) in enumerate(
+            zip(
+                ds["iteration"].values,
+                ds["history_objective"].values,
+                ds["history_change"].values,
+                ds["history_seconds"].values,
+                strict=True,
+            )
+        )
+    ]
+    model.lower_bounds_ = [h["objective"] for h in model.history_]
+    return model
+
+
+def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Write ``model`` to a Zarr store at ``path`` atomically (write aside, rename)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    ds = to_dataset(model)
+    staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    ds.to_zarr(staging, mode="w-", consolidated=False)
+    if os.path.exists(path):
+        retired = f"{path}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(path, retired)
+        os.rename(staging, path)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, path)
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Load a model written by ``save``; raises ValueError for anything else."""
+    location = os.fspath(path)
+    try:
+        ds = xr.open_zarr(location, consolidated=False)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        raise ValueError(f"{location!r} is not a dask_em model file: {error}") from None
+    with ds:
+        return from_dataset(ds.load())
