@@ -107,8 +107,10 @@ def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np
 
 
 def _inverse_from_cholesky(L: np.ndarray) -> np.ndarray:
-    # (L L^T)^{-1} = L^{-T} L^{-1}
-    L_inv = linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True)
+    # (L L^T)^{-1} = L^{-T} L^{-1}.  L is upper triangular when it came from a covariance
+    # (scikit-learn's convention) and lower when it came from a precision matrix.
+    lower = not np.any(np.triu(L, 1))
+    L_inv = linalg.solve_triangular(L, np.eye(L.shape[0]), lower=lower)
     return L_inv.T @ L_inv
 
 

@@ -260,7 +260,10 @@ class BaseMixture:
             bad = ~np.isfinite(X_block)
             if bad.any():
                 r, c = np.argwhere(bad)[0]
-                raise ValueError(describe_nonfinite(int(bad.sum()), offset + int(r), int(c)))
+                rows = f"X[{offset}:{offset + len(X_block)}]"
+                raise ValueError(
+                    describe_nonfinite(int(bad.sum()), offset + int(r), int(c), what=rows)
+                )
             return kernel(family, params, X_block)
 
         if out_columns is None:

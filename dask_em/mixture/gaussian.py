@@ -44,7 +44,9 @@ class GaussianMixture(BaseMixture):
         How the initial centres are chosen, on a sample of ``init_sample_size`` rows drawn
         from across all blocks; the initial parameters then come from one distributed
         pass assigning every row to its nearest centre ("random": random
-        responsibilities for every row).
+        responsibilities for every row, as scikit-learn; this starts every component
+        near the overall mean, a saddle point EM leaves slowly, so it needs a small
+        ``tol``).
     weights_init : (K,), means_init : (K, D), precisions_init : array, optional
         Initial values; shapes of ``precisions_init`` per covariance type as
         ``precisions_``.  When all three are given no initialization pass runs.

@@ -1,0 +1,143 @@
+"""The Gaussian family on its own: pure NumPy, no cluster."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dask_em.families.gaussian import (
+    COVARIANCE_TYPES,
+    GaussianFamily,
+    cholesky_from_precisions,
+    compute_precision_cholesky,
+    covariances_from_cholesky,
+    precisions_from_cholesky,
+)
+
+
+def random_params(family: GaussianFamily, n_components: int, n_features: int, rng):
+    weights = rng.dirichlet(np.ones(n_components))
+    means = rng.normal(size=(n_components, n_features)) * 3
+    A = rng.normal(size=(n_components, n_features, n_features))
+    full = A @ A.transpose(0, 2, 1) + np.eye(n_features)
+    covariances = {
+        "full": full,
+        "tied": full[0],
+        "diag": np.stack([np.diag(c) for c in full]),
+        "spherical": np.array([np.trace(c) / n_features for c in full]),
+    }[family.covariance_type]
+    return family.make_params(weights, means, covariances=covariances)
+
+
+def assert_stats_close(a, b, rtol=1e-9):
+    assert a["n_rows"] == b["n_rows"]
+    for key in ("weight", "loglik", "nk", "means", "scatter"):
+        scale = max(1.0, float(np.max(np.abs(b[key]))))
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=rtol * scale, err_msg=key)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    covariance_type=st.sampled_from(COVARIANCE_TYPES),
+    n_rows=st.integers(1, 300),
+    n_features=st.integers(1, 5),
+    n_components=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+    weighted=st.booleans(),
+    data=st.data(),
+)
+def test_statistics_are_additive_over_any_partition(
+    covariance_type, n_rows, n_features, n_components, seed, weighted, data
+):
+    """merge(stats(A_1), ..., stats(A_m)) == stats(A_1 ∪ ... ∪ A_m) for any row partition."""
+    rng = np.random.default_rng(seed)
+    family = GaussianFamily(covariance_type)
+    params = random_params(family, n_components, n_features, rng)
+    X = rng.normal(size=(n_rows, n_features)) * 2 + rng.normal(size=n_features) * 5
+    w = rng.uniform(0, 3, size=n_rows) if weighted else None
+    cuts = sorted(data.draw(st.lists(st.integers(0, n_rows), max_size=6)))
+    bounds = [0, *cuts, n_rows]
+    parts = [
+        family.block_stats(params, X[a:b], None if w is None else w[a:b])
+        for a, b in itertools.pairwise(bounds)
+    ]
+    whole = family.block_stats(params, X, w)
+    assert_stats_close(family.merge(*parts), whole)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_slicing_inside_a_block_does_not_change_statistics(covariance_type, monkeypatch):
+    from dask_em.families import gaussian
+
+    rng = np.random.default_rng(1)
+    family = GaussianFamily(covariance_type)
+    params = random_params(family, 3, 4, rng)
+    X = rng.normal(size=(1000, 4))
+    whole = family.block_stats(params, X)
+    monkeypatch.setattr(gaussian, "ROWS_PER_SLICE", 7)
+    assert_stats_close(family.block_stats(params, X), whole)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_statistics_of_shifted_data_keep_full_precision(covariance_type):
+    """Centred moments: data around 1e6 with unit spread gives the same scatter."""
+    rng = np.random.default_rng(2)
+    family = GaussianFamily(covariance_type)
+    params = random_params(family, 3, 4, rng)
+    X = rng.normal(size=(2000, 4))
+    shift = 1e6
+    shifted_params = family.make_params(
+        params["weights"], params["means"] + shift, covariances=params["covariances"]
+    )
+    a = family.merge(*(family.block_stats(params, X[i : i + 300]) for i in range(0, 2000, 300)))
+    b = family.merge(
+        *(family.block_stats(shifted_params, X[i : i + 300] + shift) for i in range(0, 2000, 300))
+    )
+    np.testing.assert_allclose(b["scatter"], a["scatter"], rtol=1e-6)
+    np.testing.assert_allclose(b["means"] - shift, a["means"], atol=1e-8)
+    np.testing.assert_allclose(b["loglik"], a["loglik"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_precision_conversions_round_trip(covariance_type):
+    rng = np.random.default_rng(3)
+    family = GaussianFamily(covariance_type)
+    params = random_params(family, 3, 4, rng)
+    cov = params["covariances"]
+    chol = compute_precision_cholesky(cov, covariance_type)
+    np.testing.assert_allclose(covariances_from_cholesky(chol, covariance_type), cov, rtol=1e-10)
+    precisions = precisions_from_cholesky(chol, covariance_type)
+    refactored = cholesky_from_precisions(precisions, covariance_type)
+    np.testing.assert_allclose(
+        precisions_from_cholesky(refactored, covariance_type), precisions, rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        covariances_from_cholesky(refactored, covariance_type), cov, rtol=1e-10
+    )
+
+
+def test_singular_covariance_gives_actionable_error():
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        compute_precision_cholesky(np.zeros((1, 2, 2)), "full")
+    with pytest.raises(ValueError, match="increase reg_covar"):
+        compute_precision_cholesky(np.array([[0.0, 1.0]]), "diag")
+
+
+def test_float32_block_matches_float64_block():
+    rng = np.random.default_rng(4)
+    family = GaussianFamily("full")
+    params = random_params(family, 3, 4, rng)
+    X = rng.normal(size=(5000, 4)) + 100.0
+    params = family.make_params(
+        params["weights"], params["means"] + 100.0, covariances=params["covariances"]
+    )
+    a = family.block_stats(params, X)
+    b = family.block_stats(params, X.astype(np.float32))
+    assert b["means"].dtype == np.float64 and b["scatter"].dtype == np.float64
+    exact = family.block_stats(params, X.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(b["loglik"], exact["loglik"], rtol=1e-5)
+    np.testing.assert_allclose(b["nk"], a["nk"], rtol=1e-3)
