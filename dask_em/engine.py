@@ -13,8 +13,9 @@ travel up a tree to the client, which runs the M-step.  The task names show up a
 
 Data placement (``cache``): ``"memory"`` persists X (and the sample weights) in the
 cluster once; ``"stream"`` keeps the graph that reads X (e.g. from Zarr), so every pass
-reads it again and never holds more than a few blocks per worker; ``"auto"`` persists
-when X takes at most half of the cluster's memory.
+reads it again, with each block's read fused into its E-step task so that a worker
+holds one block per thread; ``"auto"`` persists when X takes at most half of the
+cluster's memory.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import psutil
 from dask.delayed import Delayed, delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.optimization import cull, fuse
 
 from dask_em.families.base import Family, Params, Stats
 
@@ -204,10 +206,13 @@ class EMEngine:
         if self.sample_weight is not None:
             dependencies.append(self.sample_weight)
         graph = HighLevelGraph.from_collections(reduce_name, dsk, dependencies=dependencies)
-        result = Delayed(keys[0], graph, layer=reduce_name)
+        if self.persisted:
+            result = Delayed(keys[0], graph, layer=reduce_name)
+        else:
+            result = Delayed(keys[0], fuse_reads_into_tasks(graph, keys[0]))
         if self.client is not None:
-            return self.client.compute(result).result()
-        return result.compute()
+            return self.client.compute(result, optimize_graph=False).result()
+        return result.compute(optimize_graph=False)
 
     # -- the EM loop ----------------------------------------------------------------
     def run(
@@ -278,6 +283,18 @@ class EMEngine:
                 before,
                 record.objective,
             )
+
+
+def fuse_reads_into_tasks(graph: HighLevelGraph, key) -> dict:
+    """Fuse each block's read (e.g. from Zarr) into the task that consumes it.
+
+    In stream mode a block should exist only inside the task that computes its
+    statistics; as separate tasks, reads run ahead of the E-step and several blocks pile
+    up in a worker's memory.  Linear chains are fused; the E-step keys keep their names.
+    """
+    culled, dependencies = cull(dict(graph), [key])
+    fused, _ = fuse(culled, keys=[key], dependencies=dependencies, rename_keys=False)
+    return fused
 
 
 def blockwise_seeds(seed: int, n_blocks: int) -> list[int]:

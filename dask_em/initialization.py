@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from dask_em.families.base import sliced_stats
+
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 #: Rows drawn from across the blocks for initialization and re-seeding.
@@ -115,12 +117,17 @@ def init_block_stats(
     responsibilities drawn from ``seed`` (normalized uniform, as scikit-learn).
     """
     family, centers, n_components = shared["family"], shared["centers"], shared["n_components"]
-    X64 = np.asarray(X, dtype=np.float64)
-    if centers is None:
-        resp = np.random.default_rng(seed).uniform(size=(len(X), n_components))
-        resp /= resp.sum(axis=1, keepdims=True)
-    else:
-        labels = np.argmin(_squared_distances(X64, centers), axis=1)
-        resp = np.zeros((len(X), n_components))
-        resp[np.arange(len(X)), labels] = 1.0
-    return family.responsibility_stats(X64, resp, w)
+    rng = np.random.default_rng(seed)
+
+    def slice_stats(X_slice, w_slice):
+        X64 = np.asarray(X_slice, dtype=np.float64)
+        if centers is None:
+            resp = rng.uniform(size=(len(X64), n_components))
+            resp /= resp.sum(axis=1, keepdims=True)
+        else:
+            labels = np.argmin(_squared_distances(X64, centers), axis=1)
+            resp = np.zeros((len(X64), n_components))
+            resp[np.arange(len(X64)), labels] = 1.0
+        return family.responsibility_stats(X64, resp, w_slice)
+
+    return sliced_stats(slice_stats, family.merge, X, w)

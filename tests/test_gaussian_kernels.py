@@ -71,14 +71,14 @@ def test_statistics_are_additive_over_any_partition(
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_slicing_inside_a_block_does_not_change_statistics(covariance_type, monkeypatch):
-    from dask_em.families import gaussian
+    from dask_em.families import base
 
     rng = np.random.default_rng(1)
     family = GaussianFamily(covariance_type)
     params = random_params(family, 3, 4, rng)
     X = rng.normal(size=(1000, 4))
     whole = family.block_stats(params, X)
-    monkeypatch.setattr(gaussian, "ROWS_PER_SLICE", 7)
+    monkeypatch.setattr(base, "ROWS_PER_SLICE", 7)
     assert_stats_close(family.block_stats(params, X), whole)
 
 

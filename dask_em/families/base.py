@@ -17,7 +17,7 @@ and avoids the catastrophic cancellation of ``E[xx] - m m^T``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -86,3 +86,27 @@ def log_normalize(weighted_log_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray
     total = shifted.sum(axis=1, keepdims=True)
     shifted /= total
     return (np.log(total) + peak)[:, 0], shifted
+
+
+#: Rows handled at once inside a block, so the (rows, K*D) temporaries stay in cache and
+#: a task's memory does not grow with its block beyond the block itself.
+ROWS_PER_SLICE = 4096
+
+
+def sliced_stats(
+    slice_stats: Callable[..., Stats],
+    merge: Callable[..., Stats],
+    *arrays: np.ndarray | None,
+    rows_per_slice: int | None = None,
+) -> Stats:
+    """``merge(slice_stats(*(a[s:e] for a in arrays)) for each row slice [s, e))``.
+
+    ``arrays`` share their first axis; ``None`` entries are passed through as None.
+    """
+    step = rows_per_slice or ROWS_PER_SLICE
+    n_rows = len(arrays[0])
+    parts = []
+    for start in range(0, max(n_rows, 1), step):
+        stop = start + step
+        parts.append(slice_stats(*(None if a is None else a[start:stop] for a in arrays)))
+    return merge(*parts)

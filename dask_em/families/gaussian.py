@@ -37,12 +37,10 @@ from dask_em.families.base import (
     add_fields,
     log_normalize,
     merge_centred_moments,
+    sliced_stats,
 )
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-
-#: Rows handled at once inside a block, so the (rows, K*D) temporaries stay in cache.
-ROWS_PER_SLICE = 4096
 
 #: A component whose weight falls to this share of the total (or below) is empty.
 EMPTY_COMPONENT_SHARE = 1e-12
@@ -250,23 +248,6 @@ def stats_from_responsibilities(
     return {"nk": nk, "means": means_c + center, "scatter": scatter}
 
 
-def _empty_stats(n_components: int, n_features: int, covariance_type: str) -> Stats:
-    scatter_shape = {
-        "full": (n_components, n_features, n_features),
-        "tied": (n_features, n_features),
-        "diag": (n_components, n_features),
-        "spherical": (n_components,),
-    }[covariance_type]
-    return {
-        "weight": 0.0,
-        "n_rows": 0,
-        "loglik": 0.0,
-        "nk": np.zeros(n_components),
-        "means": np.zeros((n_components, n_features)),
-        "scatter": np.zeros(scatter_shape),
-    }
-
-
 # --------------------------------------------------------------------------- the family
 @dataclass(frozen=True)
 class GaussianFamily:
@@ -336,13 +317,9 @@ class GaussianFamily:
 
     def block_stats(self, params: Params, X: np.ndarray, w: np.ndarray | None = None) -> Stats:
         """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,)."""
-        n_components, n_features = params["means"].shape
-        out = _empty_stats(n_components, n_features, self.covariance_type)
-        for start in range(0, len(X), ROWS_PER_SLICE):
-            X_slice = X[start : start + ROWS_PER_SLICE]
-            w_slice = None if w is None else w[start : start + ROWS_PER_SLICE]
-            out = self.merge(out, self._slice_stats(params, X_slice, w_slice))
-        return out
+        return sliced_stats(
+            lambda X_slice, w_slice: self._slice_stats(params, X_slice, w_slice), self.merge, X, w
+        )
 
     def _slice_stats(self, params, X, w):
         log_norm, resp = log_normalize(self.weighted_log_prob(params, X))
@@ -356,11 +333,16 @@ class GaussianFamily:
         stats.update(weight=weight, n_rows=len(X), loglik=loglik)
         return stats
 
-    def responsibility_stats(self, X: np.ndarray, resp: np.ndarray, w: np.ndarray | None) -> Stats:
-        """Statistics of a block from given responsibilities (initialization)."""
+    def responsibility_stats(
+        self, X: np.ndarray, resp: np.ndarray, w: np.ndarray | None = None
+    ) -> Stats:
+        """Statistics of a block from given responsibilities ``resp`` (n, K) (initialization)."""
+        return sliced_stats(self._slice_responsibility_stats, self.merge, X, resp, w)
+
+    def _slice_responsibility_stats(self, X, resp, w):
         if w is not None:
             resp = resp * np.asarray(w, dtype=np.float64)[:, None]
-        center = np.asarray(X[: min(len(X), 1024)], dtype=np.float64).mean(axis=0)
+        center = np.asarray(X, dtype=np.float64).mean(axis=0) if len(X) else None
         stats = stats_from_responsibilities(X, resp, self.covariance_type, center)
         weight = float(len(X)) if w is None else float(np.sum(w, dtype=np.float64))
         stats.update(weight=weight, n_rows=len(X), loglik=0.0)

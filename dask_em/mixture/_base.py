@@ -177,6 +177,7 @@ class BaseMixture:
         rng = np.random.default_rng(seed)
         with verbose_logging(self.verbose):
             engine = EMEngine(X, weights, model=self._model_name, cache=self.cache)
+            self.data_placement_ = "memory" if engine.persisted else "stream"
             try:
                 scan = self._scan(engine, rng)
                 best = self._fit_restarts(engine, scan, rng)

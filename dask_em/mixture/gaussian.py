@@ -75,6 +75,8 @@ class GaussianMixture(BaseMixture):
     lower_bounds_ : list of float
     history_ : list of dict
         ``iteration``, ``objective``, ``change``, ``seconds`` and ``reseeded`` per iteration.
+    data_placement_ : {"memory", "stream"}
+        Whether the last fit held the data in cluster memory or re-read it every pass.
     """
 
     _model_name = "gmm"
