@@ -92,6 +92,38 @@ def log_normalize(weighted_log_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray
 #: a task's memory does not grow with its block beyond the block itself.
 ROWS_PER_SLICE = 4096
 
+#: Largest temporary a slice may need, in float64 elements (8 MiB).
+SLICE_ELEMENTS = 2**20
+
+
+def rows_per_slice(columns: int) -> int:
+    """Rows per slice so that a (rows, columns) temporary stays within SLICE_ELEMENTS."""
+    return int(min(ROWS_PER_SLICE, max(64, SLICE_ELEMENTS // max(1, columns))))
+
+
+class Workspace:
+    """Scratch arrays reused across the slices of one block.
+
+    Large temporaries allocated afresh for every slice cost page faults each time (the
+    Dask nanny sets ``MALLOC_TRIM_THRESHOLD_`` so freed memory goes back to the OS); a
+    block allocates them once here.  ``get`` returns a view of the first ``shape[0]`` rows.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        array = self._arrays.get(name)
+        if (
+            array is None
+            or array.dtype != dtype
+            or array.shape[1:] != tuple(shape[1:])
+            or array.shape[0] < shape[0]
+        ):
+            array = np.empty(shape, dtype=dtype)
+            self._arrays[name] = array
+        return array[: shape[0]]
+
 
 def sliced_stats(
     slice_stats: Callable[..., Stats],

@@ -34,9 +34,11 @@ from scipy import linalg
 from dask_em.families.base import (
     Params,
     Stats,
+    Workspace,
     add_fields,
     log_normalize,
     merge_centred_moments,
+    rows_per_slice,
     sliced_stats,
 )
 
@@ -124,36 +126,51 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
 
 
 # --------------------------------------------------------------------------- E-step
-def _mahalanobis_full(Xc, means_c, prec_chol):
-    # y_k = (x - mu_k) L_k for all k by ONE matrix product: [L_1 ... L_K] is (D, K*D).
+def _mahalanobis_full(Xc, means_c, prec_chol, work=None):
+    # y_ik = (x_i - mu_k) L_k for all k by ONE matrix product of [x_i, 1] (D + 1) with
+    # [[L_1 ... L_K], [-mu_1 L_1 ... -mu_K L_K]] (D + 1, K*D); then ||y_ik||^2 by a second
+    # product with the (K*D, K) block indicator, so no strided reduction is needed.
+    work = work or Workspace()
     n_components, n_features = means_c.shape
-    stacked = prec_chol.transpose(1, 0, 2).reshape(n_features, n_components * n_features)
-    offsets = np.einsum("kd,kde->ke", means_c, prec_chol).reshape(-1)
-    y = Xc @ stacked.astype(Xc.dtype, copy=False)
-    y -= offsets.astype(Xc.dtype, copy=False)
-    y *= y
-    return y.reshape(len(Xc), n_components, n_features).sum(axis=2)
+    n_rows, dtype = len(Xc), Xc.dtype
+    stacked = np.empty((n_features + 1, n_components * n_features), dtype=dtype)
+    stacked[:n_features] = prec_chol.transpose(1, 0, 2).reshape(n_features, -1)
+    stacked[n_features] = -np.einsum("kd,kde->ke", means_c, prec_chol).reshape(-1)
+    augmented = work.get("augmented", (n_rows, n_features + 1), dtype)
+    augmented[:, :n_features] = Xc
+    augmented[:, n_features] = 1.0
+    y = np.matmul(augmented, stacked, out=work.get("y", (n_rows, stacked.shape[1]), dtype))
+    np.multiply(y, y, out=y)
+    return y @ _block_indicator(n_components, n_features, dtype)
 
 
-def _mahalanobis_tied(Xc, means_c, prec_chol):
-    P = prec_chol.astype(Xc.dtype, copy=False)
-    y = Xc @ P
-    offsets = (means_c @ prec_chol).astype(Xc.dtype, copy=False)
-    return (y * y).sum(axis=1)[:, None] - 2.0 * (y @ offsets.T) + (offsets * offsets).sum(1)
+def _block_indicator(n_components, n_features, dtype):
+    """(K*D, K) matrix with ones where row k*D + d meets column k."""
+    return np.repeat(np.eye(n_components, dtype=dtype), n_features, axis=0)
 
 
-def _mahalanobis_diag(Xc, means_c, prec_chol):
-    precisions = (prec_chol**2).astype(Xc.dtype, copy=False)
-    mp = (means_c * prec_chol**2).astype(Xc.dtype, copy=False)
-    const = (means_c**2 * prec_chol**2).sum(axis=1)
-    return (Xc * Xc) @ precisions.T - 2.0 * (Xc @ mp.T) + const
+def _mahalanobis_tied(Xc, means_c, prec_chol, work=None):
+    n_components = len(means_c)
+    shared = np.broadcast_to(prec_chol, (n_components, *prec_chol.shape))
+    return _mahalanobis_full(Xc, means_c, shared, work)
 
 
-def _mahalanobis_spherical(Xc, means_c, prec_chol):
-    precisions = prec_chol**2
-    sq_norm = (Xc * Xc).sum(axis=1)[:, None]
-    cross = Xc @ means_c.T.astype(Xc.dtype, copy=False)
-    return (sq_norm - 2.0 * cross + (means_c**2).sum(axis=1)) * precisions
+def _mahalanobis_diag(Xc, means_c, prec_chol, work=None):
+    # sum_d ((x_d - mu_kd) s_kd)^2, difference first: the expanded form
+    # |x|^2 p - 2 x mu p + |mu|^2 p loses eps |x|^2 p, which is large for a tight component.
+    n_rows, n_features = Xc.shape
+    dtype = Xc.dtype
+    diff = (work or Workspace()).get("diff", (n_rows, len(means_c), n_features), dtype)
+    np.subtract(Xc[:, None, :], means_c.astype(dtype, copy=False)[None], out=diff)
+    diff *= prec_chol.astype(dtype, copy=False)[None]
+    diff *= diff
+    return diff.sum(axis=2)
+
+
+def _mahalanobis_spherical(Xc, means_c, prec_chol, work=None):
+    n_features = Xc.shape[1]
+    scales = np.broadcast_to(prec_chol[:, None], (len(prec_chol), n_features))
+    return _mahalanobis_diag(Xc, means_c, scales, work)
 
 
 _MAHALANOBIS = {
@@ -170,6 +187,7 @@ def estimate_log_gaussian_prob(
     prec_chol: np.ndarray,
     covariance_type: str,
     center: np.ndarray | None = None,
+    work: Workspace | None = None,
 ) -> np.ndarray:
     """``log N(x_i | mu_k, Sigma_k)``, shape (n, K), float64.
 
@@ -181,29 +199,40 @@ def estimate_log_gaussian_prob(
         center = np.zeros(n_features)
     Xc = X - center.astype(X.dtype, copy=False)
     means_c = means - center
-    maha = _MAHALANOBIS[covariance_type](Xc, means_c, prec_chol).astype(np.float64, copy=False)
+    maha = _MAHALANOBIS[covariance_type](Xc, means_c, prec_chol, work)
+    maha = maha.astype(np.float64, copy=False)
     log_det = log_det_cholesky(prec_chol, covariance_type, n_features)
     return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
 
 
 # --------------------------------------------------------------------------- statistics
-def _scatter_full(Xc, resp, means_c):
-    # Z[k, i, :] = sqrt(r_ik) (x_i - m_k);  scatter_k = Z_k^T Z_k
-    Z = (Xc[None, :, :] - means_c[:, None, :]) * np.sqrt(resp.T)[:, :, None]
-    return Z.transpose(0, 2, 1) @ Z
+# Second moments of one slice about the shift c (the mixture mean, so Xc = X - c is of the
+# order of the data's spread):  scatter_k = sum_i r_ik xc_i xc_i^T - N_k mc_k mc_k^T, with
+# mc_k = m_k - c.  The subtraction loses about eps * |mc_k|^2 / sigma_k^2 relative to the
+# scatter, which is negligible in float64 because c is central; across slices and blocks
+# the scatter is merged in the exactly centred form (Chan et al.).
+def _scatter_full(Xc, resp, means_c, nk, work=None):
+    n_rows, n_features = Xc.shape
+    n_components = resp.shape[1]
+    weighted = (work or Workspace()).get("weighted", (n_rows, n_components, n_features), Xc.dtype)
+    np.multiply(resp[:, :, None], Xc[:, None, :], out=weighted)
+    weighted = weighted.reshape(n_rows, n_components * n_features)
+    raw = (weighted.T @ Xc).reshape(n_components, n_features, n_features)
+    return raw - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
 
 
-def _scatter_tied(Xc, resp, means_c):
-    return _scatter_full(Xc, resp, means_c).sum(axis=0)
+def _scatter_tied(Xc, resp, means_c, nk, work=None):
+    row_weight = resp.sum(axis=1)
+    raw = (Xc * row_weight[:, None]).T @ Xc
+    return raw - np.einsum("k,ki,kj->ij", nk, means_c, means_c)
 
 
-def _scatter_diag(Xc, resp, means_c):
-    diff = Xc[None, :, :] - means_c[:, None, :]
-    return np.einsum("ki,kid->kd", resp.T, diff * diff)
+def _scatter_diag(Xc, resp, means_c, nk, work=None):
+    return resp.T @ (Xc * Xc) - nk[:, None] * means_c**2
 
 
-def _scatter_spherical(Xc, resp, means_c):
-    return _scatter_diag(Xc, resp, means_c).sum(axis=1)
+def _scatter_spherical(Xc, resp, means_c, nk, work=None):
+    return _scatter_diag(Xc, resp, means_c, nk).sum(axis=1)
 
 
 _SCATTER = {
@@ -230,6 +259,7 @@ def stats_from_responsibilities(
     resp: np.ndarray,
     covariance_type: str,
     center: np.ndarray | None = None,
+    work: Workspace | None = None,
 ) -> Stats:
     """Weighted centred moments of one slice, given (already weighted) responsibilities.
 
@@ -244,7 +274,7 @@ def stats_from_responsibilities(
     nk = resp.sum(axis=0)
     sums = resp.T @ Xc
     means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
-    scatter = _SCATTER[covariance_type](Xc, resp, means_c)
+    scatter = _SCATTER[covariance_type](Xc, resp, means_c, nk, work)
     return {"nk": nk, "means": means_c + center, "scatter": scatter}
 
 
@@ -303,7 +333,9 @@ class GaussianFamily:
         return int(per_cov + n_components * n_features + n_components - 1)
 
     # -- E-step -------------------------------------------------------------------
-    def weighted_log_prob(self, params: Params, X: np.ndarray) -> np.ndarray:
+    def weighted_log_prob(
+        self, params: Params, X: np.ndarray, work: Workspace | None = None
+    ) -> np.ndarray:
         """``log pi_k + log N(x_i | k)``, shape (n, K), float64."""
         log_prob = estimate_log_gaussian_prob(
             X,
@@ -311,25 +343,32 @@ class GaussianFamily:
             params["precisions_cholesky"],
             self.covariance_type,
             params["center"],
+            work,
         )
         with np.errstate(divide="ignore"):
             return log_prob + np.log(params["weights"])
 
     def block_stats(self, params: Params, X: np.ndarray, w: np.ndarray | None = None) -> Stats:
         """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,)."""
+        work = Workspace()
+        n_components, n_features = params["means"].shape
         return sliced_stats(
-            lambda X_slice, w_slice: self._slice_stats(params, X_slice, w_slice), self.merge, X, w
+            lambda X_slice, w_slice: self._slice_stats(params, X_slice, w_slice, work),
+            self.merge,
+            X,
+            w,
+            rows_per_slice=rows_per_slice(n_components * max(n_features, 2)),
         )
 
-    def _slice_stats(self, params, X, w):
-        log_norm, resp = log_normalize(self.weighted_log_prob(params, X))
+    def _slice_stats(self, params, X, w, work=None):
+        log_norm, resp = log_normalize(self.weighted_log_prob(params, X, work))
         if w is None:
             weight, loglik = float(len(X)), float(log_norm.sum())
         else:
             w = np.asarray(w, dtype=np.float64)
             resp *= w[:, None]
             weight, loglik = float(w.sum()), float(w @ log_norm)
-        stats = stats_from_responsibilities(X, resp, self.covariance_type, params["center"])
+        stats = stats_from_responsibilities(X, resp, self.covariance_type, params["center"], work)
         stats.update(weight=weight, n_rows=len(X), loglik=loglik)
         return stats
 
