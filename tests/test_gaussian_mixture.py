@@ -14,7 +14,7 @@ from distributed import get_task_stream
 
 from dask_em import ConvergenceWarning, EmptyComponentWarning, GaussianMixture, load
 from dask_em.families.gaussian import COVARIANCE_TYPES
-from tests.conftest import assert_monotone, make_blobs
+from tests.helpers import assert_monotone, make_blobs
 
 
 def test_fit_runs_as_estep_and_reduce_tasks_on_the_workers(client):

@@ -11,7 +11,7 @@ from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
 from dask_em import GaussianMixture
 from dask_em.families.gaussian import COVARIANCE_TYPES
-from tests.conftest import assert_monotone, make_blobs
+from tests.helpers import assert_monotone, make_blobs
 
 RTOL = 1e-6
 
