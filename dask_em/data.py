@@ -9,7 +9,8 @@ Accepted inputs for ``X`` (n_samples, n_features):
 
 Chunks run along samples only: a feature axis split across chunks is rechunked into
 one.  Integer and boolean data become float64, float16 becomes float32; float32 stays
-float32 (the kernels keep the E-step products in float32 and accumulate in float64).
+float32 in storage and in cluster memory (half the bytes to read and hold); fitting
+computes on float64 copies of one slice at a time, prediction in float32.
 
 NaN/inf are found before any fitting: at once for NumPy input, and in the *scan pass*
 for lazy input, which reads every block once to check it and to draw the sample used
@@ -73,7 +74,7 @@ def as_row_chunked(X: Any, *, storage_options: dict | None = None) -> da.Array:
     else:
         _check_shape_dtype(X.shape, X.dtype)
         X = _as_float(X)
-    if any(math_isnan(c) for c in X.chunks[0]):
+    if any(_is_nan(c) for c in X.chunks[0]):
         raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
     if len(X.chunks[1]) != 1:
         X = X.rechunk({1: -1})
@@ -89,7 +90,7 @@ def as_float_matrix(X: Any) -> np.ndarray:
     return X
 
 
-def math_isnan(value) -> bool:
+def _is_nan(value) -> bool:
     return isinstance(value, float) and value != value
 
 

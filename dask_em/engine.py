@@ -13,8 +13,9 @@ travel up a tree to the client, which runs the M-step.  The task names show up a
 
 Data placement (``cache``): ``"memory"`` persists X (and the sample weights) in the
 cluster once; ``"stream"`` keeps the graph that reads X (e.g. from Zarr), so every pass
-reads it again, with each block's read fused into its E-step task so that a worker
-holds one block per thread; ``"auto"`` persists when X takes at most half of the
+reads it again, with each block's read fused into its E-step task (the per-block
+layer is blockwise over X and optimized as a dask array) so that a worker holds one
+block per thread; ``"auto"`` persists when X takes at most half of the
 cluster's memory.
 """
 
@@ -33,8 +34,6 @@ import dask.array as da
 import numpy as np
 import psutil
 from dask.delayed import Delayed, delayed
-from dask.highlevelgraph import HighLevelGraph
-from dask.optimization import cull, fuse
 
 from dask_em.families.base import Family, Params, Stats
 
@@ -167,6 +166,62 @@ class EMEngine:
         self.sample_weight = None
 
     # -- one pass -------------------------------------------------------------------
+    def pass_graph(
+        self,
+        block_func: Callable[..., Stats],
+        merge: Callable[..., Stats],
+        shared: Any,
+        *,
+        stage: str = "estep",
+        per_block: Sequence[tuple] | None = None,
+    ) -> tuple[dict, tuple]:
+        """The low-level graph of one pass and the key of its result.
+
+        The per-block tasks are a blockwise layer over X, optimized as a dask array, so
+        that reading a block (from Zarr, say) is fused into the task that consumes it
+        and a worker holds one block per thread.  On top sits a fixed reduction tree.
+        """
+        token = uuid.uuid4().hex[:16]
+        map_name = f"{stage}-{self.model}-{token}"
+        reduce_name = f"reduce-{self.model}-{token}"
+        shared_node = delayed(shared, name=f"params-{self.model}-{token}", traverse=False)
+        weights = (self.sample_weight, "i") if self.sample_weight is not None else (None, None)
+        extra = (None, None)
+        if per_block is not None:
+            table = np.asarray(per_block, dtype=np.int64).reshape(self.n_blocks, -1)
+            extra = (da.from_array(table, chunks=(1, -1)), "ij")
+        # Output and inputs share the index "ij" (one block along j): contracting an index
+        # would stop dask's blockwise optimizer from fusing the reads into these tasks.
+        cells = da.blockwise(
+            _run_block,
+            "ij",
+            self.X,
+            "ij",
+            *weights,
+            shared_node,
+            None,
+            *extra,
+            block_func=block_func,
+            name=map_name,
+            dtype=object,
+            adjust_chunks={"i": 1, "j": 1},
+            meta=np.empty((0, 0), dtype=object),
+            concatenate=True,
+            align_arrays=False,  # blocks match one to one; the table has a row per block
+        )
+        dsk = dict(cells.__dask_optimize__(cells.__dask_graph__(), cells.__dask_keys__()))
+        keys = [(map_name, i, 0) for i in range(self.n_blocks)]
+        level = 0
+        while len(keys) > 1 or level == 0:
+            parents = []
+            for j in range(0, len(keys), self.split_every):
+                key = (reduce_name, level, j // self.split_every)
+                dsk[key] = (_reduce_node, merge, *keys[j : j + self.split_every])
+                parents.append(key)
+            keys = parents
+            level += 1
+        return dsk, keys[0]
+
     def map_reduce(
         self,
         block_func: Callable[..., Stats],
@@ -178,38 +233,12 @@ class EMEngine:
     ) -> Stats:
         """``merge(block_func(shared, X_i, w_i, *per_block[i]) for every block i)``.
 
-        ``shared`` is sent once (one literal key); ``per_block[i]`` holds small extra
-        arguments (ints, floats) for block i.  The reduction is a fixed tree, so the same
-        chunking always merges in the same order (bitwise reproducible).
+        ``shared`` is sent once (one literal key); ``per_block[i]`` holds small integer
+        arguments for block i.  The reduction is a fixed tree, so the same chunking
+        always merges in the same order (bitwise reproducible).
         """
-        token = uuid.uuid4().hex[:16]
-        map_name = f"{stage}-{self.model}-{token}"
-        reduce_name = f"reduce-{self.model}-{token}"
-        shared_node = delayed(shared, name=f"params-{self.model}-{token}", traverse=False)
-        dsk: dict = {}
-        keys = []
-        for i in range(self.n_blocks):
-            w_key = None if self.sample_weight is None else (self.sample_weight.name, i)
-            extra = tuple(per_block[i]) if per_block is not None else ()
-            dsk[(map_name, i)] = (block_func, shared_node.key, (self.X.name, i, 0), w_key, *extra)
-            keys.append((map_name, i))
-        level = 0
-        while len(keys) > 1 or level == 0:
-            parents = []
-            for j in range(0, len(keys), self.split_every):
-                key = (reduce_name, level, j // self.split_every)
-                dsk[key] = (merge, *keys[j : j + self.split_every])
-                parents.append(key)
-            keys = parents
-            level += 1
-        dependencies = [self.X, shared_node]
-        if self.sample_weight is not None:
-            dependencies.append(self.sample_weight)
-        graph = HighLevelGraph.from_collections(reduce_name, dsk, dependencies=dependencies)
-        if self.persisted:
-            result = Delayed(keys[0], graph, layer=reduce_name)
-        else:
-            result = Delayed(keys[0], fuse_reads_into_tasks(graph, keys[0]))
+        dsk, key = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
+        result = Delayed(key, dsk)
         if self.client is not None:
             return self.client.compute(result, optimize_graph=False).result()
         return result.compute(optimize_graph=False)
@@ -285,16 +314,17 @@ class EMEngine:
             )
 
 
-def fuse_reads_into_tasks(graph: HighLevelGraph, key) -> dict:
-    """Fuse each block's read (e.g. from Zarr) into the task that consumes it.
+def _run_block(X, w, shared, extra, *, block_func):
+    """One cell of the blockwise layer: the statistics of one block, boxed."""
+    args = () if extra is None else tuple(int(v) for v in np.ravel(extra))
+    cell = np.empty((1, 1), dtype=object)
+    cell[0, 0] = block_func(shared, X, w, *args)
+    return cell
 
-    In stream mode a block should exist only inside the task that computes its
-    statistics; as separate tasks, reads run ahead of the E-step and several blocks pile
-    up in a worker's memory.  Linear chains are fused; the E-step keys keep their names.
-    """
-    culled, dependencies = cull(dict(graph), [key])
-    fused, _ = fuse(culled, keys=[key], dependencies=dependencies, rename_keys=False)
-    return fused
+
+def _reduce_node(merge, *parts):
+    """One node of the reduction tree; leaves arrive boxed from :func:`_run_block`."""
+    return merge(*(p[0, 0] if isinstance(p, np.ndarray) else p for p in parts))
 
 
 def blockwise_seeds(seed: int, n_blocks: int) -> list[int]:

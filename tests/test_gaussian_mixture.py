@@ -145,7 +145,14 @@ def test_float32_data_fits_close_to_float64(client):
     assert b.means_.dtype == np.float64
     np.testing.assert_allclose(b.means_, a.means_, atol=1e-4)
     np.testing.assert_allclose(b.lower_bound_, a.lower_bound_, rtol=1e-5)
-    assert_monotone(b.history_, rtol=1e-7)
+    assert_monotone(b.history_)
+    X32 = da.from_array(X.astype(np.float32), chunks=(1000, 4))
+    assert b.predict_proba(X32).dtype == np.float64
+    np.testing.assert_allclose(
+        b.score_samples(X32).compute(),
+        b.score_samples(X.astype(np.float32).astype(float)),
+        rtol=1e-5,
+    )
 
 
 def test_lazy_predictions_are_chunked_like_x_and_write_to_zarr(client, tmp_path):

@@ -17,7 +17,8 @@ E-step (``precision = L L^T``): the Mahalanobis term is ``||(x - mu) L||^2`` and
 
 Numerics: each block is first shifted by ``params["center"]`` (the mixture's overall
 mean), so data far from the origin (values around 1e6 with unit spread) loses no
-precision in the E-step, and float32 blocks can keep the matrix products in float32.
+precision in the E-step.  Fitting casts float32 blocks to float64 one slice at a time;
+prediction (:meth:`GaussianFamily.weighted_log_prob`) keeps float32 products.
 Statistics are always float64 and centred: per component the weighted mean and the
 scatter ``sum_i r_ik (x_i - m_k)(x_i - m_k)^T`` about it, merged across rows with
 :func:`dask_em.families.base.merge_centred_moments`.
@@ -361,6 +362,10 @@ class GaussianFamily:
         )
 
     def _slice_stats(self, params, X, w, work=None):
+        # Fitting computes in float64 even for float32 blocks (cast one slice at a time):
+        # float32 products leave ~1e-7 relative noise in the objective, too coarse for the
+        # monotone-objective guarantee and for small tol.  Prediction keeps float32.
+        X = np.asarray(X, dtype=np.float64)
         log_norm, resp = log_normalize(self.weighted_log_prob(params, X, work))
         if w is None:
             weight, loglik = float(len(X)), float(log_norm.sum())

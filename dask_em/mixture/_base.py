@@ -23,7 +23,6 @@ from dask_em.data import (
     as_float_matrix,
     as_row_chunked,
     as_sample_weight,
-    check_finite_numpy,
     describe_nonfinite,
     merge_scans,
     raise_for_scan_problems,
@@ -102,18 +101,13 @@ class BaseMixture:
         return self
 
     def __repr__(self) -> str:
-        defaults = {
-            p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()
-        }
+        signature = inspect.signature(type(self).__init__).parameters
         shown = []
         for name, value in self.get_params().items():
-            default = defaults.get(name)
-            if isinstance(value, np.ndarray) or (value is not default and value != default):
-                shown.append(
-                    f"{name}={value!r}"
-                    if not isinstance(value, np.ndarray)
-                    else f"{name}=array{value.shape}"
-                )
+            if isinstance(value, np.ndarray):
+                shown.append(f"{name}=array{value.shape}")
+            elif value is not signature[name].default and value != signature[name].default:
+                shown.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
     # -- subclass hooks -----------------------------------------------------------
@@ -356,6 +350,3 @@ def _predict_proba(family, params, X):
 
 def _score_samples(family, params, X):
     return log_normalize(family.weighted_log_prob(params, X))[0]
-
-
-__all__ = ["BaseMixture", "check_finite_numpy", "seed_from"]

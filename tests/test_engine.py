@@ -1,0 +1,80 @@
+"""The engine alone: graph shape, reduction order, placement, the monotone check."""
+
+from __future__ import annotations
+
+import logging
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from dask_em.engine import EMEngine, IterationRecord
+
+
+def count_rows(_shared, X, w):
+    return {"rows": [len(X)], "weight": float(len(X) if w is None else w.sum())}
+
+
+def concatenate(*parts):
+    return {
+        "rows": [rows for p in parts for rows in p["rows"]],
+        "weight": sum(p["weight"] for p in parts),
+    }
+
+
+def test_map_reduce_visits_every_block_once_in_order(client):
+    X = da.ones((1000, 3), chunks=(37, 3))
+    engine = EMEngine(X, model="test", cache="memory", split_every=3)
+    result = engine.map_reduce(count_rows, concatenate, None)
+    assert result["rows"] == list(X.chunks[0])  # a fixed tree merges blocks in order
+    w = da.full(1000, 2.0, chunks=100)
+    weighted = EMEngine(X, w.rechunk((X.chunks[0],)), model="test")
+    assert weighted.map_reduce(count_rows, concatenate, None)["weight"] == 2000.0
+
+
+def test_one_block_still_goes_through_a_reduce_task():
+    engine = EMEngine(da.ones((10, 2), chunks=(10, 2)), model="test", cache="memory")
+    assert engine.map_reduce(count_rows, concatenate, None)["rows"] == [10]
+
+
+def test_stream_mode_reads_each_block_inside_its_estep_task(tmp_path):
+    path = str(tmp_path / "X.zarr")
+    da.random.random((1000, 4), chunks=(100, 4)).to_zarr(path)
+    X = da.from_zarr(path)
+    engine = EMEngine(X, model="test", cache="stream")
+    assert not engine.persisted
+    dsk, _ = engine.pass_graph(count_rows, concatenate, None, per_block=[(i,) for i in range(10)])
+    chunk_keys = [k for k in dsk if isinstance(k, tuple) and k[0] == X.name]
+    assert chunk_keys == []  # no separate read tasks: each is fused into its E-step
+    assert sum(1 for k in dsk if isinstance(k, tuple) and k[0].startswith("estep-test")) == 10
+    assert engine.map_reduce(count_rows, concatenate, None)["rows"] == [100] * 10
+
+
+def test_auto_placement_follows_the_memory_budget(client, monkeypatch):
+    X = da.ones((1000, 4), chunks=(100, 4))
+    assert EMEngine(X, model="test").persisted
+    monkeypatch.setattr(EMEngine, "memory_budget", lambda self: X.nbytes)
+    assert not EMEngine(X, model="test").persisted
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"cache": "disk"}, "cache must be one of"), ({"split_every": 1}, "split_every")],
+)
+def test_bad_engine_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EMEngine(da.ones((10, 2)), model="test", **kwargs)
+
+
+@pytest.mark.allow_objective_decrease
+def test_a_decreasing_objective_is_reported(caplog):
+    history = [IterationRecord(1, -1.0, np.inf, 0.1)]
+    with caplog.at_level(logging.WARNING, logger="dask_em.engine"):
+        EMEngine._check_monotone(IterationRecord(2, -1.0 - 1e-12, -1e-12, 0.1), history)
+        assert caplog.records == []  # within 1e-10 relative: rounding
+        EMEngine._check_monotone(IterationRecord(2, -1.0 - 1e-8, -1e-8, 0.1), history)
+    assert caplog.records[0].getMessage().startswith("objective decreased at iteration 2")
+    history[0].reseeded = (1,)
+    caplog.clear()
+    EMEngine._check_monotone(IterationRecord(2, -2.0, -1.0, 0.1), history)
+    assert caplog.records == []  # a re-seeding step is not an EM step
