@@ -54,12 +54,16 @@ def _chunk_rows(n_features: int, itemsize: int) -> int:
     return max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * itemsize))
 
 
-def as_row_chunked(X: Any, *, storage_options: dict | None = None) -> da.Array:
-    """``X`` as a 2-D float dask array chunked along rows only (see module docstring).
+def as_row_chunked(
+    X: Any, *, storage_options: dict | None = None, check: ValueCheck | None = None
+) -> da.Array:
+    """``X`` as a 2-D dask array chunked along rows only (see module docstring).
 
     Raises ValueError for a path that is not a Zarr array, for input that is not 2-D and
-    for non-numeric dtypes; NumPy input is also checked for NaN/inf here.
+    for non-numeric dtypes; NumPy input is also checked here with ``check`` (default:
+    NaN/inf).  Integer data keeps its dtype when ``check.keeps_integers`` (counts).
     """
+    check = check or FINITE
     if isinstance(X, (str, os.PathLike)):
         X = open_zarr_array(X, storage_options)
     elif _is_xarray(X):
@@ -69,11 +73,11 @@ def as_row_chunked(X: Any, *, storage_options: dict | None = None) -> da.Array:
             )
         X = X.data
     if not isinstance(X, da.Array):
-        X = as_float_matrix(X)
+        X = as_float_matrix(X, check=check)
         X = da.from_array(X, chunks=(_chunk_rows(X.shape[1], X.itemsize), -1))
     else:
         _check_shape_dtype(X.shape, X.dtype)
-        X = _as_float(X)
+        X = _as_float(X, check.keeps_integers)
     if any(_is_nan(c) for c in X.chunks[0]):
         raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
     if len(X.chunks[1]) != 1:
@@ -81,12 +85,13 @@ def as_row_chunked(X: Any, *, storage_options: dict | None = None) -> da.Array:
     return X
 
 
-def as_float_matrix(X: Any) -> np.ndarray:
-    """In-memory ``X`` as a checked 2-D float NumPy array (shape, dtype, NaN/inf)."""
+def as_float_matrix(X: Any, check: ValueCheck | None = None) -> np.ndarray:
+    """In-memory ``X`` as a checked 2-D NumPy array (shape, dtype, ``check``'s values)."""
+    check = check or FINITE
     X = np.asarray(X)
     _check_shape_dtype(X.shape, X.dtype)
-    X = _as_float(X)
-    check_finite_numpy(X)
+    X = _as_float(X, check.keeps_integers)
+    check.raise_for(X)
     return X
 
 
@@ -112,28 +117,92 @@ def _check_shape_dtype(shape: tuple, dtype: np.dtype) -> None:
         raise ValueError(f"X is empty: shape {shape}")
 
 
-def _as_float(X):
+def _as_float(X, keep_integers: bool = False):
     if X.dtype in (np.float32, np.float64):
+        return X
+    if keep_integers and (np.issubdtype(X.dtype, np.integer) or X.dtype == np.bool_):
         return X
     if X.dtype == np.float16:
         return X.astype(np.float32)
     return X.astype(np.float64)
 
 
-def describe_nonfinite(count: int, row: int, col: int, what: str = "X") -> str:
-    return (
-        f"{what} contains {count} NaN or infinite value{'s' if count != 1 else ''}; "
-        f"the first is at row {row}, column {col}"
-    )
+class ValueCheck:
+    """Which values a family accepts; finds the first bad one and says what is wrong.
+
+    The default accepts any finite number.  Subclasses narrow it (counts, symbols, 0/1).
+    """
+
+    #: Plural noun phrase for the error message.
+    problem = "NaN or infinite values"
+    #: Integer data keeps its dtype (the kernels cast one slice at a time).
+    keeps_integers = False
+
+    def bad(self, X: np.ndarray) -> np.ndarray:
+        """Boolean mask of the entries of the block ``X`` that are not accepted."""
+        return ~np.isfinite(X)
+
+    def message(self, count: int, row: int, col: int, value: float, what: str = "X") -> str:
+        return (
+            f"{what} contains {count} {self.problem}; the first is at row {row}, "
+            f"column {col} (value {value!r})"
+        )
+
+    def first_problem(self, X: np.ndarray, row_offset: int = 0):
+        """``(count, row, col, value)`` of the bad entries of ``X``, or None."""
+        bad = self.bad(X)
+        count = int(bad.sum())
+        if not count:
+            return None
+        r, c = np.argwhere(bad)[0]
+        return count, row_offset + int(r), int(c), X[r, c].item()
+
+    def raise_for(self, X: np.ndarray, row_offset: int = 0, what: str = "X") -> None:
+        problem = self.first_problem(X, row_offset)
+        if problem is not None:
+            raise ValueError(self.message(*problem, what=what))
 
 
-def check_finite_numpy(X: np.ndarray, what: str = "X") -> None:
-    """Raise ValueError naming the count and first position of NaN/inf in ``X``."""
-    bad = ~np.isfinite(X)
-    count = int(bad.sum())
-    if count:
-        position = np.argwhere(bad)[0]
-        raise ValueError(describe_nonfinite(count, *map(int, position), what=what))
+class CountCheck(ValueCheck):
+    """Non-negative integers (Poisson counts); float data must hold whole numbers."""
+
+    problem = "negative, non-integer, NaN or infinite counts"
+    keeps_integers = True
+
+    def bad(self, X: np.ndarray) -> np.ndarray:
+        if np.issubdtype(X.dtype, np.integer):
+            return X < 0
+        return ~np.isfinite(X) | (X < 0) | (X != np.floor(X))
+
+
+class SymbolCheck(ValueCheck):
+    """Integer symbols in 0..n_symbols-1 (categorical data); None: any non-negative."""
+
+    keeps_integers = True
+
+    def __init__(self, n_symbols: int | None = None):
+        self.n_symbols = n_symbols
+        upper = "" if n_symbols is None else f"..{n_symbols - 1}"
+        self.problem = f"values that are not integer symbols 0{upper}"
+
+    def bad(self, X: np.ndarray) -> np.ndarray:
+        bad = CountCheck().bad(X)
+        if self.n_symbols is not None:
+            bad |= X >= self.n_symbols
+        return bad
+
+
+class BinaryCheck(ValueCheck):
+    """Only 0 and 1 (Bernoulli data)."""
+
+    problem = "values other than 0 and 1"
+    keeps_integers = True
+
+    def bad(self, X: np.ndarray) -> np.ndarray:
+        return (X != 0) & (X != 1)
+
+
+FINITE = ValueCheck()
 
 
 def as_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
@@ -171,24 +240,21 @@ def row_offsets(X: da.Array) -> list[int]:
 
 # --------------------------------------------------------------------------- scan pass
 def scan_block(
-    _shared: Any,
+    check: ValueCheck | None,
     X: np.ndarray,
     w: np.ndarray | None,
     n_pick: int,
     seed: int,
     row_offset: int,
 ) -> dict[str, Any]:
-    """Check one block for NaN/inf (and bad weights) and draw ``n_pick`` rows from it.
+    """Check one block's values (and weights) and draw ``n_pick`` rows from it.
 
-    Returns ``sample`` (n_pick, D) float64, ``sample_weight`` (n_pick,), and counts and
-    first global positions of problems.  Merging is concatenation (:func:`merge_scans`).
+    Returns ``sample`` (n_pick, D) float64, ``sample_weight`` (n_pick,), ``column_max``
+    (D,), and the count, first global position and value of any bad entry.  Merging is
+    concatenation (:func:`merge_scans`).
     """
-    bad = ~np.isfinite(X)
-    n_bad = int(bad.sum())
-    first_bad = None
-    if n_bad:
-        r, c = np.argwhere(bad)[0]
-        first_bad = (row_offset + int(r), int(c))
+    check = check or FINITE
+    problem = check.first_problem(X, row_offset)
     n_bad_w, first_bad_w = 0, None
     if w is not None:
         bad_w = ~np.isfinite(w) | (w < 0)
@@ -200,11 +266,16 @@ def scan_block(
     rows = np.sort(rng.choice(len(X), size=n_pick, replace=False)) if n_pick else []
     sample = np.asarray(X[rows], dtype=np.float64).reshape(n_pick, X.shape[1])
     sample_w = np.ones(n_pick) if w is None else np.asarray(w[rows], dtype=np.float64)
+    column_max = (
+        np.full(X.shape[1], -np.inf)
+        if problem is not None or len(X) == 0
+        else np.asarray(X.max(axis=0), dtype=np.float64)
+    )
     return {
         "sample": sample,
         "sample_weight": sample_w,
-        "n_nonfinite": n_bad,
-        "first_nonfinite": first_bad,
+        "column_max": column_max,
+        "problem": problem,
         "n_bad_weight": n_bad_w,
         "first_bad_weight": first_bad_w,
         "weight": float(len(X)) if w is None else float(np.sum(w, dtype=np.float64)),
@@ -216,6 +287,14 @@ def _first(a, b):
     return min(candidates) if candidates else None
 
 
+def _merge_problems(a, b):
+    """``(count, row, col, value)`` of two row ranges: counts add, the first one wins."""
+    if a is None or b is None:
+        return a if b is None else b
+    first = a if a[1:3] <= b[1:3] else b
+    return (a[0] + b[0], *first[1:])
+
+
 def merge_scans(*parts: dict[str, Any]) -> dict[str, Any]:
     """Concatenate samples and add up the problem counts, in block order."""
     out = dict(parts[0])
@@ -223,8 +302,8 @@ def merge_scans(*parts: dict[str, Any]) -> dict[str, Any]:
         out = {
             "sample": np.concatenate([out["sample"], b["sample"]]),
             "sample_weight": np.concatenate([out["sample_weight"], b["sample_weight"]]),
-            "n_nonfinite": out["n_nonfinite"] + b["n_nonfinite"],
-            "first_nonfinite": _first(out["first_nonfinite"], b["first_nonfinite"]),
+            "column_max": np.maximum(out["column_max"], b["column_max"]),
+            "problem": _merge_problems(out["problem"], b["problem"]),
             "n_bad_weight": out["n_bad_weight"] + b["n_bad_weight"],
             "first_bad_weight": _first(out["first_bad_weight"], b["first_bad_weight"]),
             "weight": out["weight"] + b["weight"],
@@ -232,10 +311,10 @@ def merge_scans(*parts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def raise_for_scan_problems(scan: dict[str, Any]) -> None:
-    """ValueError naming the count and first position of NaN/inf or bad weights."""
-    if scan["n_nonfinite"]:
-        raise ValueError(describe_nonfinite(scan["n_nonfinite"], *scan["first_nonfinite"]))
+def raise_for_scan_problems(scan: dict[str, Any], check: ValueCheck | None = None) -> None:
+    """ValueError naming the count and first position of bad values or bad weights."""
+    if scan["problem"] is not None:
+        raise ValueError((check or FINITE).message(*scan["problem"]))
     if scan["n_bad_weight"]:
         raise ValueError(
             f"sample_weight contains {scan['n_bad_weight']} negative, NaN or infinite "

@@ -101,6 +101,9 @@ class EMEngine:
     model : short name used in task names (``estep-<model>``).
     cache : "auto", "memory" or "stream" (see module docstring).
     split_every : fan-in of the reduction tree.
+    local : run in this process with Dask's synchronous scheduler, even when a
+        ``distributed.Client`` is active (small in-memory data, where shipping it to the
+        cluster costs more than the arithmetic).
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class EMEngine:
         model: str,
         cache: str = "auto",
         split_every: int = 8,
+        local: bool = False,
     ):
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
@@ -120,7 +124,8 @@ class EMEngine:
             raise ValueError(f"split_every must be at least 2, got {split_every}")
         self.model = model
         self.split_every = split_every
-        self.client = active_client()
+        self.local = local
+        self.client = None if local else active_client()
         self.persisted = self._should_persist(X, sample_weight, cache)
         if self.persisted:
             X, sample_weight = self._persist(X, sample_weight)
@@ -139,6 +144,8 @@ class EMEngine:
         return int(psutil.virtual_memory().available)
 
     def _should_persist(self, X, sample_weight, cache) -> bool:
+        if self.local:
+            return False  # the blocks are views of an in-memory array already
         if cache != "auto":
             return cache == "memory"
         nbytes = X.nbytes + (0 if sample_weight is None else sample_weight.nbytes)
@@ -241,7 +248,8 @@ class EMEngine:
         result = Delayed(key, dsk)
         if self.client is not None:
             return self.client.compute(result, optimize_graph=False).result()
-        return result.compute(optimize_graph=False)
+        scheduler = "sync" if self.local else None
+        return result.compute(optimize_graph=False, scheduler=scheduler)
 
     # -- the EM loop ----------------------------------------------------------------
     def run(

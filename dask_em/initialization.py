@@ -112,22 +112,24 @@ def init_block_stats(
 ) -> dict[str, Any]:
     """Statistics of one block under initial responsibilities.
 
-    ``shared`` holds ``family``, ``n_components`` and ``centers`` (K, D) or None; with
-    centres each row is assigned to the nearest one, without them it gets random
-    responsibilities drawn from ``seed`` (normalized uniform, as scikit-learn).
+    ``shared`` holds ``family``, ``n_components`` and ``centers`` (K, F) or None; with
+    centres each row is assigned to the nearest one in the family's k-means feature space
+    (``family.init_features``, F columns), without them it gets random responsibilities
+    drawn from ``seed`` (normalized uniform, as scikit-learn).
     """
     family, centers, n_components = shared["family"], shared["centers"], shared["n_components"]
     rng = np.random.default_rng(seed)
 
     def slice_stats(X_slice, w_slice):
-        X64 = np.asarray(X_slice, dtype=np.float64)
+        n_rows = len(X_slice)
         if centers is None:
-            resp = rng.uniform(size=(len(X64), n_components))
+            resp = rng.uniform(size=(n_rows, n_components))
             resp /= resp.sum(axis=1, keepdims=True)
         else:
-            labels = np.argmin(_squared_distances(X64, centers), axis=1)
-            resp = np.zeros((len(X64), n_components))
-            resp[np.arange(len(X64)), labels] = 1.0
-        return family.responsibility_stats(X64, resp, w_slice)
+            features = family.init_features(X_slice)
+            labels = np.argmin(_squared_distances(features, centers), axis=1)
+            resp = np.zeros((n_rows, n_components))
+            resp[np.arange(n_rows), labels] = 1.0
+        return family.responsibility_stats(X_slice, resp, w_slice)
 
     return sliced_stats(slice_stats, family.merge, X, w)

@@ -333,6 +333,10 @@ class GaussianFamily:
         }[self.covariance_type]
         return int(per_cov + n_components * n_features + n_components - 1)
 
+    def init_features(self, X: np.ndarray) -> np.ndarray:
+        """Coordinates in which k-means initialization measures distances: X itself."""
+        return np.asarray(X, dtype=np.float64)
+
     # -- E-step -------------------------------------------------------------------
     def weighted_log_prob(
         self, params: Params, X: np.ndarray, work: Workspace | None = None

@@ -20,10 +20,11 @@ import dask.array as da
 import numpy as np
 
 from dask_em.data import (
+    FINITE,
+    ValueCheck,
     as_float_matrix,
     as_row_chunked,
     as_sample_weight,
-    describe_nonfinite,
     merge_scans,
     raise_for_scan_problems,
     row_offsets,
@@ -32,8 +33,13 @@ from dask_em.data import (
 from dask_em.engine import CACHE_MODES, EMEngine, FitResult, blockwise_seeds
 from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
 from dask_em.families.base import Params, Stats, log_normalize
+from dask_em.initialization import init_block_stats, initial_centers
 
 logger = logging.getLogger(__name__)
+
+#: In-memory NumPy input up to this size is fitted in this process, without the cluster:
+#: shipping it would cost more than the arithmetic (EM can need thousands of passes).
+LOCAL_FIT_BYTES = 32 * 2**20
 
 
 def seed_from(random_state: Any) -> int:
@@ -114,6 +120,10 @@ class BaseMixture:
     def _family(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _value_check(self) -> ValueCheck:
+        """Which values the model accepts (default: any finite number)."""
+        return FINITE
+
     def _check_hyperparameters(self, n_features: int) -> None:
         """Validate constructor parameters (before any cluster work)."""
         if not isinstance(self.n_components, numbers.Integral) or self.n_components < 1:
@@ -128,7 +138,40 @@ class BaseMixture:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
 
     def _initial_params(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> Params:
+        """Initial parameters: given ``*_init`` values, the rest from an init pass."""
+        given = self._given_init()
+        computed: Params = {}
+        if any(value is None for value in given.values()):
+            computed = self._init_pass(engine, scan, rng)
+        return self._combine_init(computed, given)
+
+    def _given_init(self) -> dict[str, Any]:
+        """``{parameter: the user's initial value or None}``."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def _combine_init(self, computed: Params, given: dict[str, Any]) -> Params:
+        """Parameters from the given initial values, completed by the computed ones."""
+        values = {
+            name: computed[name] if value is None else np.asarray(value, dtype=np.float64)
+            for name, value in given.items()
+        }
+        return self._family().make_params(**values)
+
+    def _init_pass(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> Params:
+        """Centres on the scan sample, then one pass of responsibilities and an M-step."""
+        family = self._family()
+        features = family.init_features(scan["sample"])
+        centers = initial_centers(
+            self.init_params, features, scan["sample_weight"], self.n_components, rng
+        )
+        shared = {"family": family, "centers": centers, "n_components": self.n_components}
+        seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
+        stats = engine.map_reduce(
+            init_block_stats, family.merge, shared, stage="init", per_block=[(s,) for s in seeds]
+        )
+        params = family.m_step(stats)
+        params, _ = self._make_repair(family, scan["sample"])(params, stats)
+        return params
 
     def _set_fitted(self, params: Params) -> None:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -158,7 +201,10 @@ class BaseMixture:
         The first pass over the data checks it (NaN/inf, weights) and draws the sample
         used for initialization and re-seeding.
         """
-        X = as_row_chunked(X)
+        local = not _is_lazy(X)
+        check = self._value_check()
+        X = as_row_chunked(X, check=check)
+        local = local and X.nbytes <= LOCAL_FIT_BYTES
         n_samples, n_features = X.shape
         self._check_hyperparameters(n_features)
         if n_samples < self.n_components:
@@ -170,8 +216,8 @@ class BaseMixture:
         seed = seed_from(self.random_state)
         rng = np.random.default_rng(seed)
         with verbose_logging(self.verbose):
-            engine = EMEngine(X, weights, model=self._model_name, cache=self.cache)
-            self.data_placement_ = "memory" if engine.persisted else "stream"
+            engine = EMEngine(X, weights, model=self._model_name, cache=self.cache, local=local)
+            self.data_placement_ = "local" if local else "memory" if engine.persisted else "stream"
             try:
                 scan = self._scan(engine, rng)
                 best = self._fit_restarts(engine, scan, rng)
@@ -200,8 +246,9 @@ class BaseMixture:
         picks = rng.multivariate_hypergeometric(sizes, total)
         seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
         per_block = list(zip(picks.tolist(), seeds, row_offsets(engine.X), strict=True))
-        scan = engine.map_reduce(scan_block, merge_scans, None, stage="scan", per_block=per_block)
-        raise_for_scan_problems(scan)
+        check = self._value_check()
+        scan = engine.map_reduce(scan_block, merge_scans, check, stage="scan", per_block=per_block)
+        raise_for_scan_problems(scan, check)
         return scan
 
     def _fit_restarts(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> FitResult:
@@ -241,24 +288,19 @@ class BaseMixture:
         dask array out, chunked like X along rows.
         """
         self._check_fitted()
-        family, params = self._family(), self._fitted_params()
+        family, params, check = self._family(), self._fitted_params(), self._value_check()
         if not _is_lazy(X):
-            X = as_float_matrix(X.data if hasattr(X, "dims") else X)
+            X = as_float_matrix(X.data if hasattr(X, "dims") else X, check=check)
             self._check_n_features(X.shape[1])
             return kernel(family, params, X)
-        X = as_row_chunked(X)
+        X = as_row_chunked(X, check=check)
         self._check_n_features(X.shape[1])
         name = f"{kernel.__name__.strip('_')}-{self._model_name}"
 
         def block(X_block, block_info=None):
             offset = block_info[0]["array-location"][0][0] if block_info else 0
-            bad = ~np.isfinite(X_block)
-            if bad.any():
-                r, c = np.argwhere(bad)[0]
-                rows = f"X[{offset}:{offset + len(X_block)}]"
-                raise ValueError(
-                    describe_nonfinite(int(bad.sum()), offset + int(r), int(c), what=rows)
-                )
+            what = f"X[{offset}:{offset + len(X_block)}]"
+            check.raise_for(X_block, offset, what=what)
             return kernel(family, params, X_block)
 
         if out_columns is None:

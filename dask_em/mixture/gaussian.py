@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from dask_em.engine import EMEngine, blockwise_seeds
 from dask_em.families.base import Params
 from dask_em.families.gaussian import (
     COVARIANCE_TYPES,
@@ -14,12 +13,7 @@ from dask_em.families.gaussian import (
     cholesky_from_precisions,
     precisions_from_cholesky,
 )
-from dask_em.initialization import (
-    DEFAULT_SAMPLE_SIZE,
-    INIT_METHODS,
-    init_block_stats,
-    initial_centers,
-)
+from dask_em.initialization import DEFAULT_SAMPLE_SIZE, INIT_METHODS
 from dask_em.mixture._base import BaseMixture
 
 
@@ -162,31 +156,21 @@ class GaussianMixture(BaseMixture):
                 raise ValueError("precisions_init must be positive")
 
     # -- initialization -----------------------------------------------------------
-    def _initial_params(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> Params:
+    def _given_init(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights_init,
+            "means": self.means_init,
+            "precisions": self.precisions_init,
+        }
+
+    def _combine_init(self, computed: Params, given: dict[str, Any]) -> Params:
         family = self._family()
-        given = [self.weights_init, self.means_init, self.precisions_init]
-        computed: Params = {}
-        if any(value is None for value in given):
-            centers = initial_centers(
-                self.init_params, scan["sample"], scan["sample_weight"], self.n_components, rng
-            )
-            shared = {"family": family, "centers": centers, "n_components": self.n_components}
-            seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
-            stats = engine.map_reduce(
-                init_block_stats,
-                family.merge,
-                shared,
-                stage="init",
-                per_block=[(seed,) for seed in seeds],
-            )
-            computed = family.m_step(stats)
-            computed, _ = self._make_repair(family, scan["sample"])(computed, stats)
-        weights = computed["weights"] if self.weights_init is None else self.weights_init
-        means = computed["means"] if self.means_init is None else self.means_init
-        if self.precisions_init is None:
+        weights = computed["weights"] if given["weights"] is None else given["weights"]
+        means = computed["means"] if given["means"] is None else given["means"]
+        if given["precisions"] is None:
             return family.make_params(weights, means, covariances=computed["covariances"])
         prec_chol = cholesky_from_precisions(
-            np.asarray(self.precisions_init, dtype=np.float64), self.covariance_type
+            np.asarray(given["precisions"], dtype=np.float64), self.covariance_type
         )
         return family.make_params(weights, means, precisions_cholesky=prec_chol)
 
