@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from dask_em.data import open_zarr_array
 from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
-from dask_em.mixture import GaussianMixture
+from dask_em.mixture import BernoulliMixture, CategoricalMixture, GaussianMixture, PoissonMixture
 from dask_em.model_io import load
 
 try:
@@ -17,9 +17,12 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "BernoulliMixture",
+    "CategoricalMixture",
     "ConvergenceWarning",
     "EmptyComponentWarning",
     "GaussianMixture",
+    "PoissonMixture",
     "__version__",
     "load",
     "open_zarr_array",

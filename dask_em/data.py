@@ -29,104 +29,6 @@ import numpy as np
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
-def open_zarr_array(path: str | os.PathLike, storage_options: dict | None = None) -> da.Array:
-    """A dask array over the Zarr array at ``path`` (local path or fsspec URL)."""
-    import zarr
-
-    location = os.fspath(path)
-    try:
-        node = zarr.open(store=location, mode="r", storage_options=storage_options)
-    except FileNotFoundError:
-        raise ValueError(f"{location!r} is not a Zarr array: nothing found there") from None
-    except Exception as error:  # zarr raises several types for unreadable stores
-        raise ValueError(f"{location!r} is not a readable Zarr array: {error}") from None
-    if isinstance(node, zarr.Group):
-        members = sorted(name for name, _ in node.arrays())
-        hint = f"; its arrays are {members}" if members else " with no arrays"
-        raise ValueError(
-            f"{location!r} is a Zarr group, not an array{hint}. "
-            f"Pass the path of one array, e.g. {location.rstrip('/')}/{(members or ['X'])[0]}"
-        )
-    return da.from_zarr(node)
-
-
-def _chunk_rows(n_features: int, itemsize: int) -> int:
-    return max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * itemsize))
-
-
-def as_row_chunked(
-    X: Any, *, storage_options: dict | None = None, check: ValueCheck | None = None
-) -> da.Array:
-    """``X`` as a 2-D dask array chunked along rows only (see module docstring).
-
-    Raises ValueError for a path that is not a Zarr array, for input that is not 2-D and
-    for non-numeric dtypes; NumPy input is also checked here with ``check`` (default:
-    NaN/inf).  Integer data keeps its dtype when ``check.keeps_integers`` (counts).
-    """
-    check = check or FINITE
-    if isinstance(X, (str, os.PathLike)):
-        X = open_zarr_array(X, storage_options)
-    elif _is_xarray(X):
-        if X.ndim != 2:
-            raise ValueError(
-                f"expected a 2-D DataArray (sample, feature), got dims {tuple(X.dims)}"
-            )
-        X = X.data
-    if not isinstance(X, da.Array):
-        X = as_float_matrix(X, check=check)
-        X = da.from_array(X, chunks=(_chunk_rows(X.shape[1], X.itemsize), -1))
-    else:
-        _check_shape_dtype(X.shape, X.dtype)
-        X = _as_float(X, check.keeps_integers)
-    if any(_is_nan(c) for c in X.chunks[0]):
-        raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
-    if len(X.chunks[1]) != 1:
-        X = X.rechunk({1: -1})
-    return X
-
-
-def as_float_matrix(X: Any, check: ValueCheck | None = None) -> np.ndarray:
-    """In-memory ``X`` as a checked 2-D NumPy array (shape, dtype, ``check``'s values)."""
-    check = check or FINITE
-    X = np.asarray(X)
-    _check_shape_dtype(X.shape, X.dtype)
-    X = _as_float(X, check.keeps_integers)
-    check.raise_for(X)
-    return X
-
-
-def _is_nan(value) -> bool:
-    return isinstance(value, float) and value != value
-
-
-def _is_xarray(X: Any) -> bool:
-    return type(X).__module__.startswith("xarray") and hasattr(X, "dims")
-
-
-def _check_shape_dtype(shape: tuple, dtype: np.dtype) -> None:
-    if len(shape) != 2:
-        raise ValueError(
-            f"expected 2-D data of shape (n_samples, n_features), got {len(shape)}-D data "
-            f"of shape {shape}; reshape a single feature with X.reshape(-1, 1)"
-        )
-    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(
-        dtype, np.complexfloating
-    ):
-        raise ValueError(f"X must hold real numbers, got dtype {dtype}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"X is empty: shape {shape}")
-
-
-def _as_float(X, keep_integers: bool = False):
-    if X.dtype in (np.float32, np.float64):
-        return X
-    if keep_integers and (np.issubdtype(X.dtype, np.integer) or X.dtype == np.bool_):
-        return X
-    if X.dtype == np.float16:
-        return X.astype(np.float32)
-    return X.astype(np.float64)
-
-
 class ValueCheck:
     """Which values a family accepts; finds the first bad one and says what is wrong.
 
@@ -203,6 +105,118 @@ class BinaryCheck(ValueCheck):
 
 
 FINITE = ValueCheck()
+
+
+def open_zarr_array(path: str | os.PathLike, storage_options: dict | None = None) -> da.Array:
+    """A dask array over the Zarr array at ``path`` (local path or fsspec URL)."""
+    import zarr
+
+    location = os.fspath(path)
+    try:
+        node = zarr.open(store=location, mode="r", storage_options=storage_options)
+    except FileNotFoundError:
+        raise ValueError(f"{location!r} is not a Zarr array: nothing found there") from None
+    except Exception as error:  # zarr raises several types for unreadable stores
+        raise ValueError(f"{location!r} is not a readable Zarr array: {error}") from None
+    if isinstance(node, zarr.Group):
+        members = sorted(name for name, _ in node.arrays())
+        hint = f"; its arrays are {members}" if members else " with no arrays"
+        raise ValueError(
+            f"{location!r} is a Zarr group, not an array{hint}. "
+            f"Pass the path of one array, e.g. {location.rstrip('/')}/{(members or ['X'])[0]}"
+        )
+    return da.from_zarr(node)
+
+
+def _chunk_rows(n_features: int, itemsize: int) -> int:
+    return max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * itemsize))
+
+
+def as_row_chunked(
+    X: Any,
+    *,
+    storage_options: dict | None = None,
+    check: ValueCheck | None = FINITE,
+    keep_integers: bool | None = None,
+) -> da.Array:
+    """``X`` as a 2-D dask array chunked along rows only (see module docstring).
+
+    Raises ValueError for a path that is not a Zarr array, for input that is not 2-D and
+    for non-numeric dtypes; NumPy input is also checked here with ``check`` (default:
+    NaN/inf; None: only shape and dtype, the caller checks values).  Integer data keeps
+    its dtype when ``check.keeps_integers`` (counts).
+    """
+    keeps_integers = (
+        keep_integers if keep_integers is not None else (check is not None and check.keeps_integers)
+    )
+    if isinstance(X, (str, os.PathLike)):
+        X = open_zarr_array(X, storage_options)
+    elif _is_xarray(X):
+        if X.ndim != 2:
+            raise ValueError(
+                f"expected a 2-D DataArray (sample, feature), got dims {tuple(X.dims)}"
+            )
+        X = X.data
+    if not isinstance(X, da.Array):
+        X = as_float_matrix(X, check=check, keep_integers=keeps_integers)
+        X = da.from_array(X, chunks=(_chunk_rows(X.shape[1], X.itemsize), -1))
+    else:
+        _check_shape_dtype(X.shape, X.dtype)
+        X = _as_float(X, keeps_integers)
+    if any(_is_nan(c) for c in X.chunks[0]):
+        raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
+    if len(X.chunks[1]) != 1:
+        X = X.rechunk({1: -1})
+    return X
+
+
+def as_float_matrix(
+    X: Any, check: ValueCheck | None = FINITE, keep_integers: bool | None = None
+) -> np.ndarray:
+    """In-memory ``X`` as a 2-D NumPy array, shape, dtype and ``check``'s values checked.
+
+    ``keep_integers`` defaults to ``check.keeps_integers``.
+    """
+    X = np.asarray(X)
+    _check_shape_dtype(X.shape, X.dtype)
+    if keep_integers is None:
+        keep_integers = check is not None and check.keeps_integers
+    X = _as_float(X, keep_integers)
+    if check is not None:
+        check.raise_for(X)
+    return X
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and value != value
+
+
+def _is_xarray(X: Any) -> bool:
+    return type(X).__module__.startswith("xarray") and hasattr(X, "dims")
+
+
+def _check_shape_dtype(shape: tuple, dtype: np.dtype) -> None:
+    if len(shape) != 2:
+        raise ValueError(
+            f"expected 2-D data of shape (n_samples, n_features), got {len(shape)}-D data "
+            f"of shape {shape}; reshape a single feature with X.reshape(-1, 1)"
+        )
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(
+        dtype, np.complexfloating
+    ):
+        raise ValueError(f"X must hold real numbers, got dtype {dtype}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"X is empty: shape {shape}")
+
+
+def _as_float(X, keep_integers: bool = False):
+    if X.dtype in (np.float32, np.float64):
+        return X
+    if keep_integers and (np.issubdtype(X.dtype, np.integer) or X.dtype == np.bool_):
+        return X
+    if X.dtype == np.float16:
+        return X.astype(np.float32)
+    return X.astype(np.float64)
 
 
 def as_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:

@@ -101,9 +101,9 @@ class EMEngine:
     model : short name used in task names (``estep-<model>``).
     cache : "auto", "memory" or "stream" (see module docstring).
     split_every : fan-in of the reduction tree.
-    local : run in this process with Dask's synchronous scheduler, even when a
+    local : run in this process, block by block, without building graphs, even when a
         ``distributed.Client`` is active (small in-memory data, where shipping it to the
-        cluster costs more than the arithmetic).
+        cluster and scheduling would cost more than the arithmetic).
     """
 
     def __init__(
@@ -131,6 +131,7 @@ class EMEngine:
             X, sample_weight = self._persist(X, sample_weight)
         self.X = X
         self.sample_weight = sample_weight
+        self._local_blocks = self._materialize_blocks() if local else None
 
     # -- placement ------------------------------------------------------------------
     def memory_budget(self) -> int:
@@ -163,6 +164,15 @@ class EMEngine:
     def _where(self) -> str:
         return "the cluster" if self.client is not None else "local memory"
 
+    def _materialize_blocks(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """In local mode: the blocks as NumPy arrays, computed once (views of X)."""
+        X_blocks = list(self.X.to_delayed().ravel())
+        if self.sample_weight is None:
+            return [(block, None) for block in dask.compute(*X_blocks, scheduler="sync")]
+        w_blocks = list(self.sample_weight.to_delayed().ravel())
+        computed = dask.compute(*X_blocks, *w_blocks, scheduler="sync")
+        return list(zip(computed[: len(X_blocks)], computed[len(X_blocks) :], strict=True))
+
     @property
     def n_blocks(self) -> int:
         return self.X.numblocks[0]
@@ -171,6 +181,7 @@ class EMEngine:
         """Drop references to persisted data so the cluster can free it."""
         self.X = None
         self.sample_weight = None
+        self._local_blocks = None
 
     # -- one pass -------------------------------------------------------------------
     def pass_graph(
@@ -244,12 +255,28 @@ class EMEngine:
         arguments for block i.  The reduction is a fixed tree, so the same chunking
         always merges in the same order (bitwise reproducible).
         """
+        if self._local_blocks is not None:
+            parts = [
+                block_func(shared, X_block, w_block, *(per_block[i] if per_block else ()))
+                for i, (X_block, w_block) in enumerate(self._local_blocks)
+            ]
+            return self._tree_reduce(parts, merge)
         dsk, key = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
         result = Delayed(key, dsk)
         if self.client is not None:
             return self.client.compute(result, optimize_graph=False).result()
-        scheduler = "sync" if self.local else None
-        return result.compute(optimize_graph=False, scheduler=scheduler)
+        return result.compute(optimize_graph=False)
+
+    def _tree_reduce(self, parts: list[Stats], merge: Callable[..., Stats]) -> Stats:
+        """The reduction tree of :meth:`pass_graph`, run in this process (same order)."""
+        level = 0
+        while len(parts) > 1 or level == 0:
+            parts = [
+                merge(*parts[j : j + self.split_every])
+                for j in range(0, len(parts), self.split_every)
+            ]
+            level += 1
+        return parts[0]
 
     # -- the EM loop ----------------------------------------------------------------
     def run(

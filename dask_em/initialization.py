@@ -100,7 +100,10 @@ def initial_centers(
     if method == "random":
         return None
     if method == "random_from_data":
-        return sample[rng.choice(len(sample), size=n_components, replace=False)].copy()
+        # distinct rows: discrete data repeats rows, and equal centres leave one empty
+        distinct = np.unique(sample, axis=0)
+        pool = distinct if len(distinct) >= n_components else sample
+        return pool[rng.choice(len(pool), size=n_components, replace=False)].copy()
     centers = kmeans_plusplus(sample, n_components, rng, sample_weight)
     if method == "kmeans":
         centers = lloyd(sample, centers, sample_weight)

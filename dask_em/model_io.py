@@ -72,7 +72,7 @@ def to_dataset(model: Any) -> xr.Dataset:
 
 def from_dataset(ds: xr.Dataset) -> Any:
     """Rebuild a fitted estimator from :func:`to_dataset`'s Dataset."""
-    from dask_em.mixture import GaussianMixture
+    from dask_em.mixture import MODEL_CLASSES
 
     fmt, version = ds.attrs.get("dask_em_format"), ds.attrs.get("dask_em_format_version")
     if fmt != FORMAT_NAME:
@@ -82,15 +82,17 @@ def from_dataset(ds: xr.Dataset) -> Any:
             f"model file format version {version} is newer than this dask_em reads "
             f"({FORMAT_VERSION}); upgrade dask_em"
         )
-    classes = {"GaussianMixture": GaussianMixture}
     name = ds.attrs.get("model")
-    if name not in classes:
+    if name not in MODEL_CLASSES:
         raise ValueError(f"unknown model class {name!r} in model file")
     params = json.loads(ds.attrs["params"])
     for key, value in params.items():
         if key.endswith("_init") and isinstance(value, list):
             params[key] = np.asarray(value)
-    model = classes[name](**params)
+    for key, value in params.items():
+        if isinstance(value, list) and not key.endswith("_init"):
+            params[key] = tuple(value)  # e.g. rate_prior, written as a JSON list
+    model = MODEL_CLASSES[name](**params)
     model._restore_variables({name: ds[name].values for name in ds.data_vars})
     model.n_features_in_ = int(ds.attrs["n_features_in"])
     model.converged_ = bool(ds.attrs["converged"])

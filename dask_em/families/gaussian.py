@@ -15,6 +15,28 @@ As in scikit-learn, only the Cholesky factor ``L`` of each precision matrix is u
 E-step (``precision = L L^T``): the Mahalanobis term is ``||(x - mu) L||^2`` and
 ``log det(precision)^{1/2} = sum(log diag L)``; nothing is ever inverted.
 
+MAP estimation (Murphy 2012, sec. 4.6.3; Bishop 2006, sec. 2.3.6): a conjugate
+normal-inverse-Wishart kernel per component, written with pseudocounts so that zero
+strength is exactly maximum likelihood,
+
+    log p(mu_k, Sigma_k) = -(eta/2) log|Sigma_k| - (eta/2) tr(Sigma0 Sigma_k^-1)
+                           - (kappa/2) (mu_k - m0)^T Sigma_k^-1 (mu_k - m0)      (+ const)
+
+with ``mean_prior`` m0, ``mean_pseudocount`` kappa, ``covariance_prior`` Sigma0 and
+``covariance_pseudocount`` eta.  The M-step maximizes the expected complete-data
+log-likelihood plus this log-prior exactly:
+
+    mu_k    = (N_k xbar_k + kappa m0) / (N_k + kappa)
+    Sigma_k = (S_k + eta Sigma0 + kappa N_k / (kappa + N_k) (xbar_k - m0)(xbar_k - m0)^T)
+              / (N_k + eta)
+
+(diag: the diagonal of this; spherical: its trace / D; tied: numerator summed over k,
+divided by N + eta).  A standard NIW(m0, kappa0, Psi0, nu0) prior is kappa = kappa0,
+eta = nu0 + D + 2, Sigma0 = Psi0 / eta.  ``reg_covar * I`` is added after the update, as
+scikit-learn does; it is not part of the prior, so for a strictly monotone penalized
+objective use a covariance prior with ``reg_covar=0``.  The mixing weights get the
+Dirichlet prior of :mod:`dask_em.families.discrete`.
+
 Numerics: each block is first shifted by ``params["center"]`` (the mixture's overall
 mean), so data far from the origin (values around 1e6 with unit spread) loses no
 precision in the E-step.  Fitting casts float32 blocks to float64 one slice at a time;
@@ -42,6 +64,7 @@ from dask_em.families.base import (
     rows_per_slice,
     sliced_stats,
 )
+from dask_em.families.discrete import dirichlet_log_prior, dirichlet_weights
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -291,6 +314,11 @@ class GaussianFamily:
     covariance_type: str = "full"
     reg_covar: float = 1e-6
     name: str = "gmm"
+    weight_concentration: float = 1.0
+    mean_prior: np.ndarray | None = None
+    mean_pseudocount: float = 0.0
+    covariance_prior: np.ndarray | float | None = None
+    covariance_pseudocount: float = 0.0
 
     def __post_init__(self):
         if self.covariance_type not in COVARIANCE_TYPES:
@@ -423,20 +451,32 @@ class GaussianFamily:
         return np.flatnonzero(stats["nk"] <= EMPTY_COMPONENT_SHARE * stats["weight"])
 
     def m_step(self, stats: Stats) -> Params:
-        """Weighted maximum likelihood from merged statistics, with ``reg_covar * I``.
+        """MAP update from merged statistics (module docstring), then ``reg_covar * I``.
 
-        Empty components (see :meth:`empty_components`) keep finite placeholder values
-        (their weight is 0); the estimator re-seeds them.
+        With zero pseudocounts this is weighted maximum likelihood.  Empty components
+        (see :meth:`empty_components`) keep finite placeholder values; the estimator
+        re-seeds them.
         """
         nk = stats["nk"]
-        safe_nk = np.maximum(nk, np.finfo(np.float64).tiny)
         n_features = stats["means"].shape[1]
-        scatter = stats["scatter"]
+        means, scatter = stats["means"], stats["scatter"]
+        kappa, eta = self.mean_pseudocount, self.covariance_pseudocount
+        if kappa:
+            m0 = self._mean_prior(n_features)
+            shrink = kappa * nk / (kappa + nk)
+            delta = means - m0
+            means = (nk[:, None] * means + kappa * m0) / (nk + kappa)[:, None]
+            scatter = _merge_scatter(
+                self.covariance_type, scatter, np.zeros_like(scatter), delta, shrink
+            )
+        if eta:
+            scatter = scatter + eta * self._covariance_prior(n_features)
+        safe_nk = np.maximum(nk + eta, np.finfo(np.float64).tiny)
         reg = self.reg_covar
         if self.covariance_type == "full":
             covariances = scatter / safe_nk[:, None, None] + reg * np.eye(n_features)
         elif self.covariance_type == "tied":
-            covariances = scatter / nk.sum() + reg * np.eye(n_features)
+            covariances = scatter / (nk.sum() + eta) + reg * np.eye(n_features)
         elif self.covariance_type == "diag":
             covariances = scatter / safe_nk[:, None] + reg
         else:
@@ -444,12 +484,61 @@ class GaussianFamily:
         empty = self.empty_components(stats)
         if empty.size and self.covariance_type != "tied":
             covariances[empty] = _neutral_covariance(self.covariance_type, n_features, reg)
-        weights = nk / stats["weight"]
-        return self.make_params(weights, stats["means"], covariances=covariances)
+        weights = dirichlet_weights(nk, stats["weight"], self.weight_concentration)
+        return self.make_params(weights, means, covariances=covariances)
+
+    def _mean_prior(self, n_features: int) -> np.ndarray:
+        if self.mean_prior is None:
+            raise ValueError("mean_pseudocount > 0 needs a mean_prior")
+        return np.broadcast_to(np.asarray(self.mean_prior, dtype=np.float64), (n_features,))
+
+    def _covariance_prior(self, n_features: int) -> np.ndarray:
+        """Sigma0 in the shape of one scatter term: (D, D), (D,) or scalar."""
+        prior = np.asarray(1.0 if self.covariance_prior is None else self.covariance_prior)
+        if prior.ndim == 0:
+            matrix = float(prior) * np.eye(n_features)
+        elif prior.ndim == 1:
+            matrix = np.diag(prior.astype(np.float64))
+        else:
+            matrix = prior.astype(np.float64)
+        return {
+            "full": matrix,
+            "tied": matrix,
+            "diag": np.diag(matrix),
+            "spherical": np.trace(matrix),
+        }[self.covariance_type]
+
+    def log_prior(self, params: Params) -> float:
+        """Log-prior of ``params`` (module docstring), up to a constant; 0 when flat."""
+        total = dirichlet_log_prior(params["weights"], self.weight_concentration)
+        kappa, eta = self.mean_pseudocount, self.covariance_pseudocount
+        if not (kappa or eta):
+            return total
+        n_features = params["means"].shape[1]
+        chol = params["precisions_cholesky"]
+        precisions = precisions_from_cholesky(chol, self.covariance_type)
+        # log|Sigma_k| = -2 log det(L_k)
+        log_det_cov = -2.0 * log_det_cholesky(chol, self.covariance_type, n_features)
+        if eta:
+            sigma0 = self._covariance_prior(n_features)
+            if self.covariance_type == "full":
+                trace = np.einsum("ij,kji->k", sigma0, precisions)
+            elif self.covariance_type == "tied":
+                trace = np.trace(sigma0 @ precisions)
+            elif self.covariance_type == "diag":
+                trace = precisions @ sigma0
+            else:
+                trace = sigma0 * precisions
+            total -= 0.5 * eta * float(np.sum(log_det_cov) + np.sum(trace))
+        if kappa:
+            offsets = params["means"] - self._mean_prior(n_features)
+            maha = _MAHALANOBIS[self.covariance_type](np.zeros((1, n_features)), offsets, chol)[0]
+            total -= 0.5 * kappa * float(maha.sum())
+        return total
 
     def objective(self, stats: Stats, params: Params) -> float:
-        """Mean log-likelihood per unit of sample weight at ``params``."""
-        return stats["loglik"] / stats["weight"]
+        """``(log-likelihood + log-prior) / total weight`` at ``params``."""
+        return (stats["loglik"] + self.log_prior(params)) / stats["weight"]
 
     # -- re-seeding ---------------------------------------------------------------
     def reseed(self, params: Params, empty: np.ndarray, sample: np.ndarray) -> Params:

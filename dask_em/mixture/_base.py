@@ -33,7 +33,7 @@ from dask_em.data import (
 from dask_em.engine import CACHE_MODES, EMEngine, FitResult, blockwise_seeds
 from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
 from dask_em.families.base import Params, Stats, log_normalize
-from dask_em.initialization import init_block_stats, initial_centers
+from dask_em.initialization import INIT_METHODS, init_block_stats, initial_centers
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,16 @@ class BaseMixture:
     def _family(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _value_check(self) -> ValueCheck:
-        """Which values the model accepts (default: any finite number)."""
+    def _value_check(self, fitting: bool = False) -> ValueCheck:
+        """Which values the model accepts (default: any finite number).
+
+        ``fitting``: for the data being fitted (before anything is learned from it),
+        rather than for data given to the fitted model.
+        """
         return FINITE
+
+    def _learn_from_scan(self, scan: dict) -> None:
+        """Settle what the data decides before initialization (e.g. the symbol count)."""
 
     def _check_hyperparameters(self, n_features: int) -> None:
         """Validate constructor parameters (before any cluster work)."""
@@ -136,6 +143,15 @@ class BaseMixture:
             raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
         if self.cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.init_params not in INIT_METHODS:
+            raise ValueError(f"init_params must be one of {INIT_METHODS}, got {self.init_params!r}")
+        K = self.n_components
+        if self.weights_init is not None:
+            w = np.asarray(self.weights_init, dtype=np.float64)
+            if w.shape != (K,):
+                raise ValueError(f"weights_init must have shape ({K},), got {w.shape}")
+            if np.any(w < 0) or not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
+                raise ValueError("weights_init must be non-negative and sum to 1")
 
     def _initial_params(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> Params:
         """Initial parameters: given ``*_init`` values, the rest from an init pass."""
@@ -201,12 +217,16 @@ class BaseMixture:
         The first pass over the data checks it (NaN/inf, weights) and draws the sample
         used for initialization and re-seeding.
         """
-        local = not _is_lazy(X)
-        check = self._value_check()
-        X = as_row_chunked(X, check=check)
-        local = local and X.nbytes <= LOCAL_FIT_BYTES
+        in_memory = not _is_lazy(X)
+        given = X
+        check = self._value_check(fitting=True)
+        X = as_row_chunked(X, check=None, keep_integers=check.keeps_integers)
         n_samples, n_features = X.shape
         self._check_hyperparameters(n_features)
+        check = self._value_check(fitting=True)
+        if in_memory:  # checked here, before any cluster work; lazy data in the scan pass
+            check.raise_for(np.asarray(given.data if hasattr(given, "dims") else given))
+        local = in_memory and X.nbytes <= LOCAL_FIT_BYTES
         if n_samples < self.n_components:
             raise ValueError(
                 f"expected n_samples >= n_components, got n_samples={n_samples} and "
@@ -220,6 +240,7 @@ class BaseMixture:
             self.data_placement_ = "local" if local else "memory" if engine.persisted else "stream"
             try:
                 scan = self._scan(engine, rng)
+                self._learn_from_scan(scan)
                 best = self._fit_restarts(engine, scan, rng)
             finally:
                 engine.release()
@@ -246,7 +267,7 @@ class BaseMixture:
         picks = rng.multivariate_hypergeometric(sizes, total)
         seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
         per_block = list(zip(picks.tolist(), seeds, row_offsets(engine.X), strict=True))
-        check = self._value_check()
+        check = self._value_check(fitting=True)
         scan = engine.map_reduce(scan_block, merge_scans, check, stage="scan", per_block=per_block)
         raise_for_scan_problems(scan, check)
         return scan
@@ -369,6 +390,12 @@ class BaseMixture:
         return X, labels
 
     # -- model files --------------------------------------------------------------
+    def to_xarray(self):
+        """The fitted model as an xarray Dataset with named dims (what ``save`` writes)."""
+        from dask_em.model_io import to_dataset
+
+        return to_dataset(self)
+
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the fitted model to a Zarr store through xarray (never pickle)."""
         from dask_em.model_io import save_model

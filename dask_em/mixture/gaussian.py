@@ -13,7 +13,7 @@ from dask_em.families.gaussian import (
     cholesky_from_precisions,
     precisions_from_cholesky,
 )
-from dask_em.initialization import DEFAULT_SAMPLE_SIZE, INIT_METHODS
+from dask_em.initialization import DEFAULT_SAMPLE_SIZE
 from dask_em.mixture._base import BaseMixture
 
 
@@ -55,6 +55,18 @@ class GaussianMixture(BaseMixture):
         ("stream", for data larger than the cluster's memory), or choose by size.
     init_sample_size : int, default 20000
         Rows sampled (across all blocks) for initialization and re-seeding.
+    weight_concentration : float >= 1, default 1 (flat)
+        Dirichlet concentration on the mixing weights (MAP: ``(N_k + alpha - 1) /
+        (N + K (alpha - 1))``).
+    mean_prior : (D,), default None (the mean of the initialization sample)
+    mean_pseudocount : float >= 0, default 0
+        Prior observations at ``mean_prior``; the mean update is
+        ``(N_k xbar_k + kappa m0) / (N_k + kappa)``.
+    covariance_prior : scalar, (D,) or (D, D), default None (the sample covariance)
+    covariance_pseudocount : float >= 0, default 0
+        Prior observations with covariance ``covariance_prior``; see
+        :mod:`dask_em.families.gaussian` for the exact normal-inverse-Wishart update.
+        ``history_`` then holds the penalized objective (log-likelihood + log-prior).
 
     Attributes
     ----------
@@ -93,6 +105,11 @@ class GaussianMixture(BaseMixture):
         verbose: int = 0,
         cache: str = "auto",
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
+        weight_concentration: float = 1.0,
+        mean_prior: Any = None,
+        mean_pseudocount: float = 0.0,
+        covariance_prior: Any = None,
+        covariance_pseudocount: float = 0.0,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -109,9 +126,38 @@ class GaussianMixture(BaseMixture):
         self.verbose = verbose
         self.cache = cache
         self.init_sample_size = init_sample_size
+        self.weight_concentration = weight_concentration
+        self.mean_prior = mean_prior
+        self.mean_pseudocount = mean_pseudocount
+        self.covariance_prior = covariance_prior
+        self.covariance_pseudocount = covariance_pseudocount
 
     def _family(self) -> GaussianFamily:
-        return GaussianFamily(self.covariance_type, float(self.reg_covar))
+        mean_prior = self.mean_prior if self.mean_prior is not None else None
+        covariance_prior = self.covariance_prior
+        if self.mean_pseudocount and mean_prior is None:
+            mean_prior = getattr(self, "mean_prior_", None)
+        if self.covariance_pseudocount and covariance_prior is None:
+            covariance_prior = getattr(self, "covariance_prior_", None)
+        return GaussianFamily(
+            self.covariance_type,
+            float(self.reg_covar),
+            weight_concentration=float(self.weight_concentration),
+            mean_prior=None if mean_prior is None else np.asarray(mean_prior, dtype=float),
+            mean_pseudocount=float(self.mean_pseudocount),
+            covariance_prior=(
+                None if covariance_prior is None else np.asarray(covariance_prior, dtype=float)
+            ),
+            covariance_pseudocount=float(self.covariance_pseudocount),
+        )
+
+    def _learn_from_scan(self, scan: dict) -> None:
+        """Default priors from the sample: its weighted mean and covariance."""
+        sample, weight = scan["sample"], scan["sample_weight"]
+        if weight.sum() > 0:
+            self.mean_prior_ = np.average(sample, axis=0, weights=weight)
+            centred = sample - self.mean_prior_
+            self.covariance_prior_ = (centred * weight[:, None]).T @ centred / weight.sum()
 
     # -- validation ---------------------------------------------------------------
     def _check_hyperparameters(self, n_features: int) -> None:
@@ -120,17 +166,31 @@ class GaussianMixture(BaseMixture):
             raise ValueError(
                 f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
             )
-        if self.init_params not in INIT_METHODS:
-            raise ValueError(f"init_params must be one of {INIT_METHODS}, got {self.init_params!r}")
         if not self.reg_covar >= 0:
             raise ValueError(f"reg_covar must be >= 0, got {self.reg_covar!r}")
+        if not self.weight_concentration >= 1.0:
+            raise ValueError(
+                f"weight_concentration must be >= 1 (1 is the flat prior), "
+                f"got {self.weight_concentration!r}"
+            )
+        for name in ("mean_pseudocount", "covariance_pseudocount"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.mean_prior is not None and np.shape(self.mean_prior) != (n_features,):
+            raise ValueError(
+                f"mean_prior must have shape ({n_features},), got {np.shape(self.mean_prior)}"
+            )
+        if self.covariance_prior is not None:
+            prior = np.asarray(self.covariance_prior, dtype=np.float64)
+            if prior.shape not in ((), (n_features,), (n_features, n_features)):
+                raise ValueError(
+                    f"covariance_prior must be a scalar, ({n_features},) or "
+                    f"({n_features}, {n_features}), got shape {prior.shape}"
+                )
+            matrix = prior * np.eye(n_features) if prior.ndim < 2 else prior
+            if np.any(np.linalg.eigvalsh((matrix + matrix.T) / 2) < 0):
+                raise ValueError("covariance_prior must be positive semi-definite")
         K = self.n_components
-        if self.weights_init is not None:
-            w = np.asarray(self.weights_init, dtype=np.float64)
-            if w.shape != (K,):
-                raise ValueError(f"weights_init must have shape ({K},), got {w.shape}")
-            if np.any(w < 0) or not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
-                raise ValueError("weights_init must be non-negative and sum to 1")
         if self.means_init is not None:
             m = np.asarray(self.means_init, dtype=np.float64)
             if m.shape != (K, n_features):
@@ -214,9 +274,3 @@ class GaussianMixture(BaseMixture):
                 precisions_cholesky=variables["precisions_cholesky"],
             )
         )
-
-    def to_xarray(self):
-        """The fitted model as an xarray Dataset with named dims (what ``save`` writes)."""
-        from dask_em.model_io import to_dataset
-
-        return to_dataset(self)

@@ -1,0 +1,160 @@
+"""What the mixture families of discrete data share: plain-sum statistics, MAP updates.
+
+Statistics of a block are ``weight`` (sum of row weights), ``n_rows``, ``loglik`` (sum of
+``w_i log p(x_i)``), ``nk`` (K,) (sum of ``w_i r_ik``) and one family-specific sum
+``sums`` (e.g. ``sum_i w_i r_ik x_id`` for Poisson); all merge by addition.
+
+Priors make the M-step a MAP update, and the objective the penalized one:
+``(log-likelihood + log-prior) / total weight``, with the log-prior up to an additive
+constant, so that with zero-strength priors it is exactly the log-likelihood and the MAP
+path is the maximum-likelihood path.  The Dirichlet(alpha) prior on the mixing weights
+(``weight_concentration = alpha >= 1``) gives (Bishop 2006, eq. 2.21 for the mode)
+
+    pi_k = (N_k + alpha - 1) / (N + K (alpha - 1)),   log-prior = (alpha - 1) sum_k log pi_k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dask_em.families.base import Params, Stats, log_normalize, rows_per_slice, sliced_stats
+
+#: Floor for log(0) in the kernels: a row a component cannot produce gets log-density
+#: about -708 per impossible entry instead of -inf, so responsibilities stay defined.
+LOG_FLOOR = float(np.log(np.finfo(np.float64).tiny))
+
+#: A component whose weight falls to this share of the total (or below) is empty.
+EMPTY_COMPONENT_SHARE = 1e-12
+
+
+def safe_log(values: np.ndarray) -> np.ndarray:
+    """``log(values)`` with zeros mapped to :data:`LOG_FLOOR` (no -inf, no NaN in 0*log 0)."""
+    return np.log(np.maximum(values, np.finfo(np.float64).tiny))
+
+
+def dirichlet_weights(nk: np.ndarray, total: float, concentration: float) -> np.ndarray:
+    """MAP mixing weights under a symmetric Dirichlet(concentration) prior."""
+    extra = concentration - 1.0
+    return (nk + extra) / (total + len(nk) * extra)
+
+
+def dirichlet_log_prior(weights: np.ndarray, concentration: float) -> float:
+    """``(alpha - 1) sum log pi`` (0 for the flat prior alpha = 1)."""
+    extra = concentration - 1.0
+    return float(extra * safe_log(weights).sum()) if extra else 0.0
+
+
+@dataclass(frozen=True)
+class DiscreteMixtureFamily:
+    """Base of the Poisson, categorical and Bernoulli families (see module docstring).
+
+    Subclasses define ``log_component_prob(params, X) -> (n, K)``, ``sums(X, resp)``,
+    ``component_m_step(stats) -> dict``, ``component_log_prior(params) -> float``,
+    ``parameter`` (the name of their parameter array), ``init_features``, ``reseed_row``
+    and ``sample_component``.
+    """
+
+    weight_concentration: float = 1.0
+
+    parameter = "values"
+
+    # -- parameters ---------------------------------------------------------------
+    def make_params(self, weights: np.ndarray, **values: np.ndarray) -> Params:
+        params = {"weights": np.asarray(weights, dtype=np.float64)}
+        params[self.parameter] = np.asarray(values[self.parameter], dtype=np.float64)
+        return params
+
+    # -- E-step and statistics ----------------------------------------------------
+    def weighted_log_prob(self, params: Params, X: np.ndarray) -> np.ndarray:
+        """``log pi_k + log p(x_i | k)``, shape (n, K), float64."""
+        X = np.asarray(X, dtype=np.float64)
+        return self.log_component_prob(params, X) + safe_log(params["weights"])
+
+    def block_stats(self, params: Params, X: np.ndarray, w: np.ndarray | None = None) -> Stats:
+        """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,)."""
+        columns = self.slice_columns(params, X.shape[1])
+        return sliced_stats(
+            lambda X_slice, w_slice: self._slice_stats(params, X_slice, w_slice),
+            self.merge,
+            X,
+            w,
+            rows_per_slice=rows_per_slice(columns),
+        )
+
+    def slice_columns(self, params: Params, n_features: int) -> int:
+        """Widest per-row temporary of the kernels, in float64 elements."""
+        return len(params["weights"]) * max(n_features, 2)
+
+    def _slice_stats(self, params, X, w):
+        X = np.asarray(X, dtype=np.float64)
+        log_norm, resp = log_normalize(self.weighted_log_prob(params, X))
+        if w is None:
+            weight, loglik = float(len(X)), float(log_norm.sum())
+        else:
+            w = np.asarray(w, dtype=np.float64)
+            resp *= w[:, None]
+            weight, loglik = float(w.sum()), float(w @ log_norm)
+        return self._stats(X, resp, weight, loglik)
+
+    def _stats(self, X, resp, weight, loglik):
+        return {
+            "weight": weight,
+            "n_rows": len(X),
+            "loglik": loglik,
+            "nk": resp.sum(axis=0),
+            "sums": self.sums(X, resp),
+        }
+
+    def responsibility_stats(
+        self, X: np.ndarray, resp: np.ndarray, w: np.ndarray | None = None
+    ) -> Stats:
+        """Statistics of a block from given responsibilities (initialization)."""
+
+        def slice_stats(X_slice, resp_slice, w_slice):
+            X_slice = np.asarray(X_slice, dtype=np.float64)
+            if w_slice is not None:
+                resp_slice = resp_slice * np.asarray(w_slice, dtype=np.float64)[:, None]
+            weight = float(len(X_slice)) if w_slice is None else float(np.sum(w_slice))
+            return self._stats(X_slice, resp_slice, weight, 0.0)
+
+        return sliced_stats(slice_stats, self.merge, X, resp, w)
+
+    @staticmethod
+    def merge(*parts: Stats) -> Stats:
+        """Statistics of disjoint row sets add up."""
+        out = dict(parts[0])
+        for part in parts[1:]:
+            out = {key: out[key] + part[key] for key in out}
+        return out
+
+    # -- M-step and objective -----------------------------------------------------
+    def empty_components(self, stats: Stats) -> np.ndarray:
+        return np.flatnonzero(stats["nk"] <= EMPTY_COMPONENT_SHARE * stats["weight"])
+
+    def m_step(self, stats: Stats) -> Params:
+        """MAP update (ML with zero-strength priors); empty components keep placeholders."""
+        weights = dirichlet_weights(stats["nk"], stats["weight"], self.weight_concentration)
+        return self.make_params(weights, **{self.parameter: self.component_m_step(stats)})
+
+    def log_prior(self, params: Params) -> float:
+        return dirichlet_log_prior(
+            params["weights"], self.weight_concentration
+        ) + self.component_log_prior(params)
+
+    def objective(self, stats: Stats, params: Params) -> float:
+        """``(log-likelihood + log-prior) / total weight`` at ``params``."""
+        return (stats["loglik"] + self.log_prior(params)) / stats["weight"]
+
+    # -- re-seeding and sampling --------------------------------------------------
+    def reseed(self, params: Params, empty: np.ndarray, sample: np.ndarray) -> Params:
+        """Move each empty component onto the sample row the model explains worst."""
+        log_density, _ = log_normalize(self.weighted_log_prob(params, sample))
+        order = np.argsort(log_density)
+        weights = params["weights"].copy()
+        values = params[self.parameter].copy()
+        for rank, k in enumerate(empty):
+            values[k] = self.reseed_row(sample[order[rank % len(order)]], sample)
+            weights[k] = 1.0 / len(sample)
+        return self.make_params(weights / weights.sum(), **{self.parameter: values})
