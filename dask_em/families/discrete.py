@@ -28,6 +28,35 @@ LOG_FLOOR = float(np.log(np.finfo(np.float64).tiny))
 #: A component whose weight falls to this share of the total (or below) is empty.
 EMPTY_COMPONENT_SHARE = 1e-12
 
+#: Blocks are collapsed to their distinct rows when the rows, read as mixed-radix
+#: numbers, have at most this many possible values (and no more than 8 per row).
+MAX_DISTINCT_KEYS = 2**20
+
+
+def distinct_rows(
+    X: np.ndarray, w: np.ndarray | None, max_keys: int | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A block of non-negative integers as (distinct rows (u, D) float64, weights (u,)).
+
+    The E-step and the statistics of a discrete block depend on it only through its
+    distinct rows and their (weighted) multiplicities, and count data repeats rows
+    heavily: one ``bincount`` over mixed-radix row keys replaces per-row work.  Returns
+    None when the key space is too large for that to pay.
+    """
+    max_keys = MAX_DISTINCT_KEYS if max_keys is None else max_keys
+    if X.size == 0:
+        return None
+    values = X if np.issubdtype(X.dtype, np.integer) else X.astype(np.int64)
+    sizes = [int(v) + 1 for v in values.max(axis=0)]
+    n_keys = int(np.prod(sizes, dtype=object))
+    if n_keys > max_keys or n_keys > 8 * len(X):
+        return None
+    keys = values[:, 0] if len(sizes) == 1 else np.ravel_multi_index(values.T, sizes)
+    weights = np.bincount(keys, weights=w, minlength=n_keys)
+    present = np.flatnonzero(weights)
+    rows = np.stack(np.unravel_index(present, sizes), axis=1).astype(np.float64)
+    return rows, weights[present].astype(np.float64)
+
 
 def safe_log(values: np.ndarray) -> np.ndarray:
     """``log(values)`` with zeros mapped to :data:`LOG_FLOOR` (no -inf, no NaN in 0*log 0)."""
@@ -73,15 +102,25 @@ class DiscreteMixtureFamily:
         return self.log_component_prob(params, X) + safe_log(params["weights"])
 
     def block_stats(self, params: Params, X: np.ndarray, w: np.ndarray | None = None) -> Stats:
-        """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,)."""
+        """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,).
+
+        Runs on the block's distinct rows with their multiplicities when that is cheaper
+        (:func:`distinct_rows`); the result is the same up to summation order.
+        """
+        n_rows = len(X)
+        compressed = distinct_rows(X, w)
+        if compressed is not None:
+            X, w = compressed
         columns = self.slice_columns(params, X.shape[1])
-        return sliced_stats(
+        stats = sliced_stats(
             lambda X_slice, w_slice: self._slice_stats(params, X_slice, w_slice),
             self.merge,
             X,
             w,
             rows_per_slice=rows_per_slice(columns),
         )
+        stats["n_rows"] = n_rows
+        return stats
 
     def slice_columns(self, params: Params, n_features: int) -> int:
         """Widest per-row temporary of the kernels, in float64 elements."""
