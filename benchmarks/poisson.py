@@ -96,8 +96,10 @@ def main() -> None:
         f"(median of {args.iterations}; data in {model.data_placement_})"
     )
     print(f"ratio: {per_iteration / read:.2f}x the pure read time (target <= 2x)")
+    order = np.argsort(model.rates_[:, 0])
     print(
-        f"fitted weights {np.round(np.sort(model.weights_), 3)}, rates {np.round(np.sort(model.rates_[:, 0]), 2)}"
+        f"after {args.iterations} iterations: weights {np.round(model.weights_[order], 3)}, "
+        f"rates {np.round(model.rates_[order, 0], 2)} (true {weights}, {rates})"
     )
 
 
