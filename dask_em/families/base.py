@@ -88,6 +88,18 @@ def log_normalize(weighted_log_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (np.log(total) + peak)[:, 0], shifted
 
 
+def responsibilities_and_loglik(
+    weighted_log_prob: np.ndarray, w: np.ndarray | None
+) -> tuple[np.ndarray, float, float]:
+    """Bayes' rule with row weights: ``(w_i r_ik (n, K), sum w_i, sum w_i log p(x_i))``."""
+    log_norm, resp = log_normalize(weighted_log_prob)
+    if w is None:
+        return resp, float(len(resp)), float(log_norm.sum())
+    w = np.asarray(w, dtype=np.float64)
+    resp *= w[:, None]
+    return resp, float(w.sum()), float(w @ log_norm)
+
+
 #: Rows handled at once inside a block, so the (rows, K*D) temporaries stay in cache and
 #: a task's memory does not grow with its block beyond the block itself.
 ROWS_PER_SLICE = 4096

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dask_em.families.base import Params, Stats, log_normalize, rows_per_slice, sliced_stats
+from dask_em.families.base import (
+    Params,
+    Stats,
+    log_normalize,
+    responsibilities_and_loglik,
+    rows_per_slice,
+    sliced_stats,
+)
 
 #: Floor for log(0) in the kernels: a row a component cannot produce gets log-density
 #: about -708 per impossible entry instead of -inf, so responsibilities stay defined.
@@ -128,13 +135,7 @@ class DiscreteMixtureFamily:
 
     def _slice_stats(self, params, X, w):
         X = np.asarray(X, dtype=np.float64)
-        log_norm, resp = log_normalize(self.weighted_log_prob(params, X))
-        if w is None:
-            weight, loglik = float(len(X)), float(log_norm.sum())
-        else:
-            w = np.asarray(w, dtype=np.float64)
-            resp *= w[:, None]
-            weight, loglik = float(w.sum()), float(w @ log_norm)
+        resp, weight, loglik = responsibilities_and_loglik(self.weighted_log_prob(params, X), w)
         return self._stats(X, resp, weight, loglik)
 
     def _stats(self, X, resp, weight, loglik):

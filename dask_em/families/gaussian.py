@@ -61,6 +61,7 @@ from dask_em.families.base import (
     add_fields,
     log_normalize,
     merge_centred_moments,
+    responsibilities_and_loglik,
     rows_per_slice,
     sliced_stats,
 )
@@ -398,13 +399,9 @@ class GaussianFamily:
         # float32 products leave ~1e-7 relative noise in the objective, too coarse for the
         # monotone-objective guarantee and for small tol.  Prediction keeps float32.
         X = np.asarray(X, dtype=np.float64)
-        log_norm, resp = log_normalize(self.weighted_log_prob(params, X, work))
-        if w is None:
-            weight, loglik = float(len(X)), float(log_norm.sum())
-        else:
-            w = np.asarray(w, dtype=np.float64)
-            resp *= w[:, None]
-            weight, loglik = float(w.sum()), float(w @ log_norm)
+        resp, weight, loglik = responsibilities_and_loglik(
+            self.weighted_log_prob(params, X, work), w
+        )
         stats = stats_from_responsibilities(X, resp, self.covariance_type, params["center"], work)
         stats.update(weight=weight, n_rows=len(X), loglik=loglik)
         return stats

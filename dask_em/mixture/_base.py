@@ -93,6 +93,14 @@ class BaseMixture:
         signature = inspect.signature(cls.__init__)
         return [p.name for p in signature.parameters.values() if p.name != "self"]
 
+    def _store_params(self, arguments: dict[str, Any]) -> None:
+        """Keep the constructor's arguments as attributes (``self._store_params(locals())``).
+
+        As in scikit-learn, ``__init__`` only stores; validation happens in ``fit``.
+        """
+        for name in self._param_names():
+            setattr(self, name, arguments[name])
+
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor parameters, as scikit-learn's ``BaseEstimator.get_params``."""
         return {name: getattr(self, name) for name in self._param_names()}

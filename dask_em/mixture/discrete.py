@@ -119,20 +119,7 @@ class PoissonMixture(_DiscreteMixture):
         cache: str = "auto",
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
-        self.n_components = n_components
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.rates_init = rates_init
-        self.weight_concentration = weight_concentration
-        self.rate_prior = rate_prior
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.cache = cache
-        self.init_sample_size = init_sample_size
+        self._store_params(locals())
 
     def _family(self) -> PoissonFamily:
         alpha, beta = self.rate_prior
@@ -181,20 +168,7 @@ class BernoulliMixture(_DiscreteMixture):
         cache: str = "auto",
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
-        self.n_components = n_components
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.probabilities_init = probabilities_init
-        self.weight_concentration = weight_concentration
-        self.pseudocount = pseudocount
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.cache = cache
-        self.init_sample_size = init_sample_size
+        self._store_params(locals())
 
     def _family(self) -> BernoulliFamily:
         return BernoulliFamily(float(self.weight_concentration), float(self.pseudocount))
@@ -245,21 +219,7 @@ class CategoricalMixture(_DiscreteMixture):
         cache: str = "auto",
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
-        self.n_components = n_components
-        self.n_symbols = n_symbols
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.probabilities_init = probabilities_init
-        self.weight_concentration = weight_concentration
-        self.pseudocount = pseudocount
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.cache = cache
-        self.init_sample_size = init_sample_size
+        self._store_params(locals())
 
     def _declared_symbols(self) -> int | None:
         """M as the user set it (``n_symbols`` or the shape of ``probabilities_init``)."""

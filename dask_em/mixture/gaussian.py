@@ -111,26 +111,7 @@ class GaussianMixture(BaseMixture):
         covariance_prior: Any = None,
         covariance_pseudocount: float = 0.0,
     ):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.means_init = means_init
-        self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.cache = cache
-        self.init_sample_size = init_sample_size
-        self.weight_concentration = weight_concentration
-        self.mean_prior = mean_prior
-        self.mean_pseudocount = mean_pseudocount
-        self.covariance_prior = covariance_prior
-        self.covariance_pseudocount = covariance_pseudocount
+        self._store_params(locals())
 
     def _family(self) -> GaussianFamily:
         mean_prior = self.mean_prior if self.mean_prior is not None else None
