@@ -104,6 +104,15 @@ class BinaryCheck(ValueCheck):
         return (X != 0) & (X != 1)
 
 
+class FiniteOrMissingCheck(ValueCheck):
+    """Finite numbers, or NaN for a missing value (Gaussian mixtures marginalize it)."""
+
+    problem = "infinite values (NaN marks a missing value, but inf is not allowed)"
+
+    def bad(self, X: np.ndarray) -> np.ndarray:
+        return np.isinf(X)
+
+
 FINITE = ValueCheck()
 
 
@@ -264,7 +273,8 @@ def scan_block(
     """Check one block's values (and weights) and draw ``n_pick`` rows from it.
 
     Returns ``sample`` (n_pick, D) float64, ``sample_weight`` (n_pick,), ``column_max``
-    (D,), and the count, first global position and value of any bad entry.  Merging is
+    (D,), ``n_all_missing`` (rows that are all NaN), and the count, first global position
+    and value of any bad entry.  Merging is
     concatenation (:func:`merge_scans`).
     """
     check = check or FINITE
@@ -285,9 +295,11 @@ def scan_block(
         if problem is not None or len(X) == 0
         else np.asarray(X.max(axis=0), dtype=np.float64)
     )
+    all_missing = int(np.isnan(X).all(axis=1).sum()) if np.issubdtype(X.dtype, np.floating) else 0
     return {
         "sample": sample,
         "sample_weight": sample_w,
+        "n_all_missing": all_missing,
         "column_max": column_max,
         "problem": problem,
         "n_bad_weight": n_bad_w,
@@ -316,6 +328,7 @@ def merge_scans(*parts: dict[str, Any]) -> dict[str, Any]:
         out = {
             "sample": np.concatenate([out["sample"], b["sample"]]),
             "sample_weight": np.concatenate([out["sample_weight"], b["sample_weight"]]),
+            "n_all_missing": out["n_all_missing"] + b["n_all_missing"],
             "column_max": np.maximum(out["column_max"], b["column_max"]),
             "problem": _merge_problems(out["problem"], b["problem"]),
             "n_bad_weight": out["n_bad_weight"] + b["n_bad_weight"],

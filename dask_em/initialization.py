@@ -118,13 +118,17 @@ def init_block_stats(
     ``shared`` holds ``family``, ``n_components`` and ``centers`` (K, F) or None; with
     centres each row is assigned to the nearest one in the family's k-means feature space
     (``family.init_features``, F columns), without them it gets random responsibilities
-    drawn from ``seed`` (normalized uniform, as scikit-learn).
+    drawn from ``seed`` (normalized uniform, as scikit-learn).  With ``fill`` (D,) given,
+    missing values (NaN) are replaced by it for this starting pass only.
     """
     family, centers, n_components = shared["family"], shared["centers"], shared["n_components"]
+    fill = shared.get("fill")
     rng = np.random.default_rng(seed)
 
     def slice_stats(X_slice, w_slice):
         n_rows = len(X_slice)
+        if fill is not None:  # missing values: the sample's column means, for the start only
+            X_slice = np.where(np.isnan(X_slice), fill, X_slice)
         if centers is None:
             resp = rng.uniform(size=(n_rows, n_components))
             resp /= resp.sum(axis=1, keepdims=True)

@@ -22,7 +22,17 @@ def test_nan_and_inf_in_numpy_input_are_counted_and_located():
     with pytest.raises(
         ValueError, match=r"3 NaN or infinite values; the first is at row 17, column 2"
     ):
+        GaussianMixture(2, missing="error").fit(with_holes())
+
+
+def test_inf_is_refused_when_nan_marks_missing_values(client):
+    message = (
+        r"2 infinite values \(NaN marks a missing value.*\); the first is at row 150, column 0"
+    )
+    with pytest.raises(ValueError, match=message):
         GaussianMixture(2).fit(with_holes())
+    with pytest.raises(ValueError, match=message):
+        GaussianMixture(2).fit(da.from_array(with_holes(), chunks=(40, 3)))
 
 
 def test_nan_and_inf_in_a_dask_array_are_found_by_the_scan_pass(client):
@@ -30,7 +40,7 @@ def test_nan_and_inf_in_a_dask_array_are_found_by_the_scan_pass(client):
     with pytest.raises(
         ValueError, match=r"3 NaN or infinite values; the first is at row 17, column 2"
     ):
-        GaussianMixture(2).fit(X)
+        GaussianMixture(2, missing="error").fit(X)
 
 
 def test_nan_in_a_zarr_store_names_its_global_position(client, tmp_path):
@@ -41,11 +51,12 @@ def test_nan_in_a_zarr_store_names_its_global_position(client, tmp_path):
     path = str(tmp_path / "holes.zarr")
     da.from_array(X, chunks=(100, 3)).to_zarr(path)
     with pytest.raises(ValueError, match=r"the first is at row 150, column 0"):
-        GaussianMixture(2).fit(path)
+        GaussianMixture(2, missing="error").fit(path)
 
 
 def test_nan_in_prediction_input_names_its_position(client):
-    model = GaussianMixture(2, random_state=0).fit(np.random.default_rng(1).normal(size=(100, 3)))
+    model = GaussianMixture(2, random_state=0, missing="error")
+    model.fit(np.random.default_rng(1).normal(size=(100, 3)))
     with pytest.raises(ValueError, match="row 17, column 2"):
         model.predict(with_holes())
     # lazily, the first block to fail reports its own rows

@@ -66,6 +66,12 @@ from dask_em.families.base import (
     sliced_stats,
 )
 from dask_em.families.discrete import dirichlet_log_prior, dirichlet_weights
+from dask_em.families.gaussian_missing import (
+    MissingEStep,
+    completed_stats,
+    log_det_covariances,
+    precision_stack,
+)
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -367,10 +373,29 @@ class GaussianFamily:
         return np.asarray(X, dtype=np.float64)
 
     # -- E-step -------------------------------------------------------------------
+    def _missing_estep(self, params: Params, X: np.ndarray) -> MissingEStep:
+        n_components, n_features = params["means"].shape
+        chol = params["precisions_cholesky"]
+        return MissingEStep(
+            np.asarray(X, dtype=np.float64) - params["center"],
+            params["means"] - params["center"],
+            precision_stack(chol, self.covariance_type, n_components, n_features),
+            log_det_covariances(
+                log_det_cholesky(chol, self.covariance_type, n_features), n_components
+            ),
+        )
+
     def weighted_log_prob(
         self, params: Params, X: np.ndarray, work: Workspace | None = None
     ) -> np.ndarray:
-        """``log pi_k + log N(x_i | k)``, shape (n, K), float64."""
+        """``log pi_k + log N(x_i | k)``, shape (n, K), float64.
+
+        Rows with NaN use the marginal density of their observed features
+        (:mod:`dask_em.families.gaussian_missing`); a row with nothing observed gets 0.
+        """
+        if np.isnan(X).any():
+            with np.errstate(divide="ignore"):
+                return self._missing_estep(params, X).log_prob + np.log(params["weights"])
         log_prob = estimate_log_gaussian_prob(
             X,
             params["means"],
@@ -399,12 +424,62 @@ class GaussianFamily:
         # float32 products leave ~1e-7 relative noise in the objective, too coarse for the
         # monotone-objective guarantee and for small tol.  Prediction keeps float32.
         X = np.asarray(X, dtype=np.float64)
+        incomplete = np.isnan(X).any(axis=1)
+        if incomplete.any():
+            # complete rows take the fast kernel; the rest the exact missing-value E-step
+            complete = ~incomplete
+            parts = [
+                self._slice_stats_missing(
+                    params, X[incomplete], None if w is None else w[incomplete]
+                )
+            ]
+            if complete.any():
+                parts.append(
+                    self._slice_stats(params, X[complete], None if w is None else w[complete], work)
+                )
+            return self.merge(*parts)
         resp, weight, loglik = responsibilities_and_loglik(
             self.weighted_log_prob(params, X, work), w
         )
         stats = stats_from_responsibilities(X, resp, self.covariance_type, params["center"], work)
         stats.update(weight=weight, n_rows=len(X), loglik=loglik)
         return stats
+
+    def _slice_stats_missing(self, params, X, w):
+        """Exact EM statistics of a slice with missing values (rows with none observed
+        get no weight)."""
+        step = self._missing_estep(params, X)
+        with np.errstate(divide="ignore"):
+            weighted_log_prob = step.log_prob + np.log(params["weights"])
+        w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+        w = np.where(step.observed_any, w, 0.0)
+        resp, weight, loglik = responsibilities_and_loglik(weighted_log_prob, w)
+        completed = completed_stats(step, resp, self.covariance_type)
+        return {
+            "weight": weight,
+            "n_rows": len(X),
+            "loglik": loglik,
+            "nk": completed["nk"],
+            "means": completed["means_c"] + params["center"],
+            "scatter": completed["scatter"],
+        }
+
+    def impute(self, params: Params, X: np.ndarray) -> np.ndarray:
+        """X with each missing entry replaced by ``E[x_m | x_o]`` under the mixture.
+
+        That is ``sum_k P(k | x_o) E[x_m | x_o, k]``; a row with nothing observed gets
+        the mixture mean.  Rows without NaN are returned unchanged.
+        """
+        X = np.array(X, dtype=np.float64)
+        rows = np.flatnonzero(np.isnan(X).any(axis=1))
+        if rows.size == 0:
+            return X
+        step = self._missing_estep(params, X[rows])
+        with np.errstate(divide="ignore"):
+            _, posterior = log_normalize(step.log_prob + np.log(params["weights"]))
+        completed = np.einsum("nk,knd->nd", posterior, step.completed) + params["center"]
+        X[rows] = np.where(np.isnan(X[rows]), completed, X[rows])
+        return X
 
     def responsibility_stats(
         self, X: np.ndarray, resp: np.ndarray, w: np.ndarray | None = None

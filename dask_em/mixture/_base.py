@@ -188,7 +188,12 @@ class BaseMixture:
         centers = initial_centers(
             self.init_params, features, scan["sample_weight"], self.n_components, rng
         )
-        shared = {"family": family, "centers": centers, "n_components": self.n_components}
+        shared = {
+            "family": family,
+            "centers": centers,
+            "n_components": self.n_components,
+            "fill": scan["fill"],
+        }
         seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
         stats = engine.map_reduce(
             init_block_stats, family.merge, shared, stage="init", per_block=[(s,) for s in seeds]
@@ -278,6 +283,19 @@ class BaseMixture:
         check = self._value_check(fitting=True)
         scan = engine.map_reduce(scan_block, merge_scans, check, stage="scan", per_block=per_block)
         raise_for_scan_problems(scan, check)
+        if scan["n_all_missing"]:
+            warnings.warn(
+                f"{scan['n_all_missing']} rows of X have every feature missing; they carry "
+                "no information and are left out of the fit",
+                UserWarning,
+                stacklevel=3,
+            )
+        sample = scan["sample"]
+        scan["fill"] = None
+        if np.isnan(sample).any():  # initialization and re-seeding need complete rows
+            fill = np.nan_to_num(_nanmean_columns(sample))
+            scan["sample"] = np.where(np.isnan(sample), fill, sample)
+            scan["fill"] = fill
         return scan
 
     def _fit_restarts(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> FitResult:
@@ -409,6 +427,13 @@ class BaseMixture:
         from dask_em.model_io import save_model
 
         save_model(self, path, overwrite=overwrite)
+
+
+def _nanmean_columns(sample: np.ndarray) -> np.ndarray:
+    """Column means over the observed entries (0 for a column with none)."""
+    observed = ~np.isnan(sample)
+    totals = np.where(observed, sample, 0.0).sum(axis=0)
+    return totals / np.maximum(observed.sum(axis=0), 1)
 
 
 def _n_rows(X: Any) -> int:

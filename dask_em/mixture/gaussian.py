@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from dask_em.data import FINITE, FiniteOrMissingCheck, ValueCheck
 from dask_em.families.base import Params
 from dask_em.families.gaussian import (
     COVARIANCE_TYPES,
@@ -67,6 +68,12 @@ class GaussianMixture(BaseMixture):
         Prior observations with covariance ``covariance_prior``; see
         :mod:`dask_em.families.gaussian` for the exact normal-inverse-Wishart update.
         ``history_`` then holds the penalized objective (log-likelihood + log-prior).
+    missing : {"marginalize", "error"}, default "marginalize"
+        NaN marks a missing value: the E-step uses the marginal density of each row's
+        observed features and the M-step the conditional expectations of the missing
+        ones (exact EM, Ghahramani & Jordan 1994; see
+        :mod:`dask_em.families.gaussian_missing`).  Rows with every feature missing are
+        left out with a warning.  "error" refuses NaN instead.
 
     Attributes
     ----------
@@ -110,6 +117,7 @@ class GaussianMixture(BaseMixture):
         mean_pseudocount: float = 0.0,
         covariance_prior: Any = None,
         covariance_pseudocount: float = 0.0,
+        missing: str = "marginalize",
     ):
         self._store_params(locals())
 
@@ -132,6 +140,19 @@ class GaussianMixture(BaseMixture):
             covariance_pseudocount=float(self.covariance_pseudocount),
         )
 
+    def _value_check(self, fitting: bool = False) -> ValueCheck:
+        if self.missing == "marginalize":
+            return FiniteOrMissingCheck()
+        return FINITE
+
+    def impute(self, X: Any) -> Any:
+        """X with every missing entry (NaN) replaced by its conditional mean.
+
+        ``E[x_m | x_o] = sum_k P(k | x_o) E[x_m | x_o, k]`` under the fitted mixture;
+        lazy (a dask array chunked like X) for dask input, NumPy for NumPy input.
+        """
+        return self._apply(X, _impute, self.n_features_in_, np.float64)
+
     def _learn_from_scan(self, scan: dict) -> None:
         """Default priors from the sample: its weighted mean and covariance."""
         sample, weight = scan["sample"], scan["sample_weight"]
@@ -147,6 +168,8 @@ class GaussianMixture(BaseMixture):
             raise ValueError(
                 f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
             )
+        if self.missing not in ("marginalize", "error"):
+            raise ValueError(f"missing must be 'marginalize' or 'error', got {self.missing!r}")
         if not self.reg_covar >= 0:
             raise ValueError(f"reg_covar must be >= 0, got {self.reg_covar!r}")
         if not self.weight_concentration >= 1.0:
@@ -255,3 +278,7 @@ class GaussianMixture(BaseMixture):
                 precisions_cholesky=variables["precisions_cholesky"],
             )
         )
+
+
+def _impute(family: GaussianFamily, params: Params, X: np.ndarray) -> np.ndarray:
+    return family.impute(params, X)
