@@ -109,8 +109,17 @@ def _split_by_pattern(missing: np.ndarray, n_missing: np.ndarray, n_features: in
     """Frequent patterns as ``[(rows, columns)]`` and the rows of rare ones (partial
     rows only: nothing missing and nothing observed are left out of both)."""
     partial = np.flatnonzero((n_missing > 0) & (n_missing < n_features))
-    if partial.size == 0:
+    # q <= 3: the per-row closed forms are cheaper than a loop over patterns
+    candidates = partial[n_missing[partial] > 3]
+    if candidates.size < SHARED_PATTERN_ROWS:
         return [], partial
+    small = partial[n_missing[partial] <= 3]
+    frequent, rare = _frequent_patterns(missing, candidates, n_features)
+    return frequent, np.sort(np.concatenate([small, rare]))
+
+
+def _frequent_patterns(missing: np.ndarray, partial: np.ndarray, n_features: int):
+    """Patterns of ``partial`` rows held by at least SHARED_PATTERN_ROWS rows."""
     if n_features <= 62:
         keys = missing[partial] @ (np.int64(1) << np.arange(n_features, dtype=np.int64))
         _, first, inverse, counts = np.unique(
@@ -127,9 +136,7 @@ def _split_by_pattern(missing: np.ndarray, n_missing: np.ndarray, n_features: in
     inverse = inverse.ravel()
     frequent = []
     rare_mask = np.ones(len(partial), dtype=bool)
-    sizes = n_missing[partial[first]]
-    # q <= 3: the per-row closed forms are cheaper than a loop over patterns
-    for p in np.flatnonzero((counts >= SHARED_PATTERN_ROWS) & (sizes > 3)):
+    for p in np.flatnonzero(counts >= SHARED_PATTERN_ROWS):
         members = np.flatnonzero(inverse == p)
         rare_mask[members] = False
         frequent.append((partial[members], np.flatnonzero(missing[partial[first[p]]])))
@@ -160,7 +167,9 @@ class MissingEStep:
         self.observed_any = n_missing < n_features
         observed = ~missing
         # delta_k = x - mu_k on the observed entries, 0 on the missing ones
-        delta = np.where(missing, 0.0, Xc)[None] - observed[None] * means_c[:, None, :]
+        delta = np.empty((len(means_c), *Xc.shape))
+        np.multiply(observed, means_c[:, None, :], out=delta)
+        np.subtract(np.where(missing, 0.0, Xc), delta, out=delta)
         y = delta @ precisions  # (K, n, D); P is symmetric
         maha = np.einsum("knd,knd->kn", delta, y)
         log_det = np.broadcast_to(log_det_cov[:, None], maha.shape).copy()
@@ -201,13 +210,14 @@ class MissingEStep:
         for rows, columns, inverse in self._shared:
             flat = (columns[:, None] * n_features + columns[None, :]).ravel()
             out[:, flat] += resp[rows].sum(axis=0)[:, None] * inverse.reshape(n_components, -1)
+        size = n_features * n_features
         for rows, columns, inverse in self._groups:
-            flat = (columns[:, :, None] * n_features + columns[:, None, :]).ravel()
+            flat = columns[:, :, None] * n_features + columns[:, None, :]  # (n_q, q, q)
+            flat = flat[None] + (np.arange(n_components) * size)[:, None, None, None]
             weighted = inverse * resp[rows].T[:, :, None, None]
-            for k in range(n_components):
-                out[k] += np.bincount(
-                    flat, weights=weighted[k].ravel(), minlength=n_features * n_features
-                )
+            out += np.bincount(
+                flat.ravel(), weights=weighted.ravel(), minlength=n_components * size
+            ).reshape(n_components, size)
         return out.reshape(n_components, n_features, n_features)
 
 
