@@ -43,3 +43,18 @@ def make_blobs(
             X[labels == k] = X[labels == k] @ A
     X += means[labels]
     return X, labels, means
+
+
+def random_gaussian_params(family, n_components: int, n_features: int, rng, mean_scale=3.0):
+    """Random valid parameters for a GaussianFamily of any covariance type."""
+    weights = rng.dirichlet(np.ones(n_components))
+    means = rng.normal(size=(n_components, n_features)) * mean_scale
+    A = rng.normal(size=(n_components, n_features, n_features))
+    full = A @ A.transpose(0, 2, 1) + np.eye(n_features)
+    covariances = {
+        "full": full,
+        "tied": full[0],
+        "diag": np.stack([np.diag(c) for c in full]),
+        "spherical": np.array([np.trace(c) / n_features for c in full]),
+    }[family.covariance_type]
+    return family.make_params(weights, means, covariances=covariances)

@@ -17,20 +17,7 @@ from dask_em.families.gaussian import (
     covariances_from_cholesky,
     precisions_from_cholesky,
 )
-
-
-def random_params(family: GaussianFamily, n_components: int, n_features: int, rng):
-    weights = rng.dirichlet(np.ones(n_components))
-    means = rng.normal(size=(n_components, n_features)) * 3
-    A = rng.normal(size=(n_components, n_features, n_features))
-    full = A @ A.transpose(0, 2, 1) + np.eye(n_features)
-    covariances = {
-        "full": full,
-        "tied": full[0],
-        "diag": np.stack([np.diag(c) for c in full]),
-        "spherical": np.array([np.trace(c) / n_features for c in full]),
-    }[family.covariance_type]
-    return family.make_params(weights, means, covariances=covariances)
+from tests.helpers import random_gaussian_params
 
 
 def assert_stats_close(a, b, rtol=1e-9):
@@ -56,7 +43,7 @@ def test_statistics_are_additive_over_any_partition(
     """merge(stats(A_1), ..., stats(A_m)) == stats(A_1 ∪ ... ∪ A_m) for any row partition."""
     rng = np.random.default_rng(seed)
     family = GaussianFamily(covariance_type)
-    params = random_params(family, n_components, n_features, rng)
+    params = random_gaussian_params(family, n_components, n_features, rng)
     X = rng.normal(size=(n_rows, n_features)) * 2 + rng.normal(size=n_features) * 5
     w = rng.uniform(0, 3, size=n_rows) if weighted else None
     cuts = sorted(data.draw(st.lists(st.integers(0, n_rows), max_size=6)))
@@ -75,7 +62,7 @@ def test_slicing_inside_a_block_does_not_change_statistics(covariance_type, monk
 
     rng = np.random.default_rng(1)
     family = GaussianFamily(covariance_type)
-    params = random_params(family, 3, 4, rng)
+    params = random_gaussian_params(family, 3, 4, rng)
     X = rng.normal(size=(1000, 4))
     whole = family.block_stats(params, X)
     monkeypatch.setattr(base, "ROWS_PER_SLICE", 7)
@@ -87,7 +74,7 @@ def test_statistics_of_shifted_data_keep_full_precision(covariance_type):
     """Centred moments: data around 1e6 with unit spread gives the same scatter."""
     rng = np.random.default_rng(2)
     family = GaussianFamily(covariance_type)
-    params = random_params(family, 3, 4, rng)
+    params = random_gaussian_params(family, 3, 4, rng)
     X = rng.normal(size=(2000, 4))
     shift = 1e6
     shifted_params = family.make_params(
@@ -106,7 +93,7 @@ def test_statistics_of_shifted_data_keep_full_precision(covariance_type):
 def test_precision_conversions_round_trip(covariance_type):
     rng = np.random.default_rng(3)
     family = GaussianFamily(covariance_type)
-    params = random_params(family, 3, 4, rng)
+    params = random_gaussian_params(family, 3, 4, rng)
     cov = params["covariances"]
     chol = compute_precision_cholesky(cov, covariance_type)
     np.testing.assert_allclose(covariances_from_cholesky(chol, covariance_type), cov, rtol=1e-10)
@@ -130,7 +117,7 @@ def test_singular_covariance_gives_actionable_error():
 def test_float32_block_matches_float64_block():
     rng = np.random.default_rng(4)
     family = GaussianFamily("full")
-    params = random_params(family, 3, 4, rng)
+    params = random_gaussian_params(family, 3, 4, rng)
     X = rng.normal(size=(5000, 4)) + 100.0
     params = family.make_params(
         params["weights"], params["means"] + 100.0, covariances=params["covariances"]

@@ -12,22 +12,7 @@ from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
 from dask_em import GaussianMixture
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
-from tests.helpers import assert_monotone, make_blobs
-
-
-def random_params(family, n_components, n_features, rng):
-    A = rng.normal(size=(n_components, n_features, n_features))
-    full = A @ A.transpose(0, 2, 1) + np.eye(n_features)
-    covariances = {
-        "full": full,
-        "tied": full[0],
-        "diag": np.stack([np.diag(c) for c in full]),
-        "spherical": np.array([np.trace(c) / n_features for c in full]),
-    }[family.covariance_type]
-    weights = rng.dirichlet(np.ones(n_components))
-    return family.make_params(
-        weights, rng.normal(size=(n_components, n_features)) * 2, covariances=covariances
-    )
+from tests.helpers import assert_monotone, make_blobs, random_gaussian_params
 
 
 def dense_covariances(params, covariance_type, n_components, n_features):
@@ -88,7 +73,7 @@ def brute_force_stats(params, X, w, covariance_type):
 def test_statistics_equal_a_brute_force_reference(covariance_type):
     rng = np.random.default_rng(0)
     family = GaussianFamily(covariance_type)
-    params = random_params(family, 3, 5, rng)
+    params = random_gaussian_params(family, 3, 5, rng, mean_scale=2.0)
     X = rng.normal(size=(300, 5)) * 2
     X[rng.random(X.shape) < 0.3] = np.nan
     X[7] = np.nan  # nothing observed: no contribution
@@ -165,7 +150,7 @@ def test_thirty_percent_missing_fits_closer_to_the_truth_than_dropping_or_mean_i
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_every_covariance_type_fits_with_missing_values(client, covariance_type):
-    X, weights, means, _ = mar_mixture(seed=1, n=8000)
+    X, _, means, _ = mar_mixture(seed=1, n=8000)
     model = GaussianMixture(
         3, covariance_type=covariance_type, random_state=0, tol=1e-6, max_iter=500
     ).fit(da.from_array(X, chunks=(1000, 4)))
