@@ -111,6 +111,8 @@ def test_predictions_match_sklearn(client, covariance_type):
         ours.score_samples(X_dask).compute(), reference.score_samples(X), rtol=1e-8
     )
     np.testing.assert_array_equal(ours.predict(X), reference.predict(X))
+    refit = GaussianMixture(**ours.get_params())
+    np.testing.assert_array_equal(refit.fit_predict(X_dask).compute(), reference.predict(X))
     np.testing.assert_allclose(ours.score(X), reference.score(X), rtol=1e-8)
     np.testing.assert_allclose(ours.bic(X), reference.bic(X), rtol=1e-8)
     np.testing.assert_allclose(ours.aic(X), reference.aic(X), rtol=1e-8)
