@@ -236,7 +236,6 @@ class BaseMixture:
         X = as_row_chunked(X, check=None, keep_integers=check.keeps_integers)
         n_samples, n_features = X.shape
         self._check_hyperparameters(n_features)
-        check = self._value_check(fitting=True)
         if in_memory:  # checked here, before any cluster work; lazy data in the scan pass
             check.raise_for(np.asarray(given.data if hasattr(given, "dims") else given))
         local = in_memory and X.nbytes <= LOCAL_FIT_BYTES
@@ -252,7 +251,7 @@ class BaseMixture:
             engine = EMEngine(X, weights, model=self._model_name, cache=self.cache, local=local)
             self.data_placement_ = "local" if local else "memory" if engine.persisted else "stream"
             try:
-                scan = self._scan(engine, rng)
+                scan = self._scan(engine, rng, check)
                 self._learn_from_scan(scan)
                 best = self._fit_restarts(engine, scan, rng)
             finally:
@@ -273,14 +272,13 @@ class BaseMixture:
             )
         return self
 
-    def _scan(self, engine: EMEngine, rng: np.random.Generator) -> dict:
+    def _scan(self, engine: EMEngine, rng: np.random.Generator, check: ValueCheck) -> dict:
         sizes = np.asarray(engine.X.chunks[0])
         n_samples = int(sizes.sum())
         total = min(n_samples, self.init_sample_size)
         picks = rng.multivariate_hypergeometric(sizes, total)
         seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
         per_block = list(zip(picks.tolist(), seeds, row_offsets(engine.X), strict=True))
-        check = self._value_check(fitting=True)
         scan = engine.map_reduce(scan_block, merge_scans, check, stage="scan", per_block=per_block)
         raise_for_scan_problems(scan, check)
         if scan["n_all_missing"]:
