@@ -8,8 +8,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from dask_em.data import open_zarr_array
 from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
+from dask_em.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from dask_em.mixture import BernoulliMixture, CategoricalMixture, GaussianMixture, PoissonMixture
 from dask_em.model_io import load
+from dask_em.sequences import Sequences
 
 try:
     __version__ = version("dask_em")
@@ -18,11 +20,15 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "BernoulliMixture",
+    "CategoricalHMM",
     "CategoricalMixture",
     "ConvergenceWarning",
     "EmptyComponentWarning",
+    "GaussianHMM",
     "GaussianMixture",
+    "PoissonHMM",
     "PoissonMixture",
+    "Sequences",
     "__version__",
     "load",
     "open_zarr_array",

@@ -113,6 +113,23 @@ class FiniteOrMissingCheck(ValueCheck):
         return np.isinf(X)
 
 
+class OrMissingCheck(ValueCheck):
+    """Another check's values, or NaN for a missing observation (a step of a sequence
+    that hidden Markov models skip)."""
+
+    keeps_integers = True
+
+    def __init__(self, inner: ValueCheck, problem: str):
+        self.inner = inner
+        self.problem = problem
+
+    def bad(self, X: np.ndarray) -> np.ndarray:
+        bad = self.inner.bad(X)
+        if np.issubdtype(X.dtype, np.floating):
+            bad &= ~np.isnan(X)
+        return bad
+
+
 FINITE = ValueCheck()
 
 
@@ -293,7 +310,7 @@ def scan_block(
     column_max = (
         np.full(X.shape[1], -np.inf)
         if problem is not None or len(X) == 0
-        else np.asarray(X.max(axis=0), dtype=np.float64)
+        else np.asarray(np.fmax.reduce(X, axis=0), dtype=np.float64)  # NaN-aware
     )
     all_missing = int(np.isnan(X).all(axis=1).sum()) if np.issubdtype(X.dtype, np.floating) else 0
     return {
@@ -329,7 +346,7 @@ def merge_scans(*parts: dict[str, Any]) -> dict[str, Any]:
             "sample": np.concatenate([out["sample"], b["sample"]]),
             "sample_weight": np.concatenate([out["sample_weight"], b["sample_weight"]]),
             "n_all_missing": out["n_all_missing"] + b["n_all_missing"],
-            "column_max": np.maximum(out["column_max"], b["column_max"]),
+            "column_max": np.fmax(out["column_max"], b["column_max"]),
             "problem": _merge_problems(out["problem"], b["problem"]),
             "n_bad_weight": out["n_bad_weight"] + b["n_bad_weight"],
             "first_bad_weight": _first(out["first_bad_weight"], b["first_bad_weight"]),

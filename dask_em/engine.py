@@ -98,6 +98,10 @@ class EMEngine:
     ----------
     X : dask array (n_samples, n_features), chunked along rows only.
     sample_weight : dask array (n_samples,) with X's row chunks, or None.
+    lengths : for sequence data (hidden Markov models), instead of weights: a dask array
+        (n_sequences,) whose block i holds the lengths of the sequences in X's block i
+        (see :mod:`dask_em.sequences`).  Block functions then receive the lengths where
+        they would receive the weights.
     model : short name used in task names (``estep-<model>``).
     cache : "auto", "memory" or "stream" (see module docstring).
     split_every : fan-in of the reduction tree.
@@ -111,6 +115,7 @@ class EMEngine:
         X: da.Array,
         sample_weight: da.Array | None = None,
         *,
+        lengths: da.Array | None = None,
         model: str,
         cache: str = "auto",
         split_every: int = 8,
@@ -122,6 +127,12 @@ class EMEngine:
             raise ValueError("EMEngine needs the feature axis in one chunk; rechunk X first")
         if split_every < 2:
             raise ValueError(f"split_every must be at least 2, got {split_every}")
+        if lengths is not None:
+            if sample_weight is not None:
+                raise ValueError("pass sample_weight or lengths, not both")
+            if lengths.numblocks[0] != X.numblocks[0]:
+                raise ValueError("lengths must have one block per block of X")
+            sample_weight = lengths  # travels in the weights' place, block by block
         self.model = model
         self.split_every = split_every
         self.local = local

@@ -72,7 +72,10 @@ def to_dataset(model: Any) -> xr.Dataset:
 
 def from_dataset(ds: xr.Dataset) -> Any:
     """Rebuild a fitted estimator from :func:`to_dataset`'s Dataset."""
-    from dask_em.mixture import MODEL_CLASSES
+    from dask_em.hmm import MODEL_CLASSES as HMM_CLASSES
+    from dask_em.mixture import MODEL_CLASSES as MIXTURE_CLASSES
+
+    classes = {**MIXTURE_CLASSES, **HMM_CLASSES}
 
     fmt, version = ds.attrs.get("dask_em_format"), ds.attrs.get("dask_em_format_version")
     if fmt != FORMAT_NAME:
@@ -83,7 +86,7 @@ def from_dataset(ds: xr.Dataset) -> Any:
             f"({FORMAT_VERSION}); upgrade dask_em"
         )
     name = ds.attrs.get("model")
-    if name not in MODEL_CLASSES:
+    if name not in classes:
         raise ValueError(f"unknown model class {name!r} in model file")
     params = json.loads(ds.attrs["params"])
     for key, value in params.items():
@@ -92,7 +95,7 @@ def from_dataset(ds: xr.Dataset) -> Any:
     for key, value in params.items():
         if isinstance(value, list) and not key.endswith("_init"):
             params[key] = tuple(value)  # e.g. rate_prior, written as a JSON list
-    model = MODEL_CLASSES[name](**params)
+    model = classes[name](**params)
     model._restore_variables({name: ds[name].values for name in ds.data_vars})
     model.n_features_in_ = int(ds.attrs["n_features_in"])
     model.converged_ = bool(ds.attrs["converged"])

@@ -161,6 +161,15 @@ class DiscreteMixtureFamily:
 
         return sliced_stats(slice_stats, self.merge, X, resp, w)
 
+    def posterior_stats(self, params: Params, X: np.ndarray, resp: np.ndarray) -> Stats:
+        """Statistics of a block under given posteriors ``resp`` (n, K) (hidden Markov
+        models); rows with NaN (missing steps) are left out."""
+        X = np.asarray(X, dtype=np.float64)
+        observed = ~np.isnan(X).any(axis=1)
+        if not observed.all():
+            X, resp = X[observed], resp[observed]
+        return self.responsibility_stats(X, resp)
+
     @staticmethod
     def merge(*parts: Stats) -> Stats:
         """Statistics of disjoint row sets add up."""

@@ -385,18 +385,17 @@ class GaussianFamily:
             ),
         )
 
-    def weighted_log_prob(
+    def log_component_prob(
         self, params: Params, X: np.ndarray, work: Workspace | None = None
     ) -> np.ndarray:
-        """``log pi_k + log N(x_i | k)``, shape (n, K), float64.
+        """``log N(x_i | k)``, shape (n, K), float64.
 
         Rows with NaN use the marginal density of their observed features
         (:mod:`dask_em.families.gaussian_missing`); a row with nothing observed gets 0.
         """
         if np.isnan(X).any():
-            with np.errstate(divide="ignore"):
-                return self._missing_estep(params, X).log_prob + np.log(params["weights"])
-        log_prob = estimate_log_gaussian_prob(
+            return self._missing_estep(params, X).log_prob
+        return estimate_log_gaussian_prob(
             X,
             params["means"],
             params["precisions_cholesky"],
@@ -404,6 +403,12 @@ class GaussianFamily:
             params["center"],
             work,
         )
+
+    def weighted_log_prob(
+        self, params: Params, X: np.ndarray, work: Workspace | None = None
+    ) -> np.ndarray:
+        """``log pi_k + log N(x_i | k)``, shape (n, K), float64 (NaN: as above)."""
+        log_prob = self.log_component_prob(params, X, work)
         with np.errstate(divide="ignore"):
             return log_prob + np.log(params["weights"])
 
@@ -495,6 +500,39 @@ class GaussianFamily:
         weight = float(len(X)) if w is None else float(np.sum(w, dtype=np.float64))
         stats.update(weight=weight, n_rows=len(X), loglik=0.0)
         return stats
+
+    def posterior_stats(self, params: Params, X: np.ndarray, resp: np.ndarray) -> Stats:
+        """Exact EM statistics of a block under given posteriors ``resp`` (n, K).
+
+        For hidden Markov models, whose posteriors come from forward-backward.  Rows with
+        NaN contribute their completed moments (conditional means and covariances of the
+        missing block given ``params``, as in the mixture E-step); ``loglik`` is 0.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        incomplete = np.isnan(X).any(axis=1)
+        complete = ~incomplete
+        parts = []
+        if complete.any() or not incomplete.any():
+            stats = stats_from_responsibilities(
+                X[complete], resp[complete], self.covariance_type, params["center"]
+            )
+            stats.update(weight=float(complete.sum()), n_rows=int(complete.sum()), loglik=0.0)
+            parts.append(stats)
+        if incomplete.any():
+            step = self._missing_estep(params, X[incomplete])
+            sub_resp = resp[incomplete] * step.observed_any[:, None]
+            completed = completed_stats(step, sub_resp, self.covariance_type)
+            parts.append(
+                {
+                    "weight": float(step.observed_any.sum()),
+                    "n_rows": int(incomplete.sum()),
+                    "loglik": 0.0,
+                    "nk": completed["nk"],
+                    "means": completed["means_c"] + params["center"],
+                    "scatter": completed["scatter"],
+                }
+            )
+        return self.merge(*parts)
 
     # -- reduction ----------------------------------------------------------------
     def merge(self, *parts: Stats) -> Stats:

@@ -154,7 +154,7 @@ class BaseMixture:
         if self.init_params not in INIT_METHODS:
             raise ValueError(f"init_params must be one of {INIT_METHODS}, got {self.init_params!r}")
         K = self.n_components
-        if self.weights_init is not None:
+        if getattr(self, "weights_init", None) is not None:
             w = np.asarray(self.weights_init, dtype=np.float64)
             if w.shape != (K,):
                 raise ValueError(f"weights_init must have shape ({K},), got {w.shape}")
@@ -181,9 +181,12 @@ class BaseMixture:
         }
         return self._family().make_params(**values)
 
-    def _init_pass(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> Params:
-        """Centres on the scan sample, then one pass of responsibilities and an M-step."""
-        family = self._family()
+    def _init_pass(
+        self, engine: EMEngine, scan: dict, rng: np.random.Generator, family=None
+    ) -> Params:
+        """Centres on the scan sample, then one pass of responsibilities and an M-step
+        (of ``family``, default the model's own)."""
+        family = family or self._family()
         features = family.init_features(scan["sample"])
         centers = initial_centers(
             self.init_params, features, scan["sample_weight"], self.n_components, rng
@@ -196,11 +199,21 @@ class BaseMixture:
         }
         seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
         stats = engine.map_reduce(
-            init_block_stats, family.merge, shared, stage="init", per_block=[(s,) for s in seeds]
+            self._data_pass(init_block_stats),
+            family.merge,
+            shared,
+            stage="init",
+            per_block=[(s,) for s in seeds],
         )
         params = family.m_step(stats)
-        params, _ = self._make_repair(family, scan["sample"])(params, stats)
+        params, _ = BaseMixture._make_repair(family, scan["sample"])(params, stats)
         return params
+
+    @staticmethod
+    def _data_pass(block_func):
+        """A ``block_func(shared, X, w, ...)`` as the engine should run it over our data
+        (the identity here; hidden Markov models drop the sequence lengths)."""
+        return block_func
 
     def _set_fitted(self, params: Params) -> None:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -245,10 +258,20 @@ class BaseMixture:
                 f"n_components={self.n_components}"
             )
         weights = as_sample_weight(sample_weight, X)
+        return self._fit_engine(
+            lambda: EMEngine(X, weights, model=self._model_name, cache=self.cache, local=local),
+            check,
+            local,
+            n_features,
+        )
+
+    def _fit_engine(self, make_engine, check: ValueCheck, local: bool, n_features: int):
+        """Scan, initialize and run EM on the engine ``make_engine()`` builds; set the
+        fitted attributes from the best of the ``n_init`` runs."""
         seed = seed_from(self.random_state)
         rng = np.random.default_rng(seed)
         with verbose_logging(self.verbose):
-            engine = EMEngine(X, weights, model=self._model_name, cache=self.cache, local=local)
+            engine = make_engine()
             self.data_placement_ = "local" if local else "memory" if engine.persisted else "stream"
             try:
                 scan = self._scan(engine, rng, check)
@@ -268,7 +291,7 @@ class BaseMixture:
                 "Best performing initialization did not converge. Try different init "
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         return self
 
@@ -279,14 +302,16 @@ class BaseMixture:
         picks = rng.multivariate_hypergeometric(sizes, total)
         seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
         per_block = list(zip(picks.tolist(), seeds, row_offsets(engine.X), strict=True))
-        scan = engine.map_reduce(scan_block, merge_scans, check, stage="scan", per_block=per_block)
+        scan = engine.map_reduce(
+            self._data_pass(scan_block), merge_scans, check, stage="scan", per_block=per_block
+        )
         raise_for_scan_problems(scan, check)
         if scan["n_all_missing"]:
             warnings.warn(
                 f"{scan['n_all_missing']} rows of X have every feature missing; they carry "
                 "no information and are left out of the fit",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         sample = scan["sample"]
         scan["fill"] = None

@@ -1,0 +1,202 @@
+"""Hidden Markov model kernels: Baum-Welch statistics of one block of whole sequences.
+
+Parameters: ``startprob`` (K,), ``transmat`` (K, K) (rows sum to one), ``emission``
+(the parameter dict of an emission family: Gaussian, Poisson or categorical, whose
+mixing weights are unused) and ``seed`` (the Monte Carlo E-step's random stream).
+
+The statistics of a block (additive across blocks, so any chunking on sequence
+boundaries gives the same sums):
+
+    start (K,)      sum over sequences of gamma_1(k)
+    trans (K, K)    sum over sequences and steps of xi_t(i, j)
+    emission        the emission family's statistics under the weights gamma_t(k)
+    loglik          sum over sequences of log p(x_1..T)
+
+M-step (Baum-Welch; MAP under symmetric Dirichlet priors, ``startprob_concentration``
+and ``transmat_concentration`` a >= 1, a = 1 flat): ``startprob = (start + a - 1) /
+sum``, each row of ``transmat`` likewise from ``trans``; the emission family's own M-step
+(and prior) on its statistics.  A row with no counts and a flat prior (a state never
+left) becomes uniform.  The objective is ``(loglik + log-prior) / number of steps``.
+
+Missing observations: a step with NaN in a discrete model, or with every feature NaN in
+a Gaussian one, has emission density 1 (log 0) in every state; a Gaussian step with
+some NaN features uses the marginal density of the others, and its completed moments.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dask_em.families.base import Params, Stats
+from dask_em.families.discrete import safe_log
+from dask_em.families.hmm_kernels import (
+    Posteriors,
+    TimeMajorLayout,
+    forward_backward,
+    sample_paths,
+    viterbi,
+)
+
+ESTEP_METHODS = ("exact", "sample")
+
+
+def dirichlet_rows(counts: np.ndarray, concentration: float) -> np.ndarray:
+    """MAP probabilities along the last axis under Dirichlet(concentration); a row with
+    nothing in it becomes uniform."""
+    numerator = counts + (concentration - 1.0)
+    total = numerator.sum(axis=-1, keepdims=True)
+    uniform = np.full_like(numerator, 1.0 / numerator.shape[-1])
+    return np.divide(numerator, total, out=uniform, where=total > 0)
+
+
+@dataclass(frozen=True)
+class HMMFamily:
+    """Baum-Welch kernels over an emission family (see module docstring)."""
+
+    emission: Any
+    startprob_concentration: float = 1.0
+    transmat_concentration: float = 1.0
+    estep: str = "exact"
+    n_samples: int = 100
+    name: str = "hmm"
+
+    def __post_init__(self):
+        if self.estep not in ESTEP_METHODS:
+            raise ValueError(f"estep must be one of {ESTEP_METHODS}, got {self.estep!r}")
+
+    # -- parameters ---------------------------------------------------------------
+    @staticmethod
+    def make_params(
+        startprob: np.ndarray, transmat: np.ndarray, emission: Params, seed: int = 0
+    ) -> Params:
+        return {
+            "startprob": np.asarray(startprob, dtype=np.float64),
+            "transmat": np.asarray(transmat, dtype=np.float64),
+            "emission": emission,
+            "seed": int(seed),
+        }
+
+    def n_parameters(self, n_components: int, n_features: int) -> int:
+        """Free parameters (for BIC/AIC): start, transitions and emissions."""
+        emission = self.emission.n_parameters(n_components, n_features) - (n_components - 1)
+        return (n_components - 1) + n_components * (n_components - 1) + emission
+
+    # -- emissions ------------------------------------------------------------------
+    def emission_log_prob(self, params: Params, X: np.ndarray) -> np.ndarray:
+        """``log p(x_t | k)`` (n, K); missing steps get 0 (module docstring)."""
+        X = np.asarray(X, dtype=np.float64)
+        if hasattr(self.emission, "covariance_type"):  # Gaussian: marginalizes NaN itself
+            return self.emission.log_component_prob(params["emission"], X)
+        missing = np.isnan(X).any(axis=1)
+        if not missing.any():
+            return self.emission.log_component_prob(params["emission"], X)
+        log_b = self.emission.log_component_prob(params["emission"], np.where(np.isnan(X), 0, X))
+        log_b[missing] = 0.0
+        return log_b
+
+    # -- E-step -------------------------------------------------------------------
+    def posteriors(
+        self, params: Params, X: np.ndarray, layout: TimeMajorLayout
+    ) -> tuple[np.ndarray, Posteriors]:
+        """Time-major X (T, D) float64 and the E-step's posteriors for one block."""
+        X_tm = np.asarray(X, dtype=np.float64)[layout.perm]
+        log_b = self.emission_log_prob(params, X_tm)
+        if self.estep == "exact":
+            return X_tm, forward_backward(layout, log_b, params["startprob"], params["transmat"])
+        rng = np.random.default_rng(self._block_seed(params["seed"], X, layout.lengths))
+        posteriors = sample_paths(
+            layout, log_b, params["startprob"], params["transmat"], self.n_samples, rng
+        )
+        return X_tm, posteriors
+
+    @staticmethod
+    def _block_seed(seed: int, X: np.ndarray, lengths: np.ndarray) -> np.random.SeedSequence:
+        """A stream for this iteration and this block (blocks differ in their data)."""
+        digest = zlib.crc32(np.ascontiguousarray(lengths).view(np.uint8))
+        digest = zlib.crc32(np.ascontiguousarray(X).view(np.uint8), digest)
+        return np.random.SeedSequence([int(seed), int(digest), len(X)])
+
+    def block_stats(self, params: Params, X: np.ndarray, lengths: np.ndarray) -> Stats:
+        """Baum-Welch statistics of one block: ``X`` (T, D), ``lengths`` (S,) summing to T."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if int(lengths.sum()) != len(X):
+            raise ValueError(
+                f"a block has {len(X)} steps but its sequence lengths add up to "
+                f"{int(lengths.sum())}; blocks must hold whole sequences"
+            )
+        layout = TimeMajorLayout.from_lengths(lengths)
+        X_tm, post = self.posteriors(params, X, layout)
+        emission = self.emission.posterior_stats(params["emission"], X_tm, post.gamma)
+        return {
+            "weight": float(len(X)),
+            "n_rows": len(X),
+            "n_sequences": len(lengths),
+            "loglik": float(post.loglik.sum()),
+            "start": post.start,
+            "trans": post.trans,
+            "emission": emission,
+            "seed": params["seed"],
+        }
+
+    def merge(self, *parts: Stats) -> Stats:
+        out = dict(parts[0])
+        for part in parts[1:]:
+            for key in ("weight", "n_rows", "n_sequences", "loglik", "start", "trans"):
+                out[key] = out[key] + part[key]
+            out["emission"] = self.emission.merge(out["emission"], part["emission"])
+        return out
+
+    # -- M-step and objective -----------------------------------------------------
+    def m_step(self, stats: Stats) -> Params:
+        """Baum-Welch / MAP update (module docstring)."""
+        return self.make_params(
+            dirichlet_rows(stats["start"], self.startprob_concentration),
+            dirichlet_rows(stats["trans"], self.transmat_concentration),
+            self.emission.m_step(stats["emission"]),
+            seed=int(stats["seed"]) + 1,
+        )
+
+    def log_prior(self, params: Params) -> float:
+        """Dirichlet log-priors of start and transition probabilities, plus the emission
+        family's (up to constants; 0 when flat)."""
+        total = self.emission.log_prior(params["emission"])
+        for concentration, probabilities in (
+            (self.startprob_concentration, params["startprob"]),
+            (self.transmat_concentration, params["transmat"]),
+        ):
+            if concentration != 1.0:
+                total += float((concentration - 1.0) * safe_log(probabilities).sum())
+        return total
+
+    def objective(self, stats: Stats, params: Params) -> float:
+        """``(log-likelihood + log-prior) / number of steps`` at ``params``."""
+        return (stats["loglik"] + self.log_prior(params)) / stats["weight"]
+
+    # -- prediction kernels (block order in, block order out) ---------------------
+    def state_posteriors(self, params: Params, X: np.ndarray, lengths: np.ndarray):
+        """``(log-likelihood of each sequence (S,), gamma (T, K))`` in block order."""
+        layout = TimeMajorLayout.from_lengths(lengths)
+        _, post = _exact(self).posteriors(params, X, layout)
+        loglik = np.empty_like(post.loglik)
+        loglik[layout.order] = post.loglik
+        return loglik, layout.to_block_order(post.gamma)
+
+    def decode(self, params: Params, X: np.ndarray, lengths: np.ndarray):
+        """Viterbi: ``(log-probability of each best path (S,), states (T,))``, block order."""
+        layout = TimeMajorLayout.from_lengths(lengths)
+        log_b = self.emission_log_prob(params, np.asarray(X, dtype=np.float64)[layout.perm])
+        log_prob, states = viterbi(layout, log_b, params["startprob"], params["transmat"])
+        ordered = np.empty_like(log_prob)
+        ordered[layout.order] = log_prob
+        return ordered, layout.to_block_order(states)
+
+
+def _exact(family: HMMFamily) -> HMMFamily:
+    """The same family with the exact E-step (prediction never samples)."""
+    if family.estep == "exact":
+        return family
+    return HMMFamily(family.emission, family.startprob_concentration, family.transmat_concentration)

@@ -1,0 +1,202 @@
+"""PoissonHMM and CategoricalHMM: hidden Markov models with discrete emissions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dask_em.data import CountCheck, OrMissingCheck, SymbolCheck, ValueCheck
+from dask_em.families.base import Params
+from dask_em.families.categorical import CategoricalFamily
+from dask_em.families.poisson import PoissonFamily
+from dask_em.hmm._base import BaseHMM
+from dask_em.initialization import DEFAULT_SAMPLE_SIZE
+
+
+class PoissonHMM(BaseHMM):
+    """Hidden Markov model with independent Poisson counts per feature (hmmlearn's
+    ``PoissonHMM``).
+
+    Parameters as :class:`~dask_em.GaussianHMM` (without the Gaussian ones), plus
+    ``rate_prior`` (alpha, beta): a Gamma(alpha >= 1, beta >= 0) prior on every rate,
+    M-step ``(alpha - 1 + sum gamma x) / (beta + sum gamma)`` (default flat), and
+    ``lambdas_init`` (K, D).  Attributes: ``startprob_``, ``transmat_``, ``lambdas_``
+    (K, D).  X holds non-negative integer counts; NaN marks a missing step.
+    """
+
+    _model_name = "poisson-hmm"
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        startprob_prior: float = 1.0,
+        transmat_prior: float = 1.0,
+        rate_prior: tuple[float, float] = (1.0, 0.0),
+        estep: str = "exact",
+        n_samples: int = 100,
+        tol: float = 1e-4,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        startprob_init: Any = None,
+        transmat_init: Any = None,
+        lambdas_init: Any = None,
+        random_state: Any = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        cache: str = "auto",
+        init_sample_size: int = DEFAULT_SAMPLE_SIZE,
+    ):
+        self._store_params(locals())
+
+    def _emission_family(self) -> PoissonFamily:
+        alpha, beta = self.rate_prior
+        return PoissonFamily(rate_alpha=float(alpha), rate_beta=float(beta), name=self._model_name)
+
+    def _value_check(self, fitting: bool = False) -> ValueCheck:
+        return OrMissingCheck(
+            CountCheck(), "negative, non-integer or infinite counts (NaN marks a missing step)"
+        )
+
+    def _check_hyperparameters(self, n_features: int) -> None:
+        alpha, beta = self.rate_prior
+        if not (alpha >= 1.0 and beta >= 0.0):
+            raise ValueError(f"rate_prior must be (alpha >= 1, beta >= 0), got {self.rate_prior}")
+        super()._check_hyperparameters(n_features)
+        if self.lambdas_init is not None:
+            lambdas = np.asarray(self.lambdas_init, dtype=np.float64)
+            if lambdas.shape != (self.n_components, n_features):
+                raise ValueError(
+                    f"lambdas_init must have shape ({self.n_components}, {n_features}), "
+                    f"got {lambdas.shape}"
+                )
+            if np.any(lambdas <= 0) or not np.all(np.isfinite(lambdas)):
+                raise ValueError("lambdas_init must be positive and finite")
+
+    def _emission_init(self) -> dict[str, Any]:
+        return {"rates": self.lambdas_init}
+
+    def _set_emission(self, params: Params) -> None:
+        self.lambdas_ = params["rates"]
+
+    def _emission_params(self) -> Params:
+        K = self.n_components
+        return self._emission_family().make_params(np.full(K, 1.0 / K), rates=self.lambdas_)
+
+    def _emission_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        return {"lambdas": (("component", "feature"), self.lambdas_)}
+
+    def _restore_emission(self, variables: dict[str, np.ndarray]) -> None:
+        self.lambdas_ = variables["lambdas"]
+
+
+class CategoricalHMM(BaseHMM):
+    """Hidden Markov model with one categorical symbol per step (hmmlearn's
+    ``CategoricalHMM``): X is (T, 1) integer symbols 0..M-1, NaN marks a missing step.
+
+    Parameters as :class:`~dask_em.PoissonHMM`, with ``n_symbols`` M (default: one more
+    than the largest symbol seen), ``pseudocount`` a >= 0 (a Dirichlet(1 + a) prior on
+    every row of the emission matrix; M-step ``(C + a) / (sum gamma + M a)``) and
+    ``emissionprob_init`` (K, M).  Attributes: ``startprob_``, ``transmat_``,
+    ``emissionprob_`` (K, M), ``n_symbols_``.
+    """
+
+    _model_name = "categorical-hmm"
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        n_symbols: int | None = None,
+        startprob_prior: float = 1.0,
+        transmat_prior: float = 1.0,
+        pseudocount: float = 0.0,
+        estep: str = "exact",
+        n_samples: int = 100,
+        tol: float = 1e-4,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        startprob_init: Any = None,
+        transmat_init: Any = None,
+        emissionprob_init: Any = None,
+        random_state: Any = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        cache: str = "auto",
+        init_sample_size: int = DEFAULT_SAMPLE_SIZE,
+    ):
+        self._store_params(locals())
+
+    def _declared_symbols(self) -> int | None:
+        if self.n_symbols is not None:
+            return int(self.n_symbols)
+        if self.emissionprob_init is not None:
+            return int(np.shape(self.emissionprob_init)[-1])
+        return None
+
+    def _symbols(self) -> int | None:
+        return getattr(self, "n_symbols_", None) or self._declared_symbols()
+
+    def _emission_family(self) -> CategoricalFamily:
+        return CategoricalFamily(
+            n_symbols=int(self._symbols()),
+            pseudocount=float(self.pseudocount),
+            name=self._model_name,
+        )
+
+    def _value_check(self, fitting: bool = False) -> ValueCheck:
+        keep = self.warm_start and self._is_fitted()
+        symbols = self._declared_symbols() if fitting and not keep else self._symbols()
+        inner = SymbolCheck(symbols)
+        return OrMissingCheck(inner, inner.problem + " (NaN marks a missing step)")
+
+    def _learn_from_scan(self, scan: dict) -> None:
+        if self.warm_start and self._is_fitted():
+            return
+        observed = scan["column_max"]
+        largest = int(np.nanmax(observed)) if np.isfinite(observed).any() else 0
+        self.n_symbols_ = self._declared_symbols() or max(largest + 1, 2)
+
+    def _check_hyperparameters(self, n_features: int) -> None:
+        if n_features != 1:
+            raise ValueError(
+                f"CategoricalHMM models one symbol per step: X must have shape (T, 1), got "
+                f"{n_features} columns"
+            )
+        if not self.pseudocount >= 0:
+            raise ValueError(f"pseudocount must be >= 0, got {self.pseudocount!r}")
+        if self.n_symbols is not None and not (int(self.n_symbols) >= 2):
+            raise ValueError(f"n_symbols must be >= 2, got {self.n_symbols!r}")
+        super()._check_hyperparameters(n_features)
+        if self.emissionprob_init is not None:
+            probabilities = np.asarray(self.emissionprob_init, dtype=np.float64)
+            expected = (self.n_components, self._declared_symbols())
+            if probabilities.shape != expected:
+                raise ValueError(
+                    f"emissionprob_init must have shape {expected}, got {probabilities.shape}"
+                )
+            if np.any(probabilities < 0) or not np.allclose(probabilities.sum(axis=1), 1.0):
+                raise ValueError("emissionprob_init must be non-negative with rows summing to 1")
+
+    def _emission_init(self) -> dict[str, Any]:
+        init = self.emissionprob_init
+        return {"probabilities": None if init is None else np.asarray(init)[:, None, :]}
+
+    def _set_emission(self, params: Params) -> None:
+        self.emissionprob_ = params["probabilities"][:, 0, :]
+
+    def _emission_params(self) -> Params:
+        K = self.n_components
+        return self._emission_family().make_params(
+            np.full(K, 1.0 / K), probabilities=self.emissionprob_[:, None, :]
+        )
+
+    def _emission_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        return {"emissionprob": (("component", "symbol"), self.emissionprob_)}
+
+    def _restore_emission(self, variables: dict[str, np.ndarray]) -> None:
+        self.emissionprob_ = variables["emissionprob"]
+        self.n_symbols_ = int(self.emissionprob_.shape[-1])

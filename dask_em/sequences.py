@@ -1,0 +1,275 @@
+"""Many sequences in one array: the data layout of dask_em's hidden Markov models.
+
+``Sequences`` holds ``values`` (T, D), the steps of every sequence back to back, and
+``lengths`` (S,), the number of steps of each sequence (T = sum of lengths), as
+hmmlearn's ``fit(X, lengths)`` does.  On disk it is a Zarr group with the arrays
+``values`` and ``lengths``.
+
+Blocks always hold whole sequences: the row chunks of ``values`` fall on sequence
+boundaries, and ``lengths`` is chunked so that its block b lists the sequences of
+``values``' block b.  The layout chooses those boundaries itself (about
+``block_bytes`` of values per block, never splitting a sequence), so the E-step of a
+block can run forward-backward without looking at any other block.  The lengths (8
+bytes per sequence) are read into memory; the values stay lazy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence as SequenceABC
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from dask_em.data import as_row_chunked
+
+#: Target size of one block of values when the layout chooses the boundaries.
+DEFAULT_BLOCK_BYTES = 8 * 2**20
+
+
+def check_lengths(lengths: Any, n_steps: int) -> np.ndarray:
+    """``lengths`` as (S,) int64, or ValueError saying what is wrong with them."""
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1:
+        raise ValueError(f"lengths must be 1-D (one entry per sequence), got shape {lengths.shape}")
+    if lengths.size == 0:
+        raise ValueError("lengths is empty: there must be at least one sequence")
+    if not (np.issubdtype(lengths.dtype, np.integer) or np.issubdtype(lengths.dtype, np.floating)):
+        raise ValueError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if np.issubdtype(lengths.dtype, np.floating):
+        whole = np.isfinite(lengths) & (lengths == np.floor(lengths))
+        if not whole.all():
+            first = int(np.argmin(whole))
+            raise ValueError(f"lengths must hold integers; lengths[{first}] is {lengths[first]!r}")
+    lengths = lengths.astype(np.int64)
+    if lengths.min() < 1:
+        first = int(np.argmax(lengths < 1))
+        raise ValueError(
+            f"every sequence needs at least one step; lengths[{first}] is {lengths[first]}"
+        )
+    total = int(lengths.sum())
+    if total != n_steps:
+        raise ValueError(
+            f"the lengths add up to {total} steps but values has {n_steps} rows: "
+            "ragged layout (values must hold the sequences back to back)"
+        )
+    return lengths
+
+
+def block_boundaries(lengths: np.ndarray, steps_per_block: int) -> np.ndarray:
+    """Sequences per block: consecutive sequences grouped into blocks of about
+    ``steps_per_block`` steps (a longer sequence gets a block of its own)."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    block_of = starts // max(1, int(steps_per_block))
+    _, counts = np.unique(block_of, return_counts=True)
+    return counts
+
+
+class Sequences:
+    """Sequences stored back to back (module docstring).
+
+    Parameters
+    ----------
+    values : (T, D) NumPy or dask array, xarray DataArray, or Zarr array path.
+    lengths : (S,) positive integers summing to T; None for one sequence.
+    block_bytes : target bytes of values per block when the layout rechunks.
+
+    Attributes
+    ----------
+    values : dask array (T, D), row chunks on sequence boundaries.
+    lengths : dask array (S,) int64, block b = the lengths of the sequences in block b.
+    """
+
+    def __init__(
+        self,
+        values: Any,
+        lengths: Any = None,
+        *,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        check_values=None,
+        keep_integers: bool = False,
+    ):
+        values = as_row_chunked(values, check=check_values, keep_integers=keep_integers)
+        if lengths is None:
+            lengths = np.array([values.shape[0]])
+        elif isinstance(lengths, da.Array):
+            lengths = lengths.compute()
+        lengths = check_lengths(lengths, values.shape[0])
+        per_block = _aligned_blocks(values.chunks[0], lengths)
+        if per_block is None:
+            row_bytes = values.shape[1] * values.dtype.itemsize
+            per_block = block_boundaries(lengths, block_bytes // max(1, row_bytes))
+            steps = _steps_per_block(lengths, per_block)
+            values = values.rechunk((tuple(steps), values.shape[1]))
+        self.values = values
+        self.lengths = da.from_array(lengths, chunks=(tuple(int(c) for c in per_block),))
+        self._lengths = lengths
+
+    # -- constructors ---------------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, sequences: SequenceABC, **kwargs: Any) -> Sequences:
+        """From a list of (T_s, D) or (T_s,) arrays, one per sequence."""
+        arrays = [np.asarray(s) for s in sequences]
+        if not arrays:
+            raise ValueError("no sequences given")
+        arrays = [a.reshape(-1, 1) if a.ndim == 1 else a for a in arrays]
+        widths = {a.shape[1] for a in arrays}
+        if len(widths) != 1:
+            raise ValueError(f"the sequences have different numbers of features: {sorted(widths)}")
+        lengths = np.array([len(a) for a in arrays])
+        return cls(np.concatenate(arrays), lengths, **kwargs)
+
+    @classmethod
+    def from_zarr(
+        cls,
+        path: str | os.PathLike,
+        *,
+        storage_options: dict | None = None,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        **kwargs: Any,
+    ) -> Sequences:
+        """From a Zarr group (local path or fsspec URL) with arrays ``values`` and ``lengths``.
+
+        Each block reads exactly its rows of ``values``; the lengths are read at once.
+        """
+        import zarr
+
+        location = os.fspath(path)
+        try:
+            group = zarr.open_group(store=location, mode="r", storage_options=storage_options)
+        except FileNotFoundError:
+            raise ValueError(f"{location!r} is not a Zarr group: nothing found there") from None
+        except Exception as error:  # zarr raises several types for unreadable stores
+            raise ValueError(
+                f"{location!r} is not a readable Zarr group of sequences: {error}"
+            ) from None
+        members = {name for name, _ in group.arrays()}
+        if not {"values", "lengths"} <= members:
+            raise ValueError(
+                f"{location!r} must hold arrays 'values' and 'lengths'; it holds {sorted(members)}"
+            )
+        values, lengths = group["values"], group["lengths"]
+        if len(values.shape) == 1:
+            raise ValueError(
+                f"{location}/values must be 2-D (steps, features), got shape {values.shape}"
+            )
+        lengths = check_lengths(lengths[...], values.shape[0])
+        row_bytes = values.shape[1] * values.dtype.itemsize
+        per_block = block_boundaries(lengths, block_bytes // max(1, row_bytes))
+        steps = _steps_per_block(lengths, per_block)
+        lazy = da.from_array(values, chunks=(tuple(steps), values.shape[1]), name=False)
+        return cls(lazy, lengths, **kwargs)
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def n_sequences(self) -> int:
+        return len(self._lengths)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def lengths_array(self) -> np.ndarray:
+        """The lengths (S,) as a NumPy array."""
+        return self._lengths
+
+    @property
+    def n_blocks(self) -> int:
+        return self.values.numblocks[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"Sequences({self.n_sequences} sequences, {self.n_steps} steps, "
+            f"{self.n_features} features, {self.n_blocks} blocks)"
+        )
+
+    # -- writing --------------------------------------------------------------------
+    def to_zarr(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        chunk_rows: int | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
+        """Write a Zarr group with arrays ``values`` and ``lengths``.
+
+        An existing store is replaced only with ``overwrite``.  ``chunk_rows``: rows per
+        Zarr chunk of values (default: about 8 MiB).
+        """
+        import zarr
+
+        location = os.fspath(path)
+        mode = "w" if overwrite else "w-"
+        try:
+            group = zarr.open_group(store=location, mode=mode, storage_options=storage_options)
+        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+            raise FileExistsError(f"{location} exists; pass overwrite=True to replace it") from None
+        rows = chunk_rows or max(1, DEFAULT_BLOCK_BYTES // (self.n_features * 8))
+        values = group.create_array(
+            "values",
+            shape=self.values.shape,
+            dtype=self.values.dtype,
+            chunks=(rows, self.n_features),
+        )
+        lengths = group.create_array(
+            "lengths", shape=(self.n_sequences,), dtype=np.int64, chunks=(max(1, 2**20),)
+        )
+        lengths[...] = self._lengths
+        da.store(self.values.rechunk((rows, self.n_features)), values, lock=False)
+
+
+def as_sequences(X: Any, lengths: Any = None, **kwargs: Any) -> Sequences:
+    """``X`` (with hmmlearn's ``lengths``) as :class:`Sequences`.
+
+    X may be a Sequences (``lengths`` must then be None), a Zarr group path with arrays
+    ``values`` and ``lengths``, a list of per-sequence arrays, or a (T, D) array.
+    """
+    if isinstance(X, Sequences):
+        if lengths is not None:
+            raise ValueError("pass lengths only with a values array, not with Sequences")
+        return X
+    if isinstance(X, (str, os.PathLike)) and lengths is None and _is_zarr_group(X, kwargs):
+        storage_options = kwargs.pop("storage_options", None)
+        return Sequences.from_zarr(X, storage_options=storage_options, **kwargs)
+    kwargs.pop("storage_options", None)
+    if isinstance(X, (list, tuple)) and lengths is None:
+        return Sequences.from_arrays(X, **kwargs)
+    return Sequences(X, lengths, **kwargs)
+
+
+def _is_zarr_group(path: Any, kwargs: dict) -> bool:
+    import zarr
+
+    try:
+        node = zarr.open(
+            store=os.fspath(path), mode="r", storage_options=kwargs.get("storage_options")
+        )
+    except Exception:
+        return False
+    return isinstance(node, zarr.Group)
+
+
+def _aligned_blocks(row_chunks: tuple[int, ...], lengths: np.ndarray) -> np.ndarray | None:
+    """Sequences per block if the row chunks fall on sequence boundaries, else None."""
+    ends = np.cumsum(row_chunks)
+    boundaries = np.cumsum(lengths)
+    positions = np.searchsorted(boundaries, ends)
+    if positions.max() >= len(boundaries) or not np.array_equal(boundaries[positions], ends):
+        return None
+    counts = np.diff(np.concatenate([[-1], positions]))
+    if np.any(counts < 1):
+        return None
+    return counts
+
+
+def _steps_per_block(lengths: np.ndarray, per_block: np.ndarray) -> np.ndarray:
+    ends = np.cumsum(per_block)
+    totals = np.concatenate([[0], np.cumsum(lengths)])
+    return np.diff(totals[np.concatenate([[0], ends])])
