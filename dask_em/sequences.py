@@ -41,7 +41,9 @@ def check_lengths(lengths: Any, n_steps: int) -> np.ndarray:
         whole = np.isfinite(lengths) & (lengths == np.floor(lengths))
         if not whole.all():
             first = int(np.argmin(whole))
-            raise ValueError(f"lengths must hold integers; lengths[{first}] is {lengths[first]!r}")
+            raise ValueError(
+                f"lengths must hold integers; lengths[{first}] is {lengths[first].item()!r}"
+            )
     lengths = lengths.astype(np.int64)
     if lengths.min() < 1:
         first = int(np.argmax(lengths < 1))
@@ -90,13 +92,16 @@ class Sequences:
         check_values=None,
         keep_integers: bool = False,
     ):
+        chunked_by_caller = isinstance(values, (da.Array, str, os.PathLike)) or hasattr(
+            getattr(values, "data", None), "chunks"
+        )
         values = as_row_chunked(values, check=check_values, keep_integers=keep_integers)
         if lengths is None:
             lengths = np.array([values.shape[0]])
         elif isinstance(lengths, da.Array):
             lengths = lengths.compute()
         lengths = check_lengths(lengths, values.shape[0])
-        per_block = _aligned_blocks(values.chunks[0], lengths)
+        per_block = _aligned_blocks(values.chunks[0], lengths) if chunked_by_caller else None
         if per_block is None:
             row_bytes = values.shape[1] * values.dtype.itemsize
             per_block = block_boundaries(lengths, block_bytes // max(1, row_bytes))

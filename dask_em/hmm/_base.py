@@ -60,6 +60,13 @@ class BaseHMM(BaseMixture):
         return functools.partial(_without_lengths, block_func)
 
     @staticmethod
+    def _all_missing_message(count: int) -> str:
+        return (
+            f"{count} steps have every feature missing; they contribute no emission term "
+            "(the chain still runs through them)"
+        )
+
+    @staticmethod
     def _make_repair(family, sample):
         return None  # a state keeps its parameters even when no step visits it
 

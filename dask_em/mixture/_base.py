@@ -210,6 +210,13 @@ class BaseMixture:
         return params
 
     @staticmethod
+    def _all_missing_message(count: int) -> str:
+        return (
+            f"{count} rows of X have every feature missing; they carry no information and "
+            "are left out of the fit"
+        )
+
+    @staticmethod
     def _data_pass(block_func):
         """A ``block_func(shared, X, w, ...)`` as the engine should run it over our data
         (the identity here; hidden Markov models drop the sequence lengths)."""
@@ -308,10 +315,7 @@ class BaseMixture:
         raise_for_scan_problems(scan, check)
         if scan["n_all_missing"]:
             warnings.warn(
-                f"{scan['n_all_missing']} rows of X have every feature missing; they carry "
-                "no information and are left out of the fit",
-                UserWarning,
-                stacklevel=4,
+                self._all_missing_message(scan["n_all_missing"]), UserWarning, stacklevel=4
             )
         sample = scan["sample"]
         scan["fill"] = None
