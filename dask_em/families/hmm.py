@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_em.families.base import Params, Stats
+from dask_em.families.base import Params, Stats, Workspace, rows_per_slice, sliced_stats
 from dask_em.families.discrete import safe_log
 from dask_em.families.hmm_kernels import (
     Posteriors,
@@ -87,10 +87,26 @@ class HMMFamily:
 
     # -- emissions ------------------------------------------------------------------
     def emission_log_prob(self, params: Params, X: np.ndarray) -> np.ndarray:
-        """``log p(x_t | k)`` (n, K); missing steps get 0 (module docstring)."""
+        """``log p(x_t | k)`` (n, K); missing steps get 0 (module docstring).
+
+        Computed a cache-sized slice of rows at a time, with scratch reused across slices.
+        """
         X = np.asarray(X, dtype=np.float64)
+        n_components = len(params["startprob"])
+        step = rows_per_slice(n_components * max(X.shape[1], 2))
+        if len(X) <= step:
+            return self._emission_log_prob_slice(params, X, Workspace())
+        out = np.empty((len(X), n_components))
+        work = Workspace()
+        for start in range(0, len(X), step):
+            out[start : start + step] = self._emission_log_prob_slice(
+                params, X[start : start + step], work
+            )
+        return out
+
+    def _emission_log_prob_slice(self, params: Params, X: np.ndarray, work: Workspace):
         if hasattr(self.emission, "covariance_type"):  # Gaussian: marginalizes NaN itself
-            return self.emission.log_component_prob(params["emission"], X)
+            return self.emission.log_component_prob(params["emission"], X, work)
         missing = np.isnan(X).any(axis=1)
         if not missing.any():
             return self.emission.log_component_prob(params["emission"], X)
@@ -130,7 +146,15 @@ class HMMFamily:
             )
         layout = TimeMajorLayout.from_lengths(lengths)
         X_tm, post = self.posteriors(params, X, layout)
-        emission = self.emission.posterior_stats(params["emission"], X_tm, post.gamma)
+        emission = sliced_stats(
+            lambda X_slice, gamma_slice: self.emission.posterior_stats(
+                params["emission"], X_slice, gamma_slice
+            ),
+            self.emission.merge,
+            X_tm,
+            post.gamma,
+            rows_per_slice=rows_per_slice(len(params["startprob"]) * max(X.shape[1], 2)),
+        )
         return {
             "weight": float(len(X)),
             "n_rows": len(X),

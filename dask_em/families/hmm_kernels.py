@@ -143,53 +143,71 @@ def forward_backward(
     ``log_b`` (T, K) time-major emission log-densities.  Falls back to log space when a
     normalizer underflows.
     """
-    shift = log_b.max(axis=1)
-    shift[~np.isfinite(shift)] = 0.0
-    b = np.exp(log_b - shift[:, None])
+    b, shift = _shifted_densities(log_b)
     with np.errstate(invalid="ignore", divide="ignore"):  # underflow: redone in log space
         alpha, scale = _forward_scaled(layout, b, startprob, transmat)
     if not (np.all(scale > UNDERFLOW) and np.all(np.isfinite(scale))):
         return forward_backward_log(layout, log_b, startprob, transmat)
-    beta = _backward_scaled(layout, b, scale, transmat)
-    gamma = alpha * beta
-    # xi summed over all steps t >= 1 and sequences (module docstring), one GEMM
-    weighted_next = b[layout.starts[1] :] * beta[layout.starts[1] :]
-    weighted_next /= scale[layout.starts[1] :, None]
-    trans = transmat * (alpha[layout.previous_rows()].T @ weighted_next)
-    log_scale = np.log(scale) + shift
+    beta, xi_sum = _backward_scaled(layout, b, scale, transmat, alpha)
+    alpha *= beta  # gamma_t = alpha_hat_t * beta_hat_t
+    log_scale = np.log(scale)
+    log_scale += shift
     loglik = _sum_per_sequence(layout, log_scale)
-    return Posteriors(gamma, gamma[layout.step(0)].sum(axis=0), trans, loglik)
+    gamma = alpha
+    return Posteriors(gamma, gamma[layout.step(0)].sum(axis=0), transmat * xi_sum, loglik)
+
+
+def _shifted_densities(log_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``exp(log_b - m)`` (T, K) and the per-step shift ``m = max_k log_b`` (T,)."""
+    shift = log_b[:, 0].copy()
+    for k in range(1, log_b.shape[1]):  # column by column: faster than max(axis=1) for small K
+        np.maximum(shift, log_b[:, k], out=shift)
+    shift[~np.isfinite(shift)] = 0.0
+    b = log_b - shift[:, None]
+    np.exp(b, out=b)
+    return b, shift
 
 
 def _forward_scaled(layout, b, startprob, transmat):
+    """``alpha_hat`` (T, K) and the normalizers ``c`` (T,) (Rabiner eq. 91)."""
     alpha = np.empty_like(b)
     scale = np.empty(len(b))
+    ones = np.ones(b.shape[1])
     first = layout.step(0)
-    a = b[first] * startprob
-    scale[first] = a.sum(axis=1)
-    alpha[first] = a / scale[first, None]
-    for t in range(1, len(layout.counts)):
+    np.multiply(b[first], startprob, out=alpha[first])
+    for t in range(len(layout.counts)):
         rows = layout.step(t)
-        previous = alpha[int(layout.starts[t - 1]) : int(layout.starts[t - 1] + layout.counts[t])]
-        a = previous @ transmat
-        a *= b[rows]
-        s = a.sum(axis=1)
+        if t:
+            start = int(layout.starts[t - 1])
+            previous = alpha[start : start + int(layout.counts[t])]
+            np.matmul(previous, transmat, out=alpha[rows])
+            alpha[rows] *= b[rows]
+        s = alpha[rows] @ ones  # row sums; a GEMV beats sum(axis=1) on short rows
         scale[rows] = s
-        alpha[rows] = a / s[:, None]
+        alpha[rows] /= s[:, None]
     return alpha, scale
 
 
-def _backward_scaled(layout, b, scale, transmat):
-    beta = np.ones_like(b)
+def _backward_scaled(layout, b, scale, transmat, alpha):
+    """``beta_hat`` (T, K) and ``sum_t alpha_hat_t^T (b_{t+1} beta_hat_{t+1} / c_{t+1})``
+    (K, K), the transition counts before the elementwise product with ``A``."""
+    beta = np.empty_like(b)
+    xi_sum = np.zeros_like(transmat, dtype=np.float64)
     transposed = np.ascontiguousarray(transmat.T)
-    for t in range(len(layout.counts) - 2, -1, -1):
+    longest = len(layout.counts)
+    beta[layout.step(longest - 1)] = 1.0
+    weighted = np.empty_like(b[: int(layout.counts[0])])
+    for t in range(longest - 2, -1, -1):
         n_next = int(layout.counts[t + 1])
         following = layout.step(t + 1)
         start = int(layout.starts[t])
-        nxt = b[following] * beta[following]
+        nxt = weighted[:n_next]
+        np.multiply(b[following], beta[following], out=nxt)
         nxt /= scale[following, None]
-        beta[start : start + n_next] = nxt @ transposed
-    return beta
+        np.matmul(nxt, transposed, out=beta[start : start + n_next])
+        beta[start + n_next : int(layout.starts[t + 1])] = 1.0  # sequences ending at t
+        xi_sum += alpha[start : start + n_next].T @ nxt
+    return beta, xi_sum
 
 
 def _sum_per_sequence(layout: TimeMajorLayout, per_row: np.ndarray) -> np.ndarray:
@@ -311,9 +329,7 @@ def sample_paths(
     averages over the paths: unbiased for the exact expected counts, with error
     ``O(n_samples ** -0.5)``.  The log-likelihood is exact.
     """
-    shift = log_b.max(axis=1)
-    shift[~np.isfinite(shift)] = 0.0
-    b = np.exp(log_b - shift[:, None])
+    b, shift = _shifted_densities(log_b)
     with np.errstate(invalid="ignore", divide="ignore"):  # underflow: redone in log space
         alpha, scale = _forward_scaled(layout, b, startprob, transmat)
     if not (np.all(scale > UNDERFLOW) and np.all(np.isfinite(scale))):
