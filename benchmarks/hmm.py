@@ -128,7 +128,8 @@ def main() -> None:
     )
     ours, model, n_blocks = time_dask_em(X, lengths, init, args.n_iter, args.n_workers)
     print(
-        f"dask_em  ({args.n_workers} workers x 1 thread, {n_blocks} blocks): {ours:8.3f} s/iteration"
+        f"dask_em  ({args.n_workers} workers x 1 thread, {n_blocks} blocks): "
+        f"{ours:8.3f} s/iteration"
     )
     results = {}
     for implementation in ("log", "scaling"):
