@@ -107,6 +107,8 @@ class BaseHMM(BaseMixture):
             name: computed[name] if value is None else np.asarray(value, dtype=np.float64)
             for name, value in given.items()
         }
+        if computed:
+            values = self._soften_initial_emission(values, scan)
         emission = emission_family.make_params(np.full(K, 1.0 / K), **values)
         startprob = self.startprob_init if self.startprob_init is not None else np.full(K, 1 / K)
         transmat = (
@@ -115,6 +117,10 @@ class BaseHMM(BaseMixture):
         return HMMFamily.make_params(
             startprob, transmat, emission, seed=int(rng.integers(2**63 - 1))
         )
+
+    def _soften_initial_emission(self, values: Params, scan: dict) -> Params:
+        """Adjust emission parameters computed by the init pass (hook; unchanged here)."""
+        return values
 
     # -- fitted parameters --------------------------------------------------------
     def _set_fitted(self, params: Params) -> None:

@@ -36,8 +36,8 @@ class PoissonHMM(BaseHMM):
         rate_prior: tuple[float, float] = (1.0, 0.0),
         estep: str = "exact",
         n_samples: int = 100,
-        tol: float = 1e-4,
-        max_iter: int = 100,
+        tol: float = 1e-6,
+        max_iter: int = 200,
         n_init: int = 1,
         init_params: str = "kmeans",
         startprob_init: Any = None,
@@ -115,8 +115,8 @@ class CategoricalHMM(BaseHMM):
         pseudocount: float = 0.0,
         estep: str = "exact",
         n_samples: int = 100,
-        tol: float = 1e-4,
-        max_iter: int = 100,
+        tol: float = 1e-6,
+        max_iter: int = 200,
         n_init: int = 1,
         init_params: str = "kmeans",
         startprob_init: Any = None,
@@ -180,6 +180,21 @@ class CategoricalHMM(BaseHMM):
                 )
             if np.any(probabilities < 0) or not np.allclose(probabilities.sum(axis=1), 1.0):
                 raise ValueError("emissionprob_init must be non-negative with rows summing to 1")
+
+    def _soften_initial_emission(self, values: Params, scan: dict) -> Params:
+        """Half k-means, half the overall symbol frequencies of the sample.
+
+        k-means on one symbol per step starts every state on a single symbol, with
+        probability zero for all the others, and under maximum likelihood a zero never
+        moves again; the blend keeps every symbol possible in every state.
+        """
+        if self.emissionprob_init is not None:
+            return values
+        sample = scan["sample"][:, 0]
+        symbols = np.clip(np.nan_to_num(sample), 0, self.n_symbols_ - 1).astype(np.intp)
+        overall = np.bincount(symbols, minlength=self.n_symbols_) + 1.0
+        overall /= overall.sum()
+        return {"probabilities": 0.5 * values["probabilities"] + 0.5 * overall[None, None, :]}
 
     def _emission_init(self) -> dict[str, Any]:
         init = self.emissionprob_init

@@ -48,8 +48,10 @@ class GaussianHMM(BaseHMM):
         of ``n_samples`` paths per sequence: a Monte Carlo approximation whose counts
         converge to the exact ones as ``n_samples`` grows; the objective is then no
         longer guaranteed to increase).
-    tol : stop when the objective per step changes by less than this (nats).
-    max_iter, n_init, init_params, random_state, warm_start, verbose, cache,
+    tol : stop when the objective per step changes by less than this (nats; default 1e-6.
+        hmmlearn's tol of 1e-2 on the total log-likelihood of T steps is 1e-2 / T here).
+    max_iter : default 200; Baum-Welch often needs many iterations on weak signals.
+    n_init, init_params, random_state, warm_start, verbose, cache,
     init_sample_size : as :class:`~dask_em.GaussianMixture`.
     startprob_init (K,), transmat_init (K, K), means_init (K, D), covars_init (in the
     covariance type's shape, as hmmlearn's ``covars_`` setter) : initial values.
@@ -81,8 +83,8 @@ class GaussianHMM(BaseHMM):
         covariance_pseudocount: float = 0.0,
         estep: str = "exact",
         n_samples: int = 100,
-        tol: float = 1e-4,
-        max_iter: int = 100,
+        tol: float = 1e-6,
+        max_iter: int = 200,
         n_init: int = 1,
         init_params: str = "kmeans",
         startprob_init: Any = None,

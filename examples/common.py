@@ -1,0 +1,45 @@
+"""What the examples share: command-line options, a LocalCluster, a scratch Zarr store."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+from pathlib import Path
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply the data size (default 1: seconds)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the plot (PNG)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+@contextlib.contextmanager
+def cluster_and_store(n_workers: int):
+    """A LocalCluster with a Client, and a temporary folder for Zarr stores."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+        tempfile.TemporaryDirectory(prefix="dask_em_example_") as folder,
+    ):
+        print(f"dashboard: {client.dashboard_link}")
+        yield client, Path(folder)
+
+
+def save_figure(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def sizes(base: int, scale: float) -> int:
+    return max(1, int(base * scale))

@@ -1,0 +1,41 @@
+"""Every script in examples/ runs at its default (small) size and writes its plot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted(
+    p for p in (Path(__file__).parents[1] / "examples").glob("*.py") if p.name != "common.py"
+)
+
+
+def test_there_is_one_example_per_model():
+    names = {p.stem for p in EXAMPLES}
+    assert names == {
+        "gaussian_mixture",
+        "poisson_mixture",
+        "categorical_mixture",
+        "bernoulli_mixture",
+        "gaussian_hmm",
+        "poisson_hmm",
+        "categorical_hmm",
+    }
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
+def test_example_runs_and_plots(script, tmp_path):
+    pytest.importorskip("matplotlib")
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    plot = tmp_path / f"{script.stem}.png"
+    assert plot.exists() and plot.stat().st_size > 10_000
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
