@@ -146,6 +146,12 @@ class BaseHMM(BaseMixture):
         self.transmat_ = variables["transmat"]
         self._restore_emission(variables)
 
+    @property
+    def n_features(self) -> int:
+        """Number of features per step (hmmlearn's name for ``n_features_in_``)."""
+        self._check_fitted()
+        return self.n_features_in_
+
     # -- fitting ------------------------------------------------------------------
     def fit(self, X: Any, lengths: Any = None, *, storage_options: dict | None = None):
         """Estimate the parameters with Baum-Welch over many sequences.
