@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from distributed import Client, LocalCluster, Security
 
 from dask_em import GaussianMixture
@@ -48,6 +48,25 @@ def write_certificates(directory: Path, name: str = "dask") -> dict[str, str]:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(signing_key, hashes.SHA256())
 
+    def usage(**allowed):
+        flags = dict.fromkeys(
+            [
+                "digital_signature",
+                "content_commitment",
+                "key_encipherment",
+                "data_encipherment",
+                "key_agreement",
+                "key_cert_sign",
+                "crl_sign",
+                "encipher_only",
+                "decipher_only",
+            ],
+            False,
+        )
+        return x509.KeyUsage(**{**flags, **allowed})
+
+    # key usage and key identifiers too, so the pair also passes strict verification
+    # (`openssl verify -x509_strict`), as the ones from deployment/README.md do
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
     ca = build(
@@ -55,18 +74,28 @@ def write_certificates(directory: Path, name: str = "dask") -> dict[str, str]:
         ca_name,
         ca_key.public_key(),
         ca_key,
-        [(x509.BasicConstraints(ca=True, path_length=None), True)],
+        [
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+            (usage(key_cert_sign=True, crl_sign=True), True),
+            (x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False),
+        ],
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    names = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    roles = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     cert = build(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]),
         ca_name,
         key.public_key(),
         ca_key,
-        [(names, False)],
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (usage(digital_signature=True, key_agreement=True), True),
+            (x509.ExtendedKeyUsage(roles), False),  # one certificate for server and client
+            (x509.SubjectAlternativeName(names), False),
+            (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False),
+        ],
     )
     directory.mkdir(parents=True, exist_ok=True)
     paths = {part: str(directory / f"{name}-{part}.pem") for part in ("ca", "cert", "key")}
