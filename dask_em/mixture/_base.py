@@ -236,24 +236,48 @@ class BaseMixture:
             raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
 
     # -- fitting ------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> BaseMixture:
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        sample_weight: Any = None,
+        *,
+        storage_options: dict | None = None,
+    ) -> BaseMixture:
         """Estimate the parameters with EM, on the active Dask client if there is one.
 
         Parameters
         ----------
         X : array-like, dask array, xarray DataArray or Zarr path, (n_samples, n_features)
+            A path may be an fsspec URL (``"s3://bucket/X.zarr"``).
         y : ignored (scikit-learn compatibility).
         sample_weight : (n_samples,) non-negative weights, or None.  An integer weight
             counts as that many copies of its row.
+        storage_options : dict, optional
+            fsspec options for opening the Zarr URL ``X``, e.g. ``{"key": ...,
+            "secret": ..., "endpoint_url": ...}`` for S3.  They travel with the task
+            graph, so the workers read the store with them and need no credentials of
+            their own (use TLS between client, scheduler and workers to keep them
+            private).  Only for a path or URL.
 
         Runs ``n_init`` initializations and keeps the one with the best final objective.
         The first pass over the data checks it (NaN/inf, weights) and draws the sample
         used for initialization and re-seeding.
         """
+        if storage_options is not None and not isinstance(X, (str, os.PathLike)):
+            raise ValueError(
+                "storage_options apply only when X is the path or URL of a Zarr array, "
+                f"not {type(X).__name__}"
+            )
         in_memory = not _is_lazy(X)
         given = X
         check = self._value_check(fitting=True)
-        X = as_row_chunked(X, check=None, keep_integers=check.keeps_integers)
+        X = as_row_chunked(
+            X,
+            storage_options=storage_options,
+            check=None,
+            keep_integers=check.keeps_integers,
+        )
         n_samples, n_features = X.shape
         self._check_hyperparameters(n_features)
         if in_memory:  # checked here, before any cluster work; lazy data in the scan pass

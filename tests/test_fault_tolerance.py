@@ -1,0 +1,129 @@
+"""Fault tolerance: a worker process killed in the middle of a fit.
+
+Each test starts its own cluster (2 worker processes), fits once undisturbed, then
+fits again and SIGKILLs a worker while it holds E-step tasks of a later iteration.
+Dask reschedules those tasks and recomputes whatever the dead worker held (in memory
+mode: its share of the persisted data, from the Zarr store), and the fit must end
+exactly where the undisturbed one did: the blocks and the reduction tree are fixed, so
+the result does not depend on which worker computed what.  The fit must not need the
+nanny's replacement worker (under heavy CPU load it has been seen to take longer than
+a minute to arrive), so nothing here waits for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+
+from dask_em import GaussianMixture
+
+ROWS, FEATURES, CHUNK_ROWS = 200_000, 4, 10_000
+TRUE_MEANS = np.array([[-2.0, 0, 0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 2.0]])
+SETTINGS = dict(random_state=0, tol=1e-9, max_iter=8)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("fault") / "X.zarr")
+    rng = np.random.default_rng(11)
+    labels = rng.choice(3, size=ROWS, p=[0.5, 0.3, 0.2])
+    X = TRUE_MEANS[labels] + rng.standard_normal((ROWS, FEATURES))
+    zarr.create_array(path, data=X, chunks=(CHUNK_ROWS, FEATURES))
+    return path
+
+
+@pytest.fixture
+def own_client():
+    """A cluster for one test: the tests kill its workers."""
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=":0", memory_limit="2GiB"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+class _IterationDone(logging.Handler):
+    """Sets ``event`` when the engine logs the end of EM iteration ``iteration``."""
+
+    def __init__(self, iteration: int, event: threading.Event) -> None:
+        super().__init__(logging.INFO)
+        self.marker = f" iteration {iteration}:"
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.marker in record.getMessage():
+            self.event.set()
+
+
+@contextlib.contextmanager
+def kill_a_busy_worker_after(client, iteration: int, timeout: float = 60.0):
+    """SIGKILL the first worker seen running E-step tasks once ``iteration`` is done.
+
+    Yields a dict that is filled in with the victim: ``address``, ``pid``, the
+    E-step keys it was processing (``estep``) and every key it held (``held``).
+    """
+    pids = client.run(os.getpid)
+    done = threading.Event()
+    victim: dict = {}
+    handler = _IterationDone(iteration, done)
+    engine_logger = logging.getLogger("dask_em.engine")
+    previous_level = engine_logger.level
+    engine_logger.addHandler(handler)
+    engine_logger.setLevel(logging.INFO)
+
+    def kill() -> None:
+        if not done.wait(timeout):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for address, keys in client.processing().items():
+                estep = [k for k in keys if "estep-gmm" in str(k)]
+                if estep and address in pids:
+                    held = client.has_what()[address]
+                    os.kill(pids[address], signal.SIGKILL)
+                    victim.update(address=address, pid=pids[address], estep=estep, held=held)
+                    return
+            time.sleep(0.001)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    try:
+        yield victim
+    finally:
+        done.set()
+        killer.join(timeout)
+        engine_logger.removeHandler(handler)
+        engine_logger.setLevel(previous_level)
+
+
+@pytest.mark.parametrize("cache", ["stream", "memory"])
+def test_fit_survives_a_killed_worker_with_the_same_result(own_client, store, cache):
+    client = own_client
+    with client.as_current():
+        undisturbed = GaussianMixture(3, cache=cache, **SETTINGS).fit(store)
+        assert undisturbed.n_iter_ >= 5  # long enough to be interrupted in the middle
+        with kill_a_busy_worker_after(client, iteration=2) as victim:
+            interrupted = GaussianMixture(3, cache=cache, **SETTINGS).fit(store)
+
+    assert victim, "no worker was killed during the fit"
+    assert victim["estep"]  # it died with E-step tasks of iteration 3 on its hands
+    if cache == "memory":  # and with its share of the persisted data
+        assert any("from-zarr" in str(key) for key in victim["held"])
+    assert victim["address"] not in client.scheduler_info()["workers"]
+
+    assert interrupted.data_placement_ == undisturbed.data_placement_ == cache
+    assert interrupted.n_iter_ == undisturbed.n_iter_
+    assert interrupted.lower_bounds_ == undisturbed.lower_bounds_
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(interrupted, name), getattr(undisturbed, name))
