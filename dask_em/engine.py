@@ -17,15 +17,23 @@ reads it again, with each block's read fused into its E-step task (the per-block
 layer is blockwise over X and optimized as a dask array) so that a worker holds one
 block per thread; ``"auto"`` persists when X takes at most half of the
 cluster's memory.
+
+Monitoring: with a ``distributed.Client``, a fit runs inside the span
+``fit-<model>-<fit_id>`` (:meth:`EMEngine.fit_span`) and each EM iteration inside the
+sub-span ``iteration-<n>``, so the dashboard's fine performance metrics group time per
+fit and per iteration; every iteration is also sent as an event under the topic
+:data:`EVENT_TOPIC` (``Client.log_event``), which another client can follow with
+``Client.subscribe_topic`` or ``Client.get_events``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,9 @@ AUTO_PERSIST_SHARE = 0.5
 
 #: An objective that falls by more than this (relative) is reported as a decrease.
 MONOTONE_TOLERANCE = 1e-10
+
+#: ``Client.log_event`` topic of the fit events (``fit-start``, ``iteration``, ``fit-end``).
+EVENT_TOPIC = "dask-em"
 
 
 def active_client():
@@ -69,6 +80,7 @@ class IterationRecord:
     change: float
     seconds: float
     reseeded: tuple[int, ...] = ()
+    bytes_read: int = 0  # bytes of data (X and weights) the iteration's E-step tasks read
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +89,7 @@ class IterationRecord:
             "change": self.change,
             "seconds": self.seconds,
             "reseeded": list(self.reseeded),
+            "bytes_read": self.bytes_read,
         }
 
 
@@ -123,6 +136,7 @@ class EMEngine:
         if split_every < 2:
             raise ValueError(f"split_every must be at least 2, got {split_every}")
         self.model = model
+        self.fit_id = uuid.uuid4().hex[:8]
         self.split_every = split_every
         self.local = local
         self.client = None if local else active_client()
@@ -176,6 +190,44 @@ class EMEngine:
     @property
     def n_blocks(self) -> int:
         return self.X.numblocks[0]
+
+    @property
+    def pass_bytes(self) -> int:
+        """Bytes of data one pass reads: X and the sample weights, every block once."""
+        return int(self.X.nbytes + (0 if self.sample_weight is None else self.sample_weight.nbytes))
+
+    # -- monitoring -----------------------------------------------------------------
+    def _span(self, name: str) -> contextlib.AbstractContextManager:
+        if self.client is None:
+            return contextlib.nullcontext()
+        from distributed import span
+
+        return span(name)
+
+    @contextlib.contextmanager
+    def fit_span(self, **details: Any) -> Iterator[dict[str, Any]]:
+        """A fit: the span ``fit-<model>-<fit_id>`` and the events ``fit-start``/``fit-end``.
+
+        ``details`` go into the ``fit-start`` event; what the caller puts into the
+        yielded dict goes into ``fit-end`` (``status`` is ``"ok"`` or ``"error"``).
+        """
+        end: dict[str, Any] = {}
+        with self._span(f"fit-{self.model}-{self.fit_id}"):
+            self.log_event("fit-start", n_blocks=self.n_blocks, **details)
+            try:
+                yield end
+            except BaseException as error:
+                with contextlib.suppress(Exception):  # the cluster may be what failed
+                    self.log_event("fit-end", status="error", error=str(error)[:500])
+                raise
+        self.log_event("fit-end", status="ok", **end)
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Send ``{"kind", "fit_id", "model", **fields}`` under :data:`EVENT_TOPIC`."""
+        if self.client is None:
+            return
+        message = {"kind": kind, "fit_id": self.fit_id, "model": self.model, **fields}
+        self.client.log_event(EVENT_TOPIC, message)
 
     def release(self) -> None:
         """Drop references to persisted data so the cluster can free it."""
@@ -288,6 +340,7 @@ class EMEngine:
         tol: float,
         repair: Callable[[Params, Stats], tuple[Params, tuple[int, ...]]] | None = None,
         callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
+        resume: FitResult | None = None,
     ) -> FitResult:
         """EM from ``params`` until the mean objective changes by less than ``tol``.
 
@@ -295,12 +348,27 @@ class EMEngine:
         moves them (M-step), exactly as scikit-learn's ``BaseMixture.fit``; ``lower_bound``
         is the objective of the last E-step.  ``repair(params, stats)`` may fix up the
         new parameters (re-seeding) and returns the indices it changed.
+        ``callbacks(record, new_params)`` run after every iteration (checkpoints).
+
+        ``resume``: continue a run from the parameters it reached and its history
+        (``resume.params``, ``resume.history``; ``params`` is then ignored).  That is the
+        whole loop state, so the result equals the uninterrupted run's.
         """
         result = FitResult(params=params)
-        previous = -math.inf
-        for iteration in range(1, max_iter + 1):
+        if resume is not None:
+            result.params, result.history = resume.params, list(resume.history)
+            params = result.params
+            if result.history:
+                last = result.history[-1]
+                result.n_iter, result.lower_bound = last.iteration, last.objective
+                if abs(last.change) < tol:
+                    result.converged = True
+                    return result
+        previous = result.history[-1].objective if result.history else -math.inf
+        for iteration in range(result.n_iter + 1, max_iter + 1):
             started = time.perf_counter()
-            stats = self.map_reduce(family.block_stats, family.merge, params, stage="estep")
+            with self._span(f"iteration-{iteration}"):
+                stats = self.map_reduce(family.block_stats, family.merge, params, stage="estep")
             objective = family.objective(stats, params)
             if not math.isfinite(objective):
                 raise FloatingPointError(
@@ -313,18 +381,25 @@ class EMEngine:
                 new_params, changed = repair(new_params, stats)
             change = objective - previous
             record = IterationRecord(
-                iteration, objective, change, time.perf_counter() - started, changed
+                iteration,
+                objective,
+                change,
+                time.perf_counter() - started,
+                changed,
+                self.pass_bytes,
             )
             self._check_monotone(record, result.history)
             result.history.append(record)
             logger.info(
-                "%s iteration %d: objective %.10g, change %.3g, %.3f s",
+                "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read",
                 self.model,
                 iteration,
                 objective,
                 change,
                 record.seconds,
+                record.bytes_read / 1e6,
             )
+            self.log_event("iteration", **record.as_dict())
             for callback in callbacks:
                 callback(record, new_params)
             params = new_params
