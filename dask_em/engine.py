@@ -212,7 +212,15 @@ class EMEngine:
         yielded dict goes into ``fit-end`` (``status`` is ``"ok"`` or ``"error"``).
         """
         end: dict[str, Any] = {}
-        with self._span(f"fit-{self.model}-{self.fit_id}"):
+        name = f"fit-{self.model}-{self.fit_id}"
+        if self.client is not None:
+            logger.info(
+                "fit %s: dashboard span %r, events under the topic %r",
+                self.fit_id,
+                name,
+                EVENT_TOPIC,
+            )
+        with self._span(name):
             self.log_event("fit-start", n_blocks=self.n_blocks, **details)
             try:
                 yield end
