@@ -137,6 +137,7 @@ class EMEngine:
             raise ValueError(f"split_every must be at least 2, got {split_every}")
         self.model = model
         self.fit_id = uuid.uuid4().hex[:8]
+        self._open_spans: list[dict] = []  # annotations of the spans open, innermost last
         self.split_every = split_every
         self.local = local
         self.client = None if local else active_client()
@@ -197,12 +198,35 @@ class EMEngine:
         return int(self.X.nbytes + (0 if self.sample_weight is None else self.sample_weight.nbytes))
 
     # -- monitoring -----------------------------------------------------------------
-    def _span(self, name: str) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def _span(self, name: str) -> Iterator[None]:
+        """Open the span ``name`` (inside the open one): passes submitted within run in it.
+
+        The span's annotation is applied when a pass is submitted, not while its graph
+        is built: dask's blockwise optimizer does not fuse layers whose annotations
+        differ, so building under the annotation would keep each block's read out of its
+        E-step task (the data's layers were made outside the span).
+        """
         if self.client is None:
-            return contextlib.nullcontext()
+            yield
+            return
         from distributed import span
 
-        return span(name)
+        parent = self._open_spans[-1] if self._open_spans else None
+        with dask.annotate(span=parent) if parent else contextlib.nullcontext(), span(name):
+            annotation = dask.get_annotations()["span"]
+        self._open_spans.append(annotation)
+        try:
+            yield
+        finally:
+            self._open_spans.pop()
+
+    def _submit(self, result: Delayed) -> Stats:
+        """Compute one pass on the cluster, in the open span."""
+        span = self._open_spans[-1] if self._open_spans else None
+        with dask.annotate(span=span) if span else contextlib.nullcontext():
+            future = self.client.compute(result, optimize_graph=False)
+        return future.result()
 
     @contextlib.contextmanager
     def fit_span(self, **details: Any) -> Iterator[dict[str, Any]]:
@@ -324,7 +348,7 @@ class EMEngine:
         dsk, key = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
         result = Delayed(key, dsk)
         if self.client is not None:
-            return self.client.compute(result, optimize_graph=False).result()
+            return self._submit(result)
         return result.compute(optimize_graph=False)
 
     def _tree_reduce(self, parts: list[Stats], merge: Callable[..., Stats]) -> Stats:

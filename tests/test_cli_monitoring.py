@@ -24,11 +24,13 @@ from tests.helpers import make_blobs
 pytestmark = pytest.mark.filterwarnings("ignore::dask_em.ConvergenceWarning")
 
 
-def test_fit_spans_task_names_and_events_on_the_cluster(client, caplog):
+def test_fit_spans_task_names_and_events_on_the_cluster(client, caplog, tmp_path):
     X, _, _ = make_blobs(20_000, 3, 3, seed=21)
+    store = str(tmp_path / "X.zarr")
+    da.from_array(X, chunks=5_000).to_zarr(store)
     with caplog.at_level(logging.INFO, logger="dask_em"):
-        model = GaussianMixture(3, tol=0.0, max_iter=4, random_state=0)
-        model.fit(da.from_array(X, chunks=5_000))
+        model = GaussianMixture(3, tol=0.0, max_iter=4, random_state=0, cache="stream")
+        model.fit(store)
     lines = [r.getMessage() for r in caplog.records if r.name == "dask_em.engine"]
     iteration_lines = [line for line in lines if " iteration " in line]
     assert len(iteration_lines) == 4
@@ -65,8 +67,13 @@ def test_fit_spans_task_names_and_events_on_the_cluster(client, caplog):
     fit_span = (f"fit-gmm-{fit_id}",)
     assert set(spans) == {fit_span} | {(*fit_span, f"iteration-{i}") for i in range(1, 5)}
     assert {"scan-gmm", "init-gmm", "estep-gmm", "reduce-gmm"} <= set(spans[fit_span]["prefixes"])
+    # Regression: a pass's graph built under the span's annotation kept dask from fusing
+    # each block's read into its E-step task ("from-zarr" tasks, and a block held in
+    # worker memory between the two); the annotation is now applied at submission only.
+    assert "from-zarr" not in spans[fit_span]["prefixes"]
     assert spans[(*fit_span, "iteration-2")]["prefixes"] == [
         "estep-gmm",
+        "original-from-zarr",  # the Zarr array object the E-step tasks read from
         "params-gmm",
         "reduce-gmm",
     ]
