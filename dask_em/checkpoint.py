@@ -24,6 +24,12 @@ in the ``history_fields`` attribute); the rest is in attributes (JSON).
 The store is written beside its path and renamed into place
 (:func:`dask_em.model_io.write_zarr_atomically`), so a kill at any moment leaves
 either the previous or the new checkpoint.
+
+Any estimator plugs in through the hooks its model files use: ``get_params()``,
+``_set_fitted(params)`` with ``_model_variables()`` (parameters -> named arrays), and
+``_restore_variables(arrays)`` with ``_fitted_params()`` (named arrays -> parameters);
+:meth:`dask_em.mixture._base.BaseMixture._checkpointing` and ``_saver_hook`` wire
+them into a fit loop.
 """
 
 from __future__ import annotations

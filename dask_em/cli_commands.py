@@ -28,6 +28,13 @@ from dask_em.cli_support import (
 )
 
 
+def _local(path: str, flag: str) -> str:
+    """``path`` made absolute; outputs are renamed into place, so they must be local."""
+    if "://" in path:
+        raise UsageError(f"{flag} must be a local path (it is renamed into place), got {path}")
+    return os.path.abspath(path)
+
+
 def _refuse_existing(paths: list[str], overwrite: bool) -> None:
     for path in paths:
         if os.path.lexists(path) and not overwrite:
@@ -53,9 +60,9 @@ def run_fit(args: argparse.Namespace) -> int:
     from dask_em.report import report_paths, write_report
 
     kind = model_kinds()[args.model]
-    out = os.path.abspath(args.out)
+    out = _local(args.out, "--out")
     _refuse_existing([out] + ([] if args.no_report else list(report_paths(out))), args.overwrite)
-    checkpoint = os.path.abspath(args.checkpoint) if args.checkpoint else None
+    checkpoint = _local(args.checkpoint, "--checkpoint") if args.checkpoint else None
     if args.resume and checkpoint is None:
         raise UsageError("--resume needs --checkpoint PATH")
     if checkpoint is not None:
@@ -83,13 +90,11 @@ def run_fit(args: argparse.Namespace) -> int:
     data = (X,) if lengths is None else (X, lengths)
     if checkpoint is not None and args.resume and not os.path.exists(checkpoint):
         print(f"no checkpoint at {checkpoint} yet: starting afresh", flush=True)
-    with (
-        connect(args),
-        Console(f"fit {kind.name}", args.max_iter, quiet=args.quiet) as console,
-    ):
-        keywords = fit_keywords(
-            estimator, checkpoint=checkpoint, resume=args.resume, callbacks=[console.iteration]
-        )
+    console = Console(f"fit {kind.name}", args.max_iter, quiet=args.quiet)
+    keywords = fit_keywords(
+        estimator, {"callbacks": [console.iteration]}, checkpoint=checkpoint, resume=args.resume
+    )
+    with connect(args), console:
         started = time.perf_counter()
         estimator.fit(*data, **keywords)
         seconds = time.perf_counter() - started
@@ -118,7 +123,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from dask_em.model_io import replace_path
 
-    out = os.path.abspath(args.out)
+    out = _local(args.out, "--out")
     _refuse_existing([out], args.overwrite)
     model = _load_model(args.model)
     kind = kind_of_estimator(model)
@@ -219,7 +224,7 @@ def run_make_data(args: argparse.Namespace) -> int:
     from dask_em.model_io import replace_path
     from dask_em.synthetic import SYNTHETIC_MODELS, write_synthetic
 
-    out = os.path.abspath(args.out)
+    out = _local(args.out, "OUT")
     if os.path.lexists(out):
         raise UsageError(f"{out} exists; make-data never writes over a path")
     if args.components > args.n_samples:

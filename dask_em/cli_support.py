@@ -79,14 +79,15 @@ def build_estimator(kind: ModelKind, options: dict[str, Any]) -> Any:
     return kind.estimator(**given)
 
 
-def fit_keywords(estimator: Any, **keywords: Any) -> dict[str, Any]:
-    """The keywords of ``estimator.fit`` among ``keywords`` (None: not given)."""
+def fit_keywords(estimator: Any, optional: dict[str, Any], **keywords: Any) -> dict[str, Any]:
+    """The keywords for ``estimator.fit``: ``keywords`` that are given (not None/False)
+    must be accepted; ``optional`` ones are passed only if they are."""
     accepted = set(inspect.signature(estimator.fit).parameters)
-    given = {name: value for name, value in keywords.items() if value not in (None, False, ())}
+    given = {name: value for name, value in keywords.items() if value not in (None, False)}
     refused = sorted(name for name in given if name not in accepted)
     if refused:
         raise UsageError(f"{type(estimator).__name__} does not support {', '.join(refused)}")
-    return given
+    return given | {name: value for name, value in optional.items() if name in accepted}
 
 
 # -- INPUT -------------------------------------------------------------------------------

@@ -250,3 +250,37 @@ def test_an_unreachable_scheduler_is_a_cluster_failure_exit_3(tmp_path, gmm_stor
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert err.startswith(f"dask-em: cluster error: cannot reach the scheduler at {address}")
+
+
+class FakeGaussianHMM:
+    """Stands in for the hidden Markov models: how the command line hands them data."""
+
+    def __init__(self, n_components=1, *, tol=1e-3, max_iter=100, random_state=None):
+        self.n_components = n_components
+
+    def fit(self, X, lengths):
+        self.seen = (X.shape, X.chunks[0], lengths.tolist())
+        self.converged_, self.n_iter_, self.lower_bound_ = True, 1, 0.0
+        return self
+
+    def save(self, path, *, overwrite=False):
+        FakeGaussianHMM.saved = (str(path), self.seen)
+
+
+def test_hidden_markov_models_join_the_registry_when_their_classes_exist(
+    client, tmp_path, monkeypatch, capsys
+):
+    import dask_em
+
+    assert "gaussian-hmm" not in model_kinds() or hasattr(dask_em, "GaussianHMM")
+    monkeypatch.setattr(dask_em, "GaussianHMM", FakeGaussianHMM, raising=False)
+    assert model_kinds()["gaussian-hmm"].sequences
+    group = zarr.open_group(str(tmp_path / "sequences.zarr"), mode="w")
+    group.create_array("values", data=np.zeros((10, 2)), chunks=(5, 2))
+    group.create_array("lengths", data=np.array([3, 7]))
+    out = tmp_path / "hmm.zarr"
+    args = ["fit", "gaussian-hmm", str(tmp_path / "sequences.zarr"), "-k", "2", "--out", str(out)]
+    assert main([*args, "--no-report", *scheduler(client)]) == 0
+    assert FakeGaussianHMM.saved == (str(out), ((10, 2), (5, 5), [3, 7]))
+    assert main([*args, "--checkpoint", str(tmp_path / "ck.zarr"), "--no-report"]) == 2
+    assert "FakeGaussianHMM does not support checkpoint" in capsys.readouterr().err
