@@ -17,15 +17,23 @@ reads it again, with each block's read fused into its E-step task (the per-block
 layer is blockwise over X and optimized as a dask array) so that a worker holds one
 block per thread; ``"auto"`` persists when X takes at most half of the
 cluster's memory.
+
+Monitoring: with a ``distributed.Client``, a fit runs inside the span
+``fit-<model>-<fit_id>`` (:meth:`EMEngine.fit_span`) and each EM iteration inside the
+sub-span ``iteration-<n>``, so the dashboard's fine performance metrics group time per
+fit and per iteration; every iteration is also sent as an event under the topic
+:data:`EVENT_TOPIC` (``Client.log_event``), which another client can follow with
+``Client.subscribe_topic`` or ``Client.get_events``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,9 @@ AUTO_PERSIST_SHARE = 0.5
 
 #: An objective that falls by more than this (relative) is reported as a decrease.
 MONOTONE_TOLERANCE = 1e-10
+
+#: ``Client.log_event`` topic of the fit events (``fit-start``, ``iteration``, ``fit-end``).
+EVENT_TOPIC = "dask-em"
 
 
 def active_client():
@@ -69,6 +80,7 @@ class IterationRecord:
     change: float
     seconds: float
     reseeded: tuple[int, ...] = ()
+    bytes_read: int = 0  # bytes of data (X and weights) the iteration's E-step tasks read
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +89,7 @@ class IterationRecord:
             "change": self.change,
             "seconds": self.seconds,
             "reseeded": list(self.reseeded),
+            "bytes_read": self.bytes_read,
         }
 
 
@@ -134,6 +147,8 @@ class EMEngine:
                 raise ValueError("lengths must have one block per block of X")
             sample_weight = lengths  # travels in the weights' place, block by block
         self.model = model
+        self.fit_id = uuid.uuid4().hex[:8]
+        self._open_spans: list[dict] = []  # annotations of the spans open, innermost last
         self.split_every = split_every
         self.local = local
         self.client = None if local else active_client()
@@ -187,6 +202,75 @@ class EMEngine:
     @property
     def n_blocks(self) -> int:
         return self.X.numblocks[0]
+
+    @property
+    def pass_bytes(self) -> int:
+        """Bytes of data one pass reads: X and the sample weights, every block once."""
+        return int(self.X.nbytes + (0 if self.sample_weight is None else self.sample_weight.nbytes))
+
+    # -- monitoring -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _span(self, name: str) -> Iterator[None]:
+        """Open the span ``name`` (inside the open one): passes submitted within run in it.
+
+        The span's annotation is applied when a pass is submitted, not while its graph
+        is built: dask's blockwise optimizer does not fuse layers whose annotations
+        differ, so building under the annotation would keep each block's read out of its
+        E-step task (the data's layers were made outside the span).
+        """
+        if self.client is None:
+            yield
+            return
+        from distributed import span
+
+        parent = self._open_spans[-1] if self._open_spans else None
+        with dask.annotate(span=parent) if parent else contextlib.nullcontext(), span(name):
+            annotation = dask.get_annotations()["span"]
+        self._open_spans.append(annotation)
+        try:
+            yield
+        finally:
+            self._open_spans.pop()
+
+    def _submit(self, result: Delayed) -> Stats:
+        """Compute one pass on the cluster, in the open span."""
+        span = self._open_spans[-1] if self._open_spans else None
+        with dask.annotate(span=span) if span else contextlib.nullcontext():
+            future = self.client.compute(result, optimize_graph=False)
+        return future.result()
+
+    @contextlib.contextmanager
+    def fit_span(self, **details: Any) -> Iterator[dict[str, Any]]:
+        """A fit: the span ``fit-<model>-<fit_id>`` and the events ``fit-start``/``fit-end``.
+
+        ``details`` go into the ``fit-start`` event; what the caller puts into the
+        yielded dict goes into ``fit-end`` (``status`` is ``"ok"`` or ``"error"``).
+        """
+        end: dict[str, Any] = {}
+        name = f"fit-{self.model}-{self.fit_id}"
+        if self.client is not None:
+            logger.info(
+                "fit %s: dashboard span %r, events under the topic %r",
+                self.fit_id,
+                name,
+                EVENT_TOPIC,
+            )
+        with self._span(name):
+            self.log_event("fit-start", n_blocks=self.n_blocks, **details)
+            try:
+                yield end
+            except BaseException as error:
+                with contextlib.suppress(Exception):  # the cluster may be what failed
+                    self.log_event("fit-end", status="error", error=str(error)[:500])
+                raise
+        self.log_event("fit-end", status="ok", **end)
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Send ``{"kind", "fit_id", "model", **fields}`` under :data:`EVENT_TOPIC`."""
+        if self.client is None:
+            return
+        message = {"kind": kind, "fit_id": self.fit_id, "model": self.model, **fields}
+        self.client.log_event(EVENT_TOPIC, message)
 
     def release(self) -> None:
         """Drop references to persisted data so the cluster can free it."""
@@ -275,7 +359,7 @@ class EMEngine:
         dsk, key = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
         result = Delayed(key, dsk)
         if self.client is not None:
-            return self.client.compute(result, optimize_graph=False).result()
+            return self._submit(result)
         return result.compute(optimize_graph=False)
 
     def _tree_reduce(self, parts: list[Stats], merge: Callable[..., Stats]) -> Stats:
@@ -299,6 +383,7 @@ class EMEngine:
         tol: float,
         repair: Callable[[Params, Stats], tuple[Params, tuple[int, ...]]] | None = None,
         callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
+        resume: FitResult | None = None,
     ) -> FitResult:
         """EM from ``params`` until the mean objective changes by less than ``tol``.
 
@@ -306,12 +391,27 @@ class EMEngine:
         moves them (M-step), exactly as scikit-learn's ``BaseMixture.fit``; ``lower_bound``
         is the objective of the last E-step.  ``repair(params, stats)`` may fix up the
         new parameters (re-seeding) and returns the indices it changed.
+        ``callbacks(record, new_params)`` run after every iteration (checkpoints).
+
+        ``resume``: continue a run from the parameters it reached and its history
+        (``resume.params``, ``resume.history``; ``params`` is then ignored).  That is the
+        whole loop state, so the result equals the uninterrupted run's.
         """
         result = FitResult(params=params)
-        previous = -math.inf
-        for iteration in range(1, max_iter + 1):
+        if resume is not None:
+            result.params, result.history = resume.params, list(resume.history)
+            params = result.params
+            if result.history:
+                last = result.history[-1]
+                result.n_iter, result.lower_bound = last.iteration, last.objective
+                if abs(last.change) < tol:
+                    result.converged = True
+                    return result
+        previous = result.history[-1].objective if result.history else -math.inf
+        for iteration in range(result.n_iter + 1, max_iter + 1):
             started = time.perf_counter()
-            stats = self.map_reduce(family.block_stats, family.merge, params, stage="estep")
+            with self._span(f"iteration-{iteration}"):
+                stats = self.map_reduce(family.block_stats, family.merge, params, stage="estep")
             objective = family.objective(stats, params)
             if not math.isfinite(objective):
                 raise FloatingPointError(
@@ -324,18 +424,25 @@ class EMEngine:
                 new_params, changed = repair(new_params, stats)
             change = objective - previous
             record = IterationRecord(
-                iteration, objective, change, time.perf_counter() - started, changed
+                iteration,
+                objective,
+                change,
+                time.perf_counter() - started,
+                changed,
+                self.pass_bytes,
             )
             self._check_monotone(record, result.history)
             result.history.append(record)
             logger.info(
-                "%s iteration %d: objective %.10g, change %.3g, %.3f s",
+                "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read",
                 self.model,
                 iteration,
                 objective,
                 change,
                 record.seconds,
+                record.bytes_read / 1e6,
             )
+            self.log_event("iteration", **record.as_dict())
             for callback in callbacks:
                 callback(record, new_params)
             params = new_params

@@ -4,7 +4,8 @@ Layout (format ``dask_em.model``, version :data:`FORMAT_VERSION`):
 
 - data variables: the fitted arrays with named dims (``component``, ``feature``,
   ``feature_j`` for the second axis of a matrix) and the history along ``iteration``
-  (``history_objective``, ``history_change``, ``history_seconds``);
+  (``history_objective``, ``history_change``, ``history_seconds``,
+  ``history_bytes_read``, the last optional when reading);
 - attributes: ``dask_em_format``, ``dask_em_format_version``, ``model`` (class name),
   ``params`` (the constructor parameters as JSON), ``converged``, ``n_iter``,
   ``lower_bound``, ``n_features_in``, ``dask_em_version``.
@@ -50,6 +51,7 @@ def to_dataset(model: Any) -> xr.Dataset:
         history_objective=(("iteration",), [h["objective"] for h in history]),
         history_change=(("iteration",), [h["change"] for h in history]),
         history_seconds=(("iteration",), [h["seconds"] for h in history]),
+        history_bytes_read=(("iteration",), np.asarray([h.get("bytes_read", 0) for h in history])),
     )
     coords = {"iteration": [h["iteration"] for h in history]}
     for dims, values in model._model_variables().values():
@@ -102,6 +104,10 @@ def from_dataset(ds: xr.Dataset) -> Any:
     model.n_iter_ = int(ds.attrs["n_iter"])
     model.lower_bound_ = float(ds.attrs["lower_bound"])
     reseeded = json.loads(ds.attrs.get("history_reseeded", "[]"))
+    n_history = ds.sizes.get("iteration", 0)
+    bytes_read = (
+        ds["history_bytes_read"].values if "history_bytes_read" in ds else np.zeros(n_history)
+    )
     model.history_ = [
         {
             "iteration": int(it),
@@ -109,13 +115,15 @@ def from_dataset(ds: xr.Dataset) -> Any:
             "change": float(change),
             "seconds": float(sec),
             "reseeded": reseeded[i] if i < len(reseeded) else [],
+            "bytes_read": int(nbytes),
         }
-        for i, (it, obj, change, sec) in enumerate(
+        for i, (it, obj, change, sec, nbytes) in enumerate(
             zip(
                 ds["iteration"].values,
                 ds["history_objective"].values,
                 ds["history_change"].values,
                 ds["history_seconds"].values,
+                bytes_read,
                 strict=True,
             )
         )
@@ -129,16 +137,38 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    ds = to_dataset(model)
+    write_zarr_atomically(to_dataset(model), path)
+
+
+def write_zarr_atomically(ds: xr.Dataset, path: str | os.PathLike) -> None:
+    """Write ``ds`` to a Zarr store beside ``path`` (``<path>.tmp-*``), then rename it there.
+
+    An existing store at ``path`` is first renamed aside (``<path>.old-*``) and removed
+    once the new one is in place, so at every moment ``path`` is either absent or a
+    complete store.
+    """
+    path = os.path.abspath(os.fspath(path))
     staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    ds.to_zarr(staging, mode="w-", consolidated=False)
-    if os.path.exists(path):
-        retired = f"{path}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(path, retired)
-        os.rename(staging, path)
+    try:
+        ds.to_zarr(staging, mode="w-", consolidated=False)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_path(staging, path)
+
+
+def replace_path(source: str, path: str) -> None:
+    """Move ``source`` to ``path``; an existing ``path`` is renamed aside, then removed."""
+    if not os.path.lexists(path):
+        os.rename(source, path)
+        return
+    retired = f"{path}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(path, retired)
+    os.rename(source, path)
+    if os.path.isdir(retired) and not os.path.islink(retired):
         shutil.rmtree(retired, ignore_errors=True)
     else:
-        os.rename(staging, path)
+        os.remove(retired)
 
 
 def load(path: str | os.PathLike) -> Any:

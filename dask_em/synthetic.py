@@ -1,4 +1,10 @@
-"""Synthetic data from known models, written to Zarr in parallel (for demos and tests)."""
+"""Synthetic data from known models, written to Zarr in parallel (for demos and tests).
+
+One function per model draws the true parameters (:data:`RANDOM_TRUTH`), one draws the
+rows of one block from them; :func:`write_synthetic` writes the rows to a new Zarr array
+block by block, each block from its own seed, with the truth in the array's attributes
+(``truth``, JSON).
+"""
 
 from __future__ import annotations
 
@@ -39,14 +45,123 @@ def random_gaussian_mixture(
     return GaussianMixtureTruth(weights, means, covariances)
 
 
-def _draw_block(block, truth: GaussianMixtureTruth, seeds, block_info=None):
+def random_poisson_mixture(n_components: int, n_features: int, seed: int) -> dict:
+    """Weights (K,) and rates (K, D) spread over 0.5..30 (log-uniform)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "weights": rng.dirichlet(np.full(n_components, 4.0)),
+        "rates": np.exp(rng.uniform(np.log(0.5), np.log(30.0), size=(n_components, n_features))),
+    }
+
+
+def random_categorical_mixture(
+    n_components: int, n_features: int, seed: int, n_symbols: int = 4
+) -> dict:
+    """Weights (K,) and probabilities (K, D, M), each ``[k, d, :]`` from Dirichlet(0.5)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "weights": rng.dirichlet(np.full(n_components, 4.0)),
+        "probabilities": rng.dirichlet(np.full(n_symbols, 0.5), size=(n_components, n_features)),
+    }
+
+
+def random_bernoulli_mixture(n_components: int, n_features: int, seed: int) -> dict:
+    """Weights (K,) and probabilities (K, D) from Beta(0.5, 0.5), kept within 0.02..0.98."""
+    rng = np.random.default_rng(seed)
+    return {
+        "weights": rng.dirichlet(np.full(n_components, 4.0)),
+        "probabilities": np.clip(rng.beta(0.5, 0.5, size=(n_components, n_features)), 0.02, 0.98),
+    }
+
+
+def _labels(rng: np.random.Generator, weights: np.ndarray, n_rows: int) -> np.ndarray:
+    return rng.choice(len(weights), size=n_rows, p=weights)
+
+
+def draw_gmm(truth: dict, n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    labels = _labels(rng, truth["weights"], n_rows)
+    chol = np.linalg.cholesky(truth["covariances"])
+    noise = rng.standard_normal((n_rows, truth["means"].shape[1]))
+    return truth["means"][labels] + np.einsum("nij,nj->ni", chol[labels], noise)
+
+
+def draw_poisson(truth: dict, n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    labels = _labels(rng, truth["weights"], n_rows)
+    return rng.poisson(truth["rates"][labels]).astype(np.int32)
+
+
+def draw_categorical(truth: dict, n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    labels = _labels(rng, truth["weights"], n_rows)
+    cumulative = np.cumsum(truth["probabilities"], axis=2)[labels]  # (n, D, M)
+    symbols = (rng.random((n_rows, cumulative.shape[1], 1)) > cumulative).sum(axis=2)
+    return np.minimum(symbols, cumulative.shape[2] - 1).astype(np.int16)
+
+
+def draw_bernoulli(truth: dict, n_rows: int, rng: np.random.Generator) -> np.ndarray:
+    labels = _labels(rng, truth["weights"], n_rows)
+    return (
+        rng.random((n_rows, truth["probabilities"].shape[1])) < truth["probabilities"][labels]
+    ).astype(np.int8)
+
+
+#: model name -> (random truth (n_components, n_features, seed), block drawer, dtype)
+SYNTHETIC_MODELS = {
+    "gmm": (
+        lambda k, d, seed: vars(random_gaussian_mixture(k, d, seed)),
+        draw_gmm,
+        np.float64,
+    ),
+    "poisson": (random_poisson_mixture, draw_poisson, np.int32),
+    "categorical": (random_categorical_mixture, draw_categorical, np.int16),
+    "bernoulli": (random_bernoulli_mixture, draw_bernoulli, np.int8),
+}
+
+
+def _draw_block(block, model: str, truth: dict, seeds, block_info=None):
     index = block_info[None]["chunk-location"][0]
     rng = np.random.default_rng(seeds[index])
-    n_rows = block.shape[0]
-    labels = rng.choice(len(truth.weights), size=n_rows, p=truth.weights)
-    chol = np.linalg.cholesky(truth.covariances)
-    noise = rng.standard_normal((n_rows, truth.means.shape[1]))
-    return truth.means[labels] + np.einsum("nij,nj->ni", chol[labels], noise)
+    return SYNTHETIC_MODELS[model][1](truth, block.shape[0], rng)
+
+
+def write_synthetic(
+    path: str | os.PathLike,
+    model: str,
+    n_samples: int,
+    truth: dict,
+    *,
+    seed: int = 0,
+    chunk_rows: int = 250_000,
+) -> da.Array:
+    """Draw ``n_samples`` rows of ``model`` (a key of :data:`SYNTHETIC_MODELS`) from
+    ``truth`` into a new Zarr array at ``path``.
+
+    Blocks are drawn in parallel on the active Dask scheduler, each from its own seed, so
+    the data depends only on ``seed`` and ``chunk_rows``.  Refuses to write over an
+    existing path.  Returns the lazy array over the written store.
+    """
+    location = os.fspath(path)
+    if os.path.exists(location):
+        raise FileExistsError(f"{location} exists; choose a new path")
+    draw_dtype = SYNTHETIC_MODELS[model][2]
+    n_features = next(np.shape(v)[1] for name, v in truth.items() if name != "weights")
+    template = da.empty((n_samples, n_features), chunks=(chunk_rows, n_features))
+    seeds = blockwise_seeds(seed, template.numblocks[0])
+    X = template.map_blocks(
+        _draw_block, model, truth, seeds, dtype=draw_dtype, name=f"draw-{model}"
+    )
+    X.to_zarr(location)
+    import zarr
+
+    array = zarr.open_array(location, mode="r+")
+    array.attrs[SYNTHETIC_MARKER] = True
+    array.attrs["truth"] = json.dumps(
+        {
+            "model": model,
+            **{name: np.asarray(value).tolist() for name, value in truth.items()},
+            "seed": seed,
+        }
+    )
+    return da.from_zarr(location)
 
 
 def write_gaussian_mixture(
@@ -57,31 +172,5 @@ def write_gaussian_mixture(
     seed: int = 0,
     chunk_rows: int = 250_000,
 ) -> da.Array:
-    """Draw ``n_samples`` rows from ``truth`` into a new Zarr array at ``path``.
-
-    Blocks are drawn in parallel on the active Dask scheduler, each from its own seed, so
-    the data depends only on ``seed`` and ``chunk_rows``.  Refuses to write over an
-    existing path.  Returns the lazy array over the written store.
-    """
-    location = os.fspath(path)
-    if os.path.exists(location):
-        raise FileExistsError(f"{location} exists; choose a new path")
-    n_features = truth.means.shape[1]
-    template = da.empty((n_samples, n_features), chunks=(chunk_rows, n_features))
-    seeds = blockwise_seeds(seed, template.numblocks[0])
-    X = template.map_blocks(_draw_block, truth, seeds, dtype=np.float64, name="draw-gmm")
-    X.to_zarr(location)
-    import zarr
-
-    array = zarr.open_array(location, mode="r+")
-    array.attrs[SYNTHETIC_MARKER] = True
-    array.attrs["truth"] = json.dumps(
-        {
-            "model": "gmm",
-            "weights": truth.weights.tolist(),
-            "means": truth.means.tolist(),
-            "covariances": truth.covariances.tolist(),
-            "seed": seed,
-        }
-    )
-    return da.from_zarr(location)
+    """Draw ``n_samples`` rows from ``truth`` into a new Zarr array at ``path``."""
+    return write_synthetic(path, "gmm", n_samples, vars(truth), seed=seed, chunk_rows=chunk_rows)

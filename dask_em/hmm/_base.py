@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -20,7 +22,7 @@ import dask.array as da
 import numpy as np
 
 from dask_em.data import ValueCheck
-from dask_em.engine import EMEngine
+from dask_em.engine import EMEngine, IterationRecord
 from dask_em.families.base import Params
 from dask_em.families.hmm import ESTEP_METHODS, HMMFamily
 from dask_em.mixture._base import LOCAL_FIT_BYTES, BaseMixture, seed_from
@@ -127,16 +129,22 @@ class BaseHMM(BaseMixture):
         self.startprob_ = params["startprob"]
         self.transmat_ = params["transmat"]
         self._set_emission(params["emission"])
+        self.estep_seed_ = int(params["seed"])  # the Monte Carlo E-step's next stream
 
     def _fitted_params(self) -> Params:
         return HMMFamily.make_params(
-            self.startprob_, self.transmat_, self._emission_params(), seed=0
+            self.startprob_,
+            self.transmat_,
+            self._emission_params(),
+            seed=getattr(self, "estep_seed_", 0),
         )
 
     def _model_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         variables = {
             "startprob": (("component",), self.startprob_),
             "transmat": (("component", "component_to"), self.transmat_),
+            # as text: a uint63 seed does not survive a float round trip
+            "estep_seed": ((), np.asarray(str(getattr(self, "estep_seed_", 0)))),
         }
         variables.update(self._emission_variables())
         return variables
@@ -144,6 +152,8 @@ class BaseHMM(BaseMixture):
     def _restore_variables(self, variables: dict[str, np.ndarray]) -> None:
         self.startprob_ = variables["startprob"]
         self.transmat_ = variables["transmat"]
+        if "estep_seed" in variables:
+            self.estep_seed_ = int(str(np.asarray(variables["estep_seed"])))
         self._restore_emission(variables)
 
     @property
@@ -153,7 +163,16 @@ class BaseHMM(BaseMixture):
         return self.n_features_in_
 
     # -- fitting ------------------------------------------------------------------
-    def fit(self, X: Any, lengths: Any = None, *, storage_options: dict | None = None):
+    def fit(
+        self,
+        X: Any,
+        lengths: Any = None,
+        *,
+        storage_options: dict | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+        callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
+    ):
         """Estimate the parameters with Baum-Welch over many sequences.
 
         Parameters
@@ -163,6 +182,8 @@ class BaseHMM(BaseMixture):
         lengths : (S,) sequence lengths summing to T (hmmlearn's form); None with a
             (T, D) array means one sequence.
         storage_options : fsspec options for a Zarr URL (s3://...).
+        checkpoint, resume, callbacks : as :meth:`dask_em.GaussianMixture.fit`; a
+            checkpoint is tied to the block layout (the sequence boundaries per block).
         """
         check = self._value_check(fitting=True)
         in_memory = isinstance(X, (np.ndarray, list, tuple))
@@ -193,7 +214,9 @@ class BaseHMM(BaseMixture):
             ),
             check,
             local,
-            n_features,
+            (n_steps, n_features),
+            self._checkpointing(checkpoint, resume, sequences.values, None),
+            callbacks,
         )
 
     # -- prediction ---------------------------------------------------------------

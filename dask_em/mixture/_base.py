@@ -14,11 +14,13 @@ import math
 import numbers
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
+from dask_em.checkpoint import FitState, fingerprint, load_state, save_state
 from dask_em.data import (
     FINITE,
     ValueCheck,
@@ -30,7 +32,7 @@ from dask_em.data import (
     row_offsets,
     scan_block,
 )
-from dask_em.engine import CACHE_MODES, EMEngine, FitResult, blockwise_seeds
+from dask_em.engine import CACHE_MODES, EMEngine, FitResult, IterationRecord, blockwise_seeds
 from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
 from dask_em.families.base import Params, Stats, log_normalize
 from dask_em.initialization import INIT_METHODS, init_block_stats, initial_centers
@@ -243,6 +245,9 @@ class BaseMixture:
         sample_weight: Any = None,
         *,
         storage_options: dict | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+        callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
     ) -> BaseMixture:
         """Estimate the parameters with EM, on the active Dask client if there is one.
 
@@ -259,6 +264,11 @@ class BaseMixture:
             graph, so the workers read the store with them and need no credentials of
             their own (use TLS between client, scheduler and workers to keep them
             private).  Only for a path or URL.
+        checkpoint : path of a Zarr store where the fit's state is written after every
+            iteration (:mod:`dask_em.checkpoint`).  Refused if it exists, unless ``resume``.
+        resume : continue from ``checkpoint`` if it exists (else start afresh); the
+            result equals that of an uninterrupted fit.
+        callbacks : called as ``callback(record, params)`` after every iteration.
 
         Runs ``n_init`` initializations and keeps the one with the best final objective.
         The first pass over the data checks it (NaN/inf, weights) and draws the sample
@@ -293,21 +303,50 @@ class BaseMixture:
             lambda: EMEngine(X, weights, model=self._model_name, cache=self.cache, local=local),
             check,
             local,
-            n_features,
+            (n_samples, n_features),
+            self._checkpointing(checkpoint, resume, X, weights),
+            callbacks,
         )
 
-    def _fit_engine(self, make_engine, check: ValueCheck, local: bool, n_features: int):
+    def _fit_engine(
+        self,
+        make_engine,
+        check: ValueCheck,
+        local: bool,
+        shape: tuple[int, int],
+        checkpointing: tuple = (None, None),
+        callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
+    ):
         """Scan, initialize and run EM on the engine ``make_engine()`` builds; set the
-        fitted attributes from the best of the ``n_init`` runs."""
-        seed = seed_from(self.random_state)
+        fitted attributes from the best of the ``n_init`` runs.
+
+        ``shape``: (n_samples, n_features) of the data; ``checkpointing``: the saved
+        state to resume from (or None) and the saver, from :meth:`_checkpointing`.
+        """
+        n_samples, n_features = shape
+        state, saver = checkpointing
+        seed = state.seed if state is not None else seed_from(self.random_state)
         rng = np.random.default_rng(seed)
         with verbose_logging(self.verbose):
             engine = make_engine()
             self.data_placement_ = "local" if local else "memory" if engine.persisted else "stream"
             try:
-                scan = self._scan(engine, rng, check)
-                self._learn_from_scan(scan)
-                best = self._fit_restarts(engine, scan, rng)
+                with engine.fit_span(
+                    estimator=type(self).__name__,
+                    n_samples=n_samples,
+                    n_features=n_features,
+                    data_placement=self.data_placement_,
+                    max_iter=self.max_iter,
+                    resumed_at=state.current.n_iter if state is not None else 0,
+                ) as fit_end:
+                    scan = self._scan(engine, rng, check)
+                    self._learn_from_scan(scan)
+                    best = self._fit_restarts(
+                        engine, scan, rng, seed, state=state, saver=saver, callbacks=callbacks
+                    )
+                    fit_end.update(
+                        converged=best.converged, n_iter=best.n_iter, lower_bound=best.lower_bound
+                    )
             finally:
                 engine.release()
         self._set_fitted(best.params)
@@ -349,18 +388,84 @@ class BaseMixture:
             scan["fill"] = fill
         return scan
 
-    def _fit_restarts(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> FitResult:
+    def _checkpointing(self, path, resume: bool, X: da.Array, weights):
+        """The saved state to resume from (or None) and the function that saves one."""
+        if path is None:
+            if resume:
+                raise ValueError("resume=True needs a checkpoint path")
+            return None, None
+        expected = fingerprint(self, X, weights)
+        if resume:
+            state = load_state(path, self, expected)
+        elif os.path.exists(path):
+            raise FileExistsError(
+                f"the checkpoint {os.fspath(path)} exists; resume from it, or remove it"
+            )
+        else:
+            state = None
+
+        def save(attempt, rng_state, current, best, seed):
+            save_state(path, self, FitState(seed, attempt, rng_state, current, best, expected))
+
+        return state, save
+
+    def _fit_restarts(
+        self,
+        engine: EMEngine,
+        scan: dict,
+        rng: np.random.Generator,
+        seed: int,
+        *,
+        state=None,
+        saver=None,
+        callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
+    ) -> FitResult:
+        """Run the initializations; with ``state``, continue the one it was saved in."""
         family = self._family()
         repair = self._make_repair(family, scan["sample"])
         warm = self.warm_start and self._is_fitted()
-        best: FitResult | None = None
-        for attempt in range(1 if warm else self.n_init):
-            params = self._fitted_params() if warm else self._initial_params(engine, scan, rng)
-            result = engine.run(family, params, max_iter=self.max_iter, tol=self.tol, repair=repair)
+        best: FitResult | None = state.best if state is not None else None
+        first = state.attempt if state is not None else 0
+        for attempt in range(first, 1 if warm else self.n_init):
+            resume = None
+            if state is not None and attempt == state.attempt:
+                rng.bit_generator.state = state.rng_state
+                params, resume = None, state.current
+                logger.info(
+                    "resuming initialization %d after iteration %d", attempt + 1, resume.n_iter
+                )
+            elif warm:
+                params = self._fitted_params()
+            else:
+                params = self._initial_params(engine, scan, rng)
+            hooks = list(callbacks)
+            if saver is not None:
+                hooks.insert(0, self._saver_hook(saver, attempt, rng, resume, best, seed))
+            result = engine.run(
+                family,
+                params,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                repair=repair,
+                callbacks=hooks,
+                resume=resume,
+            )
             logger.info("initialization %d: objective %.10g", attempt + 1, result.lower_bound)
             if best is None or result.lower_bound > best.lower_bound:
                 best = result
         return best
+
+    @staticmethod
+    def _saver_hook(saver, attempt, rng, resume, best, seed):
+        """The callback that checkpoints the loop state after each iteration."""
+        rng_state = rng.bit_generator.state  # right after this attempt's initialization
+        history = list(resume.history) if resume is not None else []
+
+        def save(record: IterationRecord, params: Params) -> None:
+            history.append(record)
+            saver(attempt, rng_state, FitResult(params, list(history)), best, seed)
+
+        return save
 
     @staticmethod
     def _make_repair(family, sample: np.ndarray):

@@ -1,0 +1,251 @@
+"""Checkpoints of a running fit, so that a killed fit resumes exactly where it was.
+
+After every EM iteration the fit writes the whole state its loop depends on:
+
+- the parameters the iteration reached and the history so far (the objective of the
+  last iteration is the one the next is compared with);
+- which initialization (``n_init`` restart) is running, the best finished one (its
+  parameters, history and convergence), and the state of the random generator right
+  after the running one was initialized (later restarts draw from it);
+- the seed, which the scan pass (sample for initialization and re-seeding) draws from;
+- a fingerprint of the data (shape, dtype, row chunks) and of the estimator's
+  parameters: a checkpoint is refused for anything else.
+
+The data's sample is not stored: resuming redoes the scan pass, which draws exactly
+the same rows from the same seed and chunks.  With that, a resumed fit performs the
+same floating-point operations as an uninterrupted one and ends with the same
+parameters, bit for bit.
+
+Format ``dask_em.checkpoint`` (version :data:`FORMAT_VERSION`): an xarray Dataset in a
+Zarr store (never pickle).  The estimator names its arrays (``_model_variables``, as in
+model files); they are stored as ``current_<name>`` and ``best_<name>``, the histories
+as ``current_history``/``best_history`` tables (iteration x field, the fields named
+in the ``history_fields`` attribute); the rest is in attributes (JSON).
+The store is written beside its path and renamed into place
+(:func:`dask_em.model_io.write_zarr_atomically`), so a kill at any moment leaves
+either the previous or the new checkpoint.
+
+Any estimator plugs in through the hooks its model files use: ``get_params()``,
+``_set_fitted(params)`` with ``_model_variables()`` (parameters -> named arrays), and
+``_restore_variables(arrays)`` with ``_fitted_params()`` (named arrays -> parameters);
+:meth:`dask_em.mixture._base.BaseMixture._checkpointing` and ``_saver_hook`` wire
+them into a fit loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from dask_em.engine import FitResult, IterationRecord
+from dask_em.model_io import _json_default, replace_path, write_zarr_atomically
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "dask_em.checkpoint"
+FORMAT_VERSION = 1
+
+#: Estimator parameters that may change between a run and its resumption: they do not
+#: change the arithmetic (``max_iter`` only lets a resumed fit run longer).
+MAY_CHANGE = ("verbose", "cache", "max_iter")
+
+_HISTORY_FIELDS = ("iteration", "objective", "change", "seconds", "bytes_read")
+
+
+@dataclass
+class FitState:
+    """Everything the fit loop's state depends on (see module docstring)."""
+
+    seed: int
+    attempt: int  # 0-based index of the running initialization
+    rng_state: dict  # the generator's state right after that initialization
+    current: FitResult  # parameters reached and history so far
+    best: FitResult | None  # the best finished initialization before ``attempt``
+    fingerprint: dict
+
+
+def fingerprint(model: Any, X: Any, sample_weight: Any = None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: estimator, parameters and data layout."""
+    params = {k: v for k, v in model.get_params().items() if k not in MAY_CHANGE}
+    return {
+        "model": type(model).__name__,
+        "params": json.loads(json.dumps(params, default=_json_default)),
+        "shape": [int(n) for n in X.shape],
+        "dtype": str(X.dtype),
+        "row_chunks": [int(n) for n in X.chunks[0]],
+        "weighted": sample_weight is not None,
+    }
+
+
+# -- writing --------------------------------------------------------------------------
+def save_state(path: str | os.PathLike, model: Any, state: FitState) -> None:
+    """Write ``state`` to the Zarr store at ``path`` atomically, replacing what is there."""
+    path = os.path.abspath(os.fspath(path))
+    data_vars: dict[str, Any] = {}
+    attrs: dict[str, Any] = {
+        "dask_em_format": FORMAT_NAME,
+        "dask_em_format_version": FORMAT_VERSION,
+        "model": type(model).__name__,
+        "seed": str(state.seed),
+        "attempt": state.attempt,
+        "rng_state": json.dumps(state.rng_state),
+        "fingerprint": json.dumps(state.fingerprint),
+        "has_best": state.best is not None,
+        "history_fields": json.dumps(_HISTORY_FIELDS),
+    }
+    for prefix, result in (("current", state.current), ("best", state.best)):
+        if result is None:
+            continue
+        variables = _variables_of(model, result.params)
+        attrs["parameter_names"] = json.dumps(sorted(variables))
+        for name, (dims, values) in variables.items():
+            data_vars[f"{prefix}_{name}"] = (dims, np.asarray(values))
+        table = [[getattr(record, field) for field in _HISTORY_FIELDS] for record in result.history]
+        data_vars[f"{prefix}_history"] = (
+            (f"{prefix}_iteration", "history_field"),
+            np.asarray(table, dtype=np.float64).reshape(-1, len(_HISTORY_FIELDS)),
+        )
+        attrs[f"{prefix}_history_reseeded"] = json.dumps(
+            [list(record.reseeded) for record in result.history]
+        )
+        attrs[f"{prefix}_converged"] = bool(result.converged)
+    write_zarr_atomically(xr.Dataset(data_vars, attrs=attrs), path)
+    _remove_leftovers(path)
+
+
+def _variables_of(model: Any, params: dict) -> dict[str, tuple]:
+    """The estimator's named arrays for ``params`` (on a copy: ``model`` is untouched)."""
+    view = copy.copy(model)
+    view._set_fitted(params)
+    return view._model_variables()
+
+
+def _params_of(model: Any, variables: dict[str, np.ndarray]) -> dict:
+    view = copy.copy(model)
+    view._restore_variables(variables)
+    return view._fitted_params()
+
+
+def _remove_leftovers(path: str) -> None:
+    """Staging or retired stores of earlier writes that a kill left behind."""
+    for leftover in glob.glob(glob.escape(path) + ".tmp-*") + glob.glob(
+        glob.escape(path) + ".old-*"
+    ):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+# -- reading --------------------------------------------------------------------------
+def _recover(path: str) -> None:
+    """A kill between the two renames of a replacement leaves ``path`` missing and the
+    previous, complete checkpoint at ``<path>.old-*``: move it back."""
+    if os.path.exists(path):
+        return
+    retired = sorted(glob.glob(glob.escape(path) + ".old-*"), key=os.path.getmtime)
+    if retired:
+        logger.warning("recovering the checkpoint %s from %s", path, retired[-1])
+        replace_path(retired[-1], path)
+
+
+def open_checkpoint(path: str | os.PathLike) -> xr.Dataset | None:
+    """The checkpoint at ``path`` as a loaded Dataset, or None if there is none.
+
+    Raises ValueError for a path that holds something else.
+    """
+    path = os.path.abspath(os.fspath(path))
+    _recover(path)
+    if not os.path.exists(path):
+        return None
+    try:
+        with xr.open_zarr(path, consolidated=False) as ds:
+            ds = ds.load()
+    except Exception as error:  # zarr/xarray raise several types for unreadable stores
+        raise ValueError(f"{path} is not a dask_em checkpoint: {error}") from None
+    fmt, version = ds.attrs.get("dask_em_format"), ds.attrs.get("dask_em_format_version")
+    if fmt != FORMAT_NAME:
+        raise ValueError(f"{path} is not a dask_em checkpoint (format attribute is {fmt!r})")
+    if int(version) > FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint format version {version} is newer than this dask_em reads "
+            f"({FORMAT_VERSION}); upgrade dask_em"
+        )
+    return ds
+
+
+def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState | None:
+    """The state saved at ``path`` for ``model`` and data matching ``expected``.
+
+    None if there is no checkpoint; ValueError if it was written for another model,
+    other parameters or other data (naming what differs).
+    """
+    ds = open_checkpoint(path)
+    if ds is None:
+        return None
+    found = json.loads(ds.attrs["fingerprint"])
+    differing = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    if differing:
+        what = differing[0]
+        if what == "params":
+            keys = set(found["params"]) | set(expected["params"])
+            names = sorted(k for k in keys if found["params"].get(k) != expected["params"].get(k))
+            what = "parameters " + ", ".join(names)
+        raise ValueError(
+            f"the checkpoint {os.fspath(path)} was written for a different fit ({what} "
+            "differ); remove it to start afresh"
+        )
+    names = json.loads(ds.attrs["parameter_names"])
+
+    def result(prefix: str) -> FitResult:
+        variables = {name: ds[f"{prefix}_{name}"].values for name in names}
+        reseeded = json.loads(ds.attrs[f"{prefix}_history_reseeded"])
+        columns = ds[f"{prefix}_history"].values.T  # (field, iteration), _HISTORY_FIELDS
+        history = [
+            IterationRecord(
+                iteration=int(it),
+                objective=float(obj),
+                change=float(change),
+                seconds=float(sec),
+                reseeded=tuple(reseeded[i]),
+                bytes_read=int(nbytes),
+            )
+            for i, (it, obj, change, sec, nbytes) in enumerate(zip(*columns, strict=True))
+        ]
+        out = FitResult(_params_of(model, variables), history)
+        out.converged = bool(ds.attrs[f"{prefix}_converged"])
+        if history:
+            out.n_iter, out.lower_bound = history[-1].iteration, history[-1].objective
+        return out
+
+    return FitState(
+        seed=int(ds.attrs["seed"]),
+        attempt=int(ds.attrs["attempt"]),
+        rng_state=json.loads(ds.attrs["rng_state"]),
+        current=result("current"),
+        best=result("best") if ds.attrs["has_best"] else None,
+        fingerprint=found,
+    )
+
+
+def progress(path: str | os.PathLike) -> dict[str, int] | None:
+    """``{"attempt", "iteration"}`` of the checkpoint at ``path``, or None (no checkpoint).
+
+    Read-only (for monitoring from another process): it never recovers or moves files.
+    """
+    path = os.fspath(path)
+    try:
+        with xr.open_zarr(path, consolidated=False) as ds:
+            iterations = ds["current_history"].values[:, 0]
+            return {
+                "attempt": int(ds.attrs["attempt"]),
+                "iteration": int(iterations[-1]) if len(iterations) else 0,
+            }
+    except Exception:  # absent, or being replaced at this moment
+        return None
