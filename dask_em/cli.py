@@ -83,7 +83,7 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from dask_em.cli_support import model_kinds
-    from dask_em.synthetic import SYNTHETIC_MODELS
+    from dask_em.synthetic import SYNTHETIC_HMMS, SYNTHETIC_MODELS
 
     parser = _Parser(
         prog="dask-em",
@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         "array's 'truth' attribute) into a new Zarr array, block by block.",
     )
     make_data.add_argument(
-        "model", metavar="MODEL", choices=sorted(SYNTHETIC_MODELS), help=", ".join(SYNTHETIC_MODELS)
+        "model",
+        metavar="MODEL",
+        choices=sorted([*SYNTHETIC_MODELS, *SYNTHETIC_HMMS]),
+        help=", ".join([*SYNTHETIC_MODELS, *SYNTHETIC_HMMS]),
     )
     make_data.add_argument("out", metavar="OUT.zarr")
     make_data.add_argument("--n-samples", type=_positive_int, default=100_000)
@@ -171,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--n-symbols", type=_positive_int, default=4, help="categorical")
     make_data.add_argument("--chunk-rows", type=_positive_int, default=50_000)
     make_data.add_argument("--seed", type=int, default=0)
+    make_data.add_argument(
+        "--sequence-length", type=_positive_int, default=200, help="HMMs: steps per sequence"
+    )
     make_data.set_defaults(run=_command("run_make_data"))
 
     demo = commands.add_parser(

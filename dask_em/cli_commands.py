@@ -222,13 +222,15 @@ def run_info(args: argparse.Namespace) -> int:
 # -- make-data --------------------------------------------------------------------------
 def run_make_data(args: argparse.Namespace) -> int:
     from dask_em.model_io import replace_path
-    from dask_em.synthetic import SYNTHETIC_MODELS, write_synthetic
+    from dask_em.synthetic import SYNTHETIC_HMMS, SYNTHETIC_MODELS, write_synthetic
 
     out = _local(args.out, "OUT")
     if os.path.lexists(out):
         raise UsageError(f"{out} exists; make-data never writes over a path")
     if args.components > args.n_samples:
         raise UsageError("--components must not exceed --n-samples")
+    if args.model in SYNTHETIC_HMMS:
+        return _make_sequences(args, out)
     random_truth = SYNTHETIC_MODELS[args.model][0]
     if args.model == "categorical":
         truth = random_truth(args.components, args.n_features, args.seed, args.n_symbols)
@@ -253,5 +255,35 @@ def run_make_data(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.n_samples:,} rows x {args.n_features} features ({nbytes / 1e6:,.1f} MB) "
         f"from a {args.components}-component {args.model} mixture to {out}"
+    )
+    return 0
+
+
+def _make_sequences(args: argparse.Namespace, out: str) -> int:
+    """make-data for an HMM: ``--n-samples`` steps in sequences of ``--sequence-length``."""
+    from dask_em.model_io import replace_path
+    from dask_em.synthetic import random_hmm, write_synthetic_sequences
+
+    n_sequences = max(1, args.n_samples // args.sequence_length)
+    truth = random_hmm(args.model, args.components, args.n_features, args.seed, args.n_symbols)
+    staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nbytes = write_synthetic_sequences(
+                staging,
+                args.model,
+                n_sequences,
+                args.sequence_length,
+                truth,
+                seed=args.seed,
+                sequences_per_chunk=max(1, args.chunk_rows // args.sequence_length),
+            )
+        replace_path(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(
+        f"wrote {n_sequences:,} sequences x {args.sequence_length} steps ({nbytes / 1e6:,.1f} MB) "
+        f"from a {args.components}-state {args.model} to {out}"
     )
     return 0

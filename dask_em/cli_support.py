@@ -151,7 +151,12 @@ def open_input(
                 f"INPUT {path} must be a Zarr group with arrays 'values' (steps, features) "
                 "and 'lengths' (sequences)"
             )
-        return da.from_zarr(node["values"]), da.from_zarr(node["lengths"]).compute()
+        from dask_em.sequences import Sequences
+
+        try:
+            return Sequences.from_group(node), None  # blocks on sequence boundaries
+        except ValueError as error:
+            raise UsageError(f"INPUT {path}: {error}") from None
     if isinstance(node, zarr.Group):
         raise UsageError(
             f"INPUT {path} is a Zarr group; choose one of its arrays with --variable "

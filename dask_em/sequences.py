@@ -149,13 +149,21 @@ class Sequences:
             raise ValueError(
                 f"{location!r} is not a readable Zarr group of sequences: {error}"
             ) from None
+        return cls.from_group(group, block_bytes=block_bytes, where=location, **kwargs)
+
+    @classmethod
+    def from_group(
+        cls, group: Any, *, block_bytes: int = DEFAULT_BLOCK_BYTES, where: str = "", **kwargs
+    ) -> Sequences:
+        """From an open Zarr group with arrays ``values`` and ``lengths``."""
+        location = where or str(getattr(group, "store_path", "the group"))
         members = {name for name, _ in group.arrays()}
         if not {"values", "lengths"} <= members:
             raise ValueError(
                 f"{location!r} must hold arrays 'values' and 'lengths'; it holds {sorted(members)}"
             )
         values, lengths = group["values"], group["lengths"]
-        if len(values.shape) == 1:
+        if len(values.shape) != 2:
             raise ValueError(
                 f"{location}/values must be 2-D (steps, features), got shape {values.shape}"
             )

@@ -174,3 +174,92 @@ def write_gaussian_mixture(
 ) -> da.Array:
     """Draw ``n_samples`` rows from ``truth`` into a new Zarr array at ``path``."""
     return write_synthetic(path, "gmm", n_samples, vars(truth), seed=seed, chunk_rows=chunk_rows)
+
+
+# -- hidden Markov models -------------------------------------------------------------
+SYNTHETIC_HMMS = ("gaussian-hmm", "poisson-hmm", "categorical-hmm")
+
+
+def random_hmm(model: str, n_states: int, n_features: int, seed: int, n_symbols: int = 4):
+    """True parameters of a ``model`` HMM (a key of :data:`SYNTHETIC_HMMS`): sticky
+    transitions (about 0.9 on the diagonal), well separated emissions."""
+    rng = np.random.default_rng(seed)
+    transmat = 0.1 * rng.dirichlet(np.ones(n_states), size=n_states) + 0.9 * np.eye(n_states)
+    truth = {"startprob": rng.dirichlet(np.full(n_states, 5.0)), "transmat": transmat}
+    if model == "gaussian-hmm":
+        truth["means"] = rng.uniform(-5, 5, size=(n_states, n_features))
+        truth["variances"] = rng.uniform(0.3, 1.5, size=(n_states, n_features))
+    elif model == "poisson-hmm":
+        truth["rates"] = rng.uniform(0.5, 20.0, size=(n_states, n_features))
+    elif model == "categorical-hmm":
+        truth["emissionprob"] = rng.dirichlet(np.full(n_symbols, 0.5), size=n_states)
+    else:
+        raise ValueError(f"no synthetic HMM {model!r}; choose one of {SYNTHETIC_HMMS}")
+    return truth
+
+
+def draw_hmm(model: str, truth: dict, n_sequences: int, length: int, rng) -> np.ndarray:
+    """``n_sequences`` sequences of ``length`` steps, back to back: (n * length, D)."""
+    cumulative = np.cumsum(truth["transmat"], axis=1)
+    states = np.empty((n_sequences, length), dtype=np.intp)
+    states[:, 0] = rng.choice(len(truth["startprob"]), size=n_sequences, p=truth["startprob"])
+    for t in range(1, length):  # every sequence in lockstep
+        u = rng.random((n_sequences, 1))
+        states[:, t] = np.minimum(
+            (u > cumulative[states[:, t - 1]]).sum(axis=1), len(cumulative) - 1
+        )
+    states = states.ravel()
+    if model == "gaussian-hmm":
+        noise = rng.standard_normal((len(states), truth["means"].shape[1]))
+        return truth["means"][states] + np.sqrt(truth["variances"][states]) * noise
+    if model == "poisson-hmm":
+        return rng.poisson(truth["rates"][states])
+    cumulative = np.cumsum(truth["emissionprob"], axis=1)
+    symbols = (rng.random((len(states), 1)) > cumulative[states]).sum(axis=1)
+    return np.minimum(symbols, cumulative.shape[1] - 1)[:, None]
+
+
+def _draw_hmm_block(block, model, truth, length, seeds, block_info=None):
+    rng = np.random.default_rng(seeds[block_info[None]["chunk-location"][0]])
+    return draw_hmm(model, truth, block.shape[0] // length, length, rng).astype(block.dtype)
+
+
+def write_synthetic_sequences(
+    path: str | os.PathLike,
+    model: str,
+    n_sequences: int,
+    length: int,
+    truth: dict,
+    *,
+    seed: int = 0,
+    sequences_per_chunk: int = 1000,
+) -> int:
+    """Write ``n_sequences`` sequences of ``length`` steps from ``truth`` to a new Zarr
+    group with arrays ``values`` and ``lengths`` (:class:`dask_em.Sequences`' layout),
+    block by block in parallel; the truth goes in the group's attributes.  Returns the
+    bytes of values written."""
+    import zarr
+
+    location = os.fspath(path)
+    if os.path.exists(location):
+        raise FileExistsError(f"{location} exists; choose a new path")
+    n_features = (
+        1
+        if model == "categorical-hmm"
+        else truth["means" if model == "gaussian-hmm" else "rates"].shape[1]
+    )
+    dtype = {"gaussian-hmm": np.float64, "poisson-hmm": np.int32, "categorical-hmm": np.int16}
+    rows = sequences_per_chunk * length
+    template = da.empty((n_sequences * length, n_features), chunks=(rows, n_features))
+    seeds = blockwise_seeds(seed, template.numblocks[0])
+    values = template.map_blocks(
+        _draw_hmm_block, model, truth, length, seeds, dtype=dtype[model], name=f"draw-{model}"
+    )
+    group = zarr.open_group(location, mode="w-")
+    values.to_zarr(location, component="values")
+    group.create_array("lengths", data=np.full(n_sequences, length, dtype=np.int64))
+    group.attrs[SYNTHETIC_MARKER] = True
+    group.attrs["truth"] = json.dumps(
+        {"model": model, **{k: np.asarray(v).tolist() for k, v in truth.items()}, "seed": seed}
+    )
+    return int(values.nbytes)

@@ -252,35 +252,30 @@ def test_an_unreachable_scheduler_is_a_cluster_failure_exit_3(tmp_path, gmm_stor
     assert err.startswith(f"dask-em: cluster error: cannot reach the scheduler at {address}")
 
 
-class FakeGaussianHMM:
-    """Stands in for the hidden Markov models: how the command line hands them data."""
-
-    def __init__(self, n_components=1, *, tol=1e-3, max_iter=100, random_state=None):
-        self.n_components = n_components
-
-    def fit(self, X, lengths):
-        self.seen = (X.shape, X.chunks[0], lengths.tolist())
-        self.converged_, self.n_iter_, self.lower_bound_ = True, 1, 0.0
-        return self
-
-    def save(self, path, *, overwrite=False):
-        FakeGaussianHMM.saved = (str(path), self.seen)
-
-
-def test_hidden_markov_models_join_the_registry_when_their_classes_exist(
-    client, tmp_path, monkeypatch, capsys
-):
-    import dask_em
-
-    assert "gaussian-hmm" not in model_kinds() or hasattr(dask_em, "GaussianHMM")
-    monkeypatch.setattr(dask_em, "GaussianHMM", FakeGaussianHMM, raising=False)
-    assert model_kinds()["gaussian-hmm"].sequences
-    group = zarr.open_group(str(tmp_path / "sequences.zarr"), mode="w")
-    group.create_array("values", data=np.zeros((10, 2)), chunks=(5, 2))
-    group.create_array("lengths", data=np.array([3, 7]))
-    out = tmp_path / "hmm.zarr"
-    args = ["fit", "gaussian-hmm", str(tmp_path / "sequences.zarr"), "-k", "2", "--out", str(out)]
-    assert main([*args, "--no-report", *scheduler(client)]) == 0
-    assert FakeGaussianHMM.saved == (str(out), ((10, 2), (5, 5), [3, 7]))
-    assert main([*args, "--checkpoint", str(tmp_path / "ck.zarr"), "--no-report"]) == 2
-    assert "FakeGaussianHMM does not support checkpoint" in capsys.readouterr().err
+@pytest.mark.parametrize("name", ["gaussian-hmm", "poisson-hmm", "categorical-hmm"])
+def test_every_hmm_makes_sequences_fits_predicts_and_scores(client, tmp_path, capsys, name):
+    store, out = tmp_path / "sequences.zarr", tmp_path / "hmm.zarr"
+    made = ["make-data", name, str(store), "--n-samples", "60000", "-k", "2"]
+    assert (
+        main([*made, "--sequence-length", "150", "--n-features", "2", "--chunk-rows", "15000"]) == 0
+    )
+    group = zarr.open_group(str(store), mode="r")
+    assert group["values"].shape[0] == 60_000 and group["lengths"].shape == (400,)
+    truth = json.loads(group.attrs["truth"])
+    args = ["fit", name, str(store), "-k", "2", "--out", str(out), "--no-report"]
+    checkpoint = tmp_path / "hmm.checkpoint.zarr"
+    assert main([*args, "--checkpoint", str(checkpoint), *scheduler(client)]) == 0
+    model = load(out)
+    assert type(model) is model_kinds()[name].estimator and model.converged_
+    assert model.n_sequences_ == 400
+    np.testing.assert_allclose(
+        np.sort(np.diag(model.transmat_)), np.sort(np.diag(truth["transmat"])), atol=0.03
+    )
+    labels = tmp_path / "states.zarr"
+    assert main(["predict", str(out), str(store), "--out", str(labels), *scheduler(client)]) == 0
+    assert zarr.open_array(str(labels), mode="r").shape == (60_000,)
+    capsys.readouterr()
+    assert main(["score", str(out), str(store), *scheduler(client)]) == 0
+    printed = capsys.readouterr().out
+    score = float(next(x for x in printed.splitlines() if x.startswith("score ")).split()[1])
+    assert score == pytest.approx(model.score(str(store)), rel=1e-10)

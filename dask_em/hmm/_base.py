@@ -143,8 +143,8 @@ class BaseHMM(BaseMixture):
         variables = {
             "startprob": (("component",), self.startprob_),
             "transmat": (("component", "component_to"), self.transmat_),
-            # as text: a uint63 seed does not survive a float round trip
-            "estep_seed": ((), np.asarray(str(getattr(self, "estep_seed_", 0)))),
+            "estep_seed": ((), np.asarray(getattr(self, "estep_seed_", 0), dtype=np.int64)),
+            "n_sequences": ((), np.asarray(getattr(self, "n_sequences_", 0), dtype=np.int64)),
         }
         variables.update(self._emission_variables())
         return variables
@@ -152,8 +152,10 @@ class BaseHMM(BaseMixture):
     def _restore_variables(self, variables: dict[str, np.ndarray]) -> None:
         self.startprob_ = variables["startprob"]
         self.transmat_ = variables["transmat"]
+        if "n_sequences" in variables:
+            self.n_sequences_ = int(np.asarray(variables["n_sequences"]))
         if "estep_seed" in variables:
-            self.estep_seed_ = int(str(np.asarray(variables["estep_seed"])))
+            self.estep_seed_ = int(np.asarray(variables["estep_seed"]))
         self._restore_emission(variables)
 
     @property
