@@ -181,7 +181,14 @@ class EMEngine:
     def _persist(self, X, sample_weight):
         collections = (X,) if sample_weight is None else (X, sample_weight)
         if self.client is not None:
+            from distributed import futures_of, wait
+
             persisted = self.client.persist(list(collections))
+            # Spread the blocks evenly over the workers: the scheduler may place them
+            # 3:5, and then one worker does 5/8 of every pass.
+            futures = futures_of(persisted)
+            wait(futures)
+            self.client.rebalance(futures)
         else:
             persisted = dask.persist(*collections)
         logger.info("persisted %.1f MB of data in %s", X.nbytes / 1e6, self._where())
