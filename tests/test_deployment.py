@@ -1,15 +1,20 @@
 """Deployment recipes: deployment/local/run.sh end to end, and the other recipes' files.
 
 The local recipe is run as a user runs it: a subprocess in its own session that starts
-``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, writes synthetic data,
-fits through ``deployment/job.py`` and saves the model.  Docker, Kubernetes and SLURM
-cannot run here; their files are checked for what can be checked without them.
+``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, writes synthetic data
+with ``dask-em make-data``, fits with ``dask-em fit --scheduler`` and saves the model.
+Docker, Kubernetes and SLURM cannot run here; their files are checked for what can be
+checked without them, including that every ``dask-em`` command in them is accepted by
+the ``dask-em`` argument parser and that the batch fits checkpoint and resume.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,6 +27,7 @@ import yaml
 from scipy.optimize import linear_sum_assignment
 
 from dask_em import load
+from dask_em.cli import build_parser
 from dask_em.synthetic import random_gaussian_mixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,17 +119,82 @@ def test_local_recipe_refuses_to_write_over_a_model(tmp_path):
     assert "started" not in result.stdout  # refused before starting anything
 
 
-def test_container_recipes_are_well_formed():
-    """What can be checked without Docker, Kubernetes or SLURM."""
+def dask_em_commands(script: str) -> list[list[str]]:
+    """The ``dask-em`` command lines in a shell script (split at ``&&``, ``||``, ``;``)."""
+    words = shlex.split(script.replace(";", " ; "))
+    commands, current = [], []
+    for word in [*words, ";"]:
+        if word in ("&&", "||", ";"):
+            if current and current[0] == "exec":
+                current = current[1:]
+            if current and current[0] == "dask-em":
+                commands.append(current)
+            current = []
+        else:
+            current.append(word)
+    return commands
+
+
+def parse_dask_em(command: list[str]) -> argparse.Namespace:
+    """``command``'s arguments as ``dask-em`` parses them; fails the test if it refuses."""
+    assert command[0] == "dask-em"
+    try:
+        return build_parser().parse_args(command[1:])
+    except SystemExit as refused:
+        pytest.fail(f"dask-em refuses {shlex.join(command)} (exit status {refused.code})")
+
+
+def assert_batch_fit(command: list[str], shared: str) -> argparse.Namespace:
+    """A fit on a named scheduler that checkpoints under ``shared`` and resumes."""
+    args = parse_dask_em(command)
+    assert args.command == "fit"
+    assert args.scheduler, "without --scheduler, dask-em fit starts a LocalCluster"
+    assert args.checkpoint and args.resume
+    assert args.checkpoint.startswith(shared + "/") and args.out.startswith(shared + "/")
+    assert args.checkpoint != args.out
+    return args
+
+
+def test_dask_em_commands_are_found_and_checked():
+    script = "[ -e /x ] || exec dask-em info /x && echo ok; dask-em fit gmm /x --bogus"
+    assert dask_em_commands(script) == [
+        ["dask-em", "info", "/x"],
+        ["dask-em", "fit", "gmm", "/x", "--bogus"],
+    ]
+    parse_dask_em(["dask-em", "info", "/x"])
+    with pytest.raises(pytest.fail.Exception, match="refuses"):
+        parse_dask_em(["dask-em", "fit", "gmm", "/x", "--bogus"])
+
+
+def test_compose_recipe_runs_dask_em_with_a_checkpoint_on_the_volume():
     compose = yaml.safe_load((DEPLOYMENT / "docker" / "compose.yaml").read_text())
-    assert set(compose["services"]) == {"scheduler", "worker", "make-data", "fit"}
+    services = compose["services"]
+    assert set(services) == {"scheduler", "worker", "make-data", "fit"}
     assert "data" in compose["volumes"]
-    for service in compose["services"].values():
+    for service in services.values():
         assert "data:/data" in service["volumes"]
+    assert "tcp://scheduler:8786" in services["worker"]["command"]
+
+    make_data = dask_em_commands(services["make-data"]["command"][0])
+    assert len(make_data) == 1
+    made = parse_dask_em(make_data[0])
+    assert made.command == "make-data" and made.out == "/data/gmm.zarr"
+
+    fits = dask_em_commands(services["fit"]["command"][0])
+    assert len(fits) == 1
+    fit = assert_batch_fit(fits[0], "/data")
+    assert fit.input == made.out and fit.scheduler == "tcp://scheduler:8786"
+    assert services["fit"]["depends_on"]["make-data"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert services["fit"]["restart"].startswith("on-failure")
+
     dockerfile = (DEPLOYMENT / "docker" / "Dockerfile").read_text()
     copied = re.findall(r"^COPY (\S+)", dockerfile, flags=re.MULTILINE)
     assert copied and all((ROOT / path).exists() for path in copied)
 
+
+def test_kubernetes_job_runs_dask_em_fit_with_a_checkpoint_on_its_volume():
     kinds = {}
     for path in (DEPLOYMENT / "kubernetes").glob("*.yaml"):
         for document in yaml.safe_load_all(path.read_text()):
@@ -133,18 +204,44 @@ def test_container_recipes_are_well_formed():
     service = job["spec"]["cluster"]["spec"]["scheduler"]["service"]
     assert service["selector"]["dask.org/cluster-name"] == job["metadata"]["name"]
 
-    # job.py and the SLURM driver at least parse their own --help
-    for script in (DEPLOYMENT / "job.py", DEPLOYMENT / "hpc" / "fit_slurm.py"):
-        compile(script.read_text(), str(script), "exec")
-    help_text = subprocess.run(
-        [sys.executable, str(DEPLOYMENT / "job.py"), "fit", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert help_text.returncode == 0 and "--scheduler" in help_text.stdout
+    pod = job["spec"]["job"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["sh", "-c"]
+    (fit_command,) = dask_em_commands(container["args"][0])
+    (mount,) = container["volumeMounts"]
+    fit = assert_batch_fit(fit_command, mount["mountPath"])
+    assert fit.scheduler == "$DASK_SCHEDULER_ADDRESS"  # set in the pod by the operator
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert claim == kinds["PersistentVolumeClaim"]["metadata"]["name"]
 
+
+def test_slurm_driver_runs_dask_em_fit_with_a_checkpoint_next_to_the_model():
+    spec = importlib.util.spec_from_file_location("fit_slurm", DEPLOYMENT / "hpc" / "fit_slurm.py")
+    fit_slurm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_slurm)  # dask_jobqueue is imported only to start a cluster
+    argv = ["/scratch/u/data.zarr", "--components", "8", "--out", "/scratch/u/gmm8.zarr"]
+    args = fit_slurm.build_parser().parse_args(argv)
+    command = fit_slurm.fit_command(args, "tcp://10.0.0.5:8786")
+    fit = assert_batch_fit(command, "/scratch/u")
+    assert (fit.model, fit.input, fit.components) == ("gmm", "/scratch/u/data.zarr", 8)
+    assert fit.checkpoint == "/scratch/u/gmm8.ckpt.zarr"
+    assert fit.scheduler == "tcp://10.0.0.5:8786"
+    own = fit_slurm.build_parser().parse_args([*argv, "--checkpoint", "/scratch/u/c.zarr"])
+    assert assert_batch_fit(fit_slurm.fit_command(own, "x"), "/scratch/u").checkpoint == (
+        "/scratch/u/c.zarr"
+    )
+
+    sbatch = (DEPLOYMENT / "hpc" / "fit_slurm.sbatch").read_text()
+    assert "python deployment/hpc/fit_slurm.py" in sbatch
+
+
+def test_recipes_are_documented_and_job_py_is_gone():
+    assert not (DEPLOYMENT / "job.py").exists()
     readme = (ROOT / "README.md").read_text()
     for recipe in ("local", "docker", "kubernetes", "hpc"):
         assert (DEPLOYMENT / recipe / "README.md").exists()
         assert f"deployment/{recipe}" in readme
+    for path in [ROOT / "README.md", *DEPLOYMENT.rglob("*")]:
+        if path.is_file() and "__pycache__" not in path.parts:
+            assert "job.py" not in path.read_text(), path

@@ -8,14 +8,12 @@
 #
 # Starts `dask scheduler` and N `dask worker` processes bound to 127.0.0.1 (random free
 # ports unless --port/--dashboard-port are given), writes synthetic data drawn from a
-# known Gaussian mixture unless --data points at a Zarr array, fits a GaussianMixture
-# on the cluster and saves it to --out (default ./model.zarr).  Everything it starts
+# known Gaussian mixture unless --data points at a Zarr array (`dask-em make-data`),
+# fits a GaussianMixture on the cluster (`dask-em fit --scheduler`) and saves it to --out
+# (default ./model.zarr), with its HTML report and plot beside it.  Everything it starts
 # lives in its own temporary directory and is stopped on exit, on error or on Ctrl-C.
-# Needs `python` and `dask` on PATH with dask_em installed (an activated venv).
+# Needs `python`, `dask` and `dask-em` on PATH (an activated venv with dask_em installed).
 set -euo pipefail
-
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-job="$here/../job.py"
 
 workers=2 threads=1 memory_limit=2GiB port=0 dashboard_port=0
 data="" samples=200000 features=3 components=3 seed=0 out="model.zarr"
@@ -108,15 +106,16 @@ with Client(sys.argv[1], timeout=60) as c: c.wait_for_workers(int(sys.argv[2]), 
     "$address" "$workers"
 echo "$workers workers connected"
 
-# 3. the data: yours (--data), or a synthetic store in the temporary directory
+# 3. the data: yours (--data), or a synthetic store in the temporary directory (make-data
+#    draws it in this process, with dask's threads; the workers read it at the same path)
 if [[ -z "$data" ]]; then
     data="$workdir/data.zarr"
-    python "$job" make-data "$data" --samples "$samples" --features "$features" \
-        --components "$components" --seed "$seed" --chunk-rows 20000 --scheduler "$address"
+    dask-em make-data gmm "$data" --n-samples "$samples" --n-features "$features" \
+        --components "$components" --seed "$seed" --chunk-rows 20000
 fi
 
-# 4. the fit.  When the dask-em CLI has `fit`, this line becomes:
-#    dask-em fit gmm "$data" --components "$components" --scheduler "$address" --out "$out"
-python "$job" fit gmm "$data" --components "$components" --scheduler "$address" --out "$out" --seed "$seed" --tol 1e-6
+# 4. the fit on the cluster; the model (and its report) saved to --out
+dask-em fit gmm "$data" --components "$components" --scheduler "$address" --out "$out" \
+    --seed "$seed" --tol 1e-6
 
 echo "done: model saved to $out"
