@@ -6,12 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from dask_em.data import CountCheck, OrMissingCheck, SymbolCheck, ValueCheck
+from dask_em.data import CountCheck, OrMissingCheck, ValueCheck
 from dask_em.families.base import Params
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.poisson import PoissonFamily
 from dask_em.hmm._base import BaseHMM
 from dask_em.initialization import DEFAULT_SAMPLE_SIZE
+from dask_em.mixture.discrete import SymbolsFromData
 
 
 class PoissonHMM(BaseHMM):
@@ -92,7 +93,7 @@ class PoissonHMM(BaseHMM):
         self.lambdas_ = variables["lambdas"]
 
 
-class CategoricalHMM(BaseHMM):
+class CategoricalHMM(SymbolsFromData, BaseHMM):
     """Hidden Markov model with one categorical symbol per step (hmmlearn's
     ``CategoricalHMM``): X is (T, 1) integer symbols 0..M-1, NaN marks a missing step.
 
@@ -104,6 +105,7 @@ class CategoricalHMM(BaseHMM):
     """
 
     _model_name = "categorical-hmm"
+    _symbols_init = "emissionprob_init"
 
     def __init__(
         self,
@@ -130,16 +132,6 @@ class CategoricalHMM(BaseHMM):
     ):
         self._store_params(locals())
 
-    def _declared_symbols(self) -> int | None:
-        if self.n_symbols is not None:
-            return int(self.n_symbols)
-        if self.emissionprob_init is not None:
-            return int(np.shape(self.emissionprob_init)[-1])
-        return None
-
-    def _symbols(self) -> int | None:
-        return getattr(self, "n_symbols_", None) or self._declared_symbols()
-
     def _emission_family(self) -> CategoricalFamily:
         return CategoricalFamily(
             n_symbols=int(self._symbols()),
@@ -148,17 +140,8 @@ class CategoricalHMM(BaseHMM):
         )
 
     def _value_check(self, fitting: bool = False) -> ValueCheck:
-        keep = self.warm_start and self._is_fitted()
-        symbols = self._declared_symbols() if fitting and not keep else self._symbols()
-        inner = SymbolCheck(symbols)
+        inner = self._symbol_check(fitting)
         return OrMissingCheck(inner, inner.problem + " (NaN marks a missing step)")
-
-    def _learn_from_scan(self, scan: dict) -> None:
-        if self.warm_start and self._is_fitted():
-            return
-        observed = scan["column_max"]
-        largest = int(np.nanmax(observed)) if np.isfinite(observed).any() else 0
-        self.n_symbols_ = self._declared_symbols() or max(largest + 1, 2)
 
     def _check_hyperparameters(self, n_features: int) -> None:
         if n_features != 1:
@@ -166,10 +149,7 @@ class CategoricalHMM(BaseHMM):
                 f"CategoricalHMM models one symbol per step: X must have shape (T, 1), got "
                 f"{n_features} columns"
             )
-        if not self.pseudocount >= 0:
-            raise ValueError(f"pseudocount must be >= 0, got {self.pseudocount!r}")
-        if self.n_symbols is not None and not (int(self.n_symbols) >= 2):
-            raise ValueError(f"n_symbols must be >= 2, got {self.n_symbols!r}")
+        self._check_symbol_hyperparameters()
         super()._check_hyperparameters(n_features)
         if self.emissionprob_init is not None:
             probabilities = np.asarray(self.emissionprob_init, dtype=np.float64)

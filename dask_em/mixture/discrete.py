@@ -186,7 +186,45 @@ class BernoulliMixture(_DiscreteMixture):
             raise ValueError("probabilities_init must lie in [0, 1]")
 
 
-class CategoricalMixture(_DiscreteMixture):
+class SymbolsFromData:
+    """The symbol count M of a categorical model: ``n_symbols`` if set, else the last axis
+    of the initial probabilities (``_symbols_init``), else one more than the largest
+    symbol seen by the scan pass (``n_symbols_``)."""
+
+    #: name of the constructor parameter holding initial probabilities (..., M)
+    _symbols_init = "probabilities_init"
+
+    def _declared_symbols(self) -> int | None:
+        """M as the user set it (``n_symbols`` or the shape of the initial values)."""
+        if self.n_symbols is not None:
+            return int(self.n_symbols)
+        init = getattr(self, self._symbols_init)
+        if init is not None:
+            return int(np.shape(init)[-1])
+        return None
+
+    def _symbols(self) -> int | None:
+        return getattr(self, "n_symbols_", None) or self._declared_symbols()
+
+    def _symbol_check(self, fitting: bool) -> SymbolCheck:
+        keep = self.warm_start and self._is_fitted()
+        return SymbolCheck(self._declared_symbols() if fitting and not keep else self._symbols())
+
+    def _learn_from_scan(self, scan: dict) -> None:
+        if self.warm_start and self._is_fitted():
+            return
+        observed = scan["column_max"]
+        largest = int(np.nanmax(observed)) if np.isfinite(observed).any() else 0
+        self.n_symbols_ = self._declared_symbols() or max(largest + 1, 2)
+
+    def _check_symbol_hyperparameters(self) -> None:
+        if not self.pseudocount >= 0:
+            raise ValueError(f"pseudocount must be >= 0, got {self.pseudocount!r}")
+        if self.n_symbols is not None and not (int(self.n_symbols) >= 2):
+            raise ValueError(f"n_symbols must be >= 2, got {self.n_symbols!r}")
+
+
+class CategoricalMixture(SymbolsFromData, _DiscreteMixture):
     """Mixture of independent categorical features (X holds integer symbols 0..M-1).
 
     Parameters as PoissonMixture, with ``n_symbols`` M (default: one more than the
@@ -221,37 +259,16 @@ class CategoricalMixture(_DiscreteMixture):
     ):
         self._store_params(locals())
 
-    def _declared_symbols(self) -> int | None:
-        """M as the user set it (``n_symbols`` or the shape of ``probabilities_init``)."""
-        if self.n_symbols is not None:
-            return int(self.n_symbols)
-        if self.probabilities_init is not None:
-            return int(np.shape(self.probabilities_init)[-1])
-        return None
-
-    def _symbols(self) -> int | None:
-        return getattr(self, "n_symbols_", None) or self._declared_symbols()
-
     def _family(self) -> CategoricalFamily:
         return CategoricalFamily(
             float(self.weight_concentration), int(self._symbols()), float(self.pseudocount)
         )
 
     def _value_check(self, fitting: bool = False) -> ValueCheck:
-        keep = self.warm_start and self._is_fitted()
-        return SymbolCheck(self._declared_symbols() if fitting and not keep else self._symbols())
-
-    def _learn_from_scan(self, scan: dict) -> None:
-        if self.warm_start and self._is_fitted():
-            return
-        observed = int(scan["column_max"].max()) + 1
-        self.n_symbols_ = self._declared_symbols() or max(observed, 2)
+        return self._symbol_check(fitting)
 
     def _check_hyperparameters(self, n_features: int) -> None:
-        if not self.pseudocount >= 0:
-            raise ValueError(f"pseudocount must be >= 0, got {self.pseudocount!r}")
-        if self.n_symbols is not None and not (int(self.n_symbols) >= 2):
-            raise ValueError(f"n_symbols must be >= 2, got {self.n_symbols!r}")
+        self._check_symbol_hyperparameters()
         super()._check_hyperparameters(n_features)
 
     def _parameter_shape(self, n_features: int) -> tuple[int, ...]:
