@@ -373,16 +373,19 @@ class GaussianFamily:
         return np.asarray(X, dtype=np.float64)
 
     # -- E-step -------------------------------------------------------------------
-    def _missing_estep(self, params: Params, X: np.ndarray) -> MissingEStep:
+    def _missing_estep(
+        self, params: Params, X: np.ndarray, work: Workspace | None = None
+    ) -> MissingEStep:
         n_components, n_features = params["means"].shape
         chol = params["precisions_cholesky"]
         return MissingEStep(
-            np.asarray(X, dtype=np.float64) - params["center"],
-            params["means"] - params["center"],
+            np.asarray(X, dtype=np.float64),
+            params["means"],
             precision_stack(chol, self.covariance_type, n_components, n_features),
             log_det_covariances(
                 log_det_cholesky(chol, self.covariance_type, n_features), n_components
             ),
+            work,
         )
 
     def weighted_log_prob(
@@ -430,7 +433,7 @@ class GaussianFamily:
             complete = ~incomplete
             parts = [
                 self._slice_stats_missing(
-                    params, X[incomplete], None if w is None else w[incomplete]
+                    params, X[incomplete], None if w is None else w[incomplete], work
                 )
             ]
             if complete.any():
@@ -445,10 +448,10 @@ class GaussianFamily:
         stats.update(weight=weight, n_rows=len(X), loglik=loglik)
         return stats
 
-    def _slice_stats_missing(self, params, X, w):
+    def _slice_stats_missing(self, params, X, w, work=None):
         """Exact EM statistics of a slice with missing values (rows with none observed
         get no weight)."""
-        step = self._missing_estep(params, X)
+        step = self._missing_estep(params, X, work)
         with np.errstate(divide="ignore"):
             weighted_log_prob = step.log_prob + np.log(params["weights"])
         w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
@@ -460,7 +463,7 @@ class GaussianFamily:
             "n_rows": len(X),
             "loglik": loglik,
             "nk": completed["nk"],
-            "means": completed["means_c"] + params["center"],
+            "means": completed["means"],
             "scatter": completed["scatter"],
         }
 
@@ -477,7 +480,7 @@ class GaussianFamily:
         step = self._missing_estep(params, X[rows])
         with np.errstate(divide="ignore"):
             _, posterior = log_normalize(step.log_prob + np.log(params["weights"]))
-        completed = np.einsum("nk,knd->nd", posterior, step.completed) + params["center"]
+        completed = step.conditional_mean(posterior)
         X[rows] = np.where(np.isnan(X[rows]), completed, X[rows])
         return X
 
