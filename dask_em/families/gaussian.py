@@ -397,8 +397,11 @@ class GaussianFamily:
         (:mod:`dask_em.families.gaussian_missing`); a row with nothing observed gets 0.
         """
         if np.isnan(X).any():
+            step = self._missing_estep(params, X)
+            log_prob = np.empty_like(step.log_prob)
+            log_prob[step.order] = step.log_prob
             with np.errstate(divide="ignore"):
-                return self._missing_estep(params, X).log_prob + np.log(params["weights"])
+                return log_prob + np.log(params["weights"])
         log_prob = estimate_log_gaussian_prob(
             X,
             params["means"],
@@ -454,7 +457,8 @@ class GaussianFamily:
         step = self._missing_estep(params, X, work)
         with np.errstate(divide="ignore"):
             weighted_log_prob = step.log_prob + np.log(params["weights"])
-        w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+        # the step's rows are in step.order
+        w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)[step.order]
         w = np.where(step.observed_any, w, 0.0)
         resp, weight, loglik = responsibilities_and_loglik(weighted_log_prob, w)
         completed = completed_stats(step, resp, self.covariance_type)
@@ -480,8 +484,8 @@ class GaussianFamily:
         step = self._missing_estep(params, X[rows])
         with np.errstate(divide="ignore"):
             _, posterior = log_normalize(step.log_prob + np.log(params["weights"]))
-        completed = step.conditional_mean(posterior)
-        X[rows] = np.where(np.isnan(X[rows]), completed, X[rows])
+        rows = rows[step.order]
+        X[rows] = np.where(np.isnan(X[rows]), step.conditional_mean(posterior), X[rows])
         return X
 
     def responsibility_stats(

@@ -153,31 +153,32 @@ def _apply(inverse: np.ndarray, vectors: np.ndarray, out: np.ndarray) -> np.ndar
 SHARED_PATTERN_ROWS = 16
 
 
-def _split_by_pattern(missing: np.ndarray, n_missing: np.ndarray):
-    """Partial rows (some but not all features missing) in groups.
+def _batches(missing: np.ndarray, n_missing: np.ndarray):
+    """Sort the rows into batches that are solved together.
 
-    Returns ``[(rows (n_g,), offsets (q, n_g), shared)]``: the rows of one frequent
-    pattern (``shared``), or the other rows with q missing values; ``offsets`` are the
-    positions ``i D + a`` of their missing entries in the (n, D) slice read flat.
+    A batch is the rows of one frequent pattern (``shared``), or the other partial rows
+    (some but not all features missing) with q missing values.  Returns ``order`` (n,),
+    which puts the rows outside every batch (complete, or nothing observed) first and
+    then each batch as one contiguous range, and ``[(start, stop, q, shared)]`` over the
+    sorted rows.
     """
     n_features = missing.shape[1]
-    flat = np.flatnonzero(missing)  # row by row, each row's missing columns in order
-    starts = np.cumsum(n_missing) - n_missing
-    groups = []
-    rare = np.where(n_missing < n_features, n_missing, 0)
+    labels = np.where(n_missing < n_features, n_missing, 0)  # q, or 0 for no batch
+    shared_q = []
     # q <= 3: the per-row closed forms are cheaper than a loop over patterns
-    candidates = np.flatnonzero(rare > 3)
+    candidates = np.flatnonzero(labels > 3)
     if candidates.size >= SHARED_PATTERN_ROWS:
         for rows in _frequent_patterns(missing, candidates, n_features):
-            q = n_missing[rows[0]]
-            columns = flat[starts[rows[0]] + np.arange(q)] - rows[0] * n_features
-            groups.append((rows, rows * n_features + columns[:, None], True))
-            rare[rows] = 0
-    counts = np.bincount(rare, minlength=n_features)
-    for q in np.flatnonzero(counts[1:]) + 1:
-        rows = np.flatnonzero(rare == q)
-        groups.append((rows, flat[starts[rows] + np.arange(q)[:, None]], False))
-    return groups
+            shared_q.append(labels[rows[0]])
+            labels[rows] = n_features + len(shared_q) - 1
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=n_features)
+    stops = np.cumsum(counts)
+    batches = []
+    for label in np.flatnonzero(counts[1:]) + 1:
+        q, shared = (label, False) if label < n_features else (shared_q[label - n_features], True)
+        batches.append((stops[label] - counts[label], stops[label], q, shared))
+    return order, batches
 
 
 def _frequent_patterns(missing: np.ndarray, partial: np.ndarray, n_features: int):
@@ -194,16 +195,17 @@ def _frequent_patterns(missing: np.ndarray, partial: np.ndarray, n_features: int
 
 
 @dataclass
-class _Group:
-    """Partial rows solved as one batch: one q, or one shared pattern.
+class _Batch:
+    """Partial rows solved together: one q, or one shared pattern.
 
-    ``rows`` (n_g,) index the slice; ``offsets`` (q, n_g) are the positions ``i D + a``
-    of their missing entries in the (n, D) slice read flat.  ``pairs`` (q, q, n_g) (or
-    (q, q) when shared) are the positions ``a D + b`` of the missing block in (D, D),
-    and ``inverse`` (K, q, q, n_g) (or (K, q, q)) is ``P_mm^-1 = Cov[x_m | x_o, k]``.
+    ``rows`` is their range in the sorted slice.  ``offsets`` (q, n_b) are the positions
+    ``i D + a`` of their missing entries in the sorted (n, D) slice read flat.
+    ``pairs`` (q, q, n_b) (or (q, q) when shared) are the positions ``a D + b`` of the
+    missing block in (D, D), and ``inverse`` (K, q, q, n_b) (or (K, q, q)) is
+    ``P_mm^-1 = Cov[x_m | x_o, k]``.
     """
 
-    rows: np.ndarray
+    rows: slice
     offsets: np.ndarray
     pairs: np.ndarray
     inverse: np.ndarray
@@ -212,6 +214,9 @@ class _Group:
 
 class MissingEStep:
     """Marginal log-densities and conditional completions of rows with NaNs.
+
+    The rows are first sorted so that the rows solved together are contiguous
+    (:func:`_batches`); every per-row attribute is in that order.
 
     Parameters
     ----------
@@ -223,12 +228,13 @@ class MissingEStep:
 
     Attributes
     ----------
+    order : (n,) row j of every attribute below is row ``order[j]`` of X.
     log_prob : (n, K) ``log N(x_o | mu_o, Sigma_oo)`` (0 for rows with nothing observed).
     observed_any : (n,) False for rows with every feature missing.
     completed : (K, n, D) ``xhat_ik - mu_k``: the rows with their missing entries
         replaced by ``E[x_m | x_o, k]``, relative to each component's mean.
     means : the ``means`` parameter.
-    groups : the partial rows' batches (:class:`_Group`).
+    batches : the partial rows' batches (:class:`_Batch`).
     """
 
     def __init__(self, X, means, precisions, log_det_cov, work=None):
@@ -239,27 +245,31 @@ class MissingEStep:
         size = n_rows * n_features
         missing = np.isnan(X)
         n_missing = missing.sum(axis=1)
+        self.order, batches = _batches(missing, n_missing)
+        missing, n_missing = missing[self.order], n_missing[self.order]
         self.observed_any = n_missing < n_features
         # delta_k = x - mu_k on the observed entries, 0 on the missing ones (K, n, D)
         shape = (n_components, n_rows, n_features)
         delta = _scratch(work, "missing_delta", shape)
-        np.subtract(X, means[:, None, :], out=delta)
+        np.subtract(X[self.order], means[:, None, :], out=delta)
         flat_delta = delta.reshape(n_components, size)
-        flat_delta[:, np.flatnonzero(missing)] = 0.0
+        missing_at = np.flatnonzero(missing)  # row by row, each row's columns in order
+        flat_delta[:, missing_at] = 0.0
         y = _scratch(work, "missing_y", shape)
         np.matmul(delta, precisions, out=y)  # P is symmetric
         flat_y = y.reshape(n_components, size)
-        maha = _scratch(work, "missing_maha", (n_components, n_rows))
-        np.einsum("knd,knd->kn", delta, y, out=maha)
-        log_det = _scratch(work, "missing_log_det", (n_components, n_rows))  # log |P_mm|
-        log_det[:] = 0.0
+        # maha + log |P_mm|: eqs. (1) and (2) add up in the log-density
+        log_prob = _scratch(work, "missing_log_prob", (n_components, n_rows))
+        np.einsum("knd,knd->kn", delta, y, out=log_prob)
         flat_precisions = precisions.reshape(n_components, n_features**2)
-        self.groups = []
-        for rows, offsets, shared in _split_by_pattern(missing, n_missing):
-            q = len(offsets)
+        starts = np.cumsum(n_missing) - n_missing
+        self.batches = []
+        for start, stop, q, shared in batches:
+            rows = slice(start, stop)
+            offsets = missing_at[starts[rows] + np.arange(q)[:, None]]  # (q, n_b)
             columns = offsets[:, :1] if shared else offsets
-            columns = columns - rows[: columns.shape[1]] * n_features  # (q, n_g or 1)
-            pairs = columns[:, None] * n_features + columns[None, :]  # (q, q, n_g or 1)
+            columns = columns - np.arange(start, start + columns.shape[1]) * n_features
+            pairs = columns[:, None] * n_features + columns[None, :]  # (q, q, n_b or 1)
             y_m = _scratch(work, "missing_y_m", (n_components, *offsets.shape))
             np.take(flat_y, offsets, axis=1, out=y_m, mode="clip")
             solved = _scratch(work, "missing_solved", y_m.shape)
@@ -273,14 +283,12 @@ class MissingEStep:
                 np.take(flat_precisions, pairs, axis=1, out=inverse, mode="clip")
                 log_det_mm = _invert_spd(inverse, work)
                 _apply(inverse, y_m, solved)
-            maha[:, rows] -= np.einsum("kqn,kqn->kn", y_m, solved)  # eq. (1)
-            log_det[:, rows] += log_det_mm  # eq. (2)
+            log_prob[:, rows] += log_det_mm  # eq. (2)
+            log_prob[:, rows] -= np.einsum("kqn,kqn->kn", y_m, solved)  # eq. (1)
             np.negative(solved, out=solved)
             flat_delta[:, offsets] = solved  # eq. (3): xhat_m - mu_m
-            self.groups.append(_Group(rows, offsets, pairs, inverse, shared))
+            self.batches.append(_Batch(rows, offsets, pairs, inverse, shared))
         self.completed = delta
-        log_prob = maha
-        log_prob += log_det
         log_prob += log_det_cov[:, None]
         log_prob += (n_features - n_missing) * math.log(2 * math.pi)
         log_prob *= -0.5
@@ -327,16 +335,16 @@ def _conditional_scatter(step: MissingEStep, resp_t: np.ndarray, n_features: int
     n_components = len(resp_t)
     out = np.zeros((n_components, n_features**2))
     first = (np.arange(n_components) * n_features**2)[:, None, None, None]
-    for group in step.groups:
-        r = resp_t[:, group.rows]  # (K, n_g)
-        if group.shared:
-            out[:, group.pairs] += group.inverse * r.sum(axis=1)[:, None, None]
+    for batch in step.batches:
+        r = resp_t[:, batch.rows]  # (K, n_b)
+        if batch.shared:
+            out[:, batch.pairs] += batch.inverse * r.sum(axis=1)[:, None, None]
             continue
-        shape = group.inverse.shape
+        shape = batch.inverse.shape
         weights = _scratch(step.work, "missing_weights", shape)
-        np.multiply(group.inverse, r[:, None, None, :], out=weights)
+        np.multiply(batch.inverse, r[:, None, None, :], out=weights)
         index = _scratch(step.work, "missing_index", shape, np.intp)
-        np.add(group.pairs, first, out=index)
+        np.add(batch.pairs, first, out=index)
         out += np.bincount(index.ravel(), weights=weights.ravel(), minlength=out.size).reshape(
             out.shape
         )
