@@ -301,6 +301,12 @@ class MissingEStep:
         return np.einsum("nk,knd->nd", weights, self.completed) + weights @ self.means
 
 
+#: Weighted responsibilities below this are taken as 0 in the completed-data moments.
+#: Their share of any statistic is far below rounding, and their products with the data
+#: would be subnormal numbers, each costing some hundred times a normal multiply.
+RESPONSIBILITY_FLOOR = 1e-200
+
+
 def completed_stats(step: MissingEStep, resp: np.ndarray, covariance_type: str) -> dict:
     """``nk`` (K,), ``means`` (K, D) and ``scatter`` of the completed data; ``resp``
     (n, K) holds ``w_i r_ik`` (0 for rows with nothing observed).
@@ -311,8 +317,9 @@ def completed_stats(step: MissingEStep, resp: np.ndarray, covariance_type: str) 
     """
     completed = step.completed  # (K, n, D)
     n_features = completed.shape[2]
-    nk = resp.sum(axis=0)
     resp_t = np.ascontiguousarray(resp.T)  # (K, n)
+    resp_t[resp_t < RESPONSIBILITY_FLOOR] = 0.0
+    nk = resp_t.sum(axis=1)
     sums = np.matmul(resp_t[:, None, :], completed)[:, 0]
     offsets = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
     weighted = _scratch(step.work, "missing_y", completed.shape)  # y is no longer needed
