@@ -430,20 +430,11 @@ class GaussianFamily:
         # float32 products leave ~1e-7 relative noise in the objective, too coarse for the
         # monotone-objective guarantee and for small tol.  Prediction keeps float32.
         X = np.asarray(X, dtype=np.float64)
-        incomplete = np.isnan(X).any(axis=1)
-        if incomplete.any():
-            # complete rows take the fast kernel; the rest the exact missing-value E-step
-            complete = ~incomplete
-            parts = [
-                self._slice_stats_missing(
-                    params, X[incomplete], None if w is None else w[incomplete], work
-                )
-            ]
-            if complete.any():
-                parts.append(
-                    self._slice_stats(params, X[complete], None if w is None else w[complete], work)
-                )
-            return self.merge(*parts)
+        if np.isnan(X).any():
+            # the whole slice takes the exact missing-value E-step: its rows without NaN
+            # cost there what they cost in the complete-data kernel, and the slice is
+            # neither split nor merged
+            return self._slice_stats_missing(params, X, w, work)
         resp, weight, loglik = responsibilities_and_loglik(
             self.weighted_log_prob(params, X, work), w
         )
