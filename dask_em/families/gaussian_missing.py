@@ -310,6 +310,10 @@ class MissingEStep:
 #: would be subnormal numbers, each costing some hundred times a normal multiply.
 RESPONSIBILITY_FLOOR = 1e-200
 
+#: float64 elements of the (K, rows, D) arrays worked on at once where a pass can stay in
+#: the core's cache (512 KiB).
+CACHE_ELEMENTS = 2**16
+
 
 def completed_stats(step: MissingEStep, resp: np.ndarray, covariance_type: str) -> dict:
     """``nk`` (K,), ``means`` (K, D) and ``scatter`` of the completed data; ``resp``
@@ -321,14 +325,21 @@ def completed_stats(step: MissingEStep, resp: np.ndarray, covariance_type: str) 
     """
     completed = step.completed  # (K, n, D)
     n_features = completed.shape[2]
-    resp_t = np.ascontiguousarray(resp.T)  # (K, n)
+    resp_t = np.ascontiguousarray(resp.T)  # (K, n); a view when resp is F-ordered
     resp_t[resp_t < RESPONSIBILITY_FLOOR] = 0.0
     nk = resp_t.sum(axis=1)
-    sums = np.matmul(resp_t[:, None, :], completed)[:, 0]
+    # sum_i r_ik c_ik and sum_i r_ik c_ik c_ik^T over row chunks that stay in cache
+    sums = np.zeros((len(completed), n_features))
+    raw = np.zeros((len(completed), n_features, n_features))
+    chunk = max(1, CACHE_ELEMENTS // (len(completed) * n_features))
+    weighted = _scratch(step.work, "missing_y", (len(completed), chunk, n_features))  # y: done
+    for start in range(0, completed.shape[1], chunk):
+        rows, r = completed[:, start : start + chunk], resp_t[:, start : start + chunk]
+        sums += np.matmul(r[:, None], rows)[:, 0]
+        part = weighted[:, : rows.shape[1]]
+        np.multiply(rows, r[:, :, None], out=part)
+        raw += part.transpose(0, 2, 1) @ rows
     offsets = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
-    weighted = _scratch(step.work, "missing_y", completed.shape)  # y is no longer needed
-    np.multiply(completed, resp_t[:, :, None], out=weighted)
-    raw = weighted.transpose(0, 2, 1) @ completed
     scatter = raw - nk[:, None, None] * offsets[:, :, None] * offsets[:, None, :]
     scatter += _conditional_scatter(step, resp_t, n_features)
     means = np.where(nk[:, None] > 0, offsets + step.means, 0.0)
