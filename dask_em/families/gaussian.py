@@ -446,8 +446,9 @@ class GaussianFamily:
         """Exact EM statistics of a slice with missing values (rows with none observed
         get no weight)."""
         step = self._missing_estep(params, X, work)
+        weighted_log_prob = step.log_prob  # in place: the step's arrays are scratch
         with np.errstate(divide="ignore"):
-            weighted_log_prob = step.log_prob + np.log(params["weights"])
+            weighted_log_prob += np.log(params["weights"])
         # the step's rows are in step.order
         w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)[step.order]
         w = np.where(step.observed_any, w, 0.0)

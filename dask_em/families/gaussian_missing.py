@@ -247,15 +247,16 @@ class MissingEStep:
         n_components = len(means)
         size = n_rows * n_features
         missing = np.isnan(X)
-        # a matrix-vector product counts faster than a sum along 16 booleans
-        n_missing = (missing @ np.ones(n_features)).astype(np.intp)
+        # counting the positions is faster than a sum along rows of a few booleans
+        n_missing = np.bincount(np.flatnonzero(missing) // n_features, minlength=n_rows)
         self.order, batches = _batches(missing, n_missing)
         missing, n_missing = missing[self.order], n_missing[self.order]
         self.observed_any = n_missing < n_features
         # delta_k = x - mu_k on the observed entries, 0 on the missing ones (K, n, D)
         shape = (n_components, n_rows, n_features)
         delta = _scratch(work, "missing_delta", shape)
-        np.subtract(X[self.order], means[:, None, :], out=delta)
+        X = np.take(X, self.order, axis=0, out=_scratch(work, "missing_X", X.shape), mode="clip")
+        np.subtract(X, means[:, None, :], out=delta)
         flat_delta = delta.reshape(n_components, size)
         missing_at = np.flatnonzero(missing)  # row by row, each row's columns in order
         flat_delta[:, missing_at] = 0.0
