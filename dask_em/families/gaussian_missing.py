@@ -20,17 +20,20 @@ Sigma_oo^-1``.  (2): ``det P = det P_mm det Sigma_oo^-1``.
 
 So the work shared by all rows is that of complete data (one (n, D) x (D, D) product
 per component), and a row with q missing features adds one q x q solve of ``P_mm``.
-Rows that share a frequent missingness pattern share ``P_mm``: one inverse per pattern
-and component serves them all.  The rows of rare patterns are grouped by q and each
-group is solved as one batch (closed forms for q <= 3, a Gauss-Jordan sweep above),
-which stays fast however many distinct patterns a slice holds.  The missing entries of
-``delta`` are then overwritten with ``E[x_m | x_o, k] - mu_m``, which makes it the
-completed data relative to each component's mean, ready for the M-step statistics.
+The rows of a slice are sorted into batches, each a contiguous range: the rows of a
+frequent missingness pattern share ``P_mm``, so one inverse per pattern and component
+serves them all; the rows of rare patterns are batched by q and solved together
+(closed forms for q <= 3, a Gauss-Jordan sweep above), which stays fast however many
+distinct patterns a slice holds.  The missing entries of ``delta`` are then
+overwritten with ``E[x_m | x_o, k] - mu_m``, which makes it the completed data
+relative to each component's mean, ready for the M-step statistics (moments about
+``mu_k``, then about the weighted mean; ``P_mm^-1`` added on each row's missing block).
 
-Rows with every feature missing carry no information: they get log-density 0 and the
-caller gives them no weight.  All four covariance types go through the same code with
-P as a (K, D, D) stack (diagonal for "diag" and "spherical"); only rows with missing
-values take this path.
+Rows without NaN simply belong to no batch, so a slice with any NaN goes through here
+whole.  Rows with every feature missing carry no information: they get log-density 0
+and the caller gives them no weight.  All four covariance types go through the same
+code with P as a (K, D, D) stack (diagonal for "diag" and "spherical").  Large
+temporaries live in the block's :class:`~dask_em.families.base.Workspace`.
 """
 
 from __future__ import annotations
@@ -123,19 +126,23 @@ def _sweep(matrices: np.ndarray, work: Workspace) -> np.ndarray:
     The pivots are the successive Schur complements, so their product is ``det A``.
     On SPD matrices this is Gaussian elimination without pivoting, which is stable.
     """
-    update = _scratch(work, "missing_sweep", matrices.shape)
-    log_det = np.zeros((matrices.shape[0], matrices.shape[3]))
-    for p in range(matrices.shape[1]):
-        pivot = matrices[:, p, p].copy()
-        log_det += np.log(pivot)
-        row = matrices[:, p] / pivot[:, None]
-        np.multiply(matrices[:, :, p, None], row[:, None], out=update)
-        matrices -= update
-        matrices[:, p] = row
-        matrices[:, :, p] = row
-        matrices[:, p, p] = -1.0 / pivot
-    np.negative(matrices, out=matrices)
-    return log_det
+    # swept in a (q, q, K, n) copy: the matrix axes first make every pass one long loop
+    n_components, q, _, n_rows = matrices.shape
+    swept = _scratch(work, "missing_swept", (q, q, n_components, n_rows))
+    np.copyto(swept, matrices.transpose(1, 2, 0, 3))
+    update = _scratch(work, "missing_sweep", swept.shape)
+    pivots = np.empty((q, n_components, n_rows))
+    for p, pivot in enumerate(pivots):
+        np.copyto(pivot, swept[p, p])
+        reciprocal = 1.0 / pivot
+        row = swept[p] * reciprocal
+        np.multiply(swept[:, p, None], row[None], out=update)
+        swept -= update
+        swept[p] = row
+        swept[:, p] = row
+        np.negative(reciprocal, out=swept[p, p])
+    np.negative(swept.transpose(2, 0, 1, 3), out=matrices)
+    return np.log(pivots).sum(axis=0)
 
 
 def _apply(inverse: np.ndarray, vectors: np.ndarray, out: np.ndarray) -> np.ndarray:
