@@ -12,11 +12,13 @@ thread and fitted from the same initial parameters for a fixed number of iterati
   incomplete row has its own pattern.
 The fits take turns, one fit per dataset in each of ``--rounds`` rounds, so that a
 change in the machine's load during the run falls on all three alike.  Seconds per
-iteration are the median of the ``history_`` entries of all rounds (wall clock).
-Beside them, the workers' CPU seconds per iteration: the CPU time of both worker
-processes over a fit of ``--iterations`` iterations less that over a fit of one, divided
-by the difference in iterations.  CPU time does not count the time other processes
-take the cores, so it is the steadier figure on a shared machine.
+iteration are the median of the ``history_`` entries of all rounds (wall clock); the
+ratio against complete data is the median over rounds of the ratio within a round,
+whose fits ran minutes apart at most.  Beside them, the workers' CPU seconds per
+iteration: the CPU time of both worker processes over a fit of ``--iterations``
+iterations less that over a fit of one, divided by the difference in iterations.  CPU
+time does not count the time other processes take the cores, so it is the steadier
+figure on a shared machine.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def main() -> None:
     parser.add_argument("--n-features", type=int, default=16)
     parser.add_argument("--components", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=5, help="at least 2")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--missing", type=float, default=0.10)
     parser.add_argument("--chunk-rows", type=int, default=62_500)
     args = parser.parse_args()
@@ -117,24 +119,31 @@ def main() -> None:
                 name: client.persist(da.from_array(data, chunks=(args.chunk_rows, D)))
                 for name, data in datasets.items()
             }
+        for X_dask in persisted.values():  # warm up: first-use costs in the workers
+            fit(X_dask, init, K, 1)
         for _ in range(args.rounds):
             for name, X_dask in persisted.items():
                 wall, cpu_seconds = one_round(client, X_dask, init, K, args.iterations)
                 seconds[name].append(wall)
                 cpu[name].append(cpu_seconds)
-    wall = {
-        name: statistics.median([s for run in runs for s in run]) for name, runs in seconds.items()
-    }
-    cpu = {name: statistics.median(values) for name, values in cpu.items()}
     for name, data in datasets.items():
         missing = np.isnan(data)
         patterns = len(np.unique(missing[missing.any(axis=1)], axis=0))
-        per_round = ", ".join(f"{statistics.median(run):.3f}" for run in seconds[name])
+        rounds = [statistics.median(run) for run in seconds[name]]
+        wall = statistics.median([s for run in seconds[name] for s in run])
+        line = f"{name:14s} {100 * missing.mean():5.1f}% missing, {patterns:7,d} patterns: "
+        line += f"{wall:6.3f} s/iteration"
+        if name == "complete":
+            print(line + " (rounds: " + ", ".join(f"{r:.3f}" for r in rounds) + ")")
+            continue
+        baseline = [statistics.median(run) for run in seconds["complete"]]
+        ratios = [r / b for r, b in zip(rounds, baseline, strict=True)]
+        cpu_ratio = statistics.median(cpu[name]) / statistics.median(cpu["complete"])
         print(
-            f"{name:14s} {100 * missing.mean():5.1f}% missing, {patterns:7,d} patterns: "
-            f"{wall[name]:6.3f} s/iteration = {wall[name] / wall['complete']:.2f}x complete "
-            f"(rounds: {per_round}); worker CPU {cpu[name]:6.3f} s/iteration = "
-            f"{cpu[name] / cpu['complete']:.2f}x"
+            f"{line} = {statistics.median(ratios):.2f}x complete "
+            f"(rounds: {', '.join(f'{r:.2f}x' for r in ratios)}); "
+            f"worker CPU {statistics.median(cpu[name]):.3f} s/iteration = {cpu_ratio:.2f}x "
+            f"(complete {statistics.median(cpu['complete']):.3f})"
         )
 
 
