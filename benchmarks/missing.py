@@ -14,7 +14,8 @@ The fits take turns, one fit per dataset in each of ``--rounds`` rounds, so that
 change in the machine's load during the run falls on all three alike.  Seconds per
 iteration are the median of the ``history_`` entries of all rounds (wall clock); the
 ratio against complete data is the median over rounds of the ratio within a round,
-whose fits ran minutes apart at most.  Beside them, the workers' CPU seconds per
+whose fits ran minutes apart at most; "best" is the fastest iteration of each dataset,
+the least disturbed by other processes.  Beside them, the workers' CPU seconds per
 iteration: the CPU time of both worker processes over a fit of ``--iterations``
 iterations less that over a fit of one, divided by the difference in iterations.  CPU
 time does not count the time other processes take the cores, so it is the steadier
@@ -126,24 +127,30 @@ def main() -> None:
                 wall, cpu_seconds = one_round(client, X_dask, init, K, args.iterations)
                 seconds[name].append(wall)
                 cpu[name].append(cpu_seconds)
+    best_complete = min(s for run in seconds["complete"] for s in run)
+    baseline = [statistics.median(run) for run in seconds["complete"]]
+    cpu_complete = statistics.median(cpu["complete"])
     for name, data in datasets.items():
         missing = np.isnan(data)
         patterns = len(np.unique(missing[missing.any(axis=1)], axis=0))
         rounds = [statistics.median(run) for run in seconds[name]]
         wall = statistics.median([s for run in seconds[name] for s in run])
-        line = f"{name:14s} {100 * missing.mean():5.1f}% missing, {patterns:7,d} patterns: "
-        line += f"{wall:6.3f} s/iteration"
-        if name == "complete":
-            print(line + " (rounds: " + ", ".join(f"{r:.3f}" for r in rounds) + ")")
-            continue
-        baseline = [statistics.median(run) for run in seconds["complete"]]
-        ratios = [r / b for r, b in zip(rounds, baseline, strict=True)]
-        cpu_ratio = statistics.median(cpu[name]) / statistics.median(cpu["complete"])
+        best = min(s for run in seconds[name] for s in run)
         print(
-            f"{line} = {statistics.median(ratios):.2f}x complete "
-            f"(rounds: {', '.join(f'{r:.2f}x' for r in ratios)}); "
-            f"worker CPU {statistics.median(cpu[name]):.3f} s/iteration = {cpu_ratio:.2f}x "
-            f"(complete {statistics.median(cpu['complete']):.3f})"
+            f"{name:14s} {100 * missing.mean():5.1f}% missing, {patterns:7,d} patterns: "
+            f"{wall:6.3f} s/iteration, best {best:.3f} "
+            f"(rounds: {', '.join(f'{r:.3f}' for r in rounds)})"
+        )
+        if name == "complete":
+            print(f"{'':16s}worker CPU {cpu_complete:.3f} s/iteration")
+            continue
+        ratios = [r / b for r, b in zip(rounds, baseline, strict=True)]
+        print(
+            f"{'':16s}against complete: {statistics.median(ratios):.2f}x "
+            f"(rounds: {', '.join(f'{r:.2f}x' for r in ratios)}), "
+            f"best {best / best_complete:.2f}x; "
+            f"worker CPU {statistics.median(cpu[name]):.3f} s/iteration = "
+            f"{statistics.median(cpu[name]) / cpu_complete:.2f}x"
         )
 
 
