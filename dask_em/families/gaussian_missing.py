@@ -179,7 +179,7 @@ def _batches(missing: np.ndarray, n_missing: np.ndarray):
             shared_q.append(labels[rows[0]])
             labels[rows] = n_features + len(shared_q) - 1
     # a stable sort of small unsigned integers is a radix sort
-    order = np.argsort(labels.astype(np.min_scalar_type(labels.max())), kind="stable")
+    order = np.argsort(labels.astype(np.min_scalar_type(labels.max(initial=0))), kind="stable")
     counts = np.bincount(labels, minlength=n_features)
     stops = np.cumsum(counts)
     batches = []
@@ -208,15 +208,12 @@ def _frequent_patterns(missing: np.ndarray, partial: np.ndarray, n_features: int
 class _Batch:
     """Partial rows solved together: one q, or one shared pattern.
 
-    ``rows`` is their range in the sorted slice.  ``offsets`` (q, n_b) are the positions
-    ``i D + a`` of their missing entries in the sorted (n, D) slice read flat.
-    ``pairs`` (q, q, n_b) (or (q, q) when shared) are the positions ``a D + b`` of the
-    missing block in (D, D), and ``inverse`` (K, q, q, n_b) (or (K, q, q)) is
-    ``P_mm^-1 = Cov[x_m | x_o, k]``.
+    ``rows`` is their range in the sorted slice.  ``pairs`` (q, q, n_b) (or (q, q) when
+    shared) are the positions ``a D + b`` of their missing blocks in (D, D), and
+    ``inverse`` (K, q, q, n_b) (or (K, q, q)) is ``P_mm^-1 = Cov[x_m | x_o, k]``.
     """
 
     rows: slice
-    offsets: np.ndarray
     pairs: np.ndarray
     inverse: np.ndarray
     shared: bool
@@ -299,7 +296,7 @@ class MissingEStep:
             log_prob[:, rows] -= np.einsum("kqn,kqn->kn", y_m, solved)  # eq. (1)
             np.negative(solved, out=solved)
             flat_delta[:, offsets] = solved  # eq. (3): xhat_m - mu_m
-            self.batches.append(_Batch(rows, offsets, pairs, inverse, shared))
+            self.batches.append(_Batch(rows, pairs, inverse, shared))
         self.completed = delta
         log_prob += log_det_cov[:, None]
         log_prob += (n_features - n_missing) * math.log(2 * math.pi)
@@ -325,7 +322,8 @@ CACHE_ELEMENTS = 2**16
 
 def completed_stats(step: MissingEStep, resp: np.ndarray, covariance_type: str) -> dict:
     """``nk`` (K,), ``means`` (K, D) and ``scatter`` of the completed data; ``resp``
-    (n, K) holds ``w_i r_ik`` (0 for rows with nothing observed).
+    (n, K) holds ``w_i r_ik`` (0 for rows with nothing observed) and may be floored in
+    place (:data:`RESPONSIBILITY_FLOOR`).
 
     The moments are taken about each component's mean ``mu_k`` (the rows of
     ``step.completed``), then moved to the weighted mean: the scatter does not depend
