@@ -10,7 +10,16 @@ thread and fitted from the same initial parameters for a fixed number of iterati
   group that drops out together), 40% of the rows complete;
 - many patterns: 10% of the values missing independently at random, so nearly every
   incomplete row has its own pattern.
-Seconds per iteration are the median of ``history_``.
+The fits take turns, one fit per dataset in each of ``--rounds`` rounds, so that a
+change in the machine's load during the run falls on all three alike.  Seconds per
+iteration are the median of the ``history_`` entries of all rounds (wall clock); the
+ratio against complete data is the median over rounds of the ratio within a round,
+whose fits ran minutes apart at most; "best" is the fastest iteration of each dataset,
+the least disturbed by other processes.  Beside them, the workers' CPU seconds per
+iteration: the CPU time of both worker processes over a fit of ``--iterations``
+iterations less that over a fit of one, divided by the difference in iterations.  CPU
+time does not count the time other processes take the cores, so it is the steadier
+figure on a shared machine.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -48,30 +58,41 @@ def many_patterns(X: np.ndarray, share: float, rng: np.random.Generator) -> np.n
     return out
 
 
-def seconds_per_iteration(client, X, init, n_components, n_iter, chunk_rows) -> float:
-    import dask.array as da
-
+def fit(X_dask, init, n_components, n_iter) -> list[float]:
+    """Fit ``n_iter`` iterations; the wall-clock seconds of each."""
     from dask_em import GaussianMixture
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sending large graph")
-        X_dask = client.persist(da.from_array(X, chunks=(chunk_rows, X.shape[1])))
     model = GaussianMixture(n_components, tol=0.0, max_iter=n_iter, cache="memory", **init)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X_dask)
-    del X_dask
-    return statistics.median(h["seconds"] for h in model.history_)
+    return [h["seconds"] for h in model.history_]
+
+
+def worker_cpu_seconds(client) -> float:
+    return sum(client.run(time.process_time).values())
+
+
+def one_round(client, X_dask, init, n_components, n_iter) -> tuple[list[float], float]:
+    """Wall-clock seconds of each iteration, and worker CPU seconds per iteration."""
+    before = worker_cpu_seconds(client)
+    fit(X_dask, init, n_components, 1)
+    middle = worker_cpu_seconds(client)
+    seconds = fit(X_dask, init, n_components, n_iter)
+    after = worker_cpu_seconds(client)
+    return seconds, ((after - middle) - (middle - before)) / (n_iter - 1)
 
 
 def main() -> None:
+    import dask.array as da
     from distributed import Client, LocalCluster
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=int, default=1_000_000)
     parser.add_argument("--n-features", type=int, default=16)
     parser.add_argument("--components", type=int, default=8)
-    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=5, help="at least 2")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--missing", type=float, default=0.10)
     parser.add_argument("--chunk-rows", type=int, default=62_500)
     args = parser.parse_args()
@@ -83,23 +104,53 @@ def main() -> None:
         "few patterns": few_patterns(X, args.missing, rng),
         "many patterns": many_patterns(X, args.missing, rng),
     }
-    print(f"N={N:,} D={D} K={K} full covariance, {args.iterations} iterations each")
-    results = {}
+    print(
+        f"N={N:,} D={D} K={K} full covariance, {args.rounds} rounds of "
+        f"{args.iterations} iterations each"
+    )
+    seconds = {name: [] for name in datasets}
+    cpu = {name: [] for name in datasets}
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
-        for name, data in datasets.items():
-            results[name] = seconds_per_iteration(
-                client, data, init, K, args.iterations, args.chunk_rows
-            )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            persisted = {
+                name: client.persist(da.from_array(data, chunks=(args.chunk_rows, D)))
+                for name, data in datasets.items()
+            }
+        for X_dask in persisted.values():  # warm up: first-use costs in the workers
+            fit(X_dask, init, K, 1)
+        for _ in range(args.rounds):
+            for name, X_dask in persisted.items():
+                wall, cpu_seconds = one_round(client, X_dask, init, K, args.iterations)
+                seconds[name].append(wall)
+                cpu[name].append(cpu_seconds)
+    best_complete = min(s for run in seconds["complete"] for s in run)
+    baseline = [statistics.median(run) for run in seconds["complete"]]
+    cpu_complete = statistics.median(cpu["complete"])
     for name, data in datasets.items():
         missing = np.isnan(data)
         patterns = len(np.unique(missing[missing.any(axis=1)], axis=0))
+        rounds = [statistics.median(run) for run in seconds[name]]
+        wall = statistics.median([s for run in seconds[name] for s in run])
+        best = min(s for run in seconds[name] for s in run)
         print(
             f"{name:14s} {100 * missing.mean():5.1f}% missing, {patterns:7,d} patterns: "
-            f"{results[name]:6.3f} s/iteration = {results[name] / results['complete']:.2f}x "
-            "complete"
+            f"{wall:6.3f} s/iteration, best {best:.3f} "
+            f"(rounds: {', '.join(f'{r:.3f}' for r in rounds)})"
+        )
+        if name == "complete":
+            print(f"{'':16s}worker CPU {cpu_complete:.3f} s/iteration")
+            continue
+        ratios = [r / b for r, b in zip(rounds, baseline, strict=True)]
+        print(
+            f"{'':16s}against complete: {statistics.median(ratios):.2f}x "
+            f"(rounds: {', '.join(f'{r:.2f}x' for r in ratios)}), "
+            f"best {best / best_complete:.2f}x; "
+            f"worker CPU {statistics.median(cpu[name]):.3f} s/iteration = "
+            f"{statistics.median(cpu[name]) / cpu_complete:.2f}x"
         )
 
 

@@ -11,7 +11,9 @@ from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
 from dask_em import GaussianMixture
+from dask_em.families.base import Workspace
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
+from dask_em.families.gaussian_missing import SHARED_PATTERN_ROWS, _invert_spd
 from tests.helpers import assert_monotone, make_blobs, random_gaussian_params
 
 
@@ -82,6 +84,115 @@ def test_statistics_equal_a_brute_force_reference(covariance_type):
     reference = brute_force_stats(params, X, w, covariance_type)
     for key, expected in reference.items():
         np.testing.assert_allclose(ours[key], expected, rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+def rows_with_every_number_of_missing_values(rng, n_features):
+    """Rows with q = 0..D missing values (several of each, rare patterns), plus two
+    patterns with more than 3 missing values held by SHARED_PATTERN_ROWS + 4 rows each
+    (solved once per pattern), shuffled."""
+    rows = []
+    for q in range(n_features + 1):
+        for _ in range(6):
+            row = rng.normal(size=n_features) * 2
+            row[rng.choice(n_features, q, replace=False)] = np.nan
+            rows.append(row)
+    for q in (4, 5):
+        columns = rng.choice(n_features, q, replace=False)
+        for _ in range(SHARED_PATTERN_ROWS + 4):
+            row = rng.normal(size=n_features) * 2
+            row[columns] = np.nan
+            rows.append(row)
+    return np.array(rows)[rng.permutation(len(rows))]
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_statistics_equal_the_reference_for_every_number_of_missing_values(covariance_type):
+    # closed forms (q <= 3), sweeps (q > 3), shared patterns, complete and empty rows
+    rng = np.random.default_rng(5)
+    family = GaussianFamily(covariance_type)
+    params = random_gaussian_params(family, 3, 7, rng, mean_scale=2.0)
+    X = rows_with_every_number_of_missing_values(rng, 7)
+    w = rng.uniform(0.5, 2.0, size=len(X))
+    ours = family.block_stats(params, X, w)
+    reference = brute_force_stats(params, X, w, covariance_type)
+    for key, expected in reference.items():
+        np.testing.assert_allclose(ours[key], expected, rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_log_densities_of_rows_with_missing_values_stay_in_row_order(covariance_type):
+    # the E-step sorts rows into batches; the log-densities come back in X's order
+    rng = np.random.default_rng(6)
+    family = GaussianFamily(covariance_type)
+    params = random_gaussian_params(family, 3, 7, rng, mean_scale=2.0)
+    X = rows_with_every_number_of_missing_values(rng, 7)
+    covariances = dense_covariances(params, covariance_type, 3, 7)
+    expected = np.zeros((len(X), 3))
+    for i, row in enumerate(X):
+        o = ~np.isnan(row)
+        if o.any():
+            expected[i] = [
+                multivariate_normal(params["means"][k][o], covariances[k][np.ix_(o, o)]).logpdf(
+                    row[o]
+                )
+                for k in range(3)
+            ]
+    expected += np.log(params["weights"])
+    np.testing.assert_allclose(family.weighted_log_prob(params, X), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("q", range(1, 9))
+def test_small_inverses_equal_lapack(q):
+    # (q, q) blocks of P, batched (K, q, q, n): closed forms for q <= 3, sweeps above
+    rng = np.random.default_rng(q)
+    A = rng.normal(size=(4, 50, q, q))
+    matrices = A @ A.transpose(0, 1, 3, 2) + 0.1 * np.eye(q)
+    batch = matrices.transpose(0, 2, 3, 1).copy()
+    log_det = _invert_spd(batch, Workspace())
+    np.testing.assert_allclose(
+        batch.transpose(0, 3, 1, 2), np.linalg.inv(matrices), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(log_det, np.linalg.slogdet(matrices)[1], rtol=1e-12)
+
+
+def test_tiny_responsibilities_leave_the_statistics_as_the_reference_has_them():
+    # rows between two components far apart: some responsibilities fall below the floor
+    # (1e-200) where their products with the data would be subnormal numbers
+    rng = np.random.default_rng(7)
+    family = GaussianFamily("full")
+    means = np.array([[0.0, 0.0, 0.0], [60.0, 0.0, 0.0]])
+    params = family.make_params(np.array([0.5, 0.5]), means, covariances=np.stack([np.eye(3)] * 2))
+    X = np.concatenate([rng.normal(size=(200, 3)), rng.normal(size=(200, 3)) + means[1]])
+    X[:, 0] = rng.uniform(-20.0, 80.0, size=len(X))  # log r in (-745, -460) near 20 and 40
+    X[rng.random(X.shape) < 0.2] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 1.0
+    w = np.ones(len(X))
+    resp = np.exp(family.weighted_log_prob(params, X))
+    resp /= resp.sum(axis=1, keepdims=True)
+    assert ((resp > 0) & (resp < 1e-200)).any()
+    ours = family.block_stats(params, X, w)
+    reference = brute_force_stats(params, X, w, "full")
+    for key, expected in reference.items():
+        np.testing.assert_allclose(ours[key], expected, rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+def test_rows_without_nan_in_a_slice_with_nan_get_the_complete_data_statistics():
+    # a slice with any NaN goes whole through the missing-value E-step
+    rng = np.random.default_rng(8)
+    family = GaussianFamily("full")
+    params = random_gaussian_params(family, 3, 5, rng, mean_scale=2.0)
+    complete = rng.normal(size=(400, 5)) * 2
+    incomplete = rng.normal(size=(100, 5)) * 2
+    incomplete[rng.random(incomplete.shape) < 0.3] = np.nan
+    incomplete[np.isnan(incomplete).all(axis=1), 0] = 0.5
+    incomplete[~np.isnan(incomplete).any(axis=1), 1] = np.nan
+    X = np.concatenate([complete, incomplete])[rng.permutation(500)]
+    together = family.block_stats(params, X)
+    apart = family.merge(
+        family.block_stats(params, complete), family.block_stats(params, incomplete)
+    )
+    for key in ("weight", "n_rows", "loglik", "nk", "means", "scatter"):
+        np.testing.assert_allclose(together[key], apart[key], rtol=1e-10, err_msg=key)
 
 
 def test_without_nan_the_fit_equals_the_complete_data_path_exactly(client):

@@ -404,16 +404,19 @@ class GaussianFamily:
         return np.asarray(X, dtype=np.float64)
 
     # -- E-step -------------------------------------------------------------------
-    def _missing_estep(self, params: Params, X: np.ndarray) -> MissingEStep:
+    def _missing_estep(
+        self, params: Params, X: np.ndarray, work: Workspace | None = None
+    ) -> MissingEStep:
         n_components, n_features = params["means"].shape
         chol = params["precisions_cholesky"]
         return MissingEStep(
-            np.asarray(X, dtype=np.float64) - params["center"],
-            params["means"] - params["center"],
+            np.asarray(X, dtype=np.float64),
+            params["means"],
             precision_stack(chol, self.covariance_type, n_components, n_features),
             log_det_covariances(
                 log_det_cholesky(chol, self.covariance_type, n_features), n_components
             ),
+            work,
         )
 
     def log_component_prob(
@@ -425,7 +428,10 @@ class GaussianFamily:
         (:mod:`dask_em.families.gaussian_missing`); a row with nothing observed gets 0.
         """
         if np.isnan(X).any():
-            return self._missing_estep(params, X).log_prob
+            step = self._missing_estep(params, X, work)
+            log_prob = np.empty_like(step.log_prob)
+            log_prob[step.order] = step.log_prob  # the step's rows are in step.order
+            return log_prob
         return estimate_log_gaussian_prob(
             X,
             params["means"],
@@ -460,20 +466,11 @@ class GaussianFamily:
         # float32 products leave ~1e-7 relative noise in the objective, too coarse for the
         # monotone-objective guarantee and for small tol.  Prediction keeps float32.
         X = np.asarray(X, dtype=np.float64)
-        incomplete = np.isnan(X).any(axis=1)
-        if incomplete.any():
-            # complete rows take the fast kernel; the rest the exact missing-value E-step
-            complete = ~incomplete
-            parts = [
-                self._slice_stats_missing(
-                    params, X[incomplete], None if w is None else w[incomplete]
-                )
-            ]
-            if complete.any():
-                parts.append(
-                    self._slice_stats(params, X[complete], None if w is None else w[complete], work)
-                )
-            return self.merge(*parts)
+        if np.isnan(X).any():
+            # the whole slice takes the exact missing-value E-step: its rows without NaN
+            # cost there what they cost in the complete-data kernel, and the slice is
+            # neither split nor merged
+            return self._slice_stats_missing(params, X, w, work)
         resp, weight, loglik = responsibilities_and_loglik(
             self.weighted_log_prob(params, X, work), w
         )
@@ -481,13 +478,15 @@ class GaussianFamily:
         stats.update(weight=weight, n_rows=len(X), loglik=loglik)
         return stats
 
-    def _slice_stats_missing(self, params, X, w):
+    def _slice_stats_missing(self, params, X, w, work=None):
         """Exact EM statistics of a slice with missing values (rows with none observed
         get no weight)."""
-        step = self._missing_estep(params, X)
+        step = self._missing_estep(params, X, work)
+        weighted_log_prob = step.log_prob  # in place: the step's arrays are scratch
         with np.errstate(divide="ignore"):
-            weighted_log_prob = step.log_prob + np.log(params["weights"])
-        w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+            weighted_log_prob += np.log(params["weights"])
+        # the step's rows are in step.order
+        w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)[step.order]
         w = np.where(step.observed_any, w, 0.0)
         resp, weight, loglik = responsibilities_and_loglik(weighted_log_prob, w)
         completed = completed_stats(step, resp, self.covariance_type)
@@ -496,7 +495,7 @@ class GaussianFamily:
             "n_rows": len(X),
             "loglik": loglik,
             "nk": completed["nk"],
-            "means": completed["means_c"] + params["center"],
+            "means": completed["means"],
             "scatter": completed["scatter"],
         }
 
@@ -513,8 +512,8 @@ class GaussianFamily:
         step = self._missing_estep(params, X[rows])
         with np.errstate(divide="ignore"):
             _, posterior = log_normalize(step.log_prob + np.log(params["weights"]))
-        completed = np.einsum("nk,knd->nd", posterior, step.completed) + params["center"]
-        X[rows] = np.where(np.isnan(X[rows]), completed, X[rows])
+        rows = rows[step.order]
+        X[rows] = np.where(np.isnan(X[rows]), step.conditional_mean(posterior), X[rows])
         return X
 
     def responsibility_stats(
@@ -555,7 +554,8 @@ class GaussianFamily:
             parts.append(stats)
         if incomplete.any():
             step = self._missing_estep(params, X[incomplete])
-            sub_resp = resp[incomplete] * step.observed_any[:, None]
+            # the step's rows are in step.order
+            sub_resp = resp[incomplete][step.order] * step.observed_any[:, None]
             completed = completed_stats(step, sub_resp, self.covariance_type)
             parts.append(
                 {
@@ -563,7 +563,7 @@ class GaussianFamily:
                     "n_rows": int(incomplete.sum()),
                     "loglik": 0.0,
                     "nk": completed["nk"],
-                    "means": completed["means_c"] + params["center"],
+                    "means": completed["means"],
                     "scatter": completed["scatter"],
                 }
             )
