@@ -133,17 +133,30 @@ class OrMissingCheck(ValueCheck):
 FINITE = ValueCheck()
 
 
+def open_zarr_node(
+    path: str | os.PathLike, storage_options: dict | None = None, expected: str = "array"
+):
+    """The Zarr array or group at ``path`` (local path or fsspec URL), opened read-only.
+
+    ValueError, naming ``path`` and what was ``expected`` there, when nothing readable is.
+    """
+    import zarr
+
+    location = os.fspath(path)
+    try:
+        return zarr.open(store=location, mode="r", storage_options=storage_options)
+    except FileNotFoundError:
+        raise ValueError(f"{location!r} is not a Zarr {expected}: nothing found there") from None
+    except Exception as error:  # zarr raises several types for unreadable stores
+        raise ValueError(f"{location!r} is not a readable Zarr {expected}: {error}") from None
+
+
 def open_zarr_array(path: str | os.PathLike, storage_options: dict | None = None) -> da.Array:
     """A dask array over the Zarr array at ``path`` (local path or fsspec URL)."""
     import zarr
 
     location = os.fspath(path)
-    try:
-        node = zarr.open(store=location, mode="r", storage_options=storage_options)
-    except FileNotFoundError:
-        raise ValueError(f"{location!r} is not a Zarr array: nothing found there") from None
-    except Exception as error:  # zarr raises several types for unreadable stores
-        raise ValueError(f"{location!r} is not a readable Zarr array: {error}") from None
+    node = open_zarr_node(location, storage_options)
     if isinstance(node, zarr.Group):
         members = sorted(name for name, _ in node.arrays())
         hint = f"; its arrays are {members}" if members else " with no arrays"

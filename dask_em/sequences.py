@@ -22,7 +22,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from dask_em.data import as_row_chunked
+from dask_em.data import as_row_chunked, open_zarr_node
 
 #: Target size of one block of values when the layout chooses the boundaries.
 DEFAULT_BLOCK_BYTES = 8 * 2**20
@@ -141,14 +141,12 @@ class Sequences:
         import zarr
 
         location = os.fspath(path)
-        try:
-            group = zarr.open_group(store=location, mode="r", storage_options=storage_options)
-        except FileNotFoundError:
-            raise ValueError(f"{location!r} is not a Zarr group: nothing found there") from None
-        except Exception as error:  # zarr raises several types for unreadable stores
+        group = open_zarr_node(location, storage_options, "group of sequences")
+        if not isinstance(group, zarr.Group):
             raise ValueError(
-                f"{location!r} is not a readable Zarr group of sequences: {error}"
-            ) from None
+                f"{location!r} is a Zarr array, not a group of sequences (arrays 'values' "
+                "and 'lengths'); pass its lengths with it"
+            )
         return cls.from_group(group, block_bytes=block_bytes, where=location, **kwargs)
 
     @classmethod
@@ -248,25 +246,22 @@ def as_sequences(X: Any, lengths: Any = None, **kwargs: Any) -> Sequences:
         if lengths is not None:
             raise ValueError("pass lengths only with a values array, not with Sequences")
         return X
-    if isinstance(X, (str, os.PathLike)) and lengths is None and _is_zarr_group(X, kwargs):
-        storage_options = kwargs.pop("storage_options", None)
-        return Sequences.from_zarr(X, storage_options=storage_options, **kwargs)
-    kwargs.pop("storage_options", None)
+    storage_options = kwargs.pop("storage_options", None)
+    if isinstance(X, (str, os.PathLike)):  # opened once: a group of sequences, or values
+        import zarr
+
+        node = open_zarr_node(X, storage_options, "array or group of sequences")
+        if isinstance(node, zarr.Group):
+            if lengths is not None:
+                raise ValueError(
+                    f"{os.fspath(X)!r} is a group of sequences with its own 'lengths'; "
+                    "pass lengths only with a values array"
+                )
+            return Sequences.from_group(node, where=os.fspath(X), **kwargs)
+        X = da.from_zarr(node)
     if isinstance(X, (list, tuple)) and lengths is None:
         return Sequences.from_arrays(X, **kwargs)
     return Sequences(X, lengths, **kwargs)
-
-
-def _is_zarr_group(path: Any, kwargs: dict) -> bool:
-    import zarr
-
-    try:
-        node = zarr.open(
-            store=os.fspath(path), mode="r", storage_options=kwargs.get("storage_options")
-        )
-    except Exception:
-        return False
-    return isinstance(node, zarr.Group)
 
 
 def _aligned_blocks(row_chunks: tuple[int, ...], lengths: np.ndarray) -> np.ndarray | None:
