@@ -221,7 +221,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 # -- make-data --------------------------------------------------------------------------
 def run_make_data(args: argparse.Namespace) -> int:
-    from dask_em.model_io import replace_path
     from dask_em.synthetic import SYNTHETIC_HMMS, SYNTHETIC_MODELS, write_synthetic
 
     out = _local(args.out, "OUT")
@@ -236,22 +235,19 @@ def run_make_data(args: argparse.Namespace) -> int:
         truth = random_truth(args.components, args.n_features, args.seed, args.n_symbols)
     else:
         truth = random_truth(args.components, args.n_features, args.seed)
-    staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            X = write_synthetic(
+    nbytes = _write_aside(
+        out,
+        lambda staging: (
+            write_synthetic(
                 staging,
                 args.model,
                 args.n_samples,
                 truth,
                 seed=args.seed,
                 chunk_rows=args.chunk_rows,
-            )
-        nbytes = X.nbytes
-        replace_path(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            ).nbytes
+        ),
+    )
     print(
         f"wrote {args.n_samples:,} rows x {args.n_features} features ({nbytes / 1e6:,.1f} MB) "
         f"from a {args.components}-component {args.model} mixture to {out}"
@@ -261,29 +257,41 @@ def run_make_data(args: argparse.Namespace) -> int:
 
 def _make_sequences(args: argparse.Namespace, out: str) -> int:
     """make-data for an HMM: ``--n-samples`` steps in sequences of ``--sequence-length``."""
-    from dask_em.model_io import replace_path
     from dask_em.synthetic import random_hmm, write_synthetic_sequences
 
     n_sequences = max(1, args.n_samples // args.sequence_length)
     truth = random_hmm(args.model, args.components, args.n_features, args.seed, args.n_symbols)
-    staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            nbytes = write_synthetic_sequences(
-                staging,
-                args.model,
-                n_sequences,
-                args.sequence_length,
-                truth,
-                seed=args.seed,
-                sequences_per_chunk=max(1, args.chunk_rows // args.sequence_length),
-            )
-        replace_path(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    nbytes = _write_aside(
+        out,
+        lambda staging: write_synthetic_sequences(
+            staging,
+            args.model,
+            n_sequences,
+            args.sequence_length,
+            truth,
+            seed=args.seed,
+            sequences_per_chunk=max(1, args.chunk_rows // args.sequence_length),
+        ),
+    )
     print(
         f"wrote {n_sequences:,} sequences x {args.sequence_length} steps ({nbytes / 1e6:,.1f} MB) "
         f"from a {args.components}-state {args.model} to {out}"
     )
     return 0
+
+
+def _write_aside(out: str, write) -> int:
+    """``write(staging)`` into a path beside ``out`` (its warnings silenced), then rename
+    it into place; nothing is left at either path if it fails.  Returns what ``write``
+    returns (the bytes written)."""
+    from dask_em.model_io import replace_path
+
+    staging = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = write(staging)
+        replace_path(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
