@@ -222,11 +222,13 @@ class BaseHMM(BaseMixture):
         )
 
     # -- prediction ---------------------------------------------------------------
-    def _per_block(self, X: Any, lengths: Any, kernel, *, per_step: bool, trailing=()):
-        """Apply ``kernel(family, params, values_block, lengths_block)`` to every block.
+    def _per_block(self, X: Any, lengths: Any, kernel) -> tuple[Any, Any]:
+        """``kernel(family, params, values_block, lengths_block)`` on every block.
 
-        Returns a NumPy array for in-memory input, else a lazy dask array: (T, ...) when
-        ``per_step``, else one row per sequence (S, ...).
+        ``kernel`` is :meth:`HMMFamily.state_posteriors` or :meth:`HMMFamily.decode`: it
+        returns one array with a row per sequence (S,) and one with a row per step (T, ...).
+        Both come back as NumPy arrays for in-memory input, else as lazy dask arrays over
+        the same per-block tasks.
         """
         self._check_fitted()
         family, params, check = self._family(), self._fitted_params(), self._value_check()
@@ -241,13 +243,14 @@ class BaseHMM(BaseMixture):
             sequences.lengths_array, np.cumsum(sequences.lengths.chunks[0])[:-1]
         )
         offsets = np.concatenate([[0], np.cumsum(sequences.values.chunks[0])])
-        name = f"{kernel.__name__.strip('_')}-{self._model_name}"
-        pieces = []
+        name = f"{kernel.__name__}-{self._model_name}"
+        per_step = (self.n_components,) if kernel is HMMFamily.state_posteriors else ()
+        step_dtype = np.float64 if per_step else np.int64
+        per_sequence_pieces, per_step_pieces = [], []
         for i, (block, block_len) in enumerate(
             zip(sequences.values.to_delayed().ravel(), block_lengths, strict=True)
         ):
-            what = f"X[{offsets[i]}:{offsets[i + 1]}]"
-            task = dask.delayed(_checked_kernel, pure=True)(
+            task = dask.delayed(_checked_kernel, pure=True, nout=2)(
                 kernel,
                 family,
                 params,
@@ -255,32 +258,34 @@ class BaseHMM(BaseMixture):
                 block,
                 block_len,
                 int(offsets[i]),
-                what,
+                f"X[{offsets[i]}:{offsets[i + 1]}]",
                 dask_key_name=f"{name}-{i}-{dask.base.tokenize(block, params)}",
             )
-            rows = int(offsets[i + 1] - offsets[i]) if per_step else len(block_len)
-            dtype = np.int64 if kernel is _decode_states else np.float64
-            pieces.append(da.from_delayed(task, shape=(rows, *trailing), dtype=dtype))
-        return da.concatenate(pieces)
+            per_sequence_pieces.append(
+                da.from_delayed(task[0], shape=(len(block_len),), dtype=np.float64)
+            )
+            rows = int(offsets[i + 1] - offsets[i])
+            per_step_pieces.append(
+                da.from_delayed(task[1], shape=(rows, *per_step), dtype=step_dtype)
+            )
+        return da.concatenate(per_sequence_pieces), da.concatenate(per_step_pieces)
 
     def predict_proba(self, X: Any, lengths: Any = None) -> Any:
         """State posteriors ``p(z_t = k | x)`` of every step, shape (T, n_components)."""
-        return self._per_block(
-            X, lengths, _state_posteriors, per_step=True, trailing=(self.n_components,)
-        )
+        return self._per_block(X, lengths, HMMFamily.state_posteriors)[1]
 
     def score_sequences(self, X: Any, lengths: Any = None) -> Any:
         """Log-likelihood ``log p(x_1..T_s)`` of each sequence, shape (S,) (nats)."""
-        return self._per_block(X, lengths, _sequence_loglik, per_step=False)
+        return self._per_block(X, lengths, HMMFamily.state_posteriors)[0]
 
     def score(self, X: Any, lengths: Any = None) -> float:
         """Total log-likelihood of all the sequences (nats), as hmmlearn's ``score``."""
-        scores = self.score_sequences(X, lengths)
-        return float(scores.sum().compute() if isinstance(scores, da.Array) else scores.sum())
+        return _total(self.score_sequences(X, lengths))
 
     def score_samples(self, X: Any, lengths: Any = None) -> tuple[float, Any]:
         """``(total log-likelihood, state posteriors (T, K))``, as hmmlearn."""
-        return self.score(X, lengths), self.predict_proba(X, lengths)
+        loglik, posteriors = self._per_block(X, lengths, HMMFamily.state_posteriors)
+        return _total(loglik), posteriors
 
     def decode(self, X: Any, lengths: Any = None, algorithm: str = "viterbi") -> tuple[float, Any]:
         """``(log-probability, states (T,))`` of the most likely state sequences.
@@ -292,17 +297,14 @@ class BaseHMM(BaseMixture):
         if algorithm not in DECODE_ALGORITHMS:
             raise ValueError(f"algorithm must be one of {DECODE_ALGORITHMS}, got {algorithm!r}")
         if algorithm == "map":
-            posteriors = self.predict_proba(X, lengths)
-            states = posteriors.argmax(axis=1)
-            return self.score(X, lengths), states
-        log_probs = self._per_block(X, lengths, _decode_log_prob, per_step=False)
-        states = self._per_block(X, lengths, _decode_states, per_step=True)
-        total = log_probs.sum()
-        return float(total.compute() if isinstance(total, da.Array) else total), states
+            loglik, posteriors = self._per_block(X, lengths, HMMFamily.state_posteriors)
+            return _total(loglik), posteriors.argmax(axis=1)
+        log_probs, states = self._per_block(X, lengths, HMMFamily.decode)
+        return _total(log_probs), states
 
     def predict(self, X: Any, lengths: Any = None) -> Any:
         """Most likely state of every step along the Viterbi path, shape (T,), int64."""
-        return self._per_block(X, lengths, _decode_states, per_step=True)
+        return self._per_block(X, lengths, HMMFamily.decode)[1]
 
     def _n_parameters(self) -> int:
         return self._family().n_parameters(self.n_components, self.n_features_in_)
@@ -358,20 +360,10 @@ def _checked_kernel(kernel, family, params, check: ValueCheck, values, lengths, 
     return kernel(family, params, values, lengths)
 
 
-def _state_posteriors(family: HMMFamily, params: Params, values, lengths):
-    return family.state_posteriors(params, values, lengths)[1]
-
-
-def _sequence_loglik(family: HMMFamily, params: Params, values, lengths):
-    return family.state_posteriors(params, values, lengths)[0]
-
-
-def _decode_log_prob(family: HMMFamily, params: Params, values, lengths):
-    return family.decode(params, values, lengths)[0]
-
-
-def _decode_states(family: HMMFamily, params: Params, values, lengths):
-    return family.decode(params, values, lengths)[1]
+def _total(values: Any) -> float:
+    """Sum of a NumPy or dask array, as a float (computed)."""
+    total = values.sum()
+    return float(total.compute() if isinstance(total, da.Array) else total)
 
 
 __all__ = ["BaseHMM", "Sequences"]
