@@ -25,6 +25,7 @@ some NaN features uses the marginal density of the others, and its completed mom
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -221,6 +222,4 @@ class HMMFamily:
 
 def _exact(family: HMMFamily) -> HMMFamily:
     """The same family with the exact E-step (prediction never samples)."""
-    if family.estep == "exact":
-        return family
-    return HMMFamily(family.emission, family.startprob_concentration, family.transmat_concentration)
+    return family if family.estep == "exact" else dataclasses.replace(family, estep="exact")
