@@ -1,0 +1,43 @@
+"""One way to compile a kernel: numba when it is importable, plain Python otherwise.
+
+Every compiled kernel in :mod:`dask_em.families` is declared with :func:`jit`.  With
+numba installed (a core dependency, shipped as wheels, so ``pip install`` needs no
+compiler) the function is compiled on first call with ``cache=True``, so the machine
+code is written next to the module's ``__pycache__`` once and reused by every later
+process: workers of a cluster pay the compilation once per machine, not once per task.
+Without numba (or with ``DASK_EM_DISABLE_JIT=1`` in the environment) :func:`jit` returns
+the function unchanged and callers fall back to the pure-NumPy reference kernels, which
+the compiled ones are tested against.
+
+``nogil=True`` lets a Dask worker with several threads run kernels side by side;
+``fastmath`` stays off so that results are reproducible and comparable to 1e-12 with the
+NumPy reference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Set ``DASK_EM_DISABLE_JIT=1`` to run the pure-NumPy kernels only.
+JIT_DISABLED = os.environ.get("DASK_EM_DISABLE_JIT", "").strip() not in ("", "0")
+
+try:  # pragma: no cover - which branch runs depends on the installation
+    if JIT_DISABLED:
+        raise ImportError("disabled by DASK_EM_DISABLE_JIT")
+    import numba
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    numba = None
+    HAVE_NUMBA = False
+
+
+def jit(function: F) -> F:
+    """Compile ``function`` with numba (nopython, nogil, cached) when available."""
+    if not HAVE_NUMBA:
+        return function
+    return numba.njit(cache=True, nogil=True, fastmath=False)(function)
