@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from dask_em.families import discrete
 from dask_em.families.bernoulli import BernoulliFamily
@@ -39,31 +35,6 @@ def assert_stats_close(a, b, rtol=1e-10):
     assert a["n_rows"] == b["n_rows"]
     for key in ("weight", "loglik", "nk", "sums"):
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=1e-9, err_msg=key)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    kind=st.sampled_from(["poisson", "categorical", "bernoulli"]),
-    n_rows=st.integers(1, 400),
-    n_features=st.integers(1, 4),
-    n_components=st.integers(1, 4),
-    seed=st.integers(0, 2**32 - 1),
-    weighted=st.booleans(),
-    data=st.data(),
-)
-def test_statistics_are_additive_over_any_partition(
-    kind, n_rows, n_features, n_components, seed, weighted, data
-):
-    rng = np.random.default_rng(seed)
-    family, params, X = family_and_data(kind, n_rows, n_features, n_components, rng)
-    w = rng.uniform(0, 3, size=n_rows) if weighted else None
-    cuts = sorted(data.draw(st.lists(st.integers(0, n_rows), max_size=6)))
-    bounds = [0, *cuts, n_rows]
-    parts = [
-        family.block_stats(params, X[a:b], None if w is None else w[a:b])
-        for a, b in itertools.pairwise(bounds)
-    ]
-    assert_stats_close(family.merge(*parts), family.block_stats(params, X, w))
 
 
 @pytest.mark.parametrize("kind", ["poisson", "categorical", "bernoulli"])

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from dask_em.families.gaussian import (
     COVARIANCE_TYPES,
@@ -25,35 +21,6 @@ def assert_stats_close(a, b, rtol=1e-9):
     for key in ("weight", "loglik", "nk", "means", "scatter"):
         scale = max(1.0, float(np.max(np.abs(b[key]))))
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=rtol * scale, err_msg=key)
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    covariance_type=st.sampled_from(COVARIANCE_TYPES),
-    n_rows=st.integers(1, 300),
-    n_features=st.integers(1, 5),
-    n_components=st.integers(1, 4),
-    seed=st.integers(0, 2**32 - 1),
-    weighted=st.booleans(),
-    data=st.data(),
-)
-def test_statistics_are_additive_over_any_partition(
-    covariance_type, n_rows, n_features, n_components, seed, weighted, data
-):
-    """merge(stats(A_1), ..., stats(A_m)) == stats(A_1 ∪ ... ∪ A_m) for any row partition."""
-    rng = np.random.default_rng(seed)
-    family = GaussianFamily(covariance_type)
-    params = random_gaussian_params(family, n_components, n_features, rng)
-    X = rng.normal(size=(n_rows, n_features)) * 2 + rng.normal(size=n_features) * 5
-    w = rng.uniform(0, 3, size=n_rows) if weighted else None
-    cuts = sorted(data.draw(st.lists(st.integers(0, n_rows), max_size=6)))
-    bounds = [0, *cuts, n_rows]
-    parts = [
-        family.block_stats(params, X[a:b], None if w is None else w[a:b])
-        for a, b in itertools.pairwise(bounds)
-    ]
-    whole = family.block_stats(params, X, w)
-    assert_stats_close(family.merge(*parts), whole)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)

@@ -95,6 +95,7 @@ class DiscreteMixtureFamily:
     weight_concentration: float = 1.0
 
     parameter = "values"
+    handles_missing = False  # callers leave rows with NaN out (families.protocols)
 
     # -- parameters ---------------------------------------------------------------
     def make_params(self, weights: np.ndarray, **values: np.ndarray) -> Params:

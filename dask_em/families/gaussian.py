@@ -352,6 +352,7 @@ class GaussianFamily:
     covariance_type: str = "full"
     reg_covar: float = 1e-6
     name: str = "gmm"
+    handles_missing = True  # NaN features are marginalized (families.protocols)
     weight_concentration: float = 1.0
     mean_prior: np.ndarray | None = None
     mean_pseudocount: float = 0.0

@@ -106,7 +106,7 @@ class HMMFamily:
         return out
 
     def _emission_log_prob_slice(self, params: Params, X: np.ndarray, work: Workspace):
-        if hasattr(self.emission, "covariance_type"):  # Gaussian: marginalizes NaN itself
+        if self.emission.handles_missing:  # e.g. the Gaussian marginalizes NaN itself
             return self.emission.log_component_prob(params["emission"], X, work)
         missing = np.isnan(X).any(axis=1)
         if not missing.any():
