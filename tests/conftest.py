@@ -8,6 +8,13 @@ import pytest
 from distributed import Client, LocalCluster
 
 
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses the session's cluster, for ``-m "not cluster"``."""
+    for item in items:
+        if {"client", "cluster"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture(scope="session")
 def cluster():
     with LocalCluster(

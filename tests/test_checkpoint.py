@@ -8,10 +8,12 @@ kills ``dask-em fit`` with SIGKILL, process group and all, and resumes it.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import dask.array as da
@@ -191,6 +193,45 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def wait_for_line(stream, marker: str, timeout: float) -> bool:
+    """Read ``stream`` until a line contains ``marker`` (True) or it ends or times out."""
+    found = threading.Event()
+
+    def read() -> None:
+        for line in stream:
+            if marker in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    return found.wait(timeout)
+
+
+def wait_for_exit(pids: list[int], timeout: float) -> list[int]:
+    """Wait on process exit notifications (pidfds) for ``pids``; those still alive."""
+    waiting = {}
+    for pid in pids:
+        try:
+            waiting[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue
+    poller = select.poll()
+    for fd in waiting:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    try:
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                os.close(fd)
+                del waiting[fd]
+    finally:
+        for fd in waiting:
+            os.close(fd)
+    return sorted(waiting.values())
+
+
+@pytest.mark.slow
 def test_kill_9_of_the_cli_then_resume_gives_the_uninterrupted_parameters(client, tmp_path):
     from dask_em.synthetic import random_gaussian_mixture, write_gaussian_mixture
 
@@ -208,25 +249,27 @@ def test_kill_9_of_the_cli_then_resume_gives_the_uninterrupted_parameters(client
         "--n-workers", "2", "--threads-per-worker", "1", "--dashboard-address", ":0",
     ]  # fmt: skip
     first = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while (saved := progress(checkpoint)) is None or saved["iteration"] < 2:
-            assert first.poll() is None, "the fit ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.02)
+        # The CLI prints each iteration's line before writing its checkpoint, so the line
+        # of iteration 3 means that the checkpoint of iteration 2 is complete on disk.
+        assert wait_for_line(first.stdout, "gmm iteration 3:", timeout=120), "no iteration 3"
         assert len(_group_members(first.pid)) > 1  # the client and its LocalCluster's workers
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+        first.stdout.close()
     killed_at = progress(checkpoint)
     assert 2 <= killed_at["iteration"] < max_iter
     assert not out.exists()
-    deadline = time.monotonic() + 20
-    while _group_members(first.pid):  # no worker of the killed client lingers
-        assert time.monotonic() < deadline, f"left running: {_group_members(first.pid)}"
-        time.sleep(0.2)
+    lingering = wait_for_exit(_group_members(first.pid), timeout=20)
+    assert not lingering, f"left running: {lingering}"  # no worker of the killed client
 
     resumed = subprocess.run(
         [*command, "--resume"], capture_output=True, text=True, timeout=300, start_new_session=True

@@ -22,6 +22,7 @@ def dask_em(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_demo_writes_fits_and_compares_with_the_truth(tmp_path):
     store, out = tmp_path / "demo.zarr", tmp_path / "model.zarr"
     result = dask_em(

@@ -49,6 +49,7 @@ def scheduler(client) -> list[str]:
     return ["--scheduler", client.scheduler.address]
 
 
+@pytest.mark.slow
 def test_make_data_fit_info_predict_score_as_a_user_runs_them(client, tmp_path, capsys):
     store, out, labels = tmp_path / "counts.zarr", tmp_path / "model.zarr", tmp_path / "labels.zarr"
     assert main(["make-data", "poisson", str(store), "--n-samples", "20000", "-k", "2"]) == 0

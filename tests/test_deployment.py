@@ -30,6 +30,8 @@ from dask_em import load
 from dask_em.cli import build_parser
 from dask_em.synthetic import random_gaussian_mixture
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYMENT = ROOT / "deployment"
 

@@ -399,6 +399,7 @@ def write_store(path, X, chunk_rows=125_000):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("estimator", "make", "name", "tolerance"),
     [

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = sorted(
     p for p in (Path(__file__).parents[1] / "examples").glob("*.py") if p.name != "common.py"
 )

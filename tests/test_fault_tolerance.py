@@ -16,15 +16,16 @@ import contextlib
 import logging
 import os
 import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 import zarr
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from dask_em import GaussianMixture
+
+pytestmark = pytest.mark.slow
 
 ROWS, FEATURES, CHUNK_ROWS = 200_000, 4, 10_000
 TRUE_MEANS = np.array([[-2.0, 0, 0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 2.0]])
@@ -53,58 +54,70 @@ def own_client():
         yield client
 
 
-class _IterationDone(logging.Handler):
-    """Sets ``event`` when the engine logs the end of EM iteration ``iteration``."""
+class _KillOnFirstEStep(SchedulerPlugin):
+    """Once armed, SIGKILLs the worker that the first E-step task is assigned to.
 
-    def __init__(self, iteration: int, event: threading.Event) -> None:
+    It runs in the scheduler, on the scheduler's own task transitions, so the kill
+    follows the assignment at once, with no polling.  ``victim`` gets the worker's
+    ``address``, ``pid``, the E-step keys it was processing (``estep``) and every key it
+    held (``held``).
+    """
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+        self.armed = False
+        self.victim: dict = {}
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if not self.armed or finish != "processing" or "estep-gmm" not in str(key):
+            return
+        worker = self.scheduler.tasks[key].processing_on
+        if worker is None or not worker.pid:
+            return
+        self.armed = False
+        self.victim.update(
+            address=worker.address,
+            pid=worker.pid,
+            estep=[t.key for t in worker.processing if "estep-gmm" in str(t.key)],
+            held=[t.key for t in worker.has_what],
+        )
+        os.kill(worker.pid, signal.SIGKILL)
+
+
+class _ArmAfterIteration(logging.Handler):
+    """Arms ``plugin`` when the engine logs the end of EM iteration ``iteration``."""
+
+    def __init__(self, iteration: int, plugin: _KillOnFirstEStep) -> None:
         super().__init__(logging.INFO)
         self.marker = f" iteration {iteration}:"
-        self.event = event
+        self.plugin = plugin
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.marker in record.getMessage():
-            self.event.set()
+            self.plugin.armed = True
 
 
 @contextlib.contextmanager
-def kill_a_busy_worker_after(client, iteration: int, timeout: float = 60.0):
-    """SIGKILL the first worker seen running E-step tasks once ``iteration`` is done.
+def kill_a_busy_worker_after(client, iteration: int):
+    """SIGKILL the first worker given an E-step task once ``iteration`` is done.
 
-    Yields a dict that is filled in with the victim: ``address``, ``pid``, the
-    E-step keys it was processing (``estep``) and every key it held (``held``).
+    Yields a dict that is filled in with the victim (see :class:`_KillOnFirstEStep`).
     """
-    pids = client.run(os.getpid)
-    done = threading.Event()
-    victim: dict = {}
-    handler = _IterationDone(iteration, done)
+    scheduler = client.cluster.scheduler  # a LocalCluster's scheduler runs in this process
+    plugin = _KillOnFirstEStep(scheduler)
+    scheduler.add_plugin(plugin, name="kill-on-first-estep")
+    handler = _ArmAfterIteration(iteration, plugin)
     engine_logger = logging.getLogger("dask_em.engine")
     previous_level = engine_logger.level
     engine_logger.addHandler(handler)
     engine_logger.setLevel(logging.INFO)
-
-    def kill() -> None:
-        if not done.wait(timeout):
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for address, keys in client.processing().items():
-                estep = [k for k in keys if "estep-gmm" in str(k)]
-                if estep and address in pids:
-                    held = client.has_what()[address]
-                    os.kill(pids[address], signal.SIGKILL)
-                    victim.update(address=address, pid=pids[address], estep=estep, held=held)
-                    return
-            time.sleep(0.001)
-
-    killer = threading.Thread(target=kill, daemon=True)
-    killer.start()
     try:
-        yield victim
+        yield plugin.victim
     finally:
-        done.set()
-        killer.join(timeout)
+        plugin.armed = False
         engine_logger.removeHandler(handler)
         engine_logger.setLevel(previous_level)
+        scheduler.remove_plugin(name="kill-on-first-estep")
 
 
 @pytest.mark.parametrize("cache", ["stream", "memory"])

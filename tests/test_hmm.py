@@ -113,6 +113,7 @@ def test_bad_values_are_named_before_any_cluster_work():
 
 
 # -- fitting on the cluster -----------------------------------------------------------
+@pytest.mark.slow
 def test_recovers_a_known_hmm_from_10k_sequences_streamed_from_zarr(client, tmp_path):
     values, lengths, states = gaussian_sequences(10_000, seed=1)
     Sequences(values, lengths).to_zarr(tmp_path / "train.zarr")
@@ -154,6 +155,7 @@ def test_poisson_hmm_recovers_rates_on_the_cluster(client):
     )
 
 
+@pytest.mark.slow
 def test_length_one_and_very_long_sequences_fit_without_nan():
     values, _, _ = gaussian_sequences(1, seed=3, min_length=100_000, max_length=100_001)
     X = np.concatenate([values[:5], values])

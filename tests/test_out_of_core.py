@@ -12,6 +12,8 @@ from distributed import Client, LocalCluster
 from dask_em import GaussianMixture
 from tests.helpers import assert_monotone
 
+pytestmark = pytest.mark.slow
+
 ROWS, FEATURES, CHUNK_ROWS = 9_800_000, 8, 131_072  # 627 MB of float64
 TRUE_MEANS = np.array([[-4.0] * FEATURES, [0.0] * FEATURES, [4.0] * FEATURES])
 TRUE_MEANS[1, ::2] = 3.0

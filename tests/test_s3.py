@@ -20,6 +20,8 @@ from moto.server import ThreadedMotoServer
 from dask_em import GaussianMixture
 from tests.helpers import assert_monotone
 
+pytestmark = pytest.mark.slow
+
 BUCKET = "dask-em-test"
 ROWS, CHUNK_ROWS = 60_000, 5_000
 TRUE_WEIGHTS = np.array([0.5, 0.3, 0.2])

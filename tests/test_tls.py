@@ -23,6 +23,8 @@ from distributed import Client, LocalCluster, Security
 
 from dask_em import GaussianMixture
 
+pytestmark = pytest.mark.slow
+
 TRUE_WEIGHTS = np.array([0.6, 0.4])
 TRUE_MEANS = np.array([[-3.0, 0.0], [3.0, 1.0]])
 
