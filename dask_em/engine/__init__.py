@@ -19,6 +19,7 @@ from dask_em.engine.passes import (
     EMEngine,
 )
 from dask_em.engine.predict import apply_blocks, as_float
+from dask_em.seeds import blockwise_seeds  # one seed per block (benchmarks import it here)
 
 __all__ = [
     "AUTO_PERSIST_SHARE",
@@ -29,6 +30,7 @@ __all__ = [
     "active_client",
     "apply_blocks",
     "as_float",
+    "blockwise_seeds",
     "cluster_errors",
     "connect",
 ]

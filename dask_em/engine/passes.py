@@ -1,4 +1,4 @@
-"""The EM engine: the only code in dask_em that knows Dask.
+"""The engine's passes: data placement and one pass over the data as one Dask graph.
 
 One pass over the data is one small graph:
 
