@@ -4,19 +4,13 @@
 >>> gmm = GaussianMixture(n_components=4).fit("data.zarr")   # doctest: +SKIP
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from dask_em.data import open_zarr_array
 from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
 from dask_em.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from dask_em.mixture import BernoulliMixture, CategoricalMixture, GaussianMixture, PoissonMixture
 from dask_em.model_io import load
 from dask_em.sequences import Sequences
-
-try:
-    __version__ = version("dask_em")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from dask_em.version import __version__
 
 __all__ = [
     "BernoulliMixture",

@@ -22,14 +22,13 @@ model files); they are stored as ``current_<name>`` and ``best_<name>``, the his
 as ``current_history``/``best_history`` tables (iteration x field, the fields named
 in the ``history_fields`` attribute); the rest is in attributes (JSON).
 The store is written beside its path and renamed into place
-(:func:`dask_em.model_io.write_zarr_atomically`), so a kill at any moment leaves
+(:func:`dask_em.files.write_zarr_atomically`), so a kill at any moment leaves
 either the previous or the new checkpoint.
 
 Any estimator plugs in through the hooks its model files use: ``get_params()``,
 ``_set_fitted(params)`` with ``_model_variables()`` (parameters -> named arrays), and
 ``_restore_variables(arrays)`` with ``_fitted_params()`` (named arrays -> parameters);
-:meth:`dask_em.mixture._base.BaseMixture._checkpointing` and ``_saver_hook`` wire
-them into a fit loop.
+:mod:`dask_em.estimators.driver` wires them into a fit.
 """
 
 from __future__ import annotations
@@ -46,8 +45,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from dask_em.engine import FitResult, IterationRecord
-from dask_em.model_io import _json_default, replace_path, write_zarr_atomically
+from dask_em.em import FitResult, IterationRecord
+from dask_em.files import json_default, replace_path, write_zarr_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ def fingerprint(model: Any, X: Any, sample_weight: Any = None) -> dict[str, Any]
     params = {k: v for k, v in model.get_params().items() if k not in MAY_CHANGE}
     return {
         "model": type(model).__name__,
-        "params": json.loads(json.dumps(params, default=_json_default)),
+        "params": json.loads(json.dumps(params, default=json_default)),
         "shape": [int(n) for n in X.shape],
         "dtype": str(X.dtype),
         "row_chunks": [int(n) for n in X.chunks[0]],

@@ -25,112 +25,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from dask_em.checks import FINITE, ValueCheck
+
 #: Target size of one chunk when dask_em chunks in-memory data itself.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
-
-
-class ValueCheck:
-    """Which values a family accepts; finds the first bad one and says what is wrong.
-
-    The default accepts any finite number.  Subclasses narrow it (counts, symbols, 0/1).
-    """
-
-    #: Plural noun phrase for the error message.
-    problem = "NaN or infinite values"
-    #: Integer data keeps its dtype (the kernels cast one slice at a time).
-    keeps_integers = False
-
-    def bad(self, X: np.ndarray) -> np.ndarray:
-        """Boolean mask of the entries of the block ``X`` that are not accepted."""
-        return ~np.isfinite(X)
-
-    def message(self, count: int, row: int, col: int, value: float, what: str = "X") -> str:
-        return (
-            f"{what} contains {count} {self.problem}; the first is at row {row}, "
-            f"column {col} (value {value!r})"
-        )
-
-    def first_problem(self, X: np.ndarray, row_offset: int = 0):
-        """``(count, row, col, value)`` of the bad entries of ``X``, or None."""
-        bad = self.bad(X)
-        count = int(bad.sum())
-        if not count:
-            return None
-        r, c = np.argwhere(bad)[0]
-        return count, row_offset + int(r), int(c), X[r, c].item()
-
-    def raise_for(self, X: np.ndarray, row_offset: int = 0, what: str = "X") -> None:
-        problem = self.first_problem(X, row_offset)
-        if problem is not None:
-            raise ValueError(self.message(*problem, what=what))
-
-
-class CountCheck(ValueCheck):
-    """Non-negative integers (Poisson counts); float data must hold whole numbers."""
-
-    problem = "negative, non-integer, NaN or infinite counts"
-    keeps_integers = True
-
-    def bad(self, X: np.ndarray) -> np.ndarray:
-        if np.issubdtype(X.dtype, np.integer):
-            return X < 0
-        return ~np.isfinite(X) | (X < 0) | (X != np.floor(X))
-
-
-class SymbolCheck(ValueCheck):
-    """Integer symbols in 0..n_symbols-1 (categorical data); None: any non-negative."""
-
-    keeps_integers = True
-
-    def __init__(self, n_symbols: int | None = None):
-        self.n_symbols = n_symbols
-        upper = "" if n_symbols is None else f"..{n_symbols - 1}"
-        self.problem = f"values that are not integer symbols 0{upper}"
-
-    def bad(self, X: np.ndarray) -> np.ndarray:
-        bad = CountCheck().bad(X)
-        if self.n_symbols is not None:
-            bad |= X >= self.n_symbols
-        return bad
-
-
-class BinaryCheck(ValueCheck):
-    """Only 0 and 1 (Bernoulli data)."""
-
-    problem = "values other than 0 and 1"
-    keeps_integers = True
-
-    def bad(self, X: np.ndarray) -> np.ndarray:
-        return (X != 0) & (X != 1)
-
-
-class FiniteOrMissingCheck(ValueCheck):
-    """Finite numbers, or NaN for a missing value (Gaussian mixtures marginalize it)."""
-
-    problem = "infinite values (NaN marks a missing value, but inf is not allowed)"
-
-    def bad(self, X: np.ndarray) -> np.ndarray:
-        return np.isinf(X)
-
-
-class OrMissingCheck(ValueCheck):
-    """Another check's values, or NaN for a missing observation (a step of a sequence
-    that hidden Markov models skip)."""
-
-    keeps_integers = True
-
-    def __init__(self, inner: ValueCheck, problem: str):
-        self.inner = inner
-        self.problem = problem
-
-    def bad(self, X: np.ndarray) -> np.ndarray:
-        bad = self.inner.bad(X)
-        if np.issubdtype(X.dtype, np.floating):
-            bad &= ~np.isnan(X)
-        return bad
-
-
-FINITE = ValueCheck()
 
 
 def open_zarr_node(
@@ -286,9 +184,21 @@ def as_sample_weight(sample_weight: Any, X: da.Array) -> da.Array | None:
     return w
 
 
-def row_offsets(X: da.Array) -> list[int]:
-    """Index of the first row of each block."""
-    return [int(v) for v in np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]])]
+def is_lazy(X: Any) -> bool:
+    """Whether ``X`` stays out of this process: a dask array, a DataArray over one, a
+    path or URL, or :class:`~dask_em.sequences.Sequences` (whose arrays are dask's).
+    Anything else (NumPy, lists, DataArrays over NumPy) is in memory."""
+    if isinstance(X, (da.Array, str, os.PathLike)):
+        return True
+    data = getattr(X, "data", None) if hasattr(X, "dims") else getattr(X, "values", None)
+    return isinstance(data, da.Array)
+
+
+def n_rows(X: Any) -> int:
+    """Rows of ``X`` (opening a path to read its shape)."""
+    if isinstance(X, (str, os.PathLike)):
+        return as_row_chunked(X).shape[0]
+    return int(np.shape(X)[0]) if not hasattr(X, "shape") else int(X.shape[0])
 
 
 # --------------------------------------------------------------------------- scan pass

@@ -1,4 +1,4 @@
-"""Warnings dask_em emits."""
+"""Warnings and errors dask_em raises."""
 
 
 class ConvergenceWarning(UserWarning):
@@ -7,3 +7,7 @@ class ConvergenceWarning(UserWarning):
 
 class EmptyComponentWarning(UserWarning):
     """A component lost all its data and was re-seeded."""
+
+
+class ClusterError(Exception):
+    """The cluster failed (unreachable scheduler, lost connection)."""

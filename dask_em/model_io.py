@@ -18,23 +18,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from dask_em.files import json_default, write_zarr_atomically
+from dask_em.registry import estimator_class
+from dask_em.version import __version__
+
 FORMAT_NAME = "dask_em.model"
 FORMAT_VERSION = 1
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return None  # e.g. a NumPy Generator as random_state: not reproducible from a file
 
 
 def to_dataset(model: Any) -> xr.Dataset:
@@ -42,8 +36,6 @@ def to_dataset(model: Any) -> xr.Dataset:
 
     The estimator names its arrays in ``_model_variables()``: ``{name: (dims, array)}``.
     """
-    from dask_em import __version__
-
     model._check_fitted()
     history = model.history_
     data_vars = dict(model._model_variables())
@@ -62,7 +54,7 @@ def to_dataset(model: Any) -> xr.Dataset:
         "dask_em_format_version": FORMAT_VERSION,
         "dask_em_version": __version__,
         "model": type(model).__name__,
-        "params": json.dumps(model.get_params(), default=_json_default),
+        "params": json.dumps(model.get_params(), default=json_default),
         "converged": bool(model.converged_),
         "n_iter": int(model.n_iter_),
         "lower_bound": float(model.lower_bound_),
@@ -74,11 +66,6 @@ def to_dataset(model: Any) -> xr.Dataset:
 
 def from_dataset(ds: xr.Dataset) -> Any:
     """Rebuild a fitted estimator from :func:`to_dataset`'s Dataset."""
-    from dask_em.hmm import MODEL_CLASSES as HMM_CLASSES
-    from dask_em.mixture import MODEL_CLASSES as MIXTURE_CLASSES
-
-    classes = {**MIXTURE_CLASSES, **HMM_CLASSES}
-
     fmt, version = ds.attrs.get("dask_em_format"), ds.attrs.get("dask_em_format_version")
     if fmt != FORMAT_NAME:
         raise ValueError(f"not a dask_em model file (format attribute is {fmt!r})")
@@ -87,9 +74,7 @@ def from_dataset(ds: xr.Dataset) -> Any:
             f"model file format version {version} is newer than this dask_em reads "
             f"({FORMAT_VERSION}); upgrade dask_em"
         )
-    name = ds.attrs.get("model")
-    if name not in classes:
-        raise ValueError(f"unknown model class {name!r} in model file")
+    estimator = estimator_class(ds.attrs.get("model"))
     params = json.loads(ds.attrs["params"])
     for key, value in params.items():
         if key.endswith("_init") and isinstance(value, list):
@@ -97,7 +82,7 @@ def from_dataset(ds: xr.Dataset) -> Any:
     for key, value in params.items():
         if isinstance(value, list) and not key.endswith("_init"):
             params[key] = tuple(value)  # e.g. rate_prior, written as a JSON list
-    model = classes[name](**params)
+    model = estimator(**params)
     model._restore_variables({name: ds[name].values for name in ds.data_vars})
     model.n_features_in_ = int(ds.attrs["n_features_in"])
     model.converged_ = bool(ds.attrs["converged"])
@@ -138,37 +123,6 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     write_zarr_atomically(to_dataset(model), path)
-
-
-def write_zarr_atomically(ds: xr.Dataset, path: str | os.PathLike) -> None:
-    """Write ``ds`` to a Zarr store beside ``path`` (``<path>.tmp-*``), then rename it there.
-
-    An existing store at ``path`` is first renamed aside (``<path>.old-*``) and removed
-    once the new one is in place, so at every moment ``path`` is either absent or a
-    complete store.
-    """
-    path = os.path.abspath(os.fspath(path))
-    staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        ds.to_zarr(staging, mode="w-", consolidated=False)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    replace_path(staging, path)
-
-
-def replace_path(source: str, path: str) -> None:
-    """Move ``source`` to ``path``; an existing ``path`` is renamed aside, then removed."""
-    if not os.path.lexists(path):
-        os.rename(source, path)
-        return
-    retired = f"{path}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(path, retired)
-    os.rename(source, path)
-    if os.path.isdir(retired) and not os.path.islink(retired):
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.remove(retired)
 
 
 def load(path: str | os.PathLike) -> Any:

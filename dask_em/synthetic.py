@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from dask_em.engine import blockwise_seeds
+from dask_em.seeds import blockwise_seeds
 
 #: Attribute that marks a store as written by this module (safe to replace).
 SYNTHETIC_MARKER = "dask_em_synthetic"

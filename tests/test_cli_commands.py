@@ -21,7 +21,7 @@ import zarr
 
 from dask_em import load
 from dask_em.cli import main
-from dask_em.cli_support import model_kinds
+from dask_em.registry import model_kinds
 
 pytestmark = pytest.mark.filterwarnings("ignore::dask_em.ConvergenceWarning")
 

@@ -16,7 +16,8 @@ from distributed import Client
 
 from dask_em import GaussianMixture
 from dask_em.console import Console
-from dask_em.engine import EVENT_TOPIC, IterationRecord
+from dask_em.em import IterationRecord
+from dask_em.engine import EVENT_TOPIC
 from dask_em.report import report_paths, write_report
 from tests.helpers import make_blobs
 

@@ -8,7 +8,8 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from dask_em.engine import EMEngine, IterationRecord
+from dask_em.em import IterationRecord, check_monotone
+from dask_em.engine import EMEngine
 
 
 def count_rows(_shared, X, w):
@@ -70,11 +71,11 @@ def test_bad_engine_arguments(kwargs, message):
 def test_a_decreasing_objective_is_reported(caplog):
     history = [IterationRecord(1, -1.0, np.inf, 0.1)]
     with caplog.at_level(logging.WARNING, logger="dask_em.engine"):
-        EMEngine._check_monotone(IterationRecord(2, -1.0 - 1e-12, -1e-12, 0.1), history)
+        check_monotone(IterationRecord(2, -1.0 - 1e-12, -1e-12, 0.1), history)
         assert caplog.records == []  # within 1e-10 relative: rounding
-        EMEngine._check_monotone(IterationRecord(2, -1.0 - 1e-8, -1e-8, 0.1), history)
+        check_monotone(IterationRecord(2, -1.0 - 1e-8, -1e-8, 0.1), history)
     assert caplog.records[0].getMessage().startswith("objective decreased at iteration 2")
     history[0].reseeded = (1,)
     caplog.clear()
-    EMEngine._check_monotone(IterationRecord(2, -2.0, -1.0, 0.1), history)
+    check_monotone(IterationRecord(2, -2.0, -1.0, 0.1), history)
     assert caplog.records == []  # a re-seeding step is not an EM step

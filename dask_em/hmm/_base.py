@@ -1,50 +1,66 @@
 """What every hidden Markov model estimator shares: fit over many sequences, decoding,
 state posteriors, scoring and sampling, shaped like hmmlearn's ``BaseHMM``.
 
-The fit loop, the scan pass, initialization and ``n_init`` restarts are the mixtures'
-(:class:`dask_em.mixture._base.BaseMixture`); the engine runs the Baum-Welch statistics
-of :class:`dask_em.families.hmm.HMMFamily` over blocks of whole sequences
+A sibling of :class:`dask_em.mixture._base.BaseMixture` on the same estimator base and
+fit driver (:mod:`dask_em.estimators.driver`: scan pass, initialization, ``n_init``
+restarts, checkpoints); the engine runs the Baum-Welch statistics of
+:class:`dask_em.families.hmm.HMMFamily` over blocks of whole sequences
 (:mod:`dask_em.sequences`).  A subclass names its emission family and the emission
 parameters' fitted attributes.
+
+The surface is hmmlearn's: ``fit(X, lengths)``, ``fit_predict(X, lengths)``, and
+``score`` the *total* log-likelihood of all the sequences (a mixture's ``score`` is the
+mean per row, as scikit-learn's).  ``lower_bound_`` and ``tol`` are per step.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import numbers
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-import dask
-import dask.array as da
 import numpy as np
 
-from dask_em.data import ValueCheck
-from dask_em.engine import EMEngine, IterationRecord
+from dask_em.data import is_lazy
+from dask_em.em import IterationRecord
+from dask_em.engine import CACHE_MODES, LOCAL_FIT_BYTES, apply_blocks, as_float
+from dask_em.estimators import driver
+from dask_em.estimators.base import Estimator
+from dask_em.estimators.params import Constraint, at_least, check_distribution, integer, one_of
 from dask_em.families.base import Params
 from dask_em.families.hmm import ESTEP_METHODS, HMMFamily
-from dask_em.mixture._base import LOCAL_FIT_BYTES, BaseMixture, seed_from
+from dask_em.initialization import INIT_METHODS
+from dask_em.seeds import seed_from
 from dask_em.sequences import Sequences, as_sequences
 
 DECODE_ALGORITHMS = ("viterbi", "map")
 
 
-def _without_lengths(block_func, shared, X, lengths, *args):
-    """Run a mixture's block function on a block of sequences, ignoring the lengths."""
-    return block_func(shared, X, None, *args)
-
-
-class BaseHMM(BaseMixture):
+class BaseHMM(Estimator):
     """Base class of dask_em's hidden Markov models (hmmlearn's surface, many sequences).
 
     Subclasses define ``_emission_family()``, ``_emission_init()`` (``{name: initial
     value or None}`` in the emission family's terms), ``_set_emission(params)``,
-    ``_emission_params()`` and ``_emission_variables()``.
+    ``_emission_params()``, ``_emission_variables()`` and ``_restore_emission()``.
     """
 
     _model_name = "hmm"
+    _sequences = True
+    #: A state keeps its parameters even when no step visits it.
+    _reseeds_empty_components = False
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "n_components": integer(1),
+        "tol": at_least(0),
+        "max_iter": integer(1),
+        "n_init": integer(1),
+        "cache": one_of(CACHE_MODES),
+        "init_params": one_of(INIT_METHODS),
+        "startprob_prior": at_least(1.0, " (a Dirichlet concentration; 1 is flat)"),
+        "transmat_prior": at_least(1.0, " (a Dirichlet concentration; 1 is flat)"),
+        "estep": one_of(ESTEP_METHODS),
+        "n_samples": integer(1),
+    }
 
     # -- hooks --------------------------------------------------------------------
     def _family(self) -> HMMFamily:
@@ -57,46 +73,28 @@ class BaseHMM(BaseMixture):
             name=self._model_name,
         )
 
-    @staticmethod
-    def _data_pass(block_func):
-        return functools.partial(_without_lengths, block_func)
+    def _value_check(self, fitting: bool = False):  # pragma: no cover - abstract
+        raise NotImplementedError
 
-    @staticmethod
-    def _all_missing_message(count: int) -> str:
+    def _learn_from_scan(self, scan: dict) -> None:
+        """Settle what the data decides before initialization (hook)."""
+
+    def _all_missing_message(self, count: int) -> str:
         return (
             f"{count} steps have every feature missing; they contribute no emission term "
             "(the chain still runs through them)"
         )
 
-    @staticmethod
-    def _make_repair(family, sample):
-        return None  # a state keeps its parameters even when no step visits it
-
-    def _check_hyperparameters(self, n_features: int) -> None:
-        super()._check_hyperparameters(n_features)
+    def _check_init(self, n_features: int) -> None:
         K = self.n_components
-        for name in ("startprob_prior", "transmat_prior"):
-            if not getattr(self, name) >= 1.0:
-                raise ValueError(
-                    f"{name} must be >= 1 (a Dirichlet concentration; 1 is flat), "
-                    f"got {getattr(self, name)!r}"
-                )
-        if self.estep not in ESTEP_METHODS:
-            raise ValueError(f"estep must be one of {ESTEP_METHODS}, got {self.estep!r}")
-        if not isinstance(self.n_samples, numbers.Integral) or self.n_samples < 1:
-            raise ValueError(f"n_samples must be an integer >= 1, got {self.n_samples!r}")
-        for name, shape in (("startprob_init", (K,)), ("transmat_init", (K, K))):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            value = np.asarray(value, dtype=np.float64)
-            if value.shape != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
-            if np.any(value < 0) or not np.allclose(value.sum(axis=-1), 1.0, rtol=0, atol=1e-6):
-                raise ValueError(f"{name} must be non-negative and sum to 1 (along each row)")
+        what = "sum to 1 (along each row)"
+        if self.startprob_init is not None:
+            check_distribution("startprob_init", self.startprob_init, (K,), what)
+        if self.transmat_init is not None:
+            check_distribution("transmat_init", self.transmat_init, (K, K), what)
 
     # -- initialization -----------------------------------------------------------
-    def _initial_params(self, engine: EMEngine, scan: dict, rng: np.random.Generator) -> Params:
+    def _initial_params(self, init_pass: Callable, scan: dict, rng: np.random.Generator) -> Params:
         """``*_init`` values where given; otherwise uniform start and transition
         probabilities (as hmmlearn) and emissions from k-means on the scan sample."""
         K = self.n_components
@@ -104,7 +102,7 @@ class BaseHMM(BaseMixture):
         given = self._emission_init()
         computed: Params = {}
         if any(value is None for value in given.values()):
-            computed = self._init_pass(engine, scan, rng, family=emission_family)
+            computed = init_pass(emission_family)
         values = {
             name: computed[name] if value is None else np.asarray(value, dtype=np.float64)
             for name, value in given.items()
@@ -188,7 +186,7 @@ class BaseHMM(BaseMixture):
             checkpoint is tied to the block layout (the sequence boundaries per block).
         """
         check = self._value_check(fitting=True)
-        in_memory = isinstance(X, (np.ndarray, list, tuple))
+        in_memory = not is_lazy(X)
         sequences = as_sequences(
             X,
             lengths,
@@ -204,22 +202,18 @@ class BaseHMM(BaseMixture):
             raise ValueError(
                 f"expected at least n_components={self.n_components} steps, got {n_steps}"
             )
-        local = in_memory and sequences.values.nbytes <= LOCAL_FIT_BYTES
         self.n_sequences_ = sequences.n_sequences
-        return self._fit_engine(
-            lambda: EMEngine(
-                sequences.values,
-                lengths=sequences.lengths,
-                model=self._model_name,
-                cache=self.cache,
-                local=local,
-            ),
-            check,
-            local,
-            (n_steps, n_features),
-            self._checkpointing(checkpoint, resume, sequences.values, None),
-            callbacks,
+        data = driver.FitData(
+            sequences.values,
+            lengths=sequences.lengths,
+            local=in_memory and sequences.values.nbytes <= LOCAL_FIT_BYTES,
+            check=check,
         )
+        return self._run_fit(data, checkpoint, resume, callbacks)
+
+    def fit_predict(self, X: Any, lengths: Any = None, **fit_params: Any) -> Any:
+        """Fit, then the most likely state of every step (Viterbi), shape (T,)."""
+        return self.fit(X, lengths, **fit_params).predict(X, lengths)
 
     # -- prediction ---------------------------------------------------------------
     def _per_block(self, X: Any, lengths: Any, kernel) -> tuple[Any, Any]:
@@ -232,43 +226,28 @@ class BaseHMM(BaseMixture):
         """
         self._check_fitted()
         family, params, check = self._family(), self._fitted_params(), self._value_check()
-        in_memory = isinstance(X, (np.ndarray, list, tuple))
+        in_memory = not is_lazy(X)
         sequences = as_sequences(X, lengths, check_values=None, keep_integers=True)
         self._check_n_features(sequences.n_features)
         if in_memory:
             values = sequences.values.compute(scheduler="sync")
             check.raise_for(values, what="X")
             return kernel(family, params, values, sequences.lengths_array)
-        block_lengths = np.split(
-            sequences.lengths_array, np.cumsum(sequences.lengths.chunks[0])[:-1]
-        )
-        offsets = np.concatenate([[0], np.cumsum(sequences.values.chunks[0])])
-        name = f"{kernel.__name__}-{self._model_name}"
         per_step = (self.n_components,) if kernel is HMMFamily.state_posteriors else ()
-        step_dtype = np.float64 if per_step else np.int64
-        per_sequence_pieces, per_step_pieces = [], []
-        for i, (block, block_len) in enumerate(
-            zip(sequences.values.to_delayed().ravel(), block_lengths, strict=True)
-        ):
-            task = dask.delayed(_checked_kernel, pure=True, nout=2)(
-                kernel,
-                family,
-                params,
-                check,
-                block,
-                block_len,
-                int(offsets[i]),
-                f"X[{offsets[i]}:{offsets[i + 1]}]",
-                dask_key_name=f"{name}-{i}-{dask.base.tokenize(block, params)}",
-            )
-            per_sequence_pieces.append(
-                da.from_delayed(task[0], shape=(len(block_len),), dtype=np.float64)
-            )
-            rows = int(offsets[i + 1] - offsets[i])
-            per_step_pieces.append(
-                da.from_delayed(task[1], shape=(rows, *per_step), dtype=step_dtype)
-            )
-        return da.concatenate(per_sequence_pieces), da.concatenate(per_step_pieces)
+        per_sequence, per_step_values = apply_blocks(
+            sequences.values,
+            kernel,
+            family,
+            params,
+            check,
+            name=f"{kernel.__name__}-{self._model_name}",
+            outputs=[
+                ("sequence", (), np.float64),
+                ("row", per_step, np.float64 if per_step else np.int64),
+            ],
+            lengths=sequences.lengths,
+        )
+        return per_sequence, per_step_values
 
     def predict_proba(self, X: Any, lengths: Any = None) -> Any:
         """State posteriors ``p(z_t = k | x)`` of every step, shape (T, n_components)."""
@@ -305,9 +284,6 @@ class BaseHMM(BaseMixture):
     def predict(self, X: Any, lengths: Any = None) -> Any:
         """Most likely state of every step along the Viterbi path, shape (T,), int64."""
         return self._per_block(X, lengths, HMMFamily.decode)[1]
-
-    def _n_parameters(self) -> int:
-        return self._family().n_parameters(self.n_components, self.n_features_in_)
 
     def bic(self, X: Any, lengths: Any = None) -> float:
         """Bayesian information criterion (lower is better), with n = number of steps."""
@@ -355,15 +331,9 @@ class BaseHMM(BaseMixture):
         return X, states
 
 
-def _checked_kernel(kernel, family, params, check: ValueCheck, values, lengths, offset, what):
-    check.raise_for(values, offset, what=what)
-    return kernel(family, params, values, lengths)
-
-
 def _total(values: Any) -> float:
     """Sum of a NumPy or dask array, as a float (computed)."""
-    total = values.sum()
-    return float(total.compute() if isinstance(total, da.Array) else total)
+    return as_float(values.sum())
 
 
 __all__ = ["BaseHMM", "Sequences"]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from dask_em.data import CountCheck, OrMissingCheck, ValueCheck
+from dask_em.checks import CountCheck, OrMissingCheck, ValueCheck
+from dask_em.estimators.params import Constraint, check_shape, gamma_prior
+from dask_em.estimators.symbols import CONSTRAINTS as SYMBOL_CONSTRAINTS
+from dask_em.estimators.symbols import SymbolCount
 from dask_em.families.base import Params
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.poisson import PoissonFamily
 from dask_em.hmm._base import BaseHMM
 from dask_em.initialization import DEFAULT_SAMPLE_SIZE
-from dask_em.mixture.discrete import SymbolsFromData
 
 
 class PoissonHMM(BaseHMM):
@@ -27,6 +29,7 @@ class PoissonHMM(BaseHMM):
     """
 
     _model_name = "poisson-hmm"
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {"rate_prior": gamma_prior}
 
     def __init__(
         self,
@@ -61,18 +64,11 @@ class PoissonHMM(BaseHMM):
             CountCheck(), "negative, non-integer or infinite counts (NaN marks a missing step)"
         )
 
-    def _check_hyperparameters(self, n_features: int) -> None:
-        alpha, beta = self.rate_prior
-        if not (alpha >= 1.0 and beta >= 0.0):
-            raise ValueError(f"rate_prior must be (alpha >= 1, beta >= 0), got {self.rate_prior}")
-        super()._check_hyperparameters(n_features)
+    def _check_init(self, n_features: int) -> None:
+        super()._check_init(n_features)
         if self.lambdas_init is not None:
-            lambdas = np.asarray(self.lambdas_init, dtype=np.float64)
-            if lambdas.shape != (self.n_components, n_features):
-                raise ValueError(
-                    f"lambdas_init must have shape ({self.n_components}, {n_features}), "
-                    f"got {lambdas.shape}"
-                )
+            shape = (self.n_components, n_features)
+            lambdas = check_shape("lambdas_init", self.lambdas_init, shape)
             if np.any(lambdas <= 0) or not np.all(np.isfinite(lambdas)):
                 raise ValueError("lambdas_init must be positive and finite")
 
@@ -93,7 +89,7 @@ class PoissonHMM(BaseHMM):
         self.lambdas_ = variables["lambdas"]
 
 
-class CategoricalHMM(SymbolsFromData, BaseHMM):
+class CategoricalHMM(BaseHMM):
     """Hidden Markov model with one categorical symbol per step (hmmlearn's
     ``CategoricalHMM``): X is (T, 1) integer symbols 0..M-1, NaN marks a missing step.
 
@@ -105,7 +101,8 @@ class CategoricalHMM(SymbolsFromData, BaseHMM):
     """
 
     _model_name = "categorical-hmm"
-    _symbols_init = "emissionprob_init"
+    _parameter_constraints = SYMBOL_CONSTRAINTS
+    _symbol_count = SymbolCount("emissionprob_init")
 
     def __init__(
         self,
@@ -134,14 +131,17 @@ class CategoricalHMM(SymbolsFromData, BaseHMM):
 
     def _emission_family(self) -> CategoricalFamily:
         return CategoricalFamily(
-            n_symbols=int(self._symbols()),
+            n_symbols=int(self._symbol_count.current(self)),
             pseudocount=float(self.pseudocount),
             name=self._model_name,
         )
 
     def _value_check(self, fitting: bool = False) -> ValueCheck:
-        inner = self._symbol_check(fitting)
+        inner = self._symbol_count.check(self, fitting)
         return OrMissingCheck(inner, inner.problem + " (NaN marks a missing step)")
+
+    def _learn_from_scan(self, scan: dict) -> None:
+        self._symbol_count.learn(self, scan)
 
     def _check_hyperparameters(self, n_features: int) -> None:
         if n_features != 1:
@@ -149,15 +149,13 @@ class CategoricalHMM(SymbolsFromData, BaseHMM):
                 f"CategoricalHMM models one symbol per step: X must have shape (T, 1), got "
                 f"{n_features} columns"
             )
-        self._check_symbol_hyperparameters()
         super()._check_hyperparameters(n_features)
+
+    def _check_init(self, n_features: int) -> None:
+        super()._check_init(n_features)
         if self.emissionprob_init is not None:
-            probabilities = np.asarray(self.emissionprob_init, dtype=np.float64)
-            expected = (self.n_components, self._declared_symbols())
-            if probabilities.shape != expected:
-                raise ValueError(
-                    f"emissionprob_init must have shape {expected}, got {probabilities.shape}"
-                )
+            expected = (self.n_components, self._symbol_count.declared(self))
+            probabilities = check_shape("emissionprob_init", self.emissionprob_init, expected)
             if np.any(probabilities < 0) or not np.allclose(probabilities.sum(axis=1), 1.0):
                 raise ValueError("emissionprob_init must be non-negative with rows summing to 1")
 

@@ -6,18 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from dask_em.data import FiniteOrMissingCheck, ValueCheck
+from dask_em.checks import FiniteOrMissingCheck, ValueCheck
+from dask_em.estimators import gaussian
+from dask_em.estimators.params import check_shape
 from dask_em.families.base import Params
-from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
+from dask_em.families.gaussian import GaussianFamily
 from dask_em.hmm._base import BaseHMM
 from dask_em.initialization import DEFAULT_SAMPLE_SIZE
-
-_COVARIANCE_DIMS = {
-    "full": ("component", "feature", "feature_j"),
-    "tied": ("feature", "feature_j"),
-    "diag": ("component", "feature"),
-    "spherical": ("component",),
-}
 
 
 def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int):
@@ -43,7 +38,9 @@ class GaussianHMM(BaseHMM):
         probabilities and on each row of the transition matrix (1: flat; as hmmlearn,
         the M-step adds ``prior - 1`` to the expected counts).
     mean_prior, mean_pseudocount, covariance_prior, covariance_pseudocount :
-        the conjugate Normal-inverse-Wishart prior of :class:`~dask_em.GaussianMixture`.
+        the conjugate Normal-inverse-Wishart prior of :class:`~dask_em.GaussianMixture`,
+        with its data-derived defaults: ``mean_prior=None`` is the mean of the
+        initialization sample, ``covariance_prior=None`` its covariance.
     estep : "exact" (forward-backward) or "sample" (forward-filtering backward-sampling
         of ``n_samples`` paths per sequence: a Monte Carlo approximation whose counts
         converge to the exact ones as ``n_samples`` grows; the objective is then no
@@ -68,6 +65,7 @@ class GaussianHMM(BaseHMM):
     """
 
     _model_name = "gaussian-hmm"
+    _parameter_constraints = gaussian.CONSTRAINTS
 
     def __init__(
         self,
@@ -100,44 +98,28 @@ class GaussianHMM(BaseHMM):
         self._store_params(locals())
 
     def _emission_family(self) -> GaussianFamily:
-        return GaussianFamily(
-            covariance_type=self.covariance_type,
-            reg_covar=float(self.reg_covar),
-            name=self._model_name,
-            mean_prior=None if self.mean_prior is None else np.asarray(self.mean_prior, float),
-            mean_pseudocount=float(self.mean_pseudocount),
-            covariance_prior=self.covariance_prior,
-            covariance_pseudocount=float(self.covariance_pseudocount),
-        )
+        return gaussian.family(self)
 
     def _value_check(self, fitting: bool = False) -> ValueCheck:
         return FiniteOrMissingCheck()
 
-    def _check_hyperparameters(self, n_features: int) -> None:
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(
-                f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
-            )
-        if not self.reg_covar >= 0:
-            raise ValueError(f"reg_covar must be >= 0, got {self.reg_covar!r}")
-        super()._check_hyperparameters(n_features)
+    def _learn_from_scan(self, scan: dict) -> None:
+        """Default priors from the sample: its weighted mean and covariance."""
+        gaussian.learn_priors(self, scan)
+
+    def _check_init(self, n_features: int) -> None:
+        super()._check_init(n_features)
+        gaussian.check_priors(self, n_features)
         K = self.n_components
-        if self.means_init is not None and np.shape(self.means_init) != (K, n_features):
-            raise ValueError(
-                f"means_init must have shape ({K}, {n_features}), got {np.shape(self.means_init)}"
-            )
+        if self.means_init is not None:
+            check_shape("means_init", self.means_init, (K, n_features))
         if self.covars_init is not None:
-            expected = {
-                "full": (K, n_features, n_features),
-                "tied": (n_features, n_features),
-                "diag": (K, n_features),
-                "spherical": (K,),
-            }[self.covariance_type]
-            if np.shape(self.covars_init) != expected:
-                raise ValueError(
-                    f"covars_init must have shape {expected} for covariance_type="
-                    f"{self.covariance_type!r}, got {np.shape(self.covars_init)}"
-                )
+            check_shape(
+                "covars_init",
+                self.covars_init,
+                gaussian.covariance_shape(self.covariance_type, K, n_features),
+                f" for covariance_type={self.covariance_type!r}",
+            )
 
     def _emission_init(self) -> dict[str, Any]:
         return {"means": self.means_init, "covariances": self.covars_init}
@@ -163,7 +145,7 @@ class GaussianHMM(BaseHMM):
     def _emission_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         return {
             "means": (("component", "feature"), self.means_),
-            "covariances": (_COVARIANCE_DIMS[self.covariance_type], self.covariances_),
+            "covariances": (gaussian.COVARIANCE_DIMS[self.covariance_type], self.covariances_),
         }
 
     def _restore_emission(self, variables: dict[str, np.ndarray]) -> None:

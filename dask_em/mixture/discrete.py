@@ -9,11 +9,14 @@ the family's own prior (see :mod:`dask_em.families.poisson`, ``.categorical``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from dask_em.data import BinaryCheck, CountCheck, SymbolCheck, ValueCheck
+from dask_em.checks import BinaryCheck, CountCheck, ValueCheck
+from dask_em.estimators.params import Constraint, at_least, check_shape, gamma_prior
+from dask_em.estimators.symbols import CONSTRAINTS as SYMBOL_CONSTRAINTS
+from dask_em.estimators.symbols import SymbolCount
 from dask_em.families.base import Params
 from dask_em.families.bernoulli import BernoulliFamily
 from dask_em.families.categorical import CategoricalFamily
@@ -29,22 +32,16 @@ class _DiscreteMixture(BaseMixture):
     #: the initial value (with "_init")
     _parameter = "values"
     _parameter_dims: tuple[str, ...] = ("component", "feature")
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        "weight_concentration": at_least(1.0, " (1 is the flat prior)")
+    }
 
-    def _check_hyperparameters(self, n_features: int) -> None:
-        super()._check_hyperparameters(n_features)
-        if not self.weight_concentration >= 1.0:
-            raise ValueError(
-                f"weight_concentration must be >= 1 (1 is the flat prior), "
-                f"got {self.weight_concentration!r}"
-            )
-        values = getattr(self, f"{self._parameter}_init")
+    def _check_init(self, n_features: int) -> None:
+        super()._check_init(n_features)
+        name = f"{self._parameter}_init"
+        values = getattr(self, name)
         if values is not None:
-            values = np.asarray(values, dtype=np.float64)
-            expected = self._parameter_shape(n_features)
-            if values.shape != expected:
-                raise ValueError(
-                    f"{self._parameter}_init must have shape {expected}, got {values.shape}"
-                )
+            values = check_shape(name, values, self._parameter_shape(n_features))
             self._check_parameter_values(values)
 
     def _parameter_shape(self, n_features: int) -> tuple[int, ...]:
@@ -100,6 +97,7 @@ class PoissonMixture(_DiscreteMixture):
 
     _model_name = "poisson"
     _parameter = "rates"
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {"rate_prior": gamma_prior}
 
     def __init__(
         self,
@@ -128,12 +126,6 @@ class PoissonMixture(_DiscreteMixture):
     def _value_check(self, fitting: bool = False) -> ValueCheck:
         return CountCheck()
 
-    def _check_hyperparameters(self, n_features: int) -> None:
-        alpha, beta = self.rate_prior
-        if not (alpha >= 1.0 and beta >= 0.0):
-            raise ValueError(f"rate_prior must be (alpha >= 1, beta >= 0), got {self.rate_prior}")
-        super()._check_hyperparameters(n_features)
-
     def _check_parameter_values(self, values: np.ndarray) -> None:
         if np.any(values <= 0) or not np.all(np.isfinite(values)):
             raise ValueError("rates_init must be positive and finite")
@@ -149,6 +141,7 @@ class BernoulliMixture(_DiscreteMixture):
 
     _model_name = "bernoulli"
     _parameter = "probabilities"
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {"pseudocount": at_least(0)}
 
     def __init__(
         self,
@@ -176,55 +169,12 @@ class BernoulliMixture(_DiscreteMixture):
     def _value_check(self, fitting: bool = False) -> ValueCheck:
         return BinaryCheck()
 
-    def _check_hyperparameters(self, n_features: int) -> None:
-        if not self.pseudocount >= 0:
-            raise ValueError(f"pseudocount must be >= 0, got {self.pseudocount!r}")
-        super()._check_hyperparameters(n_features)
-
     def _check_parameter_values(self, values: np.ndarray) -> None:
         if np.any(values < 0) or np.any(values > 1):
             raise ValueError("probabilities_init must lie in [0, 1]")
 
 
-class SymbolsFromData:
-    """The symbol count M of a categorical model: ``n_symbols`` if set, else the last axis
-    of the initial probabilities (``_symbols_init``), else one more than the largest
-    symbol seen by the scan pass (``n_symbols_``)."""
-
-    #: name of the constructor parameter holding initial probabilities (..., M)
-    _symbols_init = "probabilities_init"
-
-    def _declared_symbols(self) -> int | None:
-        """M as the user set it (``n_symbols`` or the shape of the initial values)."""
-        if self.n_symbols is not None:
-            return int(self.n_symbols)
-        init = getattr(self, self._symbols_init)
-        if init is not None:
-            return int(np.shape(init)[-1])
-        return None
-
-    def _symbols(self) -> int | None:
-        return getattr(self, "n_symbols_", None) or self._declared_symbols()
-
-    def _symbol_check(self, fitting: bool) -> SymbolCheck:
-        keep = self.warm_start and self._is_fitted()
-        return SymbolCheck(self._declared_symbols() if fitting and not keep else self._symbols())
-
-    def _learn_from_scan(self, scan: dict) -> None:
-        if self.warm_start and self._is_fitted():
-            return
-        observed = scan["column_max"]
-        largest = int(np.nanmax(observed)) if np.isfinite(observed).any() else 0
-        self.n_symbols_ = self._declared_symbols() or max(largest + 1, 2)
-
-    def _check_symbol_hyperparameters(self) -> None:
-        if not self.pseudocount >= 0:
-            raise ValueError(f"pseudocount must be >= 0, got {self.pseudocount!r}")
-        if self.n_symbols is not None and not (int(self.n_symbols) >= 2):
-            raise ValueError(f"n_symbols must be >= 2, got {self.n_symbols!r}")
-
-
-class CategoricalMixture(SymbolsFromData, _DiscreteMixture):
+class CategoricalMixture(_DiscreteMixture):
     """Mixture of independent categorical features (X holds integer symbols 0..M-1).
 
     Parameters as PoissonMixture, with ``n_symbols`` M (default: one more than the
@@ -237,6 +187,8 @@ class CategoricalMixture(SymbolsFromData, _DiscreteMixture):
     _model_name = "categorical"
     _parameter = "probabilities"
     _parameter_dims = ("component", "feature", "symbol")
+    _parameter_constraints = SYMBOL_CONSTRAINTS
+    _symbol_count = SymbolCount("probabilities_init")
 
     def __init__(
         self,
@@ -261,18 +213,19 @@ class CategoricalMixture(SymbolsFromData, _DiscreteMixture):
 
     def _family(self) -> CategoricalFamily:
         return CategoricalFamily(
-            float(self.weight_concentration), int(self._symbols()), float(self.pseudocount)
+            float(self.weight_concentration),
+            int(self._symbol_count.current(self)),
+            float(self.pseudocount),
         )
 
     def _value_check(self, fitting: bool = False) -> ValueCheck:
-        return self._symbol_check(fitting)
+        return self._symbol_count.check(self, fitting)
 
-    def _check_hyperparameters(self, n_features: int) -> None:
-        self._check_symbol_hyperparameters()
-        super()._check_hyperparameters(n_features)
+    def _learn_from_scan(self, scan: dict) -> None:
+        self._symbol_count.learn(self, scan)
 
     def _parameter_shape(self, n_features: int) -> tuple[int, ...]:
-        return (self.n_components, n_features, self._declared_symbols())
+        return (self.n_components, n_features, self._symbol_count.declared(self))
 
     def _check_parameter_values(self, values: np.ndarray) -> None:
         if np.any(values < 0) or not np.allclose(values.sum(axis=-1), 1.0, atol=1e-6):

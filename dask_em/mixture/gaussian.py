@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from dask_em.data import FINITE, FiniteOrMissingCheck, ValueCheck
+from dask_em.checks import FINITE, FiniteOrMissingCheck, ValueCheck
+from dask_em.estimators import gaussian
+from dask_em.estimators.params import Constraint, at_least, check_shape, one_of
 from dask_em.families.base import Params
 from dask_em.families.gaussian import (
-    COVARIANCE_TYPES,
     GaussianFamily,
     cholesky_from_precisions,
     precisions_from_cholesky,
@@ -93,6 +94,11 @@ class GaussianMixture(BaseMixture):
     """
 
     _model_name = "gmm"
+    _parameter_constraints: ClassVar[dict[str, Constraint]] = {
+        **gaussian.CONSTRAINTS,
+        "missing": one_of(("marginalize", "error")),
+        "weight_concentration": at_least(1.0, " (1 is the flat prior)"),
+    }
 
     def __init__(
         self,
@@ -122,23 +128,7 @@ class GaussianMixture(BaseMixture):
         self._store_params(locals())
 
     def _family(self) -> GaussianFamily:
-        mean_prior = self.mean_prior if self.mean_prior is not None else None
-        covariance_prior = self.covariance_prior
-        if self.mean_pseudocount and mean_prior is None:
-            mean_prior = getattr(self, "mean_prior_", None)
-        if self.covariance_pseudocount and covariance_prior is None:
-            covariance_prior = getattr(self, "covariance_prior_", None)
-        return GaussianFamily(
-            self.covariance_type,
-            float(self.reg_covar),
-            weight_concentration=float(self.weight_concentration),
-            mean_prior=None if mean_prior is None else np.asarray(mean_prior, dtype=float),
-            mean_pseudocount=float(self.mean_pseudocount),
-            covariance_prior=(
-                None if covariance_prior is None else np.asarray(covariance_prior, dtype=float)
-            ),
-            covariance_pseudocount=float(self.covariance_pseudocount),
-        )
+        return gaussian.family(self, self.weight_concentration)
 
     def _value_check(self, fitting: bool = False) -> ValueCheck:
         if self.missing == "marginalize":
@@ -155,63 +145,22 @@ class GaussianMixture(BaseMixture):
 
     def _learn_from_scan(self, scan: dict) -> None:
         """Default priors from the sample: its weighted mean and covariance."""
-        sample, weight = scan["sample"], scan["sample_weight"]
-        if weight.sum() > 0:
-            self.mean_prior_ = np.average(sample, axis=0, weights=weight)
-            centred = sample - self.mean_prior_
-            self.covariance_prior_ = (centred * weight[:, None]).T @ centred / weight.sum()
+        gaussian.learn_priors(self, scan)
 
     # -- validation ---------------------------------------------------------------
-    def _check_hyperparameters(self, n_features: int) -> None:
-        super()._check_hyperparameters(n_features)
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(
-                f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
-            )
-        if self.missing not in ("marginalize", "error"):
-            raise ValueError(f"missing must be 'marginalize' or 'error', got {self.missing!r}")
-        if not self.reg_covar >= 0:
-            raise ValueError(f"reg_covar must be >= 0, got {self.reg_covar!r}")
-        if not self.weight_concentration >= 1.0:
-            raise ValueError(
-                f"weight_concentration must be >= 1 (1 is the flat prior), "
-                f"got {self.weight_concentration!r}"
-            )
-        for name in ("mean_pseudocount", "covariance_pseudocount"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.mean_prior is not None and np.shape(self.mean_prior) != (n_features,):
-            raise ValueError(
-                f"mean_prior must have shape ({n_features},), got {np.shape(self.mean_prior)}"
-            )
-        if self.covariance_prior is not None:
-            prior = np.asarray(self.covariance_prior, dtype=np.float64)
-            if prior.shape not in ((), (n_features,), (n_features, n_features)):
-                raise ValueError(
-                    f"covariance_prior must be a scalar, ({n_features},) or "
-                    f"({n_features}, {n_features}), got shape {prior.shape}"
-                )
-            matrix = prior * np.eye(n_features) if prior.ndim < 2 else prior
-            if np.any(np.linalg.eigvalsh((matrix + matrix.T) / 2) < 0):
-                raise ValueError("covariance_prior must be positive semi-definite")
+    def _check_init(self, n_features: int) -> None:
+        super()._check_init(n_features)
+        gaussian.check_priors(self, n_features)
         K = self.n_components
         if self.means_init is not None:
-            m = np.asarray(self.means_init, dtype=np.float64)
-            if m.shape != (K, n_features):
-                raise ValueError(f"means_init must have shape ({K}, {n_features}), got {m.shape}")
+            check_shape("means_init", self.means_init, (K, n_features))
         if self.precisions_init is not None:
-            p = np.asarray(self.precisions_init, dtype=np.float64)
-            expected = {
-                "full": (K, n_features, n_features),
-                "tied": (n_features, n_features),
-                "diag": (K, n_features),
-                "spherical": (K,),
-            }[self.covariance_type]
-            if p.shape != expected:
-                raise ValueError(
-                    f"precisions_init must have shape {expected} for covariance_type="
-                    f"{self.covariance_type!r}, got {p.shape}"
-                )
+            p = check_shape(
+                "precisions_init",
+                self.precisions_init,
+                gaussian.covariance_shape(self.covariance_type, K, n_features),
+                f" for covariance_type={self.covariance_type!r}",
+            )
             try:
                 cholesky_from_precisions(p, self.covariance_type)
             except Exception:
@@ -256,12 +205,7 @@ class GaussianMixture(BaseMixture):
 
     # -- model files ----------------------------------------------------------------
     def _model_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
-        dims = {
-            "full": ("component", "feature", "feature_j"),
-            "tied": ("feature", "feature_j"),
-            "diag": ("component", "feature"),
-            "spherical": ("component",),
-        }[self.covariance_type]
+        dims = gaussian.COVARIANCE_DIMS[self.covariance_type]
         return {
             "weights": (("component",), self.weights_),
             "means": (("component", "feature"), self.means_),

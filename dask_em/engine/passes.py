@@ -1,4 +1,4 @@
-"""The EM engine: the only code in dask_em that knows Dask.
+"""The engine's passes: data placement and one pass over the data as one Dask graph.
 
 One pass over the data is one small graph:
 
@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -43,65 +40,24 @@ import numpy as np
 import psutil
 from dask.delayed import Delayed, delayed
 
-from dask_em.families.base import Family, Params, Stats
+from dask_em.engine.cluster import active_client
+from dask_em.engine.tasks import estep_block_task, reduce_task
 
-logger = logging.getLogger(__name__)
+#: One logger for the whole engine: a fit's log lines (and its warnings) come from it.
+logger = logging.getLogger("dask_em.engine")
 
 CACHE_MODES = ("auto", "memory", "stream")
 
 #: In "auto" mode, persist when the data takes at most this share of cluster memory.
 AUTO_PERSIST_SHARE = 0.5
 
-#: An objective that falls by more than this (relative) is reported as a decrease.
-MONOTONE_TOLERANCE = 1e-10
+#: In-memory NumPy input up to this size is fitted in the calling process, without the
+#: cluster: shipping it would cost more than the arithmetic (EM can need thousands of
+#: passes).
+LOCAL_FIT_BYTES = 32 * 2**20
 
 #: ``Client.log_event`` topic of the fit events (``fit-start``, ``iteration``, ``fit-end``).
 EVENT_TOPIC = "dask-em"
-
-
-def active_client():
-    """The current ``distributed.Client``, or None when Dask runs without one."""
-    try:
-        from distributed import get_client
-    except ImportError:  # pragma: no cover - distributed is a core dependency
-        return None
-    try:
-        return get_client()
-    except ValueError:
-        return None
-
-
-@dataclass
-class IterationRecord:
-    """One EM iteration: objective at the parameters the iteration started from."""
-
-    iteration: int
-    objective: float
-    change: float
-    seconds: float
-    reseeded: tuple[int, ...] = ()
-    bytes_read: int = 0  # bytes of data (X and weights) the iteration's E-step tasks read
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "iteration": self.iteration,
-            "objective": self.objective,
-            "change": self.change,
-            "seconds": self.seconds,
-            "reseeded": list(self.reseeded),
-            "bytes_read": self.bytes_read,
-        }
-
-
-@dataclass
-class FitResult:
-    """What :meth:`EMEngine.run` returns."""
-
-    params: Params
-    history: list[IterationRecord] = field(default_factory=list)
-    converged: bool = False
-    n_iter: int = 0
-    lower_bound: float = -math.inf
 
 
 class EMEngine:
@@ -146,6 +102,7 @@ class EMEngine:
             if lengths.numblocks[0] != X.numblocks[0]:
                 raise ValueError("lengths must have one block per block of X")
             sample_weight = lengths  # travels in the weights' place, block by block
+        self.sequences = lengths is not None
         self.model = model
         self.fit_id = uuid.uuid4().hex[:8]
         self._open_spans: list[dict] = []  # annotations of the spans open, innermost last
@@ -211,6 +168,11 @@ class EMEngine:
         return self.X.numblocks[0]
 
     @property
+    def block_rows(self) -> tuple[int, ...]:
+        """Rows of X in each block."""
+        return tuple(int(n) for n in self.X.chunks[0])
+
+    @property
     def pass_bytes(self) -> int:
         """Bytes of data one pass reads: X and the sample weights, every block once."""
         return int(self.X.nbytes + (0 if self.sample_weight is None else self.sample_weight.nbytes))
@@ -239,7 +201,7 @@ class EMEngine:
         finally:
             self._open_spans.pop()
 
-    def _submit(self, result: Delayed) -> Stats:
+    def _submit(self, result: Delayed) -> Any:
         """Compute one pass on the cluster, in the open span."""
         span = self._open_spans[-1] if self._open_spans else None
         with dask.annotate(span=span) if span else contextlib.nullcontext():
@@ -288,8 +250,8 @@ class EMEngine:
     # -- one pass -------------------------------------------------------------------
     def pass_graph(
         self,
-        block_func: Callable[..., Stats],
-        merge: Callable[..., Stats],
+        block_func: Callable[..., Any],
+        merge: Callable[..., Any],
         shared: Any,
         *,
         stage: str = "estep",
@@ -313,7 +275,7 @@ class EMEngine:
         # Output and inputs share the index "ij" (one block along j): contracting an index
         # would stop dask's blockwise optimizer from fusing the reads into these tasks.
         cells = da.blockwise(
-            _run_block,
+            estep_block_task,
             "ij",
             self.X,
             "ij",
@@ -336,7 +298,7 @@ class EMEngine:
             parents = []
             for j in range(0, len(keys), self.split_every):
                 key = (reduce_name, level, j // self.split_every)
-                dsk[key] = (_reduce_node, merge, *keys[j : j + self.split_every])
+                dsk[key] = (reduce_task, merge, *keys[j : j + self.split_every])
                 parents.append(key)
             keys = parents
             level += 1
@@ -344,13 +306,13 @@ class EMEngine:
 
     def map_reduce(
         self,
-        block_func: Callable[..., Stats],
-        merge: Callable[..., Stats],
+        block_func: Callable[..., Any],
+        merge: Callable[..., Any],
         shared: Any,
         *,
         stage: str = "estep",
         per_block: Sequence[tuple] | None = None,
-    ) -> Stats:
+    ) -> Any:
         """``merge(block_func(shared, X_i, w_i, *per_block[i]) for every block i)``.
 
         ``shared`` is sent once (one literal key); ``per_block[i]`` holds small integer
@@ -369,7 +331,7 @@ class EMEngine:
             return self._submit(result)
         return result.compute(optimize_graph=False)
 
-    def _tree_reduce(self, parts: list[Stats], merge: Callable[..., Stats]) -> Stats:
+    def _tree_reduce(self, parts: list[Any], merge: Callable[..., Any]) -> Any:
         """The reduction tree of :meth:`pass_graph`, run in this process (same order)."""
         level = 0
         while len(parts) > 1 or level == 0:
@@ -380,114 +342,27 @@ class EMEngine:
             level += 1
         return parts[0]
 
-    # -- the EM loop ----------------------------------------------------------------
-    def run(
-        self,
-        family: Family,
-        params: Params,
-        *,
-        max_iter: int,
-        tol: float,
-        repair: Callable[[Params, Stats], tuple[Params, tuple[int, ...]]] | None = None,
-        callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
-        resume: FitResult | None = None,
-    ) -> FitResult:
-        """EM from ``params`` until the mean objective changes by less than ``tol``.
+    # -- the EM loop's hooks ------------------------------------------------------
+    def iteration_scope(self, iteration: int) -> contextlib.AbstractContextManager[None]:
+        """The dashboard span ``iteration-<n>`` around one pass of the EM loop."""
+        return self._span(f"iteration-{iteration}")
 
-        Each iteration evaluates the objective at the current parameters (E-step), then
-        moves them (M-step), exactly as scikit-learn's ``BaseMixture.fit``; ``lower_bound``
-        is the objective of the last E-step.  ``repair(params, stats)`` may fix up the
-        new parameters (re-seeding) and returns the indices it changed.
-        ``callbacks(record, new_params)`` run after every iteration (checkpoints).
+    def observe(self, record: Any) -> None:
+        """One EM iteration done: its log line and its ``iteration`` event.
 
-        ``resume``: continue a run from the parameters it reached and its history
-        (``resume.params``, ``resume.history``; ``params`` is then ignored).  That is the
-        whole loop state, so the result equals the uninterrupted run's.
+        ``record`` is a :class:`dask_em.em.IterationRecord` (anything with its fields and
+        ``as_dict()``).
         """
-        result = FitResult(params=params)
-        if resume is not None:
-            result.params, result.history = resume.params, list(resume.history)
-            params = result.params
-            if result.history:
-                last = result.history[-1]
-                result.n_iter, result.lower_bound = last.iteration, last.objective
-                if abs(last.change) < tol:
-                    result.converged = True
-                    return result
-        previous = result.history[-1].objective if result.history else -math.inf
-        for iteration in range(result.n_iter + 1, max_iter + 1):
-            started = time.perf_counter()
-            with self._span(f"iteration-{iteration}"):
-                stats = self.map_reduce(family.block_stats, family.merge, params, stage="estep")
-            objective = family.objective(stats, params)
-            if not math.isfinite(objective):
-                raise FloatingPointError(
-                    f"the objective became {objective} at iteration {iteration}; "
-                    "check the data for extreme values or increase regularization"
-                )
-            new_params = family.m_step(stats)
-            changed: tuple[int, ...] = ()
-            if repair is not None:
-                new_params, changed = repair(new_params, stats)
-            change = objective - previous
-            record = IterationRecord(
-                iteration,
-                objective,
-                change,
-                time.perf_counter() - started,
-                changed,
-                self.pass_bytes,
-            )
-            self._check_monotone(record, result.history)
-            result.history.append(record)
-            logger.info(
-                "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read",
-                self.model,
-                iteration,
-                objective,
-                change,
-                record.seconds,
-                record.bytes_read / 1e6,
-            )
-            self.log_event("iteration", **record.as_dict())
-            for callback in callbacks:
-                callback(record, new_params)
-            params = new_params
-            result.params, result.n_iter, result.lower_bound = params, iteration, objective
-            if abs(change) < tol:
-                result.converged = True
-                break
-            previous = objective
-        return result
+        logger.info(
+            "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read",
+            self.model,
+            record.iteration,
+            record.objective,
+            record.change,
+            record.seconds,
+            record.bytes_read / 1e6,
+        )
+        self.log_event("iteration", **record.as_dict())
 
-    @staticmethod
-    def _check_monotone(record: IterationRecord, history: list[IterationRecord]) -> None:
-        if not history or history[-1].reseeded:
-            return
-        before = history[-1].objective
-        if record.objective < before - MONOTONE_TOLERANCE * max(1.0, abs(before)):
-            logger.warning(
-                "objective decreased at iteration %d: %.12g -> %.12g",
-                record.iteration,
-                before,
-                record.objective,
-            )
-
-
-def _run_block(X, w, shared, extra, *, block_func):
-    """One cell of the blockwise layer: the statistics of one block, boxed."""
-    args = () if extra is None else tuple(int(v) for v in np.ravel(extra))
-    cell = np.empty((1, 1), dtype=object)
-    cell[0, 0] = block_func(shared, X, w, *args)
-    return cell
-
-
-def _reduce_node(merge, *parts):
-    """One node of the reduction tree; leaves arrive boxed from :func:`_run_block`."""
-    return merge(*(p[0, 0] if isinstance(p, np.ndarray) else p for p in parts))
-
-
-def blockwise_seeds(seed: int, n_blocks: int) -> list[int]:
-    """Independent 63-bit seeds, one per block, derived from one seed."""
-    children = np.random.SeedSequence(seed).spawn(n_blocks)
-    return [int(child.generate_state(2, np.uint32).view(np.uint64)[0] >> 1) for child in children]
+    #: Where the EM loop's warnings go (see :func:`dask_em.em.run`).
+    log = logger

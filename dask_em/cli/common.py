@@ -1,0 +1,187 @@
+"""What the ``dask-em`` commands share: argument types and groups, INPUT, the model
+registry's names, the cluster.
+
+Names, choices and defaults come from the library (the registry, the estimators'
+signatures, the modules' constants), so the command line cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from dask_em import engine, registry, stores
+from dask_em.registry import ModelKind
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: exit status 2 with a one-line message."""
+
+
+# -- argument types ---------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+# -- models -----------------------------------------------------------------------------
+def model_kinds() -> dict[str, ModelKind]:
+    """The models the command line knows: every registered one."""
+    return registry.model_kinds()
+
+
+def default_of(kind: ModelKind, parameter: str) -> Any:
+    """The default of ``parameter`` in ``kind``'s estimator (None if it has none)."""
+    found = inspect.signature(kind.estimator).parameters.get(parameter)
+    return None if found is None else found.default
+
+
+def build_estimator(kind: ModelKind, options: dict[str, Any]) -> Any:
+    """``kind.estimator(**options)``; options the class does not take are refused.
+
+    ``options`` maps constructor parameters to values; None means "not given".
+    """
+    accepted = set(inspect.signature(kind.estimator).parameters)
+    given = {name: value for name, value in options.items() if value is not None}
+    refused = sorted(name for name in given if name not in accepted)
+    if refused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+        raise UsageError(f"{flags} does not apply to {kind.name} models")
+    return kind.estimator(**given)
+
+
+def fit_keywords(estimator: Any, optional: dict[str, Any], **keywords: Any) -> dict[str, Any]:
+    """The keywords for ``estimator.fit``: ``keywords`` that are given (not None/False)
+    must be accepted; ``optional`` ones are passed only if they are."""
+    accepted = set(inspect.signature(estimator.fit).parameters)
+    given = {name: value for name, value in keywords.items() if value not in (None, False)}
+    refused = sorted(name for name in given if name not in accepted)
+    if refused:
+        raise UsageError(f"{type(estimator).__name__} does not support {', '.join(refused)}")
+    return given | {name: value for name, value in optional.items() if name in accepted}
+
+
+def load_model(path: str):
+    from dask_em.model_io import load
+
+    if not os.path.exists(path):
+        raise UsageError(f"MODEL {path} does not exist")
+    return load(path)
+
+
+# -- paths --------------------------------------------------------------------------------
+def local_path(path: str, flag: str) -> str:
+    """``path`` made absolute; outputs are renamed into place, so they must be local."""
+    if stores.is_url(path):
+        raise UsageError(f"{flag} must be a local path (it is renamed into place), got {path}")
+    return os.path.abspath(path)
+
+
+def refuse_existing(paths: list[str], overwrite: bool) -> None:
+    for path in paths:
+        if os.path.lexists(path) and not overwrite:
+            raise UsageError(f"{path} exists; pass --overwrite to replace it")
+
+
+# -- INPUT --------------------------------------------------------------------------------
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input",
+        metavar="INPUT",
+        help="Zarr array or group, or netCDF file: a local path or an fsspec URL (s3://...)",
+    )
+    parser.add_argument(
+        "--variable",
+        metavar="NAME",
+        help="the array of a Zarr group (or the variable of an xarray Dataset) to use",
+    )
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="fsspec storage option for a URL INPUT (repeatable; VALUE is JSON or text), "
+        "e.g. anon=true",
+    )
+
+
+def parse_storage_options(items: list[str] | None, path: str) -> dict[str, Any] | None:
+    """``KEY=VALUE`` pairs -> dict (values parsed as JSON when they are JSON)."""
+    if not items:
+        return None
+    if not stores.is_url(path):
+        raise UsageError(f"--storage-option applies to URLs (s3://, gs://, ...), not to {path}")
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--storage-option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
+
+
+def read_input(args: argparse.Namespace, sequences: bool) -> tuple[Any, Any]:
+    """INPUT of ``args`` as ``(X, lengths)`` (see :func:`dask_em.stores.open_input`)."""
+    options = parse_storage_options(args.storage_option, args.input)
+    return stores.open_input(args.input, args.variable, options, sequences=sequences)
+
+
+# -- the cluster ----------------------------------------------------------------------------
+def add_cluster_arguments(parser) -> None:
+    group = parser.add_argument_group(
+        "cluster", "an existing scheduler (--scheduler), or a LocalCluster started here"
+    )
+    group.add_argument("--scheduler", metavar="ADDRESS", help="e.g. tcp://10.0.0.5:8786")
+    group.add_argument("--n-workers", type=int, metavar="N", help="LocalCluster workers")
+    group.add_argument("--threads-per-worker", type=int, metavar="N")
+    group.add_argument("--memory-limit", metavar="BYTES", help="per worker, e.g. 4GiB")
+    group.add_argument(
+        "--dashboard-address",
+        default=":8787",
+        metavar="[HOST]:PORT",
+        help="LocalCluster dashboard (another port is chosen when this one is busy)",
+    )
+
+
+@contextlib.contextmanager
+def connect(args) -> Iterator[Any]:
+    """The client of ``--scheduler``, or of a LocalCluster started here
+    (:func:`dask_em.engine.connect`), after checking the flags combine."""
+    local_options = {
+        "n_workers": args.n_workers,
+        "threads_per_worker": args.threads_per_worker,
+        "memory_limit": args.memory_limit,
+    }
+    given = [name for name, value in local_options.items() if value is not None]
+    if args.scheduler and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{flags} start a LocalCluster and do not combine with --scheduler")
+    for name in ("n_workers", "threads_per_worker"):
+        if local_options[name] is not None and local_options[name] < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+    with engine.connect(
+        args.scheduler, dashboard_address=args.dashboard_address, **local_options
+    ) as client:
+        yield client

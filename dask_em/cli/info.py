@@ -1,0 +1,60 @@
+"""``dask-em info MODEL.zarr``: describe a saved model or a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import xarray as xr
+
+from dask_em import checkpoint as checkpoint_io
+from dask_em import model_io
+from dask_em.cli.common import UsageError
+
+
+def add_parser(commands) -> None:
+    info = commands.add_parser("info", help="describe a saved model (or a checkpoint)")
+    info.add_argument("model", metavar="MODEL", help="a model file or checkpoint")
+    info.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.model
+    if not os.path.exists(path):
+        raise UsageError(f"MODEL {path} does not exist")
+    try:
+        with xr.open_zarr(path, consolidated=False) as ds:
+            ds = ds.load()
+    except Exception:  # zarr/xarray raise several types for what they cannot read
+        raise UsageError(f"{path} is not a dask_em model file or checkpoint") from None
+    fmt = ds.attrs.get("dask_em_format")
+    attrs = ds.attrs
+    if fmt == model_io.FORMAT_NAME:
+        print(f"model {attrs['model']}  ({fmt} version {attrs['dask_em_format_version']})")
+        print(f"written by dask_em {attrs.get('dask_em_version', '?')}")
+        params = json.loads(attrs["params"])
+        print("parameters " + ", ".join(f"{k}={v!r}" for k, v in params.items() if v is not None))
+        print(f"features {attrs['n_features_in']}")
+        print(f"converged {attrs['converged']} after {attrs['n_iter']} iterations")
+        print(f"objective {attrs['lower_bound']!r}  (mean per row)")
+        for name, variable in ds.data_vars.items():
+            if not name.startswith("history_"):
+                shape = ", ".join(
+                    f"{d}={n}" for d, n in zip(variable.dims, variable.shape, strict=True)
+                )
+                print(f"array {name} ({shape})")
+        if "weights" in ds:
+            print("weights " + " ".join(f"{w:.4f}" for w in ds["weights"].values))
+    elif fmt == checkpoint_io.FORMAT_NAME:
+        found = json.loads(attrs["fingerprint"])
+        history = ds["current_history"].values
+        version = attrs["dask_em_format_version"]
+        print(f"checkpoint of a {attrs['model']} fit  ({fmt} version {version})")
+        print(f"data shape {found['shape']}, {len(found['row_chunks'])} blocks, {found['dtype']}")
+        print(f"initialization {int(attrs['attempt']) + 1} of {found['params'].get('n_init', 1)}")
+        if len(history):
+            print(f"iteration {int(history[-1, 0])}, objective {float(history[-1, 1])!r}")
+    else:
+        raise UsageError(f"{path} is not a dask_em model file or checkpoint")
+    return 0

@@ -1,0 +1,50 @@
+"""``dask-em predict MODEL.zarr INPUT --out LABELS.zarr``: label INPUT with a saved model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from dask_em import registry, stores
+from dask_em.cli.common import (
+    add_cluster_arguments,
+    add_input_arguments,
+    connect,
+    load_model,
+    local_path,
+    read_input,
+    refuse_existing,
+)
+
+
+def add_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="label INPUT's rows with a saved model",
+        description="Writes the most likely component of every row (or, with --proba, the "
+        "posterior probabilities) to a new Zarr array.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a model saved by dask-em fit")
+    add_input_arguments(predict)
+    predict.add_argument("--out", required=True, metavar="LABELS.zarr")
+    predict.add_argument("--proba", action="store_true", help="write probabilities (n, K)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_cluster_arguments(predict)
+    predict.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = local_path(args.out, "--out")
+    refuse_existing([out], args.overwrite)
+    model = load_model(args.model)
+    kind = registry.kind_of(model)
+    X, lengths = read_input(args, kind.sequences)
+    data = (X,) if lengths is None else (X, lengths)
+    what = "probabilities" if args.proba else "labels"
+    with connect(args):
+        result = model.predict_proba(*data) if args.proba else model.predict(*data)
+        rows = stores.write_array(
+            result, out, {"dask_em_predictions": what, "model": os.path.abspath(args.model)}
+        )
+    print(f"wrote {what} of {rows:,} rows to {out}")
+    return 0

@@ -1,0 +1,36 @@
+"""The engine: the only code in dask_em that knows Dask.
+
+- :mod:`~dask_em.engine.passes`: :class:`EMEngine`, data placement, one pass over the
+  data as one graph (a task per block, a fixed reduction tree), spans and events;
+- :mod:`~dask_em.engine.predict`: prediction graphs, one way for every model;
+- :mod:`~dask_em.engine.tasks`: the functions that run inside those tasks;
+- :mod:`~dask_em.engine.cluster`: the active client, and the cluster the command line
+  starts or joins.
+
+The EM loop that drives the passes is :mod:`dask_em.em` (pure Python).
+"""
+
+from dask_em.engine.cluster import active_client, cluster_errors, connect
+from dask_em.engine.passes import (
+    AUTO_PERSIST_SHARE,
+    CACHE_MODES,
+    EVENT_TOPIC,
+    LOCAL_FIT_BYTES,
+    EMEngine,
+)
+from dask_em.engine.predict import apply_blocks, as_float
+from dask_em.seeds import blockwise_seeds  # one seed per block (benchmarks import it here)
+
+__all__ = [
+    "AUTO_PERSIST_SHARE",
+    "CACHE_MODES",
+    "EVENT_TOPIC",
+    "LOCAL_FIT_BYTES",
+    "EMEngine",
+    "active_client",
+    "apply_blocks",
+    "as_float",
+    "blockwise_seeds",
+    "cluster_errors",
+    "connect",
+]

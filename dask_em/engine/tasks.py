@@ -1,0 +1,51 @@
+"""The functions the engine runs inside tasks, one per kind of task.
+
+Each is small and module-level, so that wrapping one (thread limits, timing) is a
+one-line change where the engine names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _extra_args(extra: Any) -> tuple[int, ...]:
+    return () if extra is None else tuple(int(v) for v in np.ravel(extra))
+
+
+def estep_block_task(X, w, shared, extra, *, block_func):
+    """One block of a pass (``estep``, ``scan``, ``init``): its statistics, boxed in a
+    1x1 object array (a cell of the blockwise layer)."""
+    cell = np.empty((1, 1), dtype=object)
+    cell[0, 0] = block_func(shared, X, w, *_extra_args(extra))
+    return cell
+
+
+def reduce_task(merge, *parts):
+    """One node of the reduction tree; leaves arrive boxed from :func:`estep_block_task`."""
+    return merge(*(p[0, 0] if isinstance(p, np.ndarray) else p for p in parts))
+
+
+def predict_block_task(X, lengths, shared, extra):
+    """One block of a prediction: the values checked, then the kernel's outputs, boxed.
+
+    ``shared`` is ``(kernel, family, params, check)``; ``extra`` holds the block's first
+    row.  ``lengths`` (sequence models) are the lengths of the block's sequences, or None.
+    """
+    kernel, family, params, check = shared
+    (offset,) = _extra_args(extra)
+    check.raise_for(X, offset, what=f"X[{offset}:{offset + len(X)}]")
+    if lengths is None:
+        outputs = (kernel(family, params, X),)
+    else:
+        outputs = tuple(kernel(family, params, X, np.asarray(lengths)))
+    cell = np.empty((1, 1), dtype=object)
+    cell[0, 0] = outputs
+    return cell
+
+
+def pick_output_task(cell, index: int):
+    """Output ``index`` of a block's prediction (see :func:`predict_block_task`)."""
+    return cell[0, 0][index]
