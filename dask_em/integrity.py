@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -354,3 +354,17 @@ def verify_written(staging: str, destination: str, fmt: StoreFormat) -> None:
             f"the {fmt.noun} written for {destination} does not read back intact, so it was "
             f"not put in place and what was at {destination} is kept ({error})"
         ) from None
+
+
+def open_verified_as_any(
+    location: str | os.PathLike, formats: Sequence[StoreFormat]
+) -> tuple[StoreFormat, xr.Dataset]:
+    """The store verified as whichever of ``formats`` its format attribute names (for a
+    reader of several kinds, such as ``dask-em info``); anything else is refused as the
+    first of ``formats``.  Returns the format and the loaded Dataset."""
+    check = _Check(os.fspath(location), formats[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = _open_root(check).attrs.get(FORMAT_ATTR)
+    fmt = next((f for f in formats if f.name == found), formats[0])
+    return fmt, open_verified(location, fmt)

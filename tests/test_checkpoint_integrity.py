@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from dask_em import GaussianHMM, GaussianMixture
-from dask_em.checkpoint import FORMAT_VERSION
-from dask_em.integrity import MANIFEST_ATTR, ModelFileError
+from dask_em.checkpoint import CHECKPOINT, FORMAT_VERSION
+from dask_em.integrity import MANIFEST_ATTR, ModelFileError, open_verified_as_any
+from dask_em.model_io import MODEL_FILE
 from tests.test_model_integrity import (
     chunk_files,
     damaged_write,
@@ -155,3 +156,19 @@ def test_a_version_1_checkpoint_without_a_manifest_still_resumes(tmp_path):
     edit_root_attributes(path, as_version_1)
     resumed = fit(GaussianMixture(2, **PARAMS), path, resume=True)
     np.testing.assert_array_equal(resumed.means_, reference.means_)
+
+
+def test_a_reader_of_both_kinds_verifies_each_as_its_own_kind(tmp_path):
+    """``open_verified_as_any``: what ``dask-em info`` needs to read either kind."""
+    checkpoint = interrupted_checkpoint(MODELS["gmm"][0], tmp_path / "ck.zarr")
+    model = tmp_path / "model.zarr"
+    GaussianMixture(2, **PARAMS).fit(X).save(model)
+    kinds = [MODEL_FILE, CHECKPOINT]
+    assert open_verified_as_any(model, kinds)[0] is MODEL_FILE
+    fmt, ds = open_verified_as_any(checkpoint, kinds)
+    assert fmt is CHECKPOINT and ds["current_means"].shape == (2, 2)
+    chunk_files(checkpoint, "current_means")[0].unlink()
+    with pytest.raises(ModelFileError, match=r"^checkpoint .*array 'current_means' does not"):
+        open_verified_as_any(checkpoint, kinds)
+    with pytest.raises(ModelFileError, match="is not a dask_em model file: nothing exists"):
+        open_verified_as_any(tmp_path / "nothing.zarr", kinds)
