@@ -21,9 +21,12 @@ Zarr store (never pickle).  The estimator names its arrays (``_model_variables``
 model files); they are stored as ``current_<name>`` and ``best_<name>``, the histories
 as ``current_history``/``best_history`` tables (iteration x field, the fields named
 in the ``history_fields`` attribute); the rest is in attributes (JSON).
-The store is written beside its path and renamed into place
-(:func:`dask_em.files.write_zarr_atomically`), so a kill at any moment leaves
-either the previous or the new checkpoint.
+The store is written beside its path, read back and verified, and only then renamed
+into place (:func:`dask_em.files.write_zarr_atomically`), so a kill at any moment
+leaves either the previous or the new checkpoint.  From version 2 it carries the
+manifest of :mod:`dask_em.integrity` (each array's shape, dtype and SHA-256); a
+checkpoint that fails verification raises :class:`~dask_em.integrity.ModelFileError`
+and is never resumed from.
 
 Any estimator plugs in through the hooks its model files use: ``get_params()``,
 ``_set_fitted(params)`` with ``_model_variables()`` (parameters -> named arrays), and
@@ -47,17 +50,40 @@ import xarray as xr
 
 from dask_em.em import FitResult, IterationRecord
 from dask_em.files import json_default, replace_path, write_zarr_atomically
+from dask_em.integrity import StoreFormat, add_manifest, open_verified, verify_written
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "dask_em.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: with the manifest of dask_em.integrity
 
 #: Estimator parameters that may change between a run and its resumption: they do not
 #: change the arithmetic (``max_iter`` only lets a resumed fit run longer).
 MAY_CHANGE = ("verbose", "cache", "max_iter")
 
 _HISTORY_FIELDS = ("iteration", "objective", "change", "seconds", "bytes_read")
+
+
+def _checkpoint_sizes(attrs: dict) -> dict[str, int]:
+    """The dim sizes the fingerprint implies (``component``, ``feature``)."""
+    found = json.loads(attrs["fingerprint"])
+    sizes = {"feature": int(found["shape"][1])} if len(found["shape"]) > 1 else {}
+    if found["params"].get("n_components") is not None:
+        sizes["component"] = int(found["params"]["n_components"])
+    return sizes
+
+
+CHECKPOINT = StoreFormat(
+    name=FORMAT_NAME,
+    version=FORMAT_VERSION,
+    noun="checkpoint",
+    manifest_since=2,
+    advice="it is not resumed from: remove it to start the fit afresh",
+    is_parameter=lambda name: (
+        name.startswith(("current_", "best_")) and not name.endswith("_history")
+    ),
+    expected_sizes=_checkpoint_sizes,
+)
 
 
 @dataclass
@@ -117,7 +143,11 @@ def save_state(path: str | os.PathLike, model: Any, state: FitState) -> None:
             [list(record.reseeded) for record in result.history]
         )
         attrs[f"{prefix}_converged"] = bool(result.converged)
-    write_zarr_atomically(xr.Dataset(data_vars, attrs=attrs), path)
+    write_zarr_atomically(
+        add_manifest(xr.Dataset(data_vars, attrs=attrs)),
+        path,
+        verify=lambda staging: verify_written(staging, path, CHECKPOINT),
+    )
     _remove_leftovers(path)
 
 
@@ -157,26 +187,14 @@ def _recover(path: str) -> None:
 def open_checkpoint(path: str | os.PathLike) -> xr.Dataset | None:
     """The checkpoint at ``path`` as a loaded Dataset, or None if there is none.
 
-    Raises ValueError for a path that holds something else.
+    Raises :class:`~dask_em.integrity.ModelFileError` (a ValueError) for a path that
+    holds something else or a checkpoint that fails verification.
     """
     path = os.path.abspath(os.fspath(path))
     _recover(path)
     if not os.path.exists(path):
         return None
-    try:
-        with xr.open_zarr(path, consolidated=False) as ds:
-            ds = ds.load()
-    except Exception as error:  # zarr/xarray raise several types for unreadable stores
-        raise ValueError(f"{path} is not a dask_em checkpoint: {error}") from None
-    fmt, version = ds.attrs.get("dask_em_format"), ds.attrs.get("dask_em_format_version")
-    if fmt != FORMAT_NAME:
-        raise ValueError(f"{path} is not a dask_em checkpoint (format attribute is {fmt!r})")
-    if int(version) > FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint format version {version} is newer than this dask_em reads "
-            f"({FORMAT_VERSION}); upgrade dask_em"
-        )
-    return ds
+    return open_verified(path, CHECKPOINT)
 
 
 def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState | None:

@@ -46,9 +46,22 @@ def write_aside(path: str | os.PathLike, write: Callable[[str], T], *, quiet: bo
     return result
 
 
-def write_zarr_atomically(ds: Any, path: str | os.PathLike) -> None:
-    """Write the xarray Dataset ``ds`` to a Zarr store at ``path`` (:func:`write_aside`)."""
-    write_aside(path, lambda staging: ds.to_zarr(staging, mode="w-", consolidated=False))
+def write_zarr_atomically(
+    ds: Any, path: str | os.PathLike, verify: Callable[[str], Any] | None = None
+) -> None:
+    """Write the xarray Dataset ``ds`` to a Zarr store at ``path`` (:func:`write_aside`).
+
+    ``verify(staging)``, if given, reads the written store back before it replaces
+    anything; if it raises, the store written aside is removed and ``path`` is left as
+    it was.
+    """
+
+    def write(staging: str) -> None:
+        ds.to_zarr(staging, mode="w-", consolidated=False)
+        if verify is not None:
+            verify(staging)
+
+    write_aside(path, write)
 
 
 def replace_path(source: str, path: str) -> None:

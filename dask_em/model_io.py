@@ -8,10 +8,14 @@ Layout (format ``dask_em.model``, version :data:`FORMAT_VERSION`):
   ``history_bytes_read``, the last optional when reading);
 - attributes: ``dask_em_format``, ``dask_em_format_version``, ``model`` (class name),
   ``params`` (the constructor parameters as JSON), ``converged``, ``n_iter``,
-  ``lower_bound``, ``n_features_in``, ``dask_em_version``.
+  ``lower_bound``, ``n_features_in``, ``dask_em_version``, and (from version 2)
+  ``dask_em_manifest``: each array's dims, shape, dtype and SHA-256, which
+  :func:`load` checks (:mod:`dask_em.integrity`; version 1 files, without it, still
+  load after every check that needs no manifest).
 
 A store is written next to its destination and renamed into place, so a crash never
-leaves half a model at ``path``; an existing path is replaced only with ``overwrite``.
+leaves half a model at ``path``; it is read back and verified before it replaces what
+was there; an existing path is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -24,11 +28,32 @@ import numpy as np
 import xarray as xr
 
 from dask_em.files import json_default, write_zarr_atomically
+from dask_em.integrity import StoreFormat, add_manifest, open_verified, verify_written
 from dask_em.registry import estimator_class
 from dask_em.version import __version__
 
 FORMAT_NAME = "dask_em.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: with the manifest of dask_em.integrity
+
+
+def _model_sizes(attrs: dict) -> dict[str, int]:
+    """The dim sizes a model file's attributes imply (``component``, ``feature``)."""
+    params = json.loads(attrs["params"])
+    sizes = {"feature": int(attrs["n_features_in"])}
+    if params.get("n_components") is not None:
+        sizes["component"] = int(params["n_components"])
+    return sizes
+
+
+MODEL_FILE = StoreFormat(
+    name=FORMAT_NAME,
+    version=FORMAT_VERSION,
+    noun="model file",
+    manifest_since=2,
+    advice="restore it from a copy or fit the model again",
+    is_parameter=lambda name: not name.startswith("history_"),
+    expected_sizes=_model_sizes,
+)
 
 
 def to_dataset(model: Any) -> xr.Dataset:
@@ -61,7 +86,7 @@ def to_dataset(model: Any) -> xr.Dataset:
         "n_features_in": int(model.n_features_in_),
         "history_reseeded": json.dumps([h["reseeded"] for h in history]),
     }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return add_manifest(xr.Dataset(data_vars, coords=coords, attrs=attrs))
 
 
 def from_dataset(ds: xr.Dataset) -> Any:
@@ -122,15 +147,15 @@ def save_model(model: Any, path: str | os.PathLike, *, overwrite: bool = False) 
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    write_zarr_atomically(to_dataset(model), path)
+    write_zarr_atomically(
+        to_dataset(model), path, verify=lambda staging: verify_written(staging, path, MODEL_FILE)
+    )
 
 
 def load(path: str | os.PathLike) -> Any:
-    """Load a model written by ``save``; raises ValueError for anything else."""
-    location = os.fspath(path)
-    try:
-        ds = xr.open_zarr(location, consolidated=False)
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        raise ValueError(f"{location!r} is not a dask_em model file: {error}") from None
-    with ds:
-        return from_dataset(ds.load())
+    """Load a model written by ``save``, verified first (:mod:`dask_em.integrity`).
+
+    Raises :class:`dask_em.integrity.ModelFileError` (a ValueError) for a damaged,
+    mixed-up or foreign store, naming the array that is wrong.
+    """
+    return from_dataset(open_verified(path, MODEL_FILE))

@@ -139,7 +139,7 @@ def test_the_checkpoint_is_a_versioned_zarr_store_holding_the_loop_state(tmp_pat
     model.fit(gaussian_data(), checkpoint=path)
     ds = xr.open_zarr(path, consolidated=False)
     assert ds.attrs["dask_em_format"] == FORMAT_NAME
-    assert ds.attrs["dask_em_format_version"] == 1
+    assert ds.attrs["dask_em_format_version"] == 2
     assert int(ds.attrs["attempt"]) == 1 and ds.attrs["has_best"]
     assert ds["current_means"].dims == ("component", "feature")
     assert ds["current_history"].shape == (5, 5)

@@ -191,7 +191,7 @@ def test_save_and_load_round_trip(client, tmp_path):
         )
         np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X))
         ds = model.to_xarray()
-        assert ds.attrs["dask_em_format_version"] == 1
+        assert ds.attrs["dask_em_format_version"] == 2
         assert "component" in ds["means"].dims and "feature" in ds["means"].dims
 
 

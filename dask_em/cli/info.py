@@ -6,11 +6,10 @@ import argparse
 import json
 import os
 
-import xarray as xr
-
 from dask_em import checkpoint as checkpoint_io
 from dask_em import model_io
 from dask_em.cli.common import UsageError
+from dask_em.integrity import open_verified_as_any
 
 
 def add_parser(commands) -> None:
@@ -23,12 +22,9 @@ def run(args: argparse.Namespace) -> int:
     path = args.model
     if not os.path.exists(path):
         raise UsageError(f"MODEL {path} does not exist")
-    try:
-        with xr.open_zarr(path, consolidated=False) as ds:
-            ds = ds.load()
-    except Exception:  # zarr/xarray raise several types for what they cannot read
-        raise UsageError(f"{path} is not a dask_em model file or checkpoint") from None
-    fmt = ds.attrs.get("dask_em_format")
+    # verified as what it says it is: a damaged store is refused (ModelFileError, exit 2)
+    found, ds = open_verified_as_any(path, [model_io.MODEL_FILE, checkpoint_io.CHECKPOINT])
+    fmt = found.name
     attrs = ds.attrs
     if fmt == model_io.FORMAT_NAME:
         print(f"model {attrs['model']}  ({fmt} version {attrs['dask_em_format_version']})")
