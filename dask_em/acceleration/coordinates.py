@@ -68,7 +68,7 @@ class PositiveArray:
     @classmethod
     def build(cls, points: Sequence[np.ndarray]) -> PositiveArray:
         stacked = _stack(points)
-        return cls(stacked[-1], ~np.any(stacked == 0.0, axis=0))
+        return cls(stacked[-1], ~np.any(stacked <= 0.0, axis=0))
 
     @property
     def size(self) -> int:
@@ -95,7 +95,7 @@ class UnitIntervalArray:
     @classmethod
     def build(cls, points: Sequence[np.ndarray]) -> UnitIntervalArray:
         stacked = _stack(points)
-        held = np.any((stacked == 0.0) | (stacked == 1.0), axis=0)
+        held = np.any((stacked <= 0.0) | (stacked >= 1.0), axis=0)  # 1 + eps: rounding
         return cls(stacked[-1], ~held)
 
     @property
@@ -136,7 +136,7 @@ class SimplexRows:
     @classmethod
     def build(cls, points: Sequence[np.ndarray]) -> SimplexRows:
         stacked = _stack(points)
-        return cls(stacked[-1], ~np.any(stacked == 0.0, axis=0))
+        return cls(stacked[-1], ~np.any(stacked <= 0.0, axis=0))
 
     @property
     def size(self) -> int:
