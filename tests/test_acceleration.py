@@ -204,8 +204,11 @@ def test_an_overflowing_vector_is_an_infeasible_point():
 def test_the_sampling_e_step_is_refused():
     emission, params = emission_case("poisson", np.random.default_rng(3))
     family = HMMFamily(emission, estep="sample")
+    start = hmm_start(family, params)
     with pytest.raises(ValueError, match="exact E-step"):
-        parameter_map(family, [hmm_start(family, params)])
+        parameter_map(family, [start])
+    with pytest.raises(ValueError, match="exact E-step"):
+        squarem(family, start, tol=1e-8)  # at once, not at the first extrapolation
 
 
 # --------------------------------------------------------------------------- passes

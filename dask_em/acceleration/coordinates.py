@@ -6,9 +6,10 @@ straight line; the inverse map lands the result back inside the constraints, so 
 extrapolated point is always a valid parameter (up to overflow, which the inverse
 reports as :class:`InfeasiblePoint`).
 
-Exact zeros (and, for Bernoulli probabilities, exact ones) cannot be represented in
-log coordinates; EM keeps them where they are (a zero transition probability, or a
-symbol absent from the data, has zero counts forever), so they are *held fixed*: a
+Exact zeros (and, for Bernoulli probabilities, exact ones; or values a rounding error
+beyond) cannot be represented in log coordinates; EM keeps them where they are (a zero
+transition probability, or a symbol absent from the data, has zero counts forever), so
+they are *held fixed*: a
 mask built from all the points of one extrapolation marks them, they are left out of
 the vector, and the inverse map copies them from the template (the latest point).
 

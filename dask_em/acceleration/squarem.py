@@ -96,6 +96,7 @@ class Squarem(PlainEM):
         if step_max0 < 1.0 or mstep < 1.0:
             raise ValueError("step_max0 and mstep must be at least 1")
         self.parameter_map = parameter_map
+        parameter_map([params if resume is None else resume.params])  # refuse early
         self.step_max0 = step_max0
         self.mstep = mstep
         self.max_backtracks = max_backtracks
