@@ -1,0 +1,22 @@
+"""Accelerated EM that plugs into any EM loop: SQUAREM as an ask/tell driver
+(:mod:`.squarem`, :mod:`.driver`), the parameter maps it extrapolates in
+(:mod:`.parameter_maps`, :mod:`.coordinates`), and a runner around one ``evaluate``
+callable per pass (:mod:`.running`)."""
+
+from dask_em.acceleration.coordinates import InfeasiblePoint
+from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM
+from dask_em.acceleration.parameter_maps import ParameterMap, parameter_map
+from dask_em.acceleration.running import family_evaluate, run_em
+from dask_em.acceleration.squarem import Squarem
+
+__all__ = [
+    "AcceptedPoint",
+    "EMState",
+    "InfeasiblePoint",
+    "ParameterMap",
+    "PlainEM",
+    "Squarem",
+    "family_evaluate",
+    "parameter_map",
+    "run_em",
+]

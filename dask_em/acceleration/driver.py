@@ -1,0 +1,231 @@
+"""EM as an ask/tell driver: the loop evaluates points, the driver chooses them.
+
+One *pass* over the data evaluates one point ``y``: the E-step at ``y`` gives the
+(penalized, mean) objective ``L(y)`` and the M-step the plain EM image ``F(y)``.  A
+driver never touches data; any loop (in-process, a Dask cluster, several restarts in
+lockstep) runs it as::
+
+    driver = Squarem(params, mapping, tol=1e-8)        # or PlainEM(params, tol=1e-8)
+    while not driver.converged and driver.passes < max_passes:
+        y = driver.ask()                               # the point to evaluate
+        stats = <one pass at y>                        # E-step, reduced statistics
+        point = driver.tell(family.objective(stats, y), family.m_step(stats), stats)
+        if point is not None:                          # an accepted point: log, checkpoint
+            save(driver.state)
+
+``tell`` returns an :class:`AcceptedPoint` when the point it was told about is
+accepted (every pass of plain EM; with acceleration, a rejected extrapolation returns
+None).  Accepted objectives never decrease (plain EM steps up to rounding, as EM).
+
+Convergence is the current loop's rule: a plain EM step (an accepted point reached by
+an M-step) whose objective changed by less than ``tol`` from the accepted point before
+it.  The parameters returned are the EM image of the last accepted point, and
+``lower_bound`` its objective, as scikit-learn's ``fit`` does.
+
+Re-seeding: ``repair(image, stats) -> (image, changed)`` (the loop's hook) runs on the
+image of every accepted point.  When it changes something, the repaired image is not an
+EM image: the monotone guarantee lapses for one step (the record carries ``reseeded``)
+and an accelerated driver starts afresh from it with plain EM steps.
+
+Resume: :attr:`PlainEM.state` (an :class:`EMState`: the parameters reached, the
+history and up to two earlier points) is all a driver needs to continue exactly as it
+would have without the interruption.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dask_em.families.base import Params, Stats
+
+logger = logging.getLogger(__name__)
+
+#: An EM step whose objective falls by more than this (relative) is reported.
+MONOTONE_TOLERANCE = 1e-10
+
+Repair = Callable[[Params, Stats], tuple[Params, tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class AcceptedPoint:
+    """One accepted point of an EM run (what a loop logs and checkpoints).
+
+    ``objective``: L at the point; ``change``: L minus the previous accepted point's L
+    (inf for the first); ``passes``: passes over the data so far, this one and any
+    rejected extrapolations included; ``kind``: ``"em"`` (reached by an M-step, or the
+    start) or ``"extrapolated"``; ``step``: the extrapolation's step length s >= 1
+    (1 for EM steps); ``step_max``: the driver's maximum step length once this point was
+    accepted; ``reseeded``: the components the repair hook moved in this point's image.
+    """
+
+    objective: float
+    change: float
+    passes: int
+    kind: str = "em"
+    step: float = 1.0
+    step_max: float = 1.0
+    reseeded: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective,
+            "change": self.change,
+            "passes": self.passes,
+            "kind": self.kind,
+            "step": self.step,
+            "step_max": self.step_max,
+            "reseeded": list(self.reseeded),
+        }
+
+
+@dataclass(frozen=True)
+class EMState:
+    """What a driver needs to continue a run (save it after each accepted point).
+
+    ``params``: the EM image of the last accepted point (the parameters reached);
+    ``history``: the accepted points; ``chain``: the last accepted points linked by
+    plain EM steps (at most two, oldest first, the last one the last accepted point),
+    from which an accelerated driver extrapolates; empty for plain EM.
+    """
+
+    params: Params
+    history: tuple[AcceptedPoint, ...] = ()
+    chain: tuple[Params, ...] = field(default=())
+
+
+class PlainEM:
+    """Plain EM behind the ask/tell interface (module docstring); SQUAREM extends it.
+
+    Parameters
+    ----------
+    params : the first point to evaluate.
+    tol : stop when a plain EM step changes the mean objective by less than this.
+    repair : the loop's re-seeding hook, ``repair(image, stats) -> (image, changed)``.
+    resume : continue from a saved :class:`EMState` (``params`` is then ignored).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        *,
+        tol: float,
+        repair: Repair | None = None,
+        resume: EMState | None = None,
+    ) -> None:
+        self.tol = tol
+        self.repair = repair
+        self.history: list[AcceptedPoint] = []
+        self.converged = False
+        self.passes = 0
+        self._chain: list[Params] = []
+        self._image = params
+        self._pending = params
+        self._pending_kind = "em"
+        if resume is not None:
+            self._restore(resume)
+
+    # -- the interface --------------------------------------------------------------
+    def ask(self) -> Params:
+        """The parameters to evaluate in the next pass."""
+        if self.converged:
+            raise RuntimeError("the run has converged; read .params")
+        return self._pending
+
+    def tell(self, objective: float, image: Params, stats: Stats) -> AcceptedPoint | None:
+        """The result of the pass at :meth:`ask`'s point: ``L`` there, the M-step's
+        image, and the statistics (for the repair hook).  Returns the accepted point, or
+        None when an extrapolation was rejected."""
+        self.passes += 1
+        if self._pending_kind == "extrapolated":
+            return self._tell_extrapolated(objective, image, stats)
+        if not math.isfinite(objective):
+            raise FloatingPointError(
+                f"the objective became {objective} after {self.passes} passes; check the "
+                "data for extreme values or increase regularization"
+            )
+        return self._accept(objective, image, stats, kind="em", step=1.0)
+
+    @property
+    def params(self) -> Params:
+        """The EM image of the last accepted point (the result of the run)."""
+        return self._image
+
+    @property
+    def lower_bound(self) -> float:
+        """The objective of the last accepted point."""
+        return self.history[-1].objective if self.history else -math.inf
+
+    @property
+    def state(self) -> EMState:
+        return EMState(self._image, tuple(self.history), tuple(self._chain))
+
+    # -- what subclasses change -----------------------------------------------------
+    @property
+    def step_max(self) -> float:
+        return 1.0
+
+    def _plan_next(self) -> None:
+        """Choose the next point once a point has been accepted: plain EM, the image."""
+        self._pending, self._pending_kind = self._image, "em"
+
+    def _tell_extrapolated(self, objective, image, stats):  # pragma: no cover - plain EM
+        raise AssertionError("plain EM never proposes an extrapolated point")
+
+    def _restore_step(self, last: AcceptedPoint) -> None:
+        """Restore the subclass's own state from the last record."""
+
+    # -- bookkeeping ----------------------------------------------------------------
+    def _accept(
+        self, objective: float, image: Params, stats: Stats, *, kind: str, step: float
+    ) -> AcceptedPoint:
+        accepted = self._pending
+        changed: tuple[int, ...] = ()
+        if self.repair is not None:
+            image, changed = self.repair(image, stats)
+        previous = self.history[-1].objective if self.history else -math.inf
+        point = AcceptedPoint(
+            objective, objective - previous, self.passes, kind, step, self.step_max, changed
+        )
+        self._check_monotone(point)
+        self.history.append(point)
+        self._image = image
+        if changed or kind != "em":
+            # a repaired image is no EM image, and an extrapolated point is not the base
+            # of the next extrapolation (SQUAREM's stabilizing EM step comes first)
+            self._chain = []
+        else:
+            self._chain = [*self._chain, accepted][-2:]
+        self.converged = kind == "em" and abs(point.change) < self.tol
+        if not self.converged:
+            self._plan_next()
+        return point
+
+    def _restore(self, state: EMState) -> None:
+        self.history = list(state.history)
+        self._image = state.params
+        self._chain = list(state.chain)
+        if not self.history:
+            self._pending = state.params
+            return
+        last = self.history[-1]
+        self.passes = last.passes
+        self._restore_step(last)
+        self.converged = last.kind == "em" and abs(last.change) < self.tol
+        if not self.converged:
+            self._plan_next()
+
+    def _check_monotone(self, point: AcceptedPoint) -> None:
+        if not self.history or self.history[-1].reseeded:
+            return
+        before = self.history[-1].objective
+        if point.objective < before - MONOTONE_TOLERANCE * max(1.0, abs(before)):
+            logger.warning(
+                "objective decreased after %d passes: %.12g -> %.12g",
+                point.passes,
+                before,
+                point.objective,
+            )

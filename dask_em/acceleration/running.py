@@ -1,0 +1,50 @@
+"""Running a driver with one callable per pass, and building that callable.
+
+``evaluate(params) -> (objective, image, stats)`` is one pass over the data: the
+E-step's statistics at ``params`` give the penalized mean objective there, and the
+M-step gives the plain EM image F(params).  :func:`family_evaluate` builds it from a
+family and any function that computes a pass's merged statistics: a NumPy array in this
+process, or :meth:`dask_em.engine.EMEngine.map_reduce` on a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM
+from dask_em.families.base import Params, Stats
+
+Evaluate = Callable[[Params], tuple[float, Params, Stats]]
+
+
+def family_evaluate(family: Any, pass_stats: Callable[[Params], Stats]) -> Evaluate:
+    """``evaluate`` from a family (``objective``, ``m_step``) and ``pass_stats(params)``,
+    the merged statistics of one pass at ``params``."""
+
+    def evaluate(params: Params) -> tuple[float, Params, Stats]:
+        stats = pass_stats(params)
+        return family.objective(stats, params), family.m_step(stats), stats
+
+    return evaluate
+
+
+def run_em(
+    driver: PlainEM,
+    evaluate: Evaluate,
+    *,
+    max_passes: int,
+    callbacks: Sequence[Callable[[AcceptedPoint, EMState], None]] = (),
+) -> PlainEM:
+    """Drive ``driver`` until it converges or has made ``max_passes`` passes in all.
+
+    ``callbacks(point, state)`` run after every accepted point (log lines, checkpoints
+    of ``state``, from which a new driver resumes with ``resume=state``).
+    """
+    while not driver.converged and driver.passes < max_passes:
+        objective, image, stats = evaluate(driver.ask())
+        point = driver.tell(objective, image, stats)
+        if point is not None:
+            for callback in callbacks:
+                callback(point, driver.state)
+    return driver
