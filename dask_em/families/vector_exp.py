@@ -47,7 +47,7 @@ _C13 = 1.0 / 6227020800.0
 
 
 @jit
-def _exp_chunk(values, high_bits, low_bits):
+def exp_chunk(values, high_bits, low_bits):
     """``values[:] = exp(values)`` for one chunk (len(values) <= len(high_bits))."""
     n_values = len(values)
     for i in range(n_values):
@@ -93,4 +93,4 @@ def exp_inplace(values):
     high_bits = np.empty(CHUNK, dtype=np.int64)
     low_bits = np.empty(CHUNK, dtype=np.int64)
     for start in range(0, len(flat), CHUNK):
-        _exp_chunk(flat[start : start + CHUNK], high_bits, low_bits)
+        exp_chunk(flat[start : start + CHUNK], high_bits, low_bits)
