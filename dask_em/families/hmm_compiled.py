@@ -285,8 +285,9 @@ def sample_backward(starts, counts, alpha, transmat, n_samples, rng, state_count
 
 # --------------------------------------------------------------------------- wrappers
 def state_major(time_major: np.ndarray) -> np.ndarray:
-    """A (T, K) array as a C-contiguous float64 (K, T) copy."""
-    return np.ascontiguousarray(np.asarray(time_major, dtype=np.float64).T)
+    """A (T, K) array as a C-contiguous float64 (K, T) copy (always a copy: the kernels
+    work in place, and a Fortran-ordered input's transpose would be the input itself)."""
+    return np.array(np.asarray(time_major).T, dtype=np.float64, order="C", copy=True)
 
 
 def scaled_posteriors(
