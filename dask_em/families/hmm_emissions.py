@@ -51,28 +51,42 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --------------------------------------------------------------------------- kernels
-@jit
-def gather_state_major(X, perm, center, out, observed):
-    """``out[d, r] = X[perm[r], d] - center[d]`` (D, T) float64, with ``observed[r]`` 1.0
-    where the row has no NaN and 0.0 (and the row of ``out`` zeroed) where it has.
+#: Sequences gathered together: their rows are read as that many sequential streams.
+GATHER_SEQUENCES = 64
 
-    Returns the number of rows with NaN.
+
+@jit
+def gather_state_major(X, first_rows, starts, counts, center, out, observed):
+    """``out[d, starts[t] + i] = X[first_rows[i] + t, d] - center[d]`` (D, T) float64:
+    the block (T, D) in time-major order, state-major; ``first_rows[i]`` is the block row
+    of the first step of the i-th longest sequence.  ``observed[r]`` is 1.0 where the
+    step has no NaN, else 0.0 (and its column of ``out`` is zeroed).
+
+    Sequences are taken GATHER_SEQUENCES at a time, step by step, so the reads are that
+    many sequential streams rather than one jump per step.  Returns the count of steps
+    with NaN.
     """
     n_features = X.shape[1]
     n_missing = 0
-    for r in range(len(perm)):
-        source = perm[r]
-        complete = True
-        for d in range(n_features):
-            value = X[source, d]
-            if value != value:
-                complete = False
-            out[d, r] = value - center[d]
-        observed[r] = 1.0 if complete else 0.0
-        if not complete:
-            n_missing += 1
-            for d in range(n_features):
-                out[d, r] = 0.0
+    for group in range(0, counts[0], GATHER_SEQUENCES):
+        for t in range(len(counts)):
+            stop = min(group + GATHER_SEQUENCES, counts[t])
+            if stop <= group:
+                break
+            for i in range(group, stop):
+                source = first_rows[i] + t
+                r = starts[t] + i
+                complete = True
+                for d in range(n_features):
+                    value = X[source, d]
+                    if value != value:
+                        complete = False
+                    out[d, r] = value - center[d]
+                observed[r] = 1.0 if complete else 0.0
+                if not complete:
+                    n_missing += 1
+                    for d in range(n_features):
+                        out[d, r] = 0.0
     return n_missing
 
 
@@ -201,7 +215,7 @@ class FusedEmission:
     family: Any
     kind: str
 
-    def gather(self, params: Params, X: np.ndarray, perm: np.ndarray):
+    def gather(self, params: Params, X: np.ndarray, layout: TimeMajorLayout):
         """State-major data (D, T), observed flags (T,) and the count of rows with NaN."""
         X = np.ascontiguousarray(X)
         if X.dtype not in (np.float32, np.float64):
@@ -212,9 +226,17 @@ class FusedEmission:
             if self.kind in ("diag", "spherical")
             else np.zeros(n_features)
         )
-        out = np.empty((n_features, len(perm)))
-        observed = np.empty(len(perm))
-        n_missing = gather_state_major(X, perm, center, out, observed)
+        out = np.empty((n_features, layout.n_steps))
+        observed = np.empty(layout.n_steps)
+        n_missing = gather_state_major(
+            X,
+            layout.perm[: int(layout.counts[0])],
+            layout.starts,
+            layout.counts,
+            center,
+            out,
+            observed,
+        )
         return out, observed, n_missing
 
     def densities(
@@ -314,7 +336,7 @@ def fused_block_stats(
     normalizer that underflows (which that path redoes in log space).
     """
     emission = params["emission"]
-    X_sm, observed, n_missing = fused.gather(emission, X, layout.perm)
+    X_sm, observed, n_missing = fused.gather(emission, X, layout)
     if n_missing and fused.kind in ("diag", "spherical"):
         return None
     b, shift, constant = fused.densities(emission, X_sm, observed, X)
