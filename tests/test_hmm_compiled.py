@@ -178,12 +178,15 @@ def test_block_stats_match_the_reference(name, missing):
     )
 
 
+@pytest.mark.parametrize("group_steps", [16384, 10, 1], ids=["one-group", "groups", "singles"])
 @pytest.mark.parametrize("name", ["diag", "spherical", "poisson", "categorical"])
-def test_fused_kernels_run_and_match_the_family_statistics(name):
-    """The fused path itself (not a fallback) against the family's posterior_stats."""
+def test_fused_kernels_run_and_match_the_family_statistics(name, group_steps):
+    """The fused path itself (not a fallback), with the block's sequences in one group
+    or in several, against the family's posterior_stats."""
     compiled, reference, params, X = make_case(name, 11, missing=name in ("poisson", "categorical"))
     layout = TimeMajorLayout.from_lengths(LENGTHS)
-    result = fused_block_stats(fused_emission(compiled.emission), params, X, layout)
+    fused = fused_emission(compiled.emission)
+    result = fused_block_stats(fused, params, X, LENGTHS, group_steps)
     assert result is not None
     loglik, start, trans, emission = result
     X_tm, post = reference.posteriors(params, X, layout)
@@ -206,8 +209,7 @@ def test_fused_gaussian_block_that_underflows_takes_the_log_space_path():
     X = np.zeros((12, 1))
     X[1] = 40.0  # state 2 explains it ~1e-34000 better, but it is not reachable yet
     lengths = np.array([6, 6])
-    layout = TimeMajorLayout.from_lengths(lengths)
-    assert fused_block_stats(fused_emission(family), params, X, layout) is None
+    assert fused_block_stats(fused_emission(family), params, X, lengths) is None
     ours = compiled.block_stats(params, X, lengths)
     ref = dataclasses.replace(compiled, compiled=False).block_stats(params, X, lengths)
     assert np.isfinite(ours["loglik"])

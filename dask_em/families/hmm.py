@@ -157,7 +157,7 @@ class HMMFamily:
         layout = TimeMajorLayout.from_lengths(lengths)
         fused = fused_emission(self.emission)
         if fused is not None and self.estep == "exact" and self.kernels is hmm_compiled:
-            result = fused_block_stats(fused, params, X, layout)
+            result = fused_block_stats(fused, params, X, lengths)
             if result is not None:
                 loglik, start, trans, emission = result
                 return self._stats(X, lengths, loglik, start, trans, emission, params)

@@ -30,6 +30,7 @@ The statistics come out in the emission family's own format (the fields of its
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ from dask_em.families.base import Params, Stats
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.discrete import safe_log
 from dask_em.families.gaussian import GaussianFamily
-from dask_em.families.hmm_compiled import dot, scaled_posteriors, shift_chunk
+from dask_em.families.hmm_compiled import backward_scaled, dot, forward_scaled, shift_chunk
 from dask_em.families.hmm_kernels import TimeMajorLayout
 from dask_em.families.jit import jit
 from dask_em.families.poisson import PoissonFamily
@@ -205,6 +206,11 @@ def symbol_counts(gamma, X, observed, nk, counts):
 
 
 # --------------------------------------------------------------------------- adapters
+#: Steps per group of sequences run through all the passes together, so that the group's
+#: arrays (about (D + 2K) * 8 bytes a step) stay in the cache from one pass to the next.
+GROUP_STEPS = 16384
+
+
 @dataclass(frozen=True)
 class FusedEmission:
     """Compiled log-densities and statistics for one emission family (module table).
@@ -215,77 +221,77 @@ class FusedEmission:
     family: Any
     kind: str
 
-    def gather(self, params: Params, X: np.ndarray, layout: TimeMajorLayout):
-        """State-major data (D, T), observed flags (T,) and the count of rows with NaN."""
-        X = np.ascontiguousarray(X)
-        if X.dtype not in (np.float32, np.float64):
-            X = X.astype(np.float64)
-        n_features = X.shape[1]
-        center = (
-            np.asarray(params["center"], dtype=np.float64)
-            if self.kind in ("diag", "spherical")
-            else np.zeros(n_features)
-        )
-        out = np.empty((n_features, layout.n_steps))
-        observed = np.empty(layout.n_steps)
-        n_missing = gather_state_major(
-            X,
-            layout.perm[: int(layout.counts[0])],
-            layout.starts,
-            layout.counts,
-            center,
-            out,
-            observed,
-        )
-        return out, observed, n_missing
+    @property
+    def gaussian(self) -> bool:
+        return self.kind in ("diag", "spherical")
 
-    def densities(
-        self, params: Params, X_sm: np.ndarray, observed: np.ndarray, X: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Shifted densities ``b`` (K, T), shifts (T,) and the dropped constant's total
-        over the block (module docstring); ``X`` is the block in its own order."""
-        n_rows = X_sm.shape[1]
-        if self.kind in ("diag", "spherical"):
-            means, chol = params["means"], params["precisions_cholesky"]
-            per_feature = np.asarray(chol, dtype=np.float64).reshape(len(means), -1)
-            scales = np.ascontiguousarray(np.broadcast_to(per_feature, means.shape))
-            b = np.empty((len(means), n_rows))
-            shift = np.empty(n_rows)
-            diag_gaussian_log_b(
-                X_sm, means - params["center"], scales, np.log(scales).sum(axis=1), b, shift
+    def center(self, emission: Params, n_features: int) -> np.ndarray:
+        if self.gaussian:
+            return np.asarray(emission["center"], dtype=np.float64)
+        return np.zeros(n_features)
+
+    def log_density_terms(self, emission: Params) -> tuple[np.ndarray, ...]:
+        """The parameters the density kernel reads, computed once per block."""
+        if self.gaussian:
+            means = np.asarray(emission["means"], dtype=np.float64)
+            chol = np.asarray(emission["precisions_cholesky"], dtype=np.float64)
+            scales = np.ascontiguousarray(
+                np.broadcast_to(chol.reshape(len(means), -1), means.shape)
             )
-            return b, shift, -0.5 * means.shape[1] * _LOG_2PI * n_rows
+            return means - emission["center"], scales, np.log(scales).sum(axis=1)
         if self.kind == "poisson":
-            rates = params["rates"]
-            b = np.empty((len(rates), n_rows))
-            shift = np.empty(n_rows)
-            poisson_log_b(X_sm, observed, safe_log(rates), rates.sum(axis=1), b, shift)
+            rates = np.asarray(emission["rates"], dtype=np.float64)
+            return safe_log(rates), rates.sum(axis=1)
+        return (np.ascontiguousarray(safe_log(emission["probabilities"])),)
+
+    def densities(self, terms, X_sm, observed, b, shift) -> None:
+        """Shifted densities into ``b`` (K, T) and ``shift`` (T,)."""
+        if self.gaussian:
+            diag_gaussian_log_b(X_sm, *terms, b, shift)
+        elif self.kind == "poisson":
+            poisson_log_b(X_sm, observed, *terms, b, shift)
+        else:
+            categorical_log_b(X_sm, observed, *terms, b, shift)
+
+    def dropped_constant(self, emission: Params, X: np.ndarray) -> float:
+        """The state-independent terms left out of the densities, summed over the block
+        ``X`` (T, D) (module docstring)."""
+        if self.gaussian:
+            return -0.5 * X.shape[1] * _LOG_2PI * len(X)
+        if self.kind == "poisson":
             counts = np.asarray(X, dtype=np.float64)
             complete = counts[~np.isnan(counts).any(axis=1)]
-            return b, shift, -float(gammaln(complete + 1.0).sum())
-        log_p = np.ascontiguousarray(safe_log(params["probabilities"]))
-        b = np.empty((len(log_p), n_rows))
-        shift = np.empty(n_rows)
-        categorical_log_b(X_sm, observed, log_p, b, shift)
-        return b, shift, 0.0
+            return -float(gammaln(complete + 1.0).sum())
+        return 0.0
 
-    def statistics(
-        self, params: Params, X_sm: np.ndarray, observed: np.ndarray, gamma: np.ndarray
-    ) -> Stats:
-        """The emission family's ``posterior_stats`` from state-major gamma (K, T)."""
-        n_states, n_features = gamma.shape[0], X_sm.shape[0]
-        nk = np.zeros(n_states)
-        n_observed = int(observed.sum())
+    def empty_sums(self, n_states: int, n_features: int) -> tuple[np.ndarray, ...]:
         if self.kind == "categorical":
-            counts = np.zeros((n_states, n_features, self.family.n_symbols))
-            symbol_counts(gamma, X_sm, observed, nk, counts)
-            return _discrete_stats(n_observed, nk, counts)
-        first = np.zeros((n_states, n_features))
-        second = np.zeros((n_states, n_features))
-        if self.kind == "poisson":
-            weighted_sums(gamma, X_sm, observed, False, nk, first, second)
-            return _discrete_stats(n_observed, nk, first)
-        weighted_sums(gamma, X_sm, observed, True, nk, first, second)
+            return np.zeros(n_states), np.zeros((n_states, n_features, self.family.n_symbols))
+        return (
+            np.zeros(n_states),
+            np.zeros((n_states, n_features)),
+            np.zeros((n_states, n_features)),
+        )
+
+    def accumulate(self, gamma, X_sm, observed, sums) -> None:
+        """Add a group's gamma-weighted sums (gamma (K, T), X_sm (D, T)) into ``sums``."""
+        if self.kind == "categorical":
+            symbol_counts(gamma, X_sm, observed, *sums)
+        else:
+            weighted_sums(gamma, X_sm, observed, self.gaussian, *sums)
+
+    def statistics(self, emission: Params, sums, n_observed: int) -> Stats:
+        """The emission family's ``posterior_stats`` fields from the accumulated sums."""
+        nk = sums[0]
+        if not self.gaussian:
+            return {
+                "weight": float(n_observed),
+                "n_rows": n_observed,
+                "loglik": 0.0,
+                "nk": nk,
+                "sums": sums[1],
+            }
+        first, second = sums[1], sums[2]
         means_c = np.divide(first, nk[:, None], out=np.zeros_like(first), where=nk[:, None] > 0)
         scatter = second - nk[:, None] * means_c**2
         if self.kind == "spherical":
@@ -295,19 +301,9 @@ class FusedEmission:
             "n_rows": n_observed,
             "loglik": 0.0,
             "nk": nk,
-            "means": means_c + params["center"],
+            "means": means_c + emission["center"],
             "scatter": scatter,
         }
-
-
-def _discrete_stats(n_observed: int, nk: np.ndarray, sums: np.ndarray) -> Stats:
-    return {
-        "weight": float(n_observed),
-        "n_rows": n_observed,
-        "loglik": 0.0,
-        "nk": nk,
-        "sums": sums,
-    }
 
 
 def fused_emission(family: Any) -> FusedEmission | None:
@@ -322,29 +318,82 @@ def fused_emission(family: Any) -> FusedEmission | None:
     return None
 
 
+def sequence_groups(sorted_lengths: np.ndarray, group_steps: int = GROUP_STEPS) -> np.ndarray:
+    """Boundaries (G + 1,) of consecutive groups of about ``group_steps`` steps (a longer
+    sequence gets a group of its own)."""
+    before = np.cumsum(sorted_lengths) - sorted_lengths
+    group_of = before // group_steps
+    return np.concatenate([[0], np.flatnonzero(np.diff(group_of)) + 1, [len(sorted_lengths)]])
+
+
+class _Scratch:
+    """Flat float64 buffers reused by the groups of a block, handed out as C-contiguous
+    (rows, n) arrays (fresh large arrays would cost page faults for every group)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, rows: int, n: int) -> np.ndarray:
+        buffer = self.buffers.get(name)
+        if buffer is None:
+            buffer = self.buffers[name] = np.empty(rows * self.size)
+        return buffer[: rows * n].reshape(rows, n)
+
+
 def fused_block_stats(
     fused: FusedEmission,
     params: Params,
     X: np.ndarray,
-    layout: TimeMajorLayout,
+    lengths: np.ndarray,
+    group_steps: int = GROUP_STEPS,
 ) -> tuple[float, np.ndarray, np.ndarray, Stats] | None:
-    """Baum-Welch statistics of a block (X (T, D) in block order, ``params`` the HMM's)
-    by the compiled kernels:
-    ``(log-likelihood, start (K,), trans (K, K), emission statistics)``.
+    """Baum-Welch statistics of a block by the compiled kernels: ``X`` (T, D) in block
+    order, ``lengths`` (S,), ``params`` the HMM's.  Returns ``(log-likelihood, start
+    (K,), trans (K, K), emission statistics)``.
 
-    None when the block needs the general path: a Gaussian block with NaN, or a
-    normalizer that underflows (which that path redoes in log space).
+    The sequences (longest first) run in groups of about ``group_steps`` steps, each through
+    gather, densities, forward, backward and statistics before the next.  None when the
+    block needs the general path: a Gaussian block with NaN, or a normalizer that
+    underflows (which that path redoes in log space).
     """
     emission = params["emission"]
-    X_sm, observed, n_missing = fused.gather(emission, X, layout)
-    if n_missing and fused.kind in ("diag", "spherical"):
-        return None
-    b, shift, constant = fused.densities(emission, X_sm, observed, X)
-    result = scaled_posteriors(layout, b, params["startprob"], params["transmat"])
-    if result is None:
-        return None
-    gamma, xi_sum, scale = result
-    loglik = float(np.log(scale).sum() + shift.sum() + constant)
-    start = gamma[:, : int(layout.counts[0])].sum(axis=1)
-    trans = np.asarray(params["transmat"], dtype=np.float64) * xi_sum
-    return loglik, start, trans, fused.statistics(emission, X_sm, observed, gamma)
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    first_rows = (np.cumsum(lengths) - lengths)[order]
+    startprob = np.ascontiguousarray(params["startprob"], dtype=np.float64)
+    transmat = np.ascontiguousarray(params["transmat"], dtype=np.float64)
+    n_states, n_features = len(startprob), X.shape[1]
+    center = fused.center(emission, n_features)
+    terms = fused.log_density_terms(emission)
+    sums = fused.empty_sums(n_states, n_features)
+    bounds = sequence_groups(sorted_lengths, group_steps)
+    scratch = _Scratch(int(np.add.reduceat(sorted_lengths, bounds[:-1]).max()))
+    log_scale_total, shift_total, n_observed = 0.0, 0.0, 0
+    start, xi_sum = np.zeros(n_states), np.zeros((n_states, n_states))
+    for lo, hi in itertools.pairwise(bounds):
+        layout = TimeMajorLayout.from_lengths(sorted_lengths[lo:hi])
+        n = layout.n_steps
+        X_sm, observed = scratch.get("X", n_features, n), scratch.get("observed", 1, n)[0]
+        missing = gather_state_major(
+            X, first_rows[lo:hi], layout.starts, layout.counts, center, X_sm, observed
+        )
+        if missing and fused.gaussian:
+            return None
+        b, shift = scratch.get("b", n_states, n), scratch.get("shift", 1, n)[0]
+        fused.densities(terms, X_sm, observed, b, shift)
+        alpha, scale = scratch.get("alpha", n_states, n), scratch.get("scale", 1, n)[0]
+        if not forward_scaled(layout.starts, layout.counts, b, startprob, transmat, alpha, scale):
+            return None
+        backward_scaled(layout.starts, layout.counts, b, scale, transmat, alpha, xi_sum)
+        fused.accumulate(alpha, X_sm, observed, sums)  # alpha now holds gamma
+        start += alpha[:, : int(layout.counts[0])].sum(axis=1)
+        log_scale_total += float(np.log(scale).sum())
+        shift_total += float(shift.sum())
+        n_observed += n - missing
+    loglik = log_scale_total + shift_total + fused.dropped_constant(emission, X)
+    return loglik, start, transmat * xi_sum, fused.statistics(emission, sums, n_observed)
