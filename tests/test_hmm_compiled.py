@@ -11,7 +11,8 @@ from dask_em.families import hmm_compiled, hmm_kernels
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.gaussian import GaussianFamily
 from dask_em.families.hmm import HMMFamily
-from dask_em.families.hmm_emissions import fused_block_stats, fused_emission
+from dask_em.families.hmm_emissions import fused_emission
+from dask_em.families.hmm_fused import fused_block_stats
 from dask_em.families.hmm_kernels import TimeMajorLayout
 from dask_em.families.jit import HAVE_NUMBA
 from dask_em.families.poisson import PoissonFamily

@@ -35,7 +35,8 @@ import numpy as np
 from dask_em.families import hmm_compiled, hmm_kernels
 from dask_em.families.base import Params, Stats, Workspace, rows_per_slice, sliced_stats
 from dask_em.families.discrete import safe_log
-from dask_em.families.hmm_emissions import fused_block_stats, fused_emission
+from dask_em.families.hmm_emissions import fused_emission
+from dask_em.families.hmm_fused import fused_block_stats
 from dask_em.families.hmm_kernels import Posteriors, TimeMajorLayout
 from dask_em.families.jit import HAVE_NUMBA
 

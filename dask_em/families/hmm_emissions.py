@@ -30,7 +30,6 @@ The statistics come out in the emission family's own format (the fields of its
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +41,7 @@ from dask_em.families.base import Params, Stats
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.discrete import safe_log
 from dask_em.families.gaussian import GaussianFamily
-from dask_em.families.hmm_compiled import backward_scaled, dot, forward_scaled, shift_chunk
-from dask_em.families.hmm_kernels import TimeMajorLayout
+from dask_em.families.hmm_compiled import dot, shift_chunk
 from dask_em.families.jit import jit
 from dask_em.families.poisson import PoissonFamily
 from dask_em.families.vector_exp import CHUNK
@@ -206,11 +204,6 @@ def symbol_counts(gamma, X, observed, nk, counts):
 
 
 # --------------------------------------------------------------------------- adapters
-#: Steps per group of sequences run through all the passes together, so that the group's
-#: arrays (about (D + 2K) * 8 bytes a step) stay in the cache from one pass to the next.
-GROUP_STEPS = 16384
-
-
 @dataclass(frozen=True)
 class FusedEmission:
     """Compiled log-densities and statistics for one emission family (module table).
@@ -316,84 +309,3 @@ def fused_emission(family: Any) -> FusedEmission | None:
     if isinstance(family, CategoricalFamily):
         return FusedEmission(family, "categorical")
     return None
-
-
-def sequence_groups(sorted_lengths: np.ndarray, group_steps: int = GROUP_STEPS) -> np.ndarray:
-    """Boundaries (G + 1,) of consecutive groups of about ``group_steps`` steps (a longer
-    sequence gets a group of its own)."""
-    before = np.cumsum(sorted_lengths) - sorted_lengths
-    group_of = before // group_steps
-    return np.concatenate([[0], np.flatnonzero(np.diff(group_of)) + 1, [len(sorted_lengths)]])
-
-
-class _Scratch:
-    """Flat float64 buffers reused by the groups of a block, handed out as C-contiguous
-    (rows, n) arrays (fresh large arrays would cost page faults for every group)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.buffers: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, rows: int, n: int) -> np.ndarray:
-        buffer = self.buffers.get(name)
-        if buffer is None:
-            buffer = self.buffers[name] = np.empty(rows * self.size)
-        return buffer[: rows * n].reshape(rows, n)
-
-
-def fused_block_stats(
-    fused: FusedEmission,
-    params: Params,
-    X: np.ndarray,
-    lengths: np.ndarray,
-    group_steps: int = GROUP_STEPS,
-) -> tuple[float, np.ndarray, np.ndarray, Stats] | None:
-    """Baum-Welch statistics of a block by the compiled kernels: ``X`` (T, D) in block
-    order, ``lengths`` (S,), ``params`` the HMM's.  Returns ``(log-likelihood, start
-    (K,), trans (K, K), emission statistics)``.
-
-    The sequences (longest first) run in groups of about ``group_steps`` steps, each through
-    gather, densities, forward, backward and statistics before the next.  None when the
-    block needs the general path: a Gaussian block with NaN, or a normalizer that
-    underflows (which that path redoes in log space).
-    """
-    emission = params["emission"]
-    X = np.ascontiguousarray(X)
-    if X.dtype not in (np.float32, np.float64):
-        X = X.astype(np.float64)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    sorted_lengths = lengths[order]
-    first_rows = (np.cumsum(lengths) - lengths)[order]
-    startprob = np.ascontiguousarray(params["startprob"], dtype=np.float64)
-    transmat = np.ascontiguousarray(params["transmat"], dtype=np.float64)
-    n_states, n_features = len(startprob), X.shape[1]
-    center = fused.center(emission, n_features)
-    terms = fused.log_density_terms(emission)
-    sums = fused.empty_sums(n_states, n_features)
-    bounds = sequence_groups(sorted_lengths, group_steps)
-    scratch = _Scratch(int(np.add.reduceat(sorted_lengths, bounds[:-1]).max()))
-    log_scale_total, shift_total, n_observed = 0.0, 0.0, 0
-    start, xi_sum = np.zeros(n_states), np.zeros((n_states, n_states))
-    for lo, hi in itertools.pairwise(bounds):
-        layout = TimeMajorLayout.from_lengths(sorted_lengths[lo:hi])
-        n = layout.n_steps
-        X_sm, observed = scratch.get("X", n_features, n), scratch.get("observed", 1, n)[0]
-        missing = gather_state_major(
-            X, first_rows[lo:hi], layout.starts, layout.counts, center, X_sm, observed
-        )
-        if missing and fused.gaussian:
-            return None
-        b, shift = scratch.get("b", n_states, n), scratch.get("shift", 1, n)[0]
-        fused.densities(terms, X_sm, observed, b, shift)
-        alpha, scale = scratch.get("alpha", n_states, n), scratch.get("scale", 1, n)[0]
-        if not forward_scaled(layout.starts, layout.counts, b, startprob, transmat, alpha, scale):
-            return None
-        backward_scaled(layout.starts, layout.counts, b, scale, transmat, alpha, xi_sum)
-        fused.accumulate(alpha, X_sm, observed, sums)  # alpha now holds gamma
-        start += alpha[:, : int(layout.counts[0])].sum(axis=1)
-        log_scale_total += float(np.log(scale).sum())
-        shift_total += float(shift.sum())
-        n_observed += n - missing
-    loglik = log_scale_total + shift_total + fused.dropped_constant(emission, X)
-    return loglik, start, transmat * xi_sum, fused.statistics(emission, sums, n_observed)
