@@ -3,10 +3,11 @@
 The same recursions, on the same lockstep layout and with the same scaling, as the
 pure-NumPy reference kernels of :mod:`dask_em.families.hmm_kernels` (read its module
 docstring for the notation), compiled with :func:`dask_em.families.jit.jit`.  Each kernel
-walks the time-major rows one step at a time and, within a step, one sequence at a time
-with scalar loops over the K states, so nothing but the (T, K) arrays of the recursion
-itself (alpha, the shifted densities) is ever written: no (n_t, K) temporaries per step,
-no NumPy call inside the loop, and the GIL released throughout.
+walks the time steps one at a time and, within a step, runs over the sequences still
+running in SIMD loops: the arrays are *state-major*, (K, T) with time-major columns, so
+that the rows of state k at step t are one contiguous run.  Nothing but the arrays of the
+recursion itself (alpha, the shifted densities) is ever written: no (n_t, K) temporary
+per step, no NumPy call inside the loop, and the GIL released throughout.
 
 Scaled forward-backward keeps alpha in place and overwrites it with gamma on the way
 back; beta lives in one (S, K) buffer of the current beta row of every running sequence
@@ -14,8 +15,8 @@ back; beta lives in one (S, K) buffer of the current beta row of every running s
 keeps its slot).  When a normalizer underflows the wrappers redo the block with the
 reference log-space kernel, exactly as the reference does.
 
-Use these through :mod:`dask_em.families.hmm_backend`, which falls back to the reference
-when numba is unavailable.
+:class:`dask_em.families.hmm.HMMFamily` runs these when numba is available (and its
+``compiled`` field is true), the reference kernels otherwise.
 """
 
 from __future__ import annotations
