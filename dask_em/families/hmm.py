@@ -155,13 +155,13 @@ class HMMFamily:
                 f"a block has {len(X)} steps but its sequence lengths add up to "
                 f"{int(lengths.sum())}; blocks must hold whole sequences"
             )
-        layout = TimeMajorLayout.from_lengths(lengths)
         fused = fused_emission(self.emission)
         if fused is not None and self.estep == "exact" and self.kernels is hmm_compiled:
             result = fused_block_stats(fused, params, X, lengths)
             if result is not None:
                 loglik, start, trans, emission = result
                 return self._stats(X, lengths, loglik, start, trans, emission, params)
+        layout = TimeMajorLayout.from_lengths(lengths)
         X_tm, post = self.posteriors(params, X, layout)
         emission = sliced_stats(
             lambda X_slice, gamma_slice: self.emission.posterior_stats(

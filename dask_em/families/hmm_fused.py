@@ -19,11 +19,18 @@ import numpy as np
 from dask_em.families.base import Params, Stats
 from dask_em.families.hmm_compiled import backward_scaled, forward_scaled
 from dask_em.families.hmm_emissions import FusedEmission, gather_state_major
-from dask_em.families.hmm_kernels import TimeMajorLayout
 
 #: Steps per group of sequences run through all the passes together, so that the group's
 #: arrays (about (D + 2K) * 8 bytes a step) stay in the cache from one pass to the next.
 GROUP_STEPS = 65536
+
+
+def step_counts(sorted_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, starts)`` of :class:`TimeMajorLayout` for lengths sorted longest first,
+    without the layout's (T,) permutation (the gather reads rows by sequence)."""
+    longest = int(sorted_lengths[0])
+    counts = np.cumsum(np.bincount(sorted_lengths, minlength=longest + 1)[::-1])[::-1][1:]
+    return counts, np.concatenate([[0], np.cumsum(counts)])
 
 
 def sequence_groups(sorted_lengths: np.ndarray, group_steps: int = GROUP_STEPS) -> np.ndarray:
@@ -70,6 +77,8 @@ def fused_block_stats(
     if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size == 0 or lengths.min() < 1:
+        raise ValueError("every sequence needs at least one step")
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
     first_rows = (np.cumsum(lengths) - lengths)[order]
@@ -84,22 +93,20 @@ def fused_block_stats(
     log_scale_total, shift_total, n_observed = 0.0, 0.0, 0
     start, xi_sum = np.zeros(n_states), np.zeros((n_states, n_states))
     for lo, hi in itertools.pairwise(bounds):
-        layout = TimeMajorLayout.from_lengths(sorted_lengths[lo:hi])
-        n = layout.n_steps
+        counts, starts = step_counts(sorted_lengths[lo:hi])
+        n = int(starts[-1])
         X_sm, observed = scratch.get("X", n_features, n), scratch.get("observed", 1, n)[0]
-        missing = gather_state_major(
-            X, first_rows[lo:hi], layout.starts, layout.counts, center, X_sm, observed
-        )
+        missing = gather_state_major(X, first_rows[lo:hi], starts, counts, center, X_sm, observed)
         if missing and fused.gaussian:
             return None
         b, shift = scratch.get("b", n_states, n), scratch.get("shift", 1, n)[0]
         fused.densities(terms, X_sm, observed, b, shift)
         alpha, scale = scratch.get("alpha", n_states, n), scratch.get("scale", 1, n)[0]
-        if not forward_scaled(layout.starts, layout.counts, b, startprob, transmat, alpha, scale):
+        if not forward_scaled(starts, counts, b, startprob, transmat, alpha, scale):
             return None
-        backward_scaled(layout.starts, layout.counts, b, scale, transmat, alpha, xi_sum)
+        backward_scaled(starts, counts, b, scale, transmat, alpha, xi_sum)
         fused.accumulate(alpha, X_sm, observed, sums)  # alpha now holds gamma
-        start += alpha[:, : int(layout.counts[0])].sum(axis=1)
+        start += alpha[:, : int(counts[0])].sum(axis=1)
         log_scale_total += float(np.log(scale).sum())
         shift_total += float(shift.sum())
         n_observed += n - missing
