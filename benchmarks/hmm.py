@@ -147,6 +147,46 @@ def one_environment(args) -> dict:
     return result
 
 
+def cpu_per_step(args, n_sequences: int = 1310, repeats: int = 5) -> tuple[float, float]:
+    """CPU nanoseconds per step, in this process: one block's compiled statistics
+    (``HMMFamily.block_stats``, no Dask) and one hmmlearn ``scaling`` iteration (fit with
+    n_iter=1, its set-up included), best of ``repeats``.  CPU time, so less sensitive
+    than wall time to other processes on the machine."""
+    from hmmlearn.hmm import GaussianHMM
+
+    from dask_em.families.gaussian import GaussianFamily
+    from dask_em.families.hmm import HMMFamily
+
+    X, lengths, init = make_data(n_sequences, args.length, args.n_states, args.n_features)
+    family = HMMFamily(GaussianFamily("diag", reg_covar=0.0))
+    n_states = args.n_states
+    emission = family.emission.make_params(
+        np.full(n_states, 1.0 / n_states), init["means"], covariances=init["covars"]
+    )
+    params = family.make_params(init["startprob"], init["transmat"], emission)
+    family.block_stats(params, X, lengths)  # compiled or loaded before the clock
+    ours, theirs = [], []
+    for _ in range(repeats):
+        started = time.process_time()
+        family.block_stats(params, X, lengths)
+        ours.append(time.process_time() - started)
+        model = GaussianHMM(
+            n_states,
+            covariance_type="diag",
+            init_params="",
+            n_iter=1,
+            tol=-np.inf,
+            covars_prior=0.0,
+            implementation="scaling",
+        )
+        model.startprob_, model.transmat_ = init["startprob"], init["transmat"]
+        model.means_, model.covars_ = init["means"], init["covars"]
+        started = time.process_time()
+        model.fit(X, lengths)
+        theirs.append(time.process_time() - started)
+    return min(ours) / len(X) * 1e9, min(theirs) / len(X) * 1e9
+
+
 def _run_child(flag: str, env: dict, args) -> dict:
     command = [sys.executable, __file__, flag, *_forwarded(args)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -186,6 +226,9 @@ def main() -> None:
     parser.add_argument("--n-iter", type=int, default=20)
     parser.add_argument("--n-workers", type=int, default=2)
     parser.add_argument("--with-log", action="store_true", help="also time hmmlearn 'log'")
+    parser.add_argument(
+        "--per-core", action="store_true", help="also CPU ns per step of one block, no Dask"
+    )
     parser.add_argument("--one-environment", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--warm-up", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -225,6 +268,12 @@ def main() -> None:
             )
             deviation = result[f"deviation_{implementation}"]
             print(f"  largest parameter deviation from dask_em: {deviation:.1e}")
+    if args.per_core:
+        ours, theirs = cpu_per_step(args)
+        print(
+            f"per core, CPU time: dask_em block statistics {ours:.0f} ns/step, hmmlearn "
+            f"scaling {theirs:.0f} ns/step ({theirs / ours:.2f}x)"
+        )
 
 
 if __name__ == "__main__":
