@@ -21,6 +21,14 @@ left) becomes uniform.  The objective is ``(loglik + log-prior) / number of step
 Missing observations: a step with NaN in a discrete model, or with every feature NaN in
 a Gaussian one, has emission density 1 (log 0) in every state; a Gaussian step with
 some NaN features uses the marginal density of the others, and its completed moments.
+
+Kernels: with numba (``compiled=True``, the default) the recursions are compiled
+(:mod:`dask_em.families.hmm_compiled`), and for diagonal/spherical Gaussian, Poisson and
+categorical emissions the exact E-step runs fused with the emission densities and
+statistics (:mod:`dask_em.families.hmm_fused`); full and tied Gaussians, and Gaussian
+blocks with NaN, use the emission family's own densities and ``posterior_stats``.  The
+pure-NumPy kernels of :mod:`dask_em.families.hmm_kernels` are the reference and the
+fallback.
 """
 
 from __future__ import annotations
