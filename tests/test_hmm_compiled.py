@@ -255,3 +255,12 @@ def test_kernels_leave_a_fortran_ordered_input_intact():
     hmm_compiled.forward_backward(layout, fortran, pi, A)
     hmm_compiled.sample_paths(layout, fortran, pi, A, 4, np.random.default_rng(0))
     np.testing.assert_array_equal(fortran, kept)
+
+
+def test_a_symbol_out_of_range_is_an_error_not_a_stray_read():
+    compiled, _, params, X = make_case("categorical", 14, missing=False)
+    for bad in (5.0, -1.0):
+        X_bad = X.copy()
+        X_bad[7, 1] = bad
+        with pytest.raises(ValueError, match="holds a symbol outside"):
+            compiled.block_stats(params, X_bad, LENGTHS)

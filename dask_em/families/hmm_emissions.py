@@ -146,8 +146,12 @@ def categorical_log_b(X, observed, log_p, log_b, shift):
     """Categorical log-densities into ``log_b`` (K, T), 0 at steps with NaN, then
     shifted and exponentiated.  ``X`` (D, T) symbols (NaN rows zeroed), ``log_p``
     (K, D, M)."""
-    n_states, n_features = log_p.shape[0], log_p.shape[1]
+    n_states, n_features, n_symbols = log_p.shape
     n_rows = X.shape[1]
+    for d in range(n_features):  # an index outside 0..M-1 would read outside log_p
+        for r in range(n_rows):
+            if not (0.0 <= X[d, r] < n_symbols):
+                raise ValueError("a categorical step holds a symbol outside 0..n_symbols-1")
     high_bits = np.empty(CHUNK, dtype=np.int64)
     low_bits = np.empty(CHUNK, dtype=np.int64)
     for first in range(0, n_rows, CHUNK):
