@@ -21,6 +21,14 @@ left) becomes uniform.  The objective is ``(loglik + log-prior) / number of step
 Missing observations: a step with NaN in a discrete model, or with every feature NaN in
 a Gaussian one, has emission density 1 (log 0) in every state; a Gaussian step with
 some NaN features uses the marginal density of the others, and its completed moments.
+
+Kernels: with numba (``compiled=True``, the default) the recursions are compiled
+(:mod:`dask_em.families.hmm_compiled`), and for diagonal/spherical Gaussian, Poisson and
+categorical emissions the exact E-step runs fused with the emission densities and
+statistics (:mod:`dask_em.families.hmm_fused`); full and tied Gaussians, and Gaussian
+blocks with NaN, use the emission family's own densities and ``posterior_stats``.  The
+pure-NumPy kernels of :mod:`dask_em.families.hmm_kernels` are the reference and the
+fallback.
 """
 
 from __future__ import annotations
@@ -32,15 +40,13 @@ from typing import Any
 
 import numpy as np
 
+from dask_em.families import hmm_compiled, hmm_kernels
 from dask_em.families.base import Params, Stats, Workspace, rows_per_slice, sliced_stats
 from dask_em.families.discrete import safe_log
-from dask_em.families.hmm_kernels import (
-    Posteriors,
-    TimeMajorLayout,
-    forward_backward,
-    sample_paths,
-    viterbi,
-)
+from dask_em.families.hmm_emissions import fused_emission
+from dask_em.families.hmm_fused import fused_block_stats
+from dask_em.families.hmm_kernels import Posteriors, TimeMajorLayout
+from dask_em.families.jit import HAVE_NUMBA
 
 ESTEP_METHODS = ("exact", "sample")
 
@@ -64,10 +70,19 @@ class HMMFamily:
     estep: str = "exact"
     n_samples: int = 100
     name: str = "hmm"
+    #: Run the compiled kernels (:mod:`dask_em.families.hmm_compiled`,
+    #: :mod:`dask_em.families.hmm_emissions`) when numba is available; False runs the
+    #: pure-NumPy reference kernels of :mod:`dask_em.families.hmm_kernels`.
+    compiled: bool = True
 
     def __post_init__(self):
         if self.estep not in ESTEP_METHODS:
             raise ValueError(f"estep must be one of {ESTEP_METHODS}, got {self.estep!r}")
+
+    @property
+    def kernels(self):
+        """The module whose forward_backward, viterbi and sample_paths this family runs."""
+        return hmm_compiled if self.compiled and HAVE_NUMBA else hmm_kernels
 
     # -- parameters ---------------------------------------------------------------
     @staticmethod
@@ -122,10 +137,13 @@ class HMMFamily:
         """Time-major X (T, D) float64 and the E-step's posteriors for one block."""
         X_tm = np.asarray(X, dtype=np.float64)[layout.perm]
         log_b = self.emission_log_prob(params, X_tm)
+        kernels = self.kernels
         if self.estep == "exact":
-            return X_tm, forward_backward(layout, log_b, params["startprob"], params["transmat"])
+            return X_tm, kernels.forward_backward(
+                layout, log_b, params["startprob"], params["transmat"]
+            )
         rng = np.random.default_rng(self._block_seed(params["seed"], X, layout.lengths))
-        posteriors = sample_paths(
+        posteriors = kernels.sample_paths(
             layout, log_b, params["startprob"], params["transmat"], self.n_samples, rng
         )
         return X_tm, posteriors
@@ -145,6 +163,12 @@ class HMMFamily:
                 f"a block has {len(X)} steps but its sequence lengths add up to "
                 f"{int(lengths.sum())}; blocks must hold whole sequences"
             )
+        fused = fused_emission(self.emission)
+        if fused is not None and self.estep == "exact" and self.kernels is hmm_compiled:
+            result = fused_block_stats(fused, params, X, lengths)
+            if result is not None:
+                loglik, start, trans, emission = result
+                return self._stats(X, lengths, loglik, start, trans, emission, params)
         layout = TimeMajorLayout.from_lengths(lengths)
         X_tm, post = self.posteriors(params, X, layout)
         emission = sliced_stats(
@@ -156,13 +180,18 @@ class HMMFamily:
             post.gamma,
             rows_per_slice=rows_per_slice(len(params["startprob"]) * max(X.shape[1], 2)),
         )
+        loglik = float(post.loglik.sum())
+        return self._stats(X, lengths, loglik, post.start, post.trans, emission, params)
+
+    @staticmethod
+    def _stats(X, lengths, loglik, start, trans, emission, params) -> Stats:
         return {
             "weight": float(len(X)),
             "n_rows": len(X),
             "n_sequences": len(lengths),
-            "loglik": float(post.loglik.sum()),
-            "start": post.start,
-            "trans": post.trans,
+            "loglik": loglik,
+            "start": start,
+            "trans": trans,
             "emission": emission,
             "seed": params["seed"],
         }
@@ -214,7 +243,9 @@ class HMMFamily:
         """Viterbi: ``(log-probability of each best path (S,), states (T,))``, block order."""
         layout = TimeMajorLayout.from_lengths(lengths)
         log_b = self.emission_log_prob(params, np.asarray(X, dtype=np.float64)[layout.perm])
-        log_prob, states = viterbi(layout, log_b, params["startprob"], params["transmat"])
+        log_prob, states = self.kernels.viterbi(
+            layout, log_b, params["startprob"], params["transmat"]
+        )
         ordered = np.empty_like(log_prob)
         ordered[layout.order] = log_prob
         return ordered, layout.to_block_order(states)

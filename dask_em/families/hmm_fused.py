@@ -1,0 +1,114 @@
+"""Baum-Welch statistics of a block by the compiled kernels, end to end.
+
+The block's sequences, longest first, are cut into groups of about GROUP_STEPS steps,
+and each group goes through every pass before the next one starts: gather into
+state-major order (:func:`dask_em.families.hmm_emissions.gather_state_major`), emission
+densities, scaled forward and backward recursions (:mod:`dask_em.families.hmm_compiled`),
+gamma-weighted emission statistics.  A group's arrays (about (D + 2K) * 8 bytes a step)
+then stay in the cache from one pass to the next, and the scratch is allocated once per
+block.  The sequences of a group still run in lockstep, so each group is as wide as it
+has sequences.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from dask_em.families.base import Params, Stats
+from dask_em.families.hmm_compiled import backward_scaled, forward_scaled
+from dask_em.families.hmm_emissions import FusedEmission, gather_state_major
+
+#: Steps per group of sequences run through all the passes together, so that the group's
+#: arrays (about (D + 2K) * 8 bytes a step) stay in the cache from one pass to the next.
+GROUP_STEPS = 65536
+
+
+def step_counts(sorted_lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, starts)`` of :class:`TimeMajorLayout` for lengths sorted longest first,
+    without the layout's (T,) permutation (the gather reads rows by sequence)."""
+    longest = int(sorted_lengths[0])
+    counts = np.cumsum(np.bincount(sorted_lengths, minlength=longest + 1)[::-1])[::-1][1:]
+    return counts, np.concatenate([[0], np.cumsum(counts)])
+
+
+def sequence_groups(sorted_lengths: np.ndarray, group_steps: int = GROUP_STEPS) -> np.ndarray:
+    """Boundaries (G + 1,) of consecutive groups of about ``group_steps`` steps (a longer
+    sequence gets a group of its own)."""
+    before = np.cumsum(sorted_lengths) - sorted_lengths
+    group_of = before // group_steps
+    return np.concatenate([[0], np.flatnonzero(np.diff(group_of)) + 1, [len(sorted_lengths)]])
+
+
+class _Scratch:
+    """Flat float64 buffers reused by the groups of a block, handed out as C-contiguous
+    (rows, n) arrays (fresh large arrays would cost page faults for every group)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, rows: int, n: int) -> np.ndarray:
+        buffer = self.buffers.get(name)
+        if buffer is None:
+            buffer = self.buffers[name] = np.empty(rows * self.size)
+        return buffer[: rows * n].reshape(rows, n)
+
+
+def fused_block_stats(
+    fused: FusedEmission,
+    params: Params,
+    X: np.ndarray,
+    lengths: np.ndarray,
+    group_steps: int = GROUP_STEPS,
+) -> tuple[float, np.ndarray, np.ndarray, Stats] | None:
+    """Baum-Welch statistics of a block by the compiled kernels: ``X`` (T, D) in block
+    order, ``lengths`` (S,), ``params`` the HMM's.  Returns ``(log-likelihood, start
+    (K,), trans (K, K), emission statistics)``.
+
+    The sequences (longest first) run in groups of about ``group_steps`` steps, each through
+    gather, densities, forward, backward and statistics before the next.  None when the
+    block needs the general path: a Gaussian block with NaN, or a normalizer that
+    underflows (which that path redoes in log space).
+    """
+    emission = params["emission"]
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size == 0 or lengths.min() < 1:
+        raise ValueError("every sequence needs at least one step")
+    order = np.argsort(-lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    first_rows = (np.cumsum(lengths) - lengths)[order]
+    startprob = np.ascontiguousarray(params["startprob"], dtype=np.float64)
+    transmat = np.ascontiguousarray(params["transmat"], dtype=np.float64)
+    n_states, n_features = len(startprob), X.shape[1]
+    center = fused.center(emission, n_features)
+    terms = fused.log_density_terms(emission)
+    sums = fused.empty_sums(n_states, n_features)
+    bounds = sequence_groups(sorted_lengths, group_steps)
+    scratch = _Scratch(int(np.add.reduceat(sorted_lengths, bounds[:-1]).max()))
+    log_scale_total, shift_total, n_observed = 0.0, 0.0, 0
+    start, xi_sum = np.zeros(n_states), np.zeros((n_states, n_states))
+    for lo, hi in itertools.pairwise(bounds):
+        counts, starts = step_counts(sorted_lengths[lo:hi])
+        n = int(starts[-1])
+        X_sm, observed = scratch.get("X", n_features, n), scratch.get("observed", 1, n)[0]
+        missing = gather_state_major(X, first_rows[lo:hi], starts, counts, center, X_sm, observed)
+        if missing and fused.gaussian:
+            return None
+        b, shift = scratch.get("b", n_states, n), scratch.get("shift", 1, n)[0]
+        fused.densities(terms, X_sm, observed, b, shift)
+        alpha, scale = scratch.get("alpha", n_states, n), scratch.get("scale", 1, n)[0]
+        if not forward_scaled(starts, counts, b, startprob, transmat, alpha, scale):
+            return None
+        backward_scaled(starts, counts, b, scale, transmat, alpha, xi_sum)
+        fused.accumulate(alpha, X_sm, observed, sums)  # alpha now holds gamma
+        start += alpha[:, : int(counts[0])].sum(axis=1)
+        log_scale_total += float(np.log(scale).sum())
+        shift_total += float(shift.sum())
+        n_observed += n - missing
+    loglik = log_scale_total + shift_total + fused.dropped_constant(emission, X)
+    return loglik, start, transmat * xi_sum, fused.statistics(emission, sums, n_observed)
