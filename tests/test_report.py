@@ -198,7 +198,9 @@ def test_score_on_an_hmm_prints_labelled_figures_with_bic_and_aic(client, tmp_pa
     model.save(out)
     capsys.readouterr()
     assert main(["score", str(out), str(store), "--scheduler", client.scheduler.address]) == 0
-    printed = dict(line.split(" ", 1) for line in capsys.readouterr().out.splitlines())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("Dask dashboard: ")
+    printed = dict(line.split(" ", 1) for line in lines[1:])
     labels = ["score", "mean-per-step", "sequences", "steps", "parameters", "bic", "aic"]
     assert list(printed) == labels
     figure = {key: float(text.split()[0]) for key, text in printed.items()}
