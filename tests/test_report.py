@@ -23,6 +23,7 @@ from dask_em import (
     GaussianMixture,
     PoissonHMM,
     PoissonMixture,
+    Sequences,
 )
 from dask_em.cli import main
 from dask_em.report import data_sample, report_paths, write_report
@@ -153,6 +154,10 @@ def test_the_sample_is_the_first_rows_bounded():
     assert whole.values.shape == (7, 2) and whole.lengths.tolist() == [3, 4]
     cut = data_sample(np.zeros((10, 1)), [9, 1], max_rows=5)  # the first one cut
     assert cut.values.shape == (5, 1) and cut.lengths.tolist() == [5]
+    values = np.arange(12.0).reshape(6, 2)
+    sequences = data_sample(Sequences(values, [2, 2, 2]), max_rows=5)  # what the CLI reads
+    np.testing.assert_array_equal(sequences.values, values[:4])
+    assert sequences.lengths.tolist() == [2, 2] and sequences.source_rows == 6
 
 
 def test_projection_axes_are_the_named_features_or_the_principal_axes():
