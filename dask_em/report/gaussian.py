@@ -128,7 +128,8 @@ def weights_figure(weights: np.ndarray, title: str = "Mixture weights") -> Repor
     axes.bar(range(K), weights, color=[f"C{k % 10}" for k in range(K)])
     axes.set_xlabel("component")
     axes.set_ylabel("weight")
-    axes.set_xticks(range(K)) if K <= 30 else None
+    if K <= 30:
+        axes.set_xticks(range(K))
     axes.set_title(title)
     axes.grid(alpha=0.3, axis="y")
     caption = f"weights of the {K} components (they sum to 1)"

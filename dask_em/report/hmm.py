@@ -63,7 +63,8 @@ def occupancy_figure(
         axes.bar(positions + width, stationary, width, label="stationary")
     axes.set_xlabel("state")
     axes.set_ylabel("share of steps")
-    axes.set_xticks(positions) if K <= 30 else None
+    if K <= 30:
+        axes.set_xticks(positions)
     axes.set_title("State occupancy")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3, axis="y")
@@ -121,7 +122,8 @@ def decoded_stretch_figure(values: np.ndarray, states: np.ndarray, K: int) -> Re
             )
     bottom.step(steps, states, where="mid", color="black", lw=1)
     bottom.set_ylabel("state")
-    bottom.set_yticks(range(K)) if K <= 10 else None
+    if K <= 10:
+        bottom.set_yticks(range(K))
     bottom.set_xlabel("step")
     caption = (
         f"the first {T} steps of the first sequence of the sample"

@@ -66,7 +66,8 @@ def heatmap(
     rows, columns = values.shape
     axes.set_ylabel(row_label)
     axes.set_xlabel(column_label)
-    axes.set_yticks(range(rows)) if rows <= 20 else None
+    if rows <= 20:
+        axes.set_yticks(range(rows))
     if column_ticks is not None and columns <= 40:
         axes.set_xticks(range(columns), column_ticks, rotation=90 if columns > 12 else 0)
     elif columns <= 20:
