@@ -133,7 +133,8 @@ def test_report_writes_a_convergence_plot_and_an_html_page(tmp_path, fitted):
     with open(png, "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     text = open(page, encoding="utf-8").read()
-    assert '<img src="model.convergence.png"' in text
+    assert text.count('<img src="data:image/png;base64,') == 2  # convergence, weights
+    assert "model.convergence.png" not in text  # embedded, not linked
     assert text.count("<tr><td>") == 6  # one row per iteration
     assert f"{fitted.lower_bound_:.12g}" in text and "blobs" in text
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
@@ -147,6 +148,6 @@ def test_report_without_matplotlib_still_writes_the_html(tmp_path, fitted, monke
     notices = write_report(fitted, str(tmp_path / "model.zarr"))
     assert len(notices) == 1 and "matplotlib is not installed" in notices[0]
     _, page = report_paths(str(tmp_path / "model.zarr"))
-    assert "no convergence plot" in open(page, encoding="utf-8").read()
+    assert "the report has no pictures" in open(page, encoding="utf-8").read()
     assert not (tmp_path / "model.convergence.png").exists()
     np.testing.assert_equal(len(fitted.history_), 6)

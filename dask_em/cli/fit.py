@@ -75,7 +75,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dask_em.console import Console
-    from dask_em.report import report_paths, write_report
+    from dask_em.report import data_sample, report_paths, write_report
 
     kind = model_kinds()[args.model]
     out = local_path(args.out, "--out")
@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         estimator.fit(*data, **keywords)
         seconds = time.perf_counter() - started
+        sample = None if args.no_report else data_sample(X, lengths)  # first rows, bounded
     estimator.save(out, overwrite=args.overwrite)
     placement = getattr(estimator, "data_placement_", "?")
     print(
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved the model to {out}")
     if not args.no_report:
         details = {"input": args.input, "wall-clock seconds of the fit": f"{seconds:.1f}"}
-        for notice in write_report(estimator, out, details):
+        for notice in write_report(estimator, out, details, sample=sample):
             print(f"dask-em: {notice}", flush=True)
         png, report = report_paths(out)
         shown = [report] + ([png] if os.path.exists(png) else [])
