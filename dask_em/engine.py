@@ -44,6 +44,7 @@ import psutil
 from dask.delayed import Delayed, delayed
 
 from dask_em.families.base import Family, Params, Stats
+from dask_em.threads import limit_threads
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ class EMEngine:
             shared_node,
             None,
             *extra,
-            block_func=block_func,
+            block_func=limit_threads(block_func, self.client),  # BLAS: the task's share
             name=map_name,
             dtype=object,
             adjust_chunks={"i": 1, "j": 1},
