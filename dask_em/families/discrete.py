@@ -27,6 +27,9 @@ from dask_em.families.base import (
     rows_per_slice,
     sliced_stats,
 )
+from dask_em.families.dirichlet import dirichlet_log_prior, dirichlet_weights, safe_log
+
+__all__ = ["DiscreteMixtureFamily", "distinct_rows", "safe_log"]
 
 #: Floor for log(0) in the kernels: a row a component cannot produce gets log-density
 #: about -708 per impossible entry instead of -inf, so responsibilities stay defined.
@@ -63,23 +66,6 @@ def distinct_rows(
     present = np.flatnonzero(weights)
     rows = np.stack(np.unravel_index(present, sizes), axis=1).astype(np.float64)
     return rows, weights[present].astype(np.float64)
-
-
-def safe_log(values: np.ndarray) -> np.ndarray:
-    """``log(values)`` with zeros mapped to :data:`LOG_FLOOR` (no -inf, no NaN in 0*log 0)."""
-    return np.log(np.maximum(values, np.finfo(np.float64).tiny))
-
-
-def dirichlet_weights(nk: np.ndarray, total: float, concentration: float) -> np.ndarray:
-    """MAP mixing weights under a symmetric Dirichlet(concentration) prior."""
-    extra = concentration - 1.0
-    return (nk + extra) / (total + len(nk) * extra)
-
-
-def dirichlet_log_prior(weights: np.ndarray, concentration: float) -> float:
-    """``(alpha - 1) sum log pi`` (0 for the flat prior alpha = 1)."""
-    extra = concentration - 1.0
-    return float(extra * safe_log(weights).sum()) if extra else 0.0
 
 
 @dataclass(frozen=True)
