@@ -439,7 +439,7 @@ class EMEngine:
                 changed,
                 self.pass_bytes,
             )
-            self._check_monotone(record, result.history)
+            self._check_monotone(record, result.history, family)
             result.history.append(record)
             logger.info(
                 "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read",
@@ -462,11 +462,15 @@ class EMEngine:
         return result
 
     @staticmethod
-    def _check_monotone(record: IterationRecord, history: list[IterationRecord]) -> None:
+    def _check_monotone(
+        record: IterationRecord, history: list[IterationRecord], family: Any = None
+    ) -> None:
         if not history or history[-1].reseeded:
             return
         before = history[-1].objective
-        if record.objective < before - MONOTONE_TOLERANCE * max(1.0, abs(before)):
+        # a family computing in float32 declares a looser tolerance (monotone_tolerance)
+        tolerance = getattr(family, "monotone_tolerance", MONOTONE_TOLERANCE)
+        if record.objective < before - tolerance * max(1.0, abs(before)):
             logger.warning(
                 "objective decreased at iteration %d: %.12g -> %.12g",
                 record.iteration,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dask_em.families import discrete_compiled
 from dask_em.families.base import (
     Params,
     Stats,
@@ -104,6 +105,25 @@ class DiscreteMixtureFamily:
         compressed = distinct_rows(X, w)
         if compressed is not None:
             X, w = compressed
+        if discrete_compiled.COMPILED:
+            w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+            stats = self.compiled_stats(params, X, w)
+            stats["n_rows"] = n_rows
+            return stats
+        return self.reference_block_stats(params, X, w, n_rows)
+
+    def compiled_stats(self, params: Params, X: np.ndarray, w: np.ndarray) -> Stats:
+        """The statistics of a block by :mod:`dask_em.families.discrete_compiled`.
+
+        Families override this; one without a compiled kernel runs the reference.
+        """
+        return self.reference_block_stats(params, X, w)
+
+    def reference_block_stats(
+        self, params: Params, X: np.ndarray, w: np.ndarray | None, n_rows: int | None = None
+    ) -> Stats:
+        """:meth:`block_stats` by the NumPy reference kernels, slice by slice."""
+        n_rows = len(X) if n_rows is None else n_rows
         columns = self.slice_columns(params, X.shape[1])
         stats = sliced_stats(
             lambda X_slice, w_slice: self._slice_stats(params, X_slice, w_slice),

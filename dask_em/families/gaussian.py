@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_em.families import gaussian_compiled as compiled
+from dask_em.families import gaussian_incomplete as incomplete
 from dask_em.families.base import (
     Params,
     Stats,
@@ -51,14 +52,7 @@ from dask_em.families.gaussian_linalg import (
     cholesky_from_precisions,
     compute_precision_cholesky,
     covariances_from_cholesky,
-    log_det_cholesky,
     precisions_from_cholesky,
-)
-from dask_em.families.gaussian_missing import (
-    MissingEStep,
-    completed_stats,
-    log_det_covariances,
-    precision_stack,
 )
 from dask_em.families.niw_prior import niw_log_prior, posterior_moments
 
@@ -160,21 +154,6 @@ class GaussianFamily:
         return np.asarray(X, dtype=np.float64)
 
     # -- E-step -------------------------------------------------------------------
-    def _missing_estep(
-        self, params: Params, X: np.ndarray, work: Workspace | None = None
-    ) -> MissingEStep:
-        n_components, n_features = params["means"].shape
-        chol = params["precisions_cholesky"]
-        return MissingEStep(
-            np.asarray(X, dtype=np.float64),
-            params["means"],
-            precision_stack(chol, self.covariance_type, n_components, n_features),
-            log_det_covariances(
-                log_det_cholesky(chol, self.covariance_type, n_features), n_components
-            ),
-            work,
-        )
-
     def log_component_prob(
         self, params: Params, X: np.ndarray, work: Workspace | None = None
     ) -> np.ndarray:
@@ -184,7 +163,7 @@ class GaussianFamily:
         (:mod:`dask_em.families.gaussian_missing`); a row with nothing observed gets 0.
         """
         if np.isnan(X).any():
-            step = self._missing_estep(params, X, work)
+            step = incomplete.missing_estep(self, params, X, work)
             log_prob = np.empty_like(step.log_prob)
             log_prob[step.order] = step.log_prob  # the step's rows are in step.order
             return log_prob
@@ -216,35 +195,13 @@ class GaussianFamily:
             return self.reference_block_stats(params, X, w)
         incomplete = np.isnan(X @ np.ones(X.shape[1], dtype=X.dtype))  # NaN in the row
         if not incomplete.any():
-            return self._compiled_stats(params, X, w)
+            return compiled.block_stats(self, params, X, w)
         complete = ~incomplete
         w_complete, w_incomplete = (None, None) if w is None else (w[complete], w[incomplete])
         return self.merge(
-            self._compiled_stats(params, X[complete], w_complete),
+            compiled.block_stats(self, params, X[complete], w_complete),
             self.reference_block_stats(params, X[incomplete], w_incomplete),
         )
-
-    def _compiled_stats(self, params, X, w):
-        n_components, n_features = params["means"].shape
-        center, chol = params["center"], params["precisions_cholesky"]
-        w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
-        log_det = np.broadcast_to(
-            log_det_cholesky(chol, self.covariance_type, n_features), (n_components,)
-        )
-        const = compiled.log_constants(np.log(params["weights"]), log_det, n_features)
-        means_c = params["means"] - center
-        if self.covariance_type in ("full", "tied"):
-            chol = np.broadcast_to(chol, (n_components, n_features, n_features))
-            dtype = np.float32 if self.dtype == "float32" else np.float64
-            moments = compiled.full_block_moments(X, center, chol, means_c, const, w, dtype)
-        else:
-            scales = np.ascontiguousarray(np.broadcast_to(chol.T, (n_features, n_components)).T)
-            if self.covariance_type == "diag":
-                scales = np.ascontiguousarray(chol)
-            moments = compiled.diag_block_moments(X, center, means_c, scales, const, w)
-        stats = compiled.centred_stats(*moments, center, self.covariance_type)
-        stats["n_rows"] = len(X)
-        return stats
 
     def reference_block_stats(
         self, params: Params, X: np.ndarray, w: np.ndarray | None = None
@@ -271,7 +228,7 @@ class GaussianFamily:
             # the whole slice takes the exact missing-value E-step: its rows without NaN
             # cost there what they cost in the complete-data kernel, and the slice is
             # neither split nor merged
-            return self._slice_stats_missing(params, X, w, work)
+            return incomplete.slice_stats(self, params, X, w, work)
         resp, weight, loglik = responsibilities_and_loglik(
             self.weighted_log_prob(params, X, work), w
         )
@@ -279,43 +236,9 @@ class GaussianFamily:
         stats.update(weight=weight, n_rows=len(X), loglik=loglik)
         return stats
 
-    def _slice_stats_missing(self, params, X, w, work=None):
-        """Exact EM statistics of a slice with missing values (rows with none observed
-        get no weight)."""
-        step = self._missing_estep(params, X, work)
-        weighted_log_prob = step.log_prob  # in place: the step's arrays are scratch
-        with np.errstate(divide="ignore"):
-            weighted_log_prob += np.log(params["weights"])
-        # the step's rows are in step.order
-        w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)[step.order]
-        w = np.where(step.observed_any, w, 0.0)
-        resp, weight, loglik = responsibilities_and_loglik(weighted_log_prob, w)
-        completed = completed_stats(step, resp, self.covariance_type)
-        return {
-            "weight": weight,
-            "n_rows": len(X),
-            "loglik": loglik,
-            "nk": completed["nk"],
-            "means": completed["means"],
-            "scatter": completed["scatter"],
-        }
-
     def impute(self, params: Params, X: np.ndarray) -> np.ndarray:
-        """X with each missing entry replaced by ``E[x_m | x_o]`` under the mixture.
-
-        That is ``sum_k P(k | x_o) E[x_m | x_o, k]``; a row with nothing observed gets
-        the mixture mean.  Rows without NaN are returned unchanged.
-        """
-        X = np.array(X, dtype=np.float64)
-        rows = np.flatnonzero(np.isnan(X).any(axis=1))
-        if rows.size == 0:
-            return X
-        step = self._missing_estep(params, X[rows])
-        with np.errstate(divide="ignore"):
-            _, posterior = log_normalize(step.log_prob + np.log(params["weights"]))
-        rows = rows[step.order]
-        X[rows] = np.where(np.isnan(X[rows]), step.conditional_mean(posterior), X[rows])
-        return X
+        """X with each missing entry replaced by ``E[x_m | x_o]`` under the mixture."""
+        return incomplete.impute(self, params, X)
 
     def responsibility_stats(
         self, X: np.ndarray, resp: np.ndarray, w: np.ndarray | None = None
@@ -340,34 +263,20 @@ class GaussianFamily:
         missing block given ``params``, as in the mixture E-step); ``loglik`` is 0.
         """
         X = np.asarray(X, dtype=np.float64)
-        incomplete = np.isnan(X @ np.ones(X.shape[1]))  # NaN anywhere in the row
-        if not incomplete.any():
+        has_nan = np.isnan(X @ np.ones(X.shape[1]))  # NaN anywhere in the row
+        if not has_nan.any():
             stats = stats_from_responsibilities(X, resp, self.covariance_type, params["center"])
             stats.update(weight=float(len(X)), n_rows=len(X), loglik=0.0)
             return stats
-        complete = ~incomplete
+        complete = ~has_nan
         parts = []
-        if complete.any() or not incomplete.any():
+        if complete.any():
             stats = stats_from_responsibilities(
                 X[complete], resp[complete], self.covariance_type, params["center"]
             )
             stats.update(weight=float(complete.sum()), n_rows=int(complete.sum()), loglik=0.0)
             parts.append(stats)
-        if incomplete.any():
-            step = self._missing_estep(params, X[incomplete])
-            # the step's rows are in step.order
-            sub_resp = resp[incomplete][step.order] * step.observed_any[:, None]
-            completed = completed_stats(step, sub_resp, self.covariance_type)
-            parts.append(
-                {
-                    "weight": float(step.observed_any.sum()),
-                    "n_rows": int(incomplete.sum()),
-                    "loglik": 0.0,
-                    "nk": completed["nk"],
-                    "means": completed["means"],
-                    "scatter": completed["scatter"],
-                }
-            )
+        parts.append(incomplete.posterior_stats(self, params, X[has_nan], resp[has_nan]))
         return self.merge(*parts)
 
     # -- reduction ----------------------------------------------------------------

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from dask_em.families import gaussian_linalg
 from dask_em.families.jit import HAVE_NUMBA, jit
 
 #: Rows per slice of the full/tied kernels: a (rows, K*D) buffer of 1024 x 128 doubles is
@@ -243,3 +244,29 @@ def centred_stats(weight, loglik, nk, sums, second, center, covariance_type) -> 
         "means": means_c + center,
         "scatter": scatter,
     }
+
+
+def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> dict:
+    """Statistics of a block of complete rows, in the form of ``family.block_stats``.
+
+    ``family`` is a :class:`~dask_em.families.gaussian.GaussianFamily` (its
+    ``covariance_type`` and ``dtype``); X (n, D) float32 or float64 without NaN.
+    """
+    n_components, n_features = params["means"].shape
+    center, chol = params["center"], params["precisions_cholesky"]
+    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+    log_det = np.broadcast_to(
+        gaussian_linalg.log_det_cholesky(chol, family.covariance_type, n_features), (n_components,)
+    )
+    const = log_constants(np.log(params["weights"]), log_det, n_features)
+    means_c = params["means"] - center
+    if family.covariance_type in ("full", "tied"):
+        chol = np.broadcast_to(chol, (n_components, n_features, n_features))
+        dtype = np.float32 if family.dtype == "float32" else np.float64
+        moments = full_block_moments(X, center, chol, means_c, const, w, dtype)
+    else:
+        scales = chol if family.covariance_type == "diag" else chol[:, None]
+        moments = diag_block_moments(X, center, means_c, scales, const, w)
+    stats = centred_stats(*moments, center, family.covariance_type)
+    stats["n_rows"] = len(X)
+    return stats

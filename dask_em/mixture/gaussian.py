@@ -74,6 +74,14 @@ class GaussianMixture(BaseMixture):
         ones (exact EM, Ghahramani & Jordan 1994; see
         :mod:`dask_em.families.gaussian_missing`).  Rows with every feature missing are
         left out with a warning.  "error" refuses NaN instead.
+    dtype : {"float64", "float32"}, default "float64"
+        Arithmetic of the E-step.  "float32" runs the log-densities and the per-slice
+        matrix products of float32 data in float32 (about twice as fast for full and
+        tied covariances; float64 data is fitted in float64 regardless), while the
+        statistics still accumulate in float64.  The objective then carries about 1e-7
+        relative rounding, so the monotone check tolerates a fall of 1e-5 relative
+        instead of 1e-10; on well-conditioned data the fitted parameters agree with
+        float64 to about 1e-4 relative.
 
     Attributes
     ----------
@@ -118,6 +126,7 @@ class GaussianMixture(BaseMixture):
         covariance_prior: Any = None,
         covariance_pseudocount: float = 0.0,
         missing: str = "marginalize",
+        dtype: str = "float64",
     ):
         self._store_params(locals())
 
@@ -138,6 +147,7 @@ class GaussianMixture(BaseMixture):
                 None if covariance_prior is None else np.asarray(covariance_prior, dtype=float)
             ),
             covariance_pseudocount=float(self.covariance_pseudocount),
+            dtype=self.dtype,
         )
 
     def _value_check(self, fitting: bool = False) -> ValueCheck:
