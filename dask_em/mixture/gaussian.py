@@ -76,12 +76,11 @@ class GaussianMixture(BaseMixture):
         left out with a warning.  "error" refuses NaN instead.
     dtype : {"float64", "float32"}, default "float64"
         Arithmetic of the E-step.  "float32" runs the log-densities and the per-slice
-        matrix products of float32 data in float32 (about twice as fast for full and
-        tied covariances; float64 data is fitted in float64 regardless), while the
-        statistics still accumulate in float64.  The objective then carries about 1e-7
-        relative rounding, so the monotone check tolerates a fall of 1e-5 relative
-        instead of 1e-10; on well-conditioned data the fitted parameters agree with
-        float64 to about 1e-4 relative.
+        matrix products of float32 data in float32 (float64 data is fitted in float64
+        regardless), while the statistics still accumulate in float64.  The objective
+        then carries about 1e-7 relative rounding, so the monotone check tolerates a
+        fall of 1e-5 relative instead of 1e-10; on well-conditioned data the fitted
+        parameters agree with float64 to about 1e-4 relative.
 
     Attributes
     ----------
