@@ -130,7 +130,9 @@ def run(
             changed,
             bytes_per_pass,
         )
-        check_monotone(record, result.history, log)
+        # a family computing in float32 declares a looser tolerance (monotone_tolerance)
+        tolerance = getattr(family, "monotone_tolerance", MONOTONE_TOLERANCE)
+        check_monotone(record, result.history, log, tolerance)
         result.history.append(record)
         if observe is not None:
             observe(record)
@@ -146,13 +148,16 @@ def run(
 
 
 def check_monotone(
-    record: IterationRecord, history: list[IterationRecord], log: logging.Logger = logger
+    record: IterationRecord,
+    history: list[IterationRecord],
+    log: logging.Logger = logger,
+    tolerance: float = MONOTONE_TOLERANCE,
 ) -> None:
     """Warn (log) when the objective fell since the last iteration (no re-seeding then)."""
     if not history or history[-1].reseeded:
         return
     before = history[-1].objective
-    if record.objective < before - MONOTONE_TOLERANCE * max(1.0, abs(before)):
+    if record.objective < before - tolerance * max(1.0, abs(before)):
         log.warning(
             "objective decreased at iteration %d: %.12g -> %.12g",
             record.iteration,

@@ -42,6 +42,7 @@ from dask.delayed import Delayed, delayed
 
 from dask_em.engine.cluster import active_client
 from dask_em.engine.tasks import estep_block_task, reduce_task
+from dask_em.engine.threads import limit_threads
 
 #: One logger for the whole engine: a fit's log lines (and its warnings) come from it.
 logger = logging.getLogger("dask_em.engine")
@@ -283,7 +284,7 @@ class EMEngine:
             shared_node,
             None,
             *extra,
-            block_func=block_func,
+            block_func=limit_threads(block_func, self.client),  # BLAS: the task's share
             name=map_name,
             dtype=object,
             adjust_chunks={"i": 1, "j": 1},

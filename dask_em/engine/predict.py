@@ -18,6 +18,7 @@ from dask.base import tokenize
 from dask.delayed import delayed
 
 from dask_em.engine.tasks import pick_output_task, predict_block_task
+from dask_em.engine.threads import limit_threads
 
 #: What one output of a kernel is: ``(per, trailing shape, dtype)`` with ``per`` either
 #: ``"row"`` (one entry per row of X) or ``"sequence"`` (one per sequence).
@@ -47,7 +48,7 @@ def apply_blocks(
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(np.int64)
     table = da.from_array(starts.reshape(-1, 1), chunks=(1, -1))
     cells = da.blockwise(
-        predict_block_task,
+        limit_threads(predict_block_task),  # BLAS: the task's share of its worker
         "ij",
         X,
         "ij",

@@ -85,4 +85,5 @@ def family(estimator: Any, weight_concentration: float = 1.0) -> GaussianFamily:
             None if covariance_prior is None else np.asarray(covariance_prior, dtype=float)
         ),
         covariance_pseudocount=float(estimator.covariance_pseudocount),
+        dtype=getattr(estimator, "dtype", "float64"),  # GaussianMixture(dtype=); HMMs: float64
     )

@@ -19,6 +19,7 @@ import numpy as np
 
 from dask_em.families.base import Params, Stats
 from dask_em.families.discrete import DiscreteMixtureFamily, safe_log
+from dask_em.families.discrete_compiled import affine_stats
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class BernoulliFamily(DiscreteMixtureFamily):
         p = params["probabilities"]
         log_p, log_q = safe_log(p), safe_log(1.0 - p)
         return X @ (log_p - log_q).T + log_q.sum(axis=1)
+
+    def compiled_stats(self, params: Params, X: np.ndarray, w: np.ndarray) -> Stats:
+        p = params["probabilities"]
+        log_p, log_q = safe_log(p), safe_log(1.0 - p)
+        offsets = safe_log(params["weights"]) + log_q.sum(axis=1)
+        return affine_stats(X, w, log_p - log_q, offsets, poisson=False)
 
     @staticmethod
     def sums(X: np.ndarray, resp: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 
 from dask_em.families.base import Params, Stats
 from dask_em.families.discrete import DiscreteMixtureFamily, safe_log
+from dask_em.families.discrete_compiled import categorical_stats
 
 
 def one_hot(X: np.ndarray, n_symbols: int) -> np.ndarray:
@@ -52,6 +53,10 @@ class CategoricalFamily(DiscreteMixtureFamily):
         for d in range(log_p.shape[1]):
             out += log_p[:, d, :].T[symbols[:, d]]
         return out
+
+    def compiled_stats(self, params: Params, X: np.ndarray, w: np.ndarray) -> Stats:
+        log_p = safe_log(params["probabilities"])
+        return categorical_stats(X, w, log_p, safe_log(params["weights"]))
 
     def sums(self, X: np.ndarray, resp: np.ndarray) -> np.ndarray:
         """``C[k, d, m]``, shape (K, D, M)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dask_em.families import discrete_compiled
 from dask_em.families.base import (
     Params,
     Stats,
@@ -27,6 +28,9 @@ from dask_em.families.base import (
     rows_per_slice,
     sliced_stats,
 )
+from dask_em.families.dirichlet import dirichlet_log_prior, dirichlet_weights, safe_log
+
+__all__ = ["DiscreteMixtureFamily", "distinct_rows", "safe_log"]
 
 #: Floor for log(0) in the kernels: a row a component cannot produce gets log-density
 #: about -708 per impossible entry instead of -inf, so responsibilities stay defined.
@@ -63,23 +67,6 @@ def distinct_rows(
     present = np.flatnonzero(weights)
     rows = np.stack(np.unravel_index(present, sizes), axis=1).astype(np.float64)
     return rows, weights[present].astype(np.float64)
-
-
-def safe_log(values: np.ndarray) -> np.ndarray:
-    """``log(values)`` with zeros mapped to :data:`LOG_FLOOR` (no -inf, no NaN in 0*log 0)."""
-    return np.log(np.maximum(values, np.finfo(np.float64).tiny))
-
-
-def dirichlet_weights(nk: np.ndarray, total: float, concentration: float) -> np.ndarray:
-    """MAP mixing weights under a symmetric Dirichlet(concentration) prior."""
-    extra = concentration - 1.0
-    return (nk + extra) / (total + len(nk) * extra)
-
-
-def dirichlet_log_prior(weights: np.ndarray, concentration: float) -> float:
-    """``(alpha - 1) sum log pi`` (0 for the flat prior alpha = 1)."""
-    extra = concentration - 1.0
-    return float(extra * safe_log(weights).sum()) if extra else 0.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +106,25 @@ class DiscreteMixtureFamily:
         compressed = distinct_rows(X, w)
         if compressed is not None:
             X, w = compressed
+        if discrete_compiled.COMPILED:
+            w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+            stats = self.compiled_stats(params, X, w)
+            stats["n_rows"] = n_rows
+            return stats
+        return self.reference_block_stats(params, X, w, n_rows)
+
+    def compiled_stats(self, params: Params, X: np.ndarray, w: np.ndarray) -> Stats:
+        """The statistics of a block by :mod:`dask_em.families.discrete_compiled`.
+
+        Families override this; one without a compiled kernel runs the reference.
+        """
+        return self.reference_block_stats(params, X, w)
+
+    def reference_block_stats(
+        self, params: Params, X: np.ndarray, w: np.ndarray | None, n_rows: int | None = None
+    ) -> Stats:
+        """:meth:`block_stats` by the NumPy reference kernels, slice by slice."""
+        n_rows = len(X) if n_rows is None else n_rows
         columns = self.slice_columns(params, X.shape[1])
         stats = sliced_stats(
             lambda X_slice, w_slice: self._slice_stats(params, X_slice, w_slice),

@@ -1,59 +1,36 @@
-"""Gaussian mixture kernels: log-densities, block statistics and the M-step.
+"""The Gaussian mixture family: parameters, E-step dispatch, merge, MAP M-step, re-seeding.
 
-Pure NumPy/SciPy on ONE block; no Dask here.  Shapes, with K components and D features:
+Pure NumPy/SciPy on ONE block; no Dask here.  The pieces live beside it:
 
-================  ==================  ========================  =====================
-covariance_type   covariances         precisions_cholesky       scatter statistic
-================  ==================  ========================  =====================
-"full"            (K, D, D)           (K, D, D)                 (K, D, D)
-"tied"            (D, D)              (D, D)                    (D, D)
-"diag"            (K, D)              (K, D)                    (K, D)
-"spherical"       (K,)                (K,)                      (K,)
-================  ==================  ========================  =====================
-
-As in scikit-learn, only the Cholesky factor ``L`` of each precision matrix is used in the
-E-step (``precision = L L^T``): the Mahalanobis term is ``||(x - mu) L||^2`` and
-``log det(precision)^{1/2} = sum(log diag L)``; nothing is ever inverted.
-
-MAP estimation (Murphy 2012, sec. 4.6.3; Bishop 2006, sec. 2.3.6): a conjugate
-normal-inverse-Wishart kernel per component, written with pseudocounts so that zero
-strength is exactly maximum likelihood,
-
-    log p(mu_k, Sigma_k) = -(eta/2) log|Sigma_k| - (eta/2) tr(Sigma0 Sigma_k^-1)
-                           - (kappa/2) (mu_k - m0)^T Sigma_k^-1 (mu_k - m0)      (+ const)
-
-with ``mean_prior`` m0, ``mean_pseudocount`` kappa, ``covariance_prior`` Sigma0 and
-``covariance_pseudocount`` eta.  The M-step maximizes the expected complete-data
-log-likelihood plus this log-prior exactly:
-
-    mu_k    = (N_k xbar_k + kappa m0) / (N_k + kappa)
-    Sigma_k = (S_k + eta Sigma0 + kappa N_k / (kappa + N_k) (xbar_k - m0)(xbar_k - m0)^T)
-              / (N_k + eta)
-
-(diag: the diagonal of this; spherical: its trace / D; tied: numerator summed over k,
-divided by N + eta).  A standard NIW(m0, kappa0, Psi0, nu0) prior is kappa = kappa0,
-eta = nu0 + D + 2, Sigma0 = Psi0 / eta.  ``reg_covar * I`` is added after the update, as
-scikit-learn does; it is not part of the prior, so for a strictly monotone penalized
-objective use a covariance prior with ``reg_covar=0``.  The mixing weights get the
-Dirichlet prior of :mod:`dask_em.families.discrete`.
+* :mod:`~dask_em.families.gaussian_linalg`: precision Cholesky factors (shapes per
+  covariance type), covariances and log-determinants from them;
+* :mod:`~dask_em.families.gaussian_kernels`: the reference NumPy kernels (log-densities,
+  statistics of a slice given responsibilities);
+* :mod:`~dask_em.families.gaussian_compiled`: the compiled fused E-step + statistics
+  that :meth:`GaussianFamily.block_stats` runs on complete rows when numba is available;
+* :mod:`~dask_em.families.gaussian_missing`: exact EM for rows with NaN;
+* :mod:`~dask_em.families.niw_prior` and :mod:`~dask_em.families.dirichlet`: the MAP
+  update's priors.  ``reg_covar * I`` is added after the update, as scikit-learn does;
+  it is not part of the prior, so for a strictly monotone penalized objective use a
+  covariance prior with ``reg_covar=0``.
 
 Numerics: each block is first shifted by ``params["center"]`` (the mixture's overall
 mean), so data far from the origin (values around 1e6 with unit spread) loses no
-precision in the E-step.  Fitting casts float32 blocks to float64 one slice at a time;
-prediction (:meth:`GaussianFamily.weighted_log_prob`) keeps float32 products.
-Statistics are always float64 and centred: per component the weighted mean and the
-scatter ``sum_i r_ik (x_i - m_k)(x_i - m_k)^T`` about it, merged across rows with
-:func:`dask_em.families.base.merge_centred_moments`.
+precision in the E-step.  ``dtype`` selects the arithmetic of the E-step: "float64"
+(default) casts float32 blocks to float64 one slice at a time; "float32" keeps float32
+blocks in float32 for the log-densities and the per-slice matrix products (about 1e-7
+relative noise per row), while every statistic is still accumulated in float64.
+Prediction (:meth:`GaussianFamily.weighted_log_prob`) keeps float32 products.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
+from dask_em.families import gaussian_compiled as compiled
+from dask_em.families import gaussian_incomplete as incomplete
 from dask_em.families.base import (
     Params,
     Stats,
@@ -65,15 +42,34 @@ from dask_em.families.base import (
     rows_per_slice,
     sliced_stats,
 )
-from dask_em.families.discrete import dirichlet_log_prior, dirichlet_weights
-from dask_em.families.gaussian_missing import (
-    MissingEStep,
-    completed_stats,
-    log_det_covariances,
-    precision_stack,
+from dask_em.families.dirichlet import dirichlet_log_prior, dirichlet_weights
+from dask_em.families.gaussian_kernels import (
+    estimate_log_gaussian_prob,
+    merge_scatter,
+    stats_from_responsibilities,
 )
+from dask_em.families.gaussian_linalg import (
+    cholesky_from_precisions,
+    compute_precision_cholesky,
+    covariances_from_cholesky,
+    precisions_from_cholesky,
+)
+from dask_em.families.niw_prior import niw_log_prior, posterior_moments
+
+__all__ = [
+    "COMPUTE_DTYPES",
+    "COVARIANCE_TYPES",
+    "GaussianFamily",
+    "cholesky_from_precisions",
+    "compute_precision_cholesky",
+    "covariances_from_cholesky",
+    "precisions_from_cholesky",
+]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+#: Arithmetic of the E-step (module docstring).
+COMPUTE_DTYPES = ("float64", "float32")
 
 #: A component whose weight falls to this share of the total (or below) is empty.
 EMPTY_COMPONENT_SHARE = 1e-12
@@ -81,266 +77,6 @@ EMPTY_COMPONENT_SHARE = 1e-12
 _ADDITIVE_FIELDS = ("weight", "n_rows", "loglik")
 
 
-# --------------------------------------------------------------------------- precisions
-def compute_precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Cholesky factors ``L`` of the precision matrices (``precision = L L^T``).
-
-    Raises a ValueError that says what to do when a covariance is not positive definite.
-    """
-    message = (
-        "Fitting the mixture model failed because some components have ill-defined "
-        "empirical covariance (for instance caused by singleton or collapsed samples). "
-        "Try to decrease the number of components, increase reg_covar, or scale the "
-        "input data."
-    )
-    if covariance_type in ("full", "tied"):
-        stack = covariances[None] if covariance_type == "tied" else covariances
-        n_features = stack.shape[-1]
-        eye = np.eye(n_features)
-        out = np.empty_like(stack, dtype=np.float64)
-        for k, cov in enumerate(stack):
-            try:
-                cov_chol = linalg.cholesky(cov, lower=True)
-            except linalg.LinAlgError:
-                raise ValueError(message) from None
-            out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
-        return out[0] if covariance_type == "tied" else out
-    if np.any(np.less_equal(covariances, 0.0)) or not np.all(np.isfinite(covariances)):
-        raise ValueError(message)
-    return 1.0 / np.sqrt(covariances)
-
-
-def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
-    """``precision = L L^T`` (full, tied) or ``L**2`` (diag, spherical)."""
-    if covariance_type == "full":
-        return prec_chol @ prec_chol.transpose(0, 2, 1)
-    if covariance_type == "tied":
-        return prec_chol @ prec_chol.T
-    return prec_chol**2
-
-
-def cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Inverse of :func:`precisions_from_cholesky` (lower Cholesky factor of each)."""
-    if covariance_type == "full":
-        return np.stack([linalg.cholesky(p, lower=True) for p in precisions])
-    if covariance_type == "tied":
-        return linalg.cholesky(precisions, lower=True)
-    return np.sqrt(precisions)
-
-
-def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Covariances ``(L L^T)^{-1}`` from precision Cholesky factors."""
-    if covariance_type == "full":
-        return np.stack([_inverse_from_cholesky(L) for L in prec_chol])
-    if covariance_type == "tied":
-        return _inverse_from_cholesky(prec_chol)
-    return 1.0 / prec_chol**2
-
-
-def _inverse_from_cholesky(L: np.ndarray) -> np.ndarray:
-    # (L L^T)^{-1} = L^{-T} L^{-1}.  L is upper triangular when it came from a covariance
-    # (scikit-learn's convention) and lower when it came from a precision matrix.
-    lower = not np.any(np.triu(L, 1))
-    L_inv = linalg.solve_triangular(L, np.eye(L.shape[0]), lower=lower)
-    return L_inv.T @ L_inv
-
-
-def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
-    """``log det(precision_k)^{1/2}`` for each component, shape (K,) (or scalar, tied)."""
-    if covariance_type == "full":
-        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
-    if covariance_type == "tied":
-        return np.log(np.diag(prec_chol)).sum()
-    if covariance_type == "diag":
-        return np.log(prec_chol).sum(axis=1)
-    return n_features * np.log(prec_chol)
-
-
-# --------------------------------------------------------------------------- E-step
-def _mahalanobis_full(Xc, means_c, prec_chol, work=None):
-    # y_ik = (x_i - mu_k) L_k for all k by ONE matrix product of [x_i, 1] (D + 1) with
-    # [[L_1 ... L_K], [-mu_1 L_1 ... -mu_K L_K]] (D + 1, K*D); then ||y_ik||^2 by a second
-    # product with the (K*D, K) block indicator, so no strided reduction is needed.
-    work = work or Workspace()
-    n_components, n_features = means_c.shape
-    n_rows, dtype = len(Xc), Xc.dtype
-    stacked = np.empty((n_features + 1, n_components * n_features), dtype=dtype)
-    stacked[:n_features] = prec_chol.transpose(1, 0, 2).reshape(n_features, -1)
-    stacked[n_features] = -np.einsum("kd,kde->ke", means_c, prec_chol).reshape(-1)
-    augmented = work.get("augmented", (n_rows, n_features + 1), dtype)
-    augmented[:, :n_features] = Xc
-    augmented[:, n_features] = 1.0
-    y = np.matmul(augmented, stacked, out=work.get("y", (n_rows, stacked.shape[1]), dtype))
-    np.multiply(y, y, out=y)
-    return y @ _block_indicator(n_components, n_features, dtype)
-
-
-def _block_indicator(n_components, n_features, dtype):
-    """(K*D, K) matrix with ones where row k*D + d meets column k."""
-    return np.repeat(np.eye(n_components, dtype=dtype), n_features, axis=0)
-
-
-def _mahalanobis_tied(Xc, means_c, prec_chol, work=None):
-    n_components = len(means_c)
-    shared = np.broadcast_to(prec_chol, (n_components, *prec_chol.shape))
-    return _mahalanobis_full(Xc, means_c, shared, work)
-
-
-#: Up to this many (component, feature) pairs, the diagonal Mahalanobis distances are
-#: accumulated one contiguous feature column at a time (5x faster than broadcasting a
-#: (rows, K, D) array when D is small, and the same operations in the same order).
-DIAG_COLUMNWISE_MAX = 64
-
-
-def _mahalanobis_diag(Xc, means_c, prec_chol, work=None):
-    # sum_d ((x_d - mu_kd) s_kd)^2, difference first: the expanded form
-    # |x|^2 p - 2 x mu p + |mu|^2 p loses eps |x|^2 p, which is large for a tight component.
-    n_rows, n_features = Xc.shape
-    dtype = Xc.dtype
-    if len(means_c) * n_features <= DIAG_COLUMNWISE_MAX:
-        return _mahalanobis_diag_columnwise(Xc, means_c, prec_chol, work)
-    diff = (work or Workspace()).get("diff", (n_rows, len(means_c), n_features), dtype)
-    np.subtract(Xc[:, None, :], means_c.astype(dtype, copy=False)[None], out=diff)
-    diff *= prec_chol.astype(dtype, copy=False)[None]
-    diff *= diff
-    return diff.sum(axis=2)
-
-
-def _mahalanobis_diag_columnwise(Xc, means_c, prec_chol, work=None):
-    """:func:`_mahalanobis_diag` by K*D operations on contiguous columns of length n."""
-    work = work or Workspace()
-    n_rows, n_features = Xc.shape
-    dtype = Xc.dtype
-    columns = work.get("columns", (n_features, n_rows), dtype)
-    columns[...] = Xc.T
-    maha = work.get("maha_t", (len(means_c), n_rows), dtype)
-    term = work.get("term", (1, n_rows), dtype)[0]
-    means_c = means_c.astype(dtype, copy=False)
-    prec_chol = np.broadcast_to(prec_chol, means_c.shape).astype(dtype, copy=False)
-    for k in range(len(means_c)):
-        out = maha[k]
-        for d in range(n_features):
-            target = out if d == 0 else term
-            np.subtract(columns[d], means_c[k, d], out=target)
-            target *= prec_chol[k, d]
-            target *= target
-            if d:
-                out += term
-    return maha.T
-
-
-def _mahalanobis_spherical(Xc, means_c, prec_chol, work=None):
-    n_features = Xc.shape[1]
-    scales = np.broadcast_to(prec_chol[:, None], (len(prec_chol), n_features))
-    return _mahalanobis_diag(Xc, means_c, scales, work)
-
-
-_MAHALANOBIS = {
-    "full": _mahalanobis_full,
-    "tied": _mahalanobis_tied,
-    "diag": _mahalanobis_diag,
-    "spherical": _mahalanobis_spherical,
-}
-
-
-def estimate_log_gaussian_prob(
-    X: np.ndarray,
-    means: np.ndarray,
-    prec_chol: np.ndarray,
-    covariance_type: str,
-    center: np.ndarray | None = None,
-    work: Workspace | None = None,
-) -> np.ndarray:
-    """``log N(x_i | mu_k, Sigma_k)``, shape (n, K), float64.
-
-    ``X`` is (n, D) float32 or float64; the products run in X's dtype after shifting by
-    ``center`` (D,), which must be close to the data (the mixture mean is).
-    """
-    n_features = X.shape[1]
-    if center is None:
-        center = np.zeros(n_features)
-    Xc = X - center.astype(X.dtype, copy=False)
-    means_c = means - center
-    maha = _MAHALANOBIS[covariance_type](Xc, means_c, prec_chol, work)
-    maha = maha.astype(np.float64, copy=False)
-    log_det = log_det_cholesky(prec_chol, covariance_type, n_features)
-    return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
-
-
-# --------------------------------------------------------------------------- statistics
-# Second moments of one slice about the shift c (the mixture mean, so Xc = X - c is of the
-# order of the data's spread):  scatter_k = sum_i r_ik xc_i xc_i^T - N_k mc_k mc_k^T, with
-# mc_k = m_k - c.  The subtraction loses about eps * |mc_k|^2 / sigma_k^2 relative to the
-# scatter, which is negligible in float64 because c is central; across slices and blocks
-# the scatter is merged in the exactly centred form (Chan et al.).
-def _scatter_full(Xc, resp, means_c, nk, work=None):
-    n_rows, n_features = Xc.shape
-    n_components = resp.shape[1]
-    weighted = (work or Workspace()).get("weighted", (n_rows, n_components, n_features), Xc.dtype)
-    np.multiply(resp[:, :, None], Xc[:, None, :], out=weighted)
-    weighted = weighted.reshape(n_rows, n_components * n_features)
-    raw = (weighted.T @ Xc).reshape(n_components, n_features, n_features)
-    return raw - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
-
-
-def _scatter_tied(Xc, resp, means_c, nk, work=None):
-    row_weight = resp.sum(axis=1)
-    raw = (Xc * row_weight[:, None]).T @ Xc
-    return raw - np.einsum("k,ki,kj->ij", nk, means_c, means_c)
-
-
-def _scatter_diag(Xc, resp, means_c, nk, work=None):
-    return resp.T @ (Xc * Xc) - nk[:, None] * means_c**2
-
-
-def _scatter_spherical(Xc, resp, means_c, nk, work=None):
-    return _scatter_diag(Xc, resp, means_c, nk).sum(axis=1)
-
-
-_SCATTER = {
-    "full": _scatter_full,
-    "tied": _scatter_tied,
-    "diag": _scatter_diag,
-    "spherical": _scatter_spherical,
-}
-
-
-def _merge_scatter(covariance_type, scatter_a, scatter_b, delta, correction):
-    total = scatter_a + scatter_b
-    if covariance_type == "full":
-        return total + correction[:, None, None] * delta[:, :, None] * delta[:, None, :]
-    if covariance_type == "tied":
-        return total + np.einsum("k,ki,kj->ij", correction, delta, delta)
-    if covariance_type == "diag":
-        return total + correction[:, None] * delta**2
-    return total + correction * (delta**2).sum(axis=1)
-
-
-def stats_from_responsibilities(
-    X: np.ndarray,
-    resp: np.ndarray,
-    covariance_type: str,
-    center: np.ndarray | None = None,
-    work: Workspace | None = None,
-) -> Stats:
-    """Weighted centred moments of one slice, given (already weighted) responsibilities.
-
-    ``resp`` (n, K) holds ``w_i * r_ik``.  Returns the fields ``nk`` (K,), ``means``
-    (K, D, absolute coordinates) and ``scatter`` (see the module table); ``weight``,
-    ``n_rows`` and ``loglik`` are the caller's.
-    """
-    n_features = X.shape[1]
-    if center is None:
-        center = np.zeros(n_features)
-    Xc = np.asarray(X, dtype=np.float64) - center
-    nk = resp.sum(axis=0)
-    sums = resp.T @ Xc
-    means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
-    scatter = _SCATTER[covariance_type](Xc, resp, means_c, nk, work)
-    return {"nk": nk, "means": means_c + center, "scatter": scatter}
-
-
-# --------------------------------------------------------------------------- the family
 @dataclass(frozen=True)
 class GaussianFamily:
     """Gaussian mixture kernels for one covariance type (see module docstring).
@@ -358,12 +94,26 @@ class GaussianFamily:
     mean_pseudocount: float = 0.0
     covariance_prior: np.ndarray | float | None = None
     covariance_pseudocount: float = 0.0
+    dtype: str = "float64"
 
     def __post_init__(self):
         if self.covariance_type not in COVARIANCE_TYPES:
             raise ValueError(
                 f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
             )
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {self.dtype!r}")
+
+    @property
+    def monotone_tolerance(self) -> float:
+        """Relative fall of the objective the monotone check tolerates (engine).
+
+        1e-10 in float64.  In float32 each row's log-density carries about 1e-7
+        relative rounding (eps32 = 1.2e-7 on products of D terms), which does not
+        average out between two nearby parameter sets; 1e-5 leaves a margin of 100
+        over that and still catches any real decrease of EM.
+        """
+        return 1e-5 if self.dtype == "float32" else 1e-10
 
     # -- parameters ---------------------------------------------------------------
     def make_params(
@@ -405,21 +155,6 @@ class GaussianFamily:
         return np.asarray(X, dtype=np.float64)
 
     # -- E-step -------------------------------------------------------------------
-    def _missing_estep(
-        self, params: Params, X: np.ndarray, work: Workspace | None = None
-    ) -> MissingEStep:
-        n_components, n_features = params["means"].shape
-        chol = params["precisions_cholesky"]
-        return MissingEStep(
-            np.asarray(X, dtype=np.float64),
-            params["means"],
-            precision_stack(chol, self.covariance_type, n_components, n_features),
-            log_det_covariances(
-                log_det_cholesky(chol, self.covariance_type, n_features), n_components
-            ),
-            work,
-        )
-
     def log_component_prob(
         self, params: Params, X: np.ndarray, work: Workspace | None = None
     ) -> np.ndarray:
@@ -429,7 +164,7 @@ class GaussianFamily:
         (:mod:`dask_em.families.gaussian_missing`); a row with nothing observed gets 0.
         """
         if np.isnan(X).any():
-            step = self._missing_estep(params, X, work)
+            step = incomplete.missing_estep(self, params, X, work)
             log_prob = np.empty_like(step.log_prob)
             log_prob[step.order] = step.log_prob  # the step's rows are in step.order
             return log_prob
@@ -451,7 +186,28 @@ class GaussianFamily:
             return log_prob + np.log(params["weights"])
 
     def block_stats(self, params: Params, X: np.ndarray, w: np.ndarray | None = None) -> Stats:
-        """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,)."""
+        """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,).
+
+        Complete rows run through the compiled kernels when numba is available, rows
+        with NaN through the exact missing-value path; without numba everything runs
+        through :meth:`reference_block_stats`.
+        """
+        if not compiled.COMPILED or X.dtype.kind != "f":
+            return self.reference_block_stats(params, X, w)
+        incomplete = np.isnan(X @ np.ones(X.shape[1], dtype=X.dtype))  # NaN in the row
+        if not incomplete.any():
+            return compiled.block_stats(self, params, X, w)
+        complete = ~incomplete
+        w_complete, w_incomplete = (None, None) if w is None else (w[complete], w[incomplete])
+        return self.merge(
+            compiled.block_stats(self, params, X[complete], w_complete),
+            self.reference_block_stats(params, X[incomplete], w_incomplete),
+        )
+
+    def reference_block_stats(
+        self, params: Params, X: np.ndarray, w: np.ndarray | None = None
+    ) -> Stats:
+        """:meth:`block_stats` by the NumPy reference kernels, slice by slice."""
         work = Workspace()
         n_components, n_features = params["means"].shape
         return sliced_stats(
@@ -466,12 +222,14 @@ class GaussianFamily:
         # Fitting computes in float64 even for float32 blocks (cast one slice at a time):
         # float32 products leave ~1e-7 relative noise in the objective, too coarse for the
         # monotone-objective guarantee and for small tol.  Prediction keeps float32.
-        X = np.asarray(X, dtype=np.float64)
+        if self.dtype != "float32" or X.dtype != np.float32:
+            X = np.asarray(X, dtype=np.float64)
         if np.isnan(X).any():
+            X = np.asarray(X, dtype=np.float64)
             # the whole slice takes the exact missing-value E-step: its rows without NaN
             # cost there what they cost in the complete-data kernel, and the slice is
             # neither split nor merged
-            return self._slice_stats_missing(params, X, w, work)
+            return incomplete.slice_stats(self, params, X, w, work)
         resp, weight, loglik = responsibilities_and_loglik(
             self.weighted_log_prob(params, X, work), w
         )
@@ -479,43 +237,9 @@ class GaussianFamily:
         stats.update(weight=weight, n_rows=len(X), loglik=loglik)
         return stats
 
-    def _slice_stats_missing(self, params, X, w, work=None):
-        """Exact EM statistics of a slice with missing values (rows with none observed
-        get no weight)."""
-        step = self._missing_estep(params, X, work)
-        weighted_log_prob = step.log_prob  # in place: the step's arrays are scratch
-        with np.errstate(divide="ignore"):
-            weighted_log_prob += np.log(params["weights"])
-        # the step's rows are in step.order
-        w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)[step.order]
-        w = np.where(step.observed_any, w, 0.0)
-        resp, weight, loglik = responsibilities_and_loglik(weighted_log_prob, w)
-        completed = completed_stats(step, resp, self.covariance_type)
-        return {
-            "weight": weight,
-            "n_rows": len(X),
-            "loglik": loglik,
-            "nk": completed["nk"],
-            "means": completed["means"],
-            "scatter": completed["scatter"],
-        }
-
     def impute(self, params: Params, X: np.ndarray) -> np.ndarray:
-        """X with each missing entry replaced by ``E[x_m | x_o]`` under the mixture.
-
-        That is ``sum_k P(k | x_o) E[x_m | x_o, k]``; a row with nothing observed gets
-        the mixture mean.  Rows without NaN are returned unchanged.
-        """
-        X = np.array(X, dtype=np.float64)
-        rows = np.flatnonzero(np.isnan(X).any(axis=1))
-        if rows.size == 0:
-            return X
-        step = self._missing_estep(params, X[rows])
-        with np.errstate(divide="ignore"):
-            _, posterior = log_normalize(step.log_prob + np.log(params["weights"]))
-        rows = rows[step.order]
-        X[rows] = np.where(np.isnan(X[rows]), step.conditional_mean(posterior), X[rows])
-        return X
+        """X with each missing entry replaced by ``E[x_m | x_o]`` under the mixture."""
+        return incomplete.impute(self, params, X)
 
     def responsibility_stats(
         self, X: np.ndarray, resp: np.ndarray, w: np.ndarray | None = None
@@ -540,34 +264,20 @@ class GaussianFamily:
         missing block given ``params``, as in the mixture E-step); ``loglik`` is 0.
         """
         X = np.asarray(X, dtype=np.float64)
-        incomplete = np.isnan(X @ np.ones(X.shape[1]))  # NaN anywhere in the row
-        if not incomplete.any():
+        has_nan = np.isnan(X @ np.ones(X.shape[1]))  # NaN anywhere in the row
+        if not has_nan.any():
             stats = stats_from_responsibilities(X, resp, self.covariance_type, params["center"])
             stats.update(weight=float(len(X)), n_rows=len(X), loglik=0.0)
             return stats
-        complete = ~incomplete
+        complete = ~has_nan
         parts = []
-        if complete.any() or not incomplete.any():
+        if complete.any():
             stats = stats_from_responsibilities(
                 X[complete], resp[complete], self.covariance_type, params["center"]
             )
             stats.update(weight=float(complete.sum()), n_rows=int(complete.sum()), loglik=0.0)
             parts.append(stats)
-        if incomplete.any():
-            step = self._missing_estep(params, X[incomplete])
-            # the step's rows are in step.order
-            sub_resp = resp[incomplete][step.order] * step.observed_any[:, None]
-            completed = completed_stats(step, sub_resp, self.covariance_type)
-            parts.append(
-                {
-                    "weight": float(step.observed_any.sum()),
-                    "n_rows": int(incomplete.sum()),
-                    "loglik": 0.0,
-                    "nk": completed["nk"],
-                    "means": completed["means"],
-                    "scatter": completed["scatter"],
-                }
-            )
+        parts.append(incomplete.posterior_stats(self, params, X[has_nan], resp[has_nan]))
         return self.merge(*parts)
 
     # -- reduction ----------------------------------------------------------------
@@ -583,7 +293,7 @@ class GaussianFamily:
             nk, means, delta, correction = merge_centred_moments(
                 out["nk"], out["means"], b["nk"], b["means"]
             )
-            scatter = _merge_scatter(
+            scatter = merge_scatter(
                 self.covariance_type, out["scatter"], b["scatter"], delta, correction
             )
             merged = add_fields(out, b, _ADDITIVE_FIELDS)
@@ -605,18 +315,8 @@ class GaussianFamily:
         """
         nk = stats["nk"]
         n_features = stats["means"].shape[1]
-        means, scatter = stats["means"], stats["scatter"]
-        kappa, eta = self.mean_pseudocount, self.covariance_pseudocount
-        if kappa:
-            m0 = self._mean_prior(n_features)
-            shrink = kappa * nk / (kappa + nk)
-            delta = means - m0
-            means = (nk[:, None] * means + kappa * m0) / (nk + kappa)[:, None]
-            scatter = _merge_scatter(
-                self.covariance_type, scatter, np.zeros_like(scatter), delta, shrink
-            )
-        if eta:
-            scatter = scatter + eta * self._covariance_prior(n_features)
+        means, scatter = posterior_moments(self, nk, stats["means"], stats["scatter"])
+        eta = self.covariance_pseudocount
         safe_nk = np.maximum(nk + eta, np.finfo(np.float64).tiny)
         reg = self.reg_covar
         if self.covariance_type == "full":
@@ -633,54 +333,10 @@ class GaussianFamily:
         weights = dirichlet_weights(nk, stats["weight"], self.weight_concentration)
         return self.make_params(weights, means, covariances=covariances)
 
-    def _mean_prior(self, n_features: int) -> np.ndarray:
-        if self.mean_prior is None:
-            raise ValueError("mean_pseudocount > 0 needs a mean_prior")
-        return np.broadcast_to(np.asarray(self.mean_prior, dtype=np.float64), (n_features,))
-
-    def _covariance_prior(self, n_features: int) -> np.ndarray:
-        """Sigma0 in the shape of one scatter term: (D, D), (D,) or scalar."""
-        prior = np.asarray(1.0 if self.covariance_prior is None else self.covariance_prior)
-        if prior.ndim == 0:
-            matrix = float(prior) * np.eye(n_features)
-        elif prior.ndim == 1:
-            matrix = np.diag(prior.astype(np.float64))
-        else:
-            matrix = prior.astype(np.float64)
-        return {
-            "full": matrix,
-            "tied": matrix,
-            "diag": np.diag(matrix),
-            "spherical": np.trace(matrix),
-        }[self.covariance_type]
-
     def log_prior(self, params: Params) -> float:
-        """Log-prior of ``params`` (module docstring), up to a constant; 0 when flat."""
-        total = dirichlet_log_prior(params["weights"], self.weight_concentration)
-        kappa, eta = self.mean_pseudocount, self.covariance_pseudocount
-        if not (kappa or eta):
-            return total
-        n_features = params["means"].shape[1]
-        chol = params["precisions_cholesky"]
-        precisions = precisions_from_cholesky(chol, self.covariance_type)
-        # log|Sigma_k| = -2 log det(L_k)
-        log_det_cov = -2.0 * log_det_cholesky(chol, self.covariance_type, n_features)
-        if eta:
-            sigma0 = self._covariance_prior(n_features)
-            if self.covariance_type == "full":
-                trace = np.einsum("ij,kji->k", sigma0, precisions)
-            elif self.covariance_type == "tied":
-                trace = np.trace(sigma0 @ precisions)
-            elif self.covariance_type == "diag":
-                trace = precisions @ sigma0
-            else:
-                trace = sigma0 * precisions
-            total -= 0.5 * eta * float(np.sum(log_det_cov) + np.sum(trace))
-        if kappa:
-            offsets = params["means"] - self._mean_prior(n_features)
-            maha = _MAHALANOBIS[self.covariance_type](np.zeros((1, n_features)), offsets, chol)[0]
-            total -= 0.5 * kappa * float(maha.sum())
-        return total
+        """Log-prior of ``params`` (Dirichlet and normal-inverse-Wishart), up to a constant."""
+        weights_prior = dirichlet_log_prior(params["weights"], self.weight_concentration)
+        return weights_prior + niw_log_prior(self, params)
 
     def objective(self, stats: Stats, params: Params) -> float:
         """``(log-likelihood + log-prior) / total weight`` at ``params``."""

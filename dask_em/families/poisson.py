@@ -20,6 +20,7 @@ from scipy.special import gammaln
 
 from dask_em.families.base import Params, Stats
 from dask_em.families.discrete import DiscreteMixtureFamily, safe_log
+from dask_em.families.discrete_compiled import affine_stats
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class PoissonFamily(DiscreteMixtureFamily):
     def log_component_prob(self, params: Params, X: np.ndarray) -> np.ndarray:
         rates = params["rates"]
         return X @ safe_log(rates).T - rates.sum(axis=1) - gammaln(X + 1.0).sum(axis=1)[:, None]
+
+    def compiled_stats(self, params: Params, X: np.ndarray, w: np.ndarray) -> Stats:
+        rates = params["rates"]
+        offsets = safe_log(params["weights"]) - rates.sum(axis=1)
+        return affine_stats(X, w, safe_log(rates), offsets, poisson=True)
 
     @staticmethod
     def sums(X: np.ndarray, resp: np.ndarray) -> np.ndarray:

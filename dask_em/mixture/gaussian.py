@@ -75,6 +75,13 @@ class GaussianMixture(BaseMixture):
         ones (exact EM, Ghahramani & Jordan 1994; see
         :mod:`dask_em.families.gaussian_missing`).  Rows with every feature missing are
         left out with a warning.  "error" refuses NaN instead.
+    dtype : {"float64", "float32"}, default "float64"
+        Arithmetic of the E-step.  "float32" runs the log-densities and the per-slice
+        matrix products of float32 data in float32 (float64 data is fitted in float64
+        regardless), while the statistics still accumulate in float64.  The objective
+        then carries about 1e-7 relative rounding, so the monotone check tolerates a
+        fall of 1e-5 relative instead of 1e-10; on well-conditioned data the fitted
+        parameters agree with float64 to about 1e-4 relative.
 
     Attributes
     ----------
@@ -97,6 +104,7 @@ class GaussianMixture(BaseMixture):
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         **gaussian.CONSTRAINTS,
         "missing": one_of(("marginalize", "error")),
+        "dtype": one_of(("float64", "float32")),
         "weight_concentration": at_least(1.0, " (1 is the flat prior)"),
     }
 
@@ -124,6 +132,7 @@ class GaussianMixture(BaseMixture):
         covariance_prior: Any = None,
         covariance_pseudocount: float = 0.0,
         missing: str = "marginalize",
+        dtype: str = "float64",
     ):
         self._store_params(locals())
 

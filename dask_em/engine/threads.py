@@ -1,0 +1,126 @@
+"""BLAS/OpenMP threads inside a task: each task gets its share of the host, never more.
+
+Why a pass collapsed (4-5x slower, single iterations up to 14 s) when a job script
+exported ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2``:
+
+* distributed's nanny sets these three variables to 1 in every worker process it spawns
+  (config ``distributed.nanny.pre-spawn-environ``), which is what kept BLAS single
+  threaded per Dask thread;
+* but a variable already in the nanny's environment wins over that config
+  (``nanny._get_env_variables`` reads ``os.environ.get(name, default)``), so with the
+  variables exported each worker process starts BLAS with 2 threads;
+* a LocalCluster of 2 workers x 1 thread on 2 cores then runs 2 Dask threads x 2 BLAS
+  threads = 4 busy threads on 2 cores, and OpenBLAS' spinning threads fight each other.
+  ``dask worker`` processes start through the same nanny and inherit the same
+  environment; ``dask worker --no-nanny`` would not even get the 1.
+
+The cure does not depend on the environment: every E-step task runs inside
+:func:`task_thread_limit`, which limits the BLAS and OpenMP pools loaded in the process
+(threadpoolctl, as scikit-learn does) to the task's share of its host:
+
+    share = max(1, CPUs available to this process // Dask threads of all workers on its host)
+
+The threads per host come from the scheduler when the pass is built
+(:func:`host_threads`); a worker the plan does not know, or a run without a
+``distributed.Client``, counts only its own threads.  Limits in threadpoolctl are
+process-wide, so concurrent tasks of one worker share one limit, set by the first task
+that enters and restored when the last one leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+_lock = threading.Lock()
+_active_tasks = 0
+_limiter: Any = None
+_controller: Any = None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def host_threads(client: Any) -> dict[str, int]:
+    """Dask threads per host, summed over the workers of ``client``'s cluster ({} without)."""
+    if client is None:
+        return {}
+    totals: dict[str, int] = {}
+    for info in client.scheduler_info(n_workers=-1)["workers"].values():
+        host = info.get("host", "")
+        totals[host] = totals.get(host, 0) + int(info.get("nthreads") or 1)
+    return totals
+
+
+def task_share(threads_by_host: Mapping[str, int] | None = None) -> int:
+    """BLAS threads one task may use where it runs (see module docstring)."""
+    threads = 1
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        worker = None
+    if worker is not None:
+        from distributed.comm import get_address_host
+
+        host = get_address_host(worker.address)
+        threads = (threads_by_host or {}).get(host) or worker.state.nthreads
+    return max(1, available_cpus() // max(1, threads))
+
+
+def _pools():
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller
+
+
+@contextlib.contextmanager
+def task_thread_limit(threads: int) -> Iterator[None]:
+    """Limit the process' BLAS and OpenMP pools to ``threads`` while tasks run in it."""
+    global _active_tasks, _limiter
+    with _lock:
+        if _active_tasks == 0:
+            _limiter = _pools().limit(limits=threads)
+        _active_tasks += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active_tasks -= 1
+            if _active_tasks == 0:
+                _limiter.restore_original_limits()
+                _limiter = None
+
+
+@dataclass(frozen=True)
+class ThreadLimited:
+    """``function`` run under :func:`task_thread_limit` with the task's share.
+
+    A picklable wrapper for task functions: ``ThreadLimited(f, plan)(*args)`` is
+    ``f(*args)`` with BLAS limited to ``task_share(plan)`` threads.
+    """
+
+    function: Callable[..., Any]
+    threads_by_host: Mapping[str, int] = field(default_factory=dict)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with task_thread_limit(task_share(self.threads_by_host)):
+            return self.function(*args, **kwargs)
+
+
+def limit_threads(function: Callable[..., Any], client: Any = None) -> ThreadLimited:
+    """Wrap a task function so it runs with its share of BLAS threads on ``client``'s cluster."""
+    return ThreadLimited(function, host_threads(client))

@@ -1,0 +1,79 @@
+"""BLAS threads inside E-step tasks: limited to the task's share, whatever is exported.
+
+The cluster here is started with ``OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=MKL_NUM_THREADS=2``
+in the environment, as SLURM job scripts do; distributed's nanny then hands 2 to each
+worker process instead of its default 1 (the cause of the oversubscription).
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import pytest
+from distributed import Client, LocalCluster
+from threadpoolctl import threadpool_info
+
+from dask_em.engine import EMEngine
+from dask_em.engine.threads import available_cpus, task_share, task_thread_limit
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def blas_threads() -> int:
+    """Largest thread count of the BLAS pools loaded in this process."""
+    return max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+
+
+def report_threads(shared, X, w):
+    return {"threads": [blas_threads()]}
+
+
+def concatenate(*parts):
+    return {"threads": [t for part in parts for t in part["threads"]]}
+
+
+@pytest.fixture(scope="module")
+def exported_client():
+    with pytest.MonkeyPatch.context() as patch:
+        for name in THREAD_VARIABLES:
+            patch.setenv(name, "2")
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                memory_limit="1GiB",
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+
+
+def test_exported_variables_reach_the_workers(exported_client):
+    # Without the limit a task sees the exported 2 threads: this is what the engine fixes.
+    seen = exported_client.run(blas_threads)
+    assert sorted(seen.values()) == [2, 2]
+
+
+def test_estep_tasks_run_with_their_share_of_blas_threads(exported_client):
+    X = da.zeros((64, 3), chunks=(8, 3))
+    engine = EMEngine(X, model="threads", cache="stream")
+    threads = engine.map_reduce(report_threads, concatenate, None)["threads"]
+    # 2 workers x 1 thread share this host's CPUs: one BLAS thread per task on 2 CPUs
+    expected = max(1, available_cpus() // 2)
+    assert threads == [expected] * 8
+    # and the pools are back to the exported value once no task runs
+    assert sorted(exported_client.run(blas_threads).values()) == [2, 2]
+
+
+def test_share_outside_a_worker_is_the_process_cpus():
+    assert task_share() == available_cpus()
+
+
+def test_limit_is_held_while_any_task_runs_and_then_restored():
+    before = blas_threads()
+    with task_thread_limit(1):
+        with task_thread_limit(1):
+            assert blas_threads() == 1
+        assert blas_threads() == 1  # the outer task still runs
+    assert blas_threads() == before
