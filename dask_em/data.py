@@ -123,7 +123,11 @@ def as_float_matrix(
     """
     if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas DataFrame
         _check_numeric_columns(X.dtypes)
+    if hasattr(X, "toarray"):  # scipy.sparse
+        raise ValueError("X is a sparse matrix; dask_em needs dense data (X.toarray())")
     X = np.asarray(X)
+    if X.dtype == object:  # numbers held as objects; TypeError/ValueError for anything else
+        X = X.astype(np.float64)
     _check_shape_dtype(X.shape, X.dtype)
     if keep_integers is None:
         keep_integers = check is not None and check.keeps_integers
@@ -153,10 +157,12 @@ def _dataframe_values(frame: Any) -> da.Array:
 
 
 def _check_numeric_columns(dtypes: Any) -> None:
+    from pandas.api.types import is_complex_dtype, is_numeric_dtype  # xarray needs pandas
+
     bad = [
         str(name)
         for name, dtype in dtypes.items()
-        if not (np.issubdtype(np.dtype(dtype), np.number) or np.dtype(dtype) == np.bool_)
+        if not is_numeric_dtype(dtype) or is_complex_dtype(dtype)
     ]
     if bad:
         raise ValueError(f"X must hold numeric columns only; not numeric: {bad}")
@@ -188,17 +194,22 @@ def like_input(X: Any, result: Any, name: str, columns: str | None = "component"
 
 
 def _check_shape_dtype(shape: tuple, dtype: np.dtype) -> None:
+    """ValueError unless 2-D, real and non-empty (worded as scikit-learn's, whose
+    common checks match these messages)."""
     if len(shape) != 2:
         raise ValueError(
             f"expected 2-D data of shape (n_samples, n_features), got {len(shape)}-D data "
-            f"of shape {shape}; reshape a single feature with X.reshape(-1, 1)"
+            f"of shape {shape}. Reshape your data: X.reshape(-1, 1) for a single feature"
         )
-    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(
-        dtype, np.complexfloating
-    ):
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"X must hold real numbers, got dtype {dtype}: Complex data not supported")
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
         raise ValueError(f"X must hold real numbers, got dtype {dtype}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"X is empty: shape {shape}")
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if shape[axis] == 0:
+            raise ValueError(
+                f"X is empty: 0 {what}(s) (shape={tuple(shape)}) while a minimum of 1 is required."
+            )
 
 
 def _as_float(X, keep_integers: bool = False):

@@ -122,13 +122,15 @@ class Estimator:
 
     def _check_fitted(self) -> None:
         if not self._is_fitted():
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+            raise sklearn_protocol.not_fitted_error(
+                f"this {type(self).__name__} is not fitted yet; call fit(X) first"
+            )
 
     def _check_n_features(self, n_features: int) -> None:
         if n_features != self.n_features_in_:
             raise ValueError(
-                f"X has {n_features} features, but {type(self).__name__} was fitted with "
-                f"{self.n_features_in_} features"
+                f"X has {n_features} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (it was fitted with them)"
             )
 
     def _set_fitted(self, params: Params) -> None:  # pragma: no cover - abstract

@@ -156,7 +156,11 @@ class BaseMixture(Estimator):
         n_samples, n_features = X.shape
         self._check_hyperparameters(n_features)
         if in_memory:  # checked here, before any cluster work; lazy data in the scan pass
-            check.raise_for(np.asarray(given.data if hasattr(given, "dims") else given))
+            as_float_matrix(
+                given.data if hasattr(given, "dims") else given,
+                check=check,
+                keep_integers=check.keeps_integers,
+            )
         if n_samples < self.n_components:
             raise ValueError(
                 f"expected n_samples >= n_components, got n_samples={n_samples} and "
