@@ -199,7 +199,7 @@ def _check_shape_dtype(shape: tuple, dtype: np.dtype) -> None:
     if len(shape) != 2:
         raise ValueError(
             f"expected 2-D data of shape (n_samples, n_features), got {len(shape)}-D data "
-            f"of shape {shape}. Reshape your data: X.reshape(-1, 1) for a single feature"
+            f"of shape {shape}. Reshape your data: reshape a single feature with X.reshape(-1, 1)"
         )
     if np.issubdtype(dtype, np.complexfloating):
         raise ValueError(f"X must hold real numbers, got dtype {dtype}: Complex data not supported")
