@@ -5,7 +5,12 @@ Accepted inputs for ``X`` (n_samples, n_features):
 - a NumPy array (or anything ``np.asarray`` takes),
 - a dask array,
 - an xarray DataArray, first dim the samples (e.g. ``("sample", "feature")``),
+- a pandas or dask DataFrame of numeric columns (a dask DataFrame's partitions become
+  the blocks; their lengths are computed once),
 - the path or URL of a Zarr array (``"data.zarr"``, ``"data.zarr/X"``, ``"s3://..."``).
+
+Outputs follow the input (:func:`like_input`): a DataArray in gives DataArrays out, on
+the same sample dim and coordinates, with a ``component`` dim where there is one.
 
 Chunks run along samples only: a feature axis split across chunks is rechunked into
 one.  Integer and boolean data become float64, float16 becomes float32; float32 stays
@@ -88,6 +93,8 @@ def as_row_chunked(
     )
     if isinstance(X, (str, os.PathLike)):
         X = open_zarr_array(X, storage_options)
+    elif _is_dask_dataframe(X):
+        X = _dataframe_values(X)
     elif _is_xarray(X):
         if X.ndim != 2:
             raise ValueError(
@@ -114,7 +121,13 @@ def as_float_matrix(
 
     ``keep_integers`` defaults to ``check.keeps_integers``.
     """
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas DataFrame
+        _check_numeric_columns(X.dtypes)
+    if hasattr(X, "toarray"):  # scipy.sparse
+        raise ValueError("X is a sparse matrix; dask_em needs dense data (X.toarray())")
     X = np.asarray(X)
+    if X.dtype == object:  # numbers held as objects; TypeError/ValueError for anything else
+        X = X.astype(np.float64)
     _check_shape_dtype(X.shape, X.dtype)
     if keep_integers is None:
         keep_integers = check is not None and check.keeps_integers
@@ -132,18 +145,71 @@ def _is_xarray(X: Any) -> bool:
     return type(X).__module__.startswith("xarray") and hasattr(X, "dims")
 
 
+def _is_dask_dataframe(X: Any) -> bool:
+    return type(X).__module__.startswith("dask") and hasattr(X, "to_dask_array")
+
+
+def _dataframe_values(frame: Any) -> da.Array:
+    """A dask DataFrame's numeric columns as a dask array with known row chunks
+    (one pass computes the partition lengths); ValueError naming non-numeric columns."""
+    _check_numeric_columns(frame.dtypes)
+    return frame.to_dask_array(lengths=True)
+
+
+def _check_numeric_columns(dtypes: Any) -> None:
+    from pandas.api.types import is_complex_dtype, is_numeric_dtype  # xarray needs pandas
+
+    bad = [
+        str(name)
+        for name, dtype in dtypes.items()
+        if not is_numeric_dtype(dtype) or is_complex_dtype(dtype)
+    ]
+    if bad:
+        raise ValueError(f"X must hold numeric columns only; not numeric: {bad}")
+
+
+def like_input(X: Any, result: Any, name: str, columns: str | None = "component") -> Any:
+    """``result`` (NumPy or dask, one row per row of ``X``) as a DataArray if ``X`` is
+    one, else unchanged.
+
+    The DataArray keeps X's first dim and every coordinate along it only; a second
+    axis is the dim ``columns`` (coordinate 0..n-1), or, with ``columns=None``, X's
+    own second dim and its coordinates (an output shaped like X, e.g. imputed data).
+    """
+    if not _is_xarray(X):
+        return result
+    import xarray as xr
+
+    rows = X.dims[0]
+    kept = {rows} if columns is not None or np.ndim(result) == 1 else set(X.dims)
+    coords = {key: c.variable for key, c in X.coords.items() if set(c.dims) <= kept}
+    if np.ndim(result) == 1:
+        dims: tuple = (rows,)
+    elif columns is None:
+        dims = tuple(X.dims)
+    else:
+        dims = (rows, columns)
+        coords[columns] = np.arange(result.shape[1])
+    return xr.DataArray(result, dims=dims, coords=coords, name=name)
+
+
 def _check_shape_dtype(shape: tuple, dtype: np.dtype) -> None:
+    """ValueError unless 2-D, real and non-empty (worded as scikit-learn's, whose
+    common checks match these messages)."""
     if len(shape) != 2:
         raise ValueError(
             f"expected 2-D data of shape (n_samples, n_features), got {len(shape)}-D data "
-            f"of shape {shape}; reshape a single feature with X.reshape(-1, 1)"
+            f"of shape {shape}. Reshape your data: reshape a single feature with X.reshape(-1, 1)"
         )
-    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(
-        dtype, np.complexfloating
-    ):
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"X must hold real numbers, got dtype {dtype}: Complex data not supported")
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
         raise ValueError(f"X must hold real numbers, got dtype {dtype}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise ValueError(f"X is empty: shape {shape}")
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if shape[axis] == 0:
+            raise ValueError(
+                f"X is empty: 0 {what}(s) (shape={tuple(shape)}) while a minimum of 1 is required."
+            )
 
 
 def _as_float(X, keep_integers: bool = False):
@@ -188,7 +254,7 @@ def is_lazy(X: Any) -> bool:
     """Whether ``X`` stays out of this process: a dask array, a DataArray over one, a
     path or URL, or :class:`~dask_em.sequences.Sequences` (whose arrays are dask's).
     Anything else (NumPy, lists, DataArrays over NumPy) is in memory."""
-    if isinstance(X, (da.Array, str, os.PathLike)):
+    if isinstance(X, (da.Array, str, os.PathLike)) or _is_dask_dataframe(X):
         return True
     data = getattr(X, "data", None) if hasattr(X, "dims") else getattr(X, "values", None)
     return isinstance(data, da.Array)
@@ -196,7 +262,7 @@ def is_lazy(X: Any) -> bool:
 
 def n_rows(X: Any) -> int:
     """Rows of ``X`` (opening a path to read its shape)."""
-    if isinstance(X, (str, os.PathLike)):
+    if isinstance(X, (str, os.PathLike)) or _is_dask_dataframe(X):
         return as_row_chunked(X).shape[0]
     return int(np.shape(X)[0]) if not hasattr(X, "shape") else int(X.shape[0])
 

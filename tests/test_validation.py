@@ -163,5 +163,7 @@ def test_predict_before_fit():
 
 def test_predict_with_wrong_number_of_features():
     model = GaussianMixture(2, random_state=0).fit(np.random.default_rng(6).normal(size=(50, 3)))
-    with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture was fitted with 3"):
+    with pytest.raises(
+        ValueError, match="X has 2 features, but GaussianMixture is expecting 3 features"
+    ):
         model.predict(np.zeros((5, 2)))

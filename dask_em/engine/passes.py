@@ -78,6 +78,7 @@ class EMEngine:
     local : run in this process, block by block, without building graphs, even when a
         ``distributed.Client`` is active (small in-memory data, where shipping it to the
         cluster and scheduling would cost more than the arithmetic).
+    client : the ``distributed.Client`` to run on; None: the active one, if any.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class EMEngine:
         cache: str = "auto",
         split_every: int = 8,
         local: bool = False,
+        client: Any = None,
     ):
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
@@ -109,7 +111,7 @@ class EMEngine:
         self._open_spans: list[dict] = []  # annotations of the spans open, innermost last
         self.split_every = split_every
         self.local = local
-        self.client = None if local else active_client()
+        self.client = None if local else client if client is not None else active_client()
         self.persisted = self._should_persist(X, sample_weight, cache)
         if self.persisted:
             X, sample_weight = self._persist(X, sample_weight)

@@ -5,6 +5,10 @@ values checked, then the model's kernel); each output is a lazy dask array over 
 tasks, chunked like X along rows (per-row outputs) or like the sequence lengths
 (per-sequence outputs of hidden Markov models).  Reading a block from Zarr is fused
 into its task, as in a fit pass.
+
+With an explicit ``client`` the parameters are scattered to it once and the graphs
+refer to that future, so they run on that cluster (computing them through another
+client fails); :func:`as_float` computes such a graph on its client.
 """
 
 from __future__ import annotations
@@ -35,16 +39,23 @@ def apply_blocks(
     name: str,
     outputs: Sequence[OutputSpec],
     lengths: da.Array | None = None,
+    client: Any = None,
 ) -> list[da.Array]:
     """``kernel(family, params, X_i[, lengths_i])`` on every block i of X, lazily.
 
     Without ``lengths`` the kernel returns one array; with them (blocks of whole
     sequences, block i of ``lengths`` holding the lengths of the sequences in X's block
     i) it returns one array per entry of ``outputs``.  ``check.raise_for`` sees each
-    block first (an error names the rows, ``X[a:b]``).
+    block first (an error names the rows, ``X[a:b]``).  ``client``: the cluster the
+    graph is tied to (see module docstring); None: any, the parameters in the graph.
     """
     token = tokenize(X, lengths, name, params)
-    shared = delayed((kernel, family, params, check), name=f"{name}-params-{token}", traverse=False)
+    payload = (kernel, family, params, check)
+    if client is not None:
+        [future] = client.scatter([payload], hash=False)
+        shared = delayed(future)  # the graph holds the future, which keeps the data alive
+    else:
+        shared = delayed(payload, name=f"{name}-params-{token}", traverse=False)
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(np.int64)
     table = da.from_array(starts.reshape(-1, 1), chunks=(1, -1))
     cells = da.blockwise(
@@ -83,5 +94,11 @@ def apply_blocks(
 
 
 def as_float(value: Any) -> float:
-    """A NumPy or dask scalar as a float (computed)."""
-    return float(value.compute() if isinstance(value, da.Array) else value)
+    """A NumPy or dask scalar as a float, computed on the client its graph is tied to
+    (:func:`apply_blocks` with ``client``), else on the active scheduler."""
+    if not isinstance(value, da.Array):
+        return float(value)
+    from distributed import futures_of
+
+    futures = futures_of(value)
+    return float(value.compute(scheduler=futures[0].client) if futures else value.compute())

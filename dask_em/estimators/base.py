@@ -25,7 +25,7 @@ import numpy as np
 
 from dask_em import model_io, registry
 from dask_em.em import FitResult, IterationRecord
-from dask_em.estimators import driver, params
+from dask_em.estimators import driver, params, sklearn_protocol
 from dask_em.exceptions import ConvergenceWarning
 from dask_em.families.base import Params
 
@@ -38,7 +38,9 @@ class Estimator:
     #: The data are many sequences (``fit(X, lengths)``), not independent rows.
     _sequences: ClassVar[bool] = False
     #: ``{parameter: constraint}``, merged along the bases (see :mod:`.params`).
-    _parameter_constraints: ClassVar[dict[str, params.Constraint]] = {}
+    _parameter_constraints: ClassVar[dict[str, params.Constraint]] = {
+        "client": params.client,
+    }
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -82,6 +84,30 @@ class Estimator:
                 shown.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
+    # -- scikit-learn's tags, fitted check, clone, pickle (:mod:`.sklearn_protocol`) ----
+    def __sklearn_tags__(self):
+        """scikit-learn's tags (>= 1.6); only scikit-learn calls this."""
+        return sklearn_protocol.sklearn_tags(self)
+
+    def _more_tags(self) -> dict[str, Any]:
+        """scikit-learn 1.5's tags."""
+        return sklearn_protocol.legacy_tags(self)
+
+    def _get_tags(self) -> dict[str, Any]:
+        """scikit-learn 1.5's tags, its defaults included."""
+        return sklearn_protocol.legacy_get_tags(self)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """For scikit-learn's ``check_is_fitted``."""
+        return self._is_fitted()
+
+    def __sklearn_clone__(self) -> Estimator:
+        """For scikit-learn's ``clone``: the clone shares the client."""
+        return sklearn_protocol.clone(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return sklearn_protocol.state_without_client(self)
+
     def _check_hyperparameters(self, n_features: int) -> None:
         """The table of constraints, then the ``*_init`` arrays against the data's shape."""
         params.validate(self)
@@ -96,13 +122,15 @@ class Estimator:
 
     def _check_fitted(self) -> None:
         if not self._is_fitted():
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+            raise sklearn_protocol.not_fitted_error(
+                f"this {type(self).__name__} is not fitted yet; call fit(X) first"
+            )
 
     def _check_n_features(self, n_features: int) -> None:
         if n_features != self.n_features_in_:
             raise ValueError(
-                f"X has {n_features} features, but {type(self).__name__} was fitted with "
-                f"{self.n_features_in_} features"
+                f"X has {n_features} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (it was fitted with them)"
             )
 
     def _set_fitted(self, params: Params) -> None:  # pragma: no cover - abstract

@@ -88,6 +88,7 @@ def fit(
             model=estimator._model_name,
             cache=estimator.cache,
             local=data.local,
+            client=estimator.client,
         )
         placement = "local" if data.local else "memory" if engine.persisted else "stream"
         try:

@@ -65,6 +65,16 @@ def gamma_prior(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be (alpha >= 1, beta >= 0), got {value}")
 
 
+def client(name: str, value: Any) -> None:
+    """None (the active client) or a ``distributed.Client`` (anything with ``compute``
+    and ``scatter``)."""
+    if value is not None and not (hasattr(value, "compute") and hasattr(value, "scatter")):
+        raise ValueError(
+            f"{name} must be a distributed.Client or None (the active client), "
+            f"got {type(value).__name__}"
+        )
+
+
 def validate(estimator: Any) -> None:
     """Check every parameter ``type(estimator)`` declares (see module docstring)."""
     for name, constraint in constraints_of(type(estimator)).items():

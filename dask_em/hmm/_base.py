@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dask_em.data import is_lazy
+from dask_em.data import is_lazy, like_input
 from dask_em.em import IterationRecord
 from dask_em.engine import CACHE_MODES, LOCAL_FIT_BYTES, apply_blocks, as_float
 from dask_em.estimators import driver
@@ -222,7 +222,8 @@ class BaseHMM(Estimator):
         ``kernel`` is :meth:`HMMFamily.state_posteriors` or :meth:`HMMFamily.decode`: it
         returns one array with a row per sequence (S,) and one with a row per step (T, ...).
         Both come back as NumPy arrays for in-memory input, else as lazy dask arrays over
-        the same per-block tasks.
+        the same per-block tasks (on ``client`` if set); the per-step one as a DataArray
+        for a DataArray X (:func:`dask_em.data.like_input`).
         """
         self._check_fitted()
         family, params, check = self._family(), self._fitted_params(), self._value_check()
@@ -232,7 +233,8 @@ class BaseHMM(Estimator):
         if in_memory:
             values = sequences.values.compute(scheduler="sync")
             check.raise_for(values, what="X")
-            return kernel(family, params, values, sequences.lengths_array)
+            per_sequence, per_step = kernel(family, params, values, sequences.lengths_array)
+            return per_sequence, like_input(X, per_step, _step_output_name(per_step))
         per_step = (self.n_components,) if kernel is HMMFamily.state_posteriors else ()
         per_sequence, per_step_values = apply_blocks(
             sequences.values,
@@ -246,8 +248,9 @@ class BaseHMM(Estimator):
                 ("row", per_step, np.float64 if per_step else np.int64),
             ],
             lengths=sequences.lengths,
+            client=self.client,
         )
-        return per_sequence, per_step_values
+        return per_sequence, like_input(X, per_step_values, _step_output_name(per_step_values))
 
     def predict_proba(self, X: Any, lengths: Any = None) -> Any:
         """State posteriors ``p(z_t = k | x)`` of every step, shape (T, n_components)."""
@@ -329,6 +332,10 @@ class BaseHMM(Estimator):
             if where.size:
                 X[where] = family.sample_component(params, k, where.size, rng)
         return X, states
+
+
+def _step_output_name(per_step: Any) -> str:
+    return "state" if np.ndim(per_step) == 1 else "state_probability"
 
 
 def _total(values: Any) -> float:

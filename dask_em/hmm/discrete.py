@@ -51,6 +51,7 @@ class PoissonHMM(BaseHMM):
         warm_start: bool = False,
         verbose: int = 0,
         cache: str = "auto",
+        client: Any = None,
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
         self._store_params(locals())
@@ -125,6 +126,7 @@ class CategoricalHMM(BaseHMM):
         warm_start: bool = False,
         verbose: int = 0,
         cache: str = "auto",
+        client: Any = None,
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
         self._store_params(locals())

@@ -48,7 +48,7 @@ class GaussianHMM(BaseHMM):
     tol : stop when the objective per step changes by less than this (nats; default 1e-6.
         hmmlearn's tol of 1e-2 on the total log-likelihood of T steps is 1e-2 / T here).
     max_iter : default 200; Baum-Welch often needs many iterations on weak signals.
-    n_init, init_params, random_state, warm_start, verbose, cache,
+    n_init, init_params, random_state, warm_start, verbose, cache, client,
     init_sample_size : as :class:`~dask_em.GaussianMixture`.
     startprob_init (K,), transmat_init (K, K), means_init (K, D), covars_init (in the
     covariance type's shape, as hmmlearn's ``covars_`` setter) : initial values.
@@ -93,6 +93,7 @@ class GaussianHMM(BaseHMM):
         warm_start: bool = False,
         verbose: int = 0,
         cache: str = "auto",
+        client: Any = None,
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
         self._store_params(locals())

@@ -27,6 +27,7 @@ from dask_em.data import (
     as_row_chunked,
     as_sample_weight,
     is_lazy,
+    like_input,
     n_rows,
 )
 from dask_em.em import IterationRecord
@@ -155,7 +156,11 @@ class BaseMixture(Estimator):
         n_samples, n_features = X.shape
         self._check_hyperparameters(n_features)
         if in_memory:  # checked here, before any cluster work; lazy data in the scan pass
-            check.raise_for(np.asarray(given.data if hasattr(given, "dims") else given))
+            as_float_matrix(
+                given.data if hasattr(given, "dims") else given,
+                check=check,
+                keep_integers=check.keeps_integers,
+            )
         if n_samples < self.n_components:
             raise ValueError(
                 f"expected n_samples >= n_components, got n_samples={n_samples} and "
@@ -177,8 +182,9 @@ class BaseMixture(Estimator):
     def _apply(self, X: Any, kernel, out_columns: int | None, dtype) -> Any:
         """Apply ``kernel(family, params, block)`` to every block of X.
 
-        NumPy in, NumPy out; dask array, DataArray over dask, or Zarr path in, a lazy
-        dask array out, chunked like X along rows.
+        NumPy in, NumPy out; dask array, dask DataFrame, DataArray over dask, or Zarr
+        path in, a lazy dask array out, chunked like X along rows (on ``client`` if
+        set).  The public methods label it like X (:func:`dask_em.data.like_input`).
         """
         self._check_fitted()
         family, params, check = self._family(), self._fitted_params(), self._value_check()
@@ -197,24 +203,30 @@ class BaseMixture(Estimator):
             check,
             name=f"{kernel.__name__.strip('_')}-{self._model_name}",
             outputs=[("row", trailing, dtype)],
+            client=self.client,
         )
         return result
 
     def predict(self, X: Any) -> Any:
-        """Most likely component of each row, shape (n_samples,), int64."""
-        return self._apply(X, _predict, None, np.int64)
+        """Most likely component of each row, shape (n_samples,), int64.
+
+        A DataArray X gives a DataArray on X's sample dim and coordinates (likewise
+        ``predict_proba``, with a ``component`` dim, and ``score_samples``).
+        """
+        return like_input(X, self._apply(X, _predict, None, np.int64), "label")
 
     def predict_proba(self, X: Any) -> Any:
         """Posterior probability of each component, shape (n_samples, n_components)."""
-        return self._apply(X, _predict_proba, self.n_components, np.float64)
+        probabilities = self._apply(X, _predict_proba, self.n_components, np.float64)
+        return like_input(X, probabilities, "probability")
 
     def score_samples(self, X: Any) -> Any:
         """Log-likelihood ``log p(x_i)`` of each row, shape (n_samples,) (nats)."""
-        return self._apply(X, _score_samples, None, np.float64)
+        return like_input(X, self._apply(X, _score_samples, None, np.float64), "log_likelihood")
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per row (nats)."""
-        return as_float(self.score_samples(X).mean())
+        return as_float(self._apply(X, _score_samples, None, np.float64).mean())
 
     def bic(self, X: Any) -> float:
         """Bayesian information criterion on X (lower is better)."""

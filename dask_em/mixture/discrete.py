@@ -81,7 +81,7 @@ class PoissonMixture(_DiscreteMixture):
 
     Parameters (besides GaussianMixture's ``n_components``, ``tol``, ``max_iter``,
     ``n_init``, ``init_params``, ``weights_init``, ``random_state``, ``warm_start``,
-    ``verbose``, ``cache``, ``init_sample_size``)
+    ``verbose``, ``cache``, ``client``, ``init_sample_size``)
     ----------
     rates_init : (K, D) positive, optional
     weight_concentration : float >= 1, default 1 (flat)
@@ -115,6 +115,7 @@ class PoissonMixture(_DiscreteMixture):
         warm_start: bool = False,
         verbose: int = 0,
         cache: str = "auto",
+        client: Any = None,
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
         self._store_params(locals())
@@ -159,6 +160,7 @@ class BernoulliMixture(_DiscreteMixture):
         warm_start: bool = False,
         verbose: int = 0,
         cache: str = "auto",
+        client: Any = None,
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
         self._store_params(locals())
@@ -207,6 +209,7 @@ class CategoricalMixture(_DiscreteMixture):
         warm_start: bool = False,
         verbose: int = 0,
         cache: str = "auto",
+        client: Any = None,
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
     ):
         self._store_params(locals())

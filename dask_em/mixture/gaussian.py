@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dask_em.checks import FINITE, FiniteOrMissingCheck, ValueCheck
+from dask_em.data import like_input
 from dask_em.estimators import gaussian
 from dask_em.estimators.params import Constraint, at_least, check_shape, one_of
 from dask_em.families.base import Params
@@ -55,6 +56,11 @@ class GaussianMixture(BaseMixture):
     cache : {"auto", "memory", "stream"}, default "auto"
         Persist the data in the cluster ("memory"), re-read it on every iteration
         ("stream", for data larger than the cluster's memory), or choose by size.
+    client : distributed.Client, optional
+        The cluster to fit on and to predict with (default: the active client).  Lazy
+        outputs are then tied to it: compute them with ``client.compute(...)``,
+        ``.compute(scheduler=client)`` or inside ``with client.as_current():``.  Small
+        NumPy input (up to 32 MiB) is fitted in this process either way.
     init_sample_size : int, default 20000
         Rows sampled (across all blocks) for initialization and re-seeding.
     weight_concentration : float >= 1, default 1 (flat)
@@ -125,6 +131,7 @@ class GaussianMixture(BaseMixture):
         warm_start: bool = False,
         verbose: int = 0,
         cache: str = "auto",
+        client: Any = None,
         init_sample_size: int = DEFAULT_SAMPLE_SIZE,
         weight_concentration: float = 1.0,
         mean_prior: Any = None,
@@ -150,7 +157,8 @@ class GaussianMixture(BaseMixture):
         ``E[x_m | x_o] = sum_k P(k | x_o) E[x_m | x_o, k]`` under the fitted mixture;
         lazy (a dask array chunked like X) for dask input, NumPy for NumPy input.
         """
-        return self._apply(X, _impute, self.n_features_in_, np.float64)
+        imputed = self._apply(X, _impute, self.n_features_in_, np.float64)
+        return like_input(X, imputed, "imputed", columns=None)
 
     def _learn_from_scan(self, scan: dict) -> None:
         """Default priors from the sample: its weighted mean and covariance."""
