@@ -179,7 +179,7 @@ class HMMFamily:
         K = len(params["startprob"])
         steps, posteriors = [X[:0].astype(np.float64)], [np.zeros((0, K))]
         start, trans, loglik, weight = np.zeros(K), np.zeros((K, K)), 0.0, 0.0
-        for u in np.unique(weights[weights > 0]):
+        for u in np.unique(weights[weights > 0]).tolist():  # Python floats: the sums stay so
             pick = weights == u
             layout = TimeMajorLayout.from_lengths(lengths[pick])
             X_tm, post = self.posteriors(params, X[np.repeat(pick, lengths)], layout)
