@@ -43,8 +43,10 @@ class FitData:
 
     ``X``: row-chunked dask array (n_samples, n_features); ``weights``: sample weights
     with X's row chunks, or None; ``lengths``: for sequence models, the lengths of the
-    sequences in each block of X (then no weights); ``local``: fit in this process,
-    block by block (small in-memory data); ``check``: the values the model accepts.
+    sequences in each block of X, or a table of lengths and per-sequence weights
+    (:func:`dask_em.sequences.weighted_lengths`) (then no row weights); ``local``: fit
+    in this process, block by block (small in-memory data); ``check``: the values the
+    model accepts.
     """
 
     X: Any
