@@ -384,3 +384,35 @@ def test_mixture_params_hold_the_others_bitwise():
     np.testing.assert_array_equal(poisson.rates_, [[1.0] * 3, [10.0] * 3])
     with pytest.raises(ValueError, match="params must name parameters among"):
         dask_em.PoissonMixture(2, params=("means",)).fit(counts)
+
+
+def test_mixture_covariances_updated_about_held_means():
+    """One EM step of GaussianMixture(params="covariances") against the definition:
+    sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T / sum_i r_ik + reg_covar I, r at the start."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(9)
+    X = np.concatenate([rng.normal(-2, 1, (200, 2)), rng.normal(2, 1.5, (150, 2))])
+    weights, means = np.array([0.4, 0.6]), np.array([[-1.0, 0.5], [1.5, -0.5]])
+    densities = np.stack(
+        [w * multivariate_normal(m, np.eye(2)).pdf(X) for w, m in zip(weights, means, strict=True)],
+        axis=1,
+    )
+    resp = densities / densities.sum(axis=1, keepdims=True)
+    delta = X[:, None, :] - means[None]
+    expected = np.einsum("ik,ika,ikb->kab", resp, delta, delta) / resp.sum(0)[:, None, None]
+    model = dask_em.GaussianMixture(
+        2,
+        covariance_type="full",
+        params="covariances",
+        weights_init=weights,
+        means_init=means,
+        precisions_init=np.stack([np.eye(2)] * 2),
+        reg_covar=1e-6,
+        max_iter=1,
+        tol=0.0,
+    )
+    quiet_fit(model, X)
+    np.testing.assert_allclose(model.covariances_, expected + 1e-6 * np.eye(2), rtol=1e-10)
+    np.testing.assert_array_equal(model.means_, means)
+    np.testing.assert_array_equal(model.weights_, weights)
