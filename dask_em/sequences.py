@@ -236,6 +236,21 @@ class Sequences:
         da.store(self.values.rechunk((rows, self.n_features)), values, lock=False)
 
 
+#: One row per sequence: its length and its weight (what :func:`weighted_lengths` holds).
+WEIGHTED_LENGTH = np.dtype([("length", np.int64), ("weight", np.float64)])
+
+
+def weighted_lengths(sequences: Sequences, weights: np.ndarray) -> da.Array:
+    """The lengths with one weight per sequence, a (S,) :data:`WEIGHTED_LENGTH` table
+    chunked like ``sequences.lengths``: what a fit's block function receives in the
+    lengths' place when the sequences are weighted (``table["length"]``,
+    ``table["weight"]``)."""
+    table = np.empty(sequences.n_sequences, dtype=WEIGHTED_LENGTH)
+    table["length"] = sequences.lengths_array
+    table["weight"] = weights
+    return da.from_array(table, chunks=sequences.lengths.chunks)
+
+
 def as_sequences(X: Any, lengths: Any = None, **kwargs: Any) -> Sequences:
     """``X`` (with hmmlearn's ``lengths``) as :class:`Sequences`.
 

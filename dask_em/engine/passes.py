@@ -71,7 +71,8 @@ class EMEngine:
     lengths : for sequence data (hidden Markov models), instead of weights: a dask array
         (n_sequences,) whose block i holds the lengths of the sequences in X's block i
         (see :mod:`dask_em.sequences`).  Block functions then receive the lengths where
-        they would receive the weights.
+        they would receive the weights; weighted sequences come as one table per block,
+        fields ``length`` and ``weight`` (:func:`dask_em.sequences.weighted_lengths`).
     model : short name used in task names (``estep-<model>``).
     cache : "auto", "memory" or "stream" (see module docstring).
     split_every : fan-in of the reduction tree.

@@ -43,8 +43,10 @@ class FitData:
 
     ``X``: row-chunked dask array (n_samples, n_features); ``weights``: sample weights
     with X's row chunks, or None; ``lengths``: for sequence models, the lengths of the
-    sequences in each block of X (then no weights); ``local``: fit in this process,
-    block by block (small in-memory data); ``check``: the values the model accepts.
+    sequences in each block of X, or a table of lengths and per-sequence weights
+    (:func:`dask_em.sequences.weighted_lengths`) (then no row weights); ``local``: fit
+    in this process, block by block (small in-memory data); ``check``: the values the
+    model accepts.
     """
 
     X: Any
@@ -183,7 +185,7 @@ def init_pass(
     ``family`` (repaired: no component starts empty)."""
     features = family.init_features(scan["sample"])
     centers = initial_centers(
-        estimator.init_params, features, scan["sample_weight"], estimator.n_components, rng
+        estimator._init_method(), features, scan["sample_weight"], estimator.n_components, rng
     )
     shared = {
         "family": family,
@@ -252,16 +254,18 @@ def _restarts(
             params = estimator._initial_params(
                 functools.partial(init_pass, estimator, engine, scan, rng), scan, rng
             )
+        # EM updates only the parameters in the estimator's ``params`` (estimators.held)
+        held = estimator._held_family(family, params if resume is None else resume.params)
         hooks = list(callbacks)
         if saver is not None:
             hooks.insert(0, _saver_hook(saver, attempt, rng, resume, best, seed))
         result = em.run(
             engine.map_reduce,
-            family,
+            held,
             params,
             max_iter=estimator.max_iter,
             tol=estimator.tol,
-            repair=repair,
+            repair=None if repair is None else make_repair(held, scan["sample"]),
             callbacks=hooks,
             resume=resume,
             iteration_scope=engine.iteration_scope,

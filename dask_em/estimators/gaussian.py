@@ -87,3 +87,37 @@ def family(estimator: Any, weight_concentration: float = 1.0) -> GaussianFamily:
         covariance_pseudocount=float(estimator.covariance_pseudocount),
         dtype=getattr(estimator, "dtype", "float64"),  # GaussianMixture(dtype=); HMMs: float64
     )
+
+
+def check_covariances(name: str, value: Any, covariance_type: str, n_components: int):
+    """Covariances in the covariance type's shape, as float64: spherical (K,), diag
+    (K, D), full (K, D, D), tied (D, D); positive, or symmetric positive definite."""
+    array = np.asarray(value, dtype=np.float64)
+    K = n_components
+    shapes = {
+        "spherical": ("(n_components,)", array.shape == (K,)),
+        "diag": ("(n_components, n_features)", array.ndim == 2 and array.shape[0] == K),
+        "full": (
+            "(n_components, n_features, n_features)",
+            array.ndim == 3 and array.shape[0] == K and array.shape[1] == array.shape[2],
+        ),
+        "tied": ("(n_features, n_features)", array.ndim == 2 and array.shape[0] == array.shape[1]),
+    }
+    expected, ok = shapes[covariance_type]
+    if not ok:
+        raise ValueError(
+            f"{name} must have shape {expected} = {K} states for "
+            f"covariance_type={covariance_type!r}, got shape {array.shape}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite")
+    if covariance_type in ("spherical", "diag"):
+        if np.any(array <= 0):
+            raise ValueError(f"{name} must be positive")
+    else:
+        matrices = array.reshape(-1, *array.shape[-2:])
+        if not np.allclose(matrices, np.swapaxes(matrices, 1, 2)) or np.any(
+            np.linalg.eigvalsh(matrices) <= 0
+        ):
+            raise ValueError(f"{name} must be symmetric, positive-definite")
+    return array

@@ -156,7 +156,10 @@ class HMMFamily:
         return np.random.SeedSequence([int(seed), int(digest), len(X)])
 
     def block_stats(self, params: Params, X: np.ndarray, lengths: np.ndarray) -> Stats:
-        """Baum-Welch statistics of one block: ``X`` (T, D), ``lengths`` (S,) summing to T."""
+        """Baum-Welch statistics of one block: ``X`` (T, D), ``lengths`` (S,) summing to T,
+        or a table with fields ``length`` and ``weight`` (weighted sequences)."""
+        if getattr(lengths, "dtype", None) is not None and lengths.dtype.names:
+            return self._weighted_block_stats(params, X, lengths["length"], lengths["weight"])
         lengths = np.asarray(lengths, dtype=np.int64)
         if int(lengths.sum()) != len(X):
             raise ValueError(
@@ -187,6 +190,46 @@ class HMMFamily:
     def _stats(X, lengths, loglik, start, trans, emission, params) -> Stats:
         return {
             "weight": float(len(X)),
+            "n_rows": len(X),
+            "n_sequences": len(lengths),
+            "loglik": loglik,
+            "start": start,
+            "trans": trans,
+            "emission": emission,
+            "seed": params["seed"],
+        }
+
+    def _weighted_block_stats(self, params, X, lengths, weights) -> Stats:
+        """Statistics with sequence s counted ``weights[s]`` times: the E-step runs once
+        per distinct weight u (on the sequences weighing u), and u scales their start and
+        transition counts, log-likelihood, steps and state posteriors (so the emission
+        statistics)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        K = len(params["startprob"])
+        steps, posteriors = [X[:0].astype(np.float64)], [np.zeros((0, K))]
+        start, trans, loglik, weight = np.zeros(K), np.zeros((K, K)), 0.0, 0.0
+        for u in np.unique(weights[weights > 0]).tolist():  # Python floats: the sums stay so
+            pick = weights == u
+            layout = TimeMajorLayout.from_lengths(lengths[pick])
+            X_tm, post = self.posteriors(params, X[np.repeat(pick, lengths)], layout)
+            start += u * post.start
+            trans += u * post.trans
+            loglik += u * float(post.loglik.sum())
+            weight += u * layout.n_steps
+            steps.append(X_tm)
+            posteriors.append(u * post.gamma)
+        X_all = np.concatenate(steps)
+        emission = sliced_stats(
+            lambda X_slice, gamma_slice: self.emission.posterior_stats(
+                params["emission"], X_slice, gamma_slice
+            ),
+            self.emission.merge,
+            X_all,
+            np.concatenate(posteriors),
+            rows_per_slice=rows_per_slice(K * max(X.shape[1], 2)),
+        )
+        return {
+            "weight": weight,
             "n_rows": len(X),
             "n_sequences": len(lengths),
             "loglik": loglik,

@@ -15,6 +15,7 @@ mean per row, as scikit-learn's).  ``lower_bound_`` and ``tol`` are per step.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -27,12 +28,15 @@ from dask_em.em import IterationRecord
 from dask_em.engine import CACHE_MODES, LOCAL_FIT_BYTES, apply_blocks, as_float
 from dask_em.estimators import driver
 from dask_em.estimators.base import Estimator
+from dask_em.estimators.held import HeldParams
 from dask_em.estimators.params import Constraint, at_least, check_distribution, integer, one_of
 from dask_em.families.base import Params
 from dask_em.families.hmm import ESTEP_METHODS, HMMFamily
-from dask_em.initialization import INIT_METHODS
+from dask_em.hmm import parameters
+from dask_em.hmm.parameters import Parameter
+from dask_em.hmm.weights import as_sequence_weight
 from dask_em.seeds import seed_from
-from dask_em.sequences import Sequences, as_sequences
+from dask_em.sequences import Sequences, as_sequences, weighted_lengths
 
 DECODE_ALGORITHMS = ("viterbi", "map")
 
@@ -40,22 +44,24 @@ DECODE_ALGORITHMS = ("viterbi", "map")
 class BaseHMM(Estimator):
     """Base class of dask_em's hidden Markov models (hmmlearn's surface, many sequences).
 
-    Subclasses define ``_emission_family()``, ``_emission_init()`` (``{name: initial
-    value or None}`` in the emission family's terms), ``_set_emission(params)``,
-    ``_emission_params()``, ``_emission_variables()`` and ``_restore_emission()``.
+    Subclasses define ``_emission_family()``, ``_emission_parameters`` (their hmmlearn
+    letters, fitted attributes and ``*_init`` names, :mod:`dask_em.hmm.parameters`),
+    ``_to_family(name, value)`` (an attribute's value in the family's terms),
+    ``_set_emission(params)``, ``_emission_variables()`` and ``_restore_emission()``.
     """
 
     _model_name = "hmm"
     _sequences = True
     #: A state keeps its parameters even when no step visits it.
     _reseeds_empty_components = False
+    #: The emission's parameters (hmmlearn letter, family name, attribute, ``*_init``).
+    _emission_parameters: ClassVar[tuple[Parameter, ...]] = ()
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {
         "n_components": integer(1),
         "tol": at_least(0),
         "max_iter": integer(1),
         "n_init": integer(1),
         "cache": one_of(CACHE_MODES),
-        "init_params": one_of(INIT_METHODS),
         "startprob_prior": at_least(1.0, " (a Dirichlet concentration; 1 is flat)"),
         "transmat_prior": at_least(1.0, " (a Dirichlet concentration; 1 is flat)"),
         "estep": one_of(ESTEP_METHODS),
@@ -86,6 +92,8 @@ class BaseHMM(Estimator):
         )
 
     def _check_init(self, n_features: int) -> None:
+        parameters.updated(self)  # ``params`` and ``init_params``: letters the model has
+        parameters.init_plan(self)
         K = self.n_components
         what = "sum to 1 (along each row)"
         if self.startprob_init is not None:
@@ -95,28 +103,39 @@ class BaseHMM(Estimator):
 
     # -- initialization -----------------------------------------------------------
     def _initial_params(self, init_pass: Callable, scan: dict, rng: np.random.Generator) -> Params:
-        """``*_init`` values where given; otherwise uniform start and transition
-        probabilities (as hmmlearn) and emissions from k-means on the scan sample."""
+        """``*_init`` values where given; for a letter missing from ``init_params``, the
+        assigned attribute; otherwise uniform start and transition probabilities (as
+        hmmlearn) and emissions from k-means on the scan sample."""
         K = self.n_components
-        emission_family = self._emission_family()
-        given = self._emission_init()
+        given = parameters.initial_values(self)
+        emission = {p.name: given[p.name] for p in self._emission_parameters}
         computed: Params = {}
-        if any(value is None for value in given.values()):
-            computed = init_pass(emission_family)
+        if any(value is None for value in emission.values()):
+            computed = init_pass(self._emission_family())
         values = {
-            name: computed[name] if value is None else np.asarray(value, dtype=np.float64)
-            for name, value in given.items()
+            name: computed[name] if value is None else self._to_family(name, value)
+            for name, value in emission.items()
         }
         if computed:
             values = self._soften_initial_emission(values, scan)
-        emission = emission_family.make_params(np.full(K, 1.0 / K), **values)
-        startprob = self.startprob_init if self.startprob_init is not None else np.full(K, 1 / K)
-        transmat = (
-            self.transmat_init if self.transmat_init is not None else np.full((K, K), 1.0 / K)
-        )
+        emission_params = self._emission_family().make_params(np.full(K, 1.0 / K), **values)
+        startprob = given["startprob"] if given["startprob"] is not None else np.full(K, 1 / K)
+        transmat = given["transmat"] if given["transmat"] is not None else np.full((K, K), 1 / K)
         return HMMFamily.make_params(
-            startprob, transmat, emission, seed=int(rng.integers(2**63 - 1))
+            startprob, transmat, emission_params, seed=int(rng.integers(2**63 - 1))
         )
+
+    def _init_method(self) -> str:
+        """How the emissions are initialized (the driver's init pass)."""
+        return parameters.init_plan(self)[1]
+
+    def _held_family(self, family: HMMFamily, start: Params) -> HeldParams:
+        """``family`` with an M-step that updates only the letters of ``params``."""
+        return HeldParams(family, start, functools.partial(parameters.hold, self))
+
+    def _to_family(self, name: str, value: Any) -> np.ndarray:
+        """An attribute's (or ``*_init``'s) value in the emission family's terms (hook)."""
+        return np.asarray(value, dtype=np.float64)
 
     def _soften_initial_emission(self, values: Params, scan: dict) -> Params:
         """Adjust emission parameters computed by the init pass (hook; unchanged here)."""
@@ -130,12 +149,19 @@ class BaseHMM(Estimator):
         self.estep_seed_ = int(params["seed"])  # the Monte Carlo E-step's next stream
 
     def _fitted_params(self) -> Params:
-        return HMMFamily.make_params(
-            self.startprob_,
-            self.transmat_,
-            self._emission_params(),
-            seed=getattr(self, "estep_seed_", 0),
-        )
+        return parameters.current_params(self)
+
+    def _emission_params(self) -> Params:
+        return self._fitted_params()["emission"]
+
+    def _is_fitted(self) -> bool:
+        """Fitted, or every parameter assigned or given by ``*_init`` (as hmmlearn)."""
+        return hasattr(self, "converged_") or parameters.all_set(self)
+
+    def _check_fitted(self) -> None:
+        super()._check_fitted()
+        if not hasattr(self, "converged_"):  # parameters set by hand: D from them
+            self.n_features_in_ = parameters.n_features(self)
 
     def _model_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         variables = {
@@ -167,6 +193,7 @@ class BaseHMM(Estimator):
         self,
         X: Any,
         lengths: Any = None,
+        sample_weight: Any = None,
         *,
         storage_options: dict | None = None,
         checkpoint: str | os.PathLike | None = None,
@@ -181,6 +208,8 @@ class BaseHMM(Estimator):
             ``lengths``), a list of (T_s, D) arrays, or a (T, D) array with ``lengths``.
         lengths : (S,) sequence lengths summing to T (hmmlearn's form); None with a
             (T, D) array means one sequence.
+        sample_weight : (S,) non-negative weight of each sequence, or None.  An integer
+            weight counts as that many copies of its sequence.
         storage_options : fsspec options for a Zarr URL (s3://...).
         checkpoint, resume, callbacks : as :meth:`dask_em.GaussianMixture.fit`; a
             checkpoint is tied to the block layout (the sequence boundaries per block).
@@ -203,17 +232,20 @@ class BaseHMM(Estimator):
                 f"expected at least n_components={self.n_components} steps, got {n_steps}"
             )
         self.n_sequences_ = sequences.n_sequences
+        weights = as_sequence_weight(sample_weight, sequences.n_sequences)
         data = driver.FitData(
             sequences.values,
-            lengths=sequences.lengths,
+            lengths=sequences.lengths if weights is None else weighted_lengths(sequences, weights),
             local=in_memory and sequences.values.nbytes <= LOCAL_FIT_BYTES,
             check=check,
         )
         return self._run_fit(data, checkpoint, resume, callbacks)
 
-    def fit_predict(self, X: Any, lengths: Any = None, **fit_params: Any) -> Any:
+    def fit_predict(
+        self, X: Any, lengths: Any = None, sample_weight: Any = None, **fit_params: Any
+    ) -> Any:
         """Fit, then the most likely state of every step (Viterbi), shape (T,)."""
-        return self.fit(X, lengths, **fit_params).predict(X, lengths)
+        return self.fit(X, lengths, sample_weight, **fit_params).predict(X, lengths)
 
     # -- prediction ---------------------------------------------------------------
     def _per_block(self, X: Any, lengths: Any, kernel) -> tuple[Any, Any]:
@@ -308,9 +340,10 @@ class BaseHMM(Estimator):
             seed_from(self.random_state if random_state is None else random_state)
         )
         K = self.n_components
+        model = self._fitted_params()
         states = np.empty(n_samples, dtype=np.int64)
-        cumulative_start = np.cumsum(self.startprob_)
-        cumulative_trans = np.cumsum(self.transmat_, axis=1)
+        cumulative_start = np.cumsum(model["startprob"])
+        cumulative_trans = np.cumsum(model["transmat"], axis=1)
         uniforms = rng.random(n_samples)
         state = (
             int(currstate)
@@ -325,7 +358,7 @@ class BaseHMM(Estimator):
             state = min(int(np.searchsorted(row, uniforms[t] * row[-1])), K - 1)
             states[t] = state
         family = self._emission_family()
-        params = self._emission_params()
+        params = model["emission"]
         X = np.empty((n_samples, self.n_features_in_))
         for k in range(K):
             where = np.flatnonzero(states == k)

@@ -13,7 +13,9 @@ from dask_em.estimators.symbols import SymbolCount
 from dask_em.families.base import Params
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.poisson import PoissonFamily
+from dask_em.hmm import parameters
 from dask_em.hmm._base import BaseHMM
+from dask_em.hmm.parameters import Parameter
 from dask_em.initialization import DEFAULT_SAMPLE_SIZE
 
 
@@ -24,12 +26,15 @@ class PoissonHMM(BaseHMM):
     Parameters as :class:`~dask_em.GaussianHMM` (without the Gaussian ones), plus
     ``rate_prior`` (alpha, beta): a Gamma(alpha >= 1, beta >= 0) prior on every rate,
     M-step ``(alpha - 1 + sum gamma x) / (beta + sum gamma)`` (default flat), and
-    ``lambdas_init`` (K, D).  Attributes: ``startprob_``, ``transmat_``, ``lambdas_``
-    (K, D).  X holds non-negative integer counts; NaN marks a missing step.
+    ``lambdas_init`` (K, D), and hmmlearn's ``params`` letters (default ``"stl"``; ``l``
+    the rates) and ``init_params`` (letters, or an initialization method).  Attributes:
+    ``startprob_``, ``transmat_``, ``lambdas_`` (K, D), assignable (then no fit is
+    needed to predict).  X holds non-negative integer counts; NaN marks a missing step.
     """
 
     _model_name = "poisson-hmm"
     _parameter_constraints: ClassVar[dict[str, Constraint]] = {"rate_prior": gamma_prior}
+    _emission_parameters = (Parameter("l", "rates", "lambdas_", "lambdas_init"),)
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class PoissonHMM(BaseHMM):
         tol: float = 1e-6,
         max_iter: int = 200,
         n_init: int = 1,
+        params: str = "stl",
         init_params: str = "kmeans",
         startprob_init: Any = None,
         transmat_init: Any = None,
@@ -73,15 +79,8 @@ class PoissonHMM(BaseHMM):
             if np.any(lambdas <= 0) or not np.all(np.isfinite(lambdas)):
                 raise ValueError("lambdas_init must be positive and finite")
 
-    def _emission_init(self) -> dict[str, Any]:
-        return {"rates": self.lambdas_init}
-
     def _set_emission(self, params: Params) -> None:
         self.lambdas_ = params["rates"]
-
-    def _emission_params(self) -> Params:
-        K = self.n_components
-        return self._emission_family().make_params(np.full(K, 1.0 / K), rates=self.lambdas_)
 
     def _emission_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         return {"lambdas": (("component", "feature"), self.lambdas_)}
@@ -97,13 +96,15 @@ class CategoricalHMM(BaseHMM):
     Parameters as :class:`~dask_em.PoissonHMM`, with ``n_symbols`` M (default: one more
     than the largest symbol seen), ``pseudocount`` a >= 0 (a Dirichlet(1 + a) prior on
     every row of the emission matrix; M-step ``(C + a) / (sum gamma + M a)``) and
-    ``emissionprob_init`` (K, M).  Attributes: ``startprob_``, ``transmat_``,
-    ``emissionprob_`` (K, M), ``n_symbols_``.
+    ``emissionprob_init`` (K, M); ``params`` letters default ``"ste"`` (``e`` the
+    emission probabilities).  Attributes: ``startprob_``, ``transmat_``, ``emissionprob_``
+    (K, M), ``n_symbols_``; assigning ``emissionprob_`` sets ``n_symbols_``.
     """
 
     _model_name = "categorical-hmm"
     _parameter_constraints = SYMBOL_CONSTRAINTS
     _symbol_count = SymbolCount("emissionprob_init")
+    _emission_parameters = (Parameter("e", "probabilities", "emissionprob_", "emissionprob_init"),)
 
     def __init__(
         self,
@@ -118,6 +119,7 @@ class CategoricalHMM(BaseHMM):
         tol: float = 1e-6,
         max_iter: int = 200,
         n_init: int = 1,
+        params: str = "ste",
         init_params: str = "kmeans",
         startprob_init: Any = None,
         transmat_init: Any = None,
@@ -143,6 +145,9 @@ class CategoricalHMM(BaseHMM):
         return OrMissingCheck(inner, inner.problem + " (NaN marks a missing step)")
 
     def _learn_from_scan(self, scan: dict) -> None:
+        keeps_assigned = "e" not in parameters.init_plan(self)[0] and self.emissionprob_init is None
+        if keeps_assigned and "_emissionprob" in vars(self):
+            return  # the assigned emissionprob_ sets n_symbols_
         self._symbol_count.learn(self, scan)
 
     def _check_hyperparameters(self, n_features: int) -> None:
@@ -176,22 +181,33 @@ class CategoricalHMM(BaseHMM):
         overall /= overall.sum()
         return {"probabilities": 0.5 * values["probabilities"] + 0.5 * overall[None, None, :]}
 
-    def _emission_init(self) -> dict[str, Any]:
-        init = self.emissionprob_init
-        return {"probabilities": None if init is None else np.asarray(init)[:, None, :]}
+    def _to_family(self, name: str, value: Any) -> np.ndarray:
+        """(K, M) emission probabilities -> the family's (K, 1, M)."""
+        return np.asarray(value, dtype=np.float64)[:, None, :]
+
+    @property
+    def emissionprob_(self) -> np.ndarray:
+        """(K, M) probability of each symbol in each state."""
+        if "_emissionprob" not in vars(self):
+            raise AttributeError("emissionprob_ is not set: fit the model, or assign it")
+        return self._emissionprob
+
+    @emissionprob_.setter
+    def emissionprob_(self, value: Any) -> None:
+        probabilities = np.asarray(value, dtype=np.float64)
+        if probabilities.ndim != 2 or probabilities.shape[0] != self.n_components:
+            raise ValueError(
+                f"emissionprob_ must have shape (n_components={self.n_components}, "
+                f"n_symbols), got {probabilities.shape}"
+            )
+        self._emissionprob = probabilities
+        self.n_symbols_ = int(probabilities.shape[1])
 
     def _set_emission(self, params: Params) -> None:
         self.emissionprob_ = params["probabilities"][:, 0, :]
-
-    def _emission_params(self) -> Params:
-        K = self.n_components
-        return self._emission_family().make_params(
-            np.full(K, 1.0 / K), probabilities=self.emissionprob_[:, None, :]
-        )
 
     def _emission_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         return {"emissionprob": (("component", "symbol"), self.emissionprob_)}
 
     def _restore_emission(self, variables: dict[str, np.ndarray]) -> None:
         self.emissionprob_ = variables["emissionprob"]
-        self.n_symbols_ = int(self.emissionprob_.shape[-1])

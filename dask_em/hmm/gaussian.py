@@ -12,6 +12,7 @@ from dask_em.estimators.params import check_shape
 from dask_em.families.base import Params
 from dask_em.families.gaussian import GaussianFamily
 from dask_em.hmm._base import BaseHMM
+from dask_em.hmm.parameters import Parameter
 from dask_em.initialization import DEFAULT_SAMPLE_SIZE
 
 
@@ -48,7 +49,15 @@ class GaussianHMM(BaseHMM):
     tol : stop when the objective per step changes by less than this (nats; default 1e-6.
         hmmlearn's tol of 1e-2 on the total log-likelihood of T steps is 1e-2 / T here).
     max_iter : default 200; Baum-Welch often needs many iterations on weak signals.
-    n_init, init_params, random_state, warm_start, verbose, cache, client,
+    params : hmmlearn's letters of the parameters EM updates (default ``"stmc"``: start
+        probabilities, transitions, means, covariances); the others keep their initial
+        values bitwise.  Covariances updated with the means held are the scatter about
+        the held means (as hmmlearn).
+    init_params : the letters of the parameters the fit initializes itself (hmmlearn's
+        ``init_params``; the others come from ``*_init`` or from the assigned attributes),
+        or an initialization method of the emissions, ``"kmeans"`` (default, every
+        letter), ``"k-means++"``, ``"random"``, ``"random_from_data"``.
+    n_init, random_state, warm_start, verbose, cache, client,
     init_sample_size : as :class:`~dask_em.GaussianMixture`.
     startprob_init (K,), transmat_init (K, K), means_init (K, D), covars_init (in the
     covariance type's shape, as hmmlearn's ``covars_`` setter) : initial values.
@@ -57,7 +66,10 @@ class GaussianHMM(BaseHMM):
     ----------
     startprob_ (K,), transmat_ (K, K), means_ (K, D), covars_ (K, D, D) full matrices
     for every covariance type (as hmmlearn), covariances_ (in the covariance type's
-    shape), converged_, n_iter_, lower_bound_, history_, n_sequences_.
+    shape), converged_, n_iter_, lower_bound_, history_, n_sequences_.  Every parameter
+    may be assigned (``covars_`` in the covariance type's shape, as hmmlearn's setter);
+    with all of them set (assigned or ``*_init``) the model predicts without a fit.
+    Exact zeros in the start and transition probabilities stay zero through a fit.
 
     Missing values: a NaN feature is marginalized out of its step's emission density and
     completed in the statistics (exact EM); a step with every feature NaN has no
@@ -66,6 +78,10 @@ class GaussianHMM(BaseHMM):
 
     _model_name = "gaussian-hmm"
     _parameter_constraints = gaussian.CONSTRAINTS
+    _emission_parameters = (
+        Parameter("m", "means", "means_", "means_init"),
+        Parameter("c", "covariances", "covariances_", "covars_init"),
+    )
 
     def __init__(
         self,
@@ -84,6 +100,7 @@ class GaussianHMM(BaseHMM):
         tol: float = 1e-6,
         max_iter: int = 200,
         n_init: int = 1,
+        params: str = "stmc",
         init_params: str = "kmeans",
         startprob_init: Any = None,
         transmat_init: Any = None,
@@ -122,26 +139,29 @@ class GaussianHMM(BaseHMM):
                 f" for covariance_type={self.covariance_type!r}",
             )
 
-    def _emission_init(self) -> dict[str, Any]:
-        return {"means": self.means_init, "covariances": self.covars_init}
-
     def _set_emission(self, params: Params) -> None:
         self.means_ = params["means"]
         self.covariances_ = params["covariances"]
 
-    def _emission_params(self) -> Params:
-        K = self.n_components
-        return self._emission_family().make_params(
-            np.full(K, 1.0 / K), self.means_, covariances=self.covariances_
-        )
-
     @property
     def covars_(self) -> np.ndarray:
         """(K, D, D) covariance matrices of the states, whatever the covariance type."""
+        covariances = self.covariances_ if "covariances_" in vars(self) else self.covars_init
+        if covariances is None:
+            raise AttributeError("covars_ is not set: fit the model, or assign covars_")
+        covariances = np.asarray(covariances, dtype=np.float64)
         if self.covariance_type == "spherical":
-            eye = np.eye(self.means_.shape[1])
-            return self.covariances_[:, None, None] * eye
-        return full_covariances(self.covariances_, self.covariance_type, self.n_components)
+            means = self.means_ if "means_" in vars(self) else self.means_init
+            return covariances[:, None, None] * np.eye(np.shape(means)[-1])
+        return full_covariances(covariances, self.covariance_type, self.n_components)
+
+    @covars_.setter
+    def covars_(self, covars: Any) -> None:
+        """Covariances in the covariance type's shape (as hmmlearn's setter): spherical
+        (K,), diag (K, D), full (K, D, D), tied (D, D); positive (definite)."""
+        self.covariances_ = gaussian.check_covariances(
+            "covars_", covars, self.covariance_type, self.n_components
+        )
 
     def _emission_variables(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
         return {

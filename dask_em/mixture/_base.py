@@ -13,6 +13,7 @@ model's is the total, as hmmlearn's; see :class:`dask_em.hmm._base.BaseHMM`).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from dask_em.em import IterationRecord
 from dask_em.engine import CACHE_MODES, LOCAL_FIT_BYTES, apply_blocks, as_float
 from dask_em.estimators import driver
 from dask_em.estimators.base import Estimator
+from dask_em.estimators.held import HeldParams, hold_discrete, hold_gaussian, parse_names
 from dask_em.estimators.params import Constraint, at_least, check_distribution, integer, one_of
 from dask_em.families.base import Params, log_normalize
 from dask_em.initialization import INIT_METHODS
@@ -76,7 +78,12 @@ class BaseMixture(Estimator):
             "are left out of the fit"
         )
 
+    def _updatable(self) -> tuple[str, ...]:
+        """The names ``params`` may list: the family's parameters (hook)."""
+        return ("weights", self._parameter)
+
     def _check_init(self, n_features: int) -> None:
+        parse_names(self.params, self._updatable())
         if getattr(self, "weights_init", None) is not None:
             K = self.n_components
             check_distribution("weights_init", self.weights_init, (K,), "sum to 1")
@@ -89,6 +96,18 @@ class BaseMixture(Estimator):
         if any(value is None for value in given.values()):
             computed = init_pass(self._family())
         return self._combine_init(computed, given)
+
+    def _init_method(self) -> str:
+        """How the driver's init pass picks its centres (scikit-learn's ``init_params``)."""
+        return self.init_params
+
+    def _held_family(self, family: Any, start: Params) -> Any:
+        """``family`` with an M-step that updates only the parameters named in ``params``
+        (:mod:`dask_em.estimators.held`); ``family`` itself when that is all of them."""
+        update = parse_names(self.params, self._updatable())
+        if update == frozenset(self._updatable()):
+            return family
+        return HeldParams(family, start, functools.partial(_hold, family, update))
 
     def _given_init(self) -> dict[str, Any]:
         """``{parameter: the user's initial value or None}``."""
@@ -256,6 +275,12 @@ class BaseMixture(Estimator):
         )
         labels = np.repeat(np.arange(len(counts)), counts)
         return X, labels
+
+
+def _hold(family: Any, update: frozenset[str], new: Params, start: Params, stats) -> Params:
+    if hasattr(family, "parameter"):
+        return hold_discrete(family, new, start, update)
+    return hold_gaussian(family, new, start, stats, update)
 
 
 def _predict(family, params, X):

@@ -84,6 +84,9 @@ class PoissonMixture(_DiscreteMixture):
     ``verbose``, ``cache``, ``client``, ``init_sample_size``)
     ----------
     rates_init : (K, D) positive, optional
+    params : None (all), a name or a sequence of names among "weights" and "rates"
+        The parameters EM updates (as GaussianMixture's ``params``); Bernoulli and
+        categorical mixtures name "weights" and "probabilities".
     weight_concentration : float >= 1, default 1 (flat)
         Dirichlet concentration on the mixing weights.
     rate_prior : (alpha, beta), default (1, 0) (flat)
@@ -106,6 +109,7 @@ class PoissonMixture(_DiscreteMixture):
         tol: float = 1e-3,
         max_iter: int = 100,
         n_init: int = 1,
+        params: Any = None,
         init_params: str = "kmeans",
         weights_init: Any = None,
         rates_init: Any = None,
@@ -151,6 +155,7 @@ class BernoulliMixture(_DiscreteMixture):
         tol: float = 1e-3,
         max_iter: int = 100,
         n_init: int = 1,
+        params: Any = None,
         init_params: str = "kmeans",
         weights_init: Any = None,
         probabilities_init: Any = None,
@@ -200,6 +205,7 @@ class CategoricalMixture(_DiscreteMixture):
         tol: float = 1e-3,
         max_iter: int = 100,
         n_init: int = 1,
+        params: Any = None,
         init_params: str = "kmeans",
         weights_init: Any = None,
         probabilities_init: Any = None,

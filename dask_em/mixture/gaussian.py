@@ -37,6 +37,11 @@ class GaussianMixture(BaseMixture):
     max_iter : int, default 100
     n_init : int, default 1
         Initializations; the one with the best final objective is kept.
+    params : None, a name or a sequence of names among "weights", "means",
+        "covariances", default None (all)
+        The parameters EM updates; the others keep their initial values (``*_init``, or
+        computed) bitwise.  Covariances updated with the means held are the scatter
+        about the held means (a partial M-step: the objective still never decreases).
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
         How the initial centres are chosen, on a sample of ``init_sample_size`` rows drawn
         from across all blocks; the initial parameters then come from one distributed
@@ -123,6 +128,7 @@ class GaussianMixture(BaseMixture):
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
+        params: Any = None,
         init_params: str = "kmeans",
         weights_init: Any = None,
         means_init: Any = None,
@@ -142,6 +148,9 @@ class GaussianMixture(BaseMixture):
         dtype: str = "float64",
     ):
         self._store_params(locals())
+
+    def _updatable(self) -> tuple[str, ...]:
+        return ("weights", "means", "covariances")
 
     def _family(self) -> GaussianFamily:
         return gaussian.family(self, self.weight_concentration)
