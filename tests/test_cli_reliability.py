@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,13 @@ class LoopbackCluster:
              "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", ":0"],
             start_new_session=True, **quiet,
         )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the scheduler's port opens after its start-up
+            try:
+                socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
         client = engine.open_client(self.address, timeout=60, min_workers=1)  # ready
         client.close()
 
@@ -152,13 +160,14 @@ def small_disk(tmp_path) -> Path:
 def fill_up(disk: Path) -> Path:
     """Fill ``disk`` until the kernel says ENOSPC; returns the filler file."""
     filler = disk / "filler"
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-                handle.flush()
-        except OSError:
-            pass
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(descriptor, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
     return filler
 
 

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -233,11 +234,20 @@ def connect(args) -> Iterator[Any]:
     for name in ("n_workers", "threads_per_worker"):
         if local_options[name] is not None and local_options[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
-    with engine.connect(
-        args.scheduler,
-        dashboard_address=args.dashboard_address,
-        timeout=args.connect_timeout,
-        min_workers=args.min_workers,
-        **local_options,
-    ) as client:
+    # distributed's client logs a lost scheduler before raising; the error says it once
+    quiet = logging.getLogger("distributed.client")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    stack = contextlib.ExitStack()
+    stack.callback(quiet.setLevel, level)
+    with (
+        stack,
+        engine.connect(
+            args.scheduler,
+            dashboard_address=args.dashboard_address,
+            timeout=args.connect_timeout,
+            min_workers=args.min_workers,
+            **local_options,
+        ) as client,
+    ):
         yield client
