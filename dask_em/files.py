@@ -7,12 +7,14 @@ line's outputs and synthetic data all go through :func:`write_aside`.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -76,3 +78,47 @@ def replace_path(source: str, path: str) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.remove(retired)
+
+
+def real_location(path: str | os.PathLike) -> str | None:
+    """The real, absolute path of a local ``path`` or ``file://`` URL (symlinks resolved,
+    also for a path that does not exist yet); None for a remote URL (``s3://...``)."""
+    text = os.fspath(path)
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme != "file":
+            return None
+        text = unquote(parts.netloc + parts.path) if parts.netloc else unquote(parts.path)
+    return os.path.realpath(os.path.expanduser(text))
+
+
+def overlaps(first: str, second: str) -> bool:
+    """True when the real paths ``first`` and ``second`` are equal or one holds the other."""
+    first, second = first.rstrip(os.sep) or os.sep, second.rstrip(os.sep) or os.sep
+    return (
+        first == second
+        or first.startswith(second.rstrip(os.sep) + os.sep)
+        or second.startswith(first.rstrip(os.sep) + os.sep)
+    )
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Make sure a file or store can be written at ``path``: a probe file is created and
+    removed beside it (in its directory, where :func:`write_aside` stages).
+
+    Raises ``OSError`` (``PermissionError``, ``FileNotFoundError``, ...) whose message says
+    which directory cannot be written and why.
+    """
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            errno.ENOENT, f"the directory {directory} does not exist; create it first"
+        )
+    probe = os.path.join(directory, f".dask_em-write-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise type(error)(error.errno, f"cannot write in {directory}: {reason}") from None
+    os.close(descriptor)
+    os.remove(probe)

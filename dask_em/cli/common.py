@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +42,16 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -82,11 +93,38 @@ def fit_keywords(estimator: Any, optional: dict[str, Any], **keywords: Any) -> d
 
 
 def load_model(path: str):
-    from dask_em.model_io import load
+    """The model saved at ``path``; UsageError for a path that holds something else."""
+    from dask_em.model_io import FORMAT_NAME, load
 
     if not os.path.exists(path):
         raise UsageError(f"MODEL {path} does not exist")
+    found = _zarr_node_kind(path)
+    if found != FORMAT_NAME:
+        raise UsageError(
+            f"MODEL {path} is {found}, not a dask_em model file; pass the model that "
+            "dask-em fit saved with --out (MODEL comes first, then INPUT)"
+        )
     return load(path)
+
+
+def _zarr_node_kind(path: str) -> str:
+    """What ``path`` holds, in words, or the ``dask_em_format`` of a Zarr group."""
+    import zarr
+
+    if os.path.isfile(path):
+        return "a file (a model is a Zarr store, a directory)"
+    try:
+        node = zarr.open(store=path, mode="r")
+    except Exception:  # zarr raises several types for what it cannot read
+        return "not a readable Zarr store"
+    if isinstance(node, zarr.Array):
+        return f"a Zarr array of shape {node.shape} (data?)"
+    found = node.attrs.get("dask_em_format")
+    if found is None:
+        return "a Zarr group without a dask_em_format attribute (data?)"
+    if found == "dask_em.checkpoint":
+        return "the checkpoint of a fit (dask-em fit --resume reads it)"
+    return str(found)
 
 
 # -- paths --------------------------------------------------------------------------------
@@ -154,6 +192,21 @@ def add_cluster_arguments(parser) -> None:
         "cluster", "an existing scheduler (--scheduler), or a LocalCluster started here"
     )
     group.add_argument("--scheduler", metavar="ADDRESS", help="e.g. tcp://10.0.0.5:8786")
+    group.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=engine.DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help="how long to wait for --scheduler to answer, and again for its workers "
+        f"(default {engine.DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--min-workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="wait (up to --connect-timeout) until --scheduler has N workers (default 1)",
+    )
     group.add_argument("--n-workers", type=int, metavar="N", help="LocalCluster workers")
     group.add_argument("--threads-per-worker", type=int, metavar="N")
     group.add_argument("--memory-limit", metavar="BYTES", help="per worker, e.g. 4GiB")
@@ -181,7 +234,20 @@ def connect(args) -> Iterator[Any]:
     for name in ("n_workers", "threads_per_worker"):
         if local_options[name] is not None and local_options[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
-    with engine.connect(
-        args.scheduler, dashboard_address=args.dashboard_address, **local_options
-    ) as client:
+    # distributed's client logs a lost scheduler before raising; the error says it once
+    quiet = logging.getLogger("distributed.client")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    stack = contextlib.ExitStack()
+    stack.callback(quiet.setLevel, level)
+    with (
+        stack,
+        engine.connect(
+            args.scheduler,
+            dashboard_address=args.dashboard_address,
+            timeout=args.connect_timeout,
+            min_workers=args.min_workers,
+            **local_options,
+        ) as client,
+    ):
         yield client

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import time
+from collections.abc import Iterator
 
 from dask_em.cli.common import (
     UsageError,
@@ -21,6 +24,8 @@ from dask_em.cli.common import (
     read_input,
     refuse_existing,
 )
+from dask_em.cli.inputs import check_input_location, check_input_shape
+from dask_em.cli.outputs import check_outputs
 from dask_em.engine import CACHE_MODES
 from dask_em.families.gaussian import COVARIANCE_TYPES
 from dask_em.initialization import INIT_METHODS
@@ -79,8 +84,12 @@ def run(args: argparse.Namespace) -> int:
 
     kind = model_kinds()[args.model]
     out = local_path(args.out, "--out")
-    refuse_existing([out] + ([] if args.no_report else list(report_paths(out))), args.overwrite)
     checkpoint = local_path(args.checkpoint, "--checkpoint") if args.checkpoint else None
+    outputs = {"--out": out} | ({"--checkpoint": checkpoint} if checkpoint else {})
+    if not args.no_report:
+        outputs |= dict(zip(("the plot", "the report"), report_paths(out), strict=True))
+    check_outputs({"INPUT": args.input}, outputs)
+    refuse_existing([out] + ([] if args.no_report else list(report_paths(out))), args.overwrite)
     if args.resume and checkpoint is None:
         raise UsageError("--resume needs --checkpoint PATH")
     if checkpoint is not None:
@@ -104,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
             "cache": args.cache,
         },
     )
+    check_input_location(args.input)
     X, lengths = read_input(args, kind.sequences)
+    check_input_shape(X, lengths, args.components, args.input)
     data = (X,) if lengths is None else (X, lengths)
     if checkpoint is not None and args.resume and not os.path.exists(checkpoint):
         print(f"no checkpoint at {checkpoint} yet: starting afresh", flush=True)
@@ -112,12 +123,13 @@ def run(args: argparse.Namespace) -> int:
     keywords = fit_keywords(
         estimator, {"callbacks": [console.iteration]}, checkpoint=checkpoint, resume=args.resume
     )
-    with connect(args), console:
+    with connect(args), console, _said_of_a_full_disk(checkpoint, "the checkpoint"):
         started = time.perf_counter()
         estimator.fit(*data, **keywords)
         seconds = time.perf_counter() - started
         sample = None if args.no_report else data_sample(X, lengths)  # first rows, bounded
-    estimator.save(out, overwrite=args.overwrite)
+    with _said_of_a_full_disk(out, "the model"):
+        estimator.save(out, overwrite=args.overwrite)
     placement = getattr(estimator, "data_placement_", "?")
     print(
         f"fitted {kind.name} in {seconds:.1f} s: converged={estimator.converged_} after "
@@ -133,3 +145,26 @@ def run(args: argparse.Namespace) -> int:
         shown = [report] + ([png] if os.path.exists(png) else [])
         print(f"wrote {' and '.join(shown)}")
     return 0
+
+
+#: The errors of a write that found no room: a full disk, a quota, a file size limit.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def _said_of_a_full_disk(path: str | None, what: str) -> Iterator[None]:
+    """A write to ``path`` that finds no room becomes one line saying what is kept."""
+    try:
+        yield
+    except OSError as error:
+        if path is None or error.errno not in _NO_ROOM:
+            raise
+        kept = (
+            f"the previous {what.removeprefix('the ')} there is intact"
+            if os.path.exists(path)
+            else "nothing was left there"
+        )
+        hint = "; free some space, then run the command again" + (
+            " with --resume" if what == "the checkpoint" else ""
+        )
+        raise OSError(f"no room to write {what} {path} ({error.strerror}): {kept}{hint}") from None

@@ -15,6 +15,8 @@ from dask_em.cli.common import (
     read_input,
     refuse_existing,
 )
+from dask_em.cli.inputs import check_input_location, check_input_shape
+from dask_em.cli.outputs import check_outputs
 
 
 def add_parser(commands) -> None:
@@ -35,10 +37,13 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = local_path(args.out, "--out")
+    check_outputs({"INPUT": args.input, "MODEL": args.model}, {"--out": out})
     refuse_existing([out], args.overwrite)
     model = load_model(args.model)
     kind = registry.kind_of(model)
+    check_input_location(args.input)
     X, lengths = read_input(args, kind.sequences)
+    check_input_shape(X, lengths, None, args.input)
     data = (X,) if lengths is None else (X, lengths)
     what = "probabilities" if args.proba else "labels"
     with connect(args):

@@ -5,12 +5,20 @@
 - :mod:`~dask_em.engine.predict`: prediction graphs, one way for every model;
 - :mod:`~dask_em.engine.tasks`: the functions that run inside those tasks;
 - :mod:`~dask_em.engine.cluster`: the active client, and the cluster the command line
-  starts or joins.
+  starts or joins (:func:`open_client`: a scheduler's client within a timeout, with
+  workers; :mod:`~dask_em.engine.addresses` says what listens at a bad address).
 
 The EM loop that drives the passes is :mod:`dask_em.em` (pure Python).
 """
 
-from dask_em.engine.cluster import active_client, cluster_errors, connect
+from dask_em.engine.cluster import (
+    DEFAULT_CONNECT_TIMEOUT,
+    active_client,
+    cluster_errors,
+    connect,
+    open_client,
+    wait_for_workers,
+)
 from dask_em.engine.passes import (
     AUTO_PERSIST_SHARE,
     CACHE_MODES,
@@ -24,6 +32,7 @@ from dask_em.seeds import blockwise_seeds  # one seed per block (benchmarks impo
 __all__ = [
     "AUTO_PERSIST_SHARE",
     "CACHE_MODES",
+    "DEFAULT_CONNECT_TIMEOUT",
     "EVENT_TOPIC",
     "LOCAL_FIT_BYTES",
     "EMEngine",
@@ -33,4 +42,6 @@ __all__ = [
     "blockwise_seeds",
     "cluster_errors",
     "connect",
+    "open_client",
+    "wait_for_workers",
 ]

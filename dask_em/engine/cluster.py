@@ -23,14 +23,104 @@ def active_client():
         return None
 
 
+#: Seconds to wait for a scheduler to answer, and for its workers to arrive.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def open_client(address: str, *, timeout: float = DEFAULT_CONNECT_TIMEOUT, min_workers: int = 1):
+    """A ``distributed.Client`` of the scheduler at ``address`` with at least
+    ``min_workers`` workers, or :class:`~dask_em.exceptions.ClusterError` within about
+    ``timeout`` seconds (twice that at most: the connection, then the workers).
+
+    The error says what was found at the address: nothing listening, something that is
+    not a Dask scheduler (an HTTP server such as the dashboard), a TLS mismatch, or a
+    scheduler with too few workers.  Use it instead of ``Client(address)``, which waits
+    forever for a server that never answers and for workers that never come::
+
+        client = dask_em.engine.open_client("tcp://10.0.0.5:8786", timeout=10, min_workers=2)
+    """
+    from distributed import Client
+
+    from dask_em.engine import addresses
+
+    found = addresses.host_port(address)
+    if found is not None:
+        if not _accepts_connections(found, timeout):
+            raise ClusterError(f"cannot reach the scheduler at {address}: {addresses.NOTHING}")
+        # A Dask client waits forever for the handshake of a server that never sends
+        # one (an HTTP port): check first that the server speaks first, as Dask does.
+        wait, tls = min(timeout, 3.0), address.startswith("tls://")
+        if tls and addresses.talks_first(found, tls=False, wait=min(wait, 1.0)):
+            # a plain scheduler: checked before a TLS hello that it would log as garbage
+            raise ClusterError(f"cannot use {address}: {addresses.PLAIN_WITH_TLS}")
+        if addresses.talks_first(found, tls=tls, wait=wait) is False:
+            what = addresses.describe_silent_listener(address, timeout=wait)
+            raise ClusterError(f"cannot use {address} as a scheduler: {what}")
+    try:
+        client = Client(address, timeout=timeout)
+    except TypeError as error:  # tls:// without TLS settings: distributed's TypeError
+        what = addresses.describe_listener(address, timeout=min(timeout, 2.0))
+        raise ClusterError(
+            f"cannot connect to {address}: "
+            + (what or f"no TLS certificates are configured for tls:// ({_first_line(error)})")
+        ) from None
+    except (OSError, TimeoutError) as error:
+        what = addresses.describe_listener(address, timeout=min(timeout, 2.0))
+        detail = what or _first_line(error)
+        raise ClusterError(
+            f"cannot reach the scheduler at {address} within {timeout:g} s: {detail}"
+        ) from None
+    try:
+        wait_for_workers(client, min_workers, timeout=timeout)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _accepts_connections(found: tuple[str, int], timeout: float) -> bool:
+    """Whether anything accepts a TCP connection at ``found`` (host, port)."""
+    import socket
+
+    try:
+        with socket.create_connection(found, timeout=min(timeout, 5.0)):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_workers(client, min_workers: int = 1, *, timeout: float = DEFAULT_CONNECT_TIMEOUT):
+    """Wait until ``client``'s scheduler has ``min_workers`` workers, at most ``timeout``
+    seconds; then :class:`~dask_em.exceptions.ClusterError` saying how many there are."""
+    if min_workers < 1:
+        return
+    try:
+        client.wait_for_workers(min_workers, timeout=timeout)
+    except (TimeoutError, OSError):
+        have = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        address = client.scheduler.address
+        raise ClusterError(
+            f"the scheduler at {address} has {have} worker{'s' if have != 1 else ''} after "
+            f"{timeout:g} s ({min_workers} needed); start workers with: dask worker {address}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 @contextlib.contextmanager
 def connect(
     scheduler: str | None = None,
     *,
     dashboard_address: str = ":8787",
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    min_workers: int = 1,
     **local_options: Any,
 ) -> Iterator[Any]:
-    """A ``distributed.Client`` on ``scheduler`` or on a LocalCluster started here
+    """A ``distributed.Client`` on ``scheduler`` (:func:`open_client`: bounded by
+    ``timeout``, with ``min_workers``) or on a LocalCluster started here
     (``local_options``: ``n_workers``, ``threads_per_worker``, ``memory_limit``; None
     means the default).
 
@@ -45,10 +135,8 @@ def connect(
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         if scheduler:
-            try:
-                client = stack.enter_context(Client(scheduler))
-            except (OSError, TimeoutError) as error:
-                raise ClusterError(f"cannot reach the scheduler at {scheduler}: {error}") from error
+            client = open_client(scheduler, timeout=timeout, min_workers=min_workers)
+            stack.callback(client.close)
         else:
             options = {name: value for name, value in local_options.items() if value is not None}
             cluster = stack.enter_context(
