@@ -79,6 +79,11 @@ def html_report(model: Any, model_path: str, png_path: str | None, details: dict
             "data read by EM iterations",
             f"{sum(h.get('bytes_read', 0) for h in history) / 1e6:,.1f} MB",
         ),
+        (
+            "passes over the data (scan and init included)",
+            f"{getattr(model, 'n_passes_', '?')}, "
+            f"{getattr(model, 'bytes_read_', 0) / 1e6:,.1f} MB read",
+        ),
         *details.items(),
     ]
     summary = "\n".join(
@@ -94,6 +99,7 @@ def html_report(model: Any, model_path: str, png_path: str | None, details: dict
                 f"{h['change']:.3g}",
                 f"{h['seconds']:.3f}",
                 f"{h.get('bytes_read', 0) / 1e6:,.1f}",
+                str(h.get("passes", h["iteration"])),
                 ", ".join(map(str, h.get("reseeded", []))),
             )
         )
@@ -117,7 +123,7 @@ td{{font-variant-numeric:tabular-nums}}</style></head>
 <h2>Parameters</h2><pre>{html.escape(params)}</pre>
 <h2>Iterations</h2>
 <table><tr><th>iteration</th><th>objective</th><th>change</th><th>seconds</th><th>MB read</th>
-<th>re-seeded</th></tr>
+<th>passes</th><th>re-seeded</th></tr>
 {iterations}
 </table></body></html>
 """

@@ -21,6 +21,7 @@ from dask_em.cli.common import (
     read_input,
     refuse_existing,
 )
+from dask_em.acceleration import ACCELERATE_METHODS
 from dask_em.engine import CACHE_MODES
 from dask_em.families.gaussian import COVARIANCE_TYPES
 from dask_em.initialization import INIT_METHODS
@@ -62,6 +63,11 @@ def add_parser(commands) -> None:
     fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES)
     fit.add_argument("--cache", choices=CACHE_MODES)
     fit.add_argument(
+        "--accelerate",
+        choices=[method for method in ACCELERATE_METHODS if method is not None],
+        help="accelerated EM (fewer passes over the data; default: plain EM)",
+    )
+    fit.add_argument(
         "--checkpoint", metavar="PATH", help="save the fit's state here after every iteration"
     )
     fit.add_argument(
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             "init_params": args.init_params,
             "covariance_type": args.covariance_type,
             "cache": args.cache,
+            "accelerate": args.accelerate,
         },
     )
     X, lengths = read_input(args, kind.sequences)

@@ -84,6 +84,7 @@ class GaussianHMM(BaseHMM):
         tol: float = 1e-6,
         max_iter: int = 200,
         n_init: int = 1,
+        accelerate: str | None = None,
         init_params: str = "kmeans",
         startprob_init: Any = None,
         transmat_init: Any = None,

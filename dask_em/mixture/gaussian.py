@@ -36,6 +36,10 @@ class GaussianMixture(BaseMixture):
     max_iter : int, default 100
     n_init : int, default 1
         Initializations; the one with the best final objective is kept.
+    accelerate : {None, "squarem"}, default None
+        None: plain EM.  "squarem": SQUAREM-accelerated EM (fewer passes over the data
+        on slowly converging fits; same optimum, objective still never decreasing).
+        ``max_iter`` then caps passes over the data.  Every estimator takes it.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
         How the initial centres are chosen, on a sample of ``init_sample_size`` rows drawn
         from across all blocks; the initial parameters then come from one distributed
@@ -109,6 +113,7 @@ class GaussianMixture(BaseMixture):
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
+        accelerate: str | None = None,
         init_params: str = "kmeans",
         weights_init: Any = None,
         means_init: Any = None,
