@@ -89,7 +89,7 @@ def sticky_gaussian_hmm(seed=2, n_sequences=20, length=250):
         n_components=3,
         covariance_type="diag",
         startprob_init=np.full(3, 1 / 3),
-        transmat_init=np.full((3, 3), 0.1) + 0.6 * np.eye(3),
+        transmat_init=np.full((3, 3), 0.15) + 0.55 * np.eye(3),
         means_init=means * 1.4 - 0.5,
         covars_init=np.ones((3, 1)),
     )

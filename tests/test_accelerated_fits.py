@@ -152,3 +152,33 @@ def test_the_sampling_e_step_with_squarem_is_refused_before_any_work(tmp_path):
 def test_an_unknown_acceleration_is_refused(value):
     with pytest.raises(ValueError, match="accelerate must be one of"):
         PoissonMixture(2, accelerate=value).fit(np.arange(10.0)[:, None])
+
+
+def test_a_version_2_checkpoint_still_resumes(tmp_path):
+    """A checkpoint written before SQUAREM's state was stored (format version 2: no
+    step table, no chain, no pass counts) resumes a plain EM fit as before."""
+    import xarray as xr
+
+    from dask_em.integrity import add_manifest
+
+    X, _ = overlapping_data(5)
+    params = dict(n_components=2, tol=0.0, max_iter=6, random_state=0)
+    reference = GaussianMixture(**params).fit(X)
+    path = tmp_path / "v3.zarr"
+    with pytest.raises(Stop):
+        GaussianMixture(**params).fit(X, checkpoint=path, callbacks=[stop_after(3)])
+    with xr.open_zarr(path, consolidated=False) as ds:
+        old = ds.load()
+    old = old.drop_vars([name for name in old.data_vars if "steps" in name or "chain" in name])
+    for key in [k for k in old.attrs if k.endswith(("passes", "chain_length", "bytes_read"))]:
+        del old.attrs[key]
+    del old.attrs["step_fields"]
+    old.attrs["dask_em_format_version"] = 2
+    add_manifest(old).to_zarr(tmp_path / "v2.zarr", consolidated=False)
+    resumed = GaussianMixture(**params).fit(X, checkpoint=tmp_path / "v2.zarr", resume=True)
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(
+            getattr(resumed, name), getattr(reference, name), rtol=0, atol=1e-12
+        )
+    assert resumed.lower_bounds_ == reference.lower_bounds_
+    assert [h["passes"] for h in resumed.history_] == list(range(1, 7))

@@ -6,6 +6,7 @@ import argparse
 import os
 import time
 
+from dask_em.acceleration import ACCELERATE_METHODS
 from dask_em.cli.common import (
     UsageError,
     add_cluster_arguments,
@@ -21,7 +22,6 @@ from dask_em.cli.common import (
     read_input,
     refuse_existing,
 )
-from dask_em.acceleration import ACCELERATE_METHODS
 from dask_em.engine import CACHE_MODES
 from dask_em.families.gaussian import COVARIANCE_TYPES
 from dask_em.initialization import INIT_METHODS
