@@ -55,13 +55,16 @@ from dask_em.integrity import StoreFormat, add_manifest, open_verified, verify_w
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "dask_em.checkpoint"
-FORMAT_VERSION = 2  # 2: with the manifest of dask_em.integrity
+FORMAT_VERSION = 3  # 2: with the manifest of dask_em.integrity; 3: accelerated EM's state
 
 #: Estimator parameters that may change between a run and its resumption: they do not
 #: change the arithmetic (``max_iter`` only lets a resumed fit run longer).
 MAY_CHANGE = ("verbose", "cache", "max_iter")
 
 _HISTORY_FIELDS = ("iteration", "objective", "change", "seconds", "bytes_read")
+#: From version 3, per record: ``passes``, ``step``, ``step_max``, and ``extrapolated``
+#: (1 for a SQUAREM extrapolation, 0 for an EM step), in ``<prefix>_steps_history``.
+_STEP_FIELDS = ("passes", "step", "step_max", "extrapolated")
 
 
 def _checkpoint_sizes(attrs: dict) -> dict[str, int]:
@@ -96,6 +99,8 @@ class FitState:
     current: FitResult  # parameters reached and history so far
     best: FitResult | None  # the best finished initialization before ``attempt``
     fingerprint: dict
+    passes: int = 0  # passes over the data the fit made so far (scan, init, every restart)
+    bytes_read: int = 0  # bytes of data those passes read
 
 
 def fingerprint(model: Any, X: Any, sample_weight: Any = None) -> dict[str, Any]:
@@ -126,6 +131,9 @@ def save_state(path: str | os.PathLike, model: Any, state: FitState) -> None:
         "fingerprint": json.dumps(state.fingerprint),
         "has_best": state.best is not None,
         "history_fields": json.dumps(_HISTORY_FIELDS),
+        "step_fields": json.dumps(_STEP_FIELDS),
+        "passes": str(state.passes),
+        "bytes_read": str(state.bytes_read),
     }
     for prefix, result in (("current", state.current), ("best", state.best)):
         if result is None:
@@ -143,6 +151,20 @@ def save_state(path: str | os.PathLike, model: Any, state: FitState) -> None:
             [list(record.reseeded) for record in result.history]
         )
         attrs[f"{prefix}_converged"] = bool(result.converged)
+        steps = [
+            [record.passes, record.step, record.step_max, float(record.move != "em")]
+            for record in result.history
+        ]
+        data_vars[f"{prefix}_steps_history"] = (
+            (f"{prefix}_iteration", "step_field"),
+            np.asarray(steps, dtype=np.float64).reshape(-1, len(_STEP_FIELDS)),
+        )
+        attrs[f"{prefix}_passes"] = int(result.passes)
+        # the points SQUAREM extrapolates from (stored as parameters, so verified finite)
+        attrs[f"{prefix}_chain_length"] = len(result.chain)
+        for i, point in enumerate(result.chain):
+            for name, (dims, values) in _variables_of(model, point).items():
+                data_vars[f"{prefix}_chain{i}_{name}"] = (dims, np.asarray(values))
     write_zarr_atomically(
         add_manifest(xr.Dataset(data_vars, attrs=attrs)),
         path,
@@ -224,6 +246,7 @@ def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState 
         variables = {name: ds[f"{prefix}_{name}"].values for name in names}
         reseeded = json.loads(ds.attrs[f"{prefix}_history_reseeded"])
         columns = ds[f"{prefix}_history"].values.T  # (field, iteration), _HISTORY_FIELDS
+        steps = _steps(ds, prefix, columns)
         history = [
             IterationRecord(
                 iteration=int(it),
@@ -232,13 +255,24 @@ def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState 
                 seconds=float(sec),
                 reseeded=tuple(reseeded[i]),
                 bytes_read=int(nbytes),
+                passes=int(passes),
+                move="extrapolated" if extrapolated else "em",
+                step=float(step),
+                step_max=float(step_max),
             )
-            for i, (it, obj, change, sec, nbytes) in enumerate(zip(*columns, strict=True))
+            for i, (it, obj, change, sec, nbytes, passes, step, step_max, extrapolated) in (
+                enumerate(zip(*columns, *steps, strict=True))
+            )
         ]
         out = FitResult(_params_of(model, variables), history)
         out.converged = bool(ds.attrs[f"{prefix}_converged"])
         if history:
             out.n_iter, out.lower_bound = history[-1].iteration, history[-1].objective
+        out.passes = int(ds.attrs.get(f"{prefix}_passes", len(history)))
+        out.chain = tuple(
+            _params_of(model, {name: ds[f"{prefix}_chain{i}_{name}"].values for name in names})
+            for i in range(int(ds.attrs.get(f"{prefix}_chain_length", 0)))
+        )
         return out
 
     return FitState(
@@ -248,7 +282,18 @@ def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState 
         current=result("current"),
         best=result("best") if ds.attrs["has_best"] else None,
         fingerprint=found,
+        passes=int(ds.attrs.get("passes", 0)),
+        bytes_read=int(ds.attrs.get("bytes_read", 0)),
     )
+
+
+def _steps(ds: xr.Dataset, prefix: str, columns: np.ndarray) -> np.ndarray:
+    """The ``_STEP_FIELDS`` columns (field, iteration); before version 3 (plain EM only),
+    those of plain EM: one pass per record, steps of 1."""
+    if f"{prefix}_steps_history" in ds:
+        return ds[f"{prefix}_steps_history"].values.T
+    n = columns.shape[1]
+    return np.stack([np.arange(1.0, n + 1), np.ones(n), np.ones(n), np.zeros(n)])
 
 
 def progress(path: str | os.PathLike) -> dict[str, int] | None:

@@ -12,6 +12,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from dask_em import em
 from dask_em.acceleration import (
     InfeasiblePoint,
     PlainEM,
@@ -488,7 +489,7 @@ def test_on_the_cluster_squarem_through_map_reduce_equals_the_local_run_and_plai
     assert runs["cluster"].history == runs["local"].history
     assert_params_close(runs["cluster"].params, runs["local"].params, rtol=1e-12)
     engine = EMEngine(X_dask, model="gmm", cache="memory")
-    plain = engine.run(family, start, max_iter=10_000, tol=1e-10)
+    plain = em.run(engine.map_reduce, family, start, max_iter=10_000, tol=1e-10)
     assert plain.converged and runs["cluster"].converged
     assert runs["cluster"].passes <= 1.2 * plain.n_iter
     assert_params_close(runs["cluster"].params, plain.params, rtol=1e-4)

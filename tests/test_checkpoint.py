@@ -139,11 +139,14 @@ def test_the_checkpoint_is_a_versioned_zarr_store_holding_the_loop_state(tmp_pat
     model.fit(gaussian_data(), checkpoint=path)
     ds = xr.open_zarr(path, consolidated=False)
     assert ds.attrs["dask_em_format"] == FORMAT_NAME
-    assert ds.attrs["dask_em_format_version"] == 2
+    assert ds.attrs["dask_em_format_version"] == 3
     assert int(ds.attrs["attempt"]) == 1 and ds.attrs["has_best"]
     assert ds["current_means"].dims == ("component", "feature")
     assert ds["current_history"].shape == (5, 5)
     assert ds["best_history"].shape == (5, 5)
+    assert ds["current_steps_history"].shape == (5, 4)  # passes, step, step_max, extrapolated
+    np.testing.assert_array_equal(ds["current_steps_history"].values[:, 0], np.arange(1, 6))
+    assert int(ds.attrs["passes"]) == 1 + 2 * (1 + 5) and int(ds.attrs["current_chain_length"]) == 2
     files = [name for _, _, names in os.walk(path) for name in names]
     assert all(name == "zarr.json" or name.isdigit() or "." not in name for name in files), files
 

@@ -145,7 +145,7 @@ def test_a_checkpoint_that_does_not_read_back_never_replaces_the_good_one(tmp_pa
 
 
 def test_a_version_1_checkpoint_without_a_manifest_still_resumes(tmp_path):
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
     reference = GaussianMixture(2, **PARAMS).fit(X)
     path = interrupted_checkpoint(MODELS["gmm"][0], tmp_path / "ck.zarr")
 
@@ -170,5 +170,7 @@ def test_a_reader_of_both_kinds_verifies_each_as_its_own_kind(tmp_path):
     chunk_files(checkpoint, "current_means")[0].unlink()
     with pytest.raises(ModelFileError, match=r"^checkpoint .*array 'current_means' does not"):
         open_verified_as_any(checkpoint, kinds)
-    with pytest.raises(ModelFileError, match="is not a dask_em model file: nothing exists"):
+    with pytest.raises(
+        ModelFileError, match="is not a dask_em model file or checkpoint: nothing exists"
+    ):
         open_verified_as_any(tmp_path / "nothing.zarr", kinds)

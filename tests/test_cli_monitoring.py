@@ -34,7 +34,10 @@ def test_fit_spans_task_names_and_events_on_the_cluster(client, caplog, tmp_path
     lines = [r.getMessage() for r in caplog.records if r.name == "dask_em.engine"]
     iteration_lines = [line for line in lines if " iteration " in line]
     assert len(iteration_lines) == 4
-    pattern = r"gmm iteration \d: objective -?\d\S*, change \S+, \d+\.\d{3} s, 0\.5 MB read"
+    pattern = (
+        r"gmm iteration \d: objective -?\d\S*, change \S+, \d+\.\d{3} s, 0\.5 MB read, "
+        r"\d+ passes \(\d+ in all\)"
+    )
     assert all(re.fullmatch(pattern, line) for line in iteration_lines), iteration_lines
     assert [h["bytes_read"] for h in model.history_] == [X.nbytes] * 4
     fit_id = re.search(r"fit (\w{8}): dashboard span", "\n".join(lines)).group(1)

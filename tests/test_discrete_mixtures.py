@@ -392,6 +392,30 @@ def test_restarts_reach_the_published_maximum_on_hasselblad_deaths():
     assert_monotone(model.history_)
 
 
+def test_squarem_reaches_the_published_maximum_on_hasselblad_deaths():
+    """The test above with ``accelerate="squarem"``: the same published optimum
+    (Varadhan & Roland 2008, Table 2), in a few hundred passes where plain EM needs
+    thousands per restart."""
+    deaths = np.arange(10)[:, None]
+    days = np.array([162, 267, 271, 185, 111, 61, 27, 8, 3, 1])
+    model = PoissonMixture(
+        2,
+        n_init=5,
+        init_params="random_from_data",
+        tol=1e-13,
+        max_iter=50_000,
+        random_state=0,
+        accelerate="squarem",
+    ).fit(deaths, sample_weight=days)
+    assert model.converged_
+    order = np.argsort(-model.rates_[:, 0])
+    np.testing.assert_allclose(model.weights_[order][0], 0.6401146, atol=2e-4)
+    np.testing.assert_allclose(model.rates_[order, 0], [2.6634044, 1.2560951], atol=2e-4)
+    np.testing.assert_allclose(model.lower_bound_ * days.sum(), -1989.9459, atol=1e-4)
+    assert model.history_[-1]["passes"] < 1000
+    assert_monotone(model.history_)
+
+
 # --------------------------------------------------------------------------- recovery
 def write_store(path, X, chunk_rows=125_000):
     array = zarr.create_array(path, shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype=X.dtype)

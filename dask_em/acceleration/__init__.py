@@ -6,17 +6,26 @@ callable per pass (:mod:`.running`)."""
 from dask_em.acceleration.coordinates import InfeasiblePoint
 from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM
 from dask_em.acceleration.parameter_maps import ParameterMap, parameter_map
-from dask_em.acceleration.running import family_evaluate, run_em
+from dask_em.acceleration.running import (
+    ACCELERATE_METHODS,
+    check_accelerate,
+    family_evaluate,
+    make_driver,
+    run_em,
+)
 from dask_em.acceleration.squarem import Squarem
 
 __all__ = [
+    "ACCELERATE_METHODS",
     "AcceptedPoint",
     "EMState",
     "InfeasiblePoint",
     "ParameterMap",
     "PlainEM",
     "Squarem",
+    "check_accelerate",
     "family_evaluate",
+    "make_driver",
     "parameter_map",
     "run_em",
 ]

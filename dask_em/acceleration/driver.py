@@ -150,6 +150,12 @@ class PlainEM:
         return self._accept(objective, image, stats, kind="em", step=1.0)
 
     @property
+    def pending_kind(self) -> str:
+        """What :meth:`ask`'s point is: ``"em"`` (an EM image, or the start) or
+        ``"extrapolated"``."""
+        return self._pending_kind
+
+    @property
     def params(self) -> Params:
         """The EM image of the last accepted point (the result of the run)."""
         return self._image

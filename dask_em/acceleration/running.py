@@ -9,13 +9,53 @@ process, or :meth:`dask_em.engine.EMEngine.map_reduce` on a cluster.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM
+from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM, Repair
+from dask_em.acceleration.parameter_maps import parameter_map
+from dask_em.acceleration.squarem import Squarem
 from dask_em.families.base import Params, Stats
 
+#: What an estimator's ``accelerate`` may be: None (plain EM) or a method's name.
+ACCELERATE_METHODS = (None, "squarem")
+
 Evaluate = Callable[[Params], tuple[float, Params, Stats]]
+
+
+def make_driver(
+    accelerate: str | None,
+    family: Any,
+    params: Params,
+    *,
+    tol: float,
+    repair: Repair | None = None,
+    resume: EMState | None = None,
+) -> PlainEM:
+    """The driver for ``accelerate`` (one of :data:`ACCELERATE_METHODS`) on ``family``.
+
+    Raises ValueError for an unknown method, or a family SQUAREM cannot extrapolate
+    (the HMM's sampling E-step; :func:`check_accelerate` says so before any pass).
+    """
+    if accelerate is None:
+        return PlainEM(params, tol=tol, repair=repair, resume=resume)
+    if accelerate == "squarem":
+        mapping = functools.partial(parameter_map, family)
+        return Squarem(params, mapping, tol=tol, repair=repair, resume=resume)
+    raise ValueError(f"accelerate must be one of {ACCELERATE_METHODS}, got {accelerate!r}")
+
+
+def check_accelerate(accelerate: str | None, estep: str = "exact") -> None:
+    """Refuse, before any work, what :func:`make_driver` would refuse after the scan."""
+    if accelerate not in ACCELERATE_METHODS:
+        raise ValueError(f"accelerate must be one of {ACCELERATE_METHODS}, got {accelerate!r}")
+    if accelerate is not None and estep != "exact":
+        raise ValueError(
+            f"accelerate={accelerate!r} needs the exact E-step, not estep={estep!r}: the "
+            "sampled objective is noisy, so a worse extrapolation cannot be told from "
+            "noise; use estep='exact', or accelerate=None"
+        )
 
 
 def family_evaluate(family: Any, pass_stats: Callable[[Params], Stats]) -> Evaluate:

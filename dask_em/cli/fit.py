@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 
+from dask_em.acceleration import ACCELERATE_METHODS
 from dask_em.cli.common import (
     UsageError,
     add_cluster_arguments,
@@ -67,6 +68,11 @@ def add_parser(commands) -> None:
     fit.add_argument("--covariance-type", choices=COVARIANCE_TYPES)
     fit.add_argument("--cache", choices=CACHE_MODES)
     fit.add_argument(
+        "--accelerate",
+        choices=[method for method in ACCELERATE_METHODS if method is not None],
+        help="accelerated EM (fewer passes over the data; default: plain EM)",
+    )
+    fit.add_argument(
         "--checkpoint", metavar="PATH", help="save the fit's state here after every iteration"
     )
     fit.add_argument(
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             "init_params": args.init_params,
             "covariance_type": args.covariance_type,
             "cache": args.cache,
+            "accelerate": args.accelerate,
         },
     )
     check_input_location(args.input)

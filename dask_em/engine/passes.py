@@ -119,6 +119,8 @@ class EMEngine:
         self.X = X
         self.sample_weight = sample_weight
         self._local_blocks = self._materialize_blocks() if local else None
+        self.passes = 0  # passes over the data run so far (every stage)
+        self.bytes_read = 0  # bytes of data (X and weights) those passes read
 
     # -- placement ------------------------------------------------------------------
     def memory_budget(self) -> int:
@@ -323,6 +325,8 @@ class EMEngine:
         arguments for block i.  The reduction is a fixed tree, so the same chunking
         always merges in the same order (bitwise reproducible).
         """
+        self.passes += 1
+        self.bytes_read += self.pass_bytes
         if self._local_blocks is not None:
             parts = [
                 block_func(shared, X_block, w_block, *(per_block[i] if per_block else ()))
@@ -358,13 +362,16 @@ class EMEngine:
         ``as_dict()``).
         """
         logger.info(
-            "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read",
+            "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read, "
+            "%d passes (%d in all)",
             self.model,
             record.iteration,
             record.objective,
             record.change,
             record.seconds,
             record.bytes_read / 1e6,
+            getattr(record, "passes", record.iteration),
+            self.passes,
         )
         self.log_event("iteration", **record.as_dict())
 

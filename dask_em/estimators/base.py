@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dask_em import model_io, registry
+from dask_em.acceleration import ACCELERATE_METHODS, check_accelerate
 from dask_em.em import FitResult, IterationRecord
 from dask_em.estimators import driver, params, sklearn_protocol
 from dask_em.exceptions import ConvergenceWarning
@@ -40,6 +41,7 @@ class Estimator:
     #: ``{parameter: constraint}``, merged along the bases (see :mod:`.params`).
     _parameter_constraints: ClassVar[dict[str, params.Constraint]] = {
         "client": params.client,
+        "accelerate": params.one_of(ACCELERATE_METHODS),
     }
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -111,6 +113,7 @@ class Estimator:
     def _check_hyperparameters(self, n_features: int) -> None:
         """The table of constraints, then the ``*_init`` arrays against the data's shape."""
         params.validate(self)
+        check_accelerate(self.accelerate, getattr(self, "estep", "exact"))
         self._check_init(n_features)
 
     def _check_init(self, n_features: int) -> None:
@@ -151,11 +154,18 @@ class Estimator:
         """Fit with the fit driver, then set the fitted attributes; returns self."""
         outcome = driver.fit(self, data, checkpoint=checkpoint, resume=resume, callbacks=callbacks)
         self.data_placement_ = outcome.data_placement
-        self._set_fit_result(outcome.best, data.shape[1])
+        self._set_fit_result(outcome.best, data.shape[1], outcome.passes, outcome.bytes_read)
         return self
 
-    def _set_fit_result(self, best: FitResult, n_features: int) -> None:
-        """The fitted attributes of a finished fit (the best of its restarts)."""
+    def _set_fit_result(
+        self, best: FitResult, n_features: int, passes: int = 0, bytes_read: int = 0
+    ) -> None:
+        """The fitted attributes of a finished fit (the best of its restarts).
+
+        ``n_passes_``: every pass over the data the fit made (scan, initializations and
+        EM passes of every restart; with a resumed fit, those its checkpoint recorded
+        too); ``bytes_read_``: the bytes of data (X and weights) those passes read.
+        """
         self._set_fitted(best.params)
         self.n_features_in_ = n_features
         self.converged_ = best.converged
@@ -163,6 +173,8 @@ class Estimator:
         self.lower_bound_ = best.lower_bound
         self.lower_bounds_ = [record.objective for record in best.history]
         self.history_ = [record.as_dict() for record in best.history]
+        self.n_passes_ = passes
+        self.bytes_read_ = bytes_read
         if not best.converged:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dask_em import em
+from dask_em.acceleration import check_accelerate
 from dask_em.checkpoint import FitState, fingerprint, load_state, save_state
 from dask_em.data import ValueCheck, merge_scans, raise_for_scan_problems, scan_block
 from dask_em.engine import EMEngine
@@ -66,6 +67,8 @@ class FitOutcome:
 
     best: em.FitResult
     data_placement: str
+    passes: int = 0  # every pass over the data (scan, init and EM passes of every restart)
+    bytes_read: int = 0  # bytes of data (X and weights) those passes read
 
 
 def fit(
@@ -82,6 +85,7 @@ def fit(
     seed = state.seed if state is not None else seed_from(estimator.random_state)
     rng = np.random.default_rng(seed)
     n_samples, n_features = data.shape
+    check_accelerate(estimator.accelerate, getattr(estimator, "estep", "exact"))
     with verbose_logging(estimator.verbose):
         engine = EMEngine(
             data.X,
@@ -114,12 +118,26 @@ def fit(
                     saver=saver,
                     callbacks=callbacks,
                 )
+                passes, bytes_read = _counts(engine, state)
                 fit_end.update(
-                    converged=best.converged, n_iter=best.n_iter, lower_bound=best.lower_bound
+                    converged=best.converged,
+                    n_iter=best.n_iter,
+                    lower_bound=best.lower_bound,
+                    n_passes=passes,
+                    bytes_read=bytes_read,
                 )
         finally:
             engine.release()
-    return FitOutcome(best, placement)
+    return FitOutcome(best, placement, passes, bytes_read)
+
+
+def _counts(engine: EMEngine, state: FitState | None) -> tuple[int, int]:
+    """Passes over the data and bytes read so far: this engine's, and those a resumed
+    fit's checkpoint recorded."""
+    passes, bytes_read = engine.passes, engine.bytes_read
+    if state is not None:
+        passes, bytes_read = passes + state.passes, bytes_read + state.bytes_read
+    return passes, bytes_read
 
 
 @contextlib.contextmanager
@@ -256,17 +274,21 @@ def _restarts(
             )
         # EM updates only the parameters in the estimator's ``params`` (estimators.held)
         held = estimator._held_family(family, params if resume is None else resume.params)
-        hooks = list(callbacks)
+        save = None
         if saver is not None:
-            hooks.insert(0, _saver_hook(saver, attempt, rng, resume, best, seed))
+            save = _saver_hook(
+                saver, attempt, rng, best, seed, functools.partial(_counts, engine, state)
+            )
         result = em.run(
             engine.map_reduce,
             held,
             params,
             max_iter=estimator.max_iter,
             tol=estimator.tol,
+            accelerate=estimator.accelerate,
             repair=None if repair is None else make_repair(held, scan["sample"]),
-            callbacks=hooks,
+            callbacks=callbacks,
+            save=save,
             resume=resume,
             iteration_scope=engine.iteration_scope,
             observe=engine.observe,
@@ -295,20 +317,28 @@ def _checkpointing(estimator: Any, path, resume: bool, data: FitData):
     else:
         state = None
 
-    def save(attempt, rng_state, current, best, seed):
-        save_state(path, estimator, FitState(seed, attempt, rng_state, current, best, expected))
+    def save(attempt, rng_state, current, best, seed, counts):
+        state = FitState(seed, attempt, rng_state, current, best, expected, *counts)
+        save_state(path, estimator, state)
 
     return state, save
 
 
-def _saver_hook(saver, attempt, rng, resume, best, seed) -> Callback:
-    """The callback that checkpoints the loop state after each iteration."""
+def _saver_hook(saver, attempt, rng, best, seed, counts) -> Callable[[em.FitResult], None]:
+    """The hook that checkpoints the loop state after each accepted point."""
     rng_state = rng.bit_generator.state  # right after this attempt's initialization
-    history = list(resume.history) if resume is not None else []
 
-    def save(record: em.IterationRecord, params: Params) -> None:
-        history.append(record)
-        saver(attempt, rng_state, em.FitResult(params, list(history)), best, seed)
+    def save(result: em.FitResult) -> None:
+        current = em.FitResult(
+            result.params,
+            list(result.history),
+            result.converged,
+            result.n_iter,
+            result.lower_bound,
+            result.chain,
+            result.passes,
+        )
+        saver(attempt, rng_state, current, best, seed, counts())
 
     return save
 

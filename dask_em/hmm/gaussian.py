@@ -101,6 +101,7 @@ class GaussianHMM(BaseHMM):
         max_iter: int = 200,
         n_init: int = 1,
         params: str = "stmc",
+        accelerate: str | None = None,
         init_params: str = "kmeans",
         startprob_init: Any = None,
         transmat_init: Any = None,

@@ -79,7 +79,15 @@ def write_report(
         ("model file", os.fspath(model_path)),
         ("converged", f"{model.converged_} after {model.n_iter_} iterations"),
         ("final objective (mean per row)", f"{model.lower_bound_:.12g}"),
-        ("passes over the data in EM iterations", str(len(history))),
+        (
+            "passes over the data in EM iterations",
+            str(history[-1].get("passes", len(history)) if history else 0),
+        ),
+        (
+            "passes over the data in all (scan and init included)",
+            f"{getattr(model, 'n_passes_', '?')}, "
+            f"{getattr(model, 'bytes_read_', 0) / 1e6:,.1f} MB read",
+        ),
         ("seconds in EM iterations", f"{sum(h['seconds'] for h in history):.2f}"),
         (
             "data read by EM iterations",
