@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -114,6 +114,11 @@ def parameter_map(family: Any, points: Sequence[Params]) -> ParameterMap:
     """
     if not points:
         raise ValueError("a parameter map needs at least one point")
+    base = getattr(family, "base_family", None)
+    if base is not None:  # an M-step that holds some parameters (estimators.held)
+        inner = parameter_map(base, points)
+        restore = family.restore_held
+        return replace(inner, rebuild=lambda values: restore(inner.rebuild(values)))
     for kind, builder in _BUILDERS:
         if isinstance(family, kind):
             return builder(family, points)

@@ -45,6 +45,15 @@ class HeldParams:
             raise AttributeError(name)
         return getattr(self.family, name)
 
+    @property
+    def base_family(self) -> Any:
+        """The wrapped family (accelerated EM maps its parameters, then :meth:`restore_held`)."""
+        return self.family
+
+    def restore_held(self, params: Params) -> Params:
+        """``params`` with the held parameters put back (an extrapolated point keeps them)."""
+        return self.hold(params, self.start, None)
+
     def m_step(self, stats: Stats) -> Params:
         return self.hold(self.family.m_step(stats), self.start, stats)
 
