@@ -85,8 +85,18 @@ def to_dataset(model: Any) -> xr.Dataset:
         "lower_bound": float(model.lower_bound_),
         "n_features_in": int(model.n_features_in_),
         "history_reseeded": json.dumps([h["reseeded"] for h in history]),
+        # the accelerated loop's fields of each step (passes, move, step, step_max)
+        "history_steps": json.dumps(
+            [{k: v for k, v in h.items() if k not in _HISTORY_COLUMNS} for h in history],
+            default=json_default,
+        ),
     }
     return add_manifest(xr.Dataset(data_vars, coords=coords, attrs=attrs))
+
+
+#: The history fields stored as arrays or in ``history_reseeded``; the rest go to
+#: the ``history_steps`` attribute.
+_HISTORY_COLUMNS = ("iteration", "objective", "change", "seconds", "reseeded", "bytes_read")
 
 
 def from_dataset(ds: xr.Dataset) -> Any:
@@ -138,6 +148,9 @@ def from_dataset(ds: xr.Dataset) -> Any:
             )
         )
     ]
+    steps = json.loads(ds.attrs.get("history_steps", "[]"))
+    for record, extra in zip(model.history_, steps, strict=False):
+        record.update(extra)
     model.lower_bounds_ = [h["objective"] for h in model.history_]
     return model
 
