@@ -4,9 +4,9 @@ After every EM iteration the fit writes the whole state its loop depends on:
 
 - the parameters the iteration reached and the history so far (the objective of the
   last iteration is the one the next is compared with);
-- which initialization (``n_init`` restart) is running, the best finished one (its
-  parameters, history and convergence), and the state of the random generator right
-  after the running one was initialized (later restarts draw from it);
+- every initialization (``n_init`` restarts run in lockstep): its parameters, history,
+  convergence and the points SQUAREM extrapolates from, and the state of the random
+  generator after the initializations;
 - the seed, which the scan pass (sample for initialization and re-seeding) draws from;
 - a fingerprint of the data (shape, dtype, row chunks) and of the estimator's
   parameters: a checkpoint is refused for anything else.
@@ -18,9 +18,9 @@ parameters, bit for bit.
 
 Format ``dask_em.checkpoint`` (version :data:`FORMAT_VERSION`): an xarray Dataset in a
 Zarr store (never pickle).  The estimator names its arrays (``_model_variables``, as in
-model files); they are stored as ``current_<name>`` and ``best_<name>``, the histories
-as ``current_history``/``best_history`` tables (iteration x field, the fields named
-in the ``history_fields`` attribute); the rest is in attributes (JSON).
+model files); restart r's are stored as ``run<r>_<name>``, its history as the table
+``run<r>_history`` (iteration x field, the fields named in the ``history_fields``
+attribute); the rest is in attributes (JSON).
 The store is written beside its path, read back and verified, and only then renamed
 into place (:func:`dask_em.files.write_zarr_atomically`), so a kill at any moment
 leaves either the previous or the new checkpoint.  From version 2 it carries the
@@ -55,7 +55,8 @@ from dask_em.integrity import StoreFormat, add_manifest, open_verified, verify_w
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "dask_em.checkpoint"
-FORMAT_VERSION = 3  # 2: with the manifest of dask_em.integrity; 3: accelerated EM's state
+FORMAT_VERSION = 4  # 2: the manifest of dask_em.integrity; 3: accelerated EM; 4: lockstep restarts
+
 
 #: Estimator parameters that may change between a run and its resumption: they do not
 #: change the arithmetic (``max_iter`` only lets a resumed fit run longer).
@@ -83,7 +84,7 @@ CHECKPOINT = StoreFormat(
     manifest_since=2,
     advice="it is not resumed from: remove it to start the fit afresh",
     is_parameter=lambda name: (
-        name.startswith(("current_", "best_")) and not name.endswith("_history")
+        name.startswith(("run", "current_", "best_")) and not name.endswith("_history")
     ),
     expected_sizes=_checkpoint_sizes,
 )
@@ -94,12 +95,10 @@ class FitState:
     """Everything the fit loop's state depends on (see module docstring)."""
 
     seed: int
-    attempt: int  # 0-based index of the running initialization
-    rng_state: dict  # the generator's state right after that initialization
-    current: FitResult  # parameters reached and history so far
-    best: FitResult | None  # the best finished initialization before ``attempt``
+    rng_state: dict  # the generator's state after every initialization
+    runs: list[FitResult]  # each initialization's parameters reached and history so far
     fingerprint: dict
-    passes: int = 0  # passes over the data the fit made so far (scan, init, every restart)
+    passes: int = 0  # passes over the data the fit made so far (scan, init and EM passes)
     bytes_read: int = 0  # bytes of data those passes read
 
 
@@ -126,18 +125,16 @@ def save_state(path: str | os.PathLike, model: Any, state: FitState) -> None:
         "dask_em_format_version": FORMAT_VERSION,
         "model": type(model).__name__,
         "seed": str(state.seed),
-        "attempt": state.attempt,
+        "n_runs": len(state.runs),
         "rng_state": json.dumps(state.rng_state),
         "fingerprint": json.dumps(state.fingerprint),
-        "has_best": state.best is not None,
         "history_fields": json.dumps(_HISTORY_FIELDS),
         "step_fields": json.dumps(_STEP_FIELDS),
         "passes": str(state.passes),
         "bytes_read": str(state.bytes_read),
     }
-    for prefix, result in (("current", state.current), ("best", state.best)):
-        if result is None:
-            continue
+    for r, result in enumerate(state.runs):
+        prefix = f"run{r}"
         variables = _variables_of(model, result.params)
         attrs["parameter_names"] = json.dumps(sorted(variables))
         for name, (dims, values) in variables.items():
@@ -240,6 +237,7 @@ def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState 
             f"the checkpoint {os.fspath(path)} was written for a different fit ({what} "
             "differ); remove it to start afresh"
         )
+    prefixes = _run_prefixes(ds, path)
     names = json.loads(ds.attrs["parameter_names"])
 
     def result(prefix: str) -> FitResult:
@@ -277,13 +275,28 @@ def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState 
 
     return FitState(
         seed=int(ds.attrs["seed"]),
-        attempt=int(ds.attrs["attempt"]),
         rng_state=json.loads(ds.attrs["rng_state"]),
-        current=result("current"),
-        best=result("best") if ds.attrs["has_best"] else None,
+        runs=[result(prefix) for prefix in prefixes],
         fingerprint=found,
         passes=int(ds.attrs.get("passes", 0)),
         bytes_read=int(ds.attrs.get("bytes_read", 0)),
+    )
+
+
+def _run_prefixes(ds: xr.Dataset, path) -> list[str]:
+    """The prefixes of the runs' arrays.  Before version 4 the restarts ran one after
+    another (arrays ``current_*`` and ``best_*``): such a checkpoint is resumed while
+    it holds the first initialization only (always so with ``n_init=1``)."""
+    version = int(ds.attrs["dask_em_format_version"])
+    if version >= 4:
+        return [f"run{r}" for r in range(int(ds.attrs["n_runs"]))]
+    if int(ds.attrs["attempt"]) == 0 and not ds.attrs["has_best"]:
+        return ["current"]
+    raise ValueError(
+        f"the checkpoint {os.fspath(path)} was written by an earlier dask_em (checkpoint "
+        f"format {version}) after its first initialization, with restarts one after "
+        "another; this version runs them in lockstep and cannot continue it: remove it "
+        "to start afresh"
     )
 
 
@@ -296,18 +309,20 @@ def _steps(ds: xr.Dataset, prefix: str, columns: np.ndarray) -> np.ndarray:
     return np.stack([np.arange(1.0, n + 1), np.ones(n), np.ones(n), np.zeros(n)])
 
 
-def progress(path: str | os.PathLike) -> dict[str, int] | None:
-    """``{"attempt", "iteration"}`` of the checkpoint at ``path``, or None (no checkpoint).
+def progress(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``{"iterations": [per initialization], "iteration": the furthest}`` of the
+    checkpoint at ``path``, or None (no checkpoint).
 
     Read-only (for monitoring from another process): it never recovers or moves files.
     """
     path = os.fspath(path)
     try:
         with xr.open_zarr(path, consolidated=False) as ds:
-            iterations = ds["current_history"].values[:, 0]
-            return {
-                "attempt": int(ds.attrs["attempt"]),
-                "iteration": int(iterations[-1]) if len(iterations) else 0,
-            }
+            prefixes = [f"run{r}" for r in range(int(ds.attrs.get("n_runs", 0)))]
+            iterations = []
+            for prefix in prefixes or ["current"]:  # "current": before version 4
+                done = ds[f"{prefix}_history"].values[:, 0]
+                iterations.append(int(done[-1]) if len(done) else 0)
+            return {"iterations": iterations, "iteration": max(iterations)}
     except Exception:  # absent, or being replaced at this moment
         return None

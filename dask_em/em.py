@@ -12,6 +12,7 @@ be the engine's (one Dask graph per pass) or a plain loop over NumPy blocks (the
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -110,6 +111,173 @@ def _no_scope(iteration: int) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
+class EMRun:
+    """One EM run, advanced one pass at a time by a loop (:func:`run`, :func:`lockstep`).
+
+    ``ask()`` gives the parameters to evaluate in the next pass; ``tell(stats)`` takes
+    that pass's merged statistics, accepts or rejects the point (the driver's choice),
+    and on an accepted point records it and calls ``observe(record)``.  ``result`` is
+    the run so far.  The arguments are :func:`run`'s; ``callbacks`` are called by the
+    loop (:meth:`notify`), after it has saved its checkpoint.
+    """
+
+    def __init__(
+        self,
+        family: Family,
+        params: Params,
+        *,
+        max_iter: int,
+        tol: float,
+        accelerate: str | None = None,
+        repair: Repair | None = None,
+        callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
+        resume: FitResult | None = None,
+        observe: Callable[[IterationRecord], None] | None = None,
+        bytes_per_pass: int = 0,
+        log: logging.Logger = logger,
+    ) -> None:
+        self.family = family
+        self.max_iter = max_iter
+        self.callbacks = tuple(callbacks)
+        self.observe = observe
+        self.bytes_per_pass = bytes_per_pass
+        self.log = log
+        result = FitResult(params=params)
+        if resume is not None:
+            result.params, result.history = resume.params, list(resume.history)
+            result.chain, result.passes = tuple(resume.chain), resume.passes
+            if result.history:
+                last = result.history[-1]
+                result.n_iter, result.lower_bound = last.iteration, last.objective
+        self.driver = make_driver(
+            accelerate,
+            family,
+            result.params,
+            tol=tol,
+            repair=repair,
+            resume=result.em_state() if resume is not None else None,
+        )
+        result.converged = self.driver.converged
+        self.result = result
+        self.last_record: IterationRecord | None = None  # accepted in the last pass
+        self._started = time.perf_counter()
+        self._passes_before = self.driver.passes
+
+    @property
+    def live(self) -> bool:
+        """Whether the run needs another pass (not converged, passes left)."""
+        return not self.driver.converged and self.driver.passes < self.max_iter
+
+    @property
+    def passes(self) -> int:
+        return self.driver.passes
+
+    def ask(self) -> Params:
+        """The parameters to evaluate in the next pass."""
+        return self.driver.ask()
+
+    def tell(self, stats: Stats) -> IterationRecord | None:
+        """The merged statistics of the pass at :meth:`ask`'s point; returns the record
+        of the accepted point, or None (a rejected extrapolation)."""
+        driver, family, result = self.driver, self.family, self.result
+        point_params = driver.ask()
+        extrapolated = driver.pending_kind != "em"
+        objective = family.objective(stats, point_params)
+        self.last_record = None
+        if not math.isfinite(objective) and not extrapolated:
+            raise FloatingPointError(
+                f"the objective became {objective} at iteration {result.n_iter + 1}; "
+                "check the data for extreme values or increase regularization"
+            )
+        image = family.m_step(stats) if math.isfinite(objective) else point_params
+        point = driver.tell(objective, image, stats)
+        if point is None:  # a rejected extrapolation
+            return None
+        record = IterationRecord(
+            result.n_iter + 1,
+            point.objective,
+            point.change,
+            time.perf_counter() - self._started,
+            point.reseeded,
+            self.bytes_per_pass * (driver.passes - self._passes_before),
+            point.passes,
+            point.kind,
+            point.step,
+            point.step_max,
+        )
+        self._passes_before = driver.passes
+        # a family computing in float32 declares a looser tolerance (monotone_tolerance)
+        tolerance = getattr(family, "monotone_tolerance", MONOTONE_TOLERANCE)
+        check_monotone(record, result.history, self.log, tolerance)
+        result.history.append(record)
+        result.params, result.n_iter = driver.params, record.iteration
+        result.lower_bound = record.objective
+        result.chain, result.passes = driver.state.chain, driver.passes
+        result.converged = driver.converged
+        if self.observe is not None:
+            self.observe(record)
+        self.last_record = record
+        self._started = time.perf_counter()
+        return record
+
+    def notify(self) -> None:
+        """Call the callbacks with the point accepted in the last pass, if any."""
+        if self.last_record is None:
+            return
+        for callback in self.callbacks:
+            callback(self.last_record, self.driver.params)
+
+
+def lockstep(
+    map_reduce: MapReduce,
+    runs: Sequence[EMRun],
+    *,
+    iteration_scope: Callable[[int], contextlib.AbstractContextManager[None]] = _no_scope,
+    save: Callable[[list[FitResult]], None] | None = None,
+) -> list[FitResult]:
+    """Advance ``runs`` together until none is live: each pass over the data evaluates
+    the E-step of every live run, block by block, so the data is read once per pass
+    however many runs there are (restarts, model sizes).  A run that converges or
+    reaches its ``max_iter`` drops out.  Each run's arithmetic is the same as alone,
+    so its result equals :func:`run`'s bit for bit.
+
+    After each pass in which some run accepted a point: ``save(results)`` (all runs'
+    results so far: a checkpoint), then each such run's callbacks.
+    """
+    while live := [run for run in runs if run.live]:
+        points = [run.ask() for run in live]
+        with iteration_scope(1 + max(run.passes for run in live)):
+            if len(live) == 1:
+                family = live[0].family
+                stats = [map_reduce(family.block_stats, family.merge, points[0], stage="estep")]
+            else:
+                families = tuple(run.family for run in live)
+                stats = map_reduce(
+                    block_stats_each,
+                    functools.partial(merge_each, families),
+                    tuple(zip(families, points, strict=True)),
+                    stage="estep",
+                )
+        for run, run_stats in zip(live, stats, strict=True):
+            run.tell(run_stats)
+        if save is not None and any(run.last_record is not None for run in live):
+            save([run.result for run in runs])
+        for run in live:
+            run.notify()
+    return [run.result for run in runs]
+
+
+def block_stats_each(shared: tuple, X: Any, w: Any, *args: Any) -> tuple:
+    """One block's statistics for each ``(family, params)`` in ``shared`` (a lockstep
+    pass: one read of the block, one E-step per run)."""
+    return tuple(family.block_stats(params, X, w, *args) for family, params in shared)
+
+
+def merge_each(families: tuple, *parts: tuple) -> tuple:
+    """Merge lockstep statistics run by run (each with its family's ``merge``)."""
+    return tuple(family.merge(*(part[r] for part in parts)) for r, family in enumerate(families))
+
+
 def run(
     map_reduce: MapReduce,
     family: Family,
@@ -142,68 +310,21 @@ def run(
     ``resume``: continue a run from the state it saved (``params`` is then ignored);
     the result equals the uninterrupted run's.
     """
-    result = FitResult(params=params)
-    if resume is not None:
-        result.params, result.history = resume.params, list(resume.history)
-        result.chain, result.passes = tuple(resume.chain), resume.passes
-        if result.history:
-            last = result.history[-1]
-            result.n_iter, result.lower_bound = last.iteration, last.objective
-    driver = make_driver(
-        accelerate,
+    one = EMRun(
         family,
-        result.params,
+        params,
+        max_iter=max_iter,
         tol=tol,
+        accelerate=accelerate,
         repair=repair,
-        resume=result.em_state() if resume is not None else None,
+        callbacks=callbacks,
+        resume=resume,
+        observe=observe,
+        bytes_per_pass=bytes_per_pass,
+        log=log,
     )
-    result.converged = driver.converged
-    started = time.perf_counter()
-    passes_before = driver.passes
-    while not driver.converged and driver.passes < max_iter:
-        point_params = driver.ask()
-        extrapolated = driver.pending_kind != "em"
-        with iteration_scope(driver.passes + 1):
-            stats = map_reduce(family.block_stats, family.merge, point_params, stage="estep")
-        objective = family.objective(stats, point_params)
-        if not math.isfinite(objective) and not extrapolated:
-            raise FloatingPointError(
-                f"the objective became {objective} at iteration {result.n_iter + 1}; "
-                "check the data for extreme values or increase regularization"
-            )
-        image = family.m_step(stats) if math.isfinite(objective) else point_params
-        point = driver.tell(objective, image, stats)
-        if point is None:  # a rejected extrapolation
-            continue
-        record = IterationRecord(
-            result.n_iter + 1,
-            point.objective,
-            point.change,
-            time.perf_counter() - started,
-            point.reseeded,
-            bytes_per_pass * (driver.passes - passes_before),
-            point.passes,
-            point.kind,
-            point.step,
-            point.step_max,
-        )
-        passes_before = driver.passes
-        # a family computing in float32 declares a looser tolerance (monotone_tolerance)
-        tolerance = getattr(family, "monotone_tolerance", MONOTONE_TOLERANCE)
-        check_monotone(record, result.history, log, tolerance)
-        result.history.append(record)
-        result.params, result.n_iter = driver.params, record.iteration
-        result.lower_bound = record.objective
-        result.chain, result.passes = driver.state.chain, driver.passes
-        result.converged = driver.converged
-        if observe is not None:
-            observe(record)
-        if save is not None:
-            save(result)
-        for callback in callbacks:
-            callback(record, driver.params)
-        started = time.perf_counter()
-    return result
+    save_one = None if save is None else (lambda results: save(results[0]))
+    return lockstep(map_reduce, [one], iteration_scope=iteration_scope, save=save_one)[0]
 
 
 def check_monotone(

@@ -77,8 +77,9 @@ def assert_same_fit(a, b) -> None:
 def test_resumed_fit_equals_the_uninterrupted_one(tmp_path, estimator, make_data):
     X = make_data()
     reference = type(estimator)(**estimator.get_params()).fit(X)
-    # Stop in the first initialization, right after its last iteration (before the next
-    # one is initialized from the saved generator state), and in the last one.
+    # The initializations run in lockstep, each pass calls the callbacks of both (the
+    # checkpoint of a pass is written before): stop after the first pass, in the middle,
+    # and in the pass before the last.
     n_calls = [2, estimator.max_iter, estimator.max_iter * estimator.n_init - 3]
     for stop in n_calls:
         path = tmp_path / f"stop-{stop}.zarr"
@@ -86,7 +87,7 @@ def test_resumed_fit_equals_the_uninterrupted_one(tmp_path, estimator, make_data
         with pytest.raises(Stop):
             model.fit(X, checkpoint=path, callbacks=[stop_after(stop)])
         saved = progress(path)
-        assert saved["attempt"] * estimator.max_iter + saved["iteration"] == stop
+        assert saved["iterations"] == [-(-stop // estimator.n_init)] * estimator.n_init
         resumed = type(estimator)(**estimator.get_params()).fit(X, checkpoint=path, resume=True)
         assert_same_fit(resumed, reference)
 
@@ -139,14 +140,15 @@ def test_the_checkpoint_is_a_versioned_zarr_store_holding_the_loop_state(tmp_pat
     model.fit(gaussian_data(), checkpoint=path)
     ds = xr.open_zarr(path, consolidated=False)
     assert ds.attrs["dask_em_format"] == FORMAT_NAME
-    assert ds.attrs["dask_em_format_version"] == 3
-    assert int(ds.attrs["attempt"]) == 1 and ds.attrs["has_best"]
-    assert ds["current_means"].dims == ("component", "feature")
-    assert ds["current_history"].shape == (5, 5)
-    assert ds["best_history"].shape == (5, 5)
-    assert ds["current_steps_history"].shape == (5, 4)  # passes, step, step_max, extrapolated
-    np.testing.assert_array_equal(ds["current_steps_history"].values[:, 0], np.arange(1, 6))
-    assert int(ds.attrs["passes"]) == 1 + 2 * (1 + 5) and int(ds.attrs["current_chain_length"]) == 2
+    assert ds.attrs["dask_em_format_version"] == 4
+    assert int(ds.attrs["n_runs"]) == 2
+    assert ds["run1_means"].dims == ("component", "feature")
+    assert ds["run0_history"].shape == (5, 5)
+    assert ds["run1_history"].shape == (5, 5)
+    assert ds["run1_steps_history"].shape == (5, 4)  # passes, step, step_max, extrapolated
+    np.testing.assert_array_equal(ds["run1_steps_history"].values[:, 0], np.arange(1, 6))
+    # scan, two init passes, then five lockstep passes serving both initializations
+    assert int(ds.attrs["passes"]) == 1 + 2 + 5 and int(ds.attrs["run1_chain_length"]) == 2
     files = [name for _, _, names in os.walk(path) for name in names]
     assert all(name == "zarr.json" or name.isdigit() or "." not in name for name in files), files
 
@@ -236,19 +238,24 @@ def wait_for_exit(pids: list[int], timeout: float) -> list[int]:
 
 @pytest.mark.slow
 def test_kill_9_of_the_cli_then_resume_gives_the_uninterrupted_parameters(client, tmp_path):
+    """Three initializations in lockstep with SQUAREM: killed mid-fit, resumed, the same
+    parameters as a fit never interrupted."""
     from dask_em.synthetic import random_gaussian_mixture, write_gaussian_mixture
 
     store = tmp_path / "data.zarr"
     truth = random_gaussian_mixture(4, 4, seed=5, separation=1.5)  # overlapping: slow EM
     write_gaussian_mixture(store, 100_000, truth, seed=5, chunk_rows=12_500)
     max_iter = 40
-    reference = GaussianMixture(4, max_iter=max_iter, tol=0.0, random_state=0).fit(str(store))
+    reference = GaussianMixture(
+        4, max_iter=max_iter, tol=0.0, random_state=0, n_init=3, accelerate="squarem"
+    ).fit(str(store))
 
     checkpoint, out = tmp_path / "fit.ckpt.zarr", tmp_path / "model.zarr"
     command = [
         sys.executable, "-m", "dask_em.cli", "fit", "gmm", str(store),
         "--components", "4", "--max-iter", str(max_iter), "--tol", "0", "--seed", "0",
-        "--out", str(out), "--checkpoint", str(checkpoint),
+        "--n-init", "3", "--accelerate", "squarem", "--out", str(out),
+        "--checkpoint", str(checkpoint),
         "--n-workers", "2", "--threads-per-worker", "1", "--dashboard-address", ":0",
     ]  # fmt: skip
     first = subprocess.Popen(
@@ -262,7 +269,8 @@ def test_kill_9_of_the_cli_then_resume_gives_the_uninterrupted_parameters(client
     try:
         # The CLI prints each iteration's line before writing its checkpoint, so the line
         # of iteration 3 means that the checkpoint of iteration 2 is complete on disk.
-        assert wait_for_line(first.stdout, "gmm iteration 3:", timeout=120), "no iteration 3"
+        line = "gmm restart 3/3 iteration 3:"
+        assert wait_for_line(first.stdout, line, timeout=120), "no iteration 3"
         assert len(_group_members(first.pid)) > 1  # the client and its LocalCluster's workers
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -278,6 +286,7 @@ def test_kill_9_of_the_cli_then_resume_gives_the_uninterrupted_parameters(client
         [*command, "--resume"], capture_output=True, text=True, timeout=300, start_new_session=True
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming initialization 1 after iteration {killed_at['iteration']}" in resumed.stdout
+    done = ", ".join(str(n) for n in killed_at["iterations"])
+    assert f"resuming initializations 1, 2, 3 after iterations {done}" in resumed.stdout
     assert_same_fit(load(out), reference)
     shutil.rmtree(checkpoint)

@@ -44,13 +44,24 @@ def run(args: argparse.Namespace) -> int:
             print("weights " + " ".join(f"{w:.4f}" for w in ds["weights"].values))
     elif fmt == checkpoint_io.FORMAT_NAME:
         found = json.loads(attrs["fingerprint"])
-        history = ds["current_history"].values
         version = attrs["dask_em_format_version"]
         print(f"checkpoint of a {attrs['model']} fit  ({fmt} version {version})")
         print(f"data shape {found['shape']}, {len(found['row_chunks'])} blocks, {found['dtype']}")
-        print(f"initialization {int(attrs['attempt']) + 1} of {found['params'].get('n_init', 1)}")
-        if len(history):
-            print(f"iteration {int(history[-1, 0])}, objective {float(history[-1, 1])!r}")
+        n_runs = int(attrs.get("n_runs", 0))
+        prefixes = [f"run{r}" for r in range(n_runs)]
+        if not n_runs:  # before version 4: the running initialization
+            prefixes, n_runs = ["current"], found["params"].get("n_init", 1)
+        for r, prefix in enumerate(prefixes):
+            history = ds[f"{prefix}_history"].values
+            which = r + 1 if n_runs == len(prefixes) else int(attrs["attempt"]) + 1
+            line = f"initialization {which} of {n_runs}: "
+            if not len(history):
+                print(line + "no iteration yet")
+                continue
+            done = " (converged)" if attrs.get(f"{prefix}_converged") else ""
+            print(
+                line + f"iteration {int(history[-1, 0])}, objective {float(history[-1, 1])!r}{done}"
+            )
     else:
         raise UsageError(f"{path} is not a dask_em model file or checkpoint")
     return 0

@@ -104,7 +104,7 @@ def fit(
                 n_features=n_features,
                 data_placement=placement,
                 max_iter=estimator.max_iter,
-                resumed_at=state.current.n_iter if state is not None else 0,
+                resumed_at=max(r.n_iter for r in state.runs) if state is not None else 0,
             ) as fit_end:
                 scan = _scan(estimator, engine, rng, data.check)
                 estimator._learn_from_scan(scan)
@@ -254,51 +254,114 @@ def _restarts(
     saver,
     callbacks: Sequence[Callback],
 ) -> em.FitResult:
-    """Run the initializations; with ``state``, continue the one it was saved in."""
-    family = estimator._family()
-    repair = make_repair(family, scan["sample"]) if estimator._reseeds_empty_components else None
-    warm = estimator.warm_start and estimator._is_fitted()
-    best: em.FitResult | None = state.best if state is not None else None
-    first = state.attempt if state is not None else 0
-    for attempt in range(first, 1 if warm else estimator.n_init):
-        resume = None
-        if state is not None and attempt == state.attempt:
-            rng.bit_generator.state = state.rng_state
-            params, resume = None, state.current
-            logger.info("resuming initialization %d after iteration %d", attempt + 1, resume.n_iter)
-        elif warm:
-            params = estimator._fitted_params()
-        else:
-            params = estimator._initial_params(
-                functools.partial(init_pass, estimator, engine, scan, rng), scan, rng
-            )
-        # EM updates only the parameters in the estimator's ``params`` (estimators.held)
-        held = estimator._held_family(family, params if resume is None else resume.params)
-        save = None
-        if saver is not None:
-            save = _saver_hook(
-                saver, attempt, rng, best, seed, functools.partial(_counts, engine, state)
-            )
-        result = em.run(
-            engine.map_reduce,
-            held,
-            params,
-            max_iter=estimator.max_iter,
-            tol=estimator.tol,
-            accelerate=estimator.accelerate,
-            repair=None if repair is None else make_repair(held, scan["sample"]),
-            callbacks=callbacks,
-            save=save,
-            resume=resume,
-            iteration_scope=engine.iteration_scope,
-            observe=engine.observe,
-            bytes_per_pass=engine.pass_bytes,
-            log=engine.log,
+    """Run the ``n_init`` initializations in lockstep (each pass reads the data once for
+    all of them); with ``state``, continue them from where they were saved.  The best
+    final objective wins (the first of equals, as one after another)."""
+    if state is not None:
+        rng.bit_generator.state = state.rng_state
+        starts: list[Params | None] = [None] * len(state.runs)
+        logger.info(
+            "resuming initialization%s %s after iteration%s %s",
+            "s" if len(state.runs) > 1 else "",
+            ", ".join(str(r + 1) for r in range(len(state.runs))),
+            "s" if len(state.runs) > 1 else "",
+            ", ".join(str(result.n_iter) for result in state.runs),
         )
-        logger.info("initialization %d: objective %.10g", attempt + 1, result.lower_bound)
-        if best is None or result.lower_bound > best.lower_bound:
+    else:
+        starts = initial_points(estimator, engine, scan, rng)
+    rng_state = rng.bit_generator.state  # after every initialization
+    runs = [
+        em_run(
+            estimator,
+            engine,
+            scan,
+            start,
+            resume=None if state is None else state.runs[r],
+            observe=functools.partial(engine.observe, restart=(r + 1, len(starts))),
+            callbacks=callbacks,
+        )
+        for r, start in enumerate(starts)
+    ]
+    save = None
+    if saver is not None:
+        counts = functools.partial(_counts, engine, state)
+        save = functools.partial(_save_runs, saver, rng_state, seed, counts)
+    results = em.lockstep(
+        engine.map_reduce, runs, iteration_scope=engine.iteration_scope, save=save
+    )
+    for r, result in enumerate(results):
+        logger.info("initialization %d: objective %.10g", r + 1, result.lower_bound)
+    return best_of(results)
+
+
+def best_of(results: Sequence[em.FitResult]) -> em.FitResult:
+    """The result with the highest final objective (the first of equals)."""
+    best = results[0]
+    for result in results[1:]:
+        if result.lower_bound > best.lower_bound:
             best = result
     return best
+
+
+def initial_points(
+    estimator: Any, engine: EMEngine, scan: dict, rng: np.random.Generator
+) -> list[Params]:
+    """The starting parameters of every initialization, in order (each may take an init
+    pass over the data and draws from ``rng``): the fitted ones for a warm start."""
+    if estimator.warm_start and estimator._is_fitted():
+        return [estimator._fitted_params()]
+    init = functools.partial(init_pass, estimator, engine, scan, rng)
+    return [estimator._initial_params(init, scan, rng) for _ in range(estimator.n_init)]
+
+
+def em_run(
+    estimator: Any,
+    engine: EMEngine,
+    scan: dict,
+    start: Params | None,
+    *,
+    resume: em.FitResult | None = None,
+    observe: Callable | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> em.EMRun:
+    """The EM run of ``estimator`` from ``start`` (or from ``resume``) on the engine's
+    data, updating only the parameters in its ``params`` (:mod:`dask_em.estimators.held`)
+    and re-seeding emptied components when the model does."""
+    family = estimator._family()
+    held = estimator._held_family(family, start if resume is None else resume.params)
+    repair = None
+    if estimator._reseeds_empty_components:
+        repair = make_repair(held, scan["sample"])
+    return em.EMRun(
+        held,
+        start if resume is None else resume.params,
+        max_iter=estimator.max_iter,
+        tol=estimator.tol,
+        accelerate=estimator.accelerate,
+        repair=repair,
+        callbacks=callbacks,
+        resume=resume,
+        observe=observe if observe is not None else engine.observe,
+        bytes_per_pass=engine.pass_bytes,
+        log=engine.log,
+    )
+
+
+def _save_runs(saver, rng_state: dict, seed: int, counts, results: list[em.FitResult]) -> None:
+    """Checkpoint every run's state after a lockstep pass (copies: the runs go on)."""
+    runs = [
+        em.FitResult(
+            result.params,
+            list(result.history),
+            result.converged,
+            result.n_iter,
+            result.lower_bound,
+            result.chain,
+            result.passes,
+        )
+        for result in results
+    ]
+    saver(rng_state, runs, seed, counts())
 
 
 def _checkpointing(estimator: Any, path, resume: bool, data: FitData):
@@ -317,30 +380,10 @@ def _checkpointing(estimator: Any, path, resume: bool, data: FitData):
     else:
         state = None
 
-    def save(attempt, rng_state, current, best, seed, counts):
-        state = FitState(seed, attempt, rng_state, current, best, expected, *counts)
-        save_state(path, estimator, state)
+    def save(rng_state, runs, seed, counts):
+        save_state(path, estimator, FitState(seed, rng_state, runs, expected, *counts))
 
     return state, save
-
-
-def _saver_hook(saver, attempt, rng, best, seed, counts) -> Callable[[em.FitResult], None]:
-    """The hook that checkpoints the loop state after each accepted point."""
-    rng_state = rng.bit_generator.state  # right after this attempt's initialization
-
-    def save(result: em.FitResult) -> None:
-        current = em.FitResult(
-            result.params,
-            list(result.history),
-            result.converged,
-            result.n_iter,
-            result.lower_bound,
-            result.chain,
-            result.passes,
-        )
-        saver(attempt, rng_state, current, best, seed, counts())
-
-    return save
 
 
 def _nanmean_columns(sample: np.ndarray) -> np.ndarray:
