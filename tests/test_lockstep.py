@@ -96,12 +96,12 @@ def test_a_stopped_lockstep_squarem_run_resumes_to_the_uninterrupted_result():
 
     reference = em.lockstep(blocks_map_reduce(blocks, []), make_runs())
     for stop in (4, 11, 25):
-        saved = []
+        saved: list = []
         with pytest.raises(Stop):
             em.lockstep(
                 blocks_map_reduce(blocks, []),
                 make_runs(callbacks=[stop_after(stop)]),
-                save=lambda results: saved.append([_copy(r) for r in results]),
+                save=lambda results, saved=saved: saved.append([_copy(r) for r in results]),
             )
         resumed = em.lockstep(blocks_map_reduce(blocks, []), make_runs(resume=saved[-1]))
         for a, b in zip(resumed, reference, strict=True):
