@@ -196,11 +196,24 @@ def _scan(estimator: Any, engine: EMEngine, rng: np.random.Generator, check) -> 
     return scan
 
 
-def init_pass(
+@dataclass
+class InitRequest:
+    """What one initialization's init pass needs, drawn from the fit's generator: the
+    family, the shared block argument (centres) and one responsibility seed per block."""
+
+    family: Any
+    shared: dict
+    seeds: list[int]
+
+
+class _PassNeeded(Exception):
+    """Raised from the init hook in the drawing round (see :func:`initial_points`)."""
+
+
+def draw_init(
     estimator: Any, engine: EMEngine, scan: dict, rng: np.random.Generator, family
-) -> Params:
-    """Centres on the scan sample, then one pass of responsibilities and an M-step of
-    ``family`` (repaired: no component starts empty)."""
+) -> InitRequest:
+    """Centres on the scan sample and the blocks' seeds: every draw of an init pass."""
     features = family.init_features(scan["sample"])
     centers = initial_centers(
         estimator._init_method(), features, scan["sample_weight"], estimator.n_components, rng
@@ -212,16 +225,98 @@ def init_pass(
         "fill": scan["fill"],
     }
     seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
-    stats = engine.map_reduce(
-        _rows_pass(engine, init_block_stats),
-        family.merge,
-        shared,
-        stage="init",
-        per_block=[(s,) for s in seeds],
-    )
-    params = family.m_step(stats)
-    params, _ = make_repair(family, scan["sample"])(params, stats)
-    return params
+    return InitRequest(family, shared, seeds)
+
+
+def init_passes(engine: EMEngine, requests: Sequence[InitRequest], sample) -> list[Params]:
+    """One pass of responsibilities for every request (each block read once), then each
+    request's M-step, repaired: no component starts empty."""
+    if len(requests) == 1:
+        (request,) = requests
+        stats = [
+            engine.map_reduce(
+                _rows_pass(engine, init_block_stats),
+                request.family.merge,
+                request.shared,
+                stage="init",
+                per_block=[(s,) for s in request.seeds],
+            )
+        ]
+    else:
+        families = tuple(request.family for request in requests)
+        stats = engine.map_reduce(
+            _rows_pass(engine, _init_block_stats_each),
+            functools.partial(em.merge_each, families),
+            tuple(request.shared for request in requests),
+            stage="init",
+            per_block=list(zip(*(request.seeds for request in requests), strict=True)),
+        )
+    points = []
+    for request, request_stats in zip(requests, stats, strict=True):
+        params = request.family.m_step(request_stats)
+        params, _ = make_repair(request.family, sample)(params, request_stats)
+        points.append(params)
+    return points
+
+
+def _init_block_stats_each(shared: tuple, X, w, *seeds: int) -> tuple:
+    """Init-pass statistics of one block for several initializations (one read)."""
+    return tuple(init_block_stats(one, X, w, seed) for one, seed in zip(shared, seeds, strict=True))
+
+
+def initial_points(
+    candidates: Sequence[tuple[Any, int]],
+    engine: EMEngine,
+    scan: dict,
+    rng: np.random.Generator,
+) -> list[list[Params]]:
+    """The starting parameters of ``n`` initializations of each ``(estimator, n)``, in
+    order, with one init pass over the data for all of them.
+
+    Each initialization draws from ``rng`` exactly as if they ran one after another
+    (the estimator's ``_initial_params`` draws everything before its init pass): a
+    first round draws and collects the passes needed, one pass serves them all, and a
+    second round replays each initialization from its generator state with the pass's
+    result.  A warm start takes the fitted parameters.
+    """
+    plans: list[list[Any]] = []  # [estimator, generator state, request, parameters]
+    for estimator, n in candidates:
+        if estimator.warm_start and estimator._is_fitted():
+            plans.append([estimator, None, None, estimator._fitted_params()])
+            continue
+        for _ in range(n):
+            before = rng.bit_generator.state
+            drawn: list[InitRequest] = []
+
+            def collect(family, estimator=estimator, drawn=drawn):
+                drawn.append(draw_init(estimator, engine, scan, rng, family))
+                raise _PassNeeded
+
+            try:
+                plans.append(
+                    [estimator, before, None, estimator._initial_params(collect, scan, rng)]
+                )
+            except _PassNeeded:
+                plans.append([estimator, before, drawn[0], None])
+    after = rng.bit_generator.state
+    pending = [plan for plan in plans if plan[3] is None]
+    if pending:
+        computed = init_passes(engine, [plan[2] for plan in pending], scan["sample"])
+        for plan, params in zip(pending, computed, strict=True):
+            estimator, before = plan[0], plan[1]
+            rng.bit_generator.state = before
+
+            def replay(family, estimator=estimator, params=params):
+                draw_init(estimator, engine, scan, rng, family)  # the same draws again
+                return params
+
+            plan[3] = estimator._initial_params(replay, scan, rng)
+        rng.bit_generator.state = after
+    points: list[list[Params]] = [[] for _ in candidates]
+    index = {id(estimator): i for i, (estimator, _) in enumerate(candidates)}
+    for plan in plans:
+        points[index[id(plan[0])]].append(plan[3])
+    return points
 
 
 def make_repair(family, sample: np.ndarray) -> em.Repair:
@@ -268,7 +363,7 @@ def _restarts(
             ", ".join(str(result.n_iter) for result in state.runs),
         )
     else:
-        starts = initial_points(estimator, engine, scan, rng)
+        (starts,) = initial_points([(estimator, estimator.n_init)], engine, scan, rng)
     rng_state = rng.bit_generator.state  # after every initialization
     runs = [
         em_run(
@@ -301,17 +396,6 @@ def best_of(results: Sequence[em.FitResult]) -> em.FitResult:
         if result.lower_bound > best.lower_bound:
             best = result
     return best
-
-
-def initial_points(
-    estimator: Any, engine: EMEngine, scan: dict, rng: np.random.Generator
-) -> list[Params]:
-    """The starting parameters of every initialization, in order (each may take an init
-    pass over the data and draws from ``rng``): the fitted ones for a warm start."""
-    if estimator.warm_start and estimator._is_fitted():
-        return [estimator._fitted_params()]
-    init = functools.partial(init_pass, estimator, engine, scan, rng)
-    return [estimator._initial_params(init, scan, rng) for _ in range(estimator.n_init)]
 
 
 def em_run(

@@ -107,6 +107,9 @@ class BaseHMM(Estimator):
         assigned attribute; otherwise uniform start and transition probabilities (as
         hmmlearn) and emissions from k-means on the scan sample."""
         K = self.n_components
+        # drawn before the init pass: every draw of an initialization precedes its pass,
+        # so the driver can run the passes of all restarts as one (estimators.driver)
+        seed = int(rng.integers(2**63 - 1))
         given = parameters.initial_values(self)
         emission = {p.name: given[p.name] for p in self._emission_parameters}
         computed: Params = {}
@@ -121,9 +124,7 @@ class BaseHMM(Estimator):
         emission_params = self._emission_family().make_params(np.full(K, 1.0 / K), **values)
         startprob = given["startprob"] if given["startprob"] is not None else np.full(K, 1 / K)
         transmat = given["transmat"] if given["transmat"] is not None else np.full((K, K), 1 / K)
-        return HMMFamily.make_params(
-            startprob, transmat, emission_params, seed=int(rng.integers(2**63 - 1))
-        )
+        return HMMFamily.make_params(startprob, transmat, emission_params, seed=seed)
 
     def _init_method(self) -> str:
         """How the emissions are initialized (the driver's init pass)."""
