@@ -10,6 +10,7 @@ from dask_em.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from dask_em.mixture import BernoulliMixture, CategoricalMixture, GaussianMixture, PoissonMixture
 from dask_em.model_io import load
 from dask_em.sequences import Sequences
+from dask_em.sweep import ModelSweep, sweep
 from dask_em.version import __version__
 
 __all__ = [
@@ -20,10 +21,12 @@ __all__ = [
     "EmptyComponentWarning",
     "GaussianHMM",
     "GaussianMixture",
+    "ModelSweep",
     "PoissonHMM",
     "PoissonMixture",
     "Sequences",
     "__version__",
     "load",
     "open_zarr_array",
+    "sweep",
 ]

@@ -247,17 +247,8 @@ def lockstep(
     while live := [run for run in runs if run.live]:
         points = [run.ask() for run in live]
         with iteration_scope(1 + max(run.passes for run in live)):
-            if len(live) == 1:
-                family = live[0].family
-                stats = [map_reduce(family.block_stats, family.merge, points[0], stage="estep")]
-            else:
-                families = tuple(run.family for run in live)
-                stats = map_reduce(
-                    block_stats_each,
-                    functools.partial(merge_each, families),
-                    tuple(zip(families, points, strict=True)),
-                    stage="estep",
-                )
+            pairs = [(run.family, point) for run, point in zip(live, points, strict=True)]
+            stats = pass_each(map_reduce, pairs)
         for run, run_stats in zip(live, stats, strict=True):
             run.tell(run_stats)
         if save is not None and any(run.last_record is not None for run in live):
@@ -265,6 +256,25 @@ def lockstep(
         for run in live:
             run.notify()
     return [run.result for run in runs]
+
+
+def pass_each(
+    map_reduce: MapReduce, pairs: Sequence[tuple[Family, Params]], *, stage: str = "estep"
+) -> list[Stats]:
+    """The merged E-step statistics of every ``(family, params)`` of ``pairs`` from one
+    pass over the data (each block read once)."""
+    if len(pairs) == 1:
+        ((family, params),) = pairs
+        return [map_reduce(family.block_stats, family.merge, params, stage=stage)]
+    families = tuple(family for family, _ in pairs)
+    return list(
+        map_reduce(
+            block_stats_each,
+            functools.partial(merge_each, families),
+            tuple(pairs),
+            stage=stage,
+        )
+    )
 
 
 def block_stats_each(shared: tuple, X: Any, w: Any, *args: Any) -> tuple:

@@ -2,6 +2,7 @@
 ``run(args)``.
 
     dask-em fit MODEL INPUT --components K --out MODEL.zarr [--checkpoint C [--resume]]
+    dask-em sweep MODEL INPUT --components 1:10 --out DIR
     dask-em predict MODEL.zarr INPUT --out LABELS.zarr
     dask-em score MODEL.zarr INPUT
     dask-em info MODEL.zarr
@@ -23,7 +24,7 @@ import logging
 import os
 import sys
 
-from dask_em.cli import demo, fit, info, make_data, predict, score
+from dask_em.cli import demo, fit, info, make_data, predict, score, sweep
 from dask_em.cli.common import UsageError
 from dask_em.engine import cluster_errors
 
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CLUSTER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 #: The commands, in the order ``dask-em --help`` lists them.
-COMMANDS = (fit, predict, score, info, make_data, demo)
+COMMANDS = (fit, sweep, predict, score, info, make_data, demo)
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
 

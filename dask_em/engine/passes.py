@@ -355,19 +355,17 @@ class EMEngine:
         """The dashboard span ``iteration-<n>`` around one pass of the EM loop."""
         return self._span(f"iteration-{iteration}")
 
-    def observe(self, record: Any, restart: tuple[int, int] = (1, 1)) -> None:
+    def observe(self, record: Any, label: str = "") -> None:
         """One EM iteration done: its log line and its ``iteration`` event.
 
         ``record`` is a :class:`dask_em.em.IterationRecord` (anything with its fields and
-        ``as_dict()``); ``restart``: (which, of how many) initializations run in
-        lockstep (named in the line and the event when there are several).
+        ``as_dict()``); ``label`` names the run among those in lockstep (``restart 2/8``;
+        empty for a lone run), in the line and the event (field ``run``).
         """
-        which, of = restart
-        label = self.model if of == 1 else f"{self.model} restart {which}/{of}"
         logger.info(
             "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read, "
             "%d passes (%d in all)",
-            label,
+            f"{self.model} {label}" if label else self.model,
             record.iteration,
             record.objective,
             record.change,
@@ -376,7 +374,7 @@ class EMEngine:
             getattr(record, "passes", record.iteration),
             self.passes,
         )
-        self.log_event("iteration", restart=which, **record.as_dict())
+        self.log_event("iteration", run=label, **record.as_dict())
 
     #: Where the EM loop's warnings go (see :func:`dask_em.em.run`).
     log = logger

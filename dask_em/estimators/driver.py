@@ -3,11 +3,13 @@
 One fit is: a checkpoint to resume from (or none); the engine over the data; the *scan*
 pass (every block checked, the initialization sample drawn from across all blocks);
 what the model learns from the scan (symbol counts, default priors); then ``n_init``
-initializations, each an *init* pass and EM (:func:`dask_em.em.run`), with repair
-(re-seeding emptied components) and a checkpoint after every iteration; the best run
-wins.  The driver talks to the estimator through a few hooks
-(:class:`~dask_em.estimators.base.Estimator`), to the engine through its passes, and
-never to Dask itself.
+initializations (one *init* pass for all, :mod:`.starts`) and EM for all of them in
+lockstep (:func:`dask_em.em.lockstep`: one pass over the data per step, whatever the
+number of restarts), with repair (re-seeding emptied components) and a checkpoint after
+every pass; the best run wins.  :func:`fit_candidates` does the same for several
+models at once (a model-size sweep, :mod:`dask_em.sweep`).  The driver talks to the
+estimator through a few hooks (:class:`~dask_em.estimators.base.Estimator`), to the
+engine through its passes, and never to Dask itself.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import contextlib
 import functools
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,11 @@ import numpy as np
 from dask_em import em
 from dask_em.acceleration import check_accelerate
 from dask_em.checkpoint import FitState, fingerprint, load_state, save_state
-from dask_em.data import ValueCheck, merge_scans, raise_for_scan_problems, scan_block
+from dask_em.data import ValueCheck
 from dask_em.engine import EMEngine
-from dask_em.exceptions import EmptyComponentWarning
-from dask_em.families.base import Params, Stats
-from dask_em.initialization import init_block_stats, initial_centers
-from dask_em.seeds import blockwise_seeds, seed_from
+from dask_em.estimators.starts import initial_points, make_repair, scan
+from dask_em.families.base import Params
+from dask_em.seeds import seed_from
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +106,12 @@ def fit(
                 max_iter=estimator.max_iter,
                 resumed_at=max(r.n_iter for r in state.runs) if state is not None else 0,
             ) as fit_end:
-                scan = _scan(estimator, engine, rng, data.check)
-                estimator._learn_from_scan(scan)
+                scanned = scan(estimator, engine, rng, data.check)
+                estimator._learn_from_scan(scanned)
                 best = _restarts(
                     estimator,
                     engine,
-                    scan,
+                    scanned,
                     rng,
                     seed,
                     state=state,
@@ -129,6 +129,92 @@ def fit(
         finally:
             engine.release()
     return FitOutcome(best, placement, passes, bytes_read)
+
+
+@dataclass
+class CandidatesOutcome:
+    """What :func:`fit_candidates` returns: per candidate, the best run and the
+    statistics of one pass at its parameters (``loglik``, ``weight``: for BIC/AIC)."""
+
+    best: list[em.FitResult]
+    scores: list[dict]
+    data_placement: str
+    passes: int
+    bytes_read: int
+
+
+def fit_candidates(candidates: Sequence[Any], data: FitData) -> CandidatesOutcome:
+    """Fit every estimator of ``candidates`` (same data, different parameters, e.g.
+    ``n_components``) sharing each pass: one scan, one init pass for all their
+    initializations, EM for all of them in lockstep, and a last pass that scores each
+    candidate's fitted parameters.  The first candidate's ``random_state``, ``cache``,
+    ``client`` and ``verbose`` serve the whole sweep."""
+    first = candidates[0]
+    rng = np.random.default_rng(seed_from(first.random_state))
+    with verbose_logging(first.verbose):
+        engine = EMEngine(
+            data.X,
+            data.weights,
+            lengths=data.lengths,
+            model=first._model_name,
+            cache=first.cache,
+            local=data.local,
+            client=first.client,
+        )
+        placement = "local" if data.local else "memory" if engine.persisted else "stream"
+        try:
+            with engine.fit_span(
+                estimator=f"sweep of {len(candidates)} {type(first).__name__}",
+                n_samples=data.shape[0],
+                n_features=data.shape[1],
+                data_placement=placement,
+            ) as fit_end:
+                scanned = scan(first, engine, rng, data.check)
+                for candidate in candidates:
+                    candidate._learn_from_scan(scanned)
+                starts = initial_points([(c, c.n_init) for c in candidates], engine, scanned, rng)
+                runs = [
+                    [
+                        em_run(
+                            candidate,
+                            engine,
+                            scanned,
+                            start,
+                            observe=functools.partial(
+                                engine.observe, label=_run_label(c, len(candidates), r, len(points))
+                            ),
+                        )
+                        for r, start in enumerate(points)
+                    ]
+                    for c, (candidate, points) in enumerate(zip(candidates, starts, strict=True))
+                ]
+                em.lockstep(
+                    engine.map_reduce,
+                    [run for candidate_runs in runs for run in candidate_runs],
+                    iteration_scope=engine.iteration_scope,
+                )
+                best = [best_of([run.result for run in candidate_runs]) for candidate_runs in runs]
+                families = [candidate._family() for candidate in candidates]
+                scores = em.pass_each(
+                    engine.map_reduce,
+                    list(zip(families, [b.params for b in best], strict=True)),
+                    stage="score",
+                )
+                fit_end.update(n_passes=engine.passes, bytes_read=engine.bytes_read)
+        finally:
+            engine.release()
+    return CandidatesOutcome(best, scores, placement, engine.passes, engine.bytes_read)
+
+
+def _run_label(candidate: int, n_candidates: int, restart: int, n_restarts: int) -> str:
+    """How log lines and events name a run: ``candidate 2/8 restart 1/3`` (a part is left
+    out when there is only one)."""
+    parts = []
+    if n_candidates > 1:
+        parts.append(f"candidate {candidate + 1}/{n_candidates}")
+    if n_restarts > 1:
+        parts.append(f"restart {restart + 1}/{n_restarts}")
+    return " ".join(parts)
 
 
 def _counts(engine: EMEngine, state: FitState | None) -> tuple[int, int]:
@@ -157,184 +243,6 @@ def verbose_logging(verbose: int) -> Iterator[None]:
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous)
-
-
-# -- passes over the data ----------------------------------------------------------------
-def _without_lengths(block_func, shared, X, lengths, *args):
-    """Run a block function of rows on a block of sequences, ignoring the lengths."""
-    return block_func(shared, X, None, *args)
-
-
-def _rows_pass(engine: EMEngine, block_func):
-    """``block_func(shared, X, w, ...)`` as the engine runs it over this data: sequence
-    data has lengths where rows have weights, and the scan and init passes ignore them."""
-    return functools.partial(_without_lengths, block_func) if engine.sequences else block_func
-
-
-def _scan(estimator: Any, engine: EMEngine, rng: np.random.Generator, check) -> dict:
-    """The scan pass: every block checked, the initialization sample drawn."""
-    sizes = np.asarray(engine.block_rows)
-    total = min(int(sizes.sum()), estimator.init_sample_size)
-    picks = rng.multivariate_hypergeometric(sizes, total)
-    seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-    per_block = list(zip(picks.tolist(), seeds, offsets, strict=True))
-    scan = engine.map_reduce(
-        _rows_pass(engine, scan_block), merge_scans, check, stage="scan", per_block=per_block
-    )
-    raise_for_scan_problems(scan, check)
-    if scan["n_all_missing"]:
-        warnings.warn(
-            estimator._all_missing_message(scan["n_all_missing"]), UserWarning, stacklevel=5
-        )
-    sample = scan["sample"]
-    scan["fill"] = None
-    if np.isnan(sample).any():  # initialization and re-seeding need complete rows
-        fill = np.nan_to_num(_nanmean_columns(sample))
-        scan["sample"] = np.where(np.isnan(sample), fill, sample)
-        scan["fill"] = fill
-    return scan
-
-
-@dataclass
-class InitRequest:
-    """What one initialization's init pass needs, drawn from the fit's generator: the
-    family, the shared block argument (centres) and one responsibility seed per block."""
-
-    family: Any
-    shared: dict
-    seeds: list[int]
-
-
-class _PassNeeded(Exception):
-    """Raised from the init hook in the drawing round (see :func:`initial_points`)."""
-
-
-def draw_init(
-    estimator: Any, engine: EMEngine, scan: dict, rng: np.random.Generator, family
-) -> InitRequest:
-    """Centres on the scan sample and the blocks' seeds: every draw of an init pass."""
-    features = family.init_features(scan["sample"])
-    centers = initial_centers(
-        estimator._init_method(), features, scan["sample_weight"], estimator.n_components, rng
-    )
-    shared = {
-        "family": family,
-        "centers": centers,
-        "n_components": estimator.n_components,
-        "fill": scan["fill"],
-    }
-    seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
-    return InitRequest(family, shared, seeds)
-
-
-def init_passes(engine: EMEngine, requests: Sequence[InitRequest], sample) -> list[Params]:
-    """One pass of responsibilities for every request (each block read once), then each
-    request's M-step, repaired: no component starts empty."""
-    if len(requests) == 1:
-        (request,) = requests
-        stats = [
-            engine.map_reduce(
-                _rows_pass(engine, init_block_stats),
-                request.family.merge,
-                request.shared,
-                stage="init",
-                per_block=[(s,) for s in request.seeds],
-            )
-        ]
-    else:
-        families = tuple(request.family for request in requests)
-        stats = engine.map_reduce(
-            _rows_pass(engine, _init_block_stats_each),
-            functools.partial(em.merge_each, families),
-            tuple(request.shared for request in requests),
-            stage="init",
-            per_block=list(zip(*(request.seeds for request in requests), strict=True)),
-        )
-    points = []
-    for request, request_stats in zip(requests, stats, strict=True):
-        params = request.family.m_step(request_stats)
-        params, _ = make_repair(request.family, sample)(params, request_stats)
-        points.append(params)
-    return points
-
-
-def _init_block_stats_each(shared: tuple, X, w, *seeds: int) -> tuple:
-    """Init-pass statistics of one block for several initializations (one read)."""
-    return tuple(init_block_stats(one, X, w, seed) for one, seed in zip(shared, seeds, strict=True))
-
-
-def initial_points(
-    candidates: Sequence[tuple[Any, int]],
-    engine: EMEngine,
-    scan: dict,
-    rng: np.random.Generator,
-) -> list[list[Params]]:
-    """The starting parameters of ``n`` initializations of each ``(estimator, n)``, in
-    order, with one init pass over the data for all of them.
-
-    Each initialization draws from ``rng`` exactly as if they ran one after another
-    (the estimator's ``_initial_params`` draws everything before its init pass): a
-    first round draws and collects the passes needed, one pass serves them all, and a
-    second round replays each initialization from its generator state with the pass's
-    result.  A warm start takes the fitted parameters.
-    """
-    plans: list[list[Any]] = []  # [estimator, generator state, request, parameters]
-    for estimator, n in candidates:
-        if estimator.warm_start and estimator._is_fitted():
-            plans.append([estimator, None, None, estimator._fitted_params()])
-            continue
-        for _ in range(n):
-            before = rng.bit_generator.state
-            drawn: list[InitRequest] = []
-
-            def collect(family, estimator=estimator, drawn=drawn):
-                drawn.append(draw_init(estimator, engine, scan, rng, family))
-                raise _PassNeeded
-
-            try:
-                plans.append(
-                    [estimator, before, None, estimator._initial_params(collect, scan, rng)]
-                )
-            except _PassNeeded:
-                plans.append([estimator, before, drawn[0], None])
-    after = rng.bit_generator.state
-    pending = [plan for plan in plans if plan[3] is None]
-    if pending:
-        computed = init_passes(engine, [plan[2] for plan in pending], scan["sample"])
-        for plan, params in zip(pending, computed, strict=True):
-            estimator, before = plan[0], plan[1]
-            rng.bit_generator.state = before
-
-            def replay(family, estimator=estimator, params=params):
-                draw_init(estimator, engine, scan, rng, family)  # the same draws again
-                return params
-
-            plan[3] = estimator._initial_params(replay, scan, rng)
-        rng.bit_generator.state = after
-    points: list[list[Params]] = [[] for _ in candidates]
-    index = {id(estimator): i for i, (estimator, _) in enumerate(candidates)}
-    for plan in plans:
-        points[index[id(plan[0])]].append(plan[3])
-    return points
-
-
-def make_repair(family, sample: np.ndarray) -> em.Repair:
-    """Re-seed emptied components on the sample rows the model explains worst."""
-
-    def repair(params: Params, stats: Stats) -> tuple[Params, tuple[int, ...]]:
-        empty = family.empty_components(stats)
-        if empty.size == 0:
-            return params, ()
-        warnings.warn(
-            f"component(s) {empty.tolist()} lost all their data and were re-seeded on "
-            "the sample rows the model explained worst",
-            EmptyComponentWarning,
-            stacklevel=2,
-        )
-        return family.reseed(params, empty, sample), tuple(int(k) for k in empty)
-
-    return repair
 
 
 # -- restarts and checkpoints --------------------------------------------------------------
@@ -372,7 +280,7 @@ def _restarts(
             scan,
             start,
             resume=None if state is None else state.runs[r],
-            observe=functools.partial(engine.observe, restart=(r + 1, len(starts))),
+            observe=functools.partial(engine.observe, label=_run_label(0, 1, r, len(starts))),
             callbacks=callbacks,
         )
         for r, start in enumerate(starts)
@@ -468,10 +376,3 @@ def _checkpointing(estimator: Any, path, resume: bool, data: FitData):
         save_state(path, estimator, FitState(seed, rng_state, runs, expected, *counts))
 
     return state, save
-
-
-def _nanmean_columns(sample: np.ndarray) -> np.ndarray:
-    """Column means over the observed entries (0 for a column with none)."""
-    observed = ~np.isnan(sample)
-    totals = np.where(observed, sample, 0.0).sum(axis=0)
-    return totals / np.maximum(observed.sum(axis=0), 1)

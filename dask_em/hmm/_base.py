@@ -215,6 +215,20 @@ class BaseHMM(Estimator):
         checkpoint, resume, callbacks : as :meth:`dask_em.GaussianMixture.fit`; a
             checkpoint is tied to the block layout (the sequence boundaries per block).
         """
+        data = self._fit_data(
+            X, lengths=lengths, sample_weight=sample_weight, storage_options=storage_options
+        )
+        return self._run_fit(data, checkpoint, resume, callbacks)
+
+    def _fit_data(
+        self,
+        X: Any,
+        lengths: Any = None,
+        sample_weight: Any = None,
+        storage_options: dict | None = None,
+    ) -> driver.FitData:
+        """The sequences as the fit driver takes them, checked against this model's
+        parameters (see :meth:`fit`), before any cluster work where possible."""
         check = self._value_check(fitting=True)
         in_memory = not is_lazy(X)
         sequences = as_sequences(
@@ -234,13 +248,12 @@ class BaseHMM(Estimator):
             )
         self.n_sequences_ = sequences.n_sequences
         weights = as_sequence_weight(sample_weight, sequences.n_sequences)
-        data = driver.FitData(
+        return driver.FitData(
             sequences.values,
             lengths=sequences.lengths if weights is None else weighted_lengths(sequences, weights),
             local=in_memory and sequences.values.nbytes <= LOCAL_FIT_BYTES,
             check=check,
         )
-        return self._run_fit(data, checkpoint, resume, callbacks)
 
     def fit_predict(
         self, X: Any, lengths: Any = None, sample_weight: Any = None, **fit_params: Any

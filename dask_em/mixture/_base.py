@@ -158,6 +158,14 @@ class BaseMixture(Estimator):
         The first pass over the data checks it (NaN/inf, weights) and draws the sample
         used for initialization and re-seeding.
         """
+        data = self._fit_data(X, sample_weight=sample_weight, storage_options=storage_options)
+        return self._run_fit(data, checkpoint, resume, callbacks)
+
+    def _fit_data(
+        self, X: Any, sample_weight: Any = None, storage_options: dict | None = None
+    ) -> driver.FitData:
+        """X and the weights as the fit driver takes them, checked against this model's
+        parameters (see :meth:`fit`), before any cluster work where possible."""
         if storage_options is not None and not isinstance(X, (str, os.PathLike)):
             raise ValueError(
                 "storage_options apply only when X is the path or URL of a Zarr array, "
@@ -185,13 +193,12 @@ class BaseMixture(Estimator):
                 f"expected n_samples >= n_components, got n_samples={n_samples} and "
                 f"n_components={self.n_components}"
             )
-        data = driver.FitData(
+        return driver.FitData(
             X,
             weights=as_sample_weight(sample_weight, X),
             local=in_memory and X.nbytes <= LOCAL_FIT_BYTES,
             check=check,
         )
-        return self._run_fit(data, checkpoint, resume, callbacks)
 
     def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> Any:
         """Fit, then label X with the fitted model (the labels of the final E-step)."""
