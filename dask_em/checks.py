@@ -64,8 +64,10 @@ class SymbolCheck(ValueCheck):
 
     def __init__(self, n_symbols: int | None = None):
         self.n_symbols = n_symbols
-        upper = "" if n_symbols is None else f"..{n_symbols - 1}"
-        self.problem = f"values that are not integer symbols 0{upper}"
+        if n_symbols is None:
+            self.problem = "values that are not symbols (whole numbers from 0 up)"
+        else:
+            self.problem = f"values that are not symbols 0..{n_symbols - 1} (n_symbols={n_symbols})"
 
     def bad(self, X: np.ndarray) -> np.ndarray:
         bad = CountCheck().bad(X)

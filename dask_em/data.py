@@ -279,7 +279,8 @@ def scan_block(
     """Check one block's values (and weights) and draw ``n_pick`` rows from it.
 
     Returns ``sample`` (n_pick, D) float64, ``sample_weight`` (n_pick,), ``column_max``
-    (D,), ``n_all_missing`` (rows that are all NaN), and the count, first global position
+    (D,), ``magnitude`` (D,) (the largest absolute value of each column),
+    ``n_all_missing`` (rows that are all NaN), and the count, first global position
     and value of any bad entry.  Merging is
     concatenation (:func:`merge_scans`).
     """
@@ -301,12 +302,18 @@ def scan_block(
         if problem is not None or len(X) == 0
         else np.asarray(np.fmax.reduce(X, axis=0), dtype=np.float64)  # NaN-aware
     )
+    magnitude = (
+        np.full(X.shape[1], -np.inf)
+        if problem is not None or len(X) == 0
+        else np.asarray(np.fmax.reduce(np.abs(X), axis=0), dtype=np.float64)
+    )
     all_missing = int(np.isnan(X).all(axis=1).sum()) if np.issubdtype(X.dtype, np.floating) else 0
     return {
         "sample": sample,
         "sample_weight": sample_w,
         "n_all_missing": all_missing,
         "column_max": column_max,
+        "magnitude": magnitude,
         "problem": problem,
         "n_bad_weight": n_bad_w,
         "first_bad_weight": first_bad_w,
@@ -336,6 +343,7 @@ def merge_scans(*parts: dict[str, Any]) -> dict[str, Any]:
             "sample_weight": np.concatenate([out["sample_weight"], b["sample_weight"]]),
             "n_all_missing": out["n_all_missing"] + b["n_all_missing"],
             "column_max": np.fmax(out["column_max"], b["column_max"]),
+            "magnitude": np.fmax(out["magnitude"], b["magnitude"]),
             "problem": _merge_problems(out["problem"], b["problem"]),
             "n_bad_weight": out["n_bad_weight"] + b["n_bad_weight"],
             "first_bad_weight": _first(out["first_bad_weight"], b["first_bad_weight"]),

@@ -513,7 +513,11 @@ BAD_COUNTS = r"2 negative, non-integer, NaN or infinite counts; the first is at 
         (PoissonMixture, np.nan, BAD_COUNTS),
         (PoissonMixture, np.inf, BAD_COUNTS),
         (BernoulliMixture, 2, r"2 values other than 0 and 1; the first is at row 3, column 1"),
-        (CategoricalMixture, -2, r"2 values that are not integer symbols 0; the first is at row 3"),
+        (
+            CategoricalMixture,
+            -2,
+            r"2 values that are not symbols \(whole numbers from 0 up\); the first is at row 3",
+        ),
     ],
 )
 def test_bad_values_are_counted_and_located(estimator, value, message):
@@ -532,7 +536,7 @@ def test_symbols_outside_the_declared_range_are_located_in_a_zarr_store(client, 
     path = write_store(str(tmp_path / "symbols.zarr"), X, chunk_rows=1000)
     with pytest.raises(
         ValueError,
-        match=r"2 values that are not integer symbols 0\.\.2; "
+        match=r"2 values that are not symbols 0\.\.2 \(n_symbols=3\); "
         r"the first is at row 4321, column 2 \(value 7\)",
     ):
         CategoricalMixture(2, n_symbols=3).fit(path)
@@ -570,5 +574,5 @@ def test_categorical_learns_the_symbol_count_and_refuses_unseen_symbols():
     X = np.random.default_rng(2).integers(0, 5, size=(500, 3))
     model = CategoricalMixture(2, random_state=0).fit(X)
     assert model.n_symbols_ == 5 and model.probabilities_.shape == (2, 3, 5)
-    with pytest.raises(ValueError, match=r"integer symbols 0\.\.4"):
+    with pytest.raises(ValueError, match=r"not symbols 0\.\.4 \(n_symbols=5\)"):
         model.predict(np.full((2, 3), 5))

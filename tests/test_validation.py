@@ -167,3 +167,25 @@ def test_predict_with_wrong_number_of_features():
         ValueError, match="X has 2 features, but GaussianMixture is expecting 3 features"
     ):
         model.predict(np.zeros((5, 2)))
+
+
+@pytest.mark.parametrize("scale", [1e160, -1e200])
+def test_data_too_large_to_square_is_refused_saying_to_rescale(client, scale):
+    """Values around 1e160 overflow the squares of a Gaussian model: one message that
+    names the scale and the column, not overflow warnings and a NaN error."""
+    import warnings
+
+    from dask_em import GaussianHMM
+
+    X = np.random.default_rng(0).normal(size=(3000, 3))
+    X[1234, 2] = scale
+    message = r"X holds values up to 1e\+(160|200) in magnitude \(column 2\).*rescale X"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no overflow warning before it
+        with pytest.raises(ValueError, match=message):
+            GaussianMixture(2).fit(da.from_array(X, chunks=(500, 3)))
+        with pytest.raises(ValueError, match=message):
+            GaussianHMM(2).fit(X, [1000, 2000])
+    X[1234, 2] = 0.0
+    fitted = GaussianMixture(2, random_state=0).fit(X * 1e149)  # large, below the limit
+    assert np.isfinite(fitted.lower_bound_) and np.isfinite(fitted.covariances_).all()

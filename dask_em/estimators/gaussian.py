@@ -57,8 +57,26 @@ def check_priors(estimator: Any, n_features: int) -> None:
             raise ValueError("covariance_prior must be positive semi-definite")
 
 
+def check_magnitude(scan: dict, dtype: str = "float64") -> None:
+    """ValueError when X holds values whose squares (and the products of the covariance
+    updates) overflow the compute dtype: the user is told to rescale, not shown NaN."""
+    largest = np.sqrt(np.finfo(np.dtype(dtype)).max) / 1e4  # 1.3e150 for float64
+    magnitude = scan.get("magnitude")
+    if magnitude is None or not len(magnitude) or not np.nanmax(magnitude) > largest:
+        return
+    column = int(np.nanargmax(magnitude))
+    value = float(magnitude[column])
+    raise ValueError(
+        f"X holds values up to {value:.3g} in magnitude (column {column}); a Gaussian model "
+        f"squares them and {dtype} overflows beyond about {largest:.1g}: rescale X (e.g. "
+        f"divide it by {10 ** np.floor(np.log10(value)):.0e}) and fit again"
+    )
+
+
 def learn_priors(estimator: Any, scan: dict) -> None:
-    """Default priors from the scan sample: its weighted mean and covariance."""
+    """Default priors from the scan sample: its weighted mean and covariance (after
+    checking that the data's scale is one the model can compute with)."""
+    check_magnitude(scan, getattr(estimator, "dtype", "float64"))
     sample, weight = scan["sample"], scan["sample_weight"]
     if weight.sum() > 0:
         estimator.mean_prior_ = np.average(sample, axis=0, weights=weight)
