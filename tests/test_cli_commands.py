@@ -280,3 +280,25 @@ def test_every_hmm_makes_sequences_fits_predicts_and_scores(client, tmp_path, ca
     printed = capsys.readouterr().out
     score = float(next(x for x in printed.splitlines() if x.startswith("score ")).split()[1])
     assert score == pytest.approx(model.score(str(store)), rel=1e-10)
+
+
+def test_a_model_of_another_kind_is_refused_on_the_first_rows_before_any_task(
+    client, tmp_path, gmm_store
+):
+    """A categorical model given Gaussian data: one line naming row 0, exit 2, no worker
+    log lines (no task ran), nothing written."""
+    model, labels = tmp_path / "symbols.zarr", tmp_path / "labels.zarr"
+    X = np.random.default_rng(0).integers(0, 4, size=(500, 4))
+    from dask_em import CategoricalMixture
+
+    CategoricalMixture(2, random_state=0).fit(X).save(model)
+    for command in (["predict", str(model), str(gmm_store), "--out", str(labels)],
+                    ["score", str(model), str(gmm_store)]):  # fmt: skip
+        done = dask_em(*command, *scheduler(client))
+        assert done.returncode == 2
+        assert done.stderr.splitlines() == [
+            f"dask-em: error: INPUT {gmm_store} (its first 7,500 rows) contains 30000 values "
+            "that are not symbols 0..3 (n_symbols=4); the first is at row 0, column 0 "
+            f"(value {done.stderr.split('(value ')[1]}"[:-1]
+        ]
+    assert not labels.exists()

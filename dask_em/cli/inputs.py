@@ -80,3 +80,17 @@ def check_input_shape(X: Any, lengths: Any, n_components: int | None, path: str)
             f"--components {n_components} is more than the {shape[0]} rows of INPUT {path}; "
             "choose fewer components"
         )
+
+
+def check_first_rows(model: Any, X: Any, path: str) -> None:
+    """Refuse INPUT whose first block already holds values ``model`` does not take (a
+    model of another kind, data of another kind), before the cluster runs a task: one
+    block is read here, so the message names the first bad entry, and no worker logs
+    the failures of tasks running side by side."""
+    array = X.values if isinstance(X, Sequences) else X
+    first = array.blocks[0].compute(scheduler="sync") if hasattr(array, "blocks") else array
+    rows = np.asarray(first)
+    if rows.ndim == 2 and len(rows) and rows.shape[1] == model.n_features_in_:
+        # (a feature count that differs: the model's own check says so)
+        what = f"INPUT {path} (its first {len(rows):,} rows)"
+        model._value_check().raise_for(rows, 0, what=what)

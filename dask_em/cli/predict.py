@@ -15,7 +15,7 @@ from dask_em.cli.common import (
     read_input,
     refuse_existing,
 )
-from dask_em.cli.inputs import check_input_location, check_input_shape
+from dask_em.cli.inputs import check_first_rows, check_input_location, check_input_shape
 from dask_em.cli.outputs import check_outputs
 
 
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     check_input_location(args.input)
     X, lengths = read_input(args, kind.sequences)
     check_input_shape(X, lengths, None, args.input)
+    check_first_rows(model, X, args.input)
     data = (X,) if lengths is None else (X, lengths)
     what = "probabilities" if args.proba else "labels"
     with connect(args):

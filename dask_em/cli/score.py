@@ -14,6 +14,7 @@ from dask_em.cli.common import (
     load_model,
     read_input,
 )
+from dask_em.cli.inputs import check_first_rows
 
 
 def add_parser(commands) -> None:
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     kind = registry.kind_of(model)
     X, lengths = read_input(args, kind.sequences)
+    check_first_rows(model, X, args.input)
     n_parameters = model._n_parameters()  # the count the estimators' bic() and aic() use
     with connect(args):
         score = model.score(X, lengths) if kind.sequences else model.score(X)
