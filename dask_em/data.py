@@ -29,6 +29,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 from dask_em.checks import FINITE, ValueCheck
 
@@ -67,7 +68,40 @@ def open_zarr_array(path: str | os.PathLike, storage_options: dict | None = None
             f"{location!r} is a Zarr group, not an array{hint}. "
             f"Pass the path of one array, e.g. {location.rstrip('/')}/{(members or ['X'])[0]}"
         )
-    return da.from_zarr(node)
+    return lazy_zarr(node, location)
+
+
+class ChunkReader:
+    """``getitem`` of a dask array over a Zarr array: a chunk that cannot be read (a
+    truncated or corrupt file, a store changed under a running fit) becomes one
+    ValueError naming the store and the rows, raised in the task that read it."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+    def __call__(self, array: Any, index: Any, asarray: bool = True, lock: Any = None) -> Any:
+        try:
+            return da.core.getter(array, index, asarray=asarray, lock=lock)
+        except Exception as error:
+            rows = index[0] if isinstance(index, tuple) and index else index
+            where = f"rows {rows.start}:{rows.stop}" if isinstance(rows, slice) else str(index)
+            chunk = ""
+            if isinstance(rows, slice) and getattr(array, "chunks", None):
+                chunk = f", chunk {(rows.start or 0) // array.chunks[0]} along the rows"
+            raise ValueError(
+                f"cannot read {where} of the Zarr array {self.location}{chunk} "
+                f"({type(error).__name__}: {error}); the store is damaged or was changed "
+                "while it was read"
+            ) from None
+
+
+def lazy_zarr(node: Any, location: str, chunks: Any = None, name: Any = None) -> da.Array:
+    """A dask array over the opened Zarr array ``node`` (chunked as stored unless
+    ``chunks``), whose unreadable chunks are named (:class:`ChunkReader`)."""
+    chunks = node.chunks if chunks is None else chunks
+    if name is None:
+        name = "from-zarr-" + tokenize(location, node.shape, str(node.dtype), chunks)
+    return da.from_array(node, chunks=chunks, name=name, getitem=ChunkReader(location))
 
 
 def _chunk_rows(n_features: int, itemsize: int) -> int:

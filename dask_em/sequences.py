@@ -22,7 +22,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from dask_em.data import as_row_chunked, open_zarr_node
+from dask_em.data import as_row_chunked, lazy_zarr, open_zarr_node
 
 #: Target size of one block of values when the layout chooses the boundaries.
 DEFAULT_BLOCK_BYTES = 8 * 2**20
@@ -169,7 +169,7 @@ class Sequences:
         row_bytes = values.shape[1] * values.dtype.itemsize
         per_block = block_boundaries(lengths, block_bytes // max(1, row_bytes))
         steps = _steps_per_block(lengths, per_block)
-        lazy = da.from_array(values, chunks=(tuple(steps), values.shape[1]), name=False)
+        lazy = lazy_zarr(values, f"{location}/values", (tuple(steps), values.shape[1]), False)
         return cls(lazy, lengths, **kwargs)
 
     # -- properties -----------------------------------------------------------------
@@ -273,7 +273,7 @@ def as_sequences(X: Any, lengths: Any = None, **kwargs: Any) -> Sequences:
                     "pass lengths only with a values array"
                 )
             return Sequences.from_group(node, where=os.fspath(X), **kwargs)
-        X = da.from_zarr(node)
+        X = lazy_zarr(node, os.fspath(X))
     if isinstance(X, (list, tuple)) and lengths is None:
         return Sequences.from_arrays(X, **kwargs)
     return Sequences(X, lengths, **kwargs)

@@ -13,7 +13,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from dask_em.data import open_zarr_node
+from dask_em.data import lazy_zarr, open_zarr_node
 from dask_em.files import write_aside
 from dask_em.sequences import Sequences
 
@@ -49,7 +49,7 @@ def open_input(
                 "and 'lengths' (sequences)"
             )
         try:
-            return Sequences.from_group(node), None  # blocks on sequence boundaries
+            return Sequences.from_group(node, where=path), None  # blocks on sequence boundaries
         except ValueError as error:
             raise ValueError(f"INPUT {path}: {error}") from None
     if isinstance(node, zarr.Group):
@@ -57,7 +57,8 @@ def open_input(
             f"INPUT {path} is a Zarr group; choose one of its arrays with --variable "
             f"(its members are {_members(node)})"
         )
-    return da.from_zarr(node), None
+    where = path if variable is None else f"{path.rstrip('/')}/{variable}"
+    return lazy_zarr(node, where), None
 
 
 def _open_netcdf(path: str, variable: str | None, storage_options: dict | None):

@@ -272,3 +272,26 @@ def test_open_client_waits_for_workers_or_says_how_many(client, lonely_scheduler
         joined.close()
     with pytest.raises(ClusterError, match="has 2 workers after 1 s \\(3 needed\\)"):
         engine.open_client(client.scheduler.address, timeout=1, min_workers=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["stream", "memory"])
+def test_an_unreadable_input_chunk_is_one_line_naming_the_store_and_rows(tmp_path, cache):
+    """A truncated chunk file: exit 2, one line naming the store, the rows and the chunk
+    (the workers' own log lines only with --verbose); the store is left as it was."""
+    path = tmp_path / "damaged.zarr"
+    X = np.random.default_rng(1).normal(size=(4000, 3))
+    zarr.create_array(str(path), data=X, chunks=(1000, 3))
+    chunk = path / "c" / "2" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    before = snapshot(path)
+    argv = ["fit", "gmm", str(path), "-k", "2", "--out", str(tmp_path / "m.zarr"), "--no-report"]
+    argv += ["--cache", cache, "--n-workers", "1", "--dashboard-address", ":0"]
+    done = dask_em(*argv)
+    assert done.returncode == 2
+    assert_one_line(
+        done.stderr, f"cannot read rows 2000:3000 of the Zarr array {path}, chunk 2 along the rows"
+    )
+    verbose = dask_em(*argv, "--verbose")
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+    assert snapshot(path) == before and not (tmp_path / "m.zarr").exists()

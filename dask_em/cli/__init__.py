@@ -13,7 +13,8 @@ A new command is a module here with ``add_parser(commands)`` and ``run(args)``, 
 in :data:`COMMANDS`.
 
 Exit status: 0 on success; 2 on bad usage or bad input, with a one-line message on
-stderr; 3 when the cluster fails (no scheduler at the address, workers lost); 1 on
+stderr (``--verbose`` adds the traceback, and the workers' log lines of a LocalCluster
+started here); 3 when the cluster fails (no scheduler at the address, workers lost); 1 on
 any other failure; 130 when interrupted.
 """
 
@@ -23,6 +24,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 from dask_em.cli import demo, fit, info, make_data, predict, score, sweep
 from dask_em.cli.common import UsageError
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_request:  # --help, or a usage error already printed
         return exit_request.code
     try:
-        return args.run(args)
+        return _run_verbosely(args) if getattr(args, "verbose", False) else args.run(args)
     except (
         UsageError,
         ValueError,
@@ -90,6 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"dask-em: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _run_verbosely(args: argparse.Namespace) -> int:
+    """``--verbose``: the library's log lines on stderr, and the traceback of a failure
+    before its one-line message."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    package = logging.getLogger("dask_em")
+    package.addHandler(handler)
+    try:
+        return args.run(args)
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        package.removeHandler(handler)
 
 
 def _one_line(error: BaseException) -> str:

@@ -211,6 +211,12 @@ def add_cluster_arguments(parser) -> None:
     group.add_argument("--threads-per-worker", type=int, metavar="N")
     group.add_argument("--memory-limit", metavar="BYTES", help="per worker, e.g. 4GiB")
     group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the log lines of dask_em and of the LocalCluster's workers, and the "
+        "traceback of a failure (by default a failure is one line)",
+    )
+    group.add_argument(
         "--dashboard-address",
         default=":8787",
         metavar="[HOST]:PORT",
@@ -227,6 +233,7 @@ def connect(args) -> Iterator[Any]:
         "threads_per_worker": args.threads_per_worker,
         "memory_limit": args.memory_limit,
     }
+    quiet_workers = {} if args.verbose else {"silence_logs": logging.CRITICAL}
     given = [name for name, value in local_options.items() if value is not None]
     if args.scheduler and given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
@@ -248,6 +255,7 @@ def connect(args) -> Iterator[Any]:
             timeout=args.connect_timeout,
             min_workers=args.min_workers,
             **local_options,
+            **({} if args.scheduler else quiet_workers),
         ) as client,
     ):
         yield client

@@ -121,7 +121,8 @@ def connect(
 ) -> Iterator[Any]:
     """A ``distributed.Client`` on ``scheduler`` (:func:`open_client`: bounded by
     ``timeout``, with ``min_workers``) or on a LocalCluster started here
-    (``local_options``: ``n_workers``, ``threads_per_worker``, ``memory_limit``; None
+    (``local_options``: ``n_workers``, ``threads_per_worker``, ``memory_limit``,
+    ``silence_logs`` (the level below which the workers' log lines are dropped); None
     means the default).
 
     The dashboard link is printed.  OSError or TimeoutError from an unreachable or lost

@@ -151,6 +151,9 @@ class EMEngine:
             # 3:5, and then one worker does 5/8 of every pass.
             futures = futures_of(persisted)
             wait(futures)
+            for future in futures:
+                if future.status == "error":  # e.g. a chunk of the store cannot be read
+                    future.result()  # raises the task's own error
             self.client.rebalance(futures)
         else:
             persisted = dask.persist(*collections)
