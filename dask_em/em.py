@@ -97,6 +97,19 @@ class FitResult:
     chain: tuple[Params, ...] = ()
     passes: int = 0
 
+    def copy(self) -> FitResult:
+        """A copy that later iterations of the run do not change (its own history
+        list; the parameters are never changed in place)."""
+        return FitResult(
+            self.params,
+            list(self.history),
+            self.converged,
+            self.n_iter,
+            self.lower_bound,
+            self.chain,
+            self.passes,
+        )
+
     def em_state(self) -> EMState:
         """The driver's state (to resume a driver from it)."""
         return EMState(

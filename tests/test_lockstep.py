@@ -102,7 +102,7 @@ def test_a_stopped_lockstep_squarem_run_resumes_to_the_uninterrupted_result():
             em.lockstep(
                 blocks_map_reduce(blocks, []),
                 make_runs(callbacks=[stop_after(stop)]),
-                save=lambda results, saved=saved: saved.append([_copy(r) for r in results]),
+                save=lambda results, saved=saved: saved.append([r.copy() for r in results]),
             )
         resumed = em.lockstep(blocks_map_reduce(blocks, []), make_runs(resume=saved[-1]))
         for a, b in zip(resumed, reference, strict=True):
@@ -110,18 +110,6 @@ def test_a_stopped_lockstep_squarem_run_resumes_to_the_uninterrupted_result():
             assert [r.passes for r in a.history] == [r.passes for r in b.history]
             for name in a.params:
                 np.testing.assert_array_equal(a.params[name], b.params[name])
-
-
-def _copy(result: em.FitResult) -> em.FitResult:
-    return em.FitResult(
-        result.params,
-        list(result.history),
-        result.converged,
-        result.n_iter,
-        result.lower_bound,
-        result.chain,
-        result.passes,
-    )
 
 
 def record_starts(monkeypatch) -> list:

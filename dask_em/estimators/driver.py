@@ -87,16 +87,7 @@ def fit(
     n_samples, n_features = data.shape
     check_accelerate(estimator.accelerate, getattr(estimator, "estep", "exact"))
     with verbose_logging(estimator.verbose):
-        engine = EMEngine(
-            data.X,
-            data.weights,
-            lengths=data.lengths,
-            model=estimator._model_name,
-            cache=estimator.cache,
-            local=data.local,
-            client=estimator.client,
-        )
-        placement = "local" if data.local else "memory" if engine.persisted else "stream"
+        engine, placement = open_engine(estimator, data)
         try:
             with engine.fit_span(
                 estimator=type(estimator).__name__,
@@ -152,16 +143,7 @@ def fit_candidates(candidates: Sequence[Any], data: FitData) -> CandidatesOutcom
     first = candidates[0]
     rng = np.random.default_rng(seed_from(first.random_state))
     with verbose_logging(first.verbose):
-        engine = EMEngine(
-            data.X,
-            data.weights,
-            lengths=data.lengths,
-            model=first._model_name,
-            cache=first.cache,
-            local=data.local,
-            client=first.client,
-        )
-        placement = "local" if data.local else "memory" if engine.persisted else "stream"
+        engine, placement = open_engine(first, data)
         try:
             with engine.fit_span(
                 estimator=f"sweep of {len(candidates)} {type(first).__name__}",
@@ -215,6 +197,21 @@ def _run_label(candidate: int, n_candidates: int, restart: int, n_restarts: int)
     if n_restarts > 1:
         parts.append(f"restart {restart + 1}/{n_restarts}")
     return " ".join(parts)
+
+
+def open_engine(estimator: Any, data: FitData) -> tuple[EMEngine, str]:
+    """The engine over ``data`` with the estimator's ``cache`` and ``client``, and where
+    it holds the data: ``"local"``, ``"memory"`` (persisted) or ``"stream"``."""
+    engine = EMEngine(
+        data.X,
+        data.weights,
+        lengths=data.lengths,
+        model=estimator._model_name,
+        cache=estimator.cache,
+        local=data.local,
+        client=estimator.client,
+    )
+    return engine, "local" if data.local else "memory" if engine.persisted else "stream"
 
 
 def _counts(engine: EMEngine, state: FitState | None) -> tuple[int, int]:
@@ -341,18 +338,7 @@ def em_run(
 
 def _save_runs(saver, rng_state: dict, seed: int, counts, results: list[em.FitResult]) -> None:
     """Checkpoint every run's state after a lockstep pass (copies: the runs go on)."""
-    runs = [
-        em.FitResult(
-            result.params,
-            list(result.history),
-            result.converged,
-            result.n_iter,
-            result.lower_bound,
-            result.chain,
-            result.passes,
-        )
-        for result in results
-    ]
+    runs = [result.copy() for result in results]
     saver(rng_state, runs, seed, counts())
 
 
