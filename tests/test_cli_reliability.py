@@ -141,13 +141,9 @@ def test_a_killed_scheduler_then_resume_on_a_fresh_cluster_gives_the_undisturbed
     assert f"resuming initialization 1 after iteration {killed_at['iteration']}" in resumed.stdout
     assert_same_fit(load(tmp_path / "model.zarr"), reference)
     assert snapshot(overlapping_store) == before
-    assert "dask-em: cluster error:" in err, err
-    if not (err.startswith("dask-em: cluster error:") and len(err.strip().splitlines()) == 1):
-        # everything above holds; only the one-line stderr does not yet (#15 open point)
-        pytest.xfail(
-            "after the scheduler dies, distributed's client still prints 'Failed to "
-            "reconnect' and a traceback before the CLI's one-line cluster error"
-        )
+    # one line: distributed's client logs nothing of its failed reconnection
+    assert err.startswith("dask-em: cluster error: lost the connection to the scheduler"), err
+    assert len(err.strip().splitlines()) == 1 and "--resume" in err, err
 
 
 @pytest.fixture

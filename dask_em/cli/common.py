@@ -241,20 +241,14 @@ def connect(args) -> Iterator[Any]:
     for name in ("n_workers", "threads_per_worker"):
         if local_options[name] is not None and local_options[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
-    # distributed's client logs a lost scheduler before raising; the error says it once
-    quiet = logging.getLogger("distributed.client")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    stack = contextlib.ExitStack()
-    stack.callback(quiet.setLevel, level)
     with (
-        stack,
         engine.connect(
             args.scheduler,
             dashboard_address=args.dashboard_address,
             timeout=args.connect_timeout,
             min_workers=args.min_workers,
             **local_options,
+            quiet=not args.verbose,
             **({} if args.scheduler else quiet_workers),
         ) as client,
     ):

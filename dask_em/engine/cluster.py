@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -117,6 +118,7 @@ def connect(
     dashboard_address: str = ":8787",
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
     min_workers: int = 1,
+    quiet: bool = False,
     **local_options: Any,
 ) -> Iterator[Any]:
     """A ``distributed.Client`` on ``scheduler`` (:func:`open_client`: bounded by
@@ -129,8 +131,17 @@ def connect(
     scheduler become :class:`~dask_em.exceptions.ClusterError`.  LocalCluster workers
     shut down when this process dies without closing them (their nanny loses its
     parent); to be sure, kill the whole process group (``kill -9 -- -PGID``).
+
+    ``quiet``: for a command whose errors are one line.  distributed's client logs a
+    lost scheduler (with tracebacks) before the error is raised, and again from its own
+    thread when its reconnection gives up, possibly after this block: its logger is
+    silenced for the rest of the process (set after importing distributed, whose import
+    sets the levels of its loggers).
     """
     from distributed import Client, LocalCluster
+
+    if quiet:
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
@@ -147,9 +158,14 @@ def connect(
         print(f"Dask dashboard: {client.dashboard_link}", flush=True)
         try:
             yield client
-        except (OSError, TimeoutError) as error:
+        except Exception as error:
             if client.status != "running":  # the connection to the scheduler is gone
-                raise ClusterError(f"lost the cluster: {error}") from error
+                where = scheduler or "the LocalCluster's scheduler"
+                raise ClusterError(
+                    f"lost the connection to the scheduler at {where} (the client is "
+                    f"{client.status}: {_first_line(error)}); a fit with --checkpoint "
+                    "resumes with --resume on a running cluster"
+                ) from error
             raise
 
 
