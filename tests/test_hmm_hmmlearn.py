@@ -71,7 +71,7 @@ def assert_same(ours, ref, X, lengths, names):
     assert ours.lower_bound_ * len(X) == pytest.approx(ref.monitor_.history[-1], rel=1e-10)
 
 
-@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+@pytest.mark.parametrize("covariance_type", ["diag", pytest.param("full", marks=pytest.mark.slow)])
 def test_gaussian_hmm_equals_hmmlearn(client, covariance_type):
     truth = gaussian_truth(covariance_type)
     X, lengths = sequences_from(truth, seed=1)
