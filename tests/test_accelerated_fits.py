@@ -81,6 +81,7 @@ def test_squarem_gaussian_mixture_reaches_plain_ems_optimum_with_priors_weights_
     assert fast.n_passes_ < plain.n_passes_
 
 
+@pytest.mark.slow
 def test_squarem_gaussian_hmm_reaches_plain_ems_optimum_with_priors_and_nan():
     values, lengths, _ = gaussian_sequences(40, seed=7)
     values = values.copy()
@@ -115,8 +116,9 @@ def test_squarem_poisson_hmm_reaches_plain_ems_optimum():
         assert relative_difference(getattr(fast, name), getattr(plain, name)) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_stopped_squarem_fit_resumes_to_the_uninterrupted_result(tmp_path):
-    X, w = overlapping_data(4)
+    X, w = overlapping_data(4, n=400)  # 103 iterations (600 rows: 216, each checkpointed)
     params = dict(n_components=2, tol=1e-10, max_iter=3000, random_state=2, accelerate="squarem")
     reference = GaussianMixture(**params).fit(X, sample_weight=w)
     kinds = [h["move"] for h in reference.history_]

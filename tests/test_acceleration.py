@@ -390,7 +390,7 @@ def test_accepted_objectives_never_decrease_hmm_over_every_emission(kind):
 
 
 # --------------------------------------------------------------------------- resume
-@pytest.mark.parametrize("driver", ["squarem", "plain"])
+@pytest.mark.parametrize("driver", ["squarem", pytest.param("plain", marks=pytest.mark.slow)])
 def test_resuming_from_a_saved_state_equals_the_uninterrupted_run(driver):
     family, pass_stats, start = categorical_mixture(n=600)
 
@@ -465,6 +465,7 @@ def test_a_reseeded_component_restarts_the_cycle_with_plain_em_steps():
 
 
 # --------------------------------------------------------------------------- cluster
+@pytest.mark.slow
 def test_on_the_cluster_squarem_through_map_reduce_equals_the_local_run_and_plain_em(client):
     """Passes through EMEngine.map_reduce on a LocalCluster (4 blocks, a fixed tree) give
     the run of the same engine in this process; SQUAREM and the engine's own plain EM

@@ -66,6 +66,7 @@ def assert_same_fit(a, b) -> None:
     assert (a.n_iter_, a.converged_, a.lower_bounds_) == (b.n_iter_, b.converged_, b.lower_bounds_)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("estimator", "make_data"),
     [
@@ -92,6 +93,7 @@ def test_resumed_fit_equals_the_uninterrupted_one(tmp_path, estimator, make_data
         assert_same_fit(resumed, reference)
 
 
+@pytest.mark.slow
 def test_a_fit_stopped_at_its_converging_iteration_resumes_as_converged(tmp_path):
     X = gaussian_data()
     params = {"n_components": 3, "tol": 1e-4, "max_iter": 100, "random_state": 0}
@@ -104,6 +106,7 @@ def test_a_fit_stopped_at_its_converging_iteration_resumes_as_converged(tmp_path
     assert_same_fit(resumed, reference)
 
 
+@pytest.mark.slow
 def test_resume_takes_the_seed_from_the_checkpoint(tmp_path):
     X = gaussian_data()
     path = tmp_path / "ck.zarr"
@@ -117,6 +120,7 @@ def test_resume_takes_the_seed_from_the_checkpoint(tmp_path):
     assert_same_fit(resumed, reference)
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_two_renames_leaves_a_checkpoint_to_resume_from(tmp_path):
     X = gaussian_data()
     params = {"n_components": 3, "tol": 0.0, "max_iter": 10, "random_state": 0}
@@ -134,6 +138,7 @@ def test_a_kill_between_the_two_renames_leaves_a_checkpoint_to_resume_from(tmp_p
     assert sorted(os.listdir(tmp_path)) == ["ck.zarr"]  # leftovers removed by the next write
 
 
+@pytest.mark.slow
 def test_the_checkpoint_is_a_versioned_zarr_store_holding_the_loop_state(tmp_path):
     path = tmp_path / "ck.zarr"
     model = GaussianMixture(2, max_iter=5, tol=0.0, n_init=2, random_state=0)

@@ -106,6 +106,7 @@ MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", MODELS)
 def test_a_damaged_checkpoint_is_never_resumed_from(tmp_path, kind):
     make, weights = MODELS[kind]

@@ -11,6 +11,8 @@ import pytest
 
 from dask_em import load
 
+pytestmark = pytest.mark.slow  # each test starts Python subprocesses (1+ s each)
+
 
 def dask_em(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -22,7 +24,6 @@ def dask_em(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow
 def test_demo_writes_fits_and_compares_with_the_truth(tmp_path):
     store, out = tmp_path / "demo.zarr", tmp_path / "model.zarr"
     result = dask_em(

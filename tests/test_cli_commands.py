@@ -79,6 +79,7 @@ def test_make_data_fit_info_predict_score_as_a_user_runs_them(client, tmp_path, 
     np.testing.assert_allclose(score, model.score(zarr.open_array(str(store))[:]), rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gmm", "poisson", "categorical", "bernoulli"])
 def test_every_model_kind_makes_data_and_fits_it(client, tmp_path, capsys, name):
     store, out = tmp_path / "data.zarr", tmp_path / "model.zarr"
@@ -92,6 +93,7 @@ def test_every_model_kind_makes_data_and_fits_it(client, tmp_path, capsys, name)
     assert not (tmp_path / "model.report.html").exists()
 
 
+@pytest.mark.slow
 def test_fit_reads_a_group_member_an_xarray_dataset_and_an_fsspec_url(
     client, tmp_path, gmm_store, capsys
 ):
@@ -118,6 +120,7 @@ def test_fit_reads_a_group_member_an_xarray_dataset_and_an_fsspec_url(
         np.testing.assert_array_equal(other.means_, fitted[0].means_)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_model_and_its_report(client, tmp_path, gmm_store, capsys):
     out = tmp_path / "model.zarr"
     base = ["fit", "gmm", str(gmm_store), "-k", "2", "--out", str(out), "--tol", "0"]
@@ -253,6 +256,7 @@ def test_an_unreachable_scheduler_is_a_cluster_failure_exit_3(tmp_path, gmm_stor
     assert err.startswith(f"dask-em: cluster error: cannot reach the scheduler at {address}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gaussian-hmm", "poisson-hmm", "categorical-hmm"])
 def test_every_hmm_makes_sequences_fits_predicts_and_scores(client, tmp_path, capsys, name):
     store, out = tmp_path / "sequences.zarr", tmp_path / "hmm.zarr"

@@ -133,6 +133,7 @@ def read_only_dir(tmp_path) -> Path:
     subprocess.run(["umount", str(path)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--out", "--checkpoint"])
 def test_an_unwritable_output_exits_2_in_seconds_without_a_cluster(
     tmp_path, store, read_only_dir, flag
@@ -233,6 +234,7 @@ def test_nothing_listening_is_said_at_once(tmp_path, store, capsys):
     )
 
 
+@pytest.mark.slow
 def test_the_dashboard_port_is_named_not_waited_on_forever(client, tmp_path, store, capsys):
     port = int(client.dashboard_link.split(":")[2].split("/")[0])
     address = f"tcp://127.0.0.1:{port}"
@@ -249,6 +251,7 @@ def test_tls_to_a_plain_scheduler_is_named(tmp_path, store, lonely_scheduler, ca
     assert_one_line(capsys.readouterr().err, "does not speak TLS", "tcp://")
 
 
+@pytest.mark.slow
 def test_a_scheduler_without_workers_is_waited_for_then_exit_3(
     tmp_path, store, lonely_scheduler, capsys
 ):
@@ -262,6 +265,7 @@ def test_a_scheduler_without_workers_is_waited_for_then_exit_3(
     )
 
 
+@pytest.mark.slow
 def test_open_client_waits_for_workers_or_says_how_many(client, lonely_scheduler):
     with pytest.raises(ClusterError, match="has 0 workers after 1 s"):
         engine.open_client(lonely_scheduler, timeout=1)

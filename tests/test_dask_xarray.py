@@ -129,6 +129,7 @@ def test_a_pandas_data_frame_of_numeric_columns_is_accepted(gmm, blobs):
     np.testing.assert_array_equal(fitted.means_, gmm.means_)
 
 
+@pytest.mark.slow
 def test_a_dask_data_frame_is_accepted_with_its_partitions_as_blocks(gmm, blobs, client):
     dd = pytest.importorskip("dask.dataframe")  # the test extra installs dask[dataframe]
     frame = dd.from_pandas(pd.DataFrame(blobs, columns=["a", "b"]), npartitions=4)
@@ -171,6 +172,7 @@ def _task_keys(stream) -> str:
     return " ".join(str(task["key"]) for task in stream.data)
 
 
+@pytest.mark.slow
 def test_client_runs_the_fit_and_the_predictions_on_that_cluster(blobs, client, second_client):
     X = da.from_array(blobs, chunks=(150, -1))
     default_before, second_before = _fit_starts(client), _fit_starts(second_client)

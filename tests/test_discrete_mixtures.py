@@ -279,6 +279,7 @@ def test_gaussian_map_same_answer_as_closed_form_em(client):
     assert_monotone(model.history_)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
 def test_gaussian_map_objective_is_monotone(client, covariance_type):
     X, _, _ = make_blobs(3000, 3, 4, seed=4)
@@ -329,6 +330,7 @@ def test_zero_strength_priors_follow_the_ml_path_exactly(estimator):
 
 
 # --------------------------------------------------------------------------- zero lock
+@pytest.mark.slow
 def test_pseudocounts_rescue_a_motif_that_maximum_likelihood_locks_out(client):
     """Motif finding: a motif component initialized with P = 0 for the true letter.
 
@@ -460,6 +462,7 @@ def test_recovers_known_parameters_from_a_million_rows_streamed_from_zarr(
 
 
 # --------------------------------------------------------------------------- surface
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("estimator", "make", "name"),
     [

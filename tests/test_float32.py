@@ -11,6 +11,7 @@ from dask_em.families.gaussian import COVARIANCE_TYPES
 from tests.helpers import assert_monotone, make_blobs
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_float32_compute_agrees_with_float64_to_1e_4(client, covariance_type):

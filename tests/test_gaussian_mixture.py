@@ -31,6 +31,7 @@ def test_fit_runs_as_estep_and_reduce_tasks_on_the_workers(client):
     assert len(workers) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random", "random_from_data"])
 def test_recovers_a_known_mixture(client, covariance_type, init_params):
@@ -59,6 +60,7 @@ def test_recovers_a_known_mixture(client, covariance_type, init_params):
     assert np.mean(match[model.predict(X)] == labels) > 0.98
 
 
+@pytest.mark.slow
 def test_integer_sample_weight_equals_repeated_rows(client):
     X, _, _ = make_blobs(500, 3, 3, seed=4)
     counts = np.random.default_rng(0).integers(0, 4, size=len(X))
@@ -80,6 +82,7 @@ def test_integer_sample_weight_equals_repeated_rows(client):
     assert_monotone(weighted.history_)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_data_far_from_the_origin_fits_as_well_as_centred_data(client, covariance_type):
     X, _, _ = make_blobs(4000, 3, 3, seed=5, spread=3.0)
@@ -104,6 +107,7 @@ def test_data_far_from_the_origin_fits_as_well_as_centred_data(client, covarianc
     assert_monotone(far.history_)
 
 
+@pytest.mark.slow
 def test_component_that_loses_its_data_is_reseeded(client):
     X, _, _ = make_blobs(3000, 2, 3, seed=6, spread=5.0)
     means = np.vstack([X[:2], [[1e4, 1e4]]])  # third component far from every point
@@ -120,6 +124,7 @@ def test_component_that_loses_its_data_is_reseeded(client):
     assert_monotone(model.history_)
 
 
+@pytest.mark.slow
 def test_input_kinds_give_the_same_fit(client, tmp_path):
     X, _, _ = make_blobs(1200, 3, 2, seed=7)
     kwargs = dict(random_state=3, tol=1e-8, max_iter=50)
@@ -137,6 +142,7 @@ def test_input_kinds_give_the_same_fit(client, tmp_path):
         np.testing.assert_allclose(model.means_, reference.means_, rtol=1e-9, err_msg=kind)
 
 
+@pytest.mark.slow
 def test_float32_data_fits_close_to_float64(client):
     X, _, _ = make_blobs(5000, 4, 3, seed=8)
     kwargs = dict(random_state=1, tol=1e-7, max_iter=100, means_init=X[[0, 2000, 4000]])
@@ -222,6 +228,7 @@ def test_load_rejects_what_is_not_a_model(tmp_path):
         load(tmp_path / "future.zarr")
 
 
+@pytest.mark.slow
 def test_n_init_keeps_the_best_initialization(client, caplog):
     X, _, _ = make_blobs(3000, 2, 5, seed=13)
     X_dask = da.from_array(X, chunks=(1000, 2))

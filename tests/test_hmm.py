@@ -50,6 +50,7 @@ def matched(fitted_means):
 
 
 # -- the layout ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_sequences_blocks_hold_whole_sequences(tmp_path):
     values, lengths, _ = gaussian_sequences(300, seed=0)
     seqs = Sequences(values, lengths, block_bytes=4_000)
@@ -201,6 +202,7 @@ def test_gaussian_hmm_marginalizes_missing_features():
     )
 
 
+@pytest.mark.slow
 def test_fit_with_missing_values_recovers_the_truth(client):
     values, lengths, _ = gaussian_sequences(3000, seed=5)
     rng = np.random.default_rng(5)
@@ -216,6 +218,7 @@ def test_fit_with_missing_values_recovers_the_truth(client):
 
 
 # -- Monte Carlo E-step ----------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.allow_objective_decrease  # a sampled E-step is not monotone
 def test_monte_carlo_estep_lands_next_to_the_exact_fit():
     values, lengths, _ = gaussian_sequences(400, seed=6)

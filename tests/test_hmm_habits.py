@@ -170,6 +170,7 @@ def test_params_st_holds_emissions_and_updates_transitions_as_hmmlearn(case):
     assert ours.lower_bound_ * len(X) == pytest.approx(ref.monitor_.history[-1], rel=1e-10)
 
 
+@pytest.mark.slow
 def test_params_without_c_holds_covariances_and_updates_means_as_hmmlearn():
     truth = gaussian_truth("full")
     X, lengths = sequences_from(truth, seed=14, n_sequences=30)
@@ -199,6 +200,7 @@ def test_params_without_c_holds_covariances_and_updates_means_as_hmmlearn():
         np.testing.assert_allclose(getattr(ours, name), getattr(ref, name), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance_type", ["diag", "full", "tied", "spherical"])
 def test_covariances_updated_about_held_means(covariance_type):
     """hmmlearn 0.3.3 cannot be the reference here: with 'c' but not 'm' in params it

@@ -112,6 +112,7 @@ def test_scaled_path_falls_back_to_log_space_on_underflow():
     np.testing.assert_allclose(post.loglik, loglik[layout.order], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_long_sequence_and_extreme_densities_stay_finite():
     """10^5 steps, emission log-densities around -1e4: no NaN, no underflow."""
     lengths = np.array([100_000, 1, 3])

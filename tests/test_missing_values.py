@@ -195,6 +195,7 @@ def test_rows_without_nan_in_a_slice_with_nan_get_the_complete_data_statistics()
         np.testing.assert_allclose(together[key], apart[key], rtol=1e-10, err_msg=key)
 
 
+@pytest.mark.slow
 def test_without_nan_the_fit_equals_the_complete_data_path_exactly(client):
     X, _, _ = make_blobs(3000, 3, 3, seed=1)
     X_dask = da.from_array(X, chunks=(500, 3))
@@ -235,6 +236,7 @@ def parameter_error(model, weights, means, covariances):
     )
 
 
+@pytest.mark.slow
 def test_thirty_percent_missing_fits_closer_to_the_truth_than_dropping_or_mean_imputing(client):
     X, weights, means, covariances = mar_mixture(seed=0)
     assert abs(np.isnan(X).mean() - 0.3) < 0.01
@@ -259,6 +261,7 @@ def test_thirty_percent_missing_fits_closer_to_the_truth_than_dropping_or_mean_i
     assert_monotone(exact.history_)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_every_covariance_type_fits_with_missing_values(client, covariance_type):
     X, _, means, _ = mar_mixture(seed=1, n=8000)
@@ -301,6 +304,7 @@ def test_predictions_and_imputation_accept_rows_with_missing_values(client):
     np.testing.assert_allclose(filled[row][m], expected, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_rows_with_nothing_observed_are_left_out_with_a_warning(client):
     X, _, _, _ = mar_mixture(seed=3, n=3000)
     holes = X.copy()

@@ -237,6 +237,7 @@ def assert_refused(path: Path, names: str) -> str:
     return message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_damaged_model_file_is_refused_naming_the_array(saved, tmp_path, kind):
     pristine, other_k, model = saved[kind]
@@ -348,6 +349,7 @@ CLI_CASES = {
 }
 
 
+@pytest.mark.slow
 def test_dask_em_score_exits_2_with_one_line_naming_the_array(saved, tmp_path):
     pristine, _, _ = saved["gmm-full"]
     data = tmp_path / "data.zarr"
@@ -375,6 +377,7 @@ def test_dask_em_score_exits_2_with_one_line_naming_the_array(saved, tmp_path):
         assert snapshot(store) == before and snapshot(data) == data_before
 
 
+@pytest.mark.slow
 def test_dask_em_info_exits_2_for_a_deleted_chunk(saved, tmp_path):
     store = tmp_path / "model.zarr"
     shutil.copytree(saved["gmm-full"][0], store)

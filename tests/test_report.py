@@ -105,6 +105,7 @@ def fitted(request):
     return name, model, X, lengths
 
 
+@pytest.mark.slow
 def test_the_report_of_every_model_embeds_pngs_of_convergence_and_the_model(tmp_path, fitted):
     name, model, X, lengths = fitted
     path = tmp_path / "model.zarr"

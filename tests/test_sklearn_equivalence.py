@@ -72,9 +72,15 @@ def assert_same_fit(ours, reference):
     np.testing.assert_allclose(ours.lower_bound_, reference.lower_bound_, rtol=RTOL)
 
 
+def slow_unless(kept, values):
+    """The values as parameters, all but ``kept`` marked slow (the fast loop keeps one)."""
+    return [v if v == kept else pytest.param(v, marks=pytest.mark.slow) for v in values]
+
+
+# the fast loop keeps the blobs in uneven chunks for every covariance type
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-@pytest.mark.parametrize("dataset", sorted(DATASETS))
-@pytest.mark.parametrize("chunking", sorted(CHUNKINGS))
+@pytest.mark.parametrize("dataset", slow_unless("blobs", sorted(DATASETS)))
+@pytest.mark.parametrize("chunking", slow_unless("uneven", sorted(CHUNKINGS)))
 def test_same_fit_as_sklearn(client, covariance_type, dataset, chunking):
     X = DATASETS[dataset]
     if chunking == "one_row":
@@ -99,6 +105,7 @@ def test_stops_at_the_same_iteration_as_sklearn(client, covariance_type):
     assert_same_fit(ours, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_predictions_match_sklearn(client, covariance_type):
     X = DATASETS["blobs"]
@@ -118,6 +125,7 @@ def test_predictions_match_sklearn(client, covariance_type):
     np.testing.assert_allclose(ours.aic(X), reference.aic(X), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_same_seed_same_chunking_is_bitwise_identical(client):
     X, _, _ = make_blobs(3000, 4, 4, seed=21)
     X_dask = da.from_array(X, chunks=(400, 4))
@@ -128,6 +136,7 @@ def test_same_seed_same_chunking_is_bitwise_identical(client):
     assert [h["objective"] for h in fits[0].history_] == [h["objective"] for h in fits[1].history_]
 
 
+@pytest.mark.slow
 def test_other_chunking_gives_the_same_fit(client):
     X, _, _ = make_blobs(3000, 4, 4, seed=22)
     init = sklearn_start(X, 4, "full")

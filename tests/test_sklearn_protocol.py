@@ -116,6 +116,7 @@ def test_a_pipeline_with_a_scaler_fits_and_predicts():
     assert agreement > 0.95
 
 
+@pytest.mark.slow
 def test_the_package_imports_and_fits_without_scikit_learn():
     code = (
         "import sys; sys.modules['sklearn'] = None\n"
@@ -145,6 +146,22 @@ else:  # scikit-learn 1.5: the same list, read from the ``_xfail_checks`` tag
     _checks = parametrize_with_checks(MIXTURES)
 
 
-@_checks
+def only_the_first_estimator_fast(checks):
+    """The same parameters (ids, xfail marks), those of every estimator but the first
+    marked slow: the fast loop runs the common checks on GaussianMixture(2) only."""
+    argnames, params = checks.args
+    kept = []
+    for param in params:
+        if hasattr(param, "marks"):  # a pytest.param: an expected failure
+            values, marks, id_ = param.values, param.marks, param.id
+        else:
+            values, marks, id_ = param, (), None
+        if values[0] is not MIXTURES[0]:
+            marks = (*marks, pytest.mark.slow)
+        kept.append(pytest.param(*values, marks=marks, id=id_))
+    return pytest.mark.parametrize(argnames, kept, **checks.kwargs)
+
+
+@only_the_first_estimator_fast(_checks)
 def test_scikit_learn_common_checks(estimator, check):
     check(estimator)

@@ -49,6 +49,7 @@ def exported_client():
             yield client
 
 
+@pytest.mark.slow
 def test_exported_variables_reach_the_workers(exported_client):
     # Without the limit a task sees the exported 2 threads: this is what the engine fixes.
     seen = exported_client.run(blas_threads)

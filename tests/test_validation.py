@@ -99,6 +99,7 @@ def test_path_that_is_a_zarr_group_lists_its_arrays(tmp_path):
         GaussianMixture(2).fit(str(tmp_path / "group.zarr"))
 
 
+@pytest.mark.slow
 def test_feature_axis_split_across_chunks_is_rechunked_not_refused(client):
     X = np.random.default_rng(2).normal(size=(300, 4))
     model = GaussianMixture(2, random_state=0).fit(da.from_array(X, chunks=(100, 1)))
@@ -161,6 +162,7 @@ def test_predict_before_fit():
         GaussianMixture(2).predict(np.zeros((3, 2)))
 
 
+@pytest.mark.slow
 def test_predict_with_wrong_number_of_features():
     model = GaussianMixture(2, random_state=0).fit(np.random.default_rng(6).normal(size=(50, 3)))
     with pytest.raises(
