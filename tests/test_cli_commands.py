@@ -286,6 +286,7 @@ def test_every_hmm_makes_sequences_fits_predicts_and_scores(client, tmp_path, ca
     assert score == pytest.approx(model.score(str(store)), rel=1e-10)
 
 
+@pytest.mark.slow
 def test_a_model_of_another_kind_is_refused_on_the_first_rows_before_any_task(
     client, tmp_path, gmm_store
 ):

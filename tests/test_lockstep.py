@@ -127,6 +127,7 @@ def record_starts(monkeypatch) -> list:
     return seen
 
 
+@pytest.mark.slow
 def test_eight_restarts_streamed_from_zarr_read_the_store_about_once_per_pass(
     client, tmp_path, monkeypatch
 ):
@@ -163,6 +164,7 @@ def test_eight_restarts_streamed_from_zarr_read_the_store_about_once_per_pass(
         np.testing.assert_allclose(getattr(eight, name), getattr(best, name), rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_a_lockstep_squarem_fit_stopped_anywhere_resumes_to_the_same_model(tmp_path):
     rng = np.random.default_rng(5)
     rates = np.array([[1.0, 4.0], [3.0, 1.5], [6.0, 6.0]])

@@ -28,6 +28,7 @@ def four_component_store(tmp_path_factory):
     return store
 
 
+@pytest.mark.slow
 def test_a_sweep_streamed_from_zarr_picks_the_true_k_reading_the_data_about_once(
     client, four_component_store
 ):
@@ -103,6 +104,7 @@ def test_the_grid_and_its_refusals():
         sweep(GaussianMixture(), X, n_components=[2], covariance_type=["full", "wide"])
 
 
+@pytest.mark.slow
 def test_dask_em_sweep_writes_the_table_the_models_the_plot_and_the_report(
     client, four_component_store, tmp_path, capsys
 ):
