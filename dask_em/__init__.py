@@ -12,6 +12,7 @@ from dask_em.model_io import load
 from dask_em.sequences import Sequences
 from dask_em.sweep import ModelSweep, sweep
 from dask_em.version import __version__
+from dask_em.zarr_source import InputGapWarning
 
 __all__ = [
     "BernoulliMixture",
@@ -21,6 +22,7 @@ __all__ = [
     "EmptyComponentWarning",
     "GaussianHMM",
     "GaussianMixture",
+    "InputGapWarning",
     "ModelSweep",
     "PoissonHMM",
     "PoissonMixture",

@@ -29,9 +29,9 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
 
 from dask_em.checks import FINITE, ValueCheck
+from dask_em.zarr_source import lazy_zarr
 
 #: Target size of one chunk when dask_em chunks in-memory data itself.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -55,8 +55,14 @@ def open_zarr_node(
         raise ValueError(f"{location!r} is not a readable Zarr {expected}: {error}") from None
 
 
-def open_zarr_array(path: str | os.PathLike, storage_options: dict | None = None) -> da.Array:
-    """A dask array over the Zarr array at ``path`` (local path or fsspec URL)."""
+def open_zarr_array(
+    path: str | os.PathLike, storage_options: dict | None = None, strict: bool = False
+) -> da.Array:
+    """A dask array over the Zarr array at ``path`` (local path or fsspec URL).
+
+    Chunks absent from the store are reported (:func:`dask_em.zarr_source.check_gaps`:
+    a warning, or ValueError when ``strict``); secrets in ``storage_options`` stay out
+    of the graph (:mod:`dask_em.credentials`)."""
     import zarr
 
     location = os.fspath(path)
@@ -68,40 +74,7 @@ def open_zarr_array(path: str | os.PathLike, storage_options: dict | None = None
             f"{location!r} is a Zarr group, not an array{hint}. "
             f"Pass the path of one array, e.g. {location.rstrip('/')}/{(members or ['X'])[0]}"
         )
-    return lazy_zarr(node, location)
-
-
-class ChunkReader:
-    """``getitem`` of a dask array over a Zarr array: a chunk that cannot be read (a
-    truncated or corrupt file, a store changed under a running fit) becomes one
-    ValueError naming the store and the rows, raised in the task that read it."""
-
-    def __init__(self, location: str) -> None:
-        self.location = location
-
-    def __call__(self, array: Any, index: Any, asarray: bool = True, lock: Any = None) -> Any:
-        try:
-            return da.core.getter(array, index, asarray=asarray, lock=lock)
-        except Exception as error:
-            rows = index[0] if isinstance(index, tuple) and index else index
-            where = f"rows {rows.start}:{rows.stop}" if isinstance(rows, slice) else str(index)
-            chunk = ""
-            if isinstance(rows, slice) and getattr(array, "chunks", None):
-                chunk = f", chunk {(rows.start or 0) // array.chunks[0]} along the rows"
-            raise ValueError(
-                f"cannot read {where} of the Zarr array {self.location}{chunk} "
-                f"({type(error).__name__}: {error}); the store is damaged or was changed "
-                "while it was read"
-            ) from None
-
-
-def lazy_zarr(node: Any, location: str, chunks: Any = None, name: Any = None) -> da.Array:
-    """A dask array over the opened Zarr array ``node`` (chunked as stored unless
-    ``chunks``), whose unreadable chunks are named (:class:`ChunkReader`)."""
-    chunks = node.chunks if chunks is None else chunks
-    if name is None:
-        name = "from-zarr-" + tokenize(location, node.shape, str(node.dtype), chunks)
-    return da.from_array(node, chunks=chunks, name=name, getitem=ChunkReader(location))
+    return lazy_zarr(node, location, strict=strict)
 
 
 def _chunk_rows(n_features: int, itemsize: int) -> int:
@@ -114,8 +87,12 @@ def as_row_chunked(
     storage_options: dict | None = None,
     check: ValueCheck | None = FINITE,
     keep_integers: bool | None = None,
+    strict_input: bool = False,
 ) -> da.Array:
     """``X`` as a 2-D dask array chunked along rows only (see module docstring).
+
+    A path or URL is opened with :func:`open_zarr_array` (``strict_input``: refuse
+    chunks absent from the store instead of warning).
 
     Raises ValueError for a path that is not a Zarr array, for input that is not 2-D and
     for non-numeric dtypes; NumPy input is also checked here with ``check`` (default:
@@ -126,7 +103,7 @@ def as_row_chunked(
         keep_integers if keep_integers is not None else (check is not None and check.keeps_integers)
     )
     if isinstance(X, (str, os.PathLike)):
-        X = open_zarr_array(X, storage_options)
+        X = open_zarr_array(X, storage_options, strict_input)
     elif _is_dask_dataframe(X):
         X = _dataframe_values(X)
     elif _is_xarray(X):

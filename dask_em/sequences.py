@@ -22,7 +22,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from dask_em.data import as_row_chunked, lazy_zarr, open_zarr_node
+from dask_em.data import as_row_chunked, open_zarr_node
+from dask_em.zarr_source import check_gaps, create_complete_array, lazy_zarr
 
 #: Target size of one block of values when the layout chooses the boundaries.
 DEFAULT_BLOCK_BYTES = 8 * 2**20
@@ -132,11 +133,14 @@ class Sequences:
         *,
         storage_options: dict | None = None,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
+        strict_input: bool = False,
         **kwargs: Any,
     ) -> Sequences:
         """From a Zarr group (local path or fsspec URL) with arrays ``values`` and ``lengths``.
 
         Each block reads exactly its rows of ``values``; the lengths are read at once.
+        Chunks absent from the store are reported (a warning, or ValueError with
+        ``strict_input``; see :func:`dask_em.zarr_source.check_gaps`).
         """
         import zarr
 
@@ -147,13 +151,22 @@ class Sequences:
                 f"{location!r} is a Zarr array, not a group of sequences (arrays 'values' "
                 "and 'lengths'); pass its lengths with it"
             )
-        return cls.from_group(group, block_bytes=block_bytes, where=location, **kwargs)
+        return cls.from_group(
+            group, block_bytes=block_bytes, where=location, strict_input=strict_input, **kwargs
+        )
 
     @classmethod
     def from_group(
-        cls, group: Any, *, block_bytes: int = DEFAULT_BLOCK_BYTES, where: str = "", **kwargs
+        cls,
+        group: Any,
+        *,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        where: str = "",
+        strict_input: bool = False,
+        **kwargs: Any,
     ) -> Sequences:
-        """From an open Zarr group with arrays ``values`` and ``lengths``."""
+        """From an open Zarr group with arrays ``values`` and ``lengths`` (absent chunks
+        reported as :meth:`from_zarr` says)."""
         location = where or str(getattr(group, "store_path", "the group"))
         members = {name for name, _ in group.arrays()}
         if not {"values", "lengths"} <= members:
@@ -165,11 +178,18 @@ class Sequences:
             raise ValueError(
                 f"{location}/values must be 2-D (steps, features), got shape {values.shape}"
             )
+        check_gaps(lengths, f"{location}/lengths", strict_input)
         lengths = check_lengths(lengths[...], values.shape[0])
         row_bytes = values.shape[1] * values.dtype.itemsize
         per_block = block_boundaries(lengths, block_bytes // max(1, row_bytes))
         steps = _steps_per_block(lengths, per_block)
-        lazy = lazy_zarr(values, f"{location}/values", (tuple(steps), values.shape[1]), False)
+        lazy = lazy_zarr(
+            values,
+            f"{location}/values",
+            (tuple(steps), values.shape[1]),
+            False,
+            strict=strict_input,
+        )
         return cls(lazy, lengths, **kwargs)
 
     # -- properties -----------------------------------------------------------------
@@ -212,7 +232,9 @@ class Sequences:
         """Write a Zarr group with arrays ``values`` and ``lengths``.
 
         An existing store is replaced only with ``overwrite``.  ``chunk_rows``: rows per
-        Zarr chunk of values (default: about 8 MiB).
+        Zarr chunk of values (default: about 8 MiB).  Every chunk is stored, and its
+        count recorded, so that readers refuse the store if one goes missing
+        (:func:`dask_em.zarr_source.create_complete_array`).
         """
         import zarr
 
@@ -223,14 +245,19 @@ class Sequences:
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
             raise FileExistsError(f"{location} exists; pass overwrite=True to replace it") from None
         rows = chunk_rows or max(1, DEFAULT_BLOCK_BYTES // (self.n_features * 8))
-        values = group.create_array(
-            "values",
+        values = create_complete_array(
+            group,
+            name="values",
             shape=self.values.shape,
             dtype=self.values.dtype,
             chunks=(rows, self.n_features),
         )
-        lengths = group.create_array(
-            "lengths", shape=(self.n_sequences,), dtype=np.int64, chunks=(max(1, 2**20),)
+        lengths = create_complete_array(
+            group,
+            name="lengths",
+            shape=(self.n_sequences,),
+            dtype=np.int64,
+            chunks=(max(1, 2**20),),
         )
         lengths[...] = self._lengths
         da.store(self.values.rechunk((rows, self.n_features)), values, lock=False)
@@ -262,6 +289,7 @@ def as_sequences(X: Any, lengths: Any = None, **kwargs: Any) -> Sequences:
             raise ValueError("pass lengths only with a values array, not with Sequences")
         return X
     storage_options = kwargs.pop("storage_options", None)
+    strict_input = kwargs.pop("strict_input", False)
     if isinstance(X, (str, os.PathLike)):  # opened once: a group of sequences, or values
         import zarr
 
@@ -272,8 +300,10 @@ def as_sequences(X: Any, lengths: Any = None, **kwargs: Any) -> Sequences:
                     f"{os.fspath(X)!r} is a group of sequences with its own 'lengths'; "
                     "pass lengths only with a values array"
                 )
-            return Sequences.from_group(node, where=os.fspath(X), **kwargs)
-        X = lazy_zarr(node, os.fspath(X))
+            return Sequences.from_group(
+                node, where=os.fspath(X), strict_input=strict_input, **kwargs
+            )
+        X = lazy_zarr(node, os.fspath(X), strict=strict_input)
     if isinstance(X, (list, tuple)) and lengths is None:
         return Sequences.from_arrays(X, **kwargs)
     return Sequences(X, lengths, **kwargs)

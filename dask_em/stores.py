@@ -13,9 +13,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from dask_em.data import lazy_zarr, open_zarr_node
+from dask_em.data import open_zarr_node
 from dask_em.files import write_aside
 from dask_em.sequences import Sequences
+from dask_em.zarr_source import create_complete_array, lazy_zarr
 
 
 def is_url(path: str) -> bool:
@@ -27,8 +28,13 @@ def open_input(
     variable: str | None = None,
     storage_options: dict | None = None,
     sequences: bool = False,
+    strict: bool = False,
 ) -> tuple[Any, Any]:
-    """INPUT as ``(X, lengths)``: a lazy array (or :class:`Sequences`) and None."""
+    """INPUT as ``(X, lengths)``: a lazy array (or :class:`Sequences`) and None.
+
+    Chunks absent from a Zarr INPUT are reported (a warning, or ValueError when
+    ``strict``; :func:`dask_em.zarr_source.check_gaps`).
+    """
     import zarr
 
     if not is_url(path) and not os.path.exists(path):
@@ -49,7 +55,8 @@ def open_input(
                 "and 'lengths' (sequences)"
             )
         try:
-            return Sequences.from_group(node, where=path), None  # blocks on sequence boundaries
+            # blocks on sequence boundaries
+            return Sequences.from_group(node, where=path, strict_input=strict), None
         except ValueError as error:
             raise ValueError(f"INPUT {path}: {error}") from None
     if isinstance(node, zarr.Group):
@@ -58,7 +65,7 @@ def open_input(
             f"(its members are {_members(node)})"
         )
     where = path if variable is None else f"{path.rstrip('/')}/{variable}"
-    return lazy_zarr(node, where), None
+    return lazy_zarr(node, where, strict=strict), None
 
 
 def _open_netcdf(path: str, variable: str | None, storage_options: dict | None):
@@ -95,7 +102,13 @@ def write_array(result: Any, path: str, attrs: dict[str, Any]) -> int:
         result = da.from_array(np.asarray(result))
 
     def write(staging: str) -> None:
-        result.to_zarr(staging)
+        array = create_complete_array(
+            staging,
+            shape=result.shape,
+            dtype=result.dtype,
+            chunks=tuple(c[0] for c in result.chunks),
+        )
+        da.store(result.rechunk(array.chunks), array, lock=False)
         zarr.open_array(staging, mode="r+").attrs.update(attrs)
 
     write_aside(path, write)

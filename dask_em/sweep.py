@@ -88,7 +88,8 @@ class ModelSweep:
 
     def fit(self, X: Any, *args: Any, **fit_params: Any) -> ModelSweep:
         """Fit every candidate to X.  ``args``/``fit_params`` are what the estimator's
-        ``fit`` takes besides checkpoints: ``sample_weight`` and ``storage_options``;
+        ``fit`` takes besides checkpoints: ``sample_weight``, ``storage_options`` and
+        ``strict_input``;
         for hidden Markov models ``lengths`` too."""
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")

@@ -16,6 +16,7 @@ import dask.array as da
 import numpy as np
 
 from dask_em.seeds import blockwise_seeds
+from dask_em.zarr_source import create_complete_array
 
 #: Attribute that marks a store as written by this module (safe to replace).
 SYNTHETIC_MARKER = "dask_em_synthetic"
@@ -149,10 +150,10 @@ def write_synthetic(
     X = template.map_blocks(
         _draw_block, model, truth, seeds, dtype=draw_dtype, name=f"draw-{model}"
     )
-    X.to_zarr(location)
-    import zarr
-
-    array = zarr.open_array(location, mode="r+")
+    array = create_complete_array(
+        location, shape=X.shape, dtype=X.dtype, chunks=(chunk_rows, n_features)
+    )
+    da.store(X, array, lock=False)
     array.attrs[SYNTHETIC_MARKER] = True
     array.attrs["truth"] = json.dumps(
         {
@@ -256,8 +257,14 @@ def write_synthetic_sequences(
         _draw_hmm_block, model, truth, length, seeds, dtype=dtype[model], name=f"draw-{model}"
     )
     group = zarr.open_group(location, mode="w-")
-    values.to_zarr(location, component="values")
-    group.create_array("lengths", data=np.full(n_sequences, length, dtype=np.int64))
+    stored = create_complete_array(
+        group, name="values", shape=values.shape, dtype=values.dtype, chunks=(rows, n_features)
+    )
+    da.store(values, stored, lock=False)
+    lengths = create_complete_array(
+        group, name="lengths", shape=(n_sequences,), dtype=np.int64, chunks=(n_sequences,)
+    )
+    lengths[...] = length
     group.attrs[SYNTHETIC_MARKER] = True
     group.attrs["truth"] = json.dumps(
         {"model": model, **{k: np.asarray(v).tolist() for k, v in truth.items()}, "seed": seed}

@@ -13,11 +13,15 @@ import inspect
 import json
 import logging
 import os
+import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from dask_em import engine, registry, stores
+from dask_em.credentials import split_storage_options
 from dask_em.registry import ModelKind
+from dask_em.zarr_source import InputGapWarning
 
 
 class UsageError(Exception):
@@ -158,12 +162,33 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="fsspec storage option for a URL INPUT (repeatable; VALUE is JSON or text), "
-        "e.g. anon=true",
+        "e.g. anon=true or endpoint_url=http://... . For values that are not secret: a "
+        "command line is visible to every local user (ps); give keys, secrets and tokens "
+        f"with --storage-options-file or the environment variable {STORAGE_OPTIONS_ENV}",
+    )
+    parser.add_argument(
+        "--storage-options-file",
+        metavar="PATH",
+        help="a JSON object of fsspec storage options for a URL INPUT, e.g. "
+        '{"key": "...", "secret": "..."} (the place for secrets; also read from '
+        f"${STORAGE_OPTIONS_ENV}, a JSON object)",
+    )
+    parser.add_argument(
+        "--strict-input",
+        action="store_true",
+        help="refuse a Zarr INPUT with chunks absent from its store (they would read as "
+        "the fill value); by default that is a warning",
     )
 
 
+#: Environment variable holding a JSON object of storage options (secrets included).
+STORAGE_OPTIONS_ENV = "DASK_EM_STORAGE_OPTIONS"
+
+
 def parse_storage_options(items: list[str] | None, path: str) -> dict[str, Any] | None:
-    """``KEY=VALUE`` pairs -> dict (values parsed as JSON when they are JSON)."""
+    """``KEY=VALUE`` pairs -> dict (values parsed as JSON when they are JSON).
+
+    Warns on stderr of a secret given this way (see :func:`storage_options`)."""
     if not items:
         return None
     if not stores.is_url(path):
@@ -177,13 +202,86 @@ def parse_storage_options(items: list[str] | None, path: str) -> dict[str, Any] 
             options[key] = json.loads(text)
         except json.JSONDecodeError:
             options[key] = text
+    _, secret = split_storage_options(options)
+    if secret:
+        print(
+            f"dask-em: warning: --storage-option {', '.join(sorted(secret))} puts a secret on "
+            "the command line, where every local user can read it (ps, /proc); give it "
+            f"with --storage-options-file or ${STORAGE_OPTIONS_ENV} instead",
+            file=sys.stderr,
+            flush=True,
+        )
     return options
 
 
+def _json_object(text: str, source: str) -> dict[str, Any]:
+    try:
+        found = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{source} is not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(found, dict):
+        raise UsageError(f"{source} must hold a JSON object, got {type(found).__name__}")
+    return found
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """INPUT's storage options: ``$DASK_EM_STORAGE_OPTIONS``, then
+    ``--storage-options-file``, then ``--storage-option`` (later ones win a key).
+
+    None when none is given.  Options from the file or the environment apply only to a
+    URL INPUT; the environment's are ignored for a local one (it may be set for others).
+    """
+    options: dict[str, Any] = {}
+    from_environment = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
+    if from_environment and stores.is_url(args.input):
+        options |= _json_object(from_environment, f"${STORAGE_OPTIONS_ENV}")
+    path = getattr(args, "storage_options_file", None)
+    if path:
+        if not stores.is_url(args.input):
+            raise UsageError(
+                f"--storage-options-file applies to URLs (s3://, gs://, ...), not to {args.input}"
+            )
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+        except OSError as error:
+            raise UsageError(
+                f"cannot read --storage-options-file {path}: {error.strerror}"
+            ) from None
+        options |= _json_object(text, f"--storage-options-file {path}")
+    options |= parse_storage_options(args.storage_option, args.input) or {}
+    return options or None
+
+
 def read_input(args: argparse.Namespace, sequences: bool) -> tuple[Any, Any]:
-    """INPUT of ``args`` as ``(X, lengths)`` (see :func:`dask_em.stores.open_input`)."""
-    options = parse_storage_options(args.storage_option, args.input)
-    return stores.open_input(args.input, args.variable, options, sequences=sequences)
+    """INPUT of ``args`` as ``(X, lengths)`` (see :func:`dask_em.stores.open_input`).
+
+    Chunks absent from the store are one warning line on stderr (an error with
+    ``--strict-input``)."""
+    options = storage_options(args)
+    strict = getattr(args, "strict_input", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputGapWarning)
+        try:
+            found = stores.open_input(args.input, args.variable, options, sequences, strict)
+        except ValueError as error:
+            raise UsageError(_in_flags(str(error))) from None
+    for warning in caught:
+        if issubclass(warning.category, InputGapWarning):
+            text = _in_flags(" ".join(str(warning.message).split()))
+            print(f"dask-em: warning: {text}", file=sys.stderr, flush=True)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return found
+
+
+def _in_flags(text: str) -> str:
+    """A library message in the command line's terms."""
+    return text.replace("because strict_input=True", "under --strict-input").replace(
+        "strict_input=True", "--strict-input"
+    )
 
 
 # -- the cluster ----------------------------------------------------------------------------

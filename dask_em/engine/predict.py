@@ -21,6 +21,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
+from dask_em import credentials
 from dask_em.engine.tasks import pick_output_task, predict_block_task
 from dask_em.engine.threads import limit_threads
 
@@ -49,6 +50,7 @@ def apply_blocks(
     block first (an error names the rows, ``X[a:b]``).  ``client``: the cluster the
     graph is tied to (see module docstring); None: any, the parameters in the graph.
     """
+    credentials.deliver_to(client)  # storage secrets reach the workers out of band
     token = tokenize(X, lengths, name, params)
     payload = (kernel, family, params, check)
     if client is not None:

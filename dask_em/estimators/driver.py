@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_em import em
+from dask_em import credentials, em
 from dask_em.acceleration import check_accelerate
 from dask_em.checkpoint import FitState, fingerprint, load_state, save_state
 from dask_em.data import ValueCheck
@@ -211,6 +211,8 @@ def open_engine(estimator: Any, data: FitData) -> tuple[EMEngine, str]:
         local=data.local,
         client=estimator.client,
     )
+    if not data.local:  # storage secrets reach the workers out of band, never in a graph
+        credentials.deliver_to(engine.client)
     return engine, "local" if data.local else "memory" if engine.persisted else "stream"
 
 

@@ -197,6 +197,7 @@ class BaseHMM(Estimator):
         sample_weight: Any = None,
         *,
         storage_options: dict | None = None,
+        strict_input: bool = False,
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
         callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
@@ -211,12 +212,19 @@ class BaseHMM(Estimator):
             (T, D) array means one sequence.
         sample_weight : (S,) non-negative weight of each sequence, or None.  An integer
             weight counts as that many copies of its sequence.
-        storage_options : fsspec options for a Zarr URL (s3://...).
+        storage_options : fsspec options for a Zarr URL (s3://...); secrets stay out
+            of the task graph (:mod:`dask_em.credentials`).
+        strict_input : refuse Zarr input with chunks absent from its store instead of
+            warning (as :meth:`dask_em.GaussianMixture.fit`).
         checkpoint, resume, callbacks : as :meth:`dask_em.GaussianMixture.fit`; a
             checkpoint is tied to the block layout (the sequence boundaries per block).
         """
         data = self._fit_data(
-            X, lengths=lengths, sample_weight=sample_weight, storage_options=storage_options
+            X,
+            lengths=lengths,
+            sample_weight=sample_weight,
+            storage_options=storage_options,
+            strict_input=strict_input,
         )
         return self._run_fit(data, checkpoint, resume, callbacks)
 
@@ -226,6 +234,7 @@ class BaseHMM(Estimator):
         lengths: Any = None,
         sample_weight: Any = None,
         storage_options: dict | None = None,
+        strict_input: bool = False,
     ) -> driver.FitData:
         """The sequences as the fit driver takes them, checked against this model's
         parameters (see :meth:`fit`), before any cluster work where possible."""
@@ -237,6 +246,7 @@ class BaseHMM(Estimator):
             check_values=None,
             keep_integers=check.keeps_integers,
             storage_options=storage_options,
+            strict_input=strict_input,
         )
         n_steps, n_features = sequences.values.shape
         self._check_hyperparameters(n_features)

@@ -129,6 +129,7 @@ class BaseMixture(Estimator):
         sample_weight: Any = None,
         *,
         storage_options: dict | None = None,
+        strict_input: bool = False,
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
         callbacks: Sequence[Callable[[IterationRecord, Params], None]] = (),
@@ -144,10 +145,13 @@ class BaseMixture(Estimator):
             counts as that many copies of its row.
         storage_options : dict, optional
             fsspec options for opening the Zarr URL ``X``, e.g. ``{"key": ...,
-            "secret": ..., "endpoint_url": ...}`` for S3.  They travel with the task
-            graph, so the workers read the store with them and need no credentials of
-            their own (use TLS between client, scheduler and workers to keep them
-            private).  Only for a path or URL.
+            "secret": ..., "endpoint_url": ...}`` for S3.  The workers read the store
+            with them and need no credentials of their own; secrets (keys, secrets,
+            tokens, passwords) never enter the task graph: they reach the workers in a
+            worker plugin (:mod:`dask_em.credentials`).  Only for a path or URL.
+        strict_input : refuse a Zarr ``X`` with chunks absent from its store (they read
+            as the fill value) instead of warning (:class:`~dask_em.InputGapWarning`).
+            A store that dask_em wrote is always refused with an absent chunk.
         checkpoint : path of a Zarr store where the fit's state is written after every
             iteration (:mod:`dask_em.checkpoint`).  Refused if it exists, unless ``resume``.
         resume : continue from ``checkpoint`` if it exists (else start afresh); the
@@ -158,11 +162,20 @@ class BaseMixture(Estimator):
         The first pass over the data checks it (NaN/inf, weights) and draws the sample
         used for initialization and re-seeding.
         """
-        data = self._fit_data(X, sample_weight=sample_weight, storage_options=storage_options)
+        data = self._fit_data(
+            X,
+            sample_weight=sample_weight,
+            storage_options=storage_options,
+            strict_input=strict_input,
+        )
         return self._run_fit(data, checkpoint, resume, callbacks)
 
     def _fit_data(
-        self, X: Any, sample_weight: Any = None, storage_options: dict | None = None
+        self,
+        X: Any,
+        sample_weight: Any = None,
+        storage_options: dict | None = None,
+        strict_input: bool = False,
     ) -> driver.FitData:
         """X and the weights as the fit driver takes them, checked against this model's
         parameters (see :meth:`fit`), before any cluster work where possible."""
@@ -179,6 +192,7 @@ class BaseMixture(Estimator):
             storage_options=storage_options,
             check=None,
             keep_integers=check.keeps_integers,
+            strict_input=strict_input,
         )
         n_samples, n_features = X.shape
         self._check_hyperparameters(n_features)
