@@ -10,8 +10,9 @@ value without a word.  In a store written by someone else an absent chunk may be
 legitimate, so :func:`check_gaps` lists them when the input is opened and warns (or
 refuses, with ``strict``).  Stores that dask_em writes (:func:`create_complete_array`)
 store every chunk and record their count in :data:`STORED_CHUNKS_ATTR`; in them an
-absent chunk is damage, refused when the store is opened and, should a chunk disappear
-during a fit, in the task that reads it.
+absent chunk is damage, refused when the store is opened.  In any store, a chunk that
+was there when the input was opened and is gone when a task reads it (the store changed
+under a running fit) is refused in that task.
 """
 
 from __future__ import annotations
@@ -139,12 +140,18 @@ def written_complete(node: Any) -> bool:
     return STORED_CHUNKS_ATTR in node.attrs
 
 
-def check_gaps(node: Any, location: str, strict: bool = False) -> None:
+#: Above this many absent chunks, a reader does not watch for more disappearing (the
+#: list of those known absent would weigh on every task).
+MAX_WATCHED_GAPS = 10_000
+
+
+def check_gaps(node: Any, location: str, strict: bool = False) -> Gaps | None:
     """Warn (:class:`InputGapWarning`) when chunks of ``node`` are absent from its store;
-    ValueError instead when ``strict`` or when dask_em wrote the array complete."""
+    ValueError instead when ``strict`` or when dask_em wrote the array complete.
+    Returns the gaps found (None for none)."""
     gaps = find_gaps(node, location)
     if gaps is None:
-        return
+        return None
     if written_complete(node):
         raise ValueError(
             f"{gaps.describe(node)}. dask_em wrote every chunk of this array, so the store "
@@ -159,6 +166,7 @@ def check_gaps(node: Any, location: str, strict: bool = False) -> None:
         InputGapWarning,
         stacklevel=2,
     )
+    return gaps
 
 
 def create_complete_array(store: Any, **create: Any) -> Any:
@@ -186,11 +194,14 @@ class ZarrSource:
 
     Pickled into the graph in place of the array: a local store as it is; an fsspec
     store as its URL, array path, public options and credential reference.  A read that
-    fails becomes one ValueError naming the store, the rows and the chunk; in an array
-    dask_em wrote complete, a chunk that is absent is refused the same way.
+    fails becomes one ValueError naming the store, the rows and the chunk; so does a
+    chunk that is absent but was not among ``absent`` (the grid coordinates of those
+    absent when the input was opened; None: do not watch).
     """
 
-    def __init__(self, node: Any, location: str) -> None:
+    def __init__(
+        self, node: Any, location: str, absent: tuple[tuple[int, ...], ...] | None = ()
+    ) -> None:
         self.location = location
         self.shape = tuple(node.shape)
         self.dtype = node.dtype
@@ -199,6 +210,7 @@ class ZarrSource:
         self.storage_shape = _storage_shape(node)
         self.fill_value = node.fill_value
         self.complete = written_complete(node)
+        self.absent = None if absent is None else frozenset(absent)
         store = node.store_path.store
         filesystem = getattr(store, "fs", None)
         if filesystem is None:  # a local or in-memory store: nothing secret in it
@@ -245,7 +257,7 @@ class ZarrSource:
                 f"{self._chunk(index)} ({type(error).__name__}: {error}); the store is "
                 "damaged or was changed while it was read"
             ) from None
-        if self.complete:
+        if self.absent is not None:
             self._refuse_absent(index, block)
         return block
 
@@ -276,13 +288,21 @@ class ZarrSource:
                     coords, self.storage_shape, starts, block.shape, strict=True
                 )
             )
-            if _all_fill(block[part], self.fill_value) and not self._stored(coords):
+            if (
+                coords not in self.absent
+                and _all_fill(block[part], self.fill_value)
+                and not self._stored(coords)
+            ):
                 first, last = _rows_span(coords[0], self.storage_shape[0], self.shape[0])
+                why = (
+                    "dask_em wrote every chunk of this array"
+                    if self.complete
+                    else "it was there when the input was opened"
+                )
                 raise ValueError(
                     f"chunk {'/'.join(map(str, coords))} (rows {first}:{last}) of the Zarr "
-                    f"array {self.location} is absent from its store; dask_em wrote every "
-                    "chunk of this array, so the store was damaged or changed while it "
-                    "was read: write it again"
+                    f"array {self.location} is absent from its store; {why}, so the store "
+                    "was damaged or changed while it was read"
                 )
 
     def _stored(self, coords: tuple[int, ...]) -> bool:
@@ -314,8 +334,9 @@ def lazy_zarr(
     """A dask array over the opened Zarr array ``node`` (chunked as stored unless
     ``chunks``) whose tasks read it through a :class:`ZarrSource`.  Absent chunks are
     reported first (:func:`check_gaps`)."""
-    check_gaps(node, location, strict)
-    source = ZarrSource(node, location)
+    gaps = check_gaps(node, location, strict)
+    absent = () if gaps is None else gaps.absent
+    source = ZarrSource(node, location, absent if len(absent) <= MAX_WATCHED_GAPS else None)
     chunks = node.chunks if chunks is None else chunks
     if name is None:
         name = "from-zarr-" + tokenize(location, node.shape, str(node.dtype), chunks)

@@ -194,3 +194,54 @@ def test_the_task_reader_refuses_an_absent_chunk_inside_a_block_that_spans_chunk
     os.remove(store / "c" / "3" / "0")
     with pytest.raises(ValueError, match=r"chunk 3/0 \(rows 3000:4000\)"):
         source[(slice(2500, 4500), slice(0, 3))]
+
+
+@pytest.mark.slow
+def test_the_command_line_stops_with_one_line_when_a_chunk_disappears_mid_fit(tmp_path):
+    from tests.test_checkpoint import wait_for_line
+
+    store = dask_em_store(tmp_path / "X.zarr", two_clusters())
+    checkpoint, out = tmp_path / "fit.ckpt.zarr", tmp_path / "model.zarr"
+    command = [sys.executable, "-m", "dask_em.cli", "fit", "gmm", str(store), "-k", "2"]
+    command += ["--out", str(out), "--checkpoint", str(checkpoint), "--cache", "stream"]
+    command += ["--max-iter", "500", "--tol", "0", "--no-report", "--n-workers", "1"]
+    command += ["--threads-per-worker", "1", "--dashboard-address", ":0"]
+    fit = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert wait_for_line(fit.stdout, "gmm iteration 3:", timeout=180), "no iteration 3"
+        os.remove(store / "c" / "7" / "0")
+        status = fit.wait(120)
+        err = fit.stderr.read()
+    finally:
+        fit.kill()
+        fit.stdout.close()
+        fit.stderr.close()
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert f"chunk 7/0 (rows 7000:8000) of the Zarr array {store} is absent" in lines[0]
+    assert 2 <= progress(checkpoint)["iteration"] < 500  # the last finished one, kept
+    assert not out.exists()
+
+
+def test_a_chunk_of_a_foreign_store_that_disappears_mid_fit_stops_it(tmp_path):
+    X = two_clusters()
+    X[1000:2000] = 0.0  # absent from the start: told once, then read as zeros
+    store = foreign_store(tmp_path / "X.zarr", X)
+
+    def delete_after_iteration_3(record, params):
+        if record.iteration == 3:
+            os.remove(store / "c" / "6" / "0")
+
+    model = GaussianMixture(2, random_state=0, tol=0.0, max_iter=20, cache="stream")
+    with pytest.warns(InputGapWarning), pytest.raises(ValueError) as raised:
+        model.fit(str(store), callbacks=[delete_after_iteration_3])
+    text = str(raised.value)
+    assert f"chunk 6/0 (rows 6000:7000) of the Zarr array {store} is absent" in text, text
+    assert "it was there when the input was opened" in text
