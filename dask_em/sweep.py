@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from dask_em.estimators import driver, sklearn_protocol
+from dask_em.zarr_source import InputGapWarning
 
 CRITERIA = ("bic", "aic")
 
@@ -100,9 +102,13 @@ class ModelSweep:
         for candidate in candidates:
             if getattr(candidate, "warm_start", False):
                 raise ValueError("a sweep fits every candidate afresh: set warm_start=False")
-        # every candidate checks the data against its own parameters, before any work
-        checked = [candidate._fit_data(X, *args, **fit_params) for candidate in candidates]
-        data = checked[0]
+        # every candidate checks the data against its own parameters, before any work;
+        # what the input itself is told (absent chunks) is told once
+        data = candidates[0]._fit_data(X, *args, **fit_params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputGapWarning)
+            for candidate in candidates[1:]:
+                candidate._fit_data(X, *args, **fit_params)
         outcome = driver.fit_candidates(candidates, data)
         rows = []
         for point, candidate, best, score in zip(

@@ -245,3 +245,14 @@ def test_a_chunk_of_a_foreign_store_that_disappears_mid_fit_stops_it(tmp_path):
     text = str(raised.value)
     assert f"chunk 6/0 (rows 6000:7000) of the Zarr array {store} is absent" in text, text
     assert "it was there when the input was opened" in text
+
+
+def test_a_sweep_tells_of_the_gaps_once(tmp_path):
+    from dask_em import sweep
+
+    store = foreign_store(tmp_path / "X.zarr", two_clusters())
+    os.remove(store / "c" / "2" / "0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sweep(GaussianMixture(max_iter=3, random_state=0), str(store), n_components=[1, 2, 3])
+    assert sum(issubclass(w.category, InputGapWarning) for w in caught) == 1
