@@ -226,3 +226,18 @@ def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_previous_one(
     assert run_fit(*args, "--max-iter", "6", "--resume", "--overwrite").returncode == 0
     reference = GaussianMixture(2, max_iter=6, tol=0.0, random_state=0).fit(str(overlapping_store))
     assert_same_fit(load(out), reference)
+
+
+def test_successful_overwrite_fits_print_nothing_on_stderr(tmp_path, overlapping_store):
+    """Each run starts and stops its own LocalCluster: its shutdown must not print
+    (distributed's ``CommClosedError: ConnectionPool closing`` lines once did, about one
+    run in twelve)."""
+    out = tmp_path / "model.zarr"
+    args = ["gmm", str(overlapping_store), "-k", "2", "--out", str(out), "--overwrite"]
+    args += ["--max-iter", "2", "-q", "--n-workers", "2", "--threads-per-worker", "1"]
+    args += ["--dashboard-address", ":0"]
+    for run in range(4):
+        result = run_fit(*args)
+        assert result.returncode == 0, result.stderr
+        quiet = [x for x in result.stderr.splitlines() if not x.startswith("dask-em: Convergence")]
+        assert quiet == [], f"run {run}: {result.stderr}"
