@@ -75,8 +75,11 @@ def acquire(path: str, flag: str) -> int:
         if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
             break
         os.close(descriptor)  # its holder unlinked it between our open and our flock
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    try:  # the holder's pid, for the message of a refused run; not needed for the lock
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # a full disk: the run goes on, and says so when its output is written
+        pass
     return descriptor
 
 
