@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from dask_em import engine, registry, stores
-from dask_em.engine.cluster import DASHBOARD_EVERY_INTERFACE, DASHBOARD_LOOPBACK
 from dask_em.registry import ModelKind
 
 
@@ -221,7 +220,8 @@ def add_cluster_arguments(parser) -> None:
         "--dashboard-address",
         metavar="[HOST]:PORT",
         help="LocalCluster dashboard, or 'none' for no dashboard (default "
-        f"{DASHBOARD_EVERY_INTERFACE} on every interface; {DASHBOARD_LOOPBACK} "
+        f"{engine.cluster.DASHBOARD_EVERY_INTERFACE} on every interface; "
+        f"{engine.cluster.DASHBOARD_LOOPBACK} "
         "when Dask's configuration asks for TLS, whose LocalCluster then speaks TLS; "
         "another port is chosen when this one is busy)",
     )
