@@ -4,14 +4,22 @@ The test makes its own certificate authority and one certificate signed by it (t
 same shape as the ``openssl`` commands in deployment/README.md), starts a cluster
 that requires encryption, fits through it, and checks that a client without a
 certificate from that authority is turned away.
+
+Issue #16, the dashboard follows the cluster's security: with TLS in Dask's
+configuration, the LocalCluster that ``dask-em`` starts speaks TLS and its dashboard (plain
+HTTP) listens on 127.0.0.1 only, checked on the bound sockets and from the machine's
+other address; without TLS it stays on every interface.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
+import socket
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -163,3 +171,174 @@ def test_fit_on_a_cluster_that_speaks_only_tls(tmp_path):
         plain = cluster.scheduler_address.replace("tls://", "tcp://")
         with pytest.raises(OSError):
             Client(plain, security=Security(require_encryption=False), timeout=10)
+
+
+# -- issue #16: the dashboard follows the cluster's security ------------------------------
+def tls_config(paths: dict[str, str], *, roles: tuple[str, ...]) -> dict[str, object]:
+    """Dask configuration that asks for TLS, with certificates for ``roles``."""
+    config: dict[str, object] = {
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.tls.ca-file": paths["ca"],
+    }
+    for role in roles:
+        config[f"distributed.comm.tls.{role}.cert"] = paths["cert"]
+        config[f"distributed.comm.tls.{role}.key"] = paths["key"]
+    return config
+
+
+def non_loopback_ipv4() -> str | None:
+    """An IPv4 address of this machine other than loopback, if it has one."""
+    import psutil
+
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return address.address
+    return None
+
+
+def status_of(url: str) -> int:
+    """The HTTP status of a GET of ``url``."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [("scheduler", "worker", "client"), ("client",)],
+    ids=["certificates-for-every-role", "client-certificate-only"],
+)
+def test_with_tls_configured_the_local_cluster_speaks_tls_and_its_dashboard_is_loopback_only(
+    tmp_path, capsys, roles
+):
+    from dask_em import engine
+
+    paths = write_certificates(tmp_path / "ours")
+    with (
+        dask.config.set(tls_config(paths, roles=roles)),
+        engine.connect(n_workers=1, threads_per_worker=1, memory_limit="1GiB") as client,
+    ):
+        scheduler = client.cluster.scheduler
+        assert client.cluster.scheduler_address.startswith("tls://")
+        assert all(a.startswith("tls://") for a in client.scheduler_info()["workers"])
+        assert client.submit(sum, [1, 2]).result() == 3
+        bound = {sock.getsockname()[0] for sock in scheduler.http_server._sockets.values()}
+        assert bound == {"127.0.0.1"}, bound  # Dask's own default is 0.0.0.0
+        port = scheduler.http_server.port
+        assert client.dashboard_link == f"http://127.0.0.1:{port}/status"
+        assert answers("127.0.0.1", port)
+        other = non_loopback_ipv4()
+        if other is not None:
+            assert not answers(other, port), f"the dashboard answers on {other}:{port}"
+    assert f"Dask dashboard: http://127.0.0.1:{port}/status" in capsys.readouterr().out
+
+
+def test_without_tls_the_dashboard_listens_on_every_interface_as_before(capsys):
+    from dask_em import engine
+
+    with engine.connect(n_workers=1, threads_per_worker=1, memory_limit="1GiB") as client:
+        assert client.cluster.scheduler_address.startswith("tcp://")
+        bound = {s.getsockname()[0] for s in client.cluster.scheduler.http_server._sockets.values()}
+        assert bound == {"0.0.0.0"}, bound
+    assert "Dask dashboard: http://" in capsys.readouterr().out
+
+
+def test_an_explicit_dashboard_address_wins_and_none_turns_the_dashboard_off(tmp_path, capsys):
+    from dask_em import engine
+
+    paths = write_certificates(tmp_path / "ours")
+    with dask.config.set(tls_config(paths, roles=("scheduler", "worker", "client"))):
+        with engine.connect(
+            n_workers=1, threads_per_worker=1, dashboard_address="0.0.0.0:0"
+        ) as client:
+            bound = {
+                s.getsockname()[0] for s in client.cluster.scheduler.http_server._sockets.values()
+            }
+            assert bound == {"0.0.0.0"}, bound
+        with engine.connect(n_workers=1, threads_per_worker=1, dashboard=False) as client:
+            http = client.cluster.scheduler.http_server
+            assert {s.getsockname()[0] for s in http._sockets.values()} == {"127.0.0.1"}
+            for page in ("status", "info/main/logs.html", "info/main/workers.html", "metrics"):
+                assert status_of(f"http://127.0.0.1:{http.port}/{page}") == 404, page
+            assert status_of(f"http://127.0.0.1:{http.port}/health") == 200
+            assert client.submit(sum, [1, 2]).result() == 3
+    assert capsys.readouterr().out.splitlines()[-1] == "Dask dashboard: off"
+
+
+def test_dask_em_fit_with_the_readme_tls_environment_fits_over_tls_with_a_loopback_dashboard(
+    tmp_path,
+):
+    """The environment variables of deployment/README.md (client certificates only, as for
+    ``--scheduler tls://...``), and no --scheduler: the LocalCluster speaks TLS (throwaway
+    certificates) and its dashboard is on 127.0.0.1."""
+    import os
+    import subprocess
+    import sys
+
+    import zarr
+
+    paths = write_certificates(tmp_path / "ours")
+    data = tmp_path / "data.zarr"
+    zarr.create_array(
+        str(data), data=np.random.default_rng(0).normal(size=(300, 2)), chunks=(100, 2)
+    )
+    env = {
+        **os.environ,
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": paths["ca"],
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": paths["cert"],
+        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": paths["key"],
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+    }
+    argv = ["gmm", str(data), "-k", "2", "--out", str(tmp_path / "m.zarr"), "--max-iter", "3"]
+    argv += ["--no-report", "--n-workers", "1", "--threads-per-worker", "1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "dask_em.cli", "fit", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert re.fullmatch(r"Dask dashboard: http://127\.0\.0\.1:\d+/status", first), first
+    assert (tmp_path / "m.zarr").is_dir()
+
+
+@pytest.mark.filterwarnings("ignore::dask_em.ConvergenceWarning")
+def test_dask_em_fit_dashboard_address_none_starts_no_dashboard(tmp_path, capsys):
+    import zarr
+
+    from dask_em.cli import main
+
+    data = tmp_path / "data.zarr"
+    zarr.create_array(
+        str(data), data=np.random.default_rng(0).normal(size=(300, 2)), chunks=(100, 2)
+    )
+    argv = [
+        "fit",
+        "gmm",
+        str(data),
+        "-k",
+        "2",
+        "--out",
+        str(tmp_path / "m.zarr"),
+        "--max-iter",
+        "2",
+    ]
+    argv += ["--no-report", "--n-workers", "1", "--threads-per-worker", "1", "-q"]
+    assert main([*argv, "--dashboard-address", "none"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "Dask dashboard: off"

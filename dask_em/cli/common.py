@@ -316,9 +316,12 @@ def add_cluster_arguments(parser) -> None:
     )
     group.add_argument(
         "--dashboard-address",
-        default=":8787",
         metavar="[HOST]:PORT",
-        help="LocalCluster dashboard (another port is chosen when this one is busy)",
+        help="LocalCluster dashboard, or 'none' for no dashboard (default "
+        f"{engine.cluster.DASHBOARD_EVERY_INTERFACE} on every interface; "
+        f"{engine.cluster.DASHBOARD_LOOPBACK} "
+        "when Dask's configuration asks for TLS, whose LocalCluster then speaks TLS; "
+        "another port is chosen when this one is busy)",
     )
 
 
@@ -339,10 +342,12 @@ def connect(args) -> Iterator[Any]:
     for name in ("n_workers", "threads_per_worker"):
         if local_options[name] is not None and local_options[name] < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+    dashboard = (args.dashboard_address or "").lower() != "none"
     with (
         engine.connect(
             args.scheduler,
-            dashboard_address=args.dashboard_address,
+            dashboard_address=args.dashboard_address if dashboard else None,
+            dashboard=dashboard,
             timeout=args.connect_timeout,
             min_workers=args.min_workers,
             **local_options,

@@ -26,6 +26,7 @@ from dask_em.cli.common import (
     refuse_existing,
 )
 from dask_em.cli.inputs import check_input_location, check_input_shape
+from dask_em.cli.locks import holding
 from dask_em.cli.outputs import check_outputs
 from dask_em.engine import CACHE_MODES
 from dask_em.families.gaussian import COVARIANCE_TYPES
@@ -52,7 +53,10 @@ def add_parser(commands) -> None:
             "with a convergence plot and an HTML report next to it. One line per "
             "iteration on stdout; a progress bar on stderr when it is a terminal. With "
             "--checkpoint the fit's state is saved after every iteration; run the same "
-            "command with --resume after a crash to continue where it stopped."
+            "command with --resume after a crash to continue where it stopped. Another "
+            "dask-em run writing the same --out or --checkpoint is refused; with "
+            "--overwrite, the previous report and plot are removed before the new model "
+            "replaces the old one, so a report never sits beside a model it does not describe."
         ),
     )
     fit.add_argument("model", metavar="MODEL", choices=sorted(kinds), help=", ".join(kinds))
@@ -85,16 +89,26 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dask_em.console import Console
-    from dask_em.report import data_sample, report_paths, write_report
+    from dask_em.report import report_paths
 
-    kind = model_kinds()[args.model]
     out = local_path(args.out, "--out")
     checkpoint = local_path(args.checkpoint, "--checkpoint") if args.checkpoint else None
     outputs = {"--out": out} | ({"--checkpoint": checkpoint} if checkpoint else {})
     if not args.no_report:
         outputs |= dict(zip(("the plot", "the report"), report_paths(out), strict=True))
     check_outputs({"INPUT": args.input}, outputs)
+    # held from before the cluster starts until the last file is written, and taken before
+    # the existing outputs are looked at: a run that finished meanwhile counts as existing
+    with holding({"--out": out} | ({"--checkpoint": checkpoint} if checkpoint else {})):
+        return _fit(args, out, checkpoint)
+
+
+def _fit(args: argparse.Namespace, out: str, checkpoint: str | None) -> int:
+    """``run`` once its outputs are checked and locked."""
+    from dask_em.console import Console
+    from dask_em.report import data_sample, report_paths, write_report
+
+    kind = model_kinds()[args.model]
     refuse_existing([out] + ([] if args.no_report else list(report_paths(out))), args.overwrite)
     if args.resume and checkpoint is None:
         raise UsageError("--resume needs --checkpoint PATH")
@@ -135,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
         estimator.fit(*data, **keywords)
         seconds = time.perf_counter() - started
         sample = None if args.no_report else data_sample(X, lengths)  # first rows, bounded
+    if args.overwrite and not args.no_report:  # never beside a model they do not describe
+        for previous in report_paths(out):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(previous)
     with _said_of_a_full_disk(out, "the model"):
         estimator.save(out, overwrite=args.overwrite)
     placement = getattr(estimator, "data_placement_", "?")

@@ -16,6 +16,7 @@ from dask_em.cli.common import (
     refuse_existing,
 )
 from dask_em.cli.inputs import check_first_rows, check_input_location, check_input_shape
+from dask_em.cli.locks import holding
 from dask_em.cli.outputs import check_outputs
 
 
@@ -38,6 +39,11 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     out = local_path(args.out, "--out")
     check_outputs({"INPUT": args.input, "MODEL": args.model}, {"--out": out})
+    with holding({"--out": out}):  # one run at a time writes --out
+        return _predict(args, out)
+
+
+def _predict(args: argparse.Namespace, out: str) -> int:
     refuse_existing([out], args.overwrite)
     model = load_model(args.model)
     kind = registry.kind_of(model)

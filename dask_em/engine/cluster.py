@@ -111,11 +111,57 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+#: The dashboard of a LocalCluster started here, when no address is given: every
+#: interface, as Dask's own default; loopback only when Dask's configuration asks for TLS
+#: (the dashboard is plain, unauthenticated HTTP whatever the cluster's security).
+DASHBOARD_EVERY_INTERFACE = ":8787"
+DASHBOARD_LOOPBACK = "127.0.0.1:8787"
+
+#: The scheduler's HTTP routes without a dashboard: a scheduler started with
+#: ``dashboard=False`` still serves its info pages (worker list, logs), Prometheus metrics
+#: and JSON; this keeps only the health check (``distributed.scheduler.http.routes``).
+NO_PAGES = ["distributed.http.health"]
+
+
+def tls_configured() -> bool:
+    """Whether Dask's configuration asks for TLS: ``distributed.comm.require-encryption``,
+    or a CA file or certificate under ``distributed.comm.tls``."""
+    from distributed import Security
+
+    security = Security()
+    fields = ("tls_ca_file", "tls_scheduler_cert", "tls_worker_cert", "tls_client_cert")
+    return bool(security.require_encryption) or any(getattr(security, f) for f in fields)
+
+
+def local_security():
+    """The ``distributed.Security`` of a LocalCluster started here when TLS is configured:
+    the configured certificates when the CA and every role (scheduler, worker, client)
+    have one; otherwise throwaway ones, in memory (``Security.temporary()``, which needs
+    ``cryptography``): a client configured only to reach a remote TLS scheduler still
+    gets a LocalCluster that speaks TLS, instead of one whose scheduler cannot start."""
+    from distributed import Security
+
+    configured = Security(require_encryption=True)
+    roles = ("tls_ca_file", "tls_scheduler_cert", "tls_worker_cert", "tls_client_cert")
+    if all(getattr(configured, role) for role in roles):
+        return configured
+    try:
+        return Security.temporary()
+    except ImportError:
+        raise ClusterError(
+            "Dask's configuration asks for TLS, but has no certificates for a LocalCluster's "
+            "scheduler and workers (distributed.comm.tls.scheduler/worker/client and "
+            "ca-file); configure them, install cryptography for throwaway ones, or pass "
+            "--scheduler"
+        ) from None
+
+
 @contextlib.contextmanager
 def connect(
     scheduler: str | None = None,
     *,
-    dashboard_address: str = ":8787",
+    dashboard_address: str | None = None,
+    dashboard: bool = True,
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
     min_workers: int = 1,
     quiet: bool = False,
@@ -126,6 +172,14 @@ def connect(
     (``local_options``: ``n_workers``, ``threads_per_worker``, ``memory_limit``,
     ``silence_logs`` (the level below which the workers' log lines are dropped); None
     means the default).
+
+    The LocalCluster follows Dask's security configuration: when it asks for TLS
+    (:func:`tls_configured`), the scheduler, workers and client talk TLS
+    (:func:`local_security`) and the dashboard, which is plain HTTP without
+    authentication, listens on 127.0.0.1 only (:data:`DASHBOARD_LOOPBACK`) unless
+    ``dashboard_address`` says otherwise; without TLS it listens on every interface
+    (:data:`DASHBOARD_EVERY_INTERFACE`).  ``dashboard=False``: no dashboard, and no other
+    page but the health check (:data:`NO_PAGES`).
 
     The dashboard link is printed.  OSError or TimeoutError from an unreachable or lost
     scheduler become :class:`~dask_em.exceptions.ClusterError`.  LocalCluster workers
@@ -138,6 +192,7 @@ def connect(
     silenced for the rest of the process (set after importing distributed, whose import
     sets the levels of its loggers).
     """
+    import dask
     from distributed import Client, LocalCluster
 
     if quiet:
@@ -151,11 +206,21 @@ def connect(
             stack.callback(client.close)
         else:
             options = {name: value for name, value in local_options.items() if value is not None}
+            tls = tls_configured()
+            if tls:
+                options |= {"protocol": "tls://", "security": local_security()}
+            if dashboard_address is None:
+                dashboard_address = DASHBOARD_LOOPBACK if tls else DASHBOARD_EVERY_INTERFACE
+            if not dashboard:  # its scheduler still serves pages (logs among them): only /health
+                stack.enter_context(
+                    dask.config.set({"distributed.scheduler.http.routes": NO_PAGES})
+                )
             cluster = stack.enter_context(
-                LocalCluster(dashboard_address=dashboard_address, **options)
+                LocalCluster(dashboard_address=dashboard_address if dashboard else None, **options)
             )
             client = stack.enter_context(Client(cluster))
-        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+        link = client.dashboard_link if scheduler or dashboard else None
+        print(f"Dask dashboard: {link or 'off'}", flush=True)
         try:
             yield client
         except Exception as error:
