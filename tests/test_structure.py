@@ -28,6 +28,8 @@ DASK_ALLOWED = {
     "dask_em.sequences": "many sequences as dask arrays, blocks on sequence boundaries",
     "dask_em.stores": "the command line's INPUT opened, its outputs written",
     "dask_em.synthetic": "synthetic data written to Zarr block by block",
+    "dask_em.zarr_source": "Zarr arrays as the tasks read them (absent chunks, no secrets)",
+    "dask_em.credentials": "storage secrets delivered to the workers in a worker plugin",
 }
 
 MAX_LINES = 400
