@@ -191,7 +191,7 @@ def watch(
 
 # -- the message ---------------------------------------------------------------------------
 def _mb(nbytes: float) -> str:
-    return f"{nbytes / 1e6:,.0f} MB"
+    return f"{nbytes / 1e6:,.{1 if nbytes < 1e7 else 0}f} MB"
 
 
 def stall_message(
