@@ -136,7 +136,10 @@ def look_at_cluster(
     client: Any, names: Collection[Hashable]
 ) -> tuple[list[WorkerMemory], dict[str, set[Hashable]] | None]:
     """The workers, and while one is paused, the keys named ``names`` that each worker
-    is processing (None while no worker is paused: not asked)."""
+    is processing (None while no worker is paused: not asked).  Nothing is asked of a
+    client that lost its scheduler (its futures are cancelled: the wait ends)."""
+    if getattr(client, "status", "running") != "running":
+        return [], None
     workers = workers_of(client)
     if not any(worker.paused for worker in workers):
         return workers, None
