@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,13 +116,17 @@ def run_watch(scheduler: FakeScheduler, looks: int, timeout: float = 4.0) -> flo
     return float("inf")
 
 
-def test_watch_stops_a_wait_whose_tasks_sit_on_paused_workers_and_cancels_it():
+def test_watch_stops_a_wait_whose_tasks_sit_on_paused_workers_and_cancels_it(caplog):
     stuck = FakeScheduler(
         {"w1": "paused", "w2": "paused"},
         {"w1": (("estep-gmm-ab", 0, 0),), "w2": (("estep-gmm-ab", 1, 0), "other-task")},
     )
-    assert run_watch(stuck, looks=50) == 5.0  # polls of 1 s, stalled looks from 1 s to 5 s
+    with caplog.at_level(logging.INFO, logger="dask_em.engine"):
+        assert run_watch(stuck, looks=50) == 5.0  # polls of 1 s, stalled looks from 1 to 5 s
     assert len(stuck.cancelled) == 1
+    said = [r.getMessage() for r in caplog.records if "paused for memory" in r.getMessage()]
+    assert said == ["2 of 2 workers paused for memory, none running a task of the pass: it "
+                    "stops unless a task finishes within 4 s"]  # fmt: skip
     all_queued = FakeScheduler({"w1": "paused"}, {"w1": ()})  # nothing could even start
     assert run_watch(all_queued, looks=50) == 5.0
 
@@ -200,6 +205,14 @@ def test_the_command_line_takes_a_stall_timeout():
 
 
 # -- real stalls on a real cluster --------------------------------------------------------
+@pytest.fixture
+def big_store(tmp_path):
+    """4 blocks of 100 MB (1,562,500 rows x 8 float64), removed after the test."""
+    path = write_store(tmp_path / "big.zarr", n_blocks=4, block_rows=1_562_500)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def write_store(path: Path, n_blocks: int, block_rows: int, n_features: int = 8) -> Path:
     """A Zarr array of ``n_blocks`` chunks of ``block_rows`` rows, uncompressed (quick to
     write; a chunk read takes its full size in memory)."""
@@ -223,12 +236,12 @@ def small_cluster(memory_limit: str):
 
 
 @pytest.mark.slow
-def test_an_oversized_block_held_in_memory_stops_with_the_memory_message(tmp_path):
+def test_an_oversized_block_held_in_memory_stops_with_the_memory_message(big_store):
     """cache="memory" of 4 blocks of 100 MB on one worker that pauses at 200 MB: the
     blocks it holds keep it paused, so the last blocks are never stored."""
     from distributed import Client
 
-    store = write_store(tmp_path / "big.zarr", n_blocks=4, block_rows=1_562_500)
+    store = big_store
     with dask.config.set(STAYS_PAUSED | {STALL_TIMEOUT_KEY: 3}):
         with small_cluster("250MB") as cluster, Client(cluster):
             started = time.monotonic()
@@ -270,8 +283,8 @@ def test_a_pass_on_a_worker_filled_by_other_data_stops_with_the_memory_message(t
 
 
 @pytest.mark.slow
-def test_the_command_line_exits_3_with_one_line_instead_of_stalling(tmp_path):
-    store = write_store(tmp_path / "big.zarr", n_blocks=4, block_rows=1_562_500)
+def test_the_command_line_exits_3_with_one_line_instead_of_stalling(tmp_path, big_store):
+    store = big_store
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env |= {
         "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)

@@ -22,10 +22,14 @@ This module decides and words; it imports no Dask (the client comes in as an arg
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+#: The engine's logger (see :mod:`dask_em.engine.passes`).
+logger = logging.getLogger("dask_em.engine")
 
 #: The Dask config key of the stall timeout: seconds, or a string such as ``"5 minutes"``;
 #: 0 or None: wait forever (``dask.config.set({"dask_em.stall-timeout": 30})``).
@@ -184,12 +188,21 @@ def watch(
         )
         progressed = now_done > done or bool(seen - keys)
         seen, done = keys, now_done
+        was_stalled = stalls.since is not None
         if stalls.stalled(
             clock(), paused=bool(paused), running_busy=running_busy, progressed=progressed
         ):
             with contextlib.suppress(Exception):  # the futures are dropped anyway
                 client.cancel(list(futures))
             raise stall_error(workers)
+        if stalls.since is not None and not was_stalled:
+            logger.info(
+                "%d of %d workers paused for memory, none running a task of the pass: "
+                "it stops unless a task finishes within %g s",
+                len(paused),
+                len(workers),
+                timeout,
+            )
 
 
 # -- the message ---------------------------------------------------------------------------
