@@ -214,17 +214,13 @@ class EMEngine:
             self._open_spans.pop()
 
     def _submit(self, result: Delayed) -> Any:
-        """Compute one pass on the cluster, in the open span."""
+        """Compute one pass on the cluster, in the open span; a pass stalled on workers
+        paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
         span = self._open_spans[-1] if self._open_spans else None
         with dask.annotate(span=span) if span else contextlib.nullcontext():
             future = self.client.compute(result, optimize_graph=False)
         names = {key_name(key) for key in result.dask}  # the pass's tasks, O(n_blocks)
-        wait_watched(
-            self.client,
-            [future],
-            names,
-            blocks_of(self.X, self.sample_weight),
-        )
+        wait_watched(self.client, [future], names, blocks_of(self.X, self.sample_weight))
         return future.result()
 
     @contextlib.contextmanager
