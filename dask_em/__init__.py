@@ -5,7 +5,7 @@
 """
 
 from dask_em.data import open_zarr_array
-from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning
+from dask_em.exceptions import ConvergenceWarning, EmptyComponentWarning, MemoryStallError
 from dask_em.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from dask_em.mixture import BernoulliMixture, CategoricalMixture, GaussianMixture, PoissonMixture
 from dask_em.model_io import load
@@ -23,6 +23,7 @@ __all__ = [
     "GaussianHMM",
     "GaussianMixture",
     "InputGapWarning",
+    "MemoryStallError",
     "ModelSweep",
     "PoissonHMM",
     "PoissonMixture",

@@ -323,6 +323,19 @@ def add_cluster_arguments(parser) -> None:
         "when Dask's configuration asks for TLS, whose LocalCluster then speaks TLS; "
         "another port is chosen when this one is busy)",
     )
+    add_stall_argument(group)
+
+
+def add_stall_argument(group) -> None:
+    """``--stall-timeout``: how long a pass may wait on workers paused for memory."""
+    group.add_argument(
+        "--stall-timeout",
+        type=non_negative_float,
+        metavar="SECONDS",
+        help="stop (exit 3) when workers are paused for memory and no block finished for "
+        f"this long (default: Dask config {engine.STALL_TIMEOUT_KEY}, else "
+        f"{engine.DEFAULT_STALL_TIMEOUT:g}; 0: wait forever)",
+    )
 
 
 @contextlib.contextmanager
@@ -352,6 +365,7 @@ def connect(args) -> Iterator[Any]:
             min_workers=args.min_workers,
             **local_options,
             quiet=not args.verbose,
+            stall_timeout=getattr(args, "stall_timeout", None),
             **({} if args.scheduler else quiet_workers),
         ) as client,
     ):

@@ -4,6 +4,8 @@
   data as one graph (a task per block, a fixed reduction tree), spans and events;
 - :mod:`~dask_em.engine.predict`: prediction graphs, one way for every model;
 - :mod:`~dask_em.engine.tasks`: the functions that run inside those tasks;
+- :mod:`~dask_em.engine.stalls`: a wait on workers paused for memory stops with
+  :class:`~dask_em.exceptions.MemoryStallError` after ``dask_em.stall-timeout`` seconds;
 - :mod:`~dask_em.engine.cluster`: the active client, and the cluster the command line
   starts or joins (:func:`open_client`: a scheduler's client within a timeout, with
   workers; :mod:`~dask_em.engine.addresses` says what listens at a bad address).
@@ -17,6 +19,7 @@ from dask_em.engine.cluster import (
     cluster_errors,
     connect,
     open_client,
+    stall_timeout,
     wait_for_workers,
 )
 from dask_em.engine.passes import (
@@ -27,14 +30,17 @@ from dask_em.engine.passes import (
     EMEngine,
 )
 from dask_em.engine.predict import apply_blocks, as_float
+from dask_em.engine.stalls import DEFAULT_STALL_TIMEOUT, STALL_TIMEOUT_KEY
 from dask_em.seeds import blockwise_seeds  # one seed per block (benchmarks import it here)
 
 __all__ = [
     "AUTO_PERSIST_SHARE",
     "CACHE_MODES",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_STALL_TIMEOUT",
     "EVENT_TOPIC",
     "LOCAL_FIT_BYTES",
+    "STALL_TIMEOUT_KEY",
     "EMEngine",
     "active_client",
     "apply_blocks",
@@ -43,5 +49,6 @@ __all__ = [
     "cluster_errors",
     "connect",
     "open_client",
+    "stall_timeout",
     "wait_for_workers",
 ]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Hashable, Iterator, Sequence
 from typing import Any
 
-from dask_em.exceptions import ClusterError
+from dask_em.engine import stalls
+from dask_em.exceptions import ClusterError, MemoryStallError
 
 
 def active_client():
@@ -165,6 +168,7 @@ def connect(
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
     min_workers: int = 1,
     quiet: bool = False,
+    stall_timeout: float | None = None,
     **local_options: Any,
 ) -> Iterator[Any]:
     """A ``distributed.Client`` on ``scheduler`` (:func:`open_client`: bounded by
@@ -186,6 +190,10 @@ def connect(
     shut down when this process dies without closing them (their nanny loses its
     parent); to be sure, kill the whole process group (``kill -9 -- -PGID``).
 
+    ``stall_timeout``: seconds for ``dask_em.stall-timeout`` inside the block (0: wait
+    forever; None: the Dask config's value): a pass that waits that long on workers
+    paused for memory stops with :class:`~dask_em.exceptions.MemoryStallError`.
+
     ``quiet``: for a command whose errors are one line.  distributed's client logs a
     lost scheduler (with tracebacks) before the error is raised, and again from its own
     thread when its reconnection gives up, possibly after this block: its logger is
@@ -199,6 +207,8 @@ def connect(
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
 
     with contextlib.ExitStack() as stack:
+        if stall_timeout is not None:
+            stack.enter_context(dask.config.set({stalls.STALL_TIMEOUT_KEY: stall_timeout}))
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         if scheduler:
@@ -248,3 +258,63 @@ def cluster_errors() -> tuple[type[BaseException], ...]:
         TimeoutError,
         asyncio.TimeoutError,
     )
+
+
+def stall_timeout() -> float | None:
+    """Seconds of ``dask_em.stall-timeout`` (Dask config; default
+    :data:`~dask_em.engine.stalls.DEFAULT_STALL_TIMEOUT`), None for 0, None or False
+    (wait forever).  A string such as ``"5 minutes"`` is read as Dask reads durations."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    value = dask.config.get(stalls.STALL_TIMEOUT_KEY, stalls.DEFAULT_STALL_TIMEOUT)
+    if value is None or value is False:
+        return None
+    seconds = float(parse_timedelta(value, default="s") if isinstance(value, str) else value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(
+            f"{stalls.STALL_TIMEOUT_KEY} must be a number of seconds >= 0, got {value!r}"
+        )
+    return seconds or None
+
+
+def wait_watched(
+    client: Any,
+    futures: Sequence[Any],
+    names: Collection[Hashable],
+    blocks: stalls.Blocks,
+    *,
+    persisting: bool = False,
+) -> None:
+    """Wait until every future of ``futures`` is done (finished, erred or cancelled), or
+    raise :class:`~dask_em.exceptions.MemoryStallError` when it stalls on workers paused
+    for memory for :func:`stall_timeout` seconds (see :mod:`dask_em.engine.stalls`).
+
+    ``names``: the names of the wait's tasks; ``blocks``: the data, for the message;
+    ``persisting``: the wait holds the data in the cluster's memory (not a pass).
+    """
+    import dask
+    from distributed import wait
+
+    timeout = stall_timeout()
+    if timeout is None:
+        with client.as_current():
+            wait(futures)
+        return
+
+    def over(seconds: float) -> bool:
+        try:
+            with client.as_current():
+                wait(futures, timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    pause = dask.config.get("distributed.worker.memory.pause", None)
+    pause = pause if isinstance(pause, (int, float)) and not isinstance(pause, bool) else None
+
+    def stall_error(workers: list[stalls.WorkerMemory]) -> MemoryStallError:
+        text = stalls.stall_message(blocks, workers, timeout, persisting=persisting, pause=pause)
+        return MemoryStallError(text)
+
+    stalls.watch(client, over, futures, names, stall_error, timeout=timeout, clock=time.monotonic)

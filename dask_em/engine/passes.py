@@ -40,7 +40,8 @@ import numpy as np
 import psutil
 from dask.delayed import Delayed, delayed
 
-from dask_em.engine.cluster import active_client
+from dask_em.engine.cluster import active_client, wait_watched
+from dask_em.engine.stalls import blocks_of, key_name
 from dask_em.engine.tasks import estep_block_task, reduce_task
 from dask_em.engine.threads import limit_threads
 
@@ -144,13 +145,15 @@ class EMEngine:
     def _persist(self, X, sample_weight):
         collections = (X,) if sample_weight is None else (X, sample_weight)
         if self.client is not None:
-            from distributed import futures_of, wait
+            from distributed import futures_of
 
             persisted = self.client.persist(list(collections))
             # Spread the blocks evenly over the workers: the scheduler may place them
             # 3:5, and then one worker does 5/8 of every pass.
             futures = futures_of(persisted)
-            wait(futures)
+            names = {collection.name for collection in collections}
+            blocks = blocks_of(X, sample_weight)
+            wait_watched(self.client, futures, names, blocks, persisting=True)
             for future in futures:
                 if future.status == "error":  # e.g. a chunk of the store cannot be read
                     future.result()  # raises the task's own error
@@ -211,10 +214,13 @@ class EMEngine:
             self._open_spans.pop()
 
     def _submit(self, result: Delayed) -> Any:
-        """Compute one pass on the cluster, in the open span."""
+        """Compute one pass on the cluster, in the open span; a pass stalled on workers
+        paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
         span = self._open_spans[-1] if self._open_spans else None
         with dask.annotate(span=span) if span else contextlib.nullcontext():
             future = self.client.compute(result, optimize_graph=False)
+        names = {key_name(key) for key in result.dask}  # the pass's tasks, O(n_blocks)
+        wait_watched(self.client, [future], names, blocks_of(self.X, self.sample_weight))
         return future.result()
 
     @contextlib.contextmanager
