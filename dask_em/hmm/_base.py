@@ -212,20 +212,11 @@ class BaseHMM(Estimator):
             (T, D) array means one sequence.
         sample_weight : (S,) non-negative weight of each sequence, or None.  An integer
             weight counts as that many copies of its sequence.
-        storage_options : fsspec options for a Zarr URL (s3://...); secrets stay out
-            of the task graph (:mod:`dask_em.credentials`).
-        strict_input : refuse Zarr input with chunks absent from its store instead of
-            warning (as :meth:`dask_em.GaussianMixture.fit`).
+        storage_options, strict_input : as :meth:`dask_em.GaussianMixture.fit`.
         checkpoint, resume, callbacks : as :meth:`dask_em.GaussianMixture.fit`; a
             checkpoint is tied to the block layout (the sequence boundaries per block).
         """
-        data = self._fit_data(
-            X,
-            lengths=lengths,
-            sample_weight=sample_weight,
-            storage_options=storage_options,
-            strict_input=strict_input,
-        )
+        data = self._fit_data(X, lengths, sample_weight, storage_options, strict_input)
         return self._run_fit(data, checkpoint, resume, callbacks)
 
     def _fit_data(
