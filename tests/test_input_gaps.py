@@ -256,3 +256,23 @@ def test_a_sweep_tells_of_the_gaps_once(tmp_path):
         warnings.simplefilter("always")
         sweep(GaussianMixture(max_iter=3, random_state=0), str(store), n_components=[1, 2, 3])
     assert sum(issubclass(w.category, InputGapWarning) for w in caught) == 1
+
+
+def test_the_command_line_refuses_a_damaged_dask_em_store_before_any_cluster(tmp_path, capsys):
+    from dask_em.cli import main
+
+    store = tmp_path / "data.zarr"
+    assert (
+        main(["make-data", "gmm", str(store), "--n-samples", "4000", "--chunk-rows", "1000"]) == 0
+    )
+    os.remove(store / "c" / "2" / "0")
+    before = snapshot(store)
+    capsys.readouterr()
+    status = main(["fit", "gmm", str(store), "-k", "2", "--out", str(tmp_path / "m.zarr")])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("dask-em: error: 1 of the 4 chunks of the Zarr array"), line
+    assert "rows 2000:3000 (chunk 2/0)" in line and "dask_em wrote every chunk" in line
+    assert "Dask dashboard" not in captured.out
+    assert snapshot(store) == before and not (tmp_path / "m.zarr").exists()
