@@ -113,34 +113,46 @@ def _diag_rows(X, center, means_t, scales_t, const, w, nk, sums, second):
 
 
 @jit
-def _full_slice_rows(xc, y, offsets, const, w, nk):
-    """Responsibilities of one slice from ``y = xc @ [L_1 .. L_K]``; returns (weight, loglik).
+def _full_distances(y, offsets, maha):
+    """Squared Mahalanobis distances of one slice: ``maha[i, k] = sum_d (y[i, d*K + k] -
+    offsets[d*K + k])^2``, summed over d in order (as the reference).
 
-    xc (m, D + 1), its last column 1; y (m, D*K), column ``d*K + k`` holding
-    ``(xc_i L_k)_d``, overwritten with ``r_ik xc_id`` (the left factor of the moment
-    product); offsets (D*K,) ``((mu_k - center) L_k)_d`` in the same order; const (K,);
-    w (m,).  Adds the slice's ``sum r`` to nk (K,).  Component-minor columns let the K
-    distances of a row be summed side by side, each over d in order.
+    y (m, D*K) ``xc @ [L_1 .. L_K]`` (component-minor columns); offsets (D*K,)
+    ``((mu_k - center) L_k)_d`` in the same order; maha (m, K), written.  A loop of its
+    own, over contiguous rows, so that the K sums of a row are updated side by side.
+    """
+    m, width = y.shape
+    n_components = maha.shape[1]
+    n_features = width // n_components
+    for i in range(m):
+        for k in range(n_components):
+            v = y[i, k] - offsets[k]
+            maha[i, k] = v * v
+        for d in range(1, n_features):
+            base = d * n_components
+            for k in range(n_components):
+                v = y[i, base + k] - offsets[base + k]
+                maha[i, k] += v * v
+
+
+@jit
+def _full_slice_rows(xc, y, maha, const, w, nk):
+    """Responsibilities of one slice from its distances; returns (weight, loglik).
+
+    xc (m, D + 1), its last column 1; y (m, D*K), overwritten with ``r_ik xc_id`` at
+    column ``d*K + k`` (the left factor of the moment product); maha (m, K) from
+    :func:`_full_distances`; const (K,); w (m,).  Adds the slice's ``sum r`` to nk (K,).
     """
     m = xc.shape[0]
     n_features = xc.shape[1] - 1
     n_components = const.shape[0]
     lp = np.empty(n_components)
-    maha = np.empty(n_components)
     weight = 0.0
     loglik = 0.0
     for i in range(m):
-        for k in range(n_components):
-            v = y[i, k] - offsets[k]
-            maha[k] = v * v
-        for d in range(1, n_features):
-            base = d * n_components
-            for k in range(n_components):
-                v = y[i, base + k] - offsets[base + k]
-                maha[k] += v * v
         peak = -np.inf
         for k in range(n_components):
-            lp[k] = const[k] - 0.5 * maha[k]
+            lp[k] = const[k] - 0.5 * maha[i, k]
             if lp[k] > peak:
                 peak = lp[k]
         if not np.isfinite(peak):
@@ -157,8 +169,9 @@ def _full_slice_rows(xc, y, offsets, const, w, nk):
             nk[k] += lp[k]
         for d in range(n_features):
             base = d * n_components
+            x = xc[i, d]
             for k in range(n_components):
-                y[i, base + k] = lp[k] * xc[i, d]
+                y[i, base + k] = lp[k] * x
     return weight, loglik
 
 
@@ -204,6 +217,7 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     xc_buffer = np.ones((rows, n_features + 1), dtype=compute_dtype)
     y_buffer = np.empty((rows, width), dtype=compute_dtype)
     part = np.empty((width, n_features + 1), dtype=compute_dtype)
+    maha_buffer = np.empty((rows, n_components))
     nk = np.zeros(n_components)
     moments = np.zeros((width, n_features + 1))
     weight = loglik = 0.0
@@ -212,7 +226,9 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
         xc = xc_buffer[: stop - start]
         np.subtract(X[start:stop], center, out=xc[:, :n_features])
         y = np.matmul(xc[:, :n_features], factors, out=y_buffer[: stop - start])
-        part_weight, part_loglik = _full_slice_rows(xc, y, offsets, const, w[start:stop], nk)
+        maha = maha_buffer[: stop - start]
+        _full_distances(y, offsets, maha)
+        part_weight, part_loglik = _full_slice_rows(xc, y, maha, const, w[start:stop], nk)
         weight += part_weight
         loglik += part_loglik
         moments += np.matmul(y.T, xc, out=part)
