@@ -22,6 +22,7 @@ from dask_em.zarr_source import (
     create_complete_array,
     find_gaps,
 )
+from tests.test_cli_safety import dask_em as dask_em_cli
 from tests.test_cli_safety import snapshot
 
 ROWS, CHUNK = 8_000, 1_000
@@ -43,15 +44,6 @@ def dask_em_store(path: Path, X: np.ndarray) -> Path:
     array = create_complete_array(str(path), shape=X.shape, dtype=X.dtype, chunks=(CHUNK, 3))
     array[...] = X
     return path
-
-
-def dask_em_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dask_em.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # -- foreign stores: told, or refused when strict ----------------------------------------

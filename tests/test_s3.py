@@ -128,6 +128,16 @@ def test_storage_options_need_a_path():
         GaussianMixture(2).fit(np.zeros((10, 2)), storage_options={"anon": True})
 
 
+def bucket_store(options: dict, name: str) -> str:
+    """The URL of a new Zarr array of :func:`draw_data` in the test bucket."""
+    import s3fs
+
+    s3fs.S3FileSystem(**options).makedirs(BUCKET, exist_ok=True)
+    url = f"s3://{BUCKET}/{name}"
+    zarr.create_array(store=url, storage_options=options, data=draw_data(), chunks=(CHUNK_ROWS, 3))
+    return url
+
+
 def scheduler_specs(dask_scheduler) -> list[tuple[str, bytes]]:
     """Every task the scheduler holds now: its key and its pickled spec."""
     from distributed.protocol.pickle import dumps
@@ -165,11 +175,7 @@ def test_credentials_never_enter_the_scheduler_tasks_events_or_files(
     s3, client_without_credentials, tmp_path
 ):
     options, _ = s3
-    import s3fs
-
-    s3fs.S3FileSystem(**options).makedirs(BUCKET, exist_ok=True)
-    url = f"s3://{BUCKET}/secret-test.zarr"
-    zarr.create_array(store=url, storage_options=options, data=draw_data(), chunks=(CHUNK_ROWS, 3))
+    url = bucket_store(options, "secret-test.zarr")
     client = client_without_credentials
     secret = options["secret"].encode()
     with client.as_current(), SpecWatcher(client) as watcher:
@@ -204,11 +210,7 @@ def test_the_command_line_takes_secrets_from_a_file_or_the_environment(
     s3, client_without_credentials, tmp_path
 ):
     options, _ = s3
-    import s3fs
-
-    s3fs.S3FileSystem(**options).makedirs(BUCKET, exist_ok=True)
-    url = f"s3://{BUCKET}/cli.zarr"
-    zarr.create_array(store=url, storage_options=options, data=draw_data(), chunks=(CHUNK_ROWS, 3))
+    url = bucket_store(options, "cli.zarr")
     address = client_without_credentials.scheduler.address
     common = ["gmm", url, "-k", "3", "--max-iter", "3", "--no-report", "-q"]
     common += ["--scheduler", address, "--cache", "stream"]
