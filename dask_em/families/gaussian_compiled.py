@@ -4,14 +4,18 @@ The NumPy kernels of :mod:`dask_em.families.gaussian_kernels` are the reference;
 compute the same statistics (to rounding) without any (n, K) or (n, K, D) temporary
 going through main memory:
 
-* ``diag`` and ``spherical``: one compiled loop over the rows.  Per row, the K
-  log-densities (difference first, as the reference), Bayes' rule in log space, and the
-  weighted sums ``sum r``, ``sum r xc``, ``sum r xc^2`` are updated in registers.
-* ``full`` and ``tied``: per slice of :data:`FULL_SLICE_ROWS` rows (its (rows, K*D)
-  buffer stays in the L2 cache), one BLAS product ``xc @ [L_1 ... L_K]`` gives
-  ``xc L_k`` for every k, a compiled loop turns it into responsibilities and overwrites
-  the buffer with ``r_ik xc_i``, and a second BLAS product ``buffer^T @ xc`` adds the
-  slice's second moments.  The D x D products are where the flops are, and BLAS runs
+Rows go through in slices of :data:`SLICE_ROWS`, held feature-major ((D, rows) and
+(K*D, rows) buffers that stay in a core's L2 cache), so that every compiled loop runs
+over the rows of a slice, contiguous, and the compiler vectorizes it:
+
+* ``diag`` and ``spherical``: a compiled loop gives the K log-densities of each row
+  (difference first, as the reference), a second applies Bayes' rule in log space
+  (log-sum-exp over k), and one BLAS product ``r @ [xc, xc^2]`` adds the slice's
+  ``sum r xc`` and ``sum r xc^2``.
+* ``full`` and ``tied``: one BLAS product ``[L_1 ... L_K]^T @ xc^T`` gives ``L_k^T xc``
+  for every k, compiled loops turn it into responsibilities and overwrite the buffer
+  with ``r_ik xc_i``, and a second BLAS product ``buffer @ [xc, 1]`` adds the slice's
+  second and first moments.  The D x D products are where the flops are, and BLAS runs
   them several times faster than hand-written loops.
 
 Moments are accumulated about ``center`` (the mixture mean; ``xc = x - center``), per
@@ -30,13 +34,10 @@ import numpy as np
 from dask_em.families import gaussian_linalg
 from dask_em.families.jit import HAVE_NUMBA, jit
 
-#: Rows per slice of the full/tied kernels: a (rows, K*D) buffer of 1024 x 128 doubles is
-#: 1 MiB, within a core's L2 cache on current x86 and ARM servers.
-FULL_SLICE_ROWS = 1024
-
-#: Rows per inner accumulation group of the row loops (two-level summation: the
-#: rounding error of a block sum grows like sqrt(rows) per level, not like n).
-GROUP_ROWS = 1024
+#: Rows per slice: a slice's buffers are feature-major (D, rows) and (K*D, rows), so every
+#: compiled loop runs over ``rows`` contiguous values (vectorized); 512 rows of K*D = 128
+#: doubles is 512 KiB, within a core's L2 cache on current x86 and ARM servers.
+SLICE_ROWS = 256
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -45,134 +46,103 @@ COMPILED = HAVE_NUMBA
 
 
 @jit
-def _diag_rows(X, center, means_t, scales_t, const, w, nk, sums, second):
-    """Rows of a diag/spherical block: returns (weight, loglik); updates nk, sums, second.
+def _responsibilities(lp, w, nk):
+    """Bayes' rule in log space, column by column; returns (weight, loglik).
 
-    X (n, D); center (D,); means_t, scales_t (D, K): ``mu_k - center`` and
-    ``1/sigma_k``, feature-major so that the K distances of a row are updated side by
-    side (the same additions, in the same order per k, as the reference); const (K,)
-    ``log pi_k + log det L_k - D/2 log 2 pi``; w (n,).  sums and second are (K, D).
+    lp (K, m): ``log pi_k + log N(x_i | k)``, overwritten with ``w_i r_ik``; w (m,).
+    Adds ``sum_i w_i r_ik`` to nk (K,).  The shift by the per-row maximum keeps exp in
+    range (log-sum-exp); a row where every component has density 0 keeps peak 0.
     """
-    n, n_features = X.shape
-    n_components = means_t.shape[1]
-    xc = np.empty(n_features)
-    lp = np.empty(n_components)
-    maha = np.empty(n_components)
-    g_nk = np.zeros(n_components)
-    g_sums = np.zeros((n_components, n_features))
-    g_second = np.zeros((n_components, n_features))
+    n_components, m = lp.shape
+    peak = np.full(m, -np.inf)
+    total = np.zeros(m)
+    for k in range(n_components):
+        row = lp[k]
+        for i in range(m):
+            peak[i] = max(peak[i], row[i])
+    for i in range(m):
+        if not np.isfinite(peak[i]):
+            peak[i] = 0.0
+    for k in range(n_components):
+        row = lp[k]
+        for i in range(m):
+            row[i] = math.exp(row[i] - peak[i])
+            total[i] += row[i]
     weight = 0.0
     loglik = 0.0
-    g_weight = 0.0
-    g_loglik = 0.0
-    for i in range(n):
-        for d in range(n_features):
-            xc[d] = X[i, d] - center[d]
-        for k in range(n_components):
-            v = (xc[0] - means_t[0, k]) * scales_t[0, k]
-            maha[k] = v * v
-        for d in range(1, n_features):
-            for k in range(n_components):
-                v = (xc[d] - means_t[d, k]) * scales_t[d, k]
-                maha[k] += v * v
-        peak = -np.inf
-        for k in range(n_components):
-            lp[k] = const[k] - 0.5 * maha[k]
-            if lp[k] > peak:
-                peak = lp[k]
-        if not np.isfinite(peak):
-            peak = 0.0
-        total = 0.0
-        for k in range(n_components):
-            lp[k] = math.exp(lp[k] - peak)
-            total += lp[k]
-        wi = w[i]
-        g_weight += wi
-        g_loglik += wi * (math.log(total) + peak)
-        for k in range(n_components):
-            r = wi * (lp[k] / total)
-            g_nk[k] += r
-            for d in range(n_features):
-                rx = r * xc[d]
-                g_sums[k, d] += rx
-                g_second[k, d] += rx * xc[d]
-        if (i + 1) % GROUP_ROWS == 0 or i == n - 1:
-            weight += g_weight
-            loglik += g_loglik
-            g_weight = 0.0
-            g_loglik = 0.0
-            for k in range(n_components):
-                nk[k] += g_nk[k]
-                g_nk[k] = 0.0
-                for d in range(n_features):
-                    sums[k, d] += g_sums[k, d]
-                    second[k, d] += g_second[k, d]
-                    g_sums[k, d] = 0.0
-                    g_second[k, d] = 0.0
+    for i in range(m):
+        weight += w[i]
+        loglik += w[i] * (math.log(total[i]) + peak[i])
+        total[i] = w[i] / total[i]
+    for k in range(n_components):
+        row = lp[k]
+        part = 0.0
+        for i in range(m):
+            row[i] *= total[i]
+            part += row[i]
+        nk[k] += part
     return weight, loglik
 
 
 @jit
-def _full_distances(y, offsets, maha):
-    """Squared Mahalanobis distances of one slice: ``maha[i, k] = sum_d (y[i, d*K + k] -
-    offsets[d*K + k])^2``, summed over d in order (as the reference).
+def _diag_log_densities(xct, means_c, scales, const, lp):
+    """lp[k, i] = const_k - 1/2 sum_d ((xc_di - mc_kd) s_kd)^2, difference first.
 
-    y (m, D*K) ``xc @ [L_1 .. L_K]`` (component-minor columns); offsets (D*K,)
-    ``((mu_k - center) L_k)_d`` in the same order; maha (m, K), written.  A loop of its
-    own, over contiguous rows, so that the K sums of a row are updated side by side.
+    xct (D, m) centred rows, feature-major; means_c, scales (K, D) (``1/sigma``);
+    const (K,); lp (K, m), written.
     """
-    m, width = y.shape
-    n_components = maha.shape[1]
-    n_features = width // n_components
-    for i in range(m):
-        for k in range(n_components):
-            v = y[i, k] - offsets[k]
-            maha[i, k] = v * v
-        for d in range(1, n_features):
-            base = d * n_components
-            for k in range(n_components):
-                v = y[i, base + k] - offsets[base + k]
-                maha[i, k] += v * v
+    n_components, n_features = means_c.shape
+    m = xct.shape[1]
+    for k in range(n_components):
+        row = lp[k]
+        for i in range(m):
+            row[i] = 0.0
+        for d in range(n_features):
+            mu = means_c[k, d]
+            s = scales[k, d]
+            x = xct[d]
+            for i in range(m):
+                v = (x[i] - mu) * s
+                row[i] += v * v
+        for i in range(m):
+            row[i] = const[k] - 0.5 * row[i]
 
 
 @jit
-def _full_slice_rows(xc, y, maha, const, w, nk):
-    """Responsibilities of one slice from its distances; returns (weight, loglik).
+def _full_log_densities(yt, offsets, const, lp):
+    """lp[k, i] = const_k - 1/2 sum_e (yt[k*D + e, i] - offsets[k, e])^2.
 
-    xc (m, D + 1), its last column 1; y (m, D*K), overwritten with ``r_ik xc_id`` at
-    column ``d*K + k`` (the left factor of the moment product); maha (m, K) from
-    :func:`_full_distances`; const (K,); w (m,).  Adds the slice's ``sum r`` to nk (K,).
+    yt (K*D, m) ``(L_k^T xc_i)_e`` at row k*D + e (one BLAS product); offsets (K, D)
+    ``L_k^T mc_k``; const (K,); lp (K, m), written.
     """
-    m = xc.shape[0]
-    n_features = xc.shape[1] - 1
-    n_components = const.shape[0]
-    lp = np.empty(n_components)
-    weight = 0.0
-    loglik = 0.0
-    for i in range(m):
-        peak = -np.inf
-        for k in range(n_components):
-            lp[k] = const[k] - 0.5 * maha[i, k]
-            if lp[k] > peak:
-                peak = lp[k]
-        if not np.isfinite(peak):
-            peak = 0.0
-        total = 0.0
-        for k in range(n_components):
-            lp[k] = math.exp(lp[k] - peak)
-            total += lp[k]
-        wi = w[i]
-        weight += wi
-        loglik += wi * (math.log(total) + peak)
-        for k in range(n_components):
-            lp[k] = wi * (lp[k] / total)
-            nk[k] += lp[k]
+    n_components, n_features = offsets.shape
+    m = yt.shape[1]
+    for k in range(n_components):
+        row = lp[k]
+        for i in range(m):
+            row[i] = 0.0
+        for e in range(n_features):
+            y = yt[k * n_features + e]
+            o = offsets[k, e]
+            for i in range(m):
+                v = y[i] - o
+                row[i] += v * v
+        for i in range(m):
+            row[i] = const[k] - 0.5 * row[i]
+
+
+@jit
+def _left_factor(lp, xct, yt):
+    """yt[k*D + d, i] = lp[k, i] xct[d, i]: the weighted rows of the moment product."""
+    n_components, m = lp.shape
+    n_features = xct.shape[0]
+    for k in range(n_components):
+        r = lp[k]
         for d in range(n_features):
-            base = d * n_components
-            x = xc[i, d]
-            for k in range(n_components):
-                y[i, base + k] = lp[k] * x
-    return weight, loglik
+            y = yt[k * n_features + d]
+            x = xct[d]
+            for i in range(m):
+                y[i] = r[i] * x[i]
 
 
 def log_constants(log_weights: np.ndarray, log_det: np.ndarray, n_features: int) -> np.ndarray:
@@ -181,20 +151,40 @@ def log_constants(log_weights: np.ndarray, log_det: np.ndarray, n_features: int)
         return log_weights + log_det - 0.5 * n_features * LOG_2PI
 
 
+def _slices(n_rows: int):
+    rows = min(SLICE_ROWS, max(n_rows, 1))
+    return rows, [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
+
+
 def diag_block_moments(X, center, means_c, scales, const, w):
     """Moments about ``center`` of a diag/spherical block (see module docstring).
 
-    Returns ``(weight, loglik, nk (K,), sums (K, D), second (K, D))`` with
-    ``sums = sum_i r_ik xc_i`` and ``second = sum_i r_ik xc_i^2`` (r already weighted).
+    scales (K, D) or (K, 1): ``1/sigma``.  Returns ``(weight, loglik, nk (K,), sums
+    (K, D), second (K, D))`` with ``sums = sum_i r_ik xc_i`` and ``second = sum_i r_ik
+    xc_i^2`` (r already weighted).
     """
-    n_components, n_features = means_c.shape
+    n_rows, n_features = X.shape
+    n_components = len(means_c)
+    scales = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape), dtype=np.float64)
+    rows, slices = _slices(n_rows)
+    # feature-major [xc; xc^2]: one product lp @ moments^T gives both sums of a slice
+    moments_t = np.empty((2 * n_features, rows))
+    lp_buffer = np.empty((n_components, rows))
+    part = np.empty((n_components, 2 * n_features))
     nk = np.zeros(n_components)
-    sums = np.zeros((n_components, n_features))
-    second = np.zeros((n_components, n_features))
-    means_t = np.ascontiguousarray(means_c.T)
-    scales_t = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape).T)
-    weight, loglik = _diag_rows(X, center, means_t, scales_t, const, w, nk, sums, second)
-    return weight, loglik, nk, sums, second
+    moments = np.zeros((n_components, 2 * n_features))
+    weight = loglik = 0.0
+    for start, stop in slices:
+        xct = moments_t[:n_features, : stop - start]
+        np.subtract(X[start:stop].T, center[:, None], out=xct)
+        np.multiply(xct, xct, out=moments_t[n_features:, : stop - start])
+        lp = lp_buffer[:, : stop - start]
+        _diag_log_densities(xct, means_c, scales, const, lp)
+        part_weight, part_loglik = _responsibilities(lp, w[start:stop], nk)
+        weight += part_weight
+        loglik += part_loglik
+        moments += np.matmul(lp, moments_t[:, : stop - start].T, out=part)
+    return weight, loglik, nk, moments[:, :n_features].copy(), moments[:, n_features:].copy()
 
 
 def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
@@ -206,36 +196,35 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     n_rows, n_features = X.shape
     n_components = len(means_c)
     width = n_components * n_features
-    # column d*K + k of the factors is column d of L_k (component-minor, see above)
-    factors = np.ascontiguousarray(prec_chol.transpose(1, 2, 0).reshape(n_features, width))
-    offsets = np.einsum("kd,kde->ek", means_c, prec_chol).reshape(-1).astype(compute_dtype)
+    # row k*D + e of the factors is column e of L_k: (factors @ xc^T)[k*D + e] = (L_k^T xc)_e
+    factors = np.ascontiguousarray(prec_chol.transpose(0, 2, 1).reshape(width, n_features))
     factors = factors.astype(compute_dtype)
+    offsets = np.einsum("kd,kde->ke", means_c, prec_chol).astype(compute_dtype)
     center = center.astype(compute_dtype)
-    rows = min(FULL_SLICE_ROWS, max(n_rows, 1))
-    # xc with a column of ones: y^T @ [xc, 1] gives the second moments AND, in its last
+    rows, slices = _slices(n_rows)
+    # xc^T with a row of ones: yt @ [xc, 1] gives the second moments AND, in its last
     # column, the first moments sum_i r_ik xc_i, in one product
-    xc_buffer = np.ones((rows, n_features + 1), dtype=compute_dtype)
-    y_buffer = np.empty((rows, width), dtype=compute_dtype)
+    xct_buffer = np.ones((n_features + 1, rows), dtype=compute_dtype)
+    yt_buffer = np.empty((width, rows), dtype=compute_dtype)
+    lp_buffer = np.empty((n_components, rows))
     part = np.empty((width, n_features + 1), dtype=compute_dtype)
-    maha_buffer = np.empty((rows, n_components))
     nk = np.zeros(n_components)
     moments = np.zeros((width, n_features + 1))
     weight = loglik = 0.0
-    for start in range(0, n_rows, rows):
-        stop = min(start + rows, n_rows)
-        xc = xc_buffer[: stop - start]
-        np.subtract(X[start:stop], center, out=xc[:, :n_features])
-        y = np.matmul(xc[:, :n_features], factors, out=y_buffer[: stop - start])
-        maha = maha_buffer[: stop - start]
-        _full_distances(y, offsets, maha)
-        part_weight, part_loglik = _full_slice_rows(xc, y, maha, const, w[start:stop], nk)
+    for start, stop in slices:
+        m = stop - start
+        xct = xct_buffer[:, :m]
+        np.subtract(X[start:stop].T, center[:, None], out=xct[:n_features])
+        yt = np.matmul(factors, xct[:n_features], out=yt_buffer[:, :m])
+        lp = lp_buffer[:, :m]
+        _full_log_densities(yt, offsets, const, lp)
+        part_weight, part_loglik = _responsibilities(lp, w[start:stop], nk)
         weight += part_weight
         loglik += part_loglik
-        moments += np.matmul(y.T, xc, out=part)
-    moments = moments.reshape(n_features, n_components, n_features + 1)
-    sums = np.ascontiguousarray(moments[:, :, n_features].T)
-    second = np.ascontiguousarray(moments[:, :, :n_features].transpose(1, 0, 2))
-    return weight, loglik, nk, sums, second
+        _left_factor(lp, xct[:n_features], yt)
+        moments += np.matmul(yt, xct.T, out=part)
+    moments = moments.reshape(n_components, n_features, n_features + 1)
+    return weight, loglik, nk, moments[:, :, n_features].copy(), moments[:, :, :n_features].copy()
 
 
 def centred_stats(weight, loglik, nk, sums, second, center, covariance_type) -> dict:
