@@ -8,10 +8,12 @@ worker process instead of its default 1 (the cause of the oversubscription).
 from __future__ import annotations
 
 import dask.array as da
+import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
+from dask_em import GaussianMixture
 from dask_em.engine import EMEngine
 from dask_em.engine.threads import available_cpus, task_share, task_thread_limit
 
@@ -78,3 +80,16 @@ def test_limit_is_held_while_any_task_runs_and_then_restored():
             assert blas_threads() == 1
         assert blas_threads() == 1  # the outer task still runs
     assert blas_threads() == before
+
+
+def test_a_fit_drives_its_passes_with_one_blas_thread_and_restores_the_limit():
+    # the M-step's small D x D algebra between passes: threads only cost there
+    seen = []
+    X = np.random.default_rng(0).normal(size=(400, 3))
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert blas_threads() == 2
+        GaussianMixture(2, max_iter=3, random_state=0).fit(
+            X, callbacks=[lambda record, params: seen.append(blas_threads())]
+        )
+        assert blas_threads() == 2
+    assert seen == [1, 1, 1]
