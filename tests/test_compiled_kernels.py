@@ -66,6 +66,26 @@ def test_gaussian_compiled_matches_reference(covariance_type, weighted, nan_shar
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_gaussian_compiled_many_missing_values_match_reference(covariance_type):
+    # 60 % missing: rows with every q from 0 to D, the q x q solves of every size
+    rng = np.random.default_rng(5)
+    family = GaussianFamily(covariance_type=covariance_type)
+    params = random_gaussian_params(family, 4, 9, rng)
+    X = rng.normal(size=(3000, 9)) + params["means"][rng.integers(0, 4, 3000)]
+    gone = rng.random(X.shape) < 0.6
+    gone[:40] = False  # some complete rows in the same block
+    X[gone] = np.nan
+    n_missing = np.isnan(X).sum(axis=1)
+    assert {0, 1, 5, 8, 9} <= set(n_missing.tolist())
+    w = rng.random(len(X)) * 2.0
+    assert_same_stats(
+        family.block_stats(params, X, w),
+        family.reference_block_stats(params, X, w),
+        ("weight", "loglik", "nk", "means", "scatter"),
+    )
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_gaussian_compiled_float32_block_in_float64_mode(covariance_type):
     # float32 data in the default float64 mode: the same statistics as the reference
     rng = np.random.default_rng(3)

@@ -188,21 +188,13 @@ class GaussianFamily:
     def block_stats(self, params: Params, X: np.ndarray, w: np.ndarray | None = None) -> Stats:
         """E-step fused with the statistics of one block ``X`` (n, D), weights ``w`` (n,).
 
-        Complete rows run through the compiled kernels when numba is available, rows
-        with NaN through the exact missing-value path; without numba everything runs
+        Complete rows and rows with NaN (the exact missing-value E-step) run through
+        the compiled kernels when numba is available; without numba everything runs
         through :meth:`reference_block_stats`.
         """
         if not compiled.COMPILED or X.dtype.kind != "f":
             return self.reference_block_stats(params, X, w)
-        incomplete = np.isnan(X @ np.ones(X.shape[1], dtype=X.dtype))  # NaN in the row
-        if not incomplete.any():
-            return compiled.block_stats(self, params, X, w)
-        complete = ~incomplete
-        w_complete, w_incomplete = (None, None) if w is None else (w[complete], w[incomplete])
-        return self.merge(
-            compiled.block_stats(self, params, X[complete], w_complete),
-            self.reference_block_stats(params, X[incomplete], w_incomplete),
-        )
+        return compiled.block_stats(self, params, X, w)
 
     def reference_block_stats(
         self, params: Params, X: np.ndarray, w: np.ndarray | None = None

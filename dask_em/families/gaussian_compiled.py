@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from dask_em.families import gaussian_linalg
+from dask_em.families.gaussian_missing_compiled import missing_block_moments
 from dask_em.families.jit import HAVE_NUMBA, jit
 
 #: Rows per slice: a slice's buffers are feature-major (D, rows) and (K*D, rows), so every
@@ -251,27 +252,57 @@ def centred_stats(weight, loglik, nk, sums, second, center, covariance_type) -> 
     }
 
 
+def dense_factors(chol: np.ndarray, covariance_type: str, n_components: int, n_features: int):
+    """The precision factors ``L_k`` (``P_k = L_k L_k^T``) of any type as (K, D, D)."""
+    if covariance_type == "full":
+        return chol
+    if covariance_type == "tied":
+        return np.broadcast_to(chol, (n_components, n_features, n_features))
+    scales = np.broadcast_to(
+        chol if covariance_type == "diag" else chol[:, None], (n_components, n_features)
+    )
+    return scales[:, :, None] * np.eye(n_features)
+
+
 def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> dict:
-    """Statistics of a block of complete rows, in the form of ``family.block_stats``.
+    """Statistics of a block, in the form of ``family.block_stats``.
 
     ``family`` is a :class:`~dask_em.families.gaussian.GaussianFamily` (its
-    ``covariance_type`` and ``dtype``); X (n, D) float32 or float64 without NaN.
+    ``covariance_type`` and ``dtype``); X (n, D) float32 or float64.  Rows with NaN go
+    through :mod:`dask_em.families.gaussian_missing_compiled` (in float64), the others
+    through the kernels above; their moments about the centre add up.
     """
     n_components, n_features = params["means"].shape
     center, chol = params["center"], params["precisions_cholesky"]
+    covariance_type = family.covariance_type
     w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
     log_det = np.broadcast_to(
-        gaussian_linalg.log_det_cholesky(chol, family.covariance_type, n_features), (n_components,)
+        gaussian_linalg.log_det_cholesky(chol, covariance_type, n_features), (n_components,)
     )
     const = log_constants(np.log(params["weights"]), log_det, n_features)
     means_c = params["means"] - center
-    if family.covariance_type in ("full", "tied"):
-        chol = np.broadcast_to(chol, (n_components, n_features, n_features))
-        dtype = np.float32 if family.dtype == "float32" else np.float64
-        moments = full_block_moments(X, center, chol, means_c, const, w, dtype)
-    else:
-        scales = chol if family.covariance_type == "diag" else chol[:, None]
-        moments = diag_block_moments(X, center, means_c, scales, const, w)
-    stats = centred_stats(*moments, center, family.covariance_type)
-    stats["n_rows"] = len(X)
+    incomplete = np.isnan(X @ np.ones(n_features, dtype=X.dtype))  # NaN in the row
+    parts = []
+    if incomplete.any():
+        with np.errstate(divide="ignore"):
+            const_missing = np.log(params["weights"]) + log_det
+        factors = dense_factors(chol, covariance_type, n_components, n_features)
+        moments = missing_block_moments(
+            X[incomplete], center, factors, means_c, const_missing, w[incomplete]
+        )
+        if covariance_type not in ("full", "tied"):
+            moments = (*moments[:4], np.diagonal(moments[4], axis1=1, axis2=2))
+        parts.append(moments)
+        X, w = X[~incomplete], w[~incomplete]
+    if len(X) or not parts:
+        if covariance_type in ("full", "tied"):
+            factors = np.broadcast_to(chol, (n_components, n_features, n_features))
+            dtype = np.float32 if family.dtype == "float32" else np.float64
+            parts.append(full_block_moments(X, center, factors, means_c, const, w, dtype))
+        else:
+            scales = chol if covariance_type == "diag" else chol[:, None]
+            parts.append(diag_block_moments(X, center, means_c, scales, const, w))
+    moments = [sum(values) for values in zip(*parts, strict=True)]
+    stats = centred_stats(*moments, center, covariance_type)
+    stats["n_rows"] = len(incomplete)
     return stats

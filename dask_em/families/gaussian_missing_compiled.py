@@ -1,0 +1,272 @@
+"""Compiled, fused exact E-step + completed-data moments of rows with NaN (any type).
+
+The same mathematics as the NumPy reference :mod:`dask_em.families.gaussian_missing`
+(Ghahramani & Jordan, 1994; Schur complements of the precision ``P_k = L_k L_k^T``),
+arranged so that the work shared by all rows runs as BLAS products on the rows with
+their missing entries set to the centre, and only what a row's pattern adds runs per
+row, in compiled code, with no (n, K, D) temporary:
+
+* ``xt`` = x - center with missing entries 0; one product ``y = xt @ [L_1 .. L_K]``
+  gives ``u_k = L_k^T v_k = y_k - L_k^T mc_k`` for ``v_k = xt - mc_k`` (mc_k = mu_k -
+  center), whose missing entries are ``-mc_km`` instead of the reference's 0.  That
+  changes nothing below: the Schur complement form (gaussian_missing, eq. 1) is the
+  minimum of ``v^T P v`` over the missing entries, whatever they hold, and its
+  minimizer moves with them (``v_m - P_mm^-1 (P v)_m`` for any ``v_m``).
+* ``v^T P v = |u|^2`` and ``b = (P v)_m = (L_k u)_m`` (q x D per row and component);
+  one Cholesky of the q x q ``P_mm`` gives ``c = P_mm^-1 b``, ``log |P_mm|`` and
+  ``P_mm^-1``; then (gaussian_missing, eqs. 1-3)
+
+      maha_o = |u|^2 - b.c,    log N(x_o | k) = const_k - 1/2 (D - q) log 2 pi
+               + log |P_k|^1/2 - 1/2 log |P_mm| - 1/2 maha_o,
+      E[x_m | x_o, k] - center_m = mc_km + (v_m - c) = -c,   Cov[x_m | x_o, k] = P_mm^-1.
+
+* The completed row about the centre is ``xt + e_k`` with ``e_k = -c`` on the missing
+  entries only, so its moments are those of ``xt`` (the second BLAS product
+  ``(r xt)^T [xt, 1]``, as for complete rows) plus, per row, ``r e`` on the missing
+  entries, the cross terms ``r xt e^T`` (D x q) and ``r (e e^T + P_mm^-1)`` (q x q).
+
+Rows with nothing observed get no weight (the reference's rule).  Moments come out
+about ``center`` in the form of :func:`dask_em.families.gaussian_compiled.full_block_moments`,
+so the complete and incomplete rows of a block add up before the family's statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dask_em.families.jit import jit, jit_reassociated
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+#: Rows per slice: the (rows, K*D) buffer of 256 x 128 doubles is 256 KiB.
+SLICE_ROWS = 256
+
+#: Responsibilities below this are taken as 0, as the reference does (their products
+#: with the data would be subnormal numbers, each some hundred times a normal multiply).
+RESPONSIBILITY_FLOOR = 1e-200
+
+
+@jit
+def _cholesky_inverse(a, inverse, q):
+    """``inverse[:q, :q] = a^-1`` for the SPD ``a[:q, :q]`` (its Cholesky factor
+    overwrites ``a``, lower); returns ``log det a``."""
+    log_det = 0.0
+    for j in range(q):
+        s = a[j, j]
+        for t in range(j):
+            s -= a[j, t] * a[j, t]
+        pivot = math.sqrt(s)
+        a[j, j] = pivot
+        log_det += 2.0 * math.log(pivot)
+        for i in range(j + 1, q):
+            s = a[i, j]
+            for t in range(j):
+                s -= a[i, t] * a[j, t]
+            a[i, j] = s / pivot
+    for col in range(q):  # column col of a^-1: L z = e_col, then L^T x = z
+        z = inverse[col]
+        for i in range(q):
+            s = 1.0 if i == col else 0.0
+            for t in range(i):
+                s -= a[i, t] * z[t]
+            z[i] = s / a[i, i]
+        for i in range(q - 1, -1, -1):
+            s = z[i]
+            for t in range(i + 1, q):
+                s -= a[t, i] * z[t]
+            z[i] = s / a[i, i]
+    return log_det
+
+
+@jit_reassociated
+def _missing_slice(xt, missing, y, offsets, factors, precisions, const, w, out, cache):
+    """One slice of rows with NaN; returns (weight, loglik).
+
+    xt (m, D + 1): x - center, missing entries 0, last column 1; missing (m, D) bool;
+    y (m, K*D) ``xt @ [L_1 .. L_K]`` (column k*D + e), overwritten with ``r_ik xt_i``
+    (the left factor of the moment product); offsets (K, D) ``L_k^T mc_k``; factors,
+    precisions (K, D, D) ``L_k`` and ``P_k``; means_c (K, D); const (K,) ``log pi_k +
+    log |P_k|^1/2``; w (m,).  ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and
+    block (K, D, D), added to (see module docstring).  ``cache`` holds the last row's
+    pattern (its missing features, then q; q = -1 for none yet), ``P_mm^-1`` (K, D, D)
+    and ``log |P_mm|`` (K,) of that pattern, kept across slices: rows sorted by
+    pattern solve each pattern once.
+    """
+    nk, sums, cross, block = out
+    pattern, inverse, log_dets = cache
+    m, n_features = missing.shape
+    n_components = const.shape[0]
+    index = np.empty(n_features, dtype=np.int64)
+    u = np.empty(n_features)
+    b = np.empty(n_features)
+    a = np.empty((n_features, n_features))
+    c = np.empty((n_components, n_features))
+    lp = np.empty(n_components)
+    weight = 0.0
+    loglik = 0.0
+    for i in range(m):
+        q = 0
+        for d in range(n_features):
+            if missing[i, d]:
+                index[q] = d
+                q += 1
+        if q == n_features:  # nothing observed: no weight
+            for j in range(n_components * n_features):
+                y[i, j] = 0.0
+            continue
+        same = pattern[n_features] == q
+        for t in range(q):
+            same = same and pattern[t] == index[t]
+        if not same:
+            for k in range(n_components):
+                for t in range(q):
+                    for t2 in range(q):
+                        a[t, t2] = precisions[k, index[t], index[t2]]
+                log_dets[k] = _cholesky_inverse(a, inverse[k], q)
+            for t in range(q):
+                pattern[t] = index[t]
+            pattern[n_features] = q
+        for k in range(n_components):
+            base = k * n_features
+            for e in range(n_features):
+                u[e] = y[i, base + e] - offsets[k, e]
+            norm = 0.0
+            for e in range(n_features):
+                norm += u[e] * u[e]
+            for t in range(q):
+                j = index[t]
+                s = 0.0
+                for e in range(n_features):
+                    s += factors[k, j, e] * u[e]
+                b[t] = s
+            for t in range(q):
+                s = 0.0
+                for t2 in range(q):
+                    s += inverse[k, t, t2] * b[t2]
+                c[k, t] = s
+            quad = 0.0
+            for t in range(q):
+                quad += b[t] * c[k, t]
+            lp[k] = const[k] - 0.5 * (n_features - q) * LOG_2PI - 0.5 * log_dets[k]
+            lp[k] -= 0.5 * (norm - quad)
+        peak = -np.inf
+        for k in range(n_components):
+            peak = max(peak, lp[k])
+        if not np.isfinite(peak):
+            peak = 0.0
+        total = 0.0
+        for k in range(n_components):
+            lp[k] = math.exp(lp[k] - peak)
+            total += lp[k]
+        weight += w[i]
+        loglik += w[i] * (math.log(total) + peak)
+        for k in range(n_components):
+            r = w[i] * (lp[k] / total)
+            if r < RESPONSIBILITY_FLOOR:
+                r = 0.0
+            nk[k] += r
+            base = k * n_features
+            for d in range(n_features):
+                y[i, base + d] = r * xt[i, d]
+            if r == 0.0:
+                continue
+            for t in range(q):
+                j = index[t]
+                ej = -c[k, t]
+                sums[k, j] += r * ej
+                for d in range(n_features):
+                    cross[k, d, j] += r * xt[i, d] * ej
+                for t2 in range(q):
+                    el = -c[k, t2]
+                    block[k, j, index[t2]] += r * (ej * el + inverse[k, t, t2])
+    return weight, loglik
+
+
+@jit
+def _pattern_keys(X, keys):
+    """keys[i] = sum over the NaN features d of row i of 2^d (X (n, D), D <= 63)."""
+    n, n_features = X.shape
+    for i in range(n):
+        key = 0
+        for d in range(n_features):
+            if math.isnan(X[i, d]):
+                key |= 1 << d
+        keys[i] = key
+
+
+@jit
+def _gather_rows(X, order, center, xt, missing):
+    """xt[i, :D] = X[order[i]] - center with NaN as 0, missing[i] its NaN mask."""
+    n_features = X.shape[1]
+    for i in range(len(order)):
+        row = order[i]
+        for d in range(n_features):
+            value = X[row, d]
+            gone = math.isnan(value)
+            missing[i, d] = gone
+            xt[i, d] = 0.0 if gone else value - center[d]
+
+
+def pattern_order(X: np.ndarray) -> np.ndarray:
+    """An order of the rows of X (n, D) that puts rows with the same NaN pattern side by
+    side (D <= 63; above, the rows' own order)."""
+    if X.shape[1] > 63:
+        return np.arange(len(X))
+    keys = np.empty(len(X), dtype=np.int64)
+    _pattern_keys(X, keys)
+    return np.argsort(keys)
+
+
+def missing_block_moments(X, center, prec_chol, means_c, const, w):
+    """Moments about ``center`` of the rows of a block that hold NaN (module docstring).
+
+    X (n, D) with NaN; prec_chol (K, D, D) dense factors ``L_k`` (``P_k = L_k L_k^T``) of
+    every type (diag: ``diag(1/sigma_k)``); const (K,) ``log pi_k + log |P_k|^1/2``.
+    Returns ``(weight, loglik, nk (K,), sums (K, D), second (K, D, D))`` (r weighted).
+    """
+    n_rows, n_features = X.shape
+    n_components = len(means_c)
+    width = n_components * n_features
+    factors = np.ascontiguousarray(prec_chol, dtype=np.float64)
+    precisions = factors @ factors.transpose(0, 2, 1)
+    columns = np.ascontiguousarray(factors.transpose(1, 0, 2).reshape(n_features, width))
+    offsets = np.einsum("kd,kde->ke", means_c, factors)
+    # rows of one pattern side by side: each pattern's P_mm is factored once per run
+    order = pattern_order(X)
+    center = np.asarray(center, dtype=np.float64)
+    cache = (
+        np.full(n_features + 1, -1, dtype=np.int64),
+        np.empty((n_components, n_features, n_features)),
+        np.empty(n_components),
+    )
+    rows = min(SLICE_ROWS, max(n_rows, 1))
+    xt_buffer = np.ones((rows, n_features + 1))
+    missing_buffer = np.empty((rows, n_features), dtype=np.bool_)
+    y_buffer = np.empty((rows, width))
+    part = np.empty((width, n_features + 1))
+    moments = np.zeros((width, n_features + 1))
+    nk = np.zeros(n_components)
+    out = (
+        nk,
+        np.zeros((n_components, n_features)),
+        np.zeros((n_components, n_features, n_features)),
+        np.zeros((n_components, n_features, n_features)),
+    )
+    weight = loglik = 0.0
+    for start in range(0, n_rows, rows):
+        stop = min(start + rows, n_rows)
+        xt, missing = xt_buffer[: stop - start], missing_buffer[: stop - start]
+        _gather_rows(X, order[start:stop], center, xt, missing)
+        y = np.matmul(xt[:, :n_features], columns, out=y_buffer[: stop - start])
+        args = (offsets, factors, precisions, const, w[order[start:stop]], out, cache)
+        part_weight, part_loglik = _missing_slice(xt, missing, y, *args)
+        weight += part_weight
+        loglik += part_loglik
+        moments += np.matmul(y.T, xt, out=part)
+    moments = moments.reshape(n_components, n_features, n_features + 1)
+    _, extra_sums, cross, block = out
+    sums = moments[:, :, n_features] + extra_sums
+    second = moments[:, :, :n_features] + cross + cross.transpose(0, 2, 1) + block
+    return weight, loglik, nk, sums, second
