@@ -8,6 +8,7 @@ fallback path); ``test_fallback_without_numba`` checks that path in a fresh proc
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -176,3 +177,47 @@ def test_compiled_kernels_are_active_here():
     if os.environ.get("DASK_EM_DISABLE_JIT"):
         pytest.skip("compiled kernels disabled in this run")
     assert gaussian_compiled.COMPILED and discrete_compiled.COMPILED
+
+
+WARM_UP_SCRIPT = """
+import json, logging, sys
+import dask.array as da
+import numpy as np
+from distributed import Client, LocalCluster
+from dask_em import GaussianMixture
+
+def worker_compilations():
+    from dask_em.families import gaussian_compiled as g
+    kernels = (g._full_log_densities, g._responsibilities, g._left_factor)
+    return {
+        "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
+        "hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+    }
+
+if __name__ == "__main__":
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+    rng = np.random.default_rng(0)
+    X = da.from_array(rng.normal(size=(4000, 3)), chunks=1000)
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
+        with Client(cluster) as client:
+            GaussianMixture(2, max_iter=2, random_state=0).fit(X)
+            print(json.dumps(list(client.run(worker_compilations).values())))
+"""
+
+
+@pytest.mark.slow
+def test_first_fit_compiles_once_in_the_driver_and_workers_load_the_cache(tmp_path):
+    # an empty numba cache: the situation of a new user's first `dask-em demo`
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    script = tmp_path / "fit.py"
+    script.write_text(WARM_UP_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert sum("compiled the E-step kernels" in line for line in lines) == 1
+    workers = json.loads(lines[-1])
+    assert len(workers) == 2
+    for counts in workers:
+        assert counts["misses"] == 0 and counts["hits"] > 0, counts

@@ -31,6 +31,7 @@ from dask_em.data import ValueCheck
 from dask_em.engine import EMEngine
 from dask_em.engine.threads import driver_thread_limit
 from dask_em.estimators.starts import initial_points, make_repair, scan
+from dask_em.estimators.warmup import warm_kernels
 from dask_em.families.base import Params
 from dask_em.seeds import seed_from
 
@@ -171,6 +172,8 @@ def fit_candidates(candidates: Sequence[Any], data: FitData) -> CandidatesOutcom
                     ]
                     for c, (candidate, points) in enumerate(zip(candidates, starts, strict=True))
                 ]
+                for candidate_runs in runs:  # each candidate's kernels (its K, its type)
+                    warm_kernels(engine, candidate_runs[0], scanned["sample"])
                 em.lockstep(
                     engine.map_reduce,
                     [run for candidate_runs in runs for run in candidate_runs],
@@ -285,6 +288,7 @@ def _restarts(
         )
         for r, start in enumerate(starts)
     ]
+    warm_kernels(engine, runs[0], scan["sample"])
     save = None
     if saver is not None:
         counts = functools.partial(_counts, engine, state)

@@ -1,0 +1,48 @@
+"""A head start for the compiled kernels of a fit on a cluster (see :func:`warm_kernels`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from dask_em import em
+from dask_em.engine import EMEngine
+from dask_em.families.jit import HAVE_NUMBA
+
+logger = logging.getLogger("dask_em.engine")
+
+#: Rows the kernels are first called on: several slices of every kernel, whole ones and
+#: a partial last one (numba compiles one version per array layout, and a slice that
+#: is a view into a larger buffer has another layout than a whole buffer).
+WARM_UP_ROWS = 1000
+
+
+def warm_kernels(engine: EMEngine, run: em.EMRun, sample: np.ndarray) -> None:
+    """Compile the run's E-step kernels here, once, before the first pass on a cluster.
+
+    numba compiles a kernel on its first call and caches the machine code on disk
+    (:mod:`dask_em.families.jit`).  Left to the first pass, every worker process would
+    compile the same kernels at once (seconds each, on cores the pass needs); run here
+    on two rows of the scan sample, in the data's dtype, the compilation happens once
+    and the workers load it from the cache.  Its time is logged when it is more than a
+    second (a first run; later runs load the cache in well under a second).
+    """
+    if engine.client is None or not HAVE_NUMBA or len(sample) == 0:
+        return
+    rows = np.ascontiguousarray(sample[:WARM_UP_ROWS], dtype=engine.X.dtype)
+    extra = np.array([len(rows)]) if engine.sequences else None
+    started = time.perf_counter()
+    try:
+        run.family.block_stats(run.result.params, rows, extra)
+    except Exception as error:  # only a head start: the first pass compiles instead
+        logger.debug("kernels not compiled ahead of the first pass: %s", error)
+        return
+    seconds = time.perf_counter() - started
+    if seconds > 1.0:
+        logger.info(
+            "compiled the E-step kernels in %.1f s (once per machine: later runs and the "
+            "workers load them from numba's disk cache)",
+            seconds,
+        )
