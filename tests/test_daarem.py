@@ -274,3 +274,14 @@ def test_a_stopped_daarem_fit_resumes_from_its_checkpoint_to_the_uninterrupted_r
             )
         assert resumed.lower_bounds_ == reference.lower_bounds_
         assert [h["passes"] for h in resumed.history_] == [h["passes"] for h in reference.history_]
+
+
+@pytest.mark.parametrize("command", [["fit", "gmm"], ["sweep", "gmm"]])
+def test_the_command_line_offers_daarem(command):
+    from dask_em.cli import build_parser
+
+    k = "2" if command[0] == "fit" else "1:3"
+    argv = [*command, "data.zarr", "-k", k, "--out", "out", "--accelerate", "daarem"]
+    assert build_parser().parse_args(argv).accelerate == "daarem"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv[:-1], "anderson"])
