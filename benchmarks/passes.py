@@ -1,4 +1,4 @@
-"""Passes over the data: plain EM against SQUAREM, to the same tolerance, from the same start.
+"""Passes over the data: plain EM, SQUAREM and DAAREM, to the same tolerance, from the same start.
 
     python benchmarks/passes.py                     # tol 1e-8
     python benchmarks/passes.py --tol 1e-8 1e-12    # several tolerances
@@ -9,22 +9,23 @@ components, a Gaussian HMM with sticky, overlapping states, a categorical mixtur
 well-separated Gaussian mixture (fast: plain EM needs few passes).  Both methods stop
 when a plain EM step changes the mean objective by less than ``tol`` (the loop's rule).
 
-Each problem is fitted by the real estimator (``accelerate=None`` and ``"squarem"``),
+Each problem is fitted by the real estimator (``accelerate=None``, ``"squarem"`` and
+``"daarem"``),
 from the same start (every ``*_init`` given, so there is no init pass), on in-memory
 data (the fit runs in this process, block by block; the count of passes does not
 depend on where a pass runs).
 
 Table 1, to the same tolerance: ``n_passes_`` of each method (every pass: the scan
-pass included) and their ratio; ``diff``: the largest relative difference between the
-two results (per fitted array, ``max|a - b| / max|b|``); ``err plain`` / ``err sq``: the
-same against the optimum; the objective is ``lower_bound_`` (mean penalized
+pass included) and the ratios to plain EM's; ``err plain`` / ``err sq`` / ``err da``:
+the largest relative difference (per fitted array, ``max|a - b| / max|b|``) between
+each result and the optimum; the objective is ``lower_bound_`` (mean penalized
 log-likelihood per row, per step for the HMM).  On slow problems a small change of the
 objective per pass does not mean being close to the optimum: plain EM stops on the
 flat approach to it, up to 1e-2 away in the parameters at tol 1e-8.
 
 Table 2, to the same optimum: the passes each method needs until its parameters are
 within ``--within`` (default 1e-5, relative, every array of the model) of the optimum,
-and the ratio.  The optimum is SQUAREM run with tol 0 until a pass changes nothing
+and the ratios to plain EM's.  The optimum is SQUAREM run with tol 0 until a pass changes nothing
 (at most 20,000 passes); ``--check-optimum`` also runs plain EM for 50,000 passes and
 prints how far apart the two are (below 1e-13 on every problem here).
 """
@@ -235,8 +236,9 @@ def main() -> None:
             apart = largest_relative_difference(fitted_arrays(plain), fitted_arrays(optimum))
             print(f"{name}: SQUAREM's and plain EM's optimum {apart:.1e} apart", flush=True)
     header = (
-        f"{'problem':<22} {'tol':>7} {'plain':>6} {'squarem':>7} {'ratio':>6} {'diff':>8} "
-        f"{'err plain':>9} {'err sq':>8} {'objective plain':>16} {'objective sq':>16}"
+        f"{'problem':<22} {'tol':>7} {'plain':>6} {'squarem':>7} {'daarem':>6} {'sq/pl':>6} "
+        f"{'da/pl':>6} {'err plain':>9} {'err sq':>8} {'err da':>8} {'objective plain':>16} "
+        f"{'objective da':>16}"
     )
     print(header)
     print("-" * len(header))
@@ -245,25 +247,34 @@ def main() -> None:
         for tol in args.tol:
             plain, _ = fit(make, None, tol, args.max_iter)
             squarem, _ = fit(make, "squarem", tol, args.max_iter)
+            daarem, _ = fit(make, "daarem", tol, args.max_iter)
             print(
                 f"{name:<22} {tol:>7.0e} {plain.n_passes_:>6d} {squarem.n_passes_:>7d} "
-                f"{squarem.n_passes_ / plain.n_passes_:>6.3f} "
-                f"{relative_difference(squarem, plain):>8.1e} "
+                f"{daarem.n_passes_:>6d} {squarem.n_passes_ / plain.n_passes_:>6.3f} "
+                f"{daarem.n_passes_ / plain.n_passes_:>6.3f} "
                 f"{relative_difference(plain, optimum):>9.1e} "
                 f"{relative_difference(squarem, optimum):>8.1e} "
-                f"{plain.lower_bound_:>16.10f} {squarem.lower_bound_:>16.10f}",
+                f"{relative_difference(daarem, optimum):>8.1e} "
+                f"{plain.lower_bound_:>16.10f} {daarem.lower_bound_:>16.10f}",
                 flush=True,
             )
     print()
-    header = f"{'problem':<22} {'within':>7} {'plain':>7} {'squarem':>7} {'ratio':>6}"
+    header = (
+        f"{'problem':<22} {'within':>7} {'plain':>7} {'squarem':>7} {'daarem':>7} "
+        f"{'sq/pl':>6} {'da/pl':>6}"
+    )
     print(header)
     print("-" * len(header))
     for name, make in PROBLEMS.items():
         optimum = optimum_arrays[name]
-        plain = passes_to_optimum(make, None, optimum, args.within, args.max_iter)
-        squarem = passes_to_optimum(make, "squarem", optimum, args.within, args.max_iter)
+        counts = [
+            passes_to_optimum(make, method, optimum, args.within, args.max_iter)
+            for method in (None, "squarem", "daarem")
+        ]
+        plain, squarem, daarem = counts
         print(
-            f"{name:<22} {args.within:>7.0e} {plain:>7d} {squarem:>7d} {squarem / plain:>6.3f}",
+            f"{name:<22} {args.within:>7.0e} {plain:>7d} {squarem:>7d} {daarem:>7d} "
+            f"{squarem / plain:>6.3f} {daarem / plain:>6.3f}",
             flush=True,
         )
 

@@ -321,11 +321,11 @@ def run(
     """EM from ``params`` until a plain EM step changes the mean objective by less than
     ``tol``, or ``max_iter`` passes over the data (iterations, for plain EM).
 
-    ``accelerate``: None (plain EM) or ``"squarem"``.  ``lower_bound`` is the objective
-    of the last accepted point, ``params`` its EM image.  ``repair(params, stats)`` may
-    fix up an image (re-seeding) and returns the indices it changed.  After every
-    accepted point: ``observe(record)`` first (the engine's log line and event), then
-    ``save(result)`` (a checkpoint of the whole loop state), then
+    ``accelerate``: None (plain EM), ``"squarem"`` or ``"daarem"``.  ``lower_bound`` is
+    the objective of the last accepted point, ``params`` its EM image.
+    ``repair(params, stats)`` may fix up an image (re-seeding) and returns the indices it
+    changed.  After every accepted point: ``observe(record)`` first (the engine's log
+    line and event), then ``save(result)`` (a checkpoint of the whole loop state), then
     ``callbacks(record, new_params)``.  ``iteration_scope(n)`` wraps pass n (the
     engine's dashboard span); ``log`` takes the warning of a decreasing objective (the
     engine passes its logger, so that all of a fit's lines come from ``dask_em.engine``).

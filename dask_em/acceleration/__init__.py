@@ -1,9 +1,10 @@
-"""Accelerated EM that plugs into any EM loop: SQUAREM as an ask/tell driver
-(:mod:`.squarem`, :mod:`.driver`), the parameter maps it extrapolates in
+"""Accelerated EM that plugs into any EM loop: SQUAREM and DAAREM as ask/tell drivers
+(:mod:`.squarem`, :mod:`.daarem`, :mod:`.driver`), the parameter maps it extrapolates in
 (:mod:`.parameter_maps`, :mod:`.coordinates`), and a runner around one ``evaluate``
 callable per pass (:mod:`.running`)."""
 
 from dask_em.acceleration.coordinates import InfeasiblePoint
+from dask_em.acceleration.daarem import Daarem
 from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM
 from dask_em.acceleration.parameter_maps import ParameterMap, parameter_map
 from dask_em.acceleration.running import (
@@ -18,6 +19,7 @@ from dask_em.acceleration.squarem import Squarem
 __all__ = [
     "ACCELERATE_METHODS",
     "AcceptedPoint",
+    "Daarem",
     "EMState",
     "InfeasiblePoint",
     "ParameterMap",

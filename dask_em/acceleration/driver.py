@@ -184,6 +184,18 @@ class PlainEM:
     def _restore_step(self, last: AcceptedPoint) -> None:
         """Restore the subclass's own state from the last record."""
 
+    def _next_chain(
+        self, accepted: Params, previous_image: Params, kind: str, changed: tuple[int, ...]
+    ) -> list[Params]:
+        """The chain once ``accepted`` is accepted (``previous_image``: the EM image of
+        the point accepted before it).  Here: the last two accepted points linked by
+        plain EM steps; emptied after a repaired image (no EM image) or an extrapolated
+        point (not the base of the next extrapolation: SQUAREM's stabilizing EM step
+        comes first)."""
+        if changed or kind != "em":
+            return []
+        return [*self._chain, accepted][-2:]
+
     # -- bookkeeping ----------------------------------------------------------------
     def _accept(
         self, objective: float, image: Params, stats: Stats, *, kind: str, step: float
@@ -198,13 +210,9 @@ class PlainEM:
         )
         self._check_monotone(point)
         self.history.append(point)
+        image_before = self._image
         self._image = image
-        if changed or kind != "em":
-            # a repaired image is no EM image, and an extrapolated point is not the base
-            # of the next extrapolation (SQUAREM's stabilizing EM step comes first)
-            self._chain = []
-        else:
-            self._chain = [*self._chain, accepted][-2:]
+        self._chain = self._next_chain(accepted, image_before, kind, changed)
         self.converged = kind == "em" and abs(point.change) < self.tol
         if not self.converged:
             self._plan_next()

@@ -13,13 +13,14 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dask_em.acceleration.daarem import Daarem
 from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM, Repair
 from dask_em.acceleration.parameter_maps import parameter_map
 from dask_em.acceleration.squarem import Squarem
 from dask_em.families.base import Params, Stats
 
 #: What an estimator's ``accelerate`` may be: None (plain EM) or a method's name.
-ACCELERATE_METHODS = (None, "squarem")
+ACCELERATE_METHODS = (None, "squarem", "daarem")
 
 Evaluate = Callable[[Params], tuple[float, Params, Stats]]
 
@@ -43,6 +44,9 @@ def make_driver(
     if accelerate == "squarem":
         mapping = functools.partial(parameter_map, family)
         return Squarem(params, mapping, tol=tol, repair=repair, resume=resume)
+    if accelerate == "daarem":
+        mapping = functools.partial(parameter_map, family)
+        return Daarem(params, mapping, tol=tol, repair=repair, resume=resume)
     raise ValueError(f"accelerate must be one of {ACCELERATE_METHODS}, got {accelerate!r}")
 
 

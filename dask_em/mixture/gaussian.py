@@ -42,9 +42,10 @@ class GaussianMixture(BaseMixture):
         The parameters EM updates; the others keep their initial values (``*_init``, or
         computed) bitwise.  Covariances updated with the means held are the scatter
         about the held means (a partial M-step: the objective still never decreases).
-    accelerate : {None, "squarem"}, default None
-        None: plain EM.  "squarem": SQUAREM-accelerated EM (fewer passes over the data
-        on slowly converging fits; same optimum, objective still never decreasing).
+    accelerate : {None, "squarem", "daarem"}, default None
+        None: plain EM.  "squarem": SQUAREM-accelerated EM; "daarem": damped Anderson
+        acceleration with restarts (fewer passes over the data on slowly converging
+        fits; same optimum, objective still never decreasing).
         ``max_iter`` then caps passes over the data.  Every estimator takes it.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
         How the initial centres are chosen, on a sample of ``init_sample_size`` rows drawn
