@@ -46,6 +46,7 @@ from dask_em.families.discrete import safe_log
 from dask_em.families.hmm_emissions import fused_emission
 from dask_em.families.hmm_fused import fused_block_stats
 from dask_em.families.hmm_kernels import Posteriors, TimeMajorLayout
+from dask_em.families.hmm_split_sampling import sample_ends
 from dask_em.families.jit import HAVE_NUMBA
 
 ESTEP_METHODS = ("exact", "sample")
@@ -172,8 +173,12 @@ class HMMFamily:
         return hmm_split.merge_summaries(*parts)
 
     def prepared(self, params: Params, merged: dict) -> Params:
-        """``params`` with the boundary messages of every piece (round 2, the scan)."""
-        return {**params, "pieces": hmm_split.sum_scan(merged, params["startprob"])}
+        """``params`` with the boundary messages of every piece (round 2, the scan), and
+        for the Monte Carlo E-step the paths' states at the pieces' ends."""
+        pieces = hmm_split.sum_scan(merged, params["startprob"])
+        if self.estep == "sample":
+            pieces["ends"] = sample_ends(merged, pieces["messages"], self.n_samples, params["seed"])
+        return {**params, "pieces": pieces}
 
     def block_stats(self, params: Params, X: np.ndarray, lengths: np.ndarray) -> Stats:
         """Baum-Welch statistics of one block: ``X`` (T, D), ``lengths`` (S,) summing to T,
@@ -183,11 +188,6 @@ class HMMFamily:
         if hmm_split.is_segments(lengths):
             row = hmm_split.piece_of(lengths)
             if row is not None:
-                if self.estep != "exact":
-                    raise ValueError(
-                        "estep='sample' does not run over sequences split across blocks; "
-                        "use estep='exact' or a block_bytes larger than the longest sequence"
-                    )
                 return hmm_split.piece_block_stats(self, params, X, row)
             if np.all(lengths["weight"] == 1.0):
                 return self.block_stats(params, X, np.array(lengths["length"]))

@@ -38,6 +38,7 @@ import numpy as np
 from dask_em.families.base import Params, Stats, rows_per_slice, sliced_stats
 from dask_em.families.hmm_kernels import TimeMajorLayout, _log
 from dask_em.families.hmm_pieces_compiled import summaries
+from dask_em.families.hmm_split_sampling import sample_piece
 
 
 def is_segments(lengths: Any) -> bool:
@@ -163,8 +164,16 @@ def _piece_posteriors(family: Any, params: Params, X: np.ndarray, row: np.void):
 
 def piece_block_stats(family: Any, params: Params, X: np.ndarray, row: np.void) -> Stats:
     """Baum-Welch statistics of one piece (the fields of ``HMMFamily.block_stats``); the
-    sequence's log-likelihood is counted by its first piece."""
-    X, post = _piece_posteriors(family, params, X, row)
+    sequence's log-likelihood is counted by its first piece.  With ``estep="sample"``
+    the counts are those of paths drawn across the pieces
+    (:mod:`dask_em.families.hmm_split_sampling`)."""
+    if family.estep == "sample":
+        X = np.asarray(X, dtype=np.float64)
+        seed = family._block_seed(params["seed"], X, np.array([len(X), *_key(row)]))
+        log_b = family.emission_log_prob(params, X)
+        post = sample_piece(family, params, log_b, _key(row), np.random.default_rng(seed))
+    else:
+        X, post = _piece_posteriors(family, params, X, row)
     weight = float(row["weight"])
     gamma = post.gamma if weight == 1.0 else weight * post.gamma
     emission = sliced_stats(
