@@ -40,14 +40,16 @@ def _sum_product(log_b, transmat, first, M, scratch):
                         M[i, j] = b[j] if i == j else 0.0
                     else:
                         M[i, j] = transmat[i, j] * b[j]
-        else:  # M <- (M A) D_t
+        else:  # M <- (M A) D_t, row by row (axpy over contiguous rows of A)
             for i in range(n_states):
                 for j in range(n_states):
-                    total = 0.0
-                    for k in range(n_states):
-                        total += M[i, k] * transmat[k, j]
-                    scratch[i, j] = total * b[j]
-            M[:, :] = scratch
+                    scratch[i, j] = 0.0
+                for k in range(n_states):
+                    m = M[i, k]
+                    for j in range(n_states):
+                        scratch[i, j] += m * transmat[k, j]
+                for j in range(n_states):
+                    M[i, j] = scratch[i, j] * b[j]
         peak = 0.0
         for i in range(n_states):
             for j in range(n_states):
