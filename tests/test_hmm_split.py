@@ -165,3 +165,23 @@ def test_paths_sampled_across_pieces_average_to_the_exact_counts(compiled):
     # a second pass with the same parameters draws the same paths (seeded per piece)
     again = split.merge(*(split.block_stats(prepared, *b) for b in blocks))
     np.testing.assert_array_equal(again["trans"], stats["trans"])
+
+
+def test_a_weighted_split_sequence_counts_its_weight_once_per_piece():
+    X, emission_family, params = _family_case("diag", steps=3000)
+    split = HMMFamily(emission_family, split_sequences=True)
+    blocks = _blocks(X, 1000)
+    prepared = split.prepared(
+        params, split.merge_preparation(*(split.preparation_block(params, *b) for b in blocks))
+    )
+    plain = split.merge(*(split.block_stats(prepared, *b) for b in blocks))
+    weighted_blocks = []
+    for values, table in blocks:
+        table = table.copy()
+        table["weight"] = 3.0
+        weighted_blocks.append((values, table))
+    weighted = split.merge(*(split.block_stats(prepared, *b) for b in weighted_blocks))
+    for name in ("loglik", "weight", "start", "trans"):
+        np.testing.assert_allclose(weighted[name], 3.0 * np.asarray(plain[name]), rtol=1e-12)
+    np.testing.assert_allclose(weighted["emission"]["nk"], 3.0 * plain["emission"]["nk"])
+    assert weighted["n_sequences"] == 1

@@ -217,6 +217,11 @@ class BaseHMM(Estimator):
         storage_options, strict_input : as :meth:`dask_em.GaussianMixture.fit`.
         checkpoint, resume, callbacks : as :meth:`dask_em.GaussianMixture.fit`; a
             checkpoint is tied to the block layout (the sequence boundaries per block).
+
+        A sequence longer than a block is split into pieces and fitted exactly
+        (:mod:`dask_em.families.hmm_split`): each iteration is then two passes, the
+        pieces' summaries and the statistics, so each piece is read twice unless the
+        data is persisted (``cache``); nothing is kept on the workers between them.
         """
         data = self._fit_data(X, lengths, sample_weight, storage_options, strict_input)
         return self._run_fit(data, checkpoint, resume, callbacks)
