@@ -117,8 +117,15 @@ def _check_splits(tmp_path, kind, steps, splits, cache, n_iter=N_ITER):
         np.testing.assert_allclose(np.asarray(ref.predict_proba(data)), ref_proba, atol=1e-9)
 
 
-def test_a_split_sequence_fits_like_the_whole(client, tmp_path):
-    _check_splits(tmp_path, "diag", 20_000, (7,), cache="stream", n_iter=4)
+def test_a_split_sequence_fits_like_the_whole(tmp_path):
+    """The fast loop's check, small: whichever scheduler is active."""
+    _check_splits(tmp_path, "diag", 3_000, (7,), cache="stream", n_iter=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["diag", "categorical"])
+def test_a_split_sequence_fits_like_the_whole_on_the_cluster(client, tmp_path, kind):
+    _check_splits(tmp_path, kind, 20_000, (7,), cache="stream", n_iter=4)
 
 
 @pytest.mark.slow
