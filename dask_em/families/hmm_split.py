@@ -35,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from dask_em.families import hmm_compiled
 from dask_em.families.base import Params, Stats, rows_per_slice, sliced_stats
+from dask_em.families.hmm_emissions import fused_emission
+from dask_em.families.hmm_fused import fused_block_stats
 from dask_em.families.hmm_kernels import TimeMajorLayout, _log
 from dask_em.families.hmm_pieces_compiled import summaries
 from dask_em.families.hmm_split_sampling import sample_piece
@@ -173,6 +176,9 @@ def piece_block_stats(family: Any, params: Params, X: np.ndarray, row: np.void) 
         log_b = family.emission_log_prob(params, X)
         post = sample_piece(family, params, log_b, _key(row), np.random.default_rng(seed))
     else:
+        fused = _fused_piece_stats(family, params, X, row)
+        if fused is not None:
+            return fused
         X, post = _piece_posteriors(family, params, X, row)
     weight = float(row["weight"])
     gamma = post.gamma if weight == 1.0 else weight * post.gamma
@@ -194,6 +200,39 @@ def piece_block_stats(family: Any, params: Params, X: np.ndarray, row: np.void) 
         "loglik": weight * loglik,
         "start": weight * post.start,
         "trans": weight * post.trans,
+        "emission": emission,
+        "seed": params["seed"],
+    }
+
+
+def _fused_piece_stats(family: Any, params: Params, X: np.ndarray, row: np.void):
+    """:func:`piece_block_stats` by the compiled fused kernels
+    (:func:`dask_em.families.hmm_fused.fused_block_stats`, the start vector ``s_p`` and
+    the end message ``g_p`` given), or None where they do not apply: no numba, an
+    emission without fused kernels, a weighted sequence, Gaussian steps with NaN."""
+    fused = fused_emission(family.emission)
+    if fused is None or family.kernels is not hmm_compiled or float(row["weight"]) != 1.0:
+        return None
+    f, g = params["pieces"]["messages"][_key(row)]
+    transmat = np.asarray(params["transmat"], dtype=np.float64)
+    start = np.asarray(params["startprob"], dtype=np.float64) if f is None else f @ transmat
+    result = fused_block_stats(
+        fused, {**params, "startprob": start}, X, np.array([len(X)]), end_message=g
+    )
+    if result is None:
+        return None
+    _, first_gamma, trans, emission = result
+    first = f is None
+    if not first:  # the transition into the piece (module docstring)
+        ratio = np.divide(first_gamma, start, out=np.zeros(len(start)), where=start > 0)
+        trans = trans + f[:, None] * transmat * ratio[None, :]
+    return {
+        "weight": float(len(X)),
+        "n_rows": len(X),
+        "n_sequences": int(first),
+        "loglik": params["pieces"]["loglik"][int(row["sequence"])] if first else 0.0,
+        "start": first_gamma if first else np.zeros_like(first_gamma),
+        "trans": trans,
         "emission": emission,
         "seed": params["seed"],
     }
