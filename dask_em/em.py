@@ -22,6 +22,7 @@ from typing import Any
 
 from dask_em.acceleration import AcceptedPoint, EMState, make_driver
 from dask_em.families.base import Family, Params, Stats
+from dask_em.preparation import prepare_each
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +276,9 @@ def pass_each(
     map_reduce: MapReduce, pairs: Sequence[tuple[Family, Params]], *, stage: str = "estep"
 ) -> list[Stats]:
     """The merged E-step statistics of every ``(family, params)`` of ``pairs`` from one
-    pass over the data (each block read once)."""
+    pass over the data (each block read once), after the preliminary pass of the
+    families that need one (:func:`dask_em.preparation.prepare_each`)."""
+    pairs = prepare_each(map_reduce, pairs)
     if len(pairs) == 1:
         ((family, params),) = pairs
         return [map_reduce(family.block_stats, family.merge, params, stage=stage)]

@@ -5,12 +5,16 @@
 hmmlearn's ``fit(X, lengths)`` does.  On disk it is a Zarr group with the arrays
 ``values`` and ``lengths``.
 
-Blocks always hold whole sequences: the row chunks of ``values`` fall on sequence
+Blocks hold whole sequences: the row chunks of ``values`` fall on sequence
 boundaries, and ``lengths`` is chunked so that its block b lists the sequences of
 ``values``' block b.  The layout chooses those boundaries itself (about
-``block_bytes`` of values per block, never splitting a sequence), so the E-step of a
-block can run forward-backward without looking at any other block.  The lengths (8
-bytes per sequence) are read into memory; the values stay lazy.
+``block_bytes`` of values per block), so the E-step of a block can run
+forward-backward without looking at any other block.  A sequence longer than a block
+is the exception: it is split into pieces of about a block each, one block per piece,
+and ``lengths`` is then a table of segments (whole sequences and pieces, see
+:mod:`dask_em.sequence_layout`); the hidden Markov models fit such a sequence exactly
+across its pieces (:mod:`dask_em.families.hmm_split`).  The lengths (8 bytes per
+sequence) are read into memory; the values stay lazy.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import dask.array as da
 import numpy as np
 
 from dask_em.data import as_row_chunked, open_zarr_node
+from dask_em.sequence_layout import Layout, plan_layout, with_weights
 from dask_em.zarr_source import check_gaps, create_complete_array, lazy_zarr
 
 #: Target size of one block of values when the layout chooses the boundaries.
@@ -60,15 +65,6 @@ def check_lengths(lengths: Any, n_steps: int) -> np.ndarray:
     return lengths
 
 
-def block_boundaries(lengths: np.ndarray, steps_per_block: int) -> np.ndarray:
-    """Sequences per block: consecutive sequences grouped into blocks of about
-    ``steps_per_block`` steps (a longer sequence gets a block of its own)."""
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    block_of = starts // max(1, int(steps_per_block))
-    _, counts = np.unique(block_of, return_counts=True)
-    return counts
-
-
 class Sequences:
     """Sequences stored back to back (module docstring).
 
@@ -80,8 +76,11 @@ class Sequences:
 
     Attributes
     ----------
-    values : dask array (T, D), row chunks on sequence boundaries.
-    lengths : dask array (S,) int64, block b = the lengths of the sequences in block b.
+    values : dask array (T, D), row chunks on sequence boundaries (or on the pieces of a
+        sequence longer than a block).
+    lengths : dask array (S,) int64, block b = the lengths of the sequences in block b;
+        when a sequence is split, the (N,) :data:`~dask_em.sequence_layout.SEGMENT` table
+        of the segments instead, block b = the segments of block b.
     """
 
     def __init__(
@@ -102,14 +101,18 @@ class Sequences:
         elif isinstance(lengths, da.Array):
             lengths = lengths.compute()
         lengths = check_lengths(lengths, values.shape[0])
+        row_bytes = values.shape[1] * values.dtype.itemsize
+        layout = plan_layout(lengths, block_bytes // max(1, row_bytes))
         per_block = _aligned_blocks(values.chunks[0], lengths) if chunked_by_caller else None
-        if per_block is None:
-            row_bytes = values.shape[1] * values.dtype.itemsize
-            per_block = block_boundaries(lengths, block_bytes // max(1, row_bytes))
-            steps = _steps_per_block(lengths, per_block)
-            values = values.rechunk((tuple(steps), values.shape[1]))
+        if per_block is not None and not layout.split:
+            layout = Layout(np.asarray(values.chunks[0]), per_block, lengths)
+        elif tuple(values.chunks[0]) != tuple(int(n) for n in layout.steps):
+            values = values.rechunk((tuple(int(n) for n in layout.steps), values.shape[1]))
         self.values = values
-        self.lengths = da.from_array(lengths, chunks=(tuple(int(c) for c in per_block),))
+        self.layout = layout
+        self.lengths = da.from_array(
+            layout.table, chunks=(tuple(int(c) for c in layout.per_block),)
+        )
         self._lengths = lengths
 
     # -- constructors ---------------------------------------------------------------
@@ -181,16 +184,15 @@ class Sequences:
         check_gaps(lengths, f"{location}/lengths", strict_input)
         lengths = check_lengths(lengths[...], values.shape[0])
         row_bytes = values.shape[1] * values.dtype.itemsize
-        per_block = block_boundaries(lengths, block_bytes // max(1, row_bytes))
-        steps = _steps_per_block(lengths, per_block)
+        steps = plan_layout(lengths, block_bytes // max(1, row_bytes)).steps
         lazy = lazy_zarr(
             values,
             f"{location}/values",
-            (tuple(steps), values.shape[1]),
+            (tuple(int(n) for n in steps), values.shape[1]),
             False,
             strict=strict_input,
         )
-        return cls(lazy, lengths, **kwargs)
+        return cls(lazy, lengths, block_bytes=block_bytes, **kwargs)
 
     # -- properties -----------------------------------------------------------------
     @property
@@ -209,6 +211,11 @@ class Sequences:
     def lengths_array(self) -> np.ndarray:
         """The lengths (S,) as a NumPy array."""
         return self._lengths
+
+    @property
+    def split(self) -> bool:
+        """True when some sequence is longer than a block and split into pieces."""
+        return self.layout.split
 
     @property
     def n_blocks(self) -> int:
@@ -271,7 +278,11 @@ def weighted_lengths(sequences: Sequences, weights: np.ndarray) -> da.Array:
     """The lengths with one weight per sequence, a (S,) :data:`WEIGHTED_LENGTH` table
     chunked like ``sequences.lengths``: what a fit's block function receives in the
     lengths' place when the sequences are weighted (``table["length"]``,
-    ``table["weight"]``)."""
+    ``table["weight"]``); the :data:`~dask_em.sequence_layout.SEGMENT` table with its
+    weights filled in when a sequence is split."""
+    if sequences.split:  # the segment table has a weight field already
+        table = with_weights(sequences.layout.table, weights)
+        return da.from_array(table, chunks=sequences.lengths.chunks)
     table = np.empty(sequences.n_sequences, dtype=WEIGHTED_LENGTH)
     table["length"] = sequences.lengths_array
     table["weight"] = weights
@@ -320,9 +331,3 @@ def _aligned_blocks(row_chunks: tuple[int, ...], lengths: np.ndarray) -> np.ndar
     if np.any(counts < 1):
         return None
     return counts
-
-
-def _steps_per_block(lengths: np.ndarray, per_block: np.ndarray) -> np.ndarray:
-    ends = np.cumsum(per_block)
-    totals = np.concatenate([[0], np.cumsum(lengths)])
-    return np.diff(totals[np.concatenate([[0], ends])])

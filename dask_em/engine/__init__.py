@@ -29,7 +29,7 @@ from dask_em.engine.passes import (
     LOCAL_FIT_BYTES,
     EMEngine,
 )
-from dask_em.engine.predict import apply_blocks, as_float
+from dask_em.engine.predict import apply_blocks, as_float, block_results
 from dask_em.engine.stalls import DEFAULT_STALL_TIMEOUT, STALL_TIMEOUT_KEY
 from dask_em.seeds import blockwise_seeds  # one seed per block (benchmarks import it here)
 
@@ -45,6 +45,7 @@ __all__ = [
     "active_client",
     "apply_blocks",
     "as_float",
+    "block_results",
     "blockwise_seeds",
     "cluster_errors",
     "connect",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
@@ -104,3 +105,26 @@ def as_float(value: Any) -> float:
 
     futures = futures_of(value)
     return float(value.compute(scheduler=futures[0].client) if futures else value.compute())
+
+
+def block_results(
+    X: da.Array,
+    lengths: da.Array,
+    function: Callable[..., Any],
+    shared: Any,
+    blocks: Sequence[int],
+    client: Any = None,
+) -> list[Any]:
+    """``[function(shared, X_i, lengths_i) for i in blocks]``, computed now (on
+    ``client`` if set), one task per block with the block's read fused into it: the
+    summaries of the pieces of split sequences that a prediction needs first."""
+    credentials.deliver_to(client)
+    if not blocks:
+        return []
+    run = limit_threads(function)
+    tasks = [
+        delayed(run, pure=False)(shared, X.blocks[int(i)], lengths.blocks[int(i)]) for i in blocks
+    ]
+    if client is not None:
+        return client.gather(client.compute(tasks))
+    return list(dask.compute(*tasks))

@@ -40,12 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from dask_em.families import hmm_compiled, hmm_kernels
+from dask_em.families import hmm_compiled, hmm_kernels, hmm_split
 from dask_em.families.base import Params, Stats, Workspace, rows_per_slice, sliced_stats
 from dask_em.families.discrete import safe_log
 from dask_em.families.hmm_emissions import fused_emission
 from dask_em.families.hmm_fused import fused_block_stats
 from dask_em.families.hmm_kernels import Posteriors, TimeMajorLayout
+from dask_em.families.hmm_split_sampling import sample_ends
 from dask_em.families.jit import HAVE_NUMBA
 
 ESTEP_METHODS = ("exact", "sample")
@@ -74,6 +75,9 @@ class HMMFamily:
     #: :mod:`dask_em.families.hmm_emissions`) when numba is available; False runs the
     #: pure-NumPy reference kernels of :mod:`dask_em.families.hmm_kernels`.
     compiled: bool = True
+    #: The data hold sequences split across blocks: every E-step then first runs a
+    #: summary pass (:meth:`preparation_block`, :mod:`dask_em.families.hmm_split`).
+    split_sequences: bool = False
 
     def __post_init__(self):
         if self.estep not in ESTEP_METHODS:
@@ -155,9 +159,39 @@ class HMMFamily:
         digest = zlib.crc32(np.ascontiguousarray(X).view(np.uint8), digest)
         return np.random.SeedSequence([int(seed), int(digest), len(X)])
 
+    # -- sequences split across blocks (dask_em.families.hmm_split) -------------------
+    @property
+    def needs_preparation(self) -> bool:
+        """Whether an E-step needs the summary pass first (:mod:`dask_em.preparation`)."""
+        return self.split_sequences
+
+    def preparation_block(self, params: Params, X: np.ndarray, lengths: np.ndarray) -> dict:
+        """Round 1 on one block: the sum-product summary of a piece ({} for other blocks)."""
+        return hmm_split.summary_block(self, params, X, lengths, "sum")
+
+    def merge_preparation(self, *parts: dict) -> dict:
+        return hmm_split.merge_summaries(*parts)
+
+    def prepared(self, params: Params, merged: dict) -> Params:
+        """``params`` with the boundary messages of every piece (round 2, the scan), and
+        for the Monte Carlo E-step the paths' states at the pieces' ends."""
+        pieces = hmm_split.sum_scan(merged, params["startprob"])
+        if self.estep == "sample":
+            pieces["ends"] = sample_ends(merged, pieces["messages"], self.n_samples, params["seed"])
+        return {**params, "pieces": pieces}
+
     def block_stats(self, params: Params, X: np.ndarray, lengths: np.ndarray) -> Stats:
         """Baum-Welch statistics of one block: ``X`` (T, D), ``lengths`` (S,) summing to T,
-        or a table with fields ``length`` and ``weight`` (weighted sequences)."""
+        or a table with fields ``length`` and ``weight`` (weighted sequences), or a
+        ``SEGMENT`` table (:mod:`dask_em.sequence_layout`; a piece of a split sequence
+        needs ``params`` from :meth:`prepared`)."""
+        if hmm_split.is_segments(lengths):
+            row = hmm_split.piece_of(lengths)
+            if row is not None:
+                return hmm_split.piece_block_stats(self, params, X, row)
+            if np.all(lengths["weight"] == 1.0):
+                return self.block_stats(params, X, np.array(lengths["length"]))
+            return self._weighted_block_stats(params, X, lengths["length"], lengths["weight"])
         if getattr(lengths, "dtype", None) is not None and lengths.dtype.names:
             return self._weighted_block_stats(params, X, lengths["length"], lengths["weight"])
         lengths = np.asarray(lengths, dtype=np.int64)
@@ -275,7 +309,14 @@ class HMMFamily:
 
     # -- prediction kernels (block order in, block order out) ---------------------
     def state_posteriors(self, params: Params, X: np.ndarray, lengths: np.ndarray):
-        """``(log-likelihood of each sequence (S,), gamma (T, K))`` in block order."""
+        """``(log-likelihood of each sequence (S,), gamma (T, K))`` in block order (for a
+        piece of a split sequence: its sequence's log-likelihood (1,), with ``params``
+        from :meth:`prepared`)."""
+        if hmm_split.is_segments(lengths):
+            row = hmm_split.piece_of(lengths)
+            if row is not None:
+                return hmm_split.piece_state_posteriors(_exact(self), params, X, row)
+            lengths = np.array(lengths["length"])
         layout = TimeMajorLayout.from_lengths(lengths)
         _, post = _exact(self).posteriors(params, X, layout)
         loglik = np.empty_like(post.loglik)
@@ -283,7 +324,14 @@ class HMMFamily:
         return loglik, layout.to_block_order(post.gamma)
 
     def decode(self, params: Params, X: np.ndarray, lengths: np.ndarray):
-        """Viterbi: ``(log-probability of each best path (S,), states (T,))``, block order."""
+        """Viterbi: ``(log-probability of each best path (S,), states (T,))``, block order
+        (for a piece of a split sequence: its sequence's (1,), with ``params`` from
+        :func:`dask_em.families.hmm_split.max_scan` under ``"pieces"``)."""
+        if hmm_split.is_segments(lengths):
+            row = hmm_split.piece_of(lengths)
+            if row is not None:
+                return hmm_split.piece_decode(self, params, X, row)
+            lengths = np.array(lengths["length"])
         layout = TimeMajorLayout.from_lengths(lengths)
         log_b = self.emission_log_prob(params, np.asarray(X, dtype=np.float64)[layout.perm])
         log_prob, states = self.kernels.viterbi(

@@ -62,6 +62,7 @@ def fused_block_stats(
     X: np.ndarray,
     lengths: np.ndarray,
     group_steps: int = GROUP_STEPS,
+    end_message: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray, Stats] | None:
     """Baum-Welch statistics of a block by the compiled kernels: ``X`` (T, D) in block
     order, ``lengths`` (S,), ``params`` the HMM's.  Returns ``(log-likelihood, start
@@ -71,6 +72,11 @@ def fused_block_stats(
     gather, densities, forward, backward and statistics before the next.  None when the
     block needs the general path: a Gaussian block with NaN, or a normalizer that
     underflows (which that path redoes in log space).
+
+    ``end_message`` (K,), for a block of one sequence only: multiplies the densities of
+    its last step (the backward message from the steps after a piece of a split
+    sequence, :mod:`dask_em.families.hmm_split`; the log-likelihood returned then
+    includes it).
     """
     emission = params["emission"]
     X = np.ascontiguousarray(X)
@@ -79,6 +85,8 @@ def fused_block_stats(
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size == 0 or lengths.min() < 1:
         raise ValueError("every sequence needs at least one step")
+    if end_message is not None and lengths.size != 1:
+        raise ValueError("end_message needs a block of one sequence")
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
     first_rows = (np.cumsum(lengths) - lengths)[order]
@@ -101,6 +109,8 @@ def fused_block_stats(
             return None
         b, shift = scratch.get("b", n_states, n), scratch.get("shift", 1, n)[0]
         fused.densities(terms, X_sm, observed, b, shift)
+        if end_message is not None:
+            b[:, n - 1] *= end_message
         alpha, scale = scratch.get("alpha", n_states, n), scratch.get("scale", 1, n)[0]
         if not forward_scaled(starts, counts, b, startprob, transmat, alpha, scale):
             return None

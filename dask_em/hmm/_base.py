@@ -25,7 +25,7 @@ import numpy as np
 
 from dask_em.data import is_lazy, like_input
 from dask_em.em import IterationRecord
-from dask_em.engine import CACHE_MODES, LOCAL_FIT_BYTES, apply_blocks, as_float
+from dask_em.engine import CACHE_MODES, LOCAL_FIT_BYTES, as_float
 from dask_em.estimators import driver
 from dask_em.estimators.base import Estimator
 from dask_em.estimators.held import HeldParams
@@ -34,6 +34,7 @@ from dask_em.families.base import Params
 from dask_em.families.hmm import ESTEP_METHODS, HMMFamily
 from dask_em.hmm import parameters
 from dask_em.hmm.parameters import Parameter
+from dask_em.hmm.prediction import lazy_outputs
 from dask_em.hmm.weights import as_sequence_weight
 from dask_em.seeds import seed_from
 from dask_em.sequences import Sequences, as_sequences, weighted_lengths
@@ -77,6 +78,7 @@ class BaseHMM(Estimator):
             self.estep,
             int(self.n_samples),
             name=self._model_name,
+            split_sequences=getattr(self, "_split_sequences", False),
         )
 
     def _value_check(self, fitting: bool = False):  # pragma: no cover - abstract
@@ -215,6 +217,11 @@ class BaseHMM(Estimator):
         storage_options, strict_input : as :meth:`dask_em.GaussianMixture.fit`.
         checkpoint, resume, callbacks : as :meth:`dask_em.GaussianMixture.fit`; a
             checkpoint is tied to the block layout (the sequence boundaries per block).
+
+        A sequence longer than a block is split into pieces and fitted exactly
+        (:mod:`dask_em.families.hmm_split`): each iteration is then two passes, the
+        pieces' summaries and the statistics, so each piece is read twice unless the
+        data is persisted (``cache``); nothing is kept on the workers between them.
         """
         data = self._fit_data(X, lengths, sample_weight, storage_options, strict_input)
         return self._run_fit(data, checkpoint, resume, callbacks)
@@ -248,6 +255,7 @@ class BaseHMM(Estimator):
                 f"expected at least n_components={self.n_components} steps, got {n_steps}"
             )
         self.n_sequences_ = sequences.n_sequences
+        self._split_sequences = sequences.split  # the E-step then needs a summary pass
         weights = as_sequence_weight(sample_weight, sequences.n_sequences)
         return driver.FitData(
             sequences.values,
@@ -282,19 +290,13 @@ class BaseHMM(Estimator):
             check.raise_for(values, what="X")
             per_sequence, per_step = kernel(family, params, values, sequences.lengths_array)
             return per_sequence, like_input(X, per_step, _step_output_name(per_step))
-        per_step = (self.n_components,) if kernel is HMMFamily.state_posteriors else ()
-        per_sequence, per_step_values = apply_blocks(
-            sequences.values,
+        per_sequence, per_step_values = lazy_outputs(
+            sequences,
             kernel,
             family,
             params,
             check,
             name=f"{kernel.__name__}-{self._model_name}",
-            outputs=[
-                ("sequence", (), np.float64),
-                ("row", per_step, np.float64 if per_step else np.int64),
-            ],
-            lengths=sequences.lengths,
             client=self.client,
         )
         return per_sequence, like_input(X, per_step_values, _step_output_name(per_step_values))
