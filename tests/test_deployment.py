@@ -76,7 +76,9 @@ def run_script(args: list[str], tmp_path: Path, timeout: float) -> subprocess.Co
             stdout, stderr = process.communicate()
         pytest.fail(f"{args[1]} timed out after {timeout} s\n{stdout}\n{stderr}")
     finally:
-        leftovers = session_processes(process.pid)
+        # a worker's helper processes (multiprocessing's resource tracker, say) end a
+        # moment after their parent: give what is still exiting 10 s, then count it
+        _, leftovers = psutil.wait_procs(session_processes(process.pid), timeout=10)
         for leftover in leftovers:
             leftover.kill()
     result = subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
