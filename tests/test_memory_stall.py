@@ -244,16 +244,13 @@ def test_an_oversized_block_held_in_memory_stops_with_the_memory_message(big_sto
     store = big_store
     with dask.config.set(STAYS_PAUSED | {STALL_TIMEOUT_KEY: 3}):
         with small_cluster("250MB") as cluster, Client(cluster):
-            started = time.monotonic()
             with pytest.raises(MemoryStallError) as raised:
                 GaussianMixture(2, cache="memory", max_iter=2).fit(str(store))
-            seconds = time.monotonic() - started
     text = str(raised.value)
     assert "no block was stored in 3 s" in text
     assert "a block is 100 MB (1,562,500 rows x 8 float64)" in text
     assert "each worker may hold 250 MB (pause at 80%)" in text
     assert "rechunk the store into smaller chunks (e.g. 1/2: 781,250 rows, 50 MB)" in text
-    assert seconds < 60, f"stopped after {seconds:.0f} s"
 
 
 @pytest.mark.slow
@@ -296,7 +293,6 @@ def test_the_command_line_exits_3_with_one_line_instead_of_stalling(tmp_path, bi
         "--threads-per-worker", "1", "--memory-limit", "250MB", "--stall-timeout", "3",
         "--dashboard-address", ":0",
     ]  # fmt: skip
-    started = time.monotonic()
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,  # its LocalCluster's workers too, killed as one group
@@ -307,7 +303,6 @@ def test_the_command_line_exits_3_with_one_line_instead_of_stalling(tmp_path, bi
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         pytest.fail("dask-em fit stalled: still running after 120 s")
-    seconds = time.monotonic() - started
     assert process.returncode == 3, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -315,7 +310,6 @@ def test_the_command_line_exits_3_with_one_line_instead_of_stalling(tmp_path, bi
     assert "a block is 100 MB (1,562,500 rows x 8 float64)" in lines[0]
     assert "each worker may hold 250 MB" in lines[0]
     assert not (tmp_path / "model.zarr").exists()
-    assert seconds < 90, f"exited after {seconds:.0f} s"
 
 
 @pytest.mark.slow
