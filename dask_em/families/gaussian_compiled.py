@@ -284,11 +284,9 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
     incomplete = np.isnan(X @ np.ones(n_features, dtype=X.dtype))  # NaN in the row
     parts = []
     if incomplete.any():
-        with np.errstate(divide="ignore"):
-            const_missing = np.log(params["weights"]) + log_det
         factors = dense_factors(chol, covariance_type, n_components, n_features)
         moments = missing_block_moments(
-            X[incomplete], center, factors, means_c, const_missing, w[incomplete]
+            X[incomplete], center, factors, means_c, const, w[incomplete]
         )
         if covariance_type not in ("full", "tied"):
             moments = (*moments[:4], np.diagonal(moments[4], axis1=1, axis2=2))

@@ -16,8 +16,8 @@ row, in compiled code, with no (n, K, D) temporary:
   one Cholesky of the q x q ``P_mm`` gives ``c = P_mm^-1 b``, ``log |P_mm|`` and
   ``P_mm^-1``; then (gaussian_missing, eqs. 1-3)
 
-      maha_o = |u|^2 - b.c,    log N(x_o | k) = const_k - 1/2 (D - q) log 2 pi
-               + log |P_k|^1/2 - 1/2 log |P_mm| - 1/2 maha_o,
+      maha_o = |u|^2 - b.c,    log pi_k + log N(x_o | k) = const_k + 1/2 q log 2 pi
+               - 1/2 log |P_mm| - 1/2 maha_o,
       E[x_m | x_o, k] - center_m = mc_km + (v_m - c) = -c,   Cov[x_m | x_o, k] = P_mm^-1.
 
 * The completed row about the centre is ``xt + e_k`` with ``e_k = -c`` on the missing
@@ -87,12 +87,12 @@ def _missing_slice(xt, missing, y, offsets, factors, precisions, const, w, out, 
     xt (m, D + 1): x - center, missing entries 0, last column 1; missing (m, D) bool;
     y (m, K*D) ``xt @ [L_1 .. L_K]`` (column k*D + e), overwritten with ``r_ik xt_i``
     (the left factor of the moment product); offsets (K, D) ``L_k^T mc_k``; factors,
-    precisions (K, D, D) ``L_k`` and ``P_k``; means_c (K, D); const (K,) ``log pi_k +
-    log |P_k|^1/2``; w (m,).  ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and
-    block (K, D, D), added to (see module docstring).  ``cache`` holds the last row's
-    pattern (its missing features, then q; q = -1 for none yet), ``P_mm^-1`` (K, D, D)
-    and ``log |P_mm|`` (K,) of that pattern, kept across slices: rows sorted by
-    pattern solve each pattern once.
+    precisions (K, D, D) ``L_k`` and ``P_k``; const (K,) the complete rows'
+    ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,).  ``out`` holds nk (K,),
+    sums (K, D), cross (K, D, D) and block (K, D, D), added to (module docstring).
+    ``cache`` holds the last row's pattern (its missing features, then q; q = -1 for
+    none yet), ``P_mm^-1`` (K, D, D) and ``log |P_mm|`` (K,) of that pattern, kept
+    across slices: rows sorted by pattern solve each pattern once.
     """
     nk, sums, cross, block = out
     pattern, inverse, log_dets = cache
@@ -149,7 +149,7 @@ def _missing_slice(xt, missing, y, offsets, factors, precisions, const, w, out, 
             quad = 0.0
             for t in range(q):
                 quad += b[t] * c[k, t]
-            lp[k] = const[k] - 0.5 * (n_features - q) * LOG_2PI - 0.5 * log_dets[k]
+            lp[k] = const[k] + 0.5 * q * LOG_2PI - 0.5 * log_dets[k]
             lp[k] -= 0.5 * (norm - quad)
         peak = -np.inf
         for k in range(n_components):
@@ -223,7 +223,8 @@ def missing_block_moments(X, center, prec_chol, means_c, const, w):
     """Moments about ``center`` of the rows of a block that hold NaN (module docstring).
 
     X (n, D) with NaN; prec_chol (K, D, D) dense factors ``L_k`` (``P_k = L_k L_k^T``) of
-    every type (diag: ``diag(1/sigma_k)``); const (K,) ``log pi_k + log |P_k|^1/2``.
+    every type (diag: ``diag(1/sigma_k)``); const (K,) the complete rows' ``log pi_k +
+    log |P_k|^1/2 - D/2 log 2 pi`` (:func:`~dask_em.families.gaussian_compiled.log_constants`).
     Returns ``(weight, loglik, nk (K,), sums (K, D), second (K, D, D))`` (r weighted).
     """
     n_rows, n_features = X.shape
