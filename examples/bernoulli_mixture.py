@@ -29,7 +29,7 @@ def main() -> None:
     labels = rng.choice(4, size=n_rows)
     images = (rng.random((n_rows, 64)) < probabilities[labels]).astype(np.uint8)
 
-    with cluster_and_store(args.workers) as (_client, folder):
+    with cluster_and_store(args) as (_client, folder):
         da.from_array(images, chunks=(25_000, 64)).to_zarr(str(folder / "images.zarr"))
         model = BernoulliMixture(4, n_init=2, random_state=args.seed, verbose=1)
         model.fit(str(folder / "images.zarr"))

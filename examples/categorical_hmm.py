@@ -27,7 +27,7 @@ def main() -> None:
         dice[:, t] = (rng.random((n_games, 1)) > cumulative[dice[:, t - 1]]).sum(axis=1)
     rolls = (rng.random((n_games, length, 1)) > np.cumsum(emission[dice], axis=2)).sum(axis=2)
 
-    with cluster_and_store(args.workers) as (_client, folder):
+    with cluster_and_store(args) as (_client, folder):
         Sequences(rolls.reshape(-1, 1), np.full(n_games, length)).to_zarr(folder / "rolls.zarr")
         model = CategoricalHMM(2, tol=1e-7, max_iter=500, random_state=args.seed, verbose=1)
         model.fit(str(folder / "rolls.zarr"))

@@ -26,7 +26,7 @@ def main() -> None:
     cumulative = np.cumsum(truth[groups], axis=2)
     answers = (rng.random((n_rows, D, 1)) > cumulative).sum(axis=2).astype(np.int8)
 
-    with cluster_and_store(args.workers) as (_client, folder):
+    with cluster_and_store(args) as (_client, folder):
         da.from_array(answers, chunks=(50_000, D)).to_zarr(str(folder / "answers.zarr"))
         model = CategoricalMixture(K, n_init=3, random_state=args.seed, verbose=1)
         model.fit(str(folder / "answers.zarr"))

@@ -14,6 +14,11 @@ def parse_args(description: str) -> argparse.Namespace:
         "--scale", type=float, default=1.0, help="multiply the data size (default 1: seconds)"
     )
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running Dask scheduler to use instead of a new LocalCluster",
+    )
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the plot (PNG)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -22,15 +27,20 @@ def parse_args(description: str) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def cluster_and_store(n_workers: int):
-    """A LocalCluster with a Client, and a temporary folder for Zarr stores."""
+def cluster_and_store(args: argparse.Namespace):
+    """A Client of the scheduler at ``args.scheduler``, or of a new LocalCluster of
+    ``args.workers`` processes, and a temporary folder for Zarr stores."""
     from distributed import Client, LocalCluster
 
-    with (
-        LocalCluster(n_workers=n_workers, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-        tempfile.TemporaryDirectory(prefix="dask_em_example_") as folder,
-    ):
+    with contextlib.ExitStack() as stack:
+        if args.scheduler:
+            client = stack.enter_context(Client(args.scheduler))
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0")
+            )
+            client = stack.enter_context(Client(cluster))
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="dask_em_example_"))
         print(f"dashboard: {client.dashboard_link}")
         yield client, Path(folder)
 

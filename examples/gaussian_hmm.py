@@ -32,7 +32,7 @@ def main() -> None:
     for s, n in zip(states, lengths, strict=True):
         noise = rng.standard_normal((n, 2))
         traces.append((means[s[:n]] + scales[s[:n]] * noise, s[:n]))
-    with cluster_and_store(args.workers) as (_client, folder):
+    with cluster_and_store(args) as (_client, folder):
         Sequences.from_arrays([v for v, _ in traces]).to_zarr(folder / "traces.zarr")
         model = GaussianHMM(3, covariance_type="diag", random_state=args.seed, verbose=1)
         model.fit(str(folder / "traces.zarr"))

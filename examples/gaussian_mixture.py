@@ -35,7 +35,7 @@ def main() -> None:
         "nij,nj->ni", np.linalg.cholesky(covariances)[labels], rng.standard_normal((n_rows, 2))
     )
 
-    with cluster_and_store(args.workers) as (_client, folder):
+    with cluster_and_store(args) as (_client, folder):
         da.from_array(X, chunks=(50_000, 2)).to_zarr(str(folder / "points.zarr"))
         model = GaussianMixture(4, covariance_type="full", random_state=args.seed, verbose=1)
         model.fit(str(folder / "points.zarr"))

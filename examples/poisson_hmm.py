@@ -27,7 +27,7 @@ def main() -> None:
         states[:, t] = (rng.random((n_sequences, 1)) > cumulative[states[:, t - 1]]).sum(axis=1)
     counts = rng.poisson(rates[states]).reshape(-1, 1)
 
-    with cluster_and_store(args.workers) as (_client, folder):
+    with cluster_and_store(args) as (_client, folder):
         Sequences(counts, np.full(n_sequences, length)).to_zarr(folder / "counts.zarr")
         model = PoissonHMM(3, random_state=args.seed, verbose=1).fit(str(folder / "counts.zarr"))
         decoded = model.predict(counts[:length])

@@ -23,7 +23,7 @@ def main() -> None:
     n_rows = sizes(500_000, args.scale)
     counts = rng.poisson(rates[rng.choice(3, size=n_rows, p=weights)])[:, None]
 
-    with cluster_and_store(args.workers) as (_client, folder):
+    with cluster_and_store(args) as (_client, folder):
         da.from_array(counts.astype(np.int32), chunks=(100_000, 1)).to_zarr(
             str(folder / "counts.zarr")
         )

@@ -249,8 +249,8 @@ def test_kill_9_of_the_cli_then_resume_gives_the_uninterrupted_parameters(client
 
     store = tmp_path / "data.zarr"
     truth = random_gaussian_mixture(4, 4, seed=5, separation=1.5)  # overlapping: slow EM
-    write_gaussian_mixture(store, 100_000, truth, seed=5, chunk_rows=12_500)
-    max_iter = 40
+    write_gaussian_mixture(store, 20_000, truth, seed=5, chunk_rows=2_500)
+    max_iter = 15  # each iteration writes a checkpoint of three restarts: about 1.5 s
     reference = GaussianMixture(
         4, max_iter=max_iter, tol=0.0, random_state=0, n_init=3, accelerate="squarem"
     ).fit(str(store))
@@ -260,7 +260,7 @@ def test_kill_9_of_the_cli_then_resume_gives_the_uninterrupted_parameters(client
         sys.executable, "-m", "dask_em.cli", "fit", "gmm", str(store),
         "--components", "4", "--max-iter", str(max_iter), "--tol", "0", "--seed", "0",
         "--n-init", "3", "--accelerate", "squarem", "--out", str(out),
-        "--checkpoint", str(checkpoint),
+        "--checkpoint", str(checkpoint), "--no-report",
         "--n-workers", "2", "--threads-per-worker", "1", "--dashboard-address", ":0",
     ]  # fmt: skip
     first = subprocess.Popen(

@@ -29,10 +29,13 @@ def test_there_is_one_example_per_model():
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
-def test_example_runs_and_plots(script, tmp_path):
+def test_example_runs_and_plots(script, tmp_path, client):
+    """On the session's cluster (the examples' own LocalCluster is the default path of
+    every ``dask-em`` command the other tests run)."""
     pytest.importorskip("matplotlib")
+    address = client.scheduler.address
     done = subprocess.run(
-        [sys.executable, str(script), "--out", str(tmp_path)],
+        [sys.executable, str(script), "--out", str(tmp_path), "--scheduler", address],
         capture_output=True,
         text=True,
         timeout=300,

@@ -29,10 +29,13 @@ def _piece_edges(steps: int, n_pieces: int) -> np.ndarray:
 def _case(kind: str, steps: int, n_iter: int, seed: int = 0):
     """``(short sequences before, long sequence, short after, model factory)``."""
     rng = np.random.default_rng(seed)
-    states = np.empty(steps, dtype=np.int64)
-    states[0] = 0
+    states = np.zeros(steps, dtype=np.int64)
+    cumulative, u = TRANSMAT.cumsum(axis=1).tolist(), rng.random(steps).tolist()
     for t in range(1, steps):  # a slow chain: long runs in each state
-        states[t] = rng.choice(K, p=TRANSMAT[states[t - 1]])
+        row, state = cumulative[states[t - 1]], 0
+        while state < K - 1 and u[t] > row[state]:
+            state += 1
+        states[t] = state
     if kind == "categorical":
         probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
         draw = lambda s: (rng.random(len(s))[:, None] > probabilities[s].cumsum(1)).sum(1)  # noqa: E731
@@ -90,31 +93,37 @@ def _params(model):
     return {name: getattr(model, name) for name in names}
 
 
-def _check_splits(tmp_path, kind, steps, splits, cache, n_iter=N_ITER):
+def _check_splits(tmp_path, kind, steps, splits, cache, n_iter=N_ITER, posteriors=True):
+    """``splits``: numbers of pieces (>1) compared with the sequence in one piece;
+    ``posteriors``: compare each sequence's score and the state posteriors too."""
     path, model, width = _store(tmp_path, kind, steps, n_iter)
-    whole = Sequences.from_zarr(path, block_bytes=steps * width * 8)
+    whole = Sequences.from_zarr(path, block_bytes=steps * width * 8)  # one piece
     assert not whole.split
     ref = _fitted(model, whole)
     ref_params = _params(ref)
     ref_score = ref.score(whole)
-    ref_sequences = np.asarray(ref.score_sequences(whole))
     ref_logprob, ref_path = ref.decode(whole)
     ref_path = np.asarray(ref_path)
-    ref_proba = np.asarray(ref.predict_proba(whole))
+    if posteriors:
+        ref_sequences = np.asarray(ref.score_sequences(whole))
+        ref_proba = np.asarray(ref.predict_proba(whole))
     for n_pieces in splits:
         data = Sequences.from_zarr(path, block_bytes=-(-steps // n_pieces) * width * 8)
-        assert data.split == (n_pieces > 1)
+        assert data.split
         fitted = _fitted(lambda: model().set_params(cache=cache), data)
         assert fitted.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-10)
         for name, value in _params(fitted).items():
             np.testing.assert_allclose(value, ref_params[name], rtol=1e-9, atol=1e-12)
         # scored, decoded and predicted with the reference model's parameters
         assert ref.score(data) == pytest.approx(ref_score, rel=1e-10)
-        np.testing.assert_allclose(np.asarray(ref.score_sequences(data)), ref_sequences, 1e-10)
         logprob, path_states = ref.decode(data)
         assert logprob == pytest.approx(ref_logprob, rel=1e-10)
         np.testing.assert_array_equal(np.asarray(path_states), ref_path)
-        np.testing.assert_allclose(np.asarray(ref.predict_proba(data)), ref_proba, atol=1e-9)
+        if posteriors:
+            np.testing.assert_allclose(
+                np.asarray(ref.score_sequences(data)), ref_sequences, rtol=1e-10
+            )
+            np.testing.assert_allclose(np.asarray(ref.predict_proba(data)), ref_proba, atol=1e-9)
 
 
 def test_a_split_sequence_fits_like_the_whole(tmp_path):
@@ -131,4 +140,5 @@ def test_a_split_sequence_fits_like_the_whole_on_the_cluster(client, tmp_path, k
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["diag", "full", "poisson", "categorical"])
 def test_acceptance_one_hundred_thousand_steps_in_1_2_7_50_pieces(client, tmp_path, kind):
-    _check_splits(tmp_path, kind, 100_000, (1, 2, 7, 50), cache="auto")
+    # against 1 piece; each sequence's score and the posteriors: in the 20,000-step test
+    _check_splits(tmp_path, kind, 100_000, (2, 7, 50), cache="auto", posteriors=False)
