@@ -15,8 +15,10 @@ diagonal Gaussian HMM chain with sticky transitions.  Then, on a LocalCluster of
 - the workers' peak memory (sampled every 0.5 s), whether any paused, and whether any
   was restarted (its process id changed);
 - hmmlearn (``implementation="scaling"``, in this process) on the first
-  ``--hmmlearn-steps`` steps of the same sequence, the same iterations from the same
-  parameters: its seconds per iteration, per million steps, against dask_em's.
+  ``--hmmlearn-steps`` steps of the same sequence (by default the most it can hold: its
+  peak bytes per step are measured on 10^6 steps, and it gets 80 % of the memory
+  available), ``--hmmlearn-iter`` iterations from the same parameters: its seconds per
+  iteration, per million steps, against dask_em's.
 
 Results are printed as JSON.
 """
@@ -211,16 +213,14 @@ def time_dask_em(args, truth: dict) -> dict:
     }
 
 
-def time_hmmlearn(args, truth: dict) -> dict:
-    import zarr
+def _hmmlearn_model(truth: dict, n_iter: int):
     from hmmlearn import hmm
 
-    X = np.asarray(zarr.open_group(args.store, mode="r")["values"][: args.hmmlearn_steps])
     init = _initial(truth)
     model = hmm.GaussianHMM(
         len(truth["startprob"]),
         covariance_type="diag",
-        n_iter=args.n_iter,
+        n_iter=n_iter,
         tol=-np.inf,
         init_params="",
         implementation="scaling",
@@ -228,10 +228,44 @@ def time_hmmlearn(args, truth: dict) -> dict:
     )
     model.startprob_, model.transmat_ = init["startprob"], init["transmat"]
     model.means_, model.covars_ = init["means"], init["covars"]
+    return model
+
+
+def hmmlearn_bytes_per_step(args, truth: dict, steps: int = 1_000_000) -> float:
+    """Peak bytes hmmlearn allocates per step of one sequence (its data included), from
+    one iteration on the first ``steps`` steps (tracemalloc sees NumPy's allocations)."""
+    import tracemalloc
+
+    import zarr
+
+    tracemalloc.start()
+    X = np.asarray(zarr.open_group(args.store, mode="r")["values"][:steps])
+    _hmmlearn_model(truth, 1).fit(X)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / len(X)
+
+
+def largest_for_hmmlearn(args, truth: dict) -> dict:
+    """The longest prefix of the sequence hmmlearn can fit in this machine's available
+    memory (80 % of it, from its measured bytes per step), at most the whole sequence."""
+    import psutil
+
+    per_step = hmmlearn_bytes_per_step(args, truth)
+    available = psutil.virtual_memory().available
+    steps = min(args.steps, int(0.8 * available / per_step) // 1_000_000 * 1_000_000)
+    return {"bytes_per_step": round(per_step), "available_GB": available / 1e9, "steps": steps}
+
+
+def time_hmmlearn(args, truth: dict) -> dict:
+    import zarr
+
+    X = np.asarray(zarr.open_group(args.store, mode="r")["values"][: args.hmmlearn_steps])
+    model = _hmmlearn_model(truth, args.hmmlearn_iter)
     started = time.perf_counter()
     model.fit(X)
-    seconds = (time.perf_counter() - started) / args.n_iter
-    return {"steps": len(X), "s_per_iteration": round(seconds, 3)}
+    seconds = (time.perf_counter() - started) / args.hmmlearn_iter
+    return {"steps": len(X), "iterations": args.hmmlearn_iter, "s_per_iteration": round(seconds, 3)}
 
 
 def main() -> None:
@@ -242,7 +276,13 @@ def main() -> None:
     parser.add_argument("--n-iter", type=int, default=3)
     parser.add_argument("--n-workers", type=int, default=2)
     parser.add_argument("--worker-memory", default="1GiB")
-    parser.add_argument("--hmmlearn-steps", type=int, default=5_000_000)
+    parser.add_argument(
+        "--hmmlearn-steps",
+        default="largest",
+        help="steps for hmmlearn: a number, or 'largest' (what fits in 80%% of the "
+        "available memory, from its bytes per step measured on 10^6 steps)",
+    )
+    parser.add_argument("--hmmlearn-iter", type=int, default=None, help="default: --n-iter")
     parser.add_argument("--store", default=None, help="Zarr store (default: in /tmp)")
     parser.add_argument("--skip-hmmlearn", action="store_true")
     args = parser.parse_args()
@@ -253,7 +293,11 @@ def main() -> None:
         result["write_store_s"] = round(write_store(args.store, args.steps, truth), 1)
     result["dask_em"] = time_dask_em(args, truth)
     if not args.skip_hmmlearn:
-        args.hmmlearn_steps = min(args.hmmlearn_steps, args.steps)
+        args.hmmlearn_iter = args.hmmlearn_iter or args.n_iter
+        if args.hmmlearn_steps == "largest":
+            result["hmmlearn_largest"] = largest_for_hmmlearn(args, truth)
+            args.hmmlearn_steps = result["hmmlearn_largest"]["steps"]
+        args.hmmlearn_steps = min(int(args.hmmlearn_steps), args.steps)
         result["hmmlearn"] = time_hmmlearn(args, truth)
         per_million = {
             "dask_em": result["dask_em"]["s_per_iteration"] / (args.steps / 1e6),

@@ -250,7 +250,7 @@ def test_kill_9_of_the_cli_then_resume_gives_the_uninterrupted_parameters(client
     store = tmp_path / "data.zarr"
     truth = random_gaussian_mixture(4, 4, seed=5, separation=1.5)  # overlapping: slow EM
     write_gaussian_mixture(store, 20_000, truth, seed=5, chunk_rows=2_500)
-    max_iter = 15  # each iteration writes a checkpoint of three restarts: about 1.5 s
+    max_iter = 10  # each iteration writes a checkpoint of three restarts: about 1.5 s
     reference = GaussianMixture(
         4, max_iter=max_iter, tol=0.0, random_state=0, n_init=3, accelerate="squarem"
     ).fit(str(store))

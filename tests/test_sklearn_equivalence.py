@@ -72,15 +72,21 @@ def assert_same_fit(ours, reference):
     np.testing.assert_allclose(ours.lower_bound_, reference.lower_bound_, rtol=RTOL)
 
 
-def slow_unless(kept, values):
-    """The values as parameters, all but ``kept`` marked slow (the fast loop keeps one)."""
-    return [v if v == kept else pytest.param(v, marks=pytest.mark.slow) for v in values]
+def dataset_chunkings():
+    """(chunking, dataset) pairs, one row per chunk on the blobs only; all but the blobs
+    in uneven chunks marked slow (the fast loop keeps those)."""
+    return [
+        (chunking, dataset)
+        if (chunking, dataset) == ("uneven", "blobs")
+        else pytest.param(chunking, dataset, marks=pytest.mark.slow)
+        for chunking in sorted(CHUNKINGS)
+        for dataset in sorted(DATASETS)
+        if chunking != "one_row" or dataset == "blobs"
+    ]
 
 
-# the fast loop keeps the blobs in uneven chunks for every covariance type
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-@pytest.mark.parametrize("dataset", slow_unless("blobs", sorted(DATASETS)))
-@pytest.mark.parametrize("chunking", slow_unless("uneven", sorted(CHUNKINGS)))
+@pytest.mark.parametrize(("chunking", "dataset"), dataset_chunkings())
 def test_same_fit_as_sklearn(client, covariance_type, dataset, chunking):
     X = DATASETS[dataset]
     if chunking == "one_row":
