@@ -234,6 +234,11 @@ class EMRun:
         self._started = time.perf_counter()
         return record
 
+    def start_clock(self) -> None:
+        """Count the next record's seconds from now: its passes, not the set-up before
+        the loop (the driver's first compilation of the kernels, for one)."""
+        self._started = time.perf_counter()
+
     def notify(self) -> None:
         """Call the callbacks with the point accepted in the last pass, if any."""
         if self.last_record is None:
@@ -258,6 +263,8 @@ def lockstep(
     After each pass in which some run accepted a point: ``save(results)`` (all runs'
     results so far: a checkpoint), then each such run's callbacks.
     """
+    for run in runs:
+        run.start_clock()
     while live := [run for run in runs if run.live]:
         points = [run.ask() for run in live]
         with iteration_scope(1 + max(run.passes for run in live)):
