@@ -231,7 +231,7 @@ class EMRun:
         if self.observe is not None:
             self.observe(record)
         self.last_record = record
-        self._started = time.perf_counter()
+        self.start_clock()
         return record
 
     def start_clock(self) -> None:
