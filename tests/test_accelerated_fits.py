@@ -126,7 +126,17 @@ def test_a_stopped_squarem_fit_resumes_to_the_uninterrupted_result(tmp_path):
     # stop right after an extrapolated point (the chain is then empty) and right after an
     # EM step that follows one (the chain holds the point SQUAREM extrapolates from next)
     after_extrapolation = kinds.index("extrapolated") + 1
-    for stop in (after_extrapolation, after_extrapolation + 2):
+    stops = (after_extrapolation, after_extrapolation + 2)
+    for resumed in stopped_and_resumed(tmp_path, params, X, w, reference, stops):
+        assert resumed.n_passes_ == reference.n_passes_ + 1  # its own scan pass
+
+
+def stopped_and_resumed(tmp_path, params, X, w, reference, stops):
+    """For each number of iterations in ``stops``: a GaussianMixture(**params) fit
+    stopped there with a checkpoint, then resumed; each resumed fit equals ``reference``
+    (parameters to 1e-12, the same objectives and passes).  Returns the resumed fits."""
+    fits = []
+    for stop in stops:
         path = tmp_path / f"stop-{stop}.zarr"
         with pytest.raises(Stop):
             GaussianMixture(**params).fit(
@@ -139,7 +149,8 @@ def test_a_stopped_squarem_fit_resumes_to_the_uninterrupted_result(tmp_path):
             )
         assert resumed.lower_bounds_ == reference.lower_bounds_
         assert [h["passes"] for h in resumed.history_] == [h["passes"] for h in reference.history_]
-        assert resumed.n_passes_ == reference.n_passes_ + 1  # its own scan pass
+        fits.append(resumed)
+    return fits
 
 
 def test_the_sampling_e_step_with_squarem_is_refused_before_any_work(tmp_path):

@@ -17,7 +17,7 @@ from dask_em.acceleration.daarem import Daarem, anderson_point, damping_target, 
 from dask_em.families.gaussian import COVARIANCE_TYPES
 from dask_em.families.hmm import HMMFamily
 from dask_em.families.poisson import PoissonFamily
-from tests.test_accelerated_fits import overlapping_data
+from tests.test_accelerated_fits import overlapping_data, stopped_and_resumed
 from tests.test_acceleration import (
     DAYS,
     assert_accepted_never_decrease,
@@ -262,19 +262,7 @@ def test_a_stopped_daarem_fit_resumes_from_its_checkpoint_to_the_uninterrupted_r
     reference = GaussianMixture(**params).fit(X, sample_weight=w)
     assert reference.converged_ and len(reference.history_) > 9
     assert "extrapolated" in {h["move"] for h in reference.history_}
-    for stop in (3, 9):
-        path = tmp_path / f"stop-{stop}.zarr"
-        with pytest.raises(Stop):
-            GaussianMixture(**params).fit(
-                X, sample_weight=w, checkpoint=path, callbacks=[stop_after(stop)]
-            )
-        resumed = GaussianMixture(**params).fit(X, sample_weight=w, checkpoint=path, resume=True)
-        for name in ("weights_", "means_", "covariances_"):
-            np.testing.assert_allclose(
-                getattr(resumed, name), getattr(reference, name), rtol=0, atol=1e-12
-            )
-        assert resumed.lower_bounds_ == reference.lower_bounds_
-        assert [h["passes"] for h in resumed.history_] == [h["passes"] for h in reference.history_]
+    assert len(stopped_and_resumed(tmp_path, params, X, w, reference, (3, 9))) == 2
 
 
 @pytest.mark.parametrize("command", [["fit", "gmm"], ["sweep", "gmm"]])
