@@ -29,7 +29,9 @@ def main() -> None:
 
     with cluster_and_store(args) as (_client, folder):
         Sequences(rolls.reshape(-1, 1), np.full(n_games, length)).to_zarr(folder / "rolls.zarr")
-        model = CategoricalHMM(2, tol=1e-7, max_iter=500, random_state=args.seed, verbose=1)
+        model = CategoricalHMM(
+            2, tol=1e-7, max_iter=500, random_state=args.seed, accelerate="squarem", verbose=1
+        )
         model.fit(str(folder / "rolls.zarr"))
         posteriors = model.predict_proba(rolls[0].reshape(-1, 1))
 

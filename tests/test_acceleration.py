@@ -404,14 +404,15 @@ def test_resuming_from_a_saved_state_equals_the_uninterrupted_run(driver):
     kinds_seen = set()
     n = len(whole.history)
     for stop_after in sorted({1, 2, 3, 4, 5, 6, n // 2, n - 2}):
-        saved = []
+        saved, calls = [], []
 
         class Killed(Exception):
             pass
 
-        def checkpoint(point, state, saved=saved, stop_after=stop_after):
-            saved.append(copy.deepcopy(state))  # what a checkpoint file would hold
-            if len(saved) == stop_after:
+        def checkpoint(point, state, saved=saved, calls=calls, stop_after=stop_after):
+            calls.append(point)
+            if len(calls) == stop_after:
+                saved.append(copy.deepcopy(state))  # what a checkpoint file would hold
                 raise Killed
 
         with pytest.raises(Killed):

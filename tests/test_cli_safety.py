@@ -296,6 +296,7 @@ def test_an_unreadable_input_chunk_is_one_line_naming_the_store_and_rows(tmp_pat
     assert_one_line(
         done.stderr, f"cannot read rows 2000:3000 of the Zarr array {path}, chunk 2 along the rows"
     )
-    verbose = dask_em(*argv, "--verbose")
-    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+    if cache == "stream":  # --verbose: the traceback (the same path for both caches)
+        verbose = dask_em(*argv, "--verbose")
+        assert verbose.returncode == 2 and "Traceback" in verbose.stderr
     assert snapshot(path) == before and not (tmp_path / "m.zarr").exists()

@@ -162,11 +162,12 @@ def test_resuming_from_a_saved_state_equals_the_uninterrupted_run():
     chains = set()
     n = len(whole.history)
     for stop_at in sorted({2, 5, 13, n - 2}):
-        saved = []
+        saved, calls = [], []
 
-        def checkpoint(point, state, saved=saved, stop_at=stop_at):
-            saved.append(copy.deepcopy(state))  # what a checkpoint file would hold
-            if len(saved) == stop_at:
+        def checkpoint(point, state, saved=saved, calls=calls, stop_at=stop_at):
+            calls.append(point)
+            if len(calls) == stop_at:
+                saved.append(copy.deepcopy(state))  # what a checkpoint file would hold
                 raise Stop
 
         with pytest.raises(Stop):
