@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import dask.array as da
 import numpy as np
 import pytest
+from distributed import futures_of
 
 from dask_em.em import IterationRecord, check_monotone
 from dask_em.engine import EMEngine
+from dask_em.engine.scatter import in_graph_bytes, scatter_in_memory
 
 
 def count_rows(_shared, X, w):
@@ -49,6 +52,41 @@ def test_stream_mode_reads_each_block_inside_its_estep_task(tmp_path):
     assert chunk_keys == []  # no separate read tasks: each is fused into its E-step
     assert sum(1 for k in dsk if isinstance(k, tuple) and k[0].startswith("estep-test")) == 10
     assert engine.map_reduce(count_rows, concatenate, None)["rows"] == [100] * 10
+
+
+def test_in_memory_data_is_scattered_to_the_workers_not_sent_through_the_scheduler(client):
+    rng = np.random.default_rng(0)
+    values, weights = rng.normal(size=(1000, 3)), rng.random(1000)
+    X = da.from_array(values, chunks=(125, 3))
+    w = da.from_array(weights, chunks=(125,))
+    assert in_graph_bytes(X) == X.nbytes  # the data travels inside the graph
+    engine = EMEngine(X, w, model="test", cache="memory")
+    assert engine.persisted and engine.X.name.startswith("scattered-")
+    assert engine.sample_weight.name.startswith("scattered-")
+    assert engine.X.chunks == X.chunks and engine.sample_weight.chunks == w.chunks
+    # every worker holds an equal share of the blocks, each block beside its weights
+    x_holders = client.who_has(futures_of(engine.X))
+    w_holders = client.who_has(futures_of(engine.sample_weight))
+    shares = Counter(address for addresses in x_holders.values() for address in addresses)
+    assert len(shares) == 2 and set(shares.values()) == {4}
+    assert [x_holders[(engine.X.name, i, 0)] for i in range(8)] == [
+        w_holders[(engine.sample_weight.name, i)] for i in range(8)
+    ]
+    assert engine.map_reduce(count_rows, concatenate, None)["weight"] == pytest.approx(
+        weights.sum()
+    )
+    np.testing.assert_array_equal(engine.X.compute(), values)
+    np.testing.assert_array_equal(engine.sample_weight.compute(), weights)
+
+
+def test_data_read_by_tasks_is_not_scattered(client, tmp_path):
+    path = str(tmp_path / "X.zarr")
+    da.random.random((1000, 4), chunks=(100, 4)).to_zarr(path)
+    X = da.from_zarr(path)
+    assert in_graph_bytes(X) == 0
+    assert scatter_in_memory(client, [X]) is None
+    in_memory = da.from_array(np.ones(1000), chunks=100)
+    assert scatter_in_memory(client, [X, in_memory]) is None  # all or nothing
 
 
 def test_auto_placement_follows_the_memory_budget(client, monkeypatch):

@@ -19,6 +19,7 @@ from dask_em.engine.cluster import (
     cluster_errors,
     connect,
     open_client,
+    run_on_one_worker,
     stall_timeout,
     wait_for_workers,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "cluster_errors",
     "connect",
     "open_client",
+    "run_on_one_worker",
     "stall_timeout",
     "wait_for_workers",
 ]

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Collection, Hashable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from typing import Any
 
 from dask_em.engine import stalls
@@ -318,3 +318,8 @@ def wait_watched(
         return MemoryStallError(text)
 
     stalls.watch(client, over, futures, names, stall_error, timeout=timeout, clock=time.monotonic)
+
+
+def run_on_one_worker(client: Any, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` as one task on a worker the scheduler picks; its result."""
+    return client.submit(function, *args, pure=False).result()

@@ -41,6 +41,7 @@ import psutil
 from dask.delayed import Delayed, delayed
 
 from dask_em.engine.cluster import active_client, wait_watched
+from dask_em.engine.scatter import scatter_in_memory
 from dask_em.engine.stalls import blocks_of, key_name
 from dask_em.engine.tasks import estep_block_task, reduce_task
 from dask_em.engine.threads import limit_threads
@@ -147,17 +148,20 @@ class EMEngine:
         if self.client is not None:
             from distributed import futures_of
 
-            persisted = self.client.persist(list(collections))
-            # Spread the blocks evenly over the workers: the scheduler may place them
-            # 3:5, and then one worker does 5/8 of every pass.
-            futures = futures_of(persisted)
-            names = {collection.name for collection in collections}
-            blocks = blocks_of(X, sample_weight)
-            wait_watched(self.client, futures, names, blocks, persisting=True)
-            for future in futures:
-                if future.status == "error":  # e.g. a chunk of the store cannot be read
-                    future.result()  # raises the task's own error
-            self.client.rebalance(futures)
+            # data held in this process goes to the workers directly, evenly
+            persisted = scatter_in_memory(self.client, collections)
+            if persisted is None:  # data read by tasks: the workers compute the blocks
+                persisted = self.client.persist(list(collections))
+                futures = futures_of(persisted)
+                names = {collection.name for collection in collections}
+                blocks = blocks_of(X, sample_weight)
+                wait_watched(self.client, futures, names, blocks, persisting=True)
+                for future in futures:
+                    if future.status == "error":  # e.g. a chunk of the store is unreadable
+                        future.result()  # raises the task's own error
+                # Spread the blocks evenly over the workers: the scheduler may place
+                # them 3:5, and then one worker does 5/8 of every pass.
+                self.client.rebalance(futures)
         else:
             persisted = dask.persist(*collections)
         logger.info("persisted %.1f MB of data in %s", X.nbytes / 1e6, self._where())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 
 from dask_em import em
-from dask_em.engine import EMEngine
+from dask_em.engine import EMEngine, run_on_one_worker
 from dask_em.families.jit import HAVE_NUMBA
 
 logger = logging.getLogger("dask_em.engine")
@@ -20,14 +21,17 @@ WARM_UP_ROWS = 1000
 
 
 def warm_kernels(engine: EMEngine, run: em.EMRun, sample: np.ndarray) -> None:
-    """Compile the run's E-step kernels here, once, before the first pass on a cluster.
+    """Compile the run's E-step kernels once, on one worker, before the first pass.
 
     numba compiles a kernel on its first call and caches the machine code on disk
     (:mod:`dask_em.families.jit`).  Left to the first pass, every worker process would
-    compile the same kernels at once (seconds each, on cores the pass needs); run here
-    on two rows of the scan sample, in the data's dtype, the compilation happens once
-    and the workers load it from the cache.  Its time is logged when it is more than a
-    second (a first run; later runs load the cache in well under a second).
+    compile the same kernels at once (seconds each, on cores the pass needs); run as one
+    task on the first rows of the scan sample, in the data's dtype, the compilation
+    happens once per machine and the other workers there load it from the cache.  With
+    the cache already written the task only loads the kernels, which that worker would
+    do in its first pass anyway; the driving process never compiles or loads them (on a
+    remote cluster its own cache would serve nobody).  Its time is logged when it is
+    more than a second (a first run).
     """
     if engine.client is None or not HAVE_NUMBA or len(sample) == 0:
         return
@@ -35,7 +39,7 @@ def warm_kernels(engine: EMEngine, run: em.EMRun, sample: np.ndarray) -> None:
     extra = np.array([len(rows)]) if engine.sequences else None
     started = time.perf_counter()
     try:
-        run.family.block_stats(run.result.params, rows, extra)
+        run_on_one_worker(engine.client, _block_stats, run.family, run.result.params, rows, extra)
     except Exception as error:  # only a head start: the first pass compiles instead
         logger.debug("kernels not compiled ahead of the first pass: %s", error)
         return
@@ -43,6 +47,11 @@ def warm_kernels(engine: EMEngine, run: em.EMRun, sample: np.ndarray) -> None:
     if seconds > 1.0:
         logger.info(
             "compiled the E-step kernels in %.1f s (once per machine: later runs and the "
-            "workers load them from numba's disk cache)",
+            "other workers load them from numba's disk cache)",
             seconds,
         )
+
+
+def _block_stats(family: Any, params: Any, rows: np.ndarray, extra: Any) -> None:
+    """The warm-up task: one call of the kernels, its statistics dropped."""
+    family.block_stats(params, rows, extra)
