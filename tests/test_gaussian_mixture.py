@@ -96,11 +96,11 @@ def test_data_far_from_the_origin_fits_as_well_as_centred_data(client, covarianc
     init = dict(
         weights_init=np.full(3, 1 / 3), means_init=X[[0, 500, 1000]], precisions_init=precisions
     )
-    kwargs = dict(covariance_type=covariance_type, tol=1e-7, max_iter=60)
+    kwargs = dict(covariance_type=covariance_type, tol=1e-4, max_iter=60)  # 17-43 iterations
     centred = GaussianMixture(3, **kwargs, **init).fit(da.from_array(X, chunks=(400, 3)))
     init["means_init"] = init["means_init"] + shift
     far = GaussianMixture(3, **kwargs, **init).fit(da.from_array(X + shift, chunks=(400, 3)))
-    assert far.n_iter_ == centred.n_iter_
+    assert centred.converged_ and far.n_iter_ == centred.n_iter_  # stopped at the same pass
     np.testing.assert_allclose(far.means_ - shift, centred.means_, atol=1e-6)
     np.testing.assert_allclose(far.covariances_, centred.covariances_, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(far.lower_bound_, centred.lower_bound_, rtol=1e-9)
