@@ -188,13 +188,9 @@ class PlainEM:
         self, accepted: Params, previous_image: Params, kind: str, changed: tuple[int, ...]
     ) -> list[Params]:
         """The chain once ``accepted`` is accepted (``previous_image``: the EM image of
-        the point accepted before it).  Here: the last two accepted points linked by
-        plain EM steps; emptied after a repaired image (no EM image) or an extrapolated
-        point (not the base of the next extrapolation: SQUAREM's stabilizing EM step
-        comes first)."""
-        if changed or kind != "em":
-            return []
-        return [*self._chain, accepted][-2:]
+        the point accepted before it).  Plain EM extrapolates from nothing: no chain, so
+        its checkpoint holds only the current point (accelerators override this)."""
+        return []
 
     # -- bookkeeping ----------------------------------------------------------------
     def _accept(

@@ -113,6 +113,16 @@ class Squarem(PlainEM):
     def _restore_step(self, last: AcceptedPoint) -> None:
         self._step_max = last.step_max
 
+    def _next_chain(
+        self, accepted: Params, previous_image: Params, kind: str, changed: tuple[int, ...]
+    ) -> list[Params]:
+        """The last two accepted points linked by plain EM steps; emptied after a
+        repaired image (no EM image) or an extrapolated point (not the base of the next
+        extrapolation: the stabilizing EM step comes first)."""
+        if changed or kind != "em":
+            return []
+        return [*self._chain, accepted][-2:]
+
     # -- choosing the next point ----------------------------------------------------
     def _plan_next(self) -> None:
         self._cycle = None
