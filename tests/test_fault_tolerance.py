@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 
+import dask.array as da
 import numpy as np
 import pytest
 import zarr
@@ -140,3 +141,21 @@ def test_fit_survives_a_killed_worker_with_the_same_result(own_client, store, ca
     assert interrupted.lower_bounds_ == undisturbed.lower_bounds_
     for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
         np.testing.assert_array_equal(getattr(interrupted, name), getattr(undisturbed, name))
+
+
+def test_a_fit_on_in_memory_data_survives_a_killed_worker(own_client, store):
+    """NumPy data is scattered to the workers from this process (no lineage on the
+    cluster): the blocks the dead worker held are sent again, and the fit ends where
+    the undisturbed one did."""
+    client = own_client
+    # a dask array over NumPy (NumPy itself this small would be fitted in this process)
+    X = da.from_array(zarr.open_array(store, mode="r")[:], chunks=(CHUNK_ROWS, FEATURES))
+    with client.as_current():
+        undisturbed = GaussianMixture(3, cache="memory", **SETTINGS).fit(X)
+        with kill_a_busy_worker_after(client, iteration=2) as victim:
+            interrupted = GaussianMixture(3, cache="memory", **SETTINGS).fit(X)
+    assert victim and victim["estep"]
+    assert any("scattered" in str(key) for key in victim["held"])
+    assert interrupted.n_iter_ == undisturbed.n_iter_
+    assert interrupted.lower_bounds_ == undisturbed.lower_bounds_
+    np.testing.assert_array_equal(interrupted.means_, undisturbed.means_)

@@ -323,3 +323,22 @@ def wait_watched(
 def run_on_one_worker(client: Any, function: Callable[..., Any], *args: Any) -> Any:
     """``function(*args)`` as one task on a worker the scheduler picks; its result."""
     return client.submit(function, *args, pure=False).result()
+
+
+def persist_balanced(client: Any, collections: Sequence[Any], blocks: stalls.Blocks) -> list:
+    """``collections`` persisted on the cluster (their blocks computed or read by the
+    workers), then spread evenly over the workers: the scheduler may place 8 blocks
+    3:5, and then one worker does 5/8 of every pass.  A block that cannot be computed
+    (a chunk of the store is unreadable, say) raises its task's own error; a stall on
+    workers paused for memory raises MemoryStallError (:func:`wait_watched`)."""
+    from distributed import futures_of
+
+    persisted = client.persist(list(collections))
+    futures = futures_of(persisted)
+    names = {collection.name for collection in collections}
+    wait_watched(client, futures, names, blocks, persisting=True)
+    for future in futures:
+        if future.status == "error":
+            future.result()
+    client.rebalance(futures)
+    return persisted

@@ -12,10 +12,11 @@ travel up a tree to the client, which runs the M-step.  The task names show up a
 ``estep-<model>`` and ``reduce-<model>`` in the dashboard's task stream.
 
 Data placement (``cache``): ``"memory"`` persists X (and the sample weights) in the
-cluster once; ``"stream"`` keeps the graph that reads X (e.g. from Zarr), so every pass
-reads it again, with each block's read fused into its E-step task (the per-block
-layer is blockwise over X and optimized as a dask array) so that a worker holds one
-block per thread; ``"auto"`` persists when X takes at most half of the
+cluster once (data held here is scattered, :mod:`.scatter`, and blocks lost with a
+worker are sent again); ``"stream"`` keeps the graph that reads X (e.g. from Zarr), so
+every pass reads it again, with each block's read fused into its E-step task (the
+per-block layer is blockwise over X and optimized as a dask array) so that a worker
+holds one block per thread; ``"auto"`` persists when X takes at most half of the
 cluster's memory.
 
 Monitoring: with a ``distributed.Client``, a fit runs inside the span
@@ -40,8 +41,8 @@ import numpy as np
 import psutil
 from dask.delayed import Delayed, delayed
 
-from dask_em.engine.cluster import active_client, wait_watched
-from dask_em.engine.scatter import scatter_in_memory
+from dask_em.engine.cluster import active_client, persist_balanced, wait_watched
+from dask_em.engine.scatter import MAX_RESENDS, lost_blocks, scatter_in_memory
 from dask_em.engine.stalls import blocks_of, key_name
 from dask_em.engine.tasks import estep_block_task, reduce_task
 from dask_em.engine.threads import limit_threads
@@ -115,11 +116,12 @@ class EMEngine:
         self.split_every = split_every
         self.local = local
         self.client = None if local else client if client is not None else active_client()
+        self._scattered_from: tuple | None = None  # (X, weights) held here; times resent:
+        self._resent = 0
         self.persisted = self._should_persist(X, sample_weight, cache)
         if self.persisted:
             X, sample_weight = self._persist(X, sample_weight)
-        self.X = X
-        self.sample_weight = sample_weight
+        self.X, self.sample_weight = X, sample_weight
         self._local_blocks = self._materialize_blocks() if local else None
         self.passes = 0  # passes over the data run so far (every stage)
         self.bytes_read = 0  # bytes of data (X and weights) those passes read
@@ -146,29 +148,18 @@ class EMEngine:
     def _persist(self, X, sample_weight):
         collections = (X,) if sample_weight is None else (X, sample_weight)
         if self.client is not None:
-            from distributed import futures_of
-
             # data held in this process goes to the workers directly, evenly
             persisted = scatter_in_memory(self.client, collections)
-            if persisted is None:  # data read by tasks: the workers compute the blocks
-                persisted = self.client.persist(list(collections))
-                futures = futures_of(persisted)
-                names = {collection.name for collection in collections}
+            if persisted is not None:
+                self._scattered_from = (X, sample_weight)
+            else:  # data read by tasks: the workers compute the blocks
                 blocks = blocks_of(X, sample_weight)
-                wait_watched(self.client, futures, names, blocks, persisting=True)
-                for future in futures:
-                    if future.status == "error":  # e.g. a chunk of the store is unreadable
-                        future.result()  # raises the task's own error
-                # Spread the blocks evenly over the workers: the scheduler may place
-                # them 3:5, and then one worker does 5/8 of every pass.
-                self.client.rebalance(futures)
+                persisted = persist_balanced(self.client, collections, blocks)
         else:
             persisted = dask.persist(*collections)
-        logger.info("persisted %.1f MB of data in %s", X.nbytes / 1e6, self._where())
+        where = "the cluster" if self.client is not None else "local memory"
+        logger.info("persisted %.1f MB of data in %s", X.nbytes / 1e6, where)
         return persisted[0], (persisted[1] if sample_weight is not None else None)
-
-    def _where(self) -> str:
-        return "the cluster" if self.client is not None else "local memory"
 
     def _materialize_blocks(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """In local mode: the blocks as NumPy arrays, computed once (views of X)."""
@@ -264,6 +255,7 @@ class EMEngine:
         """Drop references to persisted data so the cluster can free it."""
         self.X = None
         self.sample_weight = None
+        self._scattered_from = None
         self._local_blocks = None
 
     # -- one pass -------------------------------------------------------------------
@@ -346,11 +338,26 @@ class EMEngine:
                 for i, (X_block, w_block) in enumerate(self._local_blocks)
             ]
             return self._tree_reduce(parts, merge)
-        dsk, key = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
-        result = Delayed(key, dsk)
-        if self.client is not None:
-            return self._submit(result)
-        return result.compute(optimize_graph=False)
+        while True:
+            dsk, key = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
+            result = Delayed(key, dsk)
+            if self.client is None:
+                return result.compute(optimize_graph=False)
+            try:
+                return self._submit(result)
+            except Exception:
+                if not self._send_lost_blocks_again():
+                    raise
+
+    def _send_lost_blocks_again(self) -> bool:
+        """After a failed pass: scatter the data again if blocks of it were lost (True)."""
+        lost = lost_blocks(self.X, self.sample_weight) if self._scattered_from else 0
+        if not lost or self._resent >= MAX_RESENDS:
+            return False
+        self._resent += 1
+        self.X, self.sample_weight = self._persist(*self._scattered_from)
+        logger.warning("%d blocks of the data were lost with a worker: sent them again", lost)
+        return True
 
     def _tree_reduce(self, parts: list[Any], merge: Callable[..., Any]) -> Any:
         """The reduction tree of :meth:`pass_graph`, run in this process (same order)."""

@@ -23,6 +23,9 @@ import dask.array as da
 import numpy as np
 from dask.core import flatten
 
+#: Times a fit sends its in-memory data again after workers holding it were lost.
+MAX_RESENDS = 3
+
 
 def in_graph_bytes(array: da.Array) -> int:
     """Bytes of NumPy arrays held in ``array``'s graph itself (0 for data that tasks
@@ -68,3 +71,15 @@ def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array]
         )
         for array, name in zip(arrays, names, strict=True)
     ]
+
+
+def lost_blocks(*arrays: da.Array | None) -> int:
+    """Blocks of ``arrays`` (persisted: futures) no longer held by any worker."""
+    from distributed import futures_of
+
+    return sum(
+        future.status != "finished"
+        for array in arrays
+        if array is not None
+        for future in futures_of(array)
+    )
