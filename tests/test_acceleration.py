@@ -390,6 +390,25 @@ def test_accepted_objectives_never_decrease_hmm_over_every_emission(kind):
 
 
 # --------------------------------------------------------------------------- resume
+class Killed(Exception):
+    pass
+
+
+def stopping_checkpoint(stop_at: int, error: type[Exception]):
+    """A checkpoint callback that raises ``error`` at its ``stop_at``-th call, and the
+    list that then holds a deep copy of the state it was given there (what a checkpoint
+    file would hold; only that one is copied)."""
+    saved, calls = [], []
+
+    def checkpoint(point, state):
+        calls.append(point)
+        if len(calls) == stop_at:
+            saved.append(copy.deepcopy(state))
+            raise error
+
+    return checkpoint, saved
+
+
 @pytest.mark.parametrize("driver", ["squarem", pytest.param("plain", marks=pytest.mark.slow)])
 def test_resuming_from_a_saved_state_equals_the_uninterrupted_run(driver):
     family, pass_stats, start = categorical_mixture(n=600)
@@ -404,17 +423,7 @@ def test_resuming_from_a_saved_state_equals_the_uninterrupted_run(driver):
     kinds_seen = set()
     n = len(whole.history)
     for stop_after in sorted({1, 2, 3, 4, 5, 6, n // 2, n - 2}):
-        saved, calls = [], []
-
-        class Killed(Exception):
-            pass
-
-        def checkpoint(point, state, saved=saved, calls=calls, stop_after=stop_after):
-            calls.append(point)
-            if len(calls) == stop_after:
-                saved.append(copy.deepcopy(state))  # what a checkpoint file would hold
-                raise Killed
-
+        checkpoint, saved = stopping_checkpoint(stop_after, Killed)
         with pytest.raises(Killed):
             run_em(
                 make(),

@@ -4,7 +4,6 @@ families, resume from a saved state, lockstep, re-seeding and a checkpointed fit
 
 from __future__ import annotations
 
-import copy
 import functools
 import itertools
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from dask_em import GaussianMixture, em
-from dask_em.acceleration import PlainEM, parameter_map, run_em
+from dask_em.acceleration import PlainEM, family_evaluate, parameter_map, run_em
 from dask_em.acceleration.daarem import Daarem, anderson_point, damping_target, ridge_for_norm
 from dask_em.families.gaussian import COVARIANCE_TYPES
 from dask_em.families.hmm import HMMFamily
@@ -31,6 +30,7 @@ from tests.test_acceleration import (
     hmm_start,
     separated_gmm,
     squarem,
+    stopping_checkpoint,
 )
 from tests.test_checkpoint import Stop, stop_after
 from tests.test_lockstep import blocks_map_reduce, diag_starts
@@ -162,18 +162,11 @@ def test_resuming_from_a_saved_state_equals_the_uninterrupted_run():
     chains = set()
     n = len(whole.history)
     for stop_at in sorted({2, 5, 13, n - 2}):
-        saved, calls = [], []
-
-        def checkpoint(point, state, saved=saved, calls=calls, stop_at=stop_at):
-            calls.append(point)
-            if len(calls) == stop_at:
-                saved.append(copy.deepcopy(state))  # what a checkpoint file would hold
-                raise Stop
-
+        checkpoint, saved = stopping_checkpoint(stop_at, Stop)
         with pytest.raises(Stop):
             run_em(
                 daarem(family, start, tol=1e-12),
-                lambda p: (family.objective(s := pass_stats(p), p), family.m_step(s), s),
+                family_evaluate(family, pass_stats),
                 max_passes=10**5,
                 callbacks=[checkpoint],
             )
