@@ -116,8 +116,8 @@ class EMEngine:
         self.split_every = split_every
         self.local = local
         self.client = None if local else client if client is not None else active_client()
-        self._scattered_from: tuple | None = None  # (X, weights) held here; times resent:
-        self._resent = 0
+        self._scattered_from: tuple | None = None  # (X, weights) as given, to resend
+        self._resent = 0  # times they were sent again after a worker loss
         self.persisted = self._should_persist(X, sample_weight, cache)
         if self.persisted:
             X, sample_weight = self._persist(X, sample_weight)
@@ -350,13 +350,13 @@ class EMEngine:
                     raise
 
     def _send_lost_blocks_again(self) -> bool:
-        """After a failed pass: scatter the data again if blocks of it were lost (True)."""
+        """After a failed pass: scatter all the data again if blocks were lost (True)."""
         lost = lost_blocks(self.X, self.sample_weight) if self._scattered_from else 0
         if not lost or self._resent >= MAX_RESENDS:
             return False
         self._resent += 1
         self.X, self.sample_weight = self._persist(*self._scattered_from)
-        logger.warning("%d blocks of the data were lost with a worker: sent them again", lost)
+        logger.warning("%d blocks of the data were lost with a worker: sent all again", lost)
         return True
 
     def _tree_reduce(self, parts: list[Any], merge: Callable[..., Any]) -> Any:
