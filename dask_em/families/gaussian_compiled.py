@@ -8,10 +8,12 @@ Rows go through in slices of :data:`SLICE_ROWS`, held feature-major ((D, rows) a
 (K*D, rows) buffers that stay in a core's L2 cache), so that every compiled loop runs
 over the rows of a slice, contiguous, and the compiler vectorizes it:
 
-* ``diag`` and ``spherical``: a compiled loop gives the K log-densities of each row
-  (difference first, as the reference), a second applies Bayes' rule in log space
-  (log-sum-exp over k), and one BLAS product ``r @ [xc, xc^2]`` adds the slice's
-  ``sum r xc`` and ``sum r xc^2``.
+* ``diag`` and ``spherical``: one compiled call per block (:func:`_diag_block`) copies
+  each slice centred and feature-major, gives the K log-densities of each row
+  (difference first, as the reference), applies Bayes' rule in log space (log-sum-exp
+  over k, with a vectorized exp) and adds the slice's ``sum r xc`` and ``sum r xc^2``
+  in reassociated loops.  The products are K*D short dot products, too small for BLAS
+  to beat the call overhead NumPy adds per slice.
 * ``full`` and ``tied``: one BLAS product ``[L_1 ... L_K]^T @ xc^T`` gives ``L_k^T xc``
   for every k, compiled loops turn it into responsibilities and overwrite the buffer
   with ``r_ik xc_i``, and a second BLAS product ``buffer @ [xc, 1]`` adds the slice's
@@ -33,7 +35,8 @@ import numpy as np
 
 from dask_em.families import gaussian_linalg
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
-from dask_em.families.jit import HAVE_NUMBA, jit
+from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
+from dask_em.families.vector_exp import exp_chunk
 
 #: Rows per slice: a slice's buffers are feature-major (D, rows) and (K*D, rows), so every
 #: compiled loop runs over ``rows`` contiguous values (vectorized); 512 rows of K*D = 128
@@ -47,14 +50,17 @@ COMPILED = HAVE_NUMBA
 
 
 @jit
-def _responsibilities(lp, w, nk):
+def _responsibilities(lp, m, w, nk, high_bits, low_bits):
     """Bayes' rule in log space, column by column; returns (weight, loglik).
 
-    lp (K, m): ``log pi_k + log N(x_i | k)``, overwritten with ``w_i r_ik``; w (m,).
+    lp (K, >= m), its first m columns: ``log pi_k + log N(x_i | k)``, overwritten with
+    ``w_i r_ik`` (a whole C-contiguous buffer, so every row is contiguous); w (m,).
     Adds ``sum_i w_i r_ik`` to nk (K,).  The shift by the per-row maximum keeps exp in
     range (log-sum-exp); a row where every component has density 0 keeps peak 0.
+    high_bits, low_bits (at least m,) int64: scratch of the vectorized exp
+    (:func:`~dask_em.families.vector_exp.exp_chunk`; libm's exp is a scalar call).
     """
-    n_components, m = lp.shape
+    n_components = lp.shape[0]
     peak = np.full(m, -np.inf)
     total = np.zeros(m)
     for k in range(n_components):
@@ -67,7 +73,9 @@ def _responsibilities(lp, w, nk):
     for k in range(n_components):
         row = lp[k]
         for i in range(m):
-            row[i] = math.exp(row[i] - peak[i])
+            row[i] -= peak[i]
+        exp_chunk(row[:m], high_bits, low_bits)
+        for i in range(m):
             total[i] += row[i]
     weight = 0.0
     loglik = 0.0
@@ -85,28 +93,60 @@ def _responsibilities(lp, w, nk):
     return weight, loglik
 
 
-@jit
-def _diag_log_densities(xct, means_c, scales, const, lp):
-    """lp[k, i] = const_k - 1/2 sum_d ((xc_di - mc_kd) s_kd)^2, difference first.
+@jit_reassociated
+def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
+    """The whole diag/spherical E-step and moments of a block, in one compiled call.
 
-    xct (D, m) centred rows, feature-major; means_c, scales (K, D) (``1/sigma``);
-    const (K,); lp (K, m), written.
+    X (n, D); center (D,); means_c, scales (K, D) (``1/sigma``); const (K,); w (n,).
+    Adds ``sum_i w_i r_ik`` to nk (K,), ``sum_i w_i r_ik xc_i`` to sums (K, D) and
+    ``sum_i w_i r_ik xc_i^2`` to second (K, D); returns (weight, loglik).  Each slice of
+    ``rows`` rows is copied centred and feature-major, so that every loop over its rows
+    is contiguous and vectorizes; no NumPy call is made per slice.
     """
-    n_components, n_features = means_c.shape
-    m = xct.shape[1]
-    for k in range(n_components):
-        row = lp[k]
+    n_rows, n_features = X.shape
+    n_components = means_c.shape[0]
+    xct = np.empty((n_features, rows))
+    lp = np.empty((n_components, rows))
+    high_bits = np.empty(rows, dtype=np.int64)
+    low_bits = np.empty(rows, dtype=np.int64)
+    weight = 0.0
+    loglik = 0.0
+    for start in range(0, n_rows, rows):
+        m = min(rows, n_rows - start)
         for i in range(m):
-            row[i] = 0.0
-        for d in range(n_features):
-            mu = means_c[k, d]
-            s = scales[k, d]
-            x = xct[d]
+            for d in range(n_features):
+                xct[d, i] = X[start + i, d] - center[d]
+        for k in range(n_components):
+            row = lp[k]
             for i in range(m):
-                v = (x[i] - mu) * s
-                row[i] += v * v
-        for i in range(m):
-            row[i] = const[k] - 0.5 * row[i]
+                row[i] = 0.0
+            for d in range(n_features):
+                mu = means_c[k, d]
+                s = scales[k, d]
+                x = xct[d]
+                for i in range(m):
+                    v = (x[i] - mu) * s  # difference first, as the reference
+                    row[i] += v * v
+            for i in range(m):
+                row[i] = const[k] - 0.5 * row[i]
+        part_weight, part_loglik = _responsibilities(
+            lp, m, w[start : start + m], nk, high_bits, low_bits
+        )
+        weight += part_weight
+        loglik += part_loglik
+        for k in range(n_components):
+            r = lp[k]
+            for d in range(n_features):
+                x = xct[d]
+                first = 0.0
+                squares = 0.0
+                for i in range(m):
+                    v = r[i] * x[i]
+                    first += v
+                    squares += v * x[i]
+                sums[k, d] += first
+                second[k, d] += squares
+    return weight, loglik
 
 
 @jit
@@ -164,28 +204,14 @@ def diag_block_moments(X, center, means_c, scales, const, w):
     (K, D), second (K, D))`` with ``sums = sum_i r_ik xc_i`` and ``second = sum_i r_ik
     xc_i^2`` (r already weighted).
     """
-    n_rows, n_features = X.shape
-    n_components = len(means_c)
+    n_components, n_features = means_c.shape
     scales = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape), dtype=np.float64)
-    rows, slices = _slices(n_rows)
-    # feature-major [xc; xc^2]: one product lp @ moments^T gives both sums of a slice
-    moments_t = np.empty((2 * n_features, rows))
-    lp_buffer = np.empty((n_components, rows))
-    part = np.empty((n_components, 2 * n_features))
     nk = np.zeros(n_components)
-    moments = np.zeros((n_components, 2 * n_features))
-    weight = loglik = 0.0
-    for start, stop in slices:
-        xct = moments_t[:n_features, : stop - start]
-        np.subtract(X[start:stop].T, center[:, None], out=xct)
-        np.multiply(xct, xct, out=moments_t[n_features:, : stop - start])
-        lp = lp_buffer[:, : stop - start]
-        _diag_log_densities(xct, means_c, scales, const, lp)
-        part_weight, part_loglik = _responsibilities(lp, w[start:stop], nk)
-        weight += part_weight
-        loglik += part_loglik
-        moments += np.matmul(lp, moments_t[:, : stop - start].T, out=part)
-    return weight, loglik, nk, moments[:, :n_features].copy(), moments[:, n_features:].copy()
+    sums = np.zeros((n_components, n_features))
+    second = np.zeros((n_components, n_features))
+    rows = min(SLICE_ROWS, max(len(X), 1))
+    weight, loglik = _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second)
+    return weight, loglik, nk, sums, second
 
 
 def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
@@ -208,6 +234,7 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     xct_buffer = np.ones((n_features + 1, rows), dtype=compute_dtype)
     yt_buffer = np.empty((width, rows), dtype=compute_dtype)
     lp_buffer = np.empty((n_components, rows))
+    high_bits, low_bits = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
     part = np.empty((width, n_features + 1), dtype=compute_dtype)
     nk = np.zeros(n_components)
     moments = np.zeros((width, n_features + 1))
@@ -219,7 +246,9 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
         yt = np.matmul(factors, xct[:n_features], out=yt_buffer[:, :m])
         lp = lp_buffer[:, :m]
         _full_log_densities(yt, offsets, const, lp)
-        part_weight, part_loglik = _responsibilities(lp, w[start:stop], nk)
+        part_weight, part_loglik = _responsibilities(
+            lp_buffer, m, w[start:stop], nk, high_bits, low_bits
+        )
         weight += part_weight
         loglik += part_loglik
         _left_factor(lp, xct[:n_features], yt)
