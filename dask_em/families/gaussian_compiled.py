@@ -14,10 +14,11 @@ over the rows of a slice, contiguous, and the compiler vectorizes it:
   over k, with a vectorized exp) and adds the slice's ``sum r xc`` and ``sum r xc^2``
   in reassociated loops.  The products are K*D short dot products, too small for BLAS
   to beat the call overhead NumPy adds per slice.
-* ``full`` and ``tied``: one BLAS product ``[L_1 ... L_K]^T @ xc^T`` gives ``L_k^T xc``
-  for every k, compiled loops turn it into responsibilities and overwrite the buffer
-  with ``r_ik xc_i``, and a second BLAS product ``buffer @ [xc, 1]`` adds the slice's
-  second and first moments.  The D x D products are where the flops are, and BLAS runs
+* ``full`` and ``tied``: one compiled call per block (:func:`_full_block`); per slice
+  one BLAS product ``[L_1 ... L_K]^T @ xc^T`` gives ``L_k^T xc`` for every k, compiled
+  loops turn it into responsibilities and overwrite the buffer with ``r_ik xc_i``, and
+  a second BLAS product ``buffer @ [xc, 1]`` adds the slice's second and first
+  moments.  The D x D products are where the flops are, and BLAS runs
   them several times faster than hand-written loops.
 
 Moments are accumulated about ``center`` (the mixture mean; ``xc = x - center``), per
@@ -186,15 +187,58 @@ def _left_factor(lp, xct, yt):
                 y[i] = r[i] * x[i]
 
 
+@jit
+def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
+    """The whole full/tied E-step and moments of a block, in one compiled call.
+
+    X (n, D); center (D,), factors (K*D, D) (row k*D + e: column e of L_k) and offsets
+    (K, D) ``L_k^T mc_k``, all in the compute dtype; const (K,); w (n,).  Adds
+    ``sum_i w_i r_ik`` to nk (K,) and ``sum_i w_i r_ik xc_i [xc_i, 1]^T`` to moments
+    (K*D, D + 1) (row k*D + d); returns (weight, loglik).  The two products per slice
+    are BLAS calls (numba's ``np.dot``) without a Python round trip between them.
+    """
+    n_rows, n_features = X.shape
+    width = factors.shape[0]
+    n_components = offsets.shape[0]
+    dtype = factors.dtype
+    # xc^T with a row of ones: yt @ [xc, 1]^T gives the second moments AND, in its last
+    # column, the first moments sum_i r_ik xc_i, in one product
+    xct = np.ones((n_features + 1, rows), dtype=dtype)
+    yt = np.empty((width, rows), dtype=dtype)
+    lp = np.empty((n_components, rows))
+    part = np.empty((width, n_features + 1), dtype=dtype)
+    high_bits = np.empty(rows, dtype=np.int64)
+    low_bits = np.empty(rows, dtype=np.int64)
+    weight = 0.0
+    loglik = 0.0
+    for start in range(0, n_rows, rows):
+        m = min(rows, n_rows - start)
+        if m < rows:  # the last slice: buffers of its width, so they stay contiguous
+            xct = np.ones((n_features + 1, m), dtype=dtype)
+            yt = np.empty((width, m), dtype=dtype)
+            lp = np.empty((n_components, m))
+        for i in range(m):
+            for d in range(n_features):
+                xct[d, i] = X[start + i, d] - center[d]
+        np.dot(factors, xct[:n_features], yt)
+        _full_log_densities(yt, offsets, const, lp)
+        part_weight, part_loglik = _responsibilities(
+            lp, m, w[start : start + m], nk, high_bits, low_bits
+        )
+        weight += part_weight
+        loglik += part_loglik
+        _left_factor(lp, xct[:n_features], yt)
+        np.dot(yt, xct.T, part)
+        for j in range(width):
+            for e in range(n_features + 1):
+                moments[j, e] += part[j, e]
+    return weight, loglik
+
+
 def log_constants(log_weights: np.ndarray, log_det: np.ndarray, n_features: int) -> np.ndarray:
     """``log pi_k + log det L_k - D/2 log 2 pi``, shape (K,)."""
     with np.errstate(divide="ignore"):
         return log_weights + log_det - 0.5 * n_features * LOG_2PI
-
-
-def _slices(n_rows: int):
-    rows = min(SLICE_ROWS, max(n_rows, 1))
-    return rows, [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
 
 
 def diag_block_moments(X, center, means_c, scales, const, w):
@@ -228,31 +272,10 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     factors = factors.astype(compute_dtype)
     offsets = np.einsum("kd,kde->ke", means_c, prec_chol).astype(compute_dtype)
     center = center.astype(compute_dtype)
-    rows, slices = _slices(n_rows)
-    # xc^T with a row of ones: yt @ [xc, 1] gives the second moments AND, in its last
-    # column, the first moments sum_i r_ik xc_i, in one product
-    xct_buffer = np.ones((n_features + 1, rows), dtype=compute_dtype)
-    yt_buffer = np.empty((width, rows), dtype=compute_dtype)
-    lp_buffer = np.empty((n_components, rows))
-    high_bits, low_bits = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
-    part = np.empty((width, n_features + 1), dtype=compute_dtype)
     nk = np.zeros(n_components)
     moments = np.zeros((width, n_features + 1))
-    weight = loglik = 0.0
-    for start, stop in slices:
-        m = stop - start
-        xct = xct_buffer[:, :m]
-        np.subtract(X[start:stop].T, center[:, None], out=xct[:n_features])
-        yt = np.matmul(factors, xct[:n_features], out=yt_buffer[:, :m])
-        lp = lp_buffer[:, :m]
-        _full_log_densities(yt, offsets, const, lp)
-        part_weight, part_loglik = _responsibilities(
-            lp_buffer, m, w[start:stop], nk, high_bits, low_bits
-        )
-        weight += part_weight
-        loglik += part_loglik
-        _left_factor(lp, xct[:n_features], yt)
-        moments += np.matmul(yt, xct.T, out=part)
+    rows = min(SLICE_ROWS, max(n_rows, 1))
+    weight, loglik = _full_block(X, center, factors, offsets, const, w, rows, nk, moments)
     moments = moments.reshape(n_components, n_features, n_features + 1)
     return weight, loglik, nk, moments[:, :, n_features].copy(), moments[:, :, :n_features].copy()
 
