@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_em.families.base import sliced_stats
+from dask_em.families.base import ROWS_PER_SLICE, Workspace, sliced_stats
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -123,20 +123,48 @@ def init_block_stats(
     """
     family, centers, n_components = shared["family"], shared["centers"], shared["n_components"]
     fill = shared.get("fill")
+    if fill is not None:  # missing values: the sample's column means, for the start only
+        X = np.where(np.isnan(X), fill, X)
+    if centers is not None and hasattr(family, "label_stats"):
+        # each row in its own component's moments only (D^2 a row, not K D^2)
+        labels = nearest_centers(family, X, centers)
+        return family.label_stats(X, labels, n_components, w)
     rng = np.random.default_rng(seed)
 
     def slice_stats(X_slice, w_slice):
         n_rows = len(X_slice)
-        if fill is not None:  # missing values: the sample's column means, for the start only
-            X_slice = np.where(np.isnan(X_slice), fill, X_slice)
         if centers is None:
             resp = rng.uniform(size=(n_rows, n_components))
             resp /= resp.sum(axis=1, keepdims=True)
         else:
-            features = family.init_features(X_slice)
-            labels = np.argmin(_squared_distances(features, centers), axis=1)
             resp = np.zeros((n_rows, n_components))
-            resp[np.arange(n_rows), labels] = 1.0
+            resp[np.arange(n_rows), nearest_centers(family, X_slice, centers)] = 1.0
         return family.responsibility_stats(X_slice, resp, w_slice)
 
     return sliced_stats(slice_stats, family.merge, X, w)
+
+
+def nearest_centers(family: Any, X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of the nearest of ``centers`` (K, F) for each row of X (n, D), measured in
+    ``family.init_features`` coordinates, a slice of rows at a time; shape (n,).
+
+    ``argmin_k |x - c_k|^2 = argmin_k (|c_k|^2 - 2 x.c_k)``: the row's own norm is the
+    same for every k and is left out; coordinates are shifted by the centres' mean
+    first, so data far from the origin keeps its precision.
+    """
+    shift = centers.mean(axis=0)
+    shifted_centers = centers - shift
+    slope, offset = -2.0 * shifted_centers.T, (shifted_centers * shifted_centers).sum(axis=1)
+    labels = np.empty(len(X), dtype=np.int64)
+    work = Workspace()  # scratch reused across slices (Workspace: why it matters in workers)
+    # slices of at most 64 KiB of float64 features: a Dask worker hands larger freed
+    # blocks back to the OS at once, so the per-slice features copy would page-fault
+    step = max(16, min(ROWS_PER_SLICE, 8192 // max(1, X.shape[1])))
+    for start in range(0, len(X), step):
+        features = family.init_features(X[start : start + step])
+        shifted = np.subtract(features, shift, out=work.get("shifted", features.shape, float))
+        scores = work.get("scores", (len(shifted), len(centers)), float)
+        np.matmul(shifted, slope, out=scores)
+        scores += offset
+        labels[start : start + step] = np.argmin(scores, axis=1)
+    return labels

@@ -95,3 +95,24 @@ def test_float32_block_matches_float64_block():
     exact = family.block_stats(params, X.astype(np.float32).astype(np.float64))
     np.testing.assert_allclose(b["loglik"], exact["loglik"], rtol=1e-5)
     np.testing.assert_allclose(b["nk"], a["nk"], rtol=1e-3)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_hard_assignments_give_the_one_hot_responsibilities_statistics(covariance_type, weighted):
+    # the initialization pass from k-means centres: each row in its own component only
+    rng = np.random.default_rng(2)
+    family = GaussianFamily(covariance_type)
+    X = rng.normal(size=(5000, 4)).astype(np.float32) + 100.0  # far from the origin
+    labels = rng.integers(0, 3, size=len(X))  # component 3 of 4 stays empty
+    w = rng.uniform(0.5, 2.0, size=len(X)) if weighted else None
+    resp = np.zeros((len(X), 4))
+    resp[np.arange(len(X)), labels] = 1.0
+    by_labels = family.label_stats(X, labels, 4, w)
+    reference = family.responsibility_stats(X, resp, w)
+    assert by_labels["nk"][3] == 0.0 and np.all(np.isfinite(by_labels["means"]))
+    for stats in (by_labels, reference):  # an empty component's mean is a placeholder
+        stats["means"] = stats["means"][:3]
+        if covariance_type != "tied":
+            stats["scatter"] = stats["scatter"][:3]
+    assert_stats_close(by_labels, reference, rtol=1e-12)

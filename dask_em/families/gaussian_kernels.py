@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from dask_em.families.base import Stats, Workspace
+from dask_em.families.base import Stats, Workspace, sliced_stats
 from dask_em.families.gaussian_linalg import log_det_cholesky
 
 
@@ -213,3 +213,79 @@ def stats_from_responsibilities(
     means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
     scatter = _SCATTER[covariance_type](Xc, resp, means_c, nk, work)
     return {"nk": nk, "means": means_c + center, "scatter": scatter}
+
+
+#: Rows per slice of :func:`stats_from_labels`: its scratch is three (rows, D) float64
+#: arrays (reused across slices), no (rows, K, D) one, so slices can be 4x the default.
+LABEL_SLICE_ROWS = 16_384
+
+
+def stats_from_labels(
+    X: np.ndarray,
+    labels: np.ndarray,
+    w: np.ndarray | None,
+    n_components: int,
+    covariance_type: str,
+    work: Workspace | None = None,
+) -> Stats:
+    """Statistics of one slice whose rows each belong to one component (hard assignment).
+
+    The same as :func:`stats_from_responsibilities` with one-hot responsibilities
+    ``r_ik = w_i [labels_i == k]`` about the slice's mean, but each row enters only its
+    own component's moments: D^2 work per row instead of K D^2, and no (n, K, D)
+    temporary.  X (n, D); labels (n,) int in [0, K); w (n,) or None; ``work`` keeps the
+    (n, D) scratch arrays across a block's slices.  Returns ``nk``, ``means``,
+    ``scatter``, ``weight``, ``n_rows`` and ``loglik`` (0), as the initialization pass
+    merges them.
+    """
+    work = work or Workspace()
+    n_rows, n_features = X.shape
+    weights = np.ones(n_rows) if w is None else np.asarray(w, dtype=np.float64)
+    center = X.mean(axis=0, dtype=np.float64) if n_rows else np.zeros(n_features)
+    Xc = np.subtract(X, center, out=work.get("centred", X.shape, np.float64))
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_components + 1))
+    nk = np.zeros(n_components)
+    sums = np.zeros((n_components, n_features))
+    raw = np.zeros((n_components, n_features, n_features))
+    for k in range(n_components):
+        rows = order[bounds[k] : bounds[k + 1]]
+        shape = (len(rows), n_features)
+        Xk = np.take(Xc, rows, axis=0, out=work.get("gathered", shape, np.float64))
+        wk = weights[rows]
+        nk[k] = wk.sum()
+        sums[k] = wk @ Xk
+        product = work.get("product", shape, np.float64)
+        if covariance_type in ("full", "tied"):
+            raw[k] = np.multiply(Xk, wk[:, None], out=product).T @ Xk
+        else:
+            raw[k][np.diag_indices(n_features)] = wk @ np.multiply(Xk, Xk, out=product)
+    means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
+    scatter = raw - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
+    if covariance_type == "tied":
+        scatter = scatter.sum(axis=0)
+    elif covariance_type in ("diag", "spherical"):
+        scatter = np.diagonal(scatter, axis1=1, axis2=2).copy()
+        if covariance_type == "spherical":
+            scatter = scatter.sum(axis=1)
+    return {
+        "nk": nk,
+        "means": means_c + center,
+        "scatter": scatter,
+        "weight": float(weights.sum()) if w is not None else float(n_rows),
+        "n_rows": n_rows,
+        "loglik": 0.0,
+    }
+
+
+def labelled_block_stats(X, labels, w, n_components: int, covariance_type: str, merge) -> Stats:
+    """:func:`stats_from_labels` of a whole block, slice by slice, merged with ``merge``
+    (the family's), its scratch arrays allocated once for the block."""
+    work = Workspace()
+
+    def slice_stats(X_slice, labels_slice, w_slice):
+        return stats_from_labels(
+            X_slice, labels_slice, w_slice, n_components, covariance_type, work
+        )
+
+    return sliced_stats(slice_stats, merge, X, labels, w, rows_per_slice=LABEL_SLICE_ROWS)
