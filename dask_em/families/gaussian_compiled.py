@@ -51,17 +51,18 @@ COMPILED = HAVE_NUMBA
 
 
 @jit
-def _responsibilities(lp, m, w, nk, high_bits, low_bits):
+def _responsibilities(lp, m, w, nk):
     """Bayes' rule in log space, column by column; returns (weight, loglik).
 
     lp (K, >= m), its first m columns: ``log pi_k + log N(x_i | k)``, overwritten with
     ``w_i r_ik`` (a whole C-contiguous buffer, so every row is contiguous); w (m,).
     Adds ``sum_i w_i r_ik`` to nk (K,).  The shift by the per-row maximum keeps exp in
     range (log-sum-exp); a row where every component has density 0 keeps peak 0.
-    high_bits, low_bits (at least m,) int64: scratch of the vectorized exp
-    (:func:`~dask_em.families.vector_exp.exp_chunk`; libm's exp is a scalar call).
+    The exp is :func:`~dask_em.families.vector_exp.exp_chunk` (libm's is a scalar call).
     """
     n_components = lp.shape[0]
+    high_bits = np.empty(m, dtype=np.int64)  # the vectorized exp's scratch
+    low_bits = np.empty(m, dtype=np.int64)
     peak = np.full(m, -np.inf)
     total = np.zeros(m)
     for k in range(n_components):
@@ -94,6 +95,16 @@ def _responsibilities(lp, m, w, nk, high_bits, low_bits):
     return weight, loglik
 
 
+@jit
+def _centred_slice(X, start, m, center, xct):
+    """xct[d, i] = X[start + i, d] - center[d] for i < m: a slice copied centred and
+    feature-major (X (n, D) row-major; xct (D or more, >= m))."""
+    n_features = X.shape[1]
+    for i in range(m):
+        for d in range(n_features):
+            xct[d, i] = X[start + i, d] - center[d]
+
+
 @jit_reassociated
 def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     """The whole diag/spherical E-step and moments of a block, in one compiled call.
@@ -108,15 +119,11 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     n_components = means_c.shape[0]
     xct = np.empty((n_features, rows))
     lp = np.empty((n_components, rows))
-    high_bits = np.empty(rows, dtype=np.int64)
-    low_bits = np.empty(rows, dtype=np.int64)
     weight = 0.0
     loglik = 0.0
     for start in range(0, n_rows, rows):
         m = min(rows, n_rows - start)
-        for i in range(m):
-            for d in range(n_features):
-                xct[d, i] = X[start + i, d] - center[d]
+        _centred_slice(X, start, m, center, xct)
         for k in range(n_components):
             row = lp[k]
             for i in range(m):
@@ -130,9 +137,7 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
                     row[i] += v * v
             for i in range(m):
                 row[i] = const[k] - 0.5 * row[i]
-        part_weight, part_loglik = _responsibilities(
-            lp, m, w[start : start + m], nk, high_bits, low_bits
-        )
+        part_weight, part_loglik = _responsibilities(lp, m, w[start : start + m], nk)
         weight += part_weight
         loglik += part_loglik
         for k in range(n_components):
@@ -207,8 +212,6 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     yt = np.empty((width, rows), dtype=dtype)
     lp = np.empty((n_components, rows))
     part = np.empty((width, n_features + 1), dtype=dtype)
-    high_bits = np.empty(rows, dtype=np.int64)
-    low_bits = np.empty(rows, dtype=np.int64)
     weight = 0.0
     loglik = 0.0
     for start in range(0, n_rows, rows):
@@ -217,14 +220,10 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
             xct = np.ones((n_features + 1, m), dtype=dtype)
             yt = np.empty((width, m), dtype=dtype)
             lp = np.empty((n_components, m))
-        for i in range(m):
-            for d in range(n_features):
-                xct[d, i] = X[start + i, d] - center[d]
+        _centred_slice(X, start, m, center, xct)
         np.dot(factors, xct[:n_features], yt)
         _full_log_densities(yt, offsets, const, lp)
-        part_weight, part_loglik = _responsibilities(
-            lp, m, w[start : start + m], nk, high_bits, low_bits
-        )
+        part_weight, part_loglik = _responsibilities(lp, m, w[start : start + m], nk)
         weight += part_weight
         loglik += part_loglik
         _left_factor(lp, xct[:n_features], yt)
