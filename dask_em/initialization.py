@@ -3,8 +3,9 @@
 The client never loads the whole dataset.  The scan pass (:mod:`dask_em.data`) draws a
 sample from across all blocks; centres are chosen on that sample here; then one
 distributed pass turns them into initial parameters: each row is assigned to its
-nearest centre (a one-hot responsibility) or, for ``"random"``, gets random
-responsibilities, and the family's M-step runs on the resulting statistics.  This is
+nearest centre (a one-hot responsibility; a Gaussian family adds the row to that
+component's moments only) or, for ``"random"``, gets random responsibilities, and the
+family's M-step runs on the resulting statistics.  This is
 scikit-learn's ``_initialize_parameters`` (responsibilities first, then an M-step),
 computed on the cluster.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dask_em.families.base import ROWS_PER_SLICE, Workspace, sliced_stats
+from dask_em.families.base import ROWS_PER_SLICE, Workspace, rows_per_slice, sliced_stats
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -117,46 +118,52 @@ def init_block_stats(
 
     ``shared`` holds ``family``, ``n_components`` and ``centers`` (K, F) or None; with
     centres each row is assigned to the nearest one in the family's k-means feature space
-    (``family.init_features``, F columns), without them it gets random responsibilities
-    drawn from ``seed`` (normalized uniform, as scikit-learn).  With ``fill`` (D,) given,
-    missing values (NaN) are replaced by it for this starting pass only.
+    (``family.init_features``, F columns): a one-hot responsibility, or, for a family
+    with ``label_stats`` (Gaussian), the row enters its own component's moments only.
+    Without centres each row gets random responsibilities drawn from ``seed``
+    (normalized uniform, as scikit-learn).  With ``fill`` (D,) given, missing values
+    (NaN) are replaced by it, slice by slice, for this starting pass only.
     """
     family, centers, n_components = shared["family"], shared["centers"], shared["n_components"]
     fill = shared.get("fill")
-    if fill is not None:  # missing values: the sample's column means, for the start only
-        X = np.where(np.isnan(X), fill, X)
-    if centers is not None and hasattr(family, "label_stats"):
-        # each row in its own component's moments only (D^2 a row, not K D^2)
-        labels = nearest_centers(family, X, centers)
-        return family.label_stats(X, labels, n_components, w)
     rng = np.random.default_rng(seed)
+    work = Workspace()  # scratch reused across the block's slices (see Workspace)
+    by_label = centers is not None and hasattr(family, "label_stats")
 
     def slice_stats(X_slice, w_slice):
         n_rows = len(X_slice)
+        if fill is not None:  # missing values: the sample's column means, for the start only
+            X_slice = np.where(np.isnan(X_slice), fill, X_slice)
         if centers is None:
             resp = rng.uniform(size=(n_rows, n_components))
             resp /= resp.sum(axis=1, keepdims=True)
-        else:
-            resp = np.zeros((n_rows, n_components))
-            resp[np.arange(n_rows), nearest_centers(family, X_slice, centers)] = 1.0
+            return family.responsibility_stats(X_slice, resp, w_slice)
+        labels = nearest_centers(family, X_slice, centers, work)
+        if by_label:  # D^2 work a row instead of K D^2
+            return family.label_stats(X_slice, labels, n_components, w_slice, work)
+        resp = np.zeros((n_rows, n_components))
+        resp[np.arange(n_rows), labels] = 1.0
         return family.responsibility_stats(X_slice, resp, w_slice)
 
-    return sliced_stats(slice_stats, family.merge, X, w)
+    return sliced_stats(slice_stats, family.merge, X, w, rows_per_slice=rows_per_slice(X.shape[1]))
 
 
-def nearest_centers(family: Any, X: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def nearest_centers(
+    family: Any, X: np.ndarray, centers: np.ndarray, work: Workspace | None = None
+) -> np.ndarray:
     """Index of the nearest of ``centers`` (K, F) for each row of X (n, D), measured in
     ``family.init_features`` coordinates, a slice of rows at a time; shape (n,).
 
     ``argmin_k |x - c_k|^2 = argmin_k (|c_k|^2 - 2 x.c_k)``: the row's own norm is the
     same for every k and is left out; coordinates are shifted by the centres' mean
-    first, so data far from the origin keeps its precision.
+    first, so data far from the origin keeps its precision.  ``work`` keeps the scratch
+    arrays across calls.
     """
+    work = work or Workspace()
     shift = centers.mean(axis=0)
     shifted_centers = centers - shift
     slope, offset = -2.0 * shifted_centers.T, (shifted_centers * shifted_centers).sum(axis=1)
     labels = np.empty(len(X), dtype=np.int64)
-    work = Workspace()  # scratch reused across slices (Workspace: why it matters in workers)
     # slices of at most 64 KiB of float64 features: a Dask worker hands larger freed
     # blocks back to the OS at once, so the per-slice features copy would page-fault
     step = max(16, min(ROWS_PER_SLICE, 8192 // max(1, X.shape[1])))

@@ -116,3 +116,28 @@ def test_hard_assignments_give_the_one_hot_responsibilities_statistics(covarianc
         if covariance_type != "tied":
             stats["scatter"] = stats["scatter"][:3]
     assert_stats_close(by_labels, reference, rtol=1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_the_init_pass_from_centres_gives_the_one_hot_statistics_across_slices(covariance_type):
+    # several slices merged, weights, and NaN filled for the start only
+    from dask_em.initialization import init_block_stats
+
+    rng = np.random.default_rng(3)
+    family = GaussianFamily(covariance_type)
+    X = rng.normal(size=(10_000, 4)) * rng.uniform(0.5, 3.0, size=4) + 100.0
+    X[rng.random(X.shape) < 0.02] = np.nan
+    w = rng.uniform(0.5, 2.0, size=len(X))
+    fill = np.nanmean(X, axis=0)
+    filled = np.where(np.isnan(X), fill, X)
+    centers = filled[rng.choice(len(X), 4, replace=False)]
+    shared = {"family": family, "centers": centers, "n_components": 4, "fill": fill}
+    labels = np.argmin(((filled[:, None, :] - centers[None]) ** 2).sum(axis=2), axis=1)
+    resp = np.zeros((len(X), 4))
+    resp[np.arange(len(X)), labels] = 1.0
+    assert np.all(np.bincount(labels, minlength=4) > 0)
+    assert_stats_close(
+        init_block_stats(shared, X, w, seed=0),
+        family.responsibility_stats(filled, resp, w),
+        rtol=1e-10,
+    )

@@ -15,8 +15,9 @@ from dask_em.families.jit import HAVE_NUMBA
 logger = logging.getLogger("dask_em.engine")
 
 #: Rows the kernels are first called on: several slices of every kernel, whole ones and
-#: a partial last one (numba compiles one version per array layout, and a slice that
-#: is a view into a larger buffer has another layout than a whole buffer).
+#: a partial last one, in the data's dtype (numba compiles one version per argument
+#: type: the missing-value kernel's last slice is a view into a larger buffer, of
+#: another layout; a block of another memory order, e.g. Fortran, compiles in its pass).
 WARM_UP_ROWS = 1000
 
 

@@ -45,8 +45,8 @@ from dask_em.families.base import (
 from dask_em.families.dirichlet import dirichlet_log_prior, dirichlet_weights
 from dask_em.families.gaussian_kernels import (
     estimate_log_gaussian_prob,
-    labelled_block_stats,
     merge_scatter,
+    stats_from_labels,
     stats_from_responsibilities,
 )
 from dask_em.families.gaussian_linalg import (
@@ -241,12 +241,17 @@ class GaussianFamily:
         return sliced_stats(self._slice_responsibility_stats, self.merge, X, resp, w)
 
     def label_stats(
-        self, X: np.ndarray, labels: np.ndarray, n_components: int, w: np.ndarray | None = None
+        self,
+        X: np.ndarray,
+        labels: np.ndarray,
+        n_components: int,
+        w: np.ndarray | None = None,
+        work: Workspace | None = None,
     ) -> Stats:
-        """:meth:`responsibility_stats` for hard assignments: row i wholly in component
-        ``labels[i]`` of ``n_components`` (the initialization pass from k-means centres);
-        D^2 work per row instead of K D^2."""
-        return labelled_block_stats(X, labels, w, n_components, self.covariance_type, self.merge)
+        """:meth:`responsibility_stats` of one slice for hard assignments: row i wholly in
+        component ``labels[i]`` of ``n_components`` (the initialization pass from k-means
+        centres); D^2 work per row instead of K D^2 (``stats_from_labels``)."""
+        return stats_from_labels(X, labels, w, n_components, self.covariance_type, work)
 
     def _slice_responsibility_stats(self, X, resp, w):
         if w is not None:

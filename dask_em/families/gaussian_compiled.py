@@ -23,9 +23,10 @@ over the rows of a slice, contiguous, and the compiler vectorizes it:
 
 Moments are accumulated about ``center`` (the mixture mean; ``xc = x - center``), per
 slice, then summed across slices in float64, and finally centred on each component's
-weighted mean (``scatter = S2 - N_k mc mc^T``), as the reference does per slice.  In
-float32 mode (X float32) the products and the log-densities of a slice run in float32,
-the per-row log-sum-exp and every accumulator in float64.
+weighted mean (``scatter = S2 - N_k mc mc^T``), as the reference does per slice.  With
+the family's ``dtype="float32"`` the full/tied products and log-densities of a slice run
+in float32 (diag and spherical always in float64), the per-row log-sum-exp and every
+accumulator in float64.  X may be float32 or float64 either way.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ from dask_em.families.gaussian_missing_compiled import missing_block_moments
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
 from dask_em.families.vector_exp import exp_chunk
 
-#: Rows per slice: a slice's buffers are feature-major (D, rows) and (K*D, rows), so every
-#: compiled loop runs over ``rows`` contiguous values (vectorized); 512 rows of K*D = 128
-#: doubles is 512 KiB, within a core's L2 cache on current x86 and ARM servers.
+#: Rows per slice: a slice's buffers are feature-major ((D, rows), (K, rows), and for
+#: full/tied (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
+#: (vectorized); 256 rows of K*D = 128 doubles is 256 KiB, within a core's L2 cache.
 SLICE_ROWS = 256
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -196,8 +197,9 @@ def _left_factor(lp, xct, yt):
 def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     """The whole full/tied E-step and moments of a block, in one compiled call.
 
-    X (n, D); center (D,), factors (K*D, D) (row k*D + e: column e of L_k) and offsets
-    (K, D) ``L_k^T mc_k``, all in the compute dtype; const (K,); w (n,).  Adds
+    X (n, D) float32 or float64; center (D,), factors (K*D, D) (row k*D + e: column e
+    of L_k) and offsets (K, D) ``L_k^T mc_k``, these three in the compute dtype; const
+    (K,); w (n,).  Adds
     ``sum_i w_i r_ik`` to nk (K,) and ``sum_i w_i r_ik xc_i [xc_i, 1]^T`` to moments
     (K*D, D + 1) (row k*D + d); returns (weight, loglik).  The two products per slice
     are BLAS calls (numba's ``np.dot``) without a Python round trip between them.

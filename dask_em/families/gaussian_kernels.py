@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from dask_em.families.base import Stats, Workspace, sliced_stats
+from dask_em.families.base import Stats, Workspace
 from dask_em.families.gaussian_linalg import log_det_cholesky
 
 
@@ -215,11 +215,6 @@ def stats_from_responsibilities(
     return {"nk": nk, "means": means_c + center, "scatter": scatter}
 
 
-#: Rows per slice of :func:`stats_from_labels`: its scratch is three (rows, D) float64
-#: arrays (reused across slices), no (rows, K, D) one, so slices can be 4x the default.
-LABEL_SLICE_ROWS = 16_384
-
-
 def stats_from_labels(
     X: np.ndarray,
     labels: np.ndarray,
@@ -245,9 +240,11 @@ def stats_from_labels(
     Xc = np.subtract(X, center, out=work.get("centred", X.shape, np.float64))
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_components + 1))
+    dense = covariance_type in ("full", "tied")
     nk = np.zeros(n_components)
     sums = np.zeros((n_components, n_features))
-    raw = np.zeros((n_components, n_features, n_features))
+    # second moments about the slice mean: (K, D, D), or only their diagonals (K, D)
+    raw = np.zeros((n_components, n_features, n_features) if dense else (n_components, n_features))
     for k in range(n_components):
         rows = order[bounds[k] : bounds[k + 1]]
         shape = (len(rows), n_features)
@@ -256,16 +253,17 @@ def stats_from_labels(
         nk[k] = wk.sum()
         sums[k] = wk @ Xk
         product = work.get("product", shape, np.float64)
-        if covariance_type in ("full", "tied"):
+        if dense:
             raw[k] = np.multiply(Xk, wk[:, None], out=product).T @ Xk
         else:
-            raw[k][np.diag_indices(n_features)] = wk @ np.multiply(Xk, Xk, out=product)
+            raw[k] = wk @ np.multiply(Xk, Xk, out=product)
     means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
-    scatter = raw - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
-    if covariance_type == "tied":
-        scatter = scatter.sum(axis=0)
-    elif covariance_type in ("diag", "spherical"):
-        scatter = np.diagonal(scatter, axis1=1, axis2=2).copy()
+    if dense:
+        scatter = raw - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
+        if covariance_type == "tied":
+            scatter = scatter.sum(axis=0)
+    else:
+        scatter = raw - nk[:, None] * means_c**2
         if covariance_type == "spherical":
             scatter = scatter.sum(axis=1)
     return {
@@ -276,16 +274,3 @@ def stats_from_labels(
         "n_rows": n_rows,
         "loglik": 0.0,
     }
-
-
-def labelled_block_stats(X, labels, w, n_components: int, covariance_type: str, merge) -> Stats:
-    """:func:`stats_from_labels` of a whole block, slice by slice, merged with ``merge``
-    (the family's), its scratch arrays allocated once for the block."""
-    work = Workspace()
-
-    def slice_stats(X_slice, labels_slice, w_slice):
-        return stats_from_labels(
-            X_slice, labels_slice, w_slice, n_components, covariance_type, work
-        )
-
-    return sliced_stats(slice_stats, merge, X, labels, w, rows_per_slice=LABEL_SLICE_ROWS)
