@@ -36,6 +36,7 @@ import math
 import numpy as np
 
 from dask_em.families import gaussian_linalg
+from dask_em.families.gaussian_kernels import centred_stats
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
 from dask_em.families.vector_exp import exp_chunk
@@ -279,30 +280,6 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     weight, loglik = _full_block(X, center, factors, offsets, const, w, rows, nk, moments)
     moments = moments.reshape(n_components, n_features, n_features + 1)
     return weight, loglik, nk, moments[:, :, n_features].copy(), moments[:, :, :n_features].copy()
-
-
-def centred_stats(weight, loglik, nk, sums, second, center, covariance_type) -> dict:
-    """Statistics in the family's form from moments about ``center``.
-
-    ``means = sums / nk + center`` and ``scatter_k = second_k - nk mc_k mc_k^T`` (its
-    diagonal for diag, trace for spherical, sum over k for tied).
-    """
-    means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
-    if covariance_type in ("full", "tied"):
-        scatter = second - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
-        if covariance_type == "tied":
-            scatter = scatter.sum(axis=0)
-    else:
-        scatter = second - nk[:, None] * means_c**2
-        if covariance_type == "spherical":
-            scatter = scatter.sum(axis=1)
-    return {
-        "weight": float(weight),
-        "loglik": float(loglik),
-        "nk": nk,
-        "means": means_c + center,
-        "scatter": scatter,
-    }
 
 
 def dense_factors(chol: np.ndarray, covariance_type: str, n_components: int, n_features: int):

@@ -215,6 +215,30 @@ def stats_from_responsibilities(
     return {"nk": nk, "means": means_c + center, "scatter": scatter}
 
 
+def centred_stats(weight, loglik, nk, sums, second, center, covariance_type) -> dict:
+    """Statistics in the family's form from moments about ``center``.
+
+    ``means = sums / nk + center`` and ``scatter_k = second_k - nk mc_k mc_k^T`` (its
+    diagonal for diag, trace for spherical, sum over k for tied).
+    """
+    means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
+    if covariance_type in ("full", "tied"):
+        scatter = second - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
+        if covariance_type == "tied":
+            scatter = scatter.sum(axis=0)
+    else:
+        scatter = second - nk[:, None] * means_c**2
+        if covariance_type == "spherical":
+            scatter = scatter.sum(axis=1)
+    return {
+        "weight": float(weight),
+        "loglik": float(loglik),
+        "nk": nk,
+        "means": means_c + center,
+        "scatter": scatter,
+    }
+
+
 def stats_from_labels(
     X: np.ndarray,
     labels: np.ndarray,
@@ -257,20 +281,5 @@ def stats_from_labels(
             raw[k] = np.multiply(Xk, wk[:, None], out=product).T @ Xk
         else:
             raw[k] = wk @ np.multiply(Xk, Xk, out=product)
-    means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
-    if dense:
-        scatter = raw - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
-        if covariance_type == "tied":
-            scatter = scatter.sum(axis=0)
-    else:
-        scatter = raw - nk[:, None] * means_c**2
-        if covariance_type == "spherical":
-            scatter = scatter.sum(axis=1)
-    return {
-        "nk": nk,
-        "means": means_c + center,
-        "scatter": scatter,
-        "weight": float(weights.sum()) if w is not None else float(n_rows),
-        "n_rows": n_rows,
-        "loglik": 0.0,
-    }
+    weight = float(n_rows) if w is None else float(weights.sum())
+    return {**centred_stats(weight, 0.0, nk, sums, raw, center, covariance_type), "n_rows": n_rows}
