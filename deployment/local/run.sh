@@ -44,18 +44,27 @@ fi
 workdir="$(mktemp -d "${TMPDIR:-/tmp}/dask-em-local.XXXXXX")"
 pids=()
 
+stop() {  # SIGTERM, up to 10 s for a clean shutdown, then SIGKILL
+    kill -TERM "$@" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$@" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$@" 2>/dev/null || true
+    wait "$@" 2>/dev/null || true
+}
+
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
     if [[ ${#pids[@]} -gt 0 ]]; then
         echo "stopping ${#pids[@]} processes: ${pids[*]}"
-        kill -TERM "${pids[@]}" 2>/dev/null || true
-        for _ in $(seq 100); do  # up to 10 s for a clean shutdown, then SIGKILL
-            kill -0 "${pids[@]}" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "${pids[@]}" 2>/dev/null || true
-        wait "${pids[@]}" 2>/dev/null || true
+        # the workers first: a worker whose scheduler is already gone spends seconds
+        # trying to reach it before it exits (8 s against 2.4 + 2.1 s, one at a time)
+        if [[ ${#pids[@]} -gt 1 ]]; then
+            stop "${pids[@]:1}"
+        fi
+        stop "${pids[0]}"
     fi
     if [[ $status -ne 0 ]]; then
         for log in "$workdir"/*.log; do
