@@ -93,3 +93,36 @@ def test_a_fit_drives_its_passes_with_one_blas_thread_and_restores_the_limit():
         )
         assert blas_threads() == 2
     assert seen == [1, 1, 1]
+
+
+POOL_LOADED_LATE = """
+import json
+import numpy
+from threadpoolctl import threadpool_info
+from dask_em.engine.threads import task_thread_limit
+
+with task_thread_limit(1):  # the first limit: only NumPy's BLAS is loaded
+    pass
+before = {pool["filepath"] for pool in threadpool_info()}
+import sklearn.cluster  # loads an OpenMP runtime (and SciPy's BLAS)
+with task_thread_limit(1):
+    inside = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()}
+print(json.dumps({"new": sorted(set(inside) - before), "inside": inside}))
+"""
+
+
+def test_a_pool_loaded_after_the_first_limit_is_limited_too():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, "2")}
+    out = subprocess.run(
+        [sys.executable, "-c", POOL_LOADED_LATE], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    if not result["new"]:
+        pytest.skip("no thread pool was loaded by the later import here")
+    assert set(result["inside"].values()) == {1}, result

@@ -21,8 +21,8 @@ The cure does not depend on the environment: every E-step task runs inside
     share = max(1, CPUs available to this process // Dask threads of all workers on its host)
 
 The threads per host come from the scheduler when the pass is built
-(:func:`host_threads`); a worker the plan does not know, or a run without a
-``distributed.Client``, counts only its own threads.  Limits in threadpoolctl are
+(:func:`host_threads`, asked again after 10 s); a worker the plan does not know, or a
+run without a ``distributed.Client``, counts only its own threads.  Limits in threadpoolctl are
 process-wide, so concurrent tasks of one worker share one limit, set by the first task
 that enters and restored when the last one leaves.
 
@@ -38,8 +38,11 @@ driving process, restored afterwards), as scikit-learn's KMeans limits its own l
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +51,7 @@ _lock = threading.Lock()
 _active_tasks = 0
 _limiter: Any = None
 _controller: Any = None
+_controller_modules = 0  # len(sys.modules) when it was made
 
 
 def available_cpus() -> int:
@@ -58,14 +62,28 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: Seconds the threads per host of a client's cluster are reused before the scheduler
+#: is asked again (each ask is a round trip; a pass asks once).
+HOST_THREADS_MAX_AGE = 10.0
+
+_host_threads_seen: dict[str, tuple[float, dict[str, int]]] = {}
+
+
 def host_threads(client: Any) -> dict[str, int]:
-    """Dask threads per host, summed over the workers of ``client``'s cluster ({} without)."""
+    """Dask threads per host, summed over the workers of ``client``'s cluster ({} without);
+    asked of the scheduler at most every :data:`HOST_THREADS_MAX_AGE` seconds per client."""
     if client is None:
         return {}
-    totals: dict[str, int] = {}
+    key = str(getattr(client, "id", id(client)))
+    asked_at, totals = _host_threads_seen.get(key, (-math.inf, {}))
+    if time.monotonic() - asked_at < HOST_THREADS_MAX_AGE:
+        return totals
+    totals = {}
     for info in client.scheduler_info(n_workers=-1)["workers"].values():
         host = info.get("host", "")
         totals[host] = totals.get(host, 0) + int(info.get("nthreads") or 1)
+    _host_threads_seen.clear()  # one client at a time, in practice: keep no stale ones
+    _host_threads_seen[key] = (time.monotonic(), totals)
     return totals
 
 
@@ -87,11 +105,18 @@ def task_share(threads_by_host: Mapping[str, int] | None = None) -> int:
 
 
 def _pools():
-    global _controller
-    if _controller is None:
+    """The thread pools loaded in this process (threadpoolctl's controller).
+
+    Made again whenever modules were imported since the last one: an import can load
+    another pool (scipy's OpenBLAS, an OpenMP runtime), which a controller made before
+    it would not limit.  Making one scans the loaded libraries (about 1.5 ms).
+    """
+    global _controller, _controller_modules
+    if _controller is None or _controller_modules != len(sys.modules):
         from threadpoolctl import ThreadpoolController
 
         _controller = ThreadpoolController()
+        _controller_modules = len(sys.modules)
     return _controller
 
 
