@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dask_em import GaussianMixture, PoissonMixture, em
-from dask_em.estimators import driver
+from dask_em.estimators import driver, starts
 from dask_em.families.gaussian import GaussianFamily
 from tests.test_checkpoint import Stop, stop_after
 
@@ -181,3 +181,29 @@ def test_a_lockstep_squarem_fit_stopped_anywhere_resumes_to_the_same_model(tmp_p
         np.testing.assert_allclose(resumed.rates_, reference.rates_, rtol=0, atol=1e-12)
         np.testing.assert_allclose(resumed.weights_, reference.weights_, rtol=0, atol=1e-12)
         assert resumed.lower_bounds_ == reference.lower_bounds_
+
+
+def test_each_initialization_runs_k_means_once_and_draws_as_if_twice(monkeypatch):
+    """The replay round skips over the centres' draws (the generator's state after
+    them) instead of running k-means again; the starts, and so the fits, are the same."""
+    X = np.random.default_rng(4).normal(size=(3_000, 3)) + np.repeat([[0], [5], [9]], 1_000, 0)
+    real_centers, real_draw = starts.initial_centers, starts._Draw
+    calls: list[str] = []
+
+    def counted(*args):
+        calls.append(args[0])
+        return real_centers(*args)
+
+    def fit():
+        calls.clear()
+        return GaussianMixture(3, n_init=3, max_iter=5, random_state=0).fit(X)
+
+    monkeypatch.setattr(starts, "initial_centers", counted)
+    once = fit()
+    assert calls == ["kmeans"] * 3
+    # the old way: every replay draws the centres again (no state to skip to)
+    monkeypatch.setattr(starts, "_Draw", lambda _, request, after: real_draw(None, request, after))
+    twice = fit()
+    assert calls == ["kmeans"] * 6
+    for name in ("weights_", "means_", "covariances_", "lower_bound_"):
+        np.testing.assert_array_equal(getattr(once, name), getattr(twice, name))

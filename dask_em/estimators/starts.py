@@ -72,6 +72,16 @@ class InitRequest:
     seeds: list[int]
 
 
+@dataclass
+class _Draw:
+    """One :func:`draw_init` of the drawing round and the generator's state around it:
+    the replay round takes the state after it instead of running k-means again."""
+
+    state_before: dict
+    request: InitRequest
+    state_after: dict
+
+
 class _PassNeeded(Exception):
     """Raised from the init hook in the drawing round (see :func:`initial_points`)."""
 
@@ -143,19 +153,22 @@ def initial_points(
     (the estimator's ``_initial_params`` draws everything before its init pass): a
     first round draws and collects the passes needed, one pass serves them all, and a
     second round replays each initialization from its generator state with the pass's
-    result.  A warm start takes the fitted parameters.
+    result (skipping over the centres' draws: the generator is set to the state after
+    them, without running k-means again).  A warm start takes the fitted parameters.
     """
-    plans: list[list[Any]] = []  # [estimator, generator state, request, parameters]
+    plans: list[list[Any]] = []  # [estimator, generator state, _Draw, parameters]
     for estimator, n in candidates:
         if estimator.warm_start and estimator._is_fitted():
             plans.append([estimator, None, None, estimator._fitted_params()])
             continue
         for _ in range(n):
             before = rng.bit_generator.state
-            drawn: list[InitRequest] = []
+            drawn: list[_Draw] = []
 
             def collect(family, estimator=estimator, drawn=drawn):
-                drawn.append(draw_init(estimator, engine, scan, rng, family))
+                state = rng.bit_generator.state
+                request = draw_init(estimator, engine, scan, rng, family)
+                drawn.append(_Draw(state, request, rng.bit_generator.state))
                 raise _PassNeeded
 
             try:
@@ -167,13 +180,16 @@ def initial_points(
     after = rng.bit_generator.state
     pending = [plan for plan in plans if plan[3] is None]
     if pending:
-        computed = init_passes(engine, [plan[2] for plan in pending], scan["sample"])
+        computed = init_passes(engine, [plan[2].request for plan in pending], scan["sample"])
         for plan, params in zip(pending, computed, strict=True):
             estimator, before = plan[0], plan[1]
             rng.bit_generator.state = before
 
-            def replay(family, estimator=estimator, params=params):
-                draw_init(estimator, engine, scan, rng, family)  # the same draws again
+            def replay(family, estimator=estimator, params=params, draw=plan[2]):
+                if rng.bit_generator.state == draw.state_before:
+                    rng.bit_generator.state = draw.state_after  # as if drawn again
+                else:  # an estimator whose draws differ between the rounds
+                    draw_init(estimator, engine, scan, rng, family)
                 return params
 
             plan[3] = estimator._initial_params(replay, scan, rng)
