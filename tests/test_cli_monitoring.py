@@ -27,7 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::dask_em.ConvergenceWarning")
 def test_fit_spans_task_names_and_events_on_the_cluster(client, caplog, tmp_path):
     X, _, _ = make_blobs(20_000, 3, 3, seed=21)
     store = str(tmp_path / "X.zarr")
-    da.from_array(X, chunks=5_000).to_zarr(store)
+    da.from_array(X, chunks=2_000).to_zarr(store)  # 10 blocks: reduce tasks below the root
     with caplog.at_level(logging.INFO, logger="dask_em"):
         model = GaussianMixture(3, tol=0.0, max_iter=4, random_state=0, cache="stream")
         model.fit(store)
@@ -75,12 +75,17 @@ def test_fit_spans_task_names_and_events_on_the_cluster(client, caplog, tmp_path
     # each block's read into its E-step task ("from-zarr" tasks, and a block held in
     # worker memory between the two); the annotation is now applied at submission only.
     assert "from-zarr" not in spans[fit_span]["prefixes"]
-    assert spans[(*fit_span, "iteration-2")]["prefixes"] == [
+    # Each iteration's span holds its pass's work.  The pass's literal keys (the
+    # parameters, the Zarr array object the E-step tasks read from) share a task group
+    # by name with the previous pass's ("params-gmm", "original-from-zarr"), so they
+    # stay in the span of the iteration that first made that group while it lives.
+    assert {"estep-gmm", "reduce-gmm"} <= set(spans[(*fit_span, "iteration-2")]["prefixes"])
+    assert set(spans[(*fit_span, "iteration-2")]["prefixes"]) <= {
         "estep-gmm",
-        "original-from-zarr",  # the Zarr array object the E-step tasks read from
+        "original-from-zarr",
         "params-gmm",
         "reduce-gmm",
-    ]
+    }
     assert spans[fit_span]["metrics"] > 0  # fine performance metrics, grouped by this span
 
 

@@ -11,7 +11,8 @@ import pytest
 from distributed import futures_of
 
 from dask_em.em import IterationRecord, check_monotone
-from dask_em.engine import EMEngine
+from dask_em.engine import EVENT_TOPIC, EMEngine
+from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import in_graph_bytes, scatter_in_memory
 
 
@@ -36,9 +37,43 @@ def test_map_reduce_visits_every_block_once_in_order(client):
     assert weighted.map_reduce(count_rows, concatenate, None)["weight"] == 2000.0
 
 
-def test_one_block_still_goes_through_a_reduce_task():
+def test_one_block_still_goes_through_merge():
     engine = EMEngine(da.ones((10, 2), chunks=(10, 2)), model="test", cache="memory")
     assert engine.map_reduce(count_rows, concatenate, None)["rows"] == [10]
+
+
+def nested(*parts):
+    """A merge that records the tree's shape: which parts it merged, in order."""
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+def test_the_tree_split_between_tasks_and_the_client_has_the_shape_of_the_whole_tree(
+    split_every,
+):
+    for n in [*range(1, 30), 63, 64, 65, 513]:
+        dsk: dict = {}
+        leaves = [("leaf", i) for i in range(n)]
+        top = add_lower_levels(dsk, leaves, nested, "node", split_every)
+        assert 1 <= len(top) <= split_every
+        assert (len(dsk) == 0) == (n <= split_every)  # few blocks: no reduce task at all
+        # every task merges at most split_every children; every leaf and every task
+        # below the top is the child of exactly one task
+        children = [child for task in dsk.values() for child in task[2:]]
+        assert all(len(task) - 2 <= split_every for task in dsk.values())
+        below_top = [key for key in dsk if key not in top]
+        if dsk:
+            assert sorted(children, key=str) == sorted([*leaves, *below_top], key=str)
+        else:
+            assert top == leaves
+
+        def value(key, dsk=dsk):
+            if key in dsk:
+                return nested(*(value(child) for child in dsk[key][2:]))
+            return key
+
+        split = merge_in_tree([value(key) for key in top], nested, split_every)
+        assert split == merge_in_tree(leaves, nested, split_every)  # the same association
 
 
 def test_stream_mode_reads_each_block_inside_its_estep_task(tmp_path):
@@ -117,3 +152,16 @@ def test_a_decreasing_objective_is_reported(caplog):
     caplog.clear()
     check_monotone(IterationRecord(2, -2.0, -1.0, 0.1), history)
     assert caplog.records == []  # a re-seeding step is not an EM step
+
+
+def test_events_sent_without_waiting_reach_the_scheduler_in_order(client):
+    engine = EMEngine(da.ones((100, 2), chunks=(50, 2)), model="test", cache="memory")
+    with engine.fit_span(n_samples=100) as end:
+        for i in range(200):
+            engine.log_event("iteration", iteration=i)
+        end["n_iter"] = 200
+    # fit_span waited for the last event: every one is in the log, in order
+    events = [e for _, e in client.get_events(EVENT_TOPIC) if e["fit_id"] == engine.fit_id]
+    assert [e["kind"] for e in events] == ["fit-start"] + ["iteration"] * 200 + ["fit-end"]
+    assert [e["iteration"] for e in events[1:-1]] == list(range(200))
+    assert events[-1]["n_iter"] == 200

@@ -20,7 +20,7 @@ from tests.helpers import assert_monotone, make_blobs
 def test_fit_runs_as_estep_and_reduce_tasks_on_the_workers(client):
     X, _, _ = make_blobs(2000, 3, 3, seed=1)
     with get_task_stream(client) as stream:
-        GaussianMixture(3, random_state=0, max_iter=5, tol=0).fit(da.from_array(X, chunks=(500, 3)))
+        GaussianMixture(3, random_state=0, max_iter=5, tol=0).fit(da.from_array(X, chunks=(200, 3)))
     prefixes = {
         record["key"][0].rsplit("-", 1)[0]
         for record in stream.data

@@ -8,8 +8,9 @@ One pass over the data is one small graph:
 
 so each worker receives the parameters once, the E-step and the statistics of a block
 run fused in one task where the block lives, and only statistics of size O(K D^2)
-travel up a tree to the client, which runs the M-step.  The task names show up as
-``estep-<model>`` and ``reduce-<model>`` in the dashboard's task stream.
+travel up a fixed tree (:mod:`.reduction`) whose root, a merge of at most
+``split_every`` parts, runs in the client, which then runs the M-step.  The task names
+show up as ``estep-<model>`` and ``reduce-<model>`` in the dashboard's task stream.
 
 Data placement (``cache``): ``"memory"`` persists X (and the sample weights) in the
 cluster once (data held here is scattered, :mod:`.scatter`, and blocks lost with a
@@ -40,11 +41,14 @@ import dask.array as da
 import numpy as np
 import psutil
 from dask.delayed import Delayed, delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from dask_em.engine.cluster import active_client, persist_balanced, wait_watched
+from dask_em.engine.events import FLUSH_TIMEOUT, EventSender
+from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import MAX_RESENDS, lost_blocks, scatter_in_memory
 from dask_em.engine.stalls import blocks_of, key_name
-from dask_em.engine.tasks import estep_block_task, reduce_task
+from dask_em.engine.tasks import estep_block_task
 from dask_em.engine.threads import limit_threads
 
 #: One logger for the whole engine: a fit's log lines (and its warnings) come from it.
@@ -116,6 +120,7 @@ class EMEngine:
         self.split_every = split_every
         self.local = local
         self.client = None if local else client if client is not None else active_client()
+        self._events = EventSender(self.client, EVENT_TOPIC) if self.client else None
         self._scattered_from: tuple | None = None  # (X, weights) as given, to resend
         self._resent = 0  # times they were sent again after a worker loss
         self.persisted = self._should_persist(X, sample_weight, cache)
@@ -208,15 +213,19 @@ class EMEngine:
         finally:
             self._open_spans.pop()
 
-    def _submit(self, result: Delayed) -> Any:
-        """Compute one pass on the cluster, in the open span; a pass stalled on workers
-        paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
+    def _submit(self, dsk: dict, keys: list) -> list:
+        """The values of ``keys``, computed on the cluster in the open span; a pass
+        stalled on workers paused for memory raises MemoryStallError
+        (:func:`.cluster.wait_watched`)."""
         span = self._open_spans[-1] if self._open_spans else None
+        # a HighLevelGraph, not a dict: dask names it by a random token instead of
+        # hashing every task and the parameters in it (5 ms per pass)
+        graph = HighLevelGraph.from_collections(keys[0][0], dsk)
         with dask.annotate(span=span) if span else contextlib.nullcontext():
-            future = self.client.compute(result, optimize_graph=False)
-        names = {key_name(key) for key in result.dask}  # the pass's tasks, O(n_blocks)
-        wait_watched(self.client, [future], names, blocks_of(self.X, self.sample_weight))
-        return future.result()
+            futures = self.client.get(graph, keys, sync=False)
+        names = {key_name(key) for key in dsk}  # the pass's tasks, O(n_blocks)
+        wait_watched(self.client, futures, names, blocks_of(self.X, self.sample_weight))
+        return self.client.gather(futures)
 
     @contextlib.contextmanager
     def fit_span(self, **details: Any) -> Iterator[dict[str, Any]]:
@@ -241,15 +250,22 @@ class EMEngine:
             except BaseException as error:
                 with contextlib.suppress(Exception):  # the cluster may be what failed
                     self.log_event("fit-end", status="error", error=str(error)[:500])
+                    self._flush_events(timeout=5.0)
                 raise
         self.log_event("fit-end", status="ok", **end)
+        self._flush_events()  # every event of the fit is in the scheduler's log
 
     def log_event(self, kind: str, **fields: Any) -> None:
-        """Send ``{"kind", "fit_id", "model", **fields}`` under :data:`EVENT_TOPIC`."""
+        """Send ``{"kind", "fit_id", "model", **fields}`` under :data:`EVENT_TOPIC`,
+        without waiting for the scheduler (:mod:`.events`; in order)."""
         if self.client is None:
             return
         message = {"kind": kind, "fit_id": self.fit_id, "model": self.model, **fields}
-        self.client.log_event(EVENT_TOPIC, message)
+        self._events.send(message)
+
+    def _flush_events(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        if self._events is not None:
+            self._events.flush(timeout)
 
     def release(self) -> None:
         """Drop references to persisted data so the cluster can free it."""
@@ -267,12 +283,13 @@ class EMEngine:
         *,
         stage: str = "estep",
         per_block: Sequence[tuple] | None = None,
-    ) -> tuple[dict, tuple]:
-        """The low-level graph of one pass and the key of its result.
+    ) -> tuple[dict, list]:
+        """The low-level graph of one pass and the keys whose values the client merges
+        (the root of the reduction tree, :mod:`.reduction`).
 
         The per-block tasks are a blockwise layer over X, optimized as a dask array, so
         that reading a block (from Zarr, say) is fused into the task that consumes it
-        and a worker holds one block per thread.  On top sits a fixed reduction tree.
+        and a worker holds one block per thread.  On top sit the tree's lower levels.
         """
         token = uuid.uuid4().hex[:16]
         map_name = f"{stage}-{self.model}-{token}"
@@ -303,17 +320,8 @@ class EMEngine:
             align_arrays=False,  # blocks match one to one; the table has a row per block
         )
         dsk = dict(cells.__dask_optimize__(cells.__dask_graph__(), cells.__dask_keys__()))
-        keys = [(map_name, i, 0) for i in range(self.n_blocks)]
-        level = 0
-        while len(keys) > 1 or level == 0:
-            parents = []
-            for j in range(0, len(keys), self.split_every):
-                key = (reduce_name, level, j // self.split_every)
-                dsk[key] = (reduce_task, merge, *keys[j : j + self.split_every])
-                parents.append(key)
-            keys = parents
-            level += 1
-        return dsk, keys[0]
+        leaves = [(map_name, i, 0) for i in range(self.n_blocks)]
+        return dsk, add_lower_levels(dsk, leaves, merge, reduce_name, self.split_every)
 
     def map_reduce(
         self,
@@ -337,17 +345,19 @@ class EMEngine:
                 block_func(shared, X_block, w_block, *(per_block[i] if per_block else ()))
                 for i, (X_block, w_block) in enumerate(self._local_blocks)
             ]
-            return self._tree_reduce(parts, merge)
+            return merge_in_tree(parts, merge, self.split_every)
         while True:
-            dsk, key = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
-            result = Delayed(key, dsk)
-            if self.client is None:
-                return result.compute(optimize_graph=False)
+            dsk, keys = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
             try:
-                return self._submit(result)
+                if self.client is None:
+                    parts = dask.compute(*(Delayed(k, dsk) for k in keys), optimize_graph=False)
+                else:
+                    parts = self._submit(dsk, keys)
             except Exception:
-                if not self._send_lost_blocks_again():
+                if self.client is None or not self._send_lost_blocks_again():
                     raise
+            else:
+                return merge_in_tree(parts, merge, self.split_every)
 
     def _send_lost_blocks_again(self) -> bool:
         """After a failed pass: scatter all the data again if blocks were lost (True)."""
@@ -358,17 +368,6 @@ class EMEngine:
         self.X, self.sample_weight = self._persist(*self._scattered_from)
         logger.warning("%d blocks of the data were lost with a worker: sent all again", lost)
         return True
-
-    def _tree_reduce(self, parts: list[Any], merge: Callable[..., Any]) -> Any:
-        """The reduction tree of :meth:`pass_graph`, run in this process (same order)."""
-        level = 0
-        while len(parts) > 1 or level == 0:
-            parts = [
-                merge(*parts[j : j + self.split_every])
-                for j in range(0, len(parts), self.split_every)
-            ]
-            level += 1
-        return parts[0]
 
     # -- the EM loop's hooks ------------------------------------------------------
     def iteration_scope(self, iteration: int) -> contextlib.AbstractContextManager[None]:

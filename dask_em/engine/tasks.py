@@ -23,9 +23,17 @@ def estep_block_task(X, w, shared, extra, *, block_func):
     return cell
 
 
+def unboxed(part):
+    """A block's statistics out of the cell of :func:`estep_block_task`; a merged part
+    (anything else) as it is."""
+    if isinstance(part, np.ndarray) and part.dtype == object and part.shape == (1, 1):
+        return part[0, 0]
+    return part
+
+
 def reduce_task(merge, *parts):
     """One node of the reduction tree; leaves arrive boxed from :func:`estep_block_task`."""
-    return merge(*(p[0, 0] if isinstance(p, np.ndarray) else p for p in parts))
+    return merge(*map(unboxed, parts))
 
 
 def predict_block_task(X, lengths, shared, extra):
