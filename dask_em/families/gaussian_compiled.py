@@ -53,20 +53,34 @@ COMPILED = HAVE_NUMBA
 
 
 @jit
-def _responsibilities(lp, m, w, nk):
+def _row_scratch(rows):
+    """The scratch of :func:`_responsibilities` for slices of up to ``rows`` rows,
+    made once per block: (peak, total) float64 and the vectorized exp's two int64."""
+    return (
+        np.empty(rows),
+        np.empty(rows),
+        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=np.int64),
+    )
+
+
+@jit_reassociated
+def _responsibilities(lp, m, w, nk, scratch):
     """Bayes' rule in log space, column by column; returns (weight, loglik).
 
     lp (K, >= m), its first m columns: ``log pi_k + log N(x_i | k)``, overwritten with
-    ``w_i r_ik`` (a whole C-contiguous buffer, so every row is contiguous); w (m,).
-    Adds ``sum_i w_i r_ik`` to nk (K,).  The shift by the per-row maximum keeps exp in
-    range (log-sum-exp); a row where every component has density 0 keeps peak 0.
-    The exp is :func:`~dask_em.families.vector_exp.exp_chunk` (libm's is a scalar call).
+    ``w_i r_ik`` (a whole C-contiguous buffer, so every row is contiguous); w (m,);
+    scratch from :func:`_row_scratch`.  Adds ``sum_i w_i r_ik`` to nk (K,).  The shift
+    by the per-row maximum keeps exp in range (log-sum-exp); a row where every component
+    has density 0 keeps peak 0.  The exp is
+    :func:`~dask_em.families.vector_exp.exp_chunk` (libm's is a scalar call); the sums
+    are reassociated (a few ulps).
     """
     n_components = lp.shape[0]
-    high_bits = np.empty(m, dtype=np.int64)  # the vectorized exp's scratch
-    low_bits = np.empty(m, dtype=np.int64)
-    peak = np.full(m, -np.inf)
-    total = np.zeros(m)
+    peak, total, high_bits, low_bits = scratch
+    for i in range(m):
+        peak[i] = -np.inf
+        total[i] = 0.0
     for k in range(n_components):
         row = lp[k]
         for i in range(m):
@@ -121,6 +135,7 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     n_components = means_c.shape[0]
     xct = np.empty((n_features, rows))
     lp = np.empty((n_components, rows))
+    scratch = _row_scratch(rows)
     weight = 0.0
     loglik = 0.0
     for start in range(0, n_rows, rows):
@@ -139,7 +154,7 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
                     row[i] += v * v
             for i in range(m):
                 row[i] = const[k] - 0.5 * row[i]
-        part_weight, part_loglik = _responsibilities(lp, m, w[start : start + m], nk)
+        part_weight, part_loglik = _responsibilities(lp, m, w[start : start + m], nk, scratch)
         weight += part_weight
         loglik += part_loglik
         for k in range(n_components):
@@ -215,6 +230,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     yt = np.empty((width, rows), dtype=dtype)
     lp = np.empty((n_components, rows))
     part = np.empty((width, n_features + 1), dtype=dtype)
+    scratch = _row_scratch(rows)
     weight = 0.0
     loglik = 0.0
     for start in range(0, n_rows, rows):
@@ -226,7 +242,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
         _centred_slice(X, start, m, center, xct)
         np.dot(factors, xct[:n_features], yt)
         _full_log_densities(yt, offsets, const, lp)
-        part_weight, part_loglik = _responsibilities(lp, m, w[start : start + m], nk)
+        part_weight, part_loglik = _responsibilities(lp, m, w[start : start + m], nk, scratch)
         weight += part_weight
         loglik += part_loglik
         _left_factor(lp, xct[:n_features], yt)
