@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+import types
 from collections import Counter
 
 import dask.array as da
@@ -12,6 +15,7 @@ from distributed import futures_of
 
 from dask_em.em import IterationRecord, check_monotone
 from dask_em.engine import EVENT_TOPIC, EMEngine
+from dask_em.engine.events import EventSender
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import in_graph_bytes, scatter_in_memory
 
@@ -165,3 +169,40 @@ def test_events_sent_without_waiting_reach_the_scheduler_in_order(client):
     assert [e["kind"] for e in events] == ["fit-start"] + ["iteration"] * 200 + ["fit-end"]
     assert [e["iteration"] for e in events[1:-1]] == list(range(200))
     assert events[-1]["n_iter"] == 200
+
+
+class _RecordingScheduler:
+    """Stands in for ``client.scheduler``: keeps events, fails on the ones marked bad."""
+
+    def __init__(self):
+        self.log: list = []
+
+    async def log_event(self, topic, msg):
+        await asyncio.sleep(0.001 * (msg["i"] % 3))  # later sends would overtake
+        if msg.get("bad"):
+            raise OSError(f"event {msg['i']} lost")
+        self.log.append(msg["i"])
+
+
+def test_event_sender_keeps_order_and_reports_the_first_failed_send():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    client = types.SimpleNamespace(
+        loop=types.SimpleNamespace(asyncio_loop=loop), scheduler=_RecordingScheduler()
+    )
+    try:
+        sender = EventSender(client, "topic")
+        for i in range(30):
+            sender.send({"i": i})
+        sender.flush()
+        assert client.scheduler.log == list(range(30))
+        for i in range(30, 40):
+            sender.send({"i": i, "bad": i in (33, 36)})
+        with pytest.raises(OSError, match="event 33 lost"):  # the first, not the last
+            sender.flush()
+        assert client.scheduler.log == [i for i in range(40) if i not in (33, 36)]
+        sender.flush()  # reported once
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()

@@ -2,6 +2,9 @@
 
 - :mod:`~dask_em.engine.passes`: :class:`EMEngine`, data placement, one pass over the
   data as one graph (a task per block, a fixed reduction tree), spans and events;
+- :mod:`~dask_em.engine.reduction`: that tree, its lower levels as tasks and its root
+  in the client;
+- :mod:`~dask_em.engine.events`: the fit's events, sent in order without waiting;
 - :mod:`~dask_em.engine.predict`: prediction graphs, one way for every model;
 - :mod:`~dask_em.engine.tasks`: the functions that run inside those tasks;
 - :mod:`~dask_em.engine.stalls`: a wait on workers paused for memory stops with

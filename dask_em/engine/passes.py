@@ -24,8 +24,8 @@ Monitoring: with a ``distributed.Client``, a fit runs inside the span
 ``fit-<model>-<fit_id>`` (:meth:`EMEngine.fit_span`) and each EM iteration inside the
 sub-span ``iteration-<n>``, so the dashboard's fine performance metrics group time per
 fit and per iteration; every iteration is also sent as an event under the topic
-:data:`EVENT_TOPIC` (``Client.log_event``), which another client can follow with
-``Client.subscribe_topic`` or ``Client.get_events``.
+:data:`EVENT_TOPIC` (:mod:`.events`, without waiting), which another client can
+follow with ``Client.subscribe_topic`` or ``Client.get_events``.
 """
 
 from __future__ import annotations

@@ -71,7 +71,9 @@ _host_threads_seen: dict[str, tuple[float, dict[str, int]]] = {}
 
 def host_threads(client: Any) -> dict[str, int]:
     """Dask threads per host, summed over the workers of ``client``'s cluster ({} without);
-    asked of the scheduler at most every :data:`HOST_THREADS_MAX_AGE` seconds per client."""
+    asked of the scheduler at most every :data:`HOST_THREADS_MAX_AGE` seconds per client,
+    so workers that join or leave a host count from the next ask on (until then a
+    task's BLAS share on that host is off: its speed, never its results)."""
     if client is None:
         return {}
     key = str(getattr(client, "id", id(client)))
