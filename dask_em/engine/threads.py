@@ -22,9 +22,9 @@ The cure does not depend on the environment: every E-step task runs inside
 
 The threads per host come from the scheduler when the pass is built
 (:func:`host_threads`, asked again after 10 s); a worker the plan does not know, or a
-run without a ``distributed.Client``, counts only its own threads.  Limits in threadpoolctl are
-process-wide, so concurrent tasks of one worker share one limit, set by the first task
-that enters and restored when the last one leaves.
+run without a ``distributed.Client``, counts only its own threads.  Limits in
+threadpoolctl are process-wide, so concurrent tasks of one worker share one limit, set
+by the first task that enters and restored when the last one leaves.
 
 The process that drives a fit (the client) runs only small linear algebra between
 passes: the M-step's K Cholesky factorizations and triangular solves of D x D
@@ -66,7 +66,8 @@ def available_cpus() -> int:
 #: is asked again (each ask is a round trip; a pass asks once).
 HOST_THREADS_MAX_AGE = 10.0
 
-_host_threads_seen: dict[str, tuple[float, dict[str, int]]] = {}
+#: (client id, when asked, threads per host) of the last ask: one client at a time
+_host_threads_seen: tuple[str, float, dict[str, int]] = ("", -math.inf, {})
 
 
 def host_threads(client: Any) -> dict[str, int]:
@@ -76,16 +77,16 @@ def host_threads(client: Any) -> dict[str, int]:
     task's BLAS share on that host is off: its speed, never its results)."""
     if client is None:
         return {}
+    global _host_threads_seen
     key = str(getattr(client, "id", id(client)))
-    asked_at, totals = _host_threads_seen.get(key, (-math.inf, {}))
-    if time.monotonic() - asked_at < HOST_THREADS_MAX_AGE:
+    seen_key, asked_at, totals = _host_threads_seen
+    if seen_key == key and time.monotonic() - asked_at < HOST_THREADS_MAX_AGE:
         return totals
     totals = {}
     for info in client.scheduler_info(n_workers=-1)["workers"].values():
         host = info.get("host", "")
         totals[host] = totals.get(host, 0) + int(info.get("nthreads") or 1)
-    _host_threads_seen.clear()  # one client at a time, in practice: keep no stale ones
-    _host_threads_seen[key] = (time.monotonic(), totals)
+    _host_threads_seen = (key, time.monotonic(), totals)
     return totals
 
 
