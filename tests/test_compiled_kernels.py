@@ -87,6 +87,34 @@ def test_gaussian_compiled_many_missing_values_match_reference(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("layout", ["every row", "whole slices", "last rows", "float32"])
+def test_gaussian_compiled_finds_the_rows_with_nan_in_any_layout(covariance_type, layout):
+    # the kernels find rows with NaN while they copy each slice and leave them to the
+    # missing-value E-step: a block of them only, whole slices of them, a few at the end
+    # of the last (partial) slice, float32 data
+    rng = np.random.default_rng(8)
+    family = GaussianFamily(covariance_type=covariance_type)
+    params = random_gaussian_params(family, 3, 5, rng)
+    X = rng.normal(size=(1100, 5)) + params["means"][rng.integers(0, 3, 1100)]
+    rows = {
+        "every row": np.arange(1100),
+        "whole slices": np.arange(256, 768),
+        "last rows": np.arange(1090, 1100),
+        "float32": rng.choice(1100, 50, replace=False),
+    }[layout]
+    X[rows, rng.integers(0, 5, len(rows))] = np.nan
+    if layout == "float32":
+        X = X.astype(np.float32)
+    w = rng.random(len(X)) * 2.0
+    for weights in (None, w):
+        assert_same_stats(
+            family.block_stats(params, X, weights),
+            family.reference_block_stats(params, X, weights),
+            ("weight", "loglik", "nk", "means", "scatter"),
+        )
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_gaussian_compiled_float32_block_in_float64_mode(covariance_type):
     # float32 data in the default float64 mode: the same statistics as the reference
     rng = np.random.default_rng(3)

@@ -112,13 +112,31 @@ def _responsibilities(lp, m, w, nk, scratch):
 
 
 @jit
-def _centred_slice(X, start, m, center, xct):
-    """xct[d, i] = X[start + i, d] - center[d] for i < m: a slice copied centred and
-    feature-major (X (n, D) row-major; xct (D or more, >= m))."""
+def _centred_slice(X, start, m, center, xct, w, ws):
+    """xct[d, i] = X[start + i, d] - center[d] and ws[i] = w[start + i] for i < m: a slice
+    copied centred and feature-major (X (n, D) row-major; xct (D or more, >= m); w (n,),
+    or empty for unit weights; ws (>= m,)).
+
+    A row with NaN (``isnan(X).any(axis=1)``: center is finite) is left to the
+    missing-value E-step: it is copied as zeros with weight 0, so that it adds exactly
+    nothing here.  Returns the number of such rows.
+    """
     n_features = X.shape[1]
+    unweighted = w.shape[0] == 0
+    incomplete = 0
     for i in range(m):
+        has_nan = False
         for d in range(n_features):
-            xct[d, i] = X[start + i, d] - center[d]
+            v = X[start + i, d] - center[d]
+            xct[d, i] = v
+            has_nan |= v != v
+        ws[i] = 1.0 if unweighted else w[start + i]
+        if has_nan:
+            incomplete += 1
+            ws[i] = 0.0
+            for d in range(n_features):
+                xct[d, i] = 0.0
+    return incomplete
 
 
 @jit_reassociated
@@ -127,20 +145,23 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
 
     X (n, D); center (D,); means_c, scales (K, D) (``1/sigma``); const (K,); w (n,).
     Adds ``sum_i w_i r_ik`` to nk (K,), ``sum_i w_i r_ik xc_i`` to sums (K, D) and
-    ``sum_i w_i r_ik xc_i^2`` to second (K, D); returns (weight, loglik).  Each slice of
-    ``rows`` rows is copied centred and feature-major, so that every loop over its rows
-    is contiguous and vectorizes; no NumPy call is made per slice.
+    ``sum_i w_i r_ik xc_i^2`` to second (K, D) over the complete rows; returns (weight,
+    loglik, rows with NaN, which add nothing).  w (n,) or empty for unit weights.  Each
+    slice of ``rows`` rows is copied centred and feature-major, so that every loop over
+    its rows is contiguous and vectorizes; no NumPy call is made per slice.
     """
     n_rows, n_features = X.shape
     n_components = means_c.shape[0]
     xct = np.empty((n_features, rows))
     lp = np.empty((n_components, rows))
+    ws = np.empty(rows)
     scratch = _row_scratch(rows)
     weight = 0.0
     loglik = 0.0
+    incomplete = 0
     for start in range(0, n_rows, rows):
         m = min(rows, n_rows - start)
-        _centred_slice(X, start, m, center, xct)
+        incomplete += _centred_slice(X, start, m, center, xct, w, ws)
         for k in range(n_components):
             row = lp[k]
             for i in range(m):
@@ -154,7 +175,7 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
                     row[i] += v * v
             for i in range(m):
                 row[i] = const[k] - 0.5 * row[i]
-        part_weight, part_loglik = _responsibilities(lp, m, w[start : start + m], nk, scratch)
+        part_weight, part_loglik = _responsibilities(lp, m, ws, nk, scratch)
         weight += part_weight
         loglik += part_loglik
         for k in range(n_components):
@@ -169,7 +190,7 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
                     squares += v * x[i]
                 sums[k, d] += first
                 second[k, d] += squares
-    return weight, loglik
+    return weight, loglik, incomplete
 
 
 @jit
@@ -215,10 +236,11 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
 
     X (n, D) float32 or float64; center (D,), factors (K*D, D) (row k*D + e: column e
     of L_k) and offsets (K, D) ``L_k^T mc_k``, these three in the compute dtype; const
-    (K,); w (n,).  Adds
-    ``sum_i w_i r_ik`` to nk (K,) and ``sum_i w_i r_ik xc_i [xc_i, 1]^T`` to moments
-    (K*D, D + 1) (row k*D + d); returns (weight, loglik).  The two products per slice
-    are BLAS calls (numba's ``np.dot``) without a Python round trip between them.
+    (K,); w (n,), or empty for unit weights.  Adds ``sum_i w_i r_ik`` to nk (K,) and
+    ``sum_i w_i r_ik xc_i [xc_i, 1]^T`` to moments (K*D, D + 1) (row k*D + d) over the
+    complete rows; returns (weight, loglik, rows with NaN, which add nothing).  The two
+    products per slice are BLAS calls (numba's ``np.dot``) without a Python round trip
+    between them.
     """
     n_rows, n_features = X.shape
     width = factors.shape[0]
@@ -230,19 +252,21 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     yt = np.empty((width, rows), dtype=dtype)
     lp = np.empty((n_components, rows))
     part = np.empty((width, n_features + 1), dtype=dtype)
+    ws = np.empty(rows)
     scratch = _row_scratch(rows)
     weight = 0.0
     loglik = 0.0
+    incomplete = 0
     for start in range(0, n_rows, rows):
         m = min(rows, n_rows - start)
         if m < rows:  # the last slice: buffers of its width, so they stay contiguous
             xct = np.ones((n_features + 1, m), dtype=dtype)
             yt = np.empty((width, m), dtype=dtype)
             lp = np.empty((n_components, m))
-        _centred_slice(X, start, m, center, xct)
+        incomplete += _centred_slice(X, start, m, center, xct, w, ws)
         np.dot(factors, xct[:n_features], yt)
         _full_log_densities(yt, offsets, const, lp)
-        part_weight, part_loglik = _responsibilities(lp, m, w[start : start + m], nk, scratch)
+        part_weight, part_loglik = _responsibilities(lp, m, ws, nk, scratch)
         weight += part_weight
         loglik += part_loglik
         _left_factor(lp, xct[:n_features], yt)
@@ -250,7 +274,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
         for j in range(width):
             for e in range(n_features + 1):
                 moments[j, e] += part[j, e]
-    return weight, loglik
+    return weight, loglik, incomplete
 
 
 def log_constants(log_weights: np.ndarray, log_det: np.ndarray, n_features: int) -> np.ndarray:
@@ -262,9 +286,10 @@ def log_constants(log_weights: np.ndarray, log_det: np.ndarray, n_features: int)
 def diag_block_moments(X, center, means_c, scales, const, w):
     """Moments about ``center`` of a diag/spherical block (see module docstring).
 
-    scales (K, D) or (K, 1): ``1/sigma``.  Returns ``(weight, loglik, nk (K,), sums
-    (K, D), second (K, D))`` with ``sums = sum_i r_ik xc_i`` and ``second = sum_i r_ik
-    xc_i^2`` (r already weighted).
+    scales (K, D) or (K, 1): ``1/sigma``; w (n,), or empty for unit weights.  Returns
+    ``((weight, loglik, nk (K,), sums (K, D), second (K, D)), rows with NaN)`` with
+    ``sums = sum_i r_ik xc_i`` and ``second = sum_i r_ik xc_i^2`` (r already weighted)
+    over the rows without NaN.
     """
     n_components, n_features = means_c.shape
     scales = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape), dtype=np.float64)
@@ -272,15 +297,18 @@ def diag_block_moments(X, center, means_c, scales, const, w):
     sums = np.zeros((n_components, n_features))
     second = np.zeros((n_components, n_features))
     rows = min(SLICE_ROWS, max(len(X), 1))
-    weight, loglik = _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second)
-    return weight, loglik, nk, sums, second
+    weight, loglik, incomplete = _diag_block(
+        X, center, means_c, scales, const, w, rows, nk, sums, second
+    )
+    return (weight, loglik, nk, sums, second), incomplete
 
 
 def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     """Moments about ``center`` of a full/tied block (see module docstring).
 
-    prec_chol (K, D, D) (tied: the shared factor repeated).  Returns
-    ``(weight, loglik, nk (K,), sums (K, D), second (K, D, D))``.
+    prec_chol (K, D, D) (tied: the shared factor repeated); w (n,), or empty for unit
+    weights.  Returns ``((weight, loglik, nk (K,), sums (K, D), second (K, D, D)), rows
+    with NaN)``, the moments over the rows without NaN.
     """
     n_rows, n_features = X.shape
     n_components = len(means_c)
@@ -293,9 +321,12 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     nk = np.zeros(n_components)
     moments = np.zeros((width, n_features + 1))
     rows = min(SLICE_ROWS, max(n_rows, 1))
-    weight, loglik = _full_block(X, center, factors, offsets, const, w, rows, nk, moments)
+    weight, loglik, incomplete = _full_block(
+        X, center, factors, offsets, const, w, rows, nk, moments
+    )
     moments = moments.reshape(n_components, n_features, n_features + 1)
-    return weight, loglik, nk, moments[:, :, n_features].copy(), moments[:, :, :n_features].copy()
+    sums, second = moments[:, :, n_features].copy(), moments[:, :, :n_features].copy()
+    return (weight, loglik, nk, sums, second), incomplete
 
 
 def dense_factors(chol: np.ndarray, covariance_type: str, n_components: int, n_features: int):
@@ -321,32 +352,39 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
     n_components, n_features = params["means"].shape
     center, chol = params["center"], params["precisions_cholesky"]
     covariance_type = family.covariance_type
-    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
+    weights = np.empty(0) if w is None else np.asarray(w, dtype=np.float64)  # empty: all 1
     log_det = np.broadcast_to(
         gaussian_linalg.log_det_cholesky(chol, covariance_type, n_features), (n_components,)
     )
     const = log_constants(np.log(params["weights"]), log_det, n_features)
     means_c = params["means"] - center
-    incomplete = np.isnan(X @ np.ones(n_features, dtype=X.dtype))  # NaN in the row
-    parts = []
-    if incomplete.any():
+    # the kernels find the rows with NaN while they copy each slice (no extra read of the
+    # block) and leave them out; those rows then take the exact missing-value E-step
+    if covariance_type in ("full", "tied"):
+        factors = np.broadcast_to(chol, (n_components, n_features, n_features))
+        dtype = np.float32 if family.dtype == "float32" else np.float64
+        complete, n_incomplete = full_block_moments(
+            X, center, factors, means_c, const, weights, dtype
+        )
+    else:
+        scales = chol if covariance_type == "diag" else chol[:, None]
+        complete, n_incomplete = diag_block_moments(X, center, means_c, scales, const, weights)
+    parts = [complete]
+    if n_incomplete:
+        incomplete = np.isnan(X).any(axis=1)
         factors = dense_factors(chol, covariance_type, n_components, n_features)
         moments = missing_block_moments(
-            X[incomplete], center, factors, means_c, const, w[incomplete]
+            X[incomplete],
+            center,
+            factors,
+            means_c,
+            const,
+            np.ones(n_incomplete) if w is None else weights[incomplete],
         )
         if covariance_type not in ("full", "tied"):
             moments = (*moments[:4], np.diagonal(moments[4], axis1=1, axis2=2))
-        parts.append(moments)
-        X, w = X[~incomplete], w[~incomplete]
-    if len(X) or not parts:
-        if covariance_type in ("full", "tied"):
-            factors = np.broadcast_to(chol, (n_components, n_features, n_features))
-            dtype = np.float32 if family.dtype == "float32" else np.float64
-            parts.append(full_block_moments(X, center, factors, means_c, const, w, dtype))
-        else:
-            scales = chol if covariance_type == "diag" else chol[:, None]
-            parts.append(diag_block_moments(X, center, means_c, scales, const, w))
+        parts.insert(0, moments)
     moments = [sum(values) for values in zip(*parts, strict=True)]
     stats = centred_stats(*moments, center, covariance_type)
-    stats["n_rows"] = len(incomplete)
+    stats["n_rows"] = len(X)
     return stats
