@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import types
 from collections import Counter
 
 import dask.array as da
 import numpy as np
 import pytest
+from dask.core import flatten
 from distributed import futures_of
 
 from dask_em.em import IterationRecord, check_monotone
 from dask_em.engine import EVENT_TOPIC, EMEngine
 from dask_em.engine.events import EventSender
+from dask_em.engine.placement import block_homes
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import in_graph_bytes, scatter_in_memory
 
@@ -206,3 +209,38 @@ def test_event_sender_keeps_order_and_reports_the_first_failed_send():
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
+
+
+def where_rows_ran(_shared, X, w):
+    """A block's rows and the worker its task ran on (a few ms of work, as a kernel)."""
+    from distributed import get_worker
+
+    time.sleep(0.02)
+    return {"rows": [len(X)], "where": [get_worker().address]}
+
+
+def concatenate_where(*parts):
+    return {key: [value for p in parts for value in p[key]] for key in ("rows", "where")}
+
+
+def test_each_pass_runs_a_block_on_its_home_even_after_the_block_was_copied(client):
+    # After work stealing has moved one task, its block is on two workers, and the
+    # scheduler's tie-break could then send that block's task to the other worker in
+    # every later pass (5 blocks against 3).  Each block keeps a home instead.
+    rng = np.random.default_rng(0)
+    X = da.from_array(rng.normal(size=(800, 3)), chunks=(100, 3))
+    engine = EMEngine(X, model="test", cache="memory")
+    keys = list(flatten(engine.X.__dask_keys__()))
+    holders = client.who_has(engine.X)
+    assert engine._homes == [holders[key][0] for key in keys]
+    assert sorted(Counter(engine._homes).values()) == [4, 4]
+    client.replicate(futures_of(engine.X), n=2)  # every block held by both workers
+    assert all(len(addresses) == 2 for addresses in client.who_has(engine.X).values())
+    assert sorted(Counter(block_homes(client, engine.X)).values()) == [4, 4]  # still balanced
+    # homes the scheduler would not pick by itself (it alternates between tied workers)
+    first, second = sorted(set(engine._homes))
+    engine._homes = [first] * 4 + [second] * 4
+    runs = [engine.map_reduce(where_rows_ran, concatenate_where, None)["where"] for _ in range(6)]
+    at_home = [sum(w == h for w, h in zip(where, engine._homes, strict=True)) for where in runs]
+    # stealing may still move a task now and then; the scheduler's choice may not
+    assert sorted(at_home)[len(at_home) // 2] == len(keys), at_home

@@ -41,12 +41,12 @@ import dask.array as da
 import numpy as np
 import psutil
 from dask.delayed import Delayed, delayed
-from dask.highlevelgraph import HighLevelGraph
 
-from dask_em.engine.cluster import active_client, persist_balanced, wait_watched
+from dask_em.engine.cluster import active_client, wait_watched
 from dask_em.engine.events import FLUSH_TIMEOUT, EventSender
+from dask_em.engine.placement import block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
-from dask_em.engine.scatter import MAX_RESENDS, lost_blocks, scatter_in_memory
+from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
 from dask_em.engine.stalls import blocks_of, key_name
 from dask_em.engine.tasks import estep_block_task
 from dask_em.engine.threads import limit_threads
@@ -123,6 +123,7 @@ class EMEngine:
         self._events = EventSender(self.client, EVENT_TOPIC) if self.client else None
         self._scattered_from: tuple | None = None  # (X, weights) as given, to resend
         self._resent = 0  # times they were sent again after a worker loss
+        self._homes: list[str | None] | None = None  # each block's worker, once persisted
         self.persisted = self._should_persist(X, sample_weight, cache)
         if self.persisted:
             X, sample_weight = self._persist(X, sample_weight)
@@ -152,14 +153,10 @@ class EMEngine:
 
     def _persist(self, X, sample_weight):
         collections = (X,) if sample_weight is None else (X, sample_weight)
-        if self.client is not None:
-            # data held in this process goes to the workers directly, evenly
-            persisted = scatter_in_memory(self.client, collections)
-            if persisted is not None:
-                self._scattered_from = (X, sample_weight)
-            else:  # data read by tasks: the workers compute the blocks
-                blocks = blocks_of(X, sample_weight)
-                persisted = persist_balanced(self.client, collections, blocks)
+        if self.client is not None:  # data held here is scattered, the workers balanced
+            blocks = blocks_of(X, sample_weight)
+            persisted, scattered, self._homes = persist_on_workers(self.client, collections, blocks)
+            self._scattered_from = (X, sample_weight) if scattered else None
         else:
             persisted = dask.persist(*collections)
         where = "the cluster" if self.client is not None else "local memory"
@@ -213,14 +210,14 @@ class EMEngine:
         finally:
             self._open_spans.pop()
 
-    def _submit(self, dsk: dict, keys: list) -> list:
-        """The values of ``keys``, computed on the cluster in the open span; a pass
-        stalled on workers paused for memory raises MemoryStallError
-        (:func:`.cluster.wait_watched`)."""
+    def _submit(self, dsk: dict, keys: list, leaf_prefix: str) -> list:
+        """The values of ``keys``, computed on the cluster in the open span, the tasks
+        ``(leaf_prefix..., i, 0)`` kept with block i (:mod:`.placement`); a pass stalled
+        on workers paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
         span = self._open_spans[-1] if self._open_spans else None
         # a HighLevelGraph, not a dict: dask names it by a random token instead of
         # hashing every task and the parameters in it (5 ms per pass)
-        graph = HighLevelGraph.from_collections(keys[0][0], dsk)
+        graph = pinned_graph(dsk, keys[0][0], block_pins(list(dsk), leaf_prefix, self._homes))
         with dask.annotate(span=span) if span else contextlib.nullcontext():
             futures = self.client.get(graph, keys, sync=False)
         names = {key_name(key) for key in dsk}  # the pass's tasks, O(n_blocks)
@@ -352,7 +349,7 @@ class EMEngine:
                 if self.client is None:
                     parts = dask.compute(*(Delayed(k, dsk) for k in keys), optimize_graph=False)
                 else:
-                    parts = self._submit(dsk, keys)
+                    parts = self._submit(dsk, keys, f"{stage}-{self.model}-")
             except Exception:
                 if self.client is None or not self._send_lost_blocks_again():
                     raise
