@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dask_em.families import hmm_compiled, hmm_kernels
+from dask_em.families import hmm_compiled, hmm_fused, hmm_kernels
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.gaussian import GaussianFamily
 from dask_em.families.hmm import HMMFamily
@@ -197,6 +197,27 @@ def test_fused_kernels_run_and_match_the_family_statistics(name, group_steps):
     assert relative_error(trans, post.trans) < 1e-12
     for key, value in expected.items():
         assert relative_error(emission[key], value) < 1e-12, key
+
+
+def test_scratch_kept_between_blocks_gives_each_block_its_own_statistics():
+    # a thread's scratch goes on to its next block (larger, smaller, other K and D):
+    # every block's statistics are those it gets with fresh scratch, and none of the
+    # returned arrays is a view of the scratch the next block overwrites
+    fresh, blocks = [], []
+    for seed, (K, D) in enumerate([(4, 3), (2, 5), (6, 1), (4, 3)]):
+        compiled, _, params, X = make_case("diag", seed, missing=False, K=K, D=D)
+        lengths = LENGTHS if seed % 2 == 0 else LENGTHS[:3]
+        X = X[: lengths.sum()]
+        blocks.append((compiled, params, X, lengths))
+    for compiled, params, X, lengths in blocks:
+        hmm_fused._kept.buffers = None
+        fresh.append(compiled.block_stats(params, X, lengths))
+    kept = [compiled.block_stats(params, X, lengths) for compiled, params, X, lengths in blocks]
+    for ours, expected in zip(kept, fresh, strict=True):
+        assert_same_stats(ours, expected)
+        assert ours["loglik"] == expected["loglik"]
+        for key, value in expected["emission"].items():
+            np.testing.assert_array_equal(ours["emission"][key], value)
 
 
 def test_fused_gaussian_block_that_underflows_takes_the_log_space_path():

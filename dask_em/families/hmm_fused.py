@@ -13,6 +13,7 @@ has sequences.
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 
@@ -41,19 +42,35 @@ def sequence_groups(sorted_lengths: np.ndarray, group_steps: int = GROUP_STEPS) 
     return np.concatenate([[0], np.flatnonzero(np.diff(group_of)) + 1, [len(sorted_lengths)]])
 
 
+#: Bytes of scratch a thread keeps from one block to its next.  Fresh buffers for every
+#: block cost page faults in a Dask worker, whose nanny sets ``MALLOC_TRIM_THRESHOLD_``
+#: (freed memory goes back to the OS): 32.4 ms against 26.7 ms for a block of 250,000
+#: steps, K=6, D=4 (about 10 MB of scratch).
+KEPT_SCRATCH_BYTES = 64 * 2**20
+
+_kept = threading.local()  # .buffers: the scratch of this thread's last block, or None
+
+
 class _Scratch:
     """Flat float64 buffers reused by the groups of a block, handed out as C-contiguous
-    (rows, n) arrays (fresh large arrays would cost page faults for every group)."""
+    (rows, n) arrays (fresh large arrays would cost page faults for every group), and
+    by this thread's next block when :meth:`keep` is called (none of them is returned)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.buffers: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = getattr(_kept, "buffers", None) or {}
+        _kept.buffers = None  # taken: a nested block in this thread gets its own
 
     def get(self, name: str, rows: int, n: int) -> np.ndarray:
         buffer = self.buffers.get(name)
-        if buffer is None:
+        if buffer is None or buffer.size < rows * self.size:
             buffer = self.buffers[name] = np.empty(rows * self.size)
         return buffer[: rows * n].reshape(rows, n)
+
+    def keep(self) -> None:
+        """Leave the buffers to this thread's next block, if they are small enough."""
+        if sum(buffer.nbytes for buffer in self.buffers.values()) <= KEPT_SCRATCH_BYTES:
+            _kept.buffers = self.buffers
 
 
 def fused_block_stats(
@@ -120,5 +137,6 @@ def fused_block_stats(
         log_scale_total += float(np.log(scale).sum())
         shift_total += float(shift.sum())
         n_observed += n - missing
+    scratch.keep()
     loglik = log_scale_total + shift_total + fused.dropped_constant(emission, X)
     return loglik, start, transmat * xi_sum, fused.statistics(emission, sums, n_observed)
