@@ -9,6 +9,7 @@ import time
 import types
 from collections import Counter
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from distributed import futures_of
 from dask_em.em import IterationRecord, check_monotone
 from dask_em.engine import EVENT_TOPIC, EMEngine
 from dask_em.engine.events import EventSender
+from dask_em.engine.malloc import MMAP_THRESHOLD, TRIM_THRESHOLD, set_thresholds
 from dask_em.engine.placement import block_homes
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import in_graph_bytes, scatter_in_memory
@@ -244,3 +246,63 @@ def test_each_pass_runs_a_block_on_its_home_even_after_the_block_was_copied(clie
     at_home = [sum(w == h for w, h in zip(where, engine._homes, strict=True)) for where in runs]
     # stealing may still move a task now and then; the scheduler's choice may not
     assert sorted(at_home)[len(at_home) // 2] == len(keys), at_home
+
+
+def mmapped_bytes_of_an_8_mib_array(*_args):
+    """Bytes glibc serves by a fresh mmap for an 8 MiB array (mallinfo2's ``hblkhd``):
+    about 8 MiB under the nanny's setting, 0 when freed heap memory is reused."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    before = mallinfo2().hblkhd
+    array = np.empty(2**20)
+    mmapped = mallinfo2().hblkhd - before
+    del array
+    return mmapped
+
+
+def test_workers_reuse_freed_memory_during_a_fit_and_get_the_nannys_setting_back(client):
+    # the nanny's MALLOC_TRIM_THRESHOLD_ makes every large array a fresh mmap (pages
+    # that fault one by one); during a fit the workers serve them from freed memory, as
+    # glibc does by itself
+    X = da.ones((100, 2), chunks=(50, 2))
+    engine = EMEngine(X, model="test", cache="memory")
+    mmapped = 2**23
+    before = client.run(mmapped_bytes_of_an_8_mib_array)
+    assert all(value >= mmapped for value in before.values()), before
+    with engine.fit_span():
+        during = client.run(mmapped_bytes_of_an_8_mib_array)
+        in_tasks = engine.map_reduce(
+            lambda _s, _X, _w: {"bytes": [mmapped_bytes_of_an_8_mib_array()]},
+            lambda *parts: {"bytes": [b for p in parts for b in p["bytes"]]},
+            None,
+        )["bytes"]
+    assert set(during.values()) == set(in_tasks) == {0}, (during, in_tasks)
+    after = client.run(mmapped_bytes_of_an_8_mib_array)
+    assert all(value >= mmapped for value in after.values()), after
+    with dask.config.set({"dask_em.worker-malloc": False}), engine.fit_span():
+        untouched = client.run(mmapped_bytes_of_an_8_mib_array)
+    assert all(value >= mmapped for value in untouched.values()), untouched
+
+
+def test_a_process_without_the_nannys_variable_keeps_its_malloc_settings(monkeypatch):
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD) is False

@@ -22,6 +22,7 @@ PACKAGE = Path(dask_em.__file__).parent
 DASK_ALLOWED = {
     "dask_em.engine.cluster": "the client, and the cluster the command line starts",
     "dask_em.engine.passes": "placement, one pass over the data as one graph",
+    "dask_em.engine.malloc": "the workers' malloc thresholds while a fit runs",
     "dask_em.engine.placement": "persisted data: each block's worker, its tasks kept there",
     "dask_em.engine.predict": "prediction graphs",
     "dask_em.engine.scatter": "data held in this process scattered to the workers",

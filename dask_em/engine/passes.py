@@ -44,6 +44,7 @@ from dask.delayed import Delayed, delayed
 
 from dask_em.engine.cluster import active_client, wait_watched
 from dask_em.engine.events import FLUSH_TIMEOUT, EventSender
+from dask_em.engine.malloc import glibc_thresholds_during
 from dask_em.engine.placement import block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
@@ -240,7 +241,7 @@ class EMEngine:
                 name,
                 EVENT_TOPIC,
             )
-        with self._span(name):
+        with self._span(name), glibc_thresholds_during(self.client):
             self.log_event("fit-start", n_blocks=self.n_blocks, **details)
             try:
                 yield end
