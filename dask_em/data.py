@@ -31,6 +31,7 @@ import dask.array as da
 import numpy as np
 
 from dask_em.checks import FINITE, ValueCheck
+from dask_em.scan_summary import first_problem, summarize
 from dask_em.zarr_source import lazy_zarr
 
 #: Target size of one chunk when dask_em chunks in-memory data itself.
@@ -296,7 +297,8 @@ def scan_block(
     concatenation (:func:`merge_scans`).
     """
     check = check or FINITE
-    problem = check.first_problem(X, row_offset)
+    summary = summarize(X)  # one pass: the columns' maxima, NaN and infinite counts
+    problem = first_problem(check, X, summary, row_offset)
     n_bad_w, first_bad_w = 0, None
     if w is not None:
         bad_w = ~np.isfinite(w) | (w < 0)
@@ -308,17 +310,10 @@ def scan_block(
     rows = np.sort(rng.choice(len(X), size=n_pick, replace=False)) if n_pick else []
     sample = np.asarray(X[rows], dtype=np.float64).reshape(n_pick, X.shape[1])
     sample_w = np.ones(n_pick) if w is None else np.asarray(w[rows], dtype=np.float64)
-    column_max = (
-        np.full(X.shape[1], -np.inf)
-        if problem is not None or len(X) == 0
-        else np.asarray(np.fmax.reduce(X, axis=0), dtype=np.float64)  # NaN-aware
-    )
-    magnitude = (
-        np.full(X.shape[1], -np.inf)
-        if problem is not None or len(X) == 0
-        else np.asarray(np.fmax.reduce(np.abs(X), axis=0), dtype=np.float64)
-    )
-    all_missing = int(np.isnan(X).all(axis=1).sum()) if np.issubdtype(X.dtype, np.floating) else 0
+    column_max, magnitude = summary.column_max, summary.magnitude
+    if problem is not None:
+        column_max, magnitude = np.full_like(column_max, -np.inf), np.full_like(magnitude, -np.inf)
+    all_missing = summary.n_all_missing
     return {
         "sample": sample,
         "sample_weight": sample_w,
