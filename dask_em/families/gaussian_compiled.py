@@ -24,9 +24,9 @@ over the rows of a slice, contiguous, and the compiler vectorizes it:
 Moments are accumulated about ``center`` (the mixture mean; ``xc = x - center``), per
 slice, then summed across slices in float64, and finally centred on each component's
 weighted mean (``scatter = S2 - N_k mc mc^T``), as the reference does per slice.  With
-the family's ``dtype="float32"`` the full/tied products and log-densities of a slice run
-in float32 (diag and spherical always in float64), the per-row log-sum-exp and every
-accumulator in float64.  X may be float32 or float64 either way.
+the family's ``dtype="float32"`` the products, log-densities and per-slice sums run in
+float32 (diag and spherical too), the per-row log-sum-exp and every accumulator across
+slices in float64.  X may be float32 or float64 either way.
 """
 
 from __future__ import annotations
@@ -65,14 +65,15 @@ def _row_scratch(rows):
 
 
 @jit_reassociated
-def _responsibilities(lp, m, w, nk, scratch):
+def _responsibilities(lp, m, w, nk, scratch, out):
     """Bayes' rule in log space, column by column; returns (weight, loglik).
 
-    lp (K, >= m), its first m columns: ``log pi_k + log N(x_i | k)``, overwritten with
-    ``w_i r_ik`` (a whole C-contiguous buffer, so every row is contiguous); w (m,);
-    scratch from :func:`_row_scratch`.  Adds ``sum_i w_i r_ik`` to nk (K,).  The shift
-    by the per-row maximum keeps exp in range (log-sum-exp); a row where every component
-    has density 0 keeps peak 0.  The exp is
+    lp (K, >= m), its first m columns: ``log pi_k + log N(x_i | k)``, used as scratch;
+    out (K, >= m) of any float dtype (lp itself, or a buffer of the compute dtype): its
+    first m columns get ``w_i r_ik`` (whole C-contiguous buffers, so every row is
+    contiguous); w (>= m,); scratch from :func:`_row_scratch`.  Adds ``sum_i w_i r_ik``
+    (in float64) to nk (K,).  The shift by the per-row maximum keeps exp in range
+    (log-sum-exp); a row where every component has density 0 keeps peak 0.  The exp is
     :func:`~dask_em.families.vector_exp.exp_chunk` (libm's is a scalar call); the sums
     are reassociated (a few ulps).
     """
@@ -103,10 +104,12 @@ def _responsibilities(lp, m, w, nk, scratch):
         total[i] = w[i] / total[i]
     for k in range(n_components):
         row = lp[k]
+        target = out[k]
         part = 0.0
         for i in range(m):
-            row[i] *= total[i]
-            part += row[i]
+            value = row[i] * total[i]
+            target[i] = value
+            part += value
         nk[k] += part
     return weight, loglik
 
@@ -143,7 +146,9 @@ def _centred_slice(X, start, m, center, xct, w, ws):
 def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     """The whole diag/spherical E-step and moments of a block, in one compiled call.
 
-    X (n, D); center (D,); means_c, scales (K, D) (``1/sigma``); const (K,); w (n,).
+    X (n, D); center (D,), means_c, scales (K, D) (``1/sigma``) in the compute dtype
+    (float32 or float64: the log-densities and each slice's sums run in it); const (K,);
+    w (n,).
     Adds ``sum_i w_i r_ik`` to nk (K,), ``sum_i w_i r_ik xc_i`` to sums (K, D) and
     ``sum_i w_i r_ik xc_i^2`` to second (K, D) over the complete rows; returns (weight,
     loglik, rows with NaN, which add nothing).  w (n,) or empty for unit weights.  Each
@@ -152,8 +157,12 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     """
     n_rows, n_features = X.shape
     n_components = means_c.shape[0]
-    xct = np.empty((n_features, rows))
+    dtype = means_c.dtype  # the compute dtype of the densities and the slice's sums
+    zero = means_c[0, 0] - means_c[0, 0]  # 0 in that dtype
+    xct = np.empty((n_features, rows), dtype=dtype)
+    squares_sum = np.empty((n_components, rows), dtype=dtype)
     lp = np.empty((n_components, rows))
+    resp = np.empty((n_components, rows), dtype=dtype)
     ws = np.empty(rows)
     scratch = _row_scratch(rows)
     weight = 0.0
@@ -163,9 +172,9 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
         m = min(rows, n_rows - start)
         incomplete += _centred_slice(X, start, m, center, xct, w, ws)
         for k in range(n_components):
-            row = lp[k]
+            row = squares_sum[k]
             for i in range(m):
-                row[i] = 0.0
+                row[i] = zero
             for d in range(n_features):
                 mu = means_c[k, d]
                 s = scales[k, d]
@@ -174,16 +183,16 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
                     v = (x[i] - mu) * s  # difference first, as the reference
                     row[i] += v * v
             for i in range(m):
-                row[i] = const[k] - 0.5 * row[i]
-        part_weight, part_loglik = _responsibilities(lp, m, ws, nk, scratch)
+                lp[k, i] = const[k] - 0.5 * row[i]
+        part_weight, part_loglik = _responsibilities(lp, m, ws, nk, scratch, resp)
         weight += part_weight
         loglik += part_loglik
         for k in range(n_components):
-            r = lp[k]
+            r = resp[k]
             for d in range(n_features):
                 x = xct[d]
-                first = 0.0
-                squares = 0.0
+                first = zero
+                squares = zero
                 for i in range(m):
                     v = r[i] * x[i]
                     first += v
@@ -266,7 +275,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
         incomplete += _centred_slice(X, start, m, center, xct, w, ws)
         np.dot(factors, xct[:n_features], yt)
         _full_log_densities(yt, offsets, const, lp)
-        part_weight, part_loglik = _responsibilities(lp, m, ws, nk, scratch)
+        part_weight, part_loglik = _responsibilities(lp, m, ws, nk, scratch, lp)
         weight += part_weight
         loglik += part_loglik
         _left_factor(lp, xct[:n_features], yt)
@@ -283,16 +292,20 @@ def log_constants(log_weights: np.ndarray, log_det: np.ndarray, n_features: int)
         return log_weights + log_det - 0.5 * n_features * LOG_2PI
 
 
-def diag_block_moments(X, center, means_c, scales, const, w):
+def diag_block_moments(X, center, means_c, scales, const, w, compute_dtype=np.float64):
     """Moments about ``center`` of a diag/spherical block (see module docstring).
 
-    scales (K, D) or (K, 1): ``1/sigma``; w (n,), or empty for unit weights.  Returns
+    scales (K, D) or (K, 1): ``1/sigma``; w (n,), or empty for unit weights;
+    ``compute_dtype`` float32 runs the log-densities and each slice's sums in float32 (the
+    moments still add up across slices in float64).  Returns
     ``((weight, loglik, nk (K,), sums (K, D), second (K, D)), rows with NaN)`` with
     ``sums = sum_i r_ik xc_i`` and ``second = sum_i r_ik xc_i^2`` (r already weighted)
     over the rows without NaN.
     """
     n_components, n_features = means_c.shape
-    scales = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape), dtype=np.float64)
+    scales = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape), dtype=compute_dtype)
+    means_c = np.ascontiguousarray(means_c, dtype=compute_dtype)
+    center = np.asarray(center, dtype=compute_dtype)
     nk = np.zeros(n_components)
     sums = np.zeros((n_components, n_features))
     second = np.zeros((n_components, n_features))
@@ -329,18 +342,6 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     return (weight, loglik, nk, sums, second), incomplete
 
 
-def dense_factors(chol: np.ndarray, covariance_type: str, n_components: int, n_features: int):
-    """The precision factors ``L_k`` (``P_k = L_k L_k^T``) of any type as (K, D, D)."""
-    if covariance_type == "full":
-        return chol
-    if covariance_type == "tied":
-        return np.broadcast_to(chol, (n_components, n_features, n_features))
-    scales = np.broadcast_to(
-        chol if covariance_type == "diag" else chol[:, None], (n_components, n_features)
-    )
-    return scales[:, :, None] * np.eye(n_features)
-
-
 def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> dict:
     """Statistics of a block, in the form of ``family.block_stats``.
 
@@ -360,19 +361,21 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
     means_c = params["means"] - center
     # the kernels find the rows with NaN while they copy each slice (no extra read of the
     # block) and leave them out; those rows then take the exact missing-value E-step
+    dtype = np.float32 if family.dtype == "float32" else np.float64
     if covariance_type in ("full", "tied"):
         factors = np.broadcast_to(chol, (n_components, n_features, n_features))
-        dtype = np.float32 if family.dtype == "float32" else np.float64
         complete, n_incomplete = full_block_moments(
             X, center, factors, means_c, const, weights, dtype
         )
     else:
         scales = chol if covariance_type == "diag" else chol[:, None]
-        complete, n_incomplete = diag_block_moments(X, center, means_c, scales, const, weights)
+        complete, n_incomplete = diag_block_moments(
+            X, center, means_c, scales, const, weights, dtype
+        )
     parts = [complete]
     if n_incomplete:
         incomplete = np.isnan(X).any(axis=1)
-        factors = dense_factors(chol, covariance_type, n_components, n_features)
+        factors = gaussian_linalg.dense_factors(chol, covariance_type, n_components, n_features)
         moments = missing_block_moments(
             X[incomplete],
             center,

@@ -84,3 +84,15 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
     if covariance_type == "diag":
         return np.log(prec_chol).sum(axis=1)
     return n_features * np.log(prec_chol)
+
+
+def dense_factors(chol: np.ndarray, covariance_type: str, n_components: int, n_features: int):
+    """The precision factors ``L_k`` (``P_k = L_k L_k^T``) of any type as (K, D, D)."""
+    if covariance_type == "full":
+        return chol
+    if covariance_type == "tied":
+        return np.broadcast_to(chol, (n_components, n_features, n_features))
+    scales = np.broadcast_to(
+        chol if covariance_type == "diag" else chol[:, None], (n_components, n_features)
+    )
+    return scales[:, :, None] * np.eye(n_features)
