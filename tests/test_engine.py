@@ -236,16 +236,38 @@ def test_each_pass_runs_a_block_on_its_home_even_after_the_block_was_copied(clie
     holders = client.who_has(engine.X)
     assert engine._homes == [holders[key][0] for key in keys]
     assert sorted(Counter(engine._homes).values()) == [4, 4]
-    client.replicate(futures_of(engine.X), n=2)  # every block held by both workers
-    assert all(len(addresses) == 2 for addresses in client.who_has(engine.X).values())
-    assert sorted(Counter(block_homes(client, engine.X)).values()) == [4, 4]  # still balanced
-    # homes the scheduler would not pick by itself (it alternates between tied workers)
-    first, second = sorted(set(engine._homes))
-    engine._homes = [first] * 4 + [second] * 4
-    runs = [engine.map_reduce(where_rows_ran, concatenate_where, None)["where"] for _ in range(6)]
-    at_home = [sum(w == h for w, h in zip(where, engine._homes, strict=True)) for where in runs]
+    client.amm.stop()  # the active memory manager would drop the copies made below
+    try:
+        client.replicate(futures_of(engine.X), n=2)  # every block held by both workers
+        assert all(len(addresses) == 2 for addresses in client.who_has(engine.X).values())
+        assert sorted(Counter(block_homes(client, engine.X)).values()) == [4, 4]  # balanced
+        # homes the scheduler would not pick by itself (it alternates between tied workers)
+        first, second = sorted(set(engine._homes))
+        homes = engine._homes = [first] * 4 + [second] * 4
+        runs = [
+            engine.map_reduce(where_rows_ran, concatenate_where, None)["where"] for _ in range(6)
+        ]
+    finally:
+        client.amm.start()
+    assert engine._homes == homes  # both workers still hold every block: homes stay
+    at_home = [sum(w == h for w, h in zip(where, homes, strict=True)) for where in runs]
     # stealing may still move a task now and then; the scheduler's choice may not
     assert sorted(at_home)[len(at_home) // 2] == len(keys), at_home
+
+
+def test_a_block_whose_home_lost_it_gets_the_worker_that_holds_it_as_home(client):
+    # the active memory manager may drop the home's copy of a block, or a lost worker's
+    # blocks may be made again elsewhere: the pass must not ship the block back home
+    X = da.from_array(np.arange(800.0).reshape(400, 2), chunks=(50, 2))
+    engine = EMEngine(X, model="test", cache="memory")
+    holders = client.who_has(engine.X)
+    keys = list(flatten(engine.X.__dask_keys__()))
+    actual = [holders[key][0] for key in keys]
+    first, second = sorted(set(actual))
+    engine._homes = [second if home == first else first for home in actual]  # all wrong
+    where = engine.map_reduce(where_rows_ran, concatenate_where, None)["where"]
+    assert engine._homes == actual
+    assert sum(w == h for w, h in zip(where, actual, strict=True)) >= len(keys) - 1, where
 
 
 def mmapped_bytes_of_an_8_mib_array(*_args):

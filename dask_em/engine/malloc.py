@@ -15,8 +15,11 @@ has the variable set uses the thresholds glibc reaches on its own without it: an
 threshold of :data:`MMAP_THRESHOLD` (glibc's largest dynamic value on 64-bit) and a trim
 threshold of :data:`TRIM_THRESHOLD` (twice that, glibc's rule).  A worker then keeps up
 to that much freed memory per malloc arena for reuse.  When the fit ends the nanny's
-setting is put back (mmap threshold 128 KiB, trim threshold the variable's value).
-Workers without the variable, or without glibc, are left as they are.  Set the Dask
+setting is put back (mmap threshold ``MALLOC_MMAP_THRESHOLD_`` or 128 KiB, trim
+threshold the variable's value) and ``malloc_trim`` hands the kept memory back to the
+OS.  Workers without the variable, or without glibc, are left as they are.  Two fits
+at once on one cluster share the setting: the first to end puts the nanny's back (the
+other runs on, only slower).  Set the Dask
 config ``dask_em.worker-malloc`` to False to leave every worker alone.
 """
 
@@ -24,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -47,24 +51,50 @@ CONFIG_KEY = "dask_em.worker-malloc"
 
 _ENV = "MALLOC_TRIM_THRESHOLD_"
 
+logger = logging.getLogger("dask_em.engine")
+
+
+@functools.cache
+def _mallopt() -> Any:
+    """glibc's ``mallopt`` in this process, or None (not glibc)."""
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _environment_bytes(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
 
 def set_thresholds(mmap_threshold: int | None, trim_threshold: int | None) -> bool:
-    """In this process, when it has ``MALLOC_TRIM_THRESHOLD_`` and glibc: set the mmap
-    and trim thresholds (bytes; None: the nanny's, see module docstring).  True when
-    they were set."""
-    nanny_trim = os.environ.get(_ENV)
-    if nanny_trim is None:
+    """In this process, when it has ``MALLOC_TRIM_THRESHOLD_`` (an integer) and glibc:
+    set the mmap and trim thresholds (bytes; None: put back the environment's, then
+    hand freed memory back to the OS).  True when both were set."""
+    nanny_trim = _environment_bytes(_ENV)
+    mallopt = _mallopt()
+    if nanny_trim is None or mallopt is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    mmap_value = NANNY_MMAP_THRESHOLD if mmap_threshold is None else mmap_threshold
-    trim_value = int(nanny_trim) if trim_threshold is None else trim_threshold
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_value)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, trim_value)
-    )
+    nanny_mmap = _environment_bytes("MALLOC_MMAP_THRESHOLD_") or NANNY_MMAP_THRESHOLD
+    restoring = mmap_threshold is None
+    done = [
+        mallopt(_M_MMAP_THRESHOLD, nanny_mmap if restoring else mmap_threshold),
+        mallopt(_M_TRIM_THRESHOLD, nanny_trim if trim_threshold is None else trim_threshold),
+    ]
+    if restoring and _malloc_trim() is not None:
+        _malloc_trim()(0)  # what the fit kept for reuse goes back to the OS now
+    return all(done)
 
 
 @contextlib.contextmanager
@@ -75,7 +105,8 @@ def glibc_thresholds_during(client: Any) -> Iterator[None]:
     if client is None or not dask.config.get(CONFIG_KEY, True):
         yield
         return
-    client.run(set_thresholds, MMAP_THRESHOLD, TRIM_THRESHOLD, on_error="ignore")
+    done = client.run(set_thresholds, MMAP_THRESHOLD, TRIM_THRESHOLD, on_error="ignore")
+    logger.debug("glibc malloc thresholds set in %d of the workers", sum(done.values()))
     try:
         yield
     finally:

@@ -45,7 +45,7 @@ from dask.delayed import Delayed, delayed
 from dask_em.engine.cluster import active_client, wait_watched
 from dask_em.engine.events import FLUSH_TIMEOUT, EventSender
 from dask_em.engine.malloc import glibc_thresholds_during
-from dask_em.engine.placement import block_pins, persist_on_workers, pinned_graph
+from dask_em.engine.placement import block_homes, block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
 from dask_em.engine.stalls import blocks_of, key_name
@@ -216,6 +216,8 @@ class EMEngine:
         ``(leaf_prefix..., i, 0)`` kept with block i (:mod:`.placement`); a pass stalled
         on workers paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
         span = self._open_spans[-1] if self._open_spans else None
+        if self._homes is not None:  # where the blocks are now (placement)
+            self._homes = block_homes(self.client, self.X, self._homes)
         # a HighLevelGraph, not a dict: dask names it by a random token instead of
         # hashing every task and the parameters in it (5 ms per pass)
         graph = pinned_graph(dsk, keys[0][0], block_pins(list(dsk), leaf_prefix, self._homes))

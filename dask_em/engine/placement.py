@@ -14,8 +14,11 @@ So each block gets a home when it is persisted (:func:`block_homes`: its holder,
 workers balanced where a block has several), and every pass asks for its E-step tasks
 to run there, as a loose restriction (:func:`pinned_graph`, ``allow_other_workers``):
 the scheduler places each task on its home while that worker lives; stealing may still
-move a task when a worker runs out of work; after a worker is lost, its blocks' tasks
-go wherever the scheduler likes.
+move a task when a worker runs out of work.  Each pass first asks where the blocks are
+(:func:`block_homes` with the previous homes): a block whose home no longer holds it
+(the active memory manager dropped that copy, the worker was lost and the block made
+again elsewhere) moves its home to a worker that does, so a pass never ships a block
+to its home.
 """
 
 from __future__ import annotations
@@ -46,20 +49,25 @@ def persist_on_workers(
     return persisted, scattered, block_homes(client, persisted[0])
 
 
-def block_homes(client: Any, array: da.Array) -> list[str | None]:
+def block_homes(
+    client: Any, array: da.Array, previous: Sequence[str | None] | None = None
+) -> list[str | None]:
     """The worker address of each block of the persisted ``array`` (None for a block no
-    worker holds); a block held by several workers goes to the one with the fewest
-    homes so far, in block order."""
+    worker holds).  A block keeps its ``previous`` home while that worker still holds
+    it; any other goes to the holder with the fewest homes so far, in block order.
+    One ``who_has`` round trip (0.5 ms for 8 blocks, 8 ms for 1,000 here)."""
     keys = list(flatten(array.__dask_keys__()))
     holders = client.who_has(array)
-    homes: list[str | None] = []
-    load: Counter[str] = Counter()
-    for key in keys:
+    homes: list[str | None] = [
+        home if previous and home in holders.get(key, ()) else None
+        for key, home in zip(keys, previous or [None] * len(keys), strict=True)
+    ]
+    load: Counter[str] = Counter(home for home in homes if home is not None)
+    for i, key in enumerate(keys):
         candidates = sorted(holders.get(key, ()))
-        home = min(candidates, key=lambda worker: load[worker]) if candidates else None
-        if home is not None:
-            load[home] += 1
-        homes.append(home)
+        if homes[i] is None and candidates:
+            homes[i] = min(candidates, key=lambda worker: load[worker])
+            load[homes[i]] += 1
     return homes
 
 
@@ -85,7 +93,7 @@ def pinned_graph(dsk: Mapping, name: str, pins: Mapping[Hashable, str]) -> HighL
     name instead of hashing every task), its keys in ``pins`` restricted loosely to
     their worker."""
     annotations = None
-    if pins:
-        annotations = {"workers": pins.get, "allow_other_workers": True}
+    if pins:  # callables: dask applies them key by key (None: no annotation)
+        annotations = {"workers": pins.get, "allow_other_workers": pins.__contains__}
     layer = MaterializedLayer(dict(dsk), annotations=annotations)
     return HighLevelGraph({name: layer}, {name: set()})

@@ -116,30 +116,26 @@ def _responsibilities(lp, m, w, nk, scratch, out):
 
 @jit
 def _centred_slice(X, start, m, center, xct, w, ws):
-    """xct[d, i] = X[start + i, d] - center[d] and ws[i] = w[start + i] for i < m: a slice
-    copied centred and feature-major (X (n, D) row-major; xct (D or more, >= m); w (n,),
-    or empty for unit weights; ws (>= m,)).
+    """The complete rows among rows start .. start + m - 1 of X (n, D), copied centred and
+    feature-major to the first columns of xct (D or more, >= m), their weights to ws
+    (>= m,) (w (n,), or empty for unit weights); returns how many were copied.
 
-    A row with NaN (``isnan(X).any(axis=1)``: center is finite) is left to the
-    missing-value E-step: it is copied as zeros with weight 0, so that it adds exactly
-    nothing here.  Returns the number of such rows.
+    A row with NaN (``isnan(X).any(axis=1)``: center is finite) is left out, for the
+    missing-value E-step: the next complete row takes its column.
     """
     n_features = X.shape[1]
     unweighted = w.shape[0] == 0
-    incomplete = 0
+    kept = 0
     for i in range(m):
         has_nan = False
         for d in range(n_features):
             v = X[start + i, d] - center[d]
-            xct[d, i] = v
+            xct[d, kept] = v
             has_nan |= v != v
-        ws[i] = 1.0 if unweighted else w[start + i]
-        if has_nan:
-            incomplete += 1
-            ws[i] = 0.0
-            for d in range(n_features):
-                xct[d, i] = 0.0
-    return incomplete
+        if not has_nan:
+            ws[kept] = 1.0 if unweighted else w[start + i]
+            kept += 1
+    return kept
 
 
 @jit_reassociated
@@ -169,8 +165,9 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     loglik = 0.0
     incomplete = 0
     for start in range(0, n_rows, rows):
-        m = min(rows, n_rows - start)
-        incomplete += _centred_slice(X, start, m, center, xct, w, ws)
+        in_slice = min(rows, n_rows - start)
+        m = _centred_slice(X, start, in_slice, center, xct, w, ws)  # complete rows
+        incomplete += in_slice - m
         for k in range(n_components):
             row = squares_sum[k]
             for i in range(m):
@@ -272,12 +269,20 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
             xct = np.ones((n_features + 1, m), dtype=dtype)
             yt = np.empty((width, m), dtype=dtype)
             lp = np.empty((n_components, m))
-        incomplete += _centred_slice(X, start, m, center, xct, w, ws)
+        kept = _centred_slice(X, start, m, center, xct, w, ws)
+        incomplete += m - kept
+        if kept < m:  # rows with NaN left out: the columns past the complete rows add 0
+            for d in range(n_features):
+                for i in range(kept, m):
+                    xct[d, i] = 0.0
         np.dot(factors, xct[:n_features], yt)
         _full_log_densities(yt, offsets, const, lp)
-        part_weight, part_loglik = _responsibilities(lp, m, ws, nk, scratch, lp)
+        part_weight, part_loglik = _responsibilities(lp, kept, ws, nk, scratch, lp)
         weight += part_weight
         loglik += part_loglik
+        for k in range(n_components):
+            for i in range(kept, m):
+                lp[k, i] = 0.0  # not a responsibility: a log-density, maybe -inf
         _left_factor(lp, xct[:n_features], yt)
         np.dot(yt, xct.T, part)
         for j in range(width):
@@ -357,7 +362,8 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
     log_det = np.broadcast_to(
         gaussian_linalg.log_det_cholesky(chol, covariance_type, n_features), (n_components,)
     )
-    const = log_constants(np.log(params["weights"]), log_det, n_features)
+    with np.errstate(divide="ignore"):  # a component of weight 0: log-density -inf
+        const = log_constants(np.log(params["weights"]), log_det, n_features)
     means_c = params["means"] - center
     # the kernels find the rows with NaN while they copy each slice (no extra read of the
     # block) and leave them out; those rows then take the exact missing-value E-step

@@ -42,11 +42,12 @@ def sequence_groups(sorted_lengths: np.ndarray, group_steps: int = GROUP_STEPS) 
     return np.concatenate([[0], np.flatnonzero(np.diff(group_of)) + 1, [len(sorted_lengths)]])
 
 
-#: Bytes of scratch a thread keeps from one block to its next.  Fresh buffers for every
-#: block cost page faults in a Dask worker, whose nanny sets ``MALLOC_TRIM_THRESHOLD_``
-#: (freed memory goes back to the OS): 32.4 ms against 26.7 ms for a block of 250,000
-#: steps, K=6, D=4 (about 10 MB of scratch).
-KEPT_SCRATCH_BYTES = 64 * 2**20
+#: Bytes of scratch a thread keeps from one block to its next (it stays with the thread:
+#: memory the worker does not count as data).  Fresh buffers for every block cost page
+#: faults in a Dask worker, whose nanny sets ``MALLOC_TRIM_THRESHOLD_`` (freed memory
+#: goes back to the OS): 32.4 ms against 26.7 ms for a block of 250,000 steps, K=6, D=4
+#: (about 10 MB of scratch).
+KEPT_SCRATCH_BYTES = 16 * 2**20
 
 _kept = threading.local()  # .buffers: the scratch of this thread's last block, or None
 
