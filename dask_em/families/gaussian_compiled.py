@@ -1,12 +1,12 @@
-"""Compiled, fused E-step + statistics of a Gaussian mixture on one block of complete rows.
+"""Compiled, fused E-step + statistics of a Gaussian mixture on one block.
 
 The NumPy kernels of :mod:`dask_em.families.gaussian_kernels` are the reference; these
 compute the same statistics (to rounding) without any (n, K) or (n, K, D) temporary
-going through main memory:
-
-Rows go through in slices of :data:`SLICE_ROWS`, held feature-major ((D, rows) and
-(K*D, rows) buffers that stay in a core's L2 cache), so that every compiled loop runs
-over the rows of a slice, contiguous, and the compiler vectorizes it:
+going through main memory.  The complete rows go through in slices of
+:data:`SLICE_ROWS`, held feature-major ((D, rows) and (K*D, rows) buffers that stay in
+a core's L2 cache), so that every compiled loop runs over the rows of a slice,
+contiguous, and the compiler vectorizes it; rows with NaN are passed over while a slice
+is filled and take :mod:`dask_em.families.gaussian_missing_compiled` afterwards:
 
 * ``diag`` and ``spherical``: one compiled call per block (:func:`_diag_block`) copies
   each slice centred and feature-major, gives the K log-densities of each row
@@ -18,8 +18,7 @@ over the rows of a slice, contiguous, and the compiler vectorizes it:
   one BLAS product ``[L_1 ... L_K]^T @ xc^T`` gives ``L_k^T xc`` for every k, compiled
   loops turn it into responsibilities and overwrite the buffer with ``r_ik xc_i``, and
   a second BLAS product ``buffer @ [xc, 1]`` adds the slice's second and first
-  moments.  The D x D products are where the flops are, and BLAS runs
-  them several times faster than hand-written loops.
+  moments (BLAS runs these D x D products several times faster than loops).
 
 Moments are accumulated about ``center`` (the mixture mean; ``xc = x - center``), per
 slice, then summed across slices in float64, and finally centred on each component's
@@ -115,27 +114,30 @@ def _responsibilities(lp, m, w, nk, scratch, out):
 
 
 @jit
-def _centred_slice(X, start, m, center, xct, w, ws):
-    """The complete rows among rows start .. start + m - 1 of X (n, D), copied centred and
-    feature-major to the first columns of xct (D or more, >= m), their weights to ws
-    (>= m,) (w (n,), or empty for unit weights); returns how many were copied.
+def _centred_slice(X, start, center, xct, w, ws, capacity):
+    """The next ``capacity`` complete rows of X (n, D) from row ``start`` on (fewer at
+    the end of X), copied centred and feature-major to the first columns of xct (D or
+    more, >= capacity), their weights to ws (>= capacity,) (w (n,), or empty for unit
+    weights).  Returns ``(rows copied, the row after the last one read)``.
 
-    A row with NaN (``isnan(X).any(axis=1)``: center is finite) is left out, for the
-    missing-value E-step: the next complete row takes its column.
+    A row with NaN (``isnan(X).any(axis=1)``: center is finite) is passed over, for the
+    missing-value E-step: the slice holds complete rows only, whatever their share.
     """
-    n_features = X.shape[1]
+    n_rows, n_features = X.shape
     unweighted = w.shape[0] == 0
     kept = 0
-    for i in range(m):
+    row = start
+    while row < n_rows and kept < capacity:
         has_nan = False
         for d in range(n_features):
-            v = X[start + i, d] - center[d]
+            v = X[row, d] - center[d]
             xct[d, kept] = v
             has_nan |= v != v
         if not has_nan:
-            ws[kept] = 1.0 if unweighted else w[start + i]
+            ws[kept] = 1.0 if unweighted else w[row]
             kept += 1
-    return kept
+        row += 1
+    return kept, row
 
 
 @jit_reassociated
@@ -164,10 +166,11 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     weight = 0.0
     loglik = 0.0
     incomplete = 0
-    for start in range(0, n_rows, rows):
-        in_slice = min(rows, n_rows - start)
-        m = _centred_slice(X, start, in_slice, center, xct, w, ws)  # complete rows
-        incomplete += in_slice - m
+    start = 0
+    while start < n_rows:
+        m, end = _centred_slice(X, start, center, xct, w, ws, rows)  # m complete rows
+        incomplete += end - start - m
+        start = end
         for k in range(n_components):
             row = squares_sum[k]
             for i in range(m):
@@ -263,15 +266,18 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     weight = 0.0
     loglik = 0.0
     incomplete = 0
-    for start in range(0, n_rows, rows):
-        m = min(rows, n_rows - start)
-        if m < rows:  # the last slice: buffers of its width, so they stay contiguous
+    start = 0
+    while start < n_rows:
+        if n_rows - start < rows:  # the last rows: buffers of their width (contiguous)
+            m = n_rows - start
             xct = np.ones((n_features + 1, m), dtype=dtype)
             yt = np.empty((width, m), dtype=dtype)
             lp = np.empty((n_components, m))
-        kept = _centred_slice(X, start, m, center, xct, w, ws)
-        incomplete += m - kept
-        if kept < m:  # rows with NaN left out: the columns past the complete rows add 0
+        m = xct.shape[1]
+        kept, end = _centred_slice(X, start, center, xct, w, ws, m)
+        incomplete += end - start - kept
+        start = end
+        if kept < m:  # rows with NaN at the end of X: the columns past the rest add 0
             for d in range(n_features):
                 for i in range(kept, m):
                     xct[d, i] = 0.0
@@ -289,12 +295,6 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
             for e in range(n_features + 1):
                 moments[j, e] += part[j, e]
     return weight, loglik, incomplete
-
-
-def log_constants(log_weights: np.ndarray, log_det: np.ndarray, n_features: int) -> np.ndarray:
-    """``log pi_k + log det L_k - D/2 log 2 pi``, shape (K,)."""
-    with np.errstate(divide="ignore"):
-        return log_weights + log_det - 0.5 * n_features * LOG_2PI
 
 
 def diag_block_moments(X, center, means_c, scales, const, w, compute_dtype=np.float64):
@@ -363,7 +363,8 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
         gaussian_linalg.log_det_cholesky(chol, covariance_type, n_features), (n_components,)
     )
     with np.errstate(divide="ignore"):  # a component of weight 0: log-density -inf
-        const = log_constants(np.log(params["weights"]), log_det, n_features)
+        # log pi_k + log det L_k - D/2 log 2 pi (K,)
+        const = np.log(params["weights"]) + log_det - 0.5 * n_features * LOG_2PI
     means_c = params["means"] - center
     # the kernels find the rows with NaN while they copy each slice (no extra read of the
     # block) and leave them out; those rows then take the exact missing-value E-step

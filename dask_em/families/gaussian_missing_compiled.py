@@ -26,8 +26,9 @@ row, in compiled code, with no (n, K, D) temporary:
   entries, the cross terms ``r xt e^T`` (D x q) and ``r (e e^T + P_mm^-1)`` (q x q).
 
 Rows with nothing observed get no weight (the reference's rule).  Moments come out
-about ``center`` in the form of :func:`dask_em.families.gaussian_compiled.full_block_moments`,
-so the complete and incomplete rows of a block add up before the family's statistics.
+about ``center`` in the form of the moments that
+:func:`dask_em.families.gaussian_compiled.full_block_moments` returns, so the complete
+and incomplete rows of a block add up before the family's statistics.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def missing_block_moments(X, center, prec_chol, means_c, const, w):
 
     X (n, D) with NaN; prec_chol (K, D, D) dense factors ``L_k`` (``P_k = L_k L_k^T``) of
     every type (diag: ``diag(1/sigma_k)``); const (K,) the complete rows' ``log pi_k +
-    log |P_k|^1/2 - D/2 log 2 pi`` (:func:`~dask_em.families.gaussian_compiled.log_constants`).
+    log |P_k|^1/2 - D/2 log 2 pi`` (as :func:`~dask_em.families.gaussian_compiled.block_stats`).
     Returns ``(weight, loglik, nk (K,), sums (K, D), second (K, D, D))`` (r weighted).
     """
     n_rows, n_features = X.shape
