@@ -55,18 +55,11 @@ logger = logging.getLogger("dask_em.engine")
 
 
 @functools.cache
-def _mallopt() -> Any:
-    """glibc's ``mallopt`` in this process, or None (not glibc)."""
+def _libc(name: str) -> Any:
+    """glibc's function ``name`` (``mallopt``, ``malloc_trim``) in this process, or None
+    (not glibc)."""
     try:
-        return ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return None
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
 
@@ -83,7 +76,7 @@ def set_thresholds(mmap_threshold: int | None, trim_threshold: int | None) -> bo
     set the mmap and trim thresholds (bytes; None: put back the environment's, then
     hand freed memory back to the OS).  True when both were set."""
     nanny_trim = _environment_bytes(_ENV)
-    mallopt = _mallopt()
+    mallopt = _libc("mallopt")
     if nanny_trim is None or mallopt is None:
         return False
     nanny_mmap = _environment_bytes("MALLOC_MMAP_THRESHOLD_") or NANNY_MMAP_THRESHOLD
@@ -92,8 +85,8 @@ def set_thresholds(mmap_threshold: int | None, trim_threshold: int | None) -> bo
         mallopt(_M_MMAP_THRESHOLD, nanny_mmap if restoring else mmap_threshold),
         mallopt(_M_TRIM_THRESHOLD, nanny_trim if trim_threshold is None else trim_threshold),
     ]
-    if restoring and _malloc_trim() is not None:
-        _malloc_trim()(0)  # what the fit kept for reuse goes back to the OS now
+    if restoring and _libc("malloc_trim") is not None:
+        _libc("malloc_trim")(0)  # what the fit kept for reuse goes back to the OS now
     return all(done)
 
 
