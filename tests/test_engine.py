@@ -328,3 +328,29 @@ def test_workers_reuse_freed_memory_during_a_fit_and_get_the_nannys_setting_back
 def test_a_process_without_the_nannys_variable_keeps_its_malloc_settings(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD) is False
+
+
+def test_a_worker_with_little_room_left_keeps_the_nannys_malloc_setting(monkeypatch):
+    # memory kept for reuse must not push a worker close to its limit into spilling or
+    # pausing: a worker already past its spill threshold keeps the nanny's setting
+    import types
+
+    import psutil
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    rss = psutil.Process().memory_info().rss
+
+    def worker(limit):
+        manager = types.SimpleNamespace(
+            memory_limit=limit, memory_spill_fraction=0.7, memory_pause_fraction=0.8
+        )
+        return types.SimpleNamespace(memory_manager=manager)
+
+    try:
+        assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD, worker(rss)) is True
+        assert mmapped_bytes_of_an_8_mib_array() >= 2**23  # no room: still fresh pages
+        assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD, worker(100 * rss)) is True
+        assert mmapped_bytes_of_an_8_mib_array() == 0  # room enough: reused
+    finally:
+        set_thresholds(None, None)
+    assert mmapped_bytes_of_an_8_mib_array() >= 2**23

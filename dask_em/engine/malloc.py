@@ -14,13 +14,16 @@ So while a fit runs (:func:`glibc_thresholds_during`), every worker of the clust
 has the variable set uses the thresholds glibc reaches on its own without it: an mmap
 threshold of :data:`MMAP_THRESHOLD` (glibc's largest dynamic value on 64-bit) and a trim
 threshold of :data:`TRIM_THRESHOLD` (twice that, glibc's rule).  A worker then keeps up
-to that much freed memory per malloc arena for reuse.  When the fit ends the nanny's
-setting is put back (mmap threshold ``MALLOC_MMAP_THRESHOLD_`` or 128 KiB, trim
-threshold the variable's value) and ``malloc_trim`` hands the kept memory back to the
-OS.  Workers without the variable, or without glibc, are left as they are.  Two fits
-at once on one cluster share the setting: the first to end puts the nanny's back (the
-other runs on, only slower).  Set the Dask
-config ``dask_em.worker-malloc`` to False to leave every worker alone.
+to that much freed memory per malloc arena for reuse, so a worker with little room left
+below the memory at which it spills or pauses gets less: an mmap threshold of at most
+1/8 of that room (a worker of 320 MB that holds the compiled kernels, at 230 MiB, is
+past its spill threshold and keeps the nanny's setting; one of 512 MiB gets 16 MiB).
+When the fit ends the nanny's setting is put back (mmap threshold
+``MALLOC_MMAP_THRESHOLD_`` or 128 KiB, trim threshold the variable's value) and
+``malloc_trim`` hands the kept memory back to the OS.  Workers without the variable,
+or without glibc, are left as they are.  Two fits at once on one cluster share the
+setting: the first to end puts the nanny's back (the other runs on, only slower).  Set
+the Dask config ``dask_em.worker-malloc`` to False to leave every worker alone.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask
+import psutil
 
 #: glibc's ``mallopt`` parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -71,16 +75,40 @@ def _environment_bytes(name: str) -> int | None:
         return None
 
 
-def set_thresholds(mmap_threshold: int | None, trim_threshold: int | None) -> bool:
+def headroom(dask_worker: Any) -> int | None:
+    """Bytes ``dask_worker``'s process may still grow before it spills or pauses (the
+    first of those fractions of its memory limit); None without a limit."""
+    manager = getattr(dask_worker, "memory_manager", None)
+    limit = getattr(manager, "memory_limit", None)
+    if not limit:
+        return None
+    fractions = [
+        getattr(manager, name, False) for name in ("memory_spill_fraction", "memory_pause_fraction")
+    ]
+    fraction = min([f for f in fractions if f and not isinstance(f, bool)], default=1.0)
+    return max(0, int(fraction * limit) - psutil.Process().memory_info().rss)
+
+
+def set_thresholds(
+    mmap_threshold: int | None, trim_threshold: int | None, dask_worker: Any = None
+) -> bool:
     """In this process, when it has ``MALLOC_TRIM_THRESHOLD_`` (an integer) and glibc:
     set the mmap and trim thresholds (bytes; None: put back the environment's, then
-    hand freed memory back to the OS).  True when both were set."""
+    hand freed memory back to the OS).  True when both were set.
+
+    In a worker (``dask_worker``, which ``Client.run`` passes) the mmap threshold is at
+    most 1/8 of :func:`headroom` (the trim threshold twice that): memory kept for reuse
+    must not push a worker with little room left to spill or pause."""
     nanny_trim = _environment_bytes(_ENV)
     mallopt = _libc("mallopt")
     if nanny_trim is None or mallopt is None:
         return False
     nanny_mmap = _environment_bytes("MALLOC_MMAP_THRESHOLD_") or NANNY_MMAP_THRESHOLD
     restoring = mmap_threshold is None
+    room = None if restoring or dask_worker is None else headroom(dask_worker)
+    if room is not None:
+        mmap_threshold = max(nanny_mmap, min(mmap_threshold, room // 8))
+        trim_threshold = min(trim_threshold, 2 * mmap_threshold)
     done = [
         mallopt(_M_MMAP_THRESHOLD, nanny_mmap if restoring else mmap_threshold),
         mallopt(_M_TRIM_THRESHOLD, nanny_trim if trim_threshold is None else trim_threshold),
