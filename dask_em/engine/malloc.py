@@ -16,8 +16,9 @@ threshold of :data:`MMAP_THRESHOLD` (glibc's largest dynamic value on 64-bit) an
 threshold of :data:`TRIM_THRESHOLD` (twice that, glibc's rule).  A worker then keeps up
 to that much freed memory per malloc arena for reuse, so a worker with little room left
 below the memory at which it spills or pauses gets less: an mmap threshold of at most
-1/8 of that room (a worker of 320 MB that holds the compiled kernels, at 230 MiB, is
-past its spill threshold and keeps the nanny's setting; one of 512 MiB gets 16 MiB).
+1/4 of that room (a worker of 320 MB that holds the compiled kernels, at 230 MiB, is
+past its spill threshold and keeps the nanny's setting; one of 512 MiB at 300 MiB gets
+14 MiB, enough for an 8 MiB block).
 When the fit ends the nanny's setting is put back (mmap threshold
 ``MALLOC_MMAP_THRESHOLD_`` or 128 KiB, trim threshold the variable's value) and
 ``malloc_trim`` hands the kept memory back to the OS.  Workers without the variable,
@@ -97,7 +98,7 @@ def set_thresholds(
     hand freed memory back to the OS).  True when both were set.
 
     In a worker (``dask_worker``, which ``Client.run`` passes) the mmap threshold is at
-    most 1/8 of :func:`headroom` (the trim threshold twice that): memory kept for reuse
+    most 1/4 of :func:`headroom` (the trim threshold twice that): memory kept for reuse
     must not push a worker with little room left to spill or pause."""
     nanny_trim = _environment_bytes(_ENV)
     mallopt = _libc("mallopt")
@@ -107,7 +108,7 @@ def set_thresholds(
     restoring = mmap_threshold is None
     room = None if restoring or dask_worker is None else headroom(dask_worker)
     if room is not None:
-        mmap_threshold = max(nanny_mmap, min(mmap_threshold, room // 8))
+        mmap_threshold = max(nanny_mmap, min(mmap_threshold, room // 4))
         trim_threshold = min(trim_threshold, 2 * mmap_threshold)
     done = [
         mallopt(_M_MMAP_THRESHOLD, nanny_mmap if restoring else mmap_threshold),
