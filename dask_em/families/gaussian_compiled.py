@@ -38,7 +38,7 @@ from dask_em.families import gaussian_linalg
 from dask_em.families.gaussian_kernels import centred_stats
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
-from dask_em.families.vector_exp import exp_chunk
+from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
 
 #: Rows per slice: a slice's buffers are feature-major ((D, rows), (K, rows), and for
 #: full/tied (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
@@ -52,76 +52,15 @@ COMPILED = HAVE_NUMBA
 
 
 @jit
-def _row_scratch(rows):
-    """The scratch of :func:`_responsibilities` for slices of up to ``rows`` rows,
-    made once per block: (peak, total) float64 and the vectorized exp's two int64."""
-    return (
-        np.empty(rows),
-        np.empty(rows),
-        np.empty(rows, dtype=np.int64),
-        np.empty(rows, dtype=np.int64),
-    )
-
-
-@jit_reassociated
-def _responsibilities(lp, m, w, nk, scratch, out):
-    """Bayes' rule in log space, column by column; returns (weight, loglik).
-
-    lp (K, >= m), its first m columns: ``log pi_k + log N(x_i | k)``, used as scratch;
-    out (K, >= m) of any float dtype (lp itself, or a buffer of the compute dtype): its
-    first m columns get ``w_i r_ik`` (whole C-contiguous buffers, so every row is
-    contiguous); w (>= m,); scratch from :func:`_row_scratch`.  Adds ``sum_i w_i r_ik``
-    (in float64) to nk (K,).  The shift by the per-row maximum keeps exp in range
-    (log-sum-exp); a row where every component has density 0 keeps peak 0.  The exp is
-    :func:`~dask_em.families.vector_exp.exp_chunk` (libm's is a scalar call); the sums
-    are reassociated (a few ulps).
-    """
-    n_components = lp.shape[0]
-    peak, total, high_bits, low_bits = scratch
-    for i in range(m):
-        peak[i] = -np.inf
-        total[i] = 0.0
-    for k in range(n_components):
-        row = lp[k]
-        for i in range(m):
-            peak[i] = max(peak[i], row[i])
-    for i in range(m):
-        if not np.isfinite(peak[i]):
-            peak[i] = 0.0
-    for k in range(n_components):
-        row = lp[k]
-        for i in range(m):
-            row[i] -= peak[i]
-        exp_chunk(row[:m], high_bits, low_bits)
-        for i in range(m):
-            total[i] += row[i]
-    weight = 0.0
-    loglik = 0.0
-    for i in range(m):
-        weight += w[i]
-        loglik += w[i] * (math.log(total[i]) + peak[i])
-        total[i] = w[i] / total[i]
-    for k in range(n_components):
-        row = lp[k]
-        target = out[k]
-        part = 0.0
-        for i in range(m):
-            value = row[i] * total[i]
-            target[i] = value
-            part += value
-        nk[k] += part
-    return weight, loglik
-
-
-@jit
-def _centred_slice(X, start, center, xct, w, ws, capacity):
+def _centred_slice(X, start, center, xct, w, ws, capacity, passed_over, n_passed):
     """The next ``capacity`` complete rows of X (n, D) from row ``start`` on (fewer at
     the end of X), copied centred and feature-major to the first columns of xct (D or
     more, >= capacity), their weights to ws (>= capacity,) (w (n,), or empty for unit
-    weights).  Returns ``(rows copied, the row after the last one read)``.
+    weights).  Returns ``(rows copied, the row after the last one read, n_passed)``.
 
     A row with NaN (``isnan(X).any(axis=1)``: center is finite) is passed over, for the
-    missing-value E-step: the slice holds complete rows only, whatever their share.
+    missing-value E-step: the slice holds complete rows only, whatever their share; its
+    index goes to ``passed_over[n_passed]`` (n_passed: how many are there so far).
     """
     n_rows, n_features = X.shape
     unweighted = w.shape[0] == 0
@@ -136,8 +75,11 @@ def _centred_slice(X, start, center, xct, w, ws, capacity):
         if not has_nan:
             ws[kept] = 1.0 if unweighted else w[row]
             kept += 1
+        else:
+            passed_over[n_passed] = row
+            n_passed += 1
         row += 1
-    return kept, row
+    return kept, row, n_passed
 
 
 @jit_reassociated
@@ -149,9 +91,10 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     w (n,).
     Adds ``sum_i w_i r_ik`` to nk (K,), ``sum_i w_i r_ik xc_i`` to sums (K, D) and
     ``sum_i w_i r_ik xc_i^2`` to second (K, D) over the complete rows; returns (weight,
-    loglik, rows with NaN, which add nothing).  w (n,) or empty for unit weights.  Each
-    slice of ``rows`` rows is copied centred and feature-major, so that every loop over
-    its rows is contiguous and vectorizes; no NumPy call is made per slice.
+    loglik, the indices of the rows with NaN, which add nothing).  w (n,) or empty for
+    unit weights.  Each slice of ``rows`` rows is copied centred and feature-major, so
+    that every loop over its rows is contiguous and vectorizes; no NumPy call is made
+    per slice.
     """
     n_rows, n_features = X.shape
     n_components = means_c.shape[0]
@@ -162,15 +105,17 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     lp = np.empty((n_components, rows))
     resp = np.empty((n_components, rows), dtype=dtype)
     ws = np.empty(rows)
-    scratch = _row_scratch(rows)
+    scratch = row_scratch(rows)
     weight = 0.0
     loglik = 0.0
-    incomplete = 0
+    passed_over = np.empty(n_rows, dtype=np.int64)
+    n_passed = 0
     start = 0
     while start < n_rows:
-        m, end = _centred_slice(X, start, center, xct, w, ws, rows)  # m complete rows
-        incomplete += end - start - m
-        start = end
+        # m complete rows
+        m, start, n_passed = _centred_slice(
+            X, start, center, xct, w, ws, rows, passed_over, n_passed
+        )
         for k in range(n_components):
             row = squares_sum[k]
             for i in range(m):
@@ -184,7 +129,7 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
                     row[i] += v * v
             for i in range(m):
                 lp[k, i] = const[k] - 0.5 * row[i]
-        part_weight, part_loglik = _responsibilities(lp, m, ws, nk, scratch, resp)
+        part_weight, part_loglik = responsibilities(lp, m, ws, nk, scratch, resp)
         weight += part_weight
         loglik += part_loglik
         for k in range(n_components):
@@ -199,7 +144,7 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
                     squares += v * x[i]
                 sums[k, d] += first
                 second[k, d] += squares
-    return weight, loglik, incomplete
+    return weight, loglik, passed_over[:n_passed]
 
 
 @jit
@@ -247,7 +192,8 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     of L_k) and offsets (K, D) ``L_k^T mc_k``, these three in the compute dtype; const
     (K,); w (n,), or empty for unit weights.  Adds ``sum_i w_i r_ik`` to nk (K,) and
     ``sum_i w_i r_ik xc_i [xc_i, 1]^T`` to moments (K*D, D + 1) (row k*D + d) over the
-    complete rows; returns (weight, loglik, rows with NaN, which add nothing).  The two
+    complete rows; returns (weight, loglik, the indices of the rows with NaN, which add
+    nothing).  The two
     products per slice are BLAS calls (numba's ``np.dot``) without a Python round trip
     between them.
     """
@@ -262,10 +208,11 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     lp = np.empty((n_components, rows))
     part = np.empty((width, n_features + 1), dtype=dtype)
     ws = np.empty(rows)
-    scratch = _row_scratch(rows)
+    scratch = row_scratch(rows)
     weight = 0.0
     loglik = 0.0
-    incomplete = 0
+    passed_over = np.empty(n_rows, dtype=np.int64)
+    n_passed = 0
     start = 0
     while start < n_rows:
         if n_rows - start < rows:  # the last rows: buffers of their width (contiguous)
@@ -274,16 +221,16 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
             yt = np.empty((width, m), dtype=dtype)
             lp = np.empty((n_components, m))
         m = xct.shape[1]
-        kept, end = _centred_slice(X, start, center, xct, w, ws, m)
-        incomplete += end - start - kept
-        start = end
+        kept, start, n_passed = _centred_slice(
+            X, start, center, xct, w, ws, m, passed_over, n_passed
+        )
         if kept < m:  # rows with NaN at the end of X: the columns past the rest add 0
             for d in range(n_features):
                 for i in range(kept, m):
                     xct[d, i] = 0.0
         np.dot(factors, xct[:n_features], yt)
         _full_log_densities(yt, offsets, const, lp)
-        part_weight, part_loglik = _responsibilities(lp, kept, ws, nk, scratch, lp)
+        part_weight, part_loglik = responsibilities(lp, kept, ws, nk, scratch, lp)
         weight += part_weight
         loglik += part_loglik
         for k in range(n_components):
@@ -294,7 +241,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
         for j in range(width):
             for e in range(n_features + 1):
                 moments[j, e] += part[j, e]
-    return weight, loglik, incomplete
+    return weight, loglik, passed_over[:n_passed]
 
 
 def diag_block_moments(X, center, means_c, scales, const, w, compute_dtype=np.float64):
@@ -303,7 +250,8 @@ def diag_block_moments(X, center, means_c, scales, const, w, compute_dtype=np.fl
     scales (K, D) or (K, 1): ``1/sigma``; w (n,), or empty for unit weights;
     ``compute_dtype`` float32 runs the log-densities and each slice's sums in float32 (the
     moments still add up across slices in float64).  Returns
-    ``((weight, loglik, nk (K,), sums (K, D), second (K, D)), rows with NaN)`` with
+    ``((weight, loglik, nk (K,), sums (K, D), second (K, D)), indices of the rows with
+    NaN)`` with
     ``sums = sum_i r_ik xc_i`` and ``second = sum_i r_ik xc_i^2`` (r already weighted)
     over the rows without NaN.
     """
@@ -325,8 +273,8 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     """Moments about ``center`` of a full/tied block (see module docstring).
 
     prec_chol (K, D, D) (tied: the shared factor repeated); w (n,), or empty for unit
-    weights.  Returns ``((weight, loglik, nk (K,), sums (K, D), second (K, D, D)), rows
-    with NaN)``, the moments over the rows without NaN.
+    weights.  Returns ``((weight, loglik, nk (K,), sums (K, D), second (K, D, D)), indices
+    of the rows with NaN)``, the moments over the rows without NaN.
     """
     n_rows, n_features = X.shape
     n_components = len(means_c)
@@ -371,26 +319,16 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
     dtype = np.float32 if family.dtype == "float32" else np.float64
     if covariance_type in ("full", "tied"):
         factors = np.broadcast_to(chol, (n_components, n_features, n_features))
-        complete, n_incomplete = full_block_moments(
+        complete, incomplete = full_block_moments(
             X, center, factors, means_c, const, weights, dtype
         )
     else:
         scales = chol if covariance_type == "diag" else chol[:, None]
-        complete, n_incomplete = diag_block_moments(
-            X, center, means_c, scales, const, weights, dtype
-        )
+        complete, incomplete = diag_block_moments(X, center, means_c, scales, const, weights, dtype)
     parts = [complete]
-    if n_incomplete:
-        incomplete = np.isnan(X).any(axis=1)
+    if len(incomplete):
         factors = gaussian_linalg.dense_factors(chol, covariance_type, n_components, n_features)
-        moments = missing_block_moments(
-            X[incomplete],
-            center,
-            factors,
-            means_c,
-            const,
-            np.ones(n_incomplete) if w is None else weights[incomplete],
-        )
+        moments = missing_block_moments(X, incomplete, center, factors, means_c, const, weights)
         if covariance_type not in ("full", "tied"):
             moments = (*moments[:4], np.diagonal(moments[4], axis1=1, axis2=2))
         parts.insert(0, moments)

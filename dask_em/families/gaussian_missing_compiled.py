@@ -6,12 +6,12 @@ arranged so that the work shared by all rows runs as BLAS products on the rows w
 their missing entries set to the centre, and only what a row's pattern adds runs per
 row, in compiled code, with no (n, K, D) temporary:
 
-* ``xt`` = x - center with missing entries 0; one product ``y = xt @ [L_1 .. L_K]``
-  gives ``u_k = L_k^T v_k = y_k - L_k^T mc_k`` for ``v_k = xt - mc_k`` (mc_k = mu_k -
-  center), whose missing entries are ``-mc_km`` instead of the reference's 0.  That
-  changes nothing below: the Schur complement form (gaussian_missing, eq. 1) is the
-  minimum of ``v^T P v`` over the missing entries, whatever they hold, and its
-  minimizer moves with them (``v_m - P_mm^-1 (P v)_m`` for any ``v_m``).
+* ``xt`` = x - center with missing entries 0; one product of ``[xt, 1]`` with
+  ``[L_1 .. L_K]`` over a row ``-L_k^T mc_k`` gives ``u_k = L_k^T v_k`` for ``v_k = xt -
+  mc_k`` (mc_k = mu_k - center), whose missing entries are ``-mc_km`` instead of the
+  reference's 0.  That changes nothing below: the Schur complement form
+  (gaussian_missing, eq. 1) is the minimum of ``v^T P v`` over the missing entries,
+  whatever they hold, and its minimizer moves with them (``v_m - P_mm^-1 (P v)_m`` for any ``v_m``).
 * ``v^T P v = |u|^2`` and ``b = (P v)_m = (L_k u)_m`` (q x D per row and component);
   one Cholesky of the q x q ``P_mm`` gives ``c = P_mm^-1 b``, ``log |P_mm|`` and
   ``P_mm^-1``; then (gaussian_missing, eqs. 1-3)
@@ -25,8 +25,11 @@ row, in compiled code, with no (n, K, D) temporary:
   ``(r xt)^T [xt, 1]``, as for complete rows) plus, per row, ``r e`` on the missing
   entries, the cross terms ``r xt e^T`` (D x q) and ``r (e e^T + P_mm^-1)`` (q x q).
 
-Rows with nothing observed get no weight (the reference's rule).  Moments come out
-about ``center`` in the form of the moments that
+A block's rows with NaN are those the complete-row kernel passed over (their indices);
+they are visited in the order of their NaN pattern (a radix sort of its bit mask), so
+that each pattern's ``P_mm`` is factored once per run of rows, and the whole block runs
+in one compiled call.  Rows with nothing observed get no weight (the reference's
+rule).  Moments come out about ``center`` in the form of the moments that
 :func:`dask_em.families.gaussian_compiled.full_block_moments` returns, so the complete
 and incomplete rows of a block add up before the family's statistics.
 """
@@ -82,15 +85,15 @@ def _cholesky_inverse(a, inverse, q):
 
 
 @jit_reassociated
-def _missing_slice(xt, missing, y, offsets, factors, precisions, const, w, out, cache):
+def _missing_slice(xt, missing, y, factors, precisions, const, w, out, cache):
     """One slice of rows with NaN; returns (weight, loglik).
 
     xt (m, D + 1): x - center, missing entries 0, last column 1; missing (m, D) bool;
-    y (m, K*D) ``xt @ [L_1 .. L_K]`` (column k*D + e), overwritten with ``r_ik xt_i``
-    (the left factor of the moment product); offsets (K, D) ``L_k^T mc_k``; factors,
-    precisions (K, D, D) ``L_k`` and ``P_k``; const (K,) the complete rows'
-    ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,).  ``out`` holds nk (K,),
-    sums (K, D), cross (K, D, D) and block (K, D, D), added to (module docstring).
+    y (m, K*D) ``u_k`` (column k*D + e), overwritten with ``r_ik xt_i`` (the left
+    factor of the moment product); factors, precisions (K, D, D) ``L_k`` and ``P_k``;
+    const (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,).
+    ``out`` holds nk (K,), sums (K, D), cross (K, D, D) (``sum r e xt^T``, row j a
+    missing feature) and block (K, D, D), added to (module docstring).
     ``cache`` holds the last row's pattern (its missing features, then q; q = -1 for
     none yet), ``P_mm^-1`` (K, D, D) and ``log |P_mm|`` (K,) of that pattern, kept
     across slices: rows sorted by pattern solve each pattern once.
@@ -132,7 +135,7 @@ def _missing_slice(xt, missing, y, offsets, factors, precisions, const, w, out, 
         for k in range(n_components):
             base = k * n_features
             for e in range(n_features):
-                u[e] = y[i, base + e] - offsets[k, e]
+                u[e] = y[i, base + e]
             norm = 0.0
             for e in range(n_features):
                 norm += u[e] * u[e]
@@ -177,8 +180,10 @@ def _missing_slice(xt, missing, y, offsets, factors, precisions, const, w, out, 
                 j = index[t]
                 ej = -c[k, t]
                 sums[k, j] += r * ej
+                re = r * ej
+                target = cross[k, j]  # e x^T, contiguous; second adds it and its transpose
                 for d in range(n_features):
-                    cross[k, d, j] += r * xt[i, d] * ej
+                    target[d] += re * xt[i, d]
                 for t2 in range(q):
                     el = -c[k, t2]
                     block[k, j, index[t2]] += r * (ej * el + inverse[k, t, t2])
@@ -186,23 +191,25 @@ def _missing_slice(xt, missing, y, offsets, factors, precisions, const, w, out, 
 
 
 @jit
-def _pattern_keys(X, keys):
-    """keys[i] = sum over the NaN features d of row i of 2^d (X (n, D), D <= 63)."""
-    n, n_features = X.shape
-    for i in range(n):
+def _pattern_keys(X, rows, keys):
+    """keys[i] = sum over the NaN features d of row ``rows[i]`` of X (n, D) of 2^d (D <= 63)."""
+    n_features = X.shape[1]
+    for i in range(len(rows)):
         key = 0
         for d in range(n_features):
-            if math.isnan(X[i, d]):
+            if math.isnan(X[rows[i], d]):
                 key |= 1 << d
         keys[i] = key
 
 
 @jit
-def _gather_rows(X, order, center, xt, missing):
-    """xt[i, :D] = X[order[i]] - center with NaN as 0, missing[i] its NaN mask."""
+def _gather_rows(X, rows, center, w, xt, missing, ws):
+    """xt[i, :D] = X[rows[i]] - center with NaN as 0, missing[i] its NaN mask, ws[i] its
+    weight (w (n,), or empty for unit weights)."""
     n_features = X.shape[1]
-    for i in range(len(order)):
-        row = order[i]
+    for i in range(len(rows)):
+        row = rows[i]
+        ws[i] = 1.0 if w.shape[0] == 0 else w[row]
         for d in range(n_features):
             value = X[row, d]
             gone = math.isnan(value)
@@ -210,65 +217,106 @@ def _gather_rows(X, order, center, xt, missing):
             xt[i, d] = 0.0 if gone else value - center[d]
 
 
-def pattern_order(X: np.ndarray) -> np.ndarray:
-    """An order of the rows of X (n, D) that puts rows with the same NaN pattern side by
-    side (D <= 63; above, the rows' own order)."""
-    if X.shape[1] > 63:
-        return np.arange(len(X))
-    keys = np.empty(len(X), dtype=np.int64)
-    _pattern_keys(X, keys)
-    return np.argsort(keys)
+def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (indices into X (n, D)) reordered so that rows with the same NaN pattern
+    stand side by side, in their own order within a pattern (D <= 63; above, as given).
 
-
-def missing_block_moments(X, center, prec_chol, means_c, const, w):
-    """Moments about ``center`` of the rows of a block that hold NaN (module docstring).
-
-    X (n, D) with NaN; prec_chol (K, D, D) dense factors ``L_k`` (``P_k = L_k L_k^T``) of
-    every type (diag: ``diag(1/sigma_k)``); const (K,) the complete rows' ``log pi_k +
-    log |P_k|^1/2 - D/2 log 2 pi`` (as :func:`~dask_em.families.gaussian_compiled.block_stats`).
-    Returns ``(weight, loglik, nk (K,), sums (K, D), second (K, D, D))`` (r weighted).
+    A least-significant-digit radix sort of the patterns' bit masks, 16 bits a pass:
+    NumPy sorts 16-bit keys stably by counting, in linear time (30x faster here than
+    a comparison sort of the 64-bit masks).
     """
-    n_rows, n_features = X.shape
-    n_components = len(means_c)
-    width = n_components * n_features
-    factors = np.ascontiguousarray(prec_chol, dtype=np.float64)
-    precisions = factors @ factors.transpose(0, 2, 1)
-    columns = np.ascontiguousarray(factors.transpose(1, 0, 2).reshape(n_features, width))
-    offsets = np.einsum("kd,kde->ke", means_c, factors)
-    # rows of one pattern side by side: each pattern's P_mm is factored once per run
-    order = pattern_order(X)
-    center = np.asarray(center, dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.int64)
+    n_features = X.shape[1]
+    if n_features > 63:
+        return rows
+    keys = np.empty(len(rows), dtype=np.int64)
+    _pattern_keys(X, rows, keys)
+    order = np.arange(len(rows))
+    for shift in range(0, n_features, 16):
+        digit = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+    return rows[order]
+
+
+@jit
+def _missing_block(X, rows, center, columns, factors, precisions, const, w, out, moments):
+    """The rows ``rows`` of X (n, D) (all with NaN, in pattern order) in slices of
+    :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
+
+    columns (D + 1, K*D): ``[L_1 .. L_K]`` over a last row ``-L_k^T mc_k``, so that one
+    BLAS product of ``[xt, 1]`` with it gives ``u_k`` directly; factors, precisions,
+    const, out as :func:`_missing_slice`; w (n,), or empty for unit weights;
+    moments (K*D, D + 1) gets ``sum_i r_ik xt_i [xt_i, 1]^T`` (row k*D + d).
+    """
+    n_features = X.shape[1]
+    n_components = const.shape[0]
+    width = columns.shape[1]
+    rows_per_slice = min(SLICE_ROWS, max(len(rows), 1))
     cache = (
         np.full(n_features + 1, -1, dtype=np.int64),
         np.empty((n_components, n_features, n_features)),
         np.empty(n_components),
     )
-    rows = min(SLICE_ROWS, max(n_rows, 1))
-    xt_buffer = np.ones((rows, n_features + 1))
-    missing_buffer = np.empty((rows, n_features), dtype=np.bool_)
-    y_buffer = np.empty((rows, width))
+    xt_buffer = np.ones((rows_per_slice, n_features + 1))
+    missing_buffer = np.empty((rows_per_slice, n_features), dtype=np.bool_)
+    y_buffer = np.empty((rows_per_slice, width))
+    ws = np.empty(rows_per_slice)
     part = np.empty((width, n_features + 1))
-    moments = np.zeros((width, n_features + 1))
-    nk = np.zeros(n_components)
+    weight = 0.0
+    loglik = 0.0
+    for start in range(0, len(rows), rows_per_slice):
+        stop = min(start + rows_per_slice, len(rows))
+        xt, missing = xt_buffer[: stop - start], missing_buffer[: stop - start]
+        y = y_buffer[: stop - start]
+        _gather_rows(X, rows[start:stop], center, w, xt, missing, ws)
+        np.dot(xt, columns, y)
+        part_weight, part_loglik = _missing_slice(
+            xt, missing, y, factors, precisions, const, ws, out, cache
+        )
+        weight += part_weight
+        loglik += part_loglik
+        np.dot(y.T, xt, part)
+        for j in range(width):
+            for e in range(n_features + 1):
+                moments[j, e] += part[j, e]
+    return weight, loglik
+
+
+def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
+    """Moments about ``center`` of the rows ``rows`` of a block, which hold NaN (module
+    docstring).
+
+    X (n, D); rows (r,) int: the indices of its rows with NaN; prec_chol (K, D, D) dense
+    factors ``L_k`` (``P_k = L_k L_k^T``) of every type (diag: ``diag(1/sigma_k)``); const
+    (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi`` (as
+    :func:`~dask_em.families.gaussian_compiled.block_stats`); w (n,) the block's weights,
+    or empty for unit weights.  Returns ``(weight, loglik, nk (K,), sums (K, D), second
+    (K, D, D))`` (r weighted).
+    """
+    n_features = X.shape[1]
+    n_components = len(means_c)
+    width = n_components * n_features
+    factors = np.ascontiguousarray(prec_chol, dtype=np.float64)
+    precisions = factors @ factors.transpose(0, 2, 1)
+    offsets = np.einsum("kd,kde->ke", means_c, factors)
+    columns = np.empty((n_features + 1, width))
+    columns[:n_features] = factors.transpose(1, 0, 2).reshape(n_features, width)
+    columns[n_features] = -offsets.reshape(width)
     out = (
-        nk,
+        np.zeros(n_components),
         np.zeros((n_components, n_features)),
         np.zeros((n_components, n_features, n_features)),
         np.zeros((n_components, n_features, n_features)),
     )
-    weight = loglik = 0.0
-    for start in range(0, n_rows, rows):
-        stop = min(start + rows, n_rows)
-        xt, missing = xt_buffer[: stop - start], missing_buffer[: stop - start]
-        _gather_rows(X, order[start:stop], center, xt, missing)
-        y = np.matmul(xt[:, :n_features], columns, out=y_buffer[: stop - start])
-        args = (offsets, factors, precisions, const, w[order[start:stop]], out, cache)
-        part_weight, part_loglik = _missing_slice(xt, missing, y, *args)
-        weight += part_weight
-        loglik += part_loglik
-        moments += np.matmul(y.T, xt, out=part)
+    moments = np.zeros((width, n_features + 1))
+    # rows of one pattern side by side: each pattern's P_mm is factored once per run
+    ordered = pattern_order(X, rows)
+    center = np.asarray(center, dtype=np.float64)
+    weight, loglik = _missing_block(
+        X, ordered, center, columns, factors, precisions, const, w, out, moments
+    )
     moments = moments.reshape(n_components, n_features, n_features + 1)
-    _, extra_sums, cross, block = out
+    nk, extra_sums, cross, block = out
     sums = moments[:, :, n_features] + extra_sums
     second = moments[:, :, :n_features] + cross + cross.transpose(0, 2, 1) + block
     return weight, loglik, nk, sums, second

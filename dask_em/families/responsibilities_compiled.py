@@ -1,0 +1,79 @@
+"""Bayes' rule in log space over a slice of rows, compiled, for the Gaussian kernels.
+
+The complete-row kernels (:mod:`dask_em.families.gaussian_compiled`) and the
+missing-value kernel (:mod:`dask_em.families.gaussian_missing_compiled`) both hold a
+slice's log-densities component-major, (K, rows), so that each step below is a loop
+over contiguous rows that the compiler vectorizes, the exp included
+(:mod:`dask_em.families.vector_exp`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dask_em.families.jit import jit, jit_reassociated
+from dask_em.families.vector_exp import exp_chunk
+
+
+@jit
+def row_scratch(rows):
+    """The scratch of :func:`responsibilities` for slices of up to ``rows`` rows,
+    made once per block: (peak, total) float64 and the vectorized exp's two int64."""
+    return (
+        np.empty(rows),
+        np.empty(rows),
+        np.empty(rows, dtype=np.int64),
+        np.empty(rows, dtype=np.int64),
+    )
+
+
+@jit_reassociated
+def responsibilities(lp, m, w, nk, scratch, out):
+    """Bayes' rule in log space, column by column; returns (weight, loglik).
+
+    lp (K, >= m), its first m columns: ``log pi_k + log N(x_i | k)``, used as scratch;
+    out (K, >= m) of any float dtype (lp itself, or a buffer of the compute dtype): its
+    first m columns get ``w_i r_ik`` (whole C-contiguous buffers, so every row is
+    contiguous); w (>= m,); scratch from :func:`row_scratch`.  Adds ``sum_i w_i r_ik``
+    (in float64) to nk (K,).  The shift by the per-row maximum keeps exp in range
+    (log-sum-exp); a row where every component has density 0 keeps peak 0.  The exp is
+    :func:`~dask_em.families.vector_exp.exp_chunk` (libm's is a scalar call); the sums
+    are reassociated (a few ulps).
+    """
+    n_components = lp.shape[0]
+    peak, total, high_bits, low_bits = scratch
+    for i in range(m):
+        peak[i] = -np.inf
+        total[i] = 0.0
+    for k in range(n_components):
+        row = lp[k]
+        for i in range(m):
+            peak[i] = max(peak[i], row[i])
+    for i in range(m):
+        if not np.isfinite(peak[i]):
+            peak[i] = 0.0
+    for k in range(n_components):
+        row = lp[k]
+        for i in range(m):
+            row[i] -= peak[i]
+        exp_chunk(row[:m], high_bits, low_bits)
+        for i in range(m):
+            total[i] += row[i]
+    weight = 0.0
+    loglik = 0.0
+    for i in range(m):
+        weight += w[i]
+        loglik += w[i] * (math.log(total[i]) + peak[i])
+        total[i] = w[i] / total[i]
+    for k in range(n_components):
+        row = lp[k]
+        target = out[k]
+        part = 0.0
+        for i in range(m):
+            value = row[i] * total[i]
+            target[i] = value
+            part += value
+        nk[k] += part
+    return weight, loglik
