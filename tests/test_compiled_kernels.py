@@ -20,6 +20,7 @@ from dask_em.families import discrete_compiled, gaussian_compiled
 from dask_em.families.bernoulli import BernoulliFamily
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
+from dask_em.families.gaussian_missing_compiled import RUN_ROWS
 from dask_em.families.poisson import PoissonFamily
 from tests.helpers import random_gaussian_params
 
@@ -78,6 +79,27 @@ def test_gaussian_compiled_many_missing_values_match_reference(covariance_type):
     X[gone] = np.nan
     n_missing = np.isnan(X).sum(axis=1)
     assert {0, 1, 5, 8, 9} <= set(n_missing.tolist())
+    w = rng.random(len(X)) * 2.0
+    assert_same_stats(
+        family.block_stats(params, X, w),
+        family.reference_block_stats(params, X, w),
+        ("weight", "loglik", "nk", "means", "scatter"),
+    )
+
+
+@pytest.mark.parametrize("n_features", [17, 70])
+def test_gaussian_compiled_missing_values_in_runs_of_every_length(n_features):
+    # rows with NaN are taken in runs of one pattern: long runs loop over their rows,
+    # short ones (fewer than RUN_ROWS) row by row, in any order of the two within a slice
+    # and across slice ends; past 63 features the rows are not sorted by pattern at all
+    rng = np.random.default_rng(n_features)
+    family = GaussianFamily(covariance_type="full")
+    params = random_gaussian_params(family, 3, n_features, rng)
+    X = rng.normal(size=(1500, n_features)) + params["means"][rng.integers(0, 3, 1500)]
+    run_lengths = rng.choice([1, 2, RUN_ROWS - 1, RUN_ROWS, 40, 300], size=25)
+    patterns = rng.random((len(run_lengths), n_features)) < 0.15
+    labels = np.repeat(np.arange(len(run_lengths)), run_lengths)[: len(X)]
+    X[: len(labels)][patterns[labels]] = np.nan
     w = rng.random(len(X)) * 2.0
     assert_same_stats(
         family.block_stats(params, X, w),

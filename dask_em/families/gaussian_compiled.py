@@ -38,7 +38,11 @@ from dask_em.families import gaussian_linalg
 from dask_em.families.gaussian_kernels import centred_stats
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
-from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
+from dask_em.families.responsibilities_compiled import (
+    responsibilities,
+    row_scratch,
+    weighted_rows,
+)
 
 #: Rows per slice: a slice's buffers are feature-major ((D, rows), (K, rows), and for
 #: full/tied (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
@@ -171,20 +175,6 @@ def _full_log_densities(yt, offsets, const, lp):
 
 
 @jit
-def _left_factor(lp, xct, yt):
-    """yt[k*D + d, i] = lp[k, i] xct[d, i]: the weighted rows of the moment product."""
-    n_components, m = lp.shape
-    n_features = xct.shape[0]
-    for k in range(n_components):
-        r = lp[k]
-        for d in range(n_features):
-            y = yt[k * n_features + d]
-            x = xct[d]
-            for i in range(m):
-                y[i] = r[i] * x[i]
-
-
-@jit
 def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     """The whole full/tied E-step and moments of a block, in one compiled call.
 
@@ -236,7 +226,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
         for k in range(n_components):
             for i in range(kept, m):
                 lp[k, i] = 0.0  # not a responsibility: a log-density, maybe -inf
-        _left_factor(lp, xct[:n_features], yt)
+        weighted_rows(lp, xct, yt, m)
         np.dot(yt, xct.T, part)
         for j in range(width):
             for e in range(n_features + 1):

@@ -40,12 +40,28 @@ import math
 
 import numpy as np
 
-from dask_em.families.jit import jit, jit_reassociated
-
-LOG_2PI = math.log(2.0 * math.pi)
+from dask_em.families.gaussian_missing_runs import (
+    pattern_inverses,
+    row_log_densities,
+    row_moments,
+    row_responsibilities,
+    run_log_densities,
+    run_moments,
+)
+from dask_em.families.jit import jit
+from dask_em.families.responsibilities_compiled import (
+    responsibilities,
+    row_scratch,
+    weighted_rows,
+)
 
 #: Rows per slice: the (rows, K*D) buffer of 256 x 128 doubles is 256 KiB.
 SLICE_ROWS = 256
+
+#: Runs of rows of one NaN pattern at least this long take the loops over their rows
+#: (:func:`~dask_em.families.gaussian_missing_runs.run_log_densities`); shorter ones
+#: go row by row.
+RUN_ROWS = 8
 
 #: Responsibilities below this are taken as 0, as the reference does (their products
 #: with the data would be subnormal numbers, each some hundred times a normal multiply).
@@ -53,140 +69,99 @@ RESPONSIBILITY_FLOOR = 1e-200
 
 
 @jit
-def _cholesky_inverse(a, inverse, q):
-    """``inverse[:q, :q] = a^-1`` for the SPD ``a[:q, :q]`` (its Cholesky factor
-    overwrites ``a``, lower); returns ``log det a``."""
-    log_det = 0.0
-    for j in range(q):
-        s = a[j, j]
-        for t in range(j):
-            s -= a[j, t] * a[j, t]
-        pivot = math.sqrt(s)
-        a[j, j] = pivot
-        log_det += 2.0 * math.log(pivot)
-        for i in range(j + 1, q):
-            s = a[i, j]
-            for t in range(j):
-                s -= a[i, t] * a[j, t]
-            a[i, j] = s / pivot
-    for col in range(q):  # column col of a^-1: L z = e_col, then L^T x = z
-        z = inverse[col]
-        for i in range(q):
-            s = 1.0 if i == col else 0.0
-            for t in range(i):
-                s -= a[i, t] * z[t]
-            z[i] = s / a[i, i]
-        for i in range(q - 1, -1, -1):
-            s = z[i]
-            for t in range(i + 1, q):
-                s -= a[t, i] * z[t]
-            z[i] = s / a[i, i]
-    return log_det
+def _pattern(missing, i, index):
+    """q, with ``index[:q]`` the missing features of row i of ``missing`` (m, D) bool."""
+    q = 0
+    for d in range(missing.shape[1]):
+        if missing[i, d]:
+            index[q] = d
+            q += 1
+    return q
 
 
-@jit_reassociated
-def _missing_slice(xt, missing, y, factors, precisions, const, w, out, cache):
-    """One slice of rows with NaN; returns (weight, loglik).
+@jit
+def _run_end(missing, start, m):
+    """The first row after ``start`` (< m) whose NaN pattern differs from its own."""
+    n_features = missing.shape[1]
+    end = start + 1
+    while end < m:
+        for d in range(n_features):
+            if missing[end, d] != missing[start, d]:
+                return end
+        end += 1
+    return m
 
-    xt (m, D + 1): x - center, missing entries 0, last column 1; missing (m, D) bool;
-    y (m, K*D) ``u_k`` (column k*D + e), overwritten with ``r_ik xt_i`` (the left
-    factor of the moment product); factors, precisions (K, D, D) ``L_k`` and ``P_k``;
-    const (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,).
-    ``out`` holds nk (K,), sums (K, D), cross (K, D, D) (``sum r e xt^T``, row j a
-    missing feature) and block (K, D, D), added to (module docstring).
-    ``cache`` holds the last row's pattern (its missing features, then q; q = -1 for
-    none yet), ``P_mm^-1`` (K, D, D) and ``log |P_mm|`` (K,) of that pattern, kept
-    across slices: rows sorted by pattern solve each pattern once.
+
+@jit
+def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, buffers):
+    """One slice of m rows with NaN, sorted by pattern; returns (weight, loglik).
+
+    xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1; missing
+    (m, D) bool; yt (K*D, m) ``u_k`` (rows k*D + e), overwritten with ``r_ik xt_i`` (the
+    left factor of the moment product); factors, precisions (K, D, D) ``L_k`` and
+    ``P_k``; const (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``;
+    w (m,), overwritten (0 for a row with nothing observed: it gets no weight).
+    ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
+    ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
+    across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m), a (D + 1, D),
+    index (D,), held (K, m) (the short runs' ``w r``), the scratch of
+    :func:`~dask_em.families.responsibilities_compiled.responsibilities`.
+
+    Per run of one pattern: the log-densities (P_mm factored once); then Bayes' rule
+    over the whole slice; then per run the pattern's terms of the moments (P_mm
+    factored again).  A run shorter than :data:`RUN_ROWS` rows goes through all three
+    row by row at once, so that its pattern is factored once.
     """
-    nk, sums, cross, block = out
-    pattern, inverse, log_dets = cache
+    lp, coef, work, a, index, held, scratch = buffers
     m, n_features = missing.shape
     n_components = const.shape[0]
-    index = np.empty(n_features, dtype=np.int64)
-    u = np.empty(n_features)
-    b = np.empty(n_features)
-    a = np.empty((n_features, n_features))
-    c = np.empty((n_components, n_features))
-    lp = np.empty(n_components)
     weight = 0.0
     loglik = 0.0
-    for i in range(m):
-        q = 0
-        for d in range(n_features):
-            if missing[i, d]:
-                index[q] = d
-                q += 1
-        if q == n_features:  # nothing observed: no weight
-            for j in range(n_components * n_features):
-                y[i, j] = 0.0
-            continue
-        same = pattern[n_features] == q
-        for t in range(q):
-            same = same and pattern[t] == index[t]
-        if not same:
-            for k in range(n_components):
-                for t in range(q):
-                    for t2 in range(q):
-                        a[t, t2] = precisions[k, index[t], index[t2]]
-                log_dets[k] = _cholesky_inverse(a, inverse[k], q)
-            for t in range(q):
-                pattern[t] = index[t]
-            pattern[n_features] = q
-        for k in range(n_components):
-            base = k * n_features
-            for e in range(n_features):
-                u[e] = y[i, base + e]
-            norm = 0.0
-            for e in range(n_features):
-                norm += u[e] * u[e]
-            for t in range(q):
-                j = index[t]
-                s = 0.0
-                for e in range(n_features):
-                    s += factors[k, j, e] * u[e]
-                b[t] = s
-            for t in range(q):
-                s = 0.0
-                for t2 in range(q):
-                    s += inverse[k, t, t2] * b[t2]
-                c[k, t] = s
-            quad = 0.0
-            for t in range(q):
-                quad += b[t] * c[k, t]
-            lp[k] = const[k] + 0.5 * q * LOG_2PI - 0.5 * log_dets[k]
-            lp[k] -= 0.5 * (norm - quad)
-        peak = -np.inf
-        for k in range(n_components):
-            peak = max(peak, lp[k])
-        if not np.isfinite(peak):
-            peak = 0.0
-        total = 0.0
-        for k in range(n_components):
-            lp[k] = math.exp(lp[k] - peak)
-            total += lp[k]
-        weight += w[i]
-        loglik += w[i] * (math.log(total) + peak)
-        for k in range(n_components):
-            r = w[i] * (lp[k] / total)
-            if r < RESPONSIBILITY_FLOOR:
-                r = 0.0
-            nk[k] += r
-            base = k * n_features
-            for d in range(n_features):
-                y[i, base + d] = r * xt[i, d]
-            if r == 0.0:
-                continue
-            for t in range(q):
-                j = index[t]
-                ej = -c[k, t]
-                sums[k, j] += r * ej
-                re = r * ej
-                target = cross[k, j]  # e x^T, contiguous; second adds it and its transpose
-                for d in range(n_features):
-                    target[d] += re * xt[i, d]
-                for t2 in range(q):
-                    el = -c[k, t2]
-                    block[k, j, index[t2]] += r * (ej * el + inverse[k, t, t2])
+    start = 0
+    while start < m:
+        end = _run_end(missing, start, m)
+        q = _pattern(missing, start, index)
+        if q < n_features:
+            pattern_inverses(precisions, index, q, cache, a)
+        if q < n_features and end - start >= RUN_ROWS:
+            run_log_densities(yt, factors, cache, const, index, q, start, end, lp, coef, work)
+        elif q < n_features:  # a short run: each row's whole E-step now, P_mm^-1 at hand
+            for i in range(start, end):
+                row_log_densities(yt, factors, cache, const, index, q, i, lp, coef, a[0], work[0])
+                row_weight, row_loglik = row_responsibilities(
+                    lp, i, w[i], out[0], held, RESPONSIBILITY_FLOOR
+                )
+                weight += row_weight
+                loglik += row_loglik
+                row_moments(held, xct, coef, cache, index, q, i, out)
+        if q == n_features or end - start < RUN_ROWS:  # out of the Bayes' rule below
+            for i in range(start, end):
+                w[i] = 0.0
+                for k in range(n_components):
+                    lp[k, i] = 0.0
+                    if q == n_features:
+                        held[k, i] = 0.0  # nothing observed: no weight
+        start = end
+    part_weight, part_loglik = responsibilities(lp, m, w, out[0], scratch, lp)
+    weight += part_weight
+    loglik += part_loglik
+    for k in range(n_components):
+        for i in range(m):
+            if lp[k, i] < RESPONSIBILITY_FLOOR:
+                lp[k, i] = 0.0
+    start = 0
+    while start < m:
+        end = _run_end(missing, start, m)
+        q = _pattern(missing, start, index)
+        if q < n_features and end - start >= RUN_ROWS:
+            pattern_inverses(precisions, index, q, cache, a)
+            run_moments(lp, xct, coef, cache, index, q, start, end, out, work[0])
+        else:  # done above: their responsibilities go into the moment product
+            for i in range(start, end):
+                for k in range(n_components):
+                    lp[k, i] = held[k, i]
+        start = end
+    weighted_rows(lp, xct, yt, m)
     return weight, loglik
 
 
@@ -203,9 +178,9 @@ def _pattern_keys(X, rows, keys):
 
 
 @jit
-def _gather_rows(X, rows, center, w, xt, missing, ws):
-    """xt[i, :D] = X[rows[i]] - center with NaN as 0, missing[i] its NaN mask, ws[i] its
-    weight (w (n,), or empty for unit weights)."""
+def _gather_rows(X, rows, center, w, xct, missing, ws):
+    """xct[:D, i] = X[rows[i]] - center with NaN as 0 (feature-major), missing[i] its NaN
+    mask, ws[i] its weight (w (n,), or empty for unit weights)."""
     n_features = X.shape[1]
     for i in range(len(rows)):
         row = rows[i]
@@ -214,7 +189,7 @@ def _gather_rows(X, rows, center, w, xt, missing, ws):
             value = X[row, d]
             gone = math.isnan(value)
             missing[i, d] = gone
-            xt[i, d] = 0.0 if gone else value - center[d]
+            xct[d, i] = 0.0 if gone else value - center[d]
 
 
 def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -239,43 +214,53 @@ def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _missing_block(X, rows, center, columns, factors, precisions, const, w, out, moments):
+def _missing_block(X, rows, center, factors_t, factors, precisions, const, w, out, moments):
     """The rows ``rows`` of X (n, D) (all with NaN, in pattern order) in slices of
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
 
-    columns (D + 1, K*D): ``[L_1 .. L_K]`` over a last row ``-L_k^T mc_k``, so that one
-    BLAS product of ``[xt, 1]`` with it gives ``u_k`` directly; factors, precisions,
-    const, out as :func:`_missing_slice`; w (n,), or empty for unit weights;
-    moments (K*D, D + 1) gets ``sum_i r_ik xt_i [xt_i, 1]^T`` (row k*D + d).
+    factors_t (K*D, D + 1): row k*D + e is column e of ``L_k`` followed by
+    ``-(L_k^T mc_k)_e``, so that one BLAS product with ``[xt, 1]^T`` gives ``u_k``;
+    factors, precisions, const, out as :func:`_missing_slice`; w (n,), or empty for unit
+    weights; moments (K*D, D + 1) gets ``sum_i r_ik xt_i [xt_i, 1]^T`` (row k*D + d).
     """
     n_features = X.shape[1]
     n_components = const.shape[0]
-    width = columns.shape[1]
-    rows_per_slice = min(SLICE_ROWS, max(len(rows), 1))
+    width = factors_t.shape[0]
+    m = min(SLICE_ROWS, max(len(rows), 1))
     cache = (
         np.full(n_features + 1, -1, dtype=np.int64),
         np.empty((n_components, n_features, n_features)),
         np.empty(n_components),
     )
-    xt_buffer = np.ones((rows_per_slice, n_features + 1))
-    missing_buffer = np.empty((rows_per_slice, n_features), dtype=np.bool_)
-    y_buffer = np.empty((rows_per_slice, width))
-    ws = np.empty(rows_per_slice)
+    buffers = (
+        np.empty((n_components, m)),
+        np.empty((n_components, n_features, m)),
+        np.empty((n_features + 1, m)),
+        np.empty((n_features + 1, n_features)),
+        np.empty(n_features, dtype=np.int64),
+        np.empty((n_components, m)),
+        row_scratch(m),
+    )
+    xct = np.ones((n_features + 1, m))
+    yt = np.empty((width, m))
+    missing = np.empty((m, n_features), dtype=np.bool_)
+    ws = np.empty(m)
     part = np.empty((width, n_features + 1))
     weight = 0.0
     loglik = 0.0
-    for start in range(0, len(rows), rows_per_slice):
-        stop = min(start + rows_per_slice, len(rows))
-        xt, missing = xt_buffer[: stop - start], missing_buffer[: stop - start]
-        y = y_buffer[: stop - start]
-        _gather_rows(X, rows[start:stop], center, w, xt, missing, ws)
-        np.dot(xt, columns, y)
+    for start in range(0, len(rows), m):
+        if len(rows) - start < m:  # the last rows: buffers of their width (contiguous)
+            m = len(rows) - start
+            xct = np.ones((n_features + 1, m))
+            yt = np.empty((width, m))
+        _gather_rows(X, rows[start : start + m], center, w, xct, missing, ws)
+        np.dot(factors_t, xct, yt)
         part_weight, part_loglik = _missing_slice(
-            xt, missing, y, factors, precisions, const, ws, out, cache
+            xct, missing[:m], yt, factors, precisions, const, ws, out, cache, buffers
         )
         weight += part_weight
         loglik += part_loglik
-        np.dot(y.T, xt, part)
+        np.dot(yt, xct.T, part)
         for j in range(width):
             for e in range(n_features + 1):
                 moments[j, e] += part[j, e]
@@ -299,9 +284,9 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     factors = np.ascontiguousarray(prec_chol, dtype=np.float64)
     precisions = factors @ factors.transpose(0, 2, 1)
     offsets = np.einsum("kd,kde->ke", means_c, factors)
-    columns = np.empty((n_features + 1, width))
-    columns[:n_features] = factors.transpose(1, 0, 2).reshape(n_features, width)
-    columns[n_features] = -offsets.reshape(width)
+    factors_t = np.empty((width, n_features + 1))  # row k*D + e: column e of L_k, then
+    factors_t[:, :n_features] = factors.transpose(0, 2, 1).reshape(width, n_features)
+    factors_t[:, n_features] = -offsets.reshape(width)  # -(L_k^T mc_k)_e
     out = (
         np.zeros(n_components),
         np.zeros((n_components, n_features)),
@@ -313,7 +298,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     ordered = pattern_order(X, rows)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, ordered, center, columns, factors, precisions, const, w, out, moments
+        X, ordered, center, factors_t, factors, precisions, const, w, out, moments
     )
     moments = moments.reshape(n_components, n_features, n_features + 1)
     nk, extra_sums, cross, block = out
