@@ -41,6 +41,7 @@ import math
 import numpy as np
 
 from dask_em.families.gaussian_missing_runs import (
+    inverse_scratch,
     pattern_inverses,
     row_log_densities,
     row_moments,
@@ -103,16 +104,17 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     w (m,), overwritten (0 for a row with nothing observed: it gets no weight).
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
-    across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m), a (D + 1, D),
-    index (D,), held (K, m) (the short runs' ``w r``), the scratch of
-    :func:`~dask_em.families.responsibilities_compiled.responsibilities`.
+    across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m),
+    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,), index (D,),
+    held (K, m) (the short runs' ``w r``) and
+    :func:`~dask_em.families.responsibilities_compiled.row_scratch`.
 
     Per run of one pattern: the log-densities (P_mm factored once); then Bayes' rule
     over the whole slice; then per run the pattern's terms of the moments (P_mm
     factored again).  A run shorter than :data:`RUN_ROWS` rows goes through all three
     row by row at once, so that its pattern is factored once.
     """
-    lp, coef, work, a, index, held, scratch = buffers
+    lp, coef, work, inverting, u, index, held, scratch = buffers
     m, n_features = missing.shape
     n_components = const.shape[0]
     weight = 0.0
@@ -122,12 +124,12 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
         end = _run_end(missing, start, m)
         q = _pattern(missing, start, index)
         if q < n_features:
-            pattern_inverses(precisions, index, q, cache, a)
+            pattern_inverses(precisions, index, q, cache, inverting)
         if q < n_features and end - start >= RUN_ROWS:
             run_log_densities(yt, factors, cache, const, index, q, start, end, lp, coef, work)
         elif q < n_features:  # a short run: each row's whole E-step now, P_mm^-1 at hand
             for i in range(start, end):
-                row_log_densities(yt, factors, cache, const, index, q, i, lp, coef, a[0], work[0])
+                row_log_densities(yt, factors, cache, const, index, q, i, lp, coef, u, work[0])
                 row_weight, row_loglik = row_responsibilities(
                     lp, i, w[i], out[0], held, RESPONSIBILITY_FLOOR
                 )
@@ -154,7 +156,7 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
         end = _run_end(missing, start, m)
         q = _pattern(missing, start, index)
         if q < n_features and end - start >= RUN_ROWS:
-            pattern_inverses(precisions, index, q, cache, a)
+            pattern_inverses(precisions, index, q, cache, inverting)
             run_moments(lp, xct, coef, cache, index, q, start, end, out, work[0])
         else:  # done above: their responsibilities go into the moment product
             for i in range(start, end):
@@ -214,14 +216,17 @@ def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _missing_block(X, rows, center, factors_t, factors, precisions, const, w, out, moments):
+def _missing_block(
+    X, rows, center, factors_t, factors, precisions, const, w, out, moments, inverting
+):
     """The rows ``rows`` of X (n, D) (all with NaN, in pattern order) in slices of
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
 
     factors_t (K*D, D + 1): row k*D + e is column e of ``L_k`` followed by
     ``-(L_k^T mc_k)_e``, so that one BLAS product with ``[xt, 1]^T`` gives ``u_k``;
     factors, precisions, const, out as :func:`_missing_slice`; w (n,), or empty for unit
-    weights; moments (K*D, D + 1) gets ``sum_i r_ik xt_i [xt_i, 1]^T`` (row k*D + d).
+    weights; moments (K*D, D + 1) gets ``sum_i r_ik xt_i [xt_i, 1]^T`` (row k*D + d);
+    inverting: :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`.
     """
     n_features = X.shape[1]
     n_components = const.shape[0]
@@ -236,7 +241,8 @@ def _missing_block(X, rows, center, factors_t, factors, precisions, const, w, ou
         np.empty((n_components, m)),
         np.empty((n_components, n_features, m)),
         np.empty((n_features + 1, m)),
-        np.empty((n_features + 1, n_features)),
+        inverting,
+        np.empty(n_features),
         np.empty(n_features, dtype=np.int64),
         np.empty((n_components, m)),
         row_scratch(m),
@@ -296,9 +302,10 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     moments = np.zeros((width, n_features + 1))
     # rows of one pattern side by side: each pattern's P_mm is factored once per run
     ordered = pattern_order(X, rows)
+    inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, ordered, center, factors_t, factors, precisions, const, w, out, moments
+        X, ordered, center, factors_t, factors, precisions, const, w, out, moments, inverting
     )
     moments = moments.reshape(n_components, n_features, n_features + 1)
     nk, extra_sums, cross, block = out

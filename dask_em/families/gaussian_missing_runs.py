@@ -23,51 +23,85 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 @jit
-def cholesky_inverse(a, inverse, q):
-    """``inverse[:q, :q] = a^-1`` for the SPD ``a[:q, :q]`` (its Cholesky factor
-    overwrites ``a``, lower; a has more than q rows, its last one is scratch); returns
-    ``log det a``.  One division per pivot (its reciprocal multiplies) and one log per
-    1e200 of the determinant's range: both cost more than the rest for the small q of
-    most patterns."""
-    reciprocal = a[a.shape[0] - 1]
-    log_det = 0.0
-    det = 1.0
+def cholesky_inverses(a, q, inverse, log_dets, scratch):
+    """``inverse[k, :q, :q] = a_k^-1`` and ``log_dets[k] = log det a_k`` for the SPD
+    ``a_k = a[:q, :q, k]`` of every k (a (>= q, >= q, K); its Cholesky factors overwrite
+    it, lower).  The K factorizations run in lockstep, the component innermost, so each
+    step is one short loop the compiler vectorizes instead of K dependent scalar chains.
+    One division per pivot (its reciprocal multiplies) and one log per 1e200 of a
+    determinant's range.  scratch: (reciprocal (>= q, K), z (>= q, K), s (K,), det (K,)).
+    """
+    reciprocal, z, s, det = scratch
+    n_components = a.shape[2]
+    for k in range(n_components):
+        log_dets[k] = 0.0
+        det[k] = 1.0
     for j in range(q):
-        s = a[j, j]
+        for k in range(n_components):
+            s[k] = a[j, j, k]
         for t in range(j):
-            s -= a[j, t] * a[j, t]
-        det *= s  # det a = prod of the squared pivots
-        if det > 1e200 or det < 1e-200:
-            log_det += math.log(det)
-            det = 1.0
-        pivot = math.sqrt(s)
-        a[j, j] = pivot
-        reciprocal[j] = 1.0 / pivot
+            for k in range(n_components):
+                s[k] -= a[j, t, k] * a[j, t, k]
+        for k in range(n_components):
+            det[k] *= s[k]  # det a = prod of the squared pivots
+            pivot = math.sqrt(s[k])
+            a[j, j, k] = pivot
+            reciprocal[j, k] = 1.0 / pivot
+        for k in range(n_components):
+            if det[k] > 1e200 or det[k] < 1e-200:
+                log_dets[k] += math.log(det[k])
+                det[k] = 1.0
         for i in range(j + 1, q):
-            s = a[i, j]
+            for k in range(n_components):
+                s[k] = a[i, j, k]
             for t in range(j):
-                s -= a[i, t] * a[j, t]
-            a[i, j] = s * reciprocal[j]
+                for k in range(n_components):
+                    s[k] -= a[i, t, k] * a[j, t, k]
+            for k in range(n_components):
+                a[i, j, k] = s[k] * reciprocal[j, k]
+    for k in range(n_components):
+        log_dets[k] += math.log(det[k])
     for col in range(q):  # column col of a^-1: L z = e_col, then L^T x = z
-        z = inverse[col]
         for i in range(q):
-            s = 1.0 if i == col else 0.0
+            for k in range(n_components):
+                s[k] = 1.0 if i == col else 0.0
             for t in range(i):
-                s -= a[i, t] * z[t]
-            z[i] = s * reciprocal[i]
+                for k in range(n_components):
+                    s[k] -= a[i, t, k] * z[t, k]
+            for k in range(n_components):
+                z[i, k] = s[k] * reciprocal[i, k]
         for i in range(q - 1, -1, -1):
-            s = z[i]
+            for k in range(n_components):
+                s[k] = z[i, k]
             for t in range(i + 1, q):
-                s -= a[t, i] * z[t]
-            z[i] = s * reciprocal[i]
-    return log_det + math.log(det)
+                for k in range(n_components):
+                    s[k] -= a[t, i, k] * z[t, k]
+            for k in range(n_components):
+                z[i, k] = s[k] * reciprocal[i, k]
+        for k in range(n_components):
+            for i in range(q):
+                inverse[k, col, i] = z[i, k]
+
+
+def inverse_scratch(n_features: int, n_components: int) -> tuple:
+    """The scratch of :func:`pattern_inverses`: a (D, D, K) and that of
+    :func:`cholesky_inverses`."""
+    return (
+        np.empty((n_features, n_features, n_components)),
+        (
+            np.empty((n_features, n_components)),
+            np.empty((n_features, n_components)),
+            np.empty(n_components),
+            np.empty(n_components),
+        ),
+    )
 
 
 @jit
-def pattern_inverses(precisions, index, q, cache, a):
+def pattern_inverses(precisions, index, q, cache, scratch):
     """The cache (pattern, ``P_mm^-1`` (K, D, D), ``log |P_mm|`` (K,)) made that of the
     pattern ``index[:q]``, unless it holds it already (rows sorted by pattern factor
-    each pattern once per run).  a (D + 1, D): scratch."""
+    each pattern once per run).  scratch: :func:`inverse_scratch`."""
     pattern, inverse, log_dets = cache
     n_features = pattern.shape[0] - 1
     same = pattern[n_features] == q
@@ -75,11 +109,12 @@ def pattern_inverses(precisions, index, q, cache, a):
         same = same and pattern[t] == index[t]
     if same:
         return
-    for k in range(precisions.shape[0]):
-        for t in range(q):
-            for t2 in range(q):
-                a[t, t2] = precisions[k, index[t], index[t2]]
-        log_dets[k] = cholesky_inverse(a, inverse[k], q)
+    a, chol_scratch = scratch
+    for t in range(q):
+        for t2 in range(q):
+            for k in range(precisions.shape[0]):
+                a[t, t2, k] = precisions[k, index[t], index[t2]]
+    cholesky_inverses(a, q, inverse, log_dets, chol_scratch)
     for t in range(q):
         pattern[t] = index[t]
     pattern[n_features] = q

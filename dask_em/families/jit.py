@@ -55,3 +55,11 @@ def jit_reassociated(function: F) -> F:
         return function
     flags = {"reassoc", "contract"}
     return numba.njit(cache=True, nogil=True, fastmath=flags)(function)
+
+
+def jit_fused(function: F) -> F:
+    """:func:`jit`, and ``a * b + c`` may be one fused multiply-add (``contract`` only:
+    one rounding instead of two, the order of operations kept)."""
+    if not HAVE_NUMBA:
+        return function
+    return numba.njit(cache=True, nogil=True, fastmath={"contract"})(function)
