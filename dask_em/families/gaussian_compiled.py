@@ -56,10 +56,11 @@ COMPILED = HAVE_NUMBA
 
 
 @jit
-def _centred_slice(X, start, center, xct, w, ws, capacity, passed_over, n_passed):
+def _centred_slice(X, start, center, xct, xc, w, ws, capacity, passed_over, n_passed):
     """The next ``capacity`` complete rows of X (n, D) from row ``start`` on (fewer at
     the end of X), copied centred and feature-major to the first columns of xct (D or
-    more, >= capacity), their weights to ws (>= capacity,) (w (n,), or empty for unit
+    more, >= capacity), and row-major to the first rows of xc (>= capacity, >= D) unless
+    it is empty, their weights to ws (>= capacity,) (w (n,), or empty for unit
     weights).  Returns ``(rows copied, the row after the last one read, n_passed)``.
 
     A row with NaN (``isnan(X).any(axis=1)``: center is finite) is passed over, for the
@@ -68,6 +69,7 @@ def _centred_slice(X, start, center, xct, w, ws, capacity, passed_over, n_passed
     """
     n_rows, n_features = X.shape
     unweighted = w.shape[0] == 0
+    row_major = xc.shape[0] > 0
     kept = 0
     row = start
     while row < n_rows and kept < capacity:
@@ -75,6 +77,8 @@ def _centred_slice(X, start, center, xct, w, ws, capacity, passed_over, n_passed
         for d in range(n_features):
             v = X[row, d] - center[d]
             xct[d, kept] = v
+            if row_major:
+                xc[kept, d] = v
             has_nan |= v != v
         if not has_nan:
             ws[kept] = 1.0 if unweighted else w[row]
@@ -118,7 +122,7 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     while start < n_rows:
         # m complete rows
         m, start, n_passed = _centred_slice(
-            X, start, center, xct, w, ws, rows, passed_over, n_passed
+            X, start, center, xct, xct[:0], w, ws, rows, passed_over, n_passed
         )
         for k in range(n_components):
             row = squares_sum[k]
@@ -191,9 +195,11 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     width = factors.shape[0]
     n_components = offsets.shape[0]
     dtype = factors.dtype
-    # xc^T with a row of ones: yt @ [xc, 1]^T gives the second moments AND, in its last
-    # column, the first moments sum_i r_ik xc_i, in one product
-    xct = np.ones((n_features + 1, rows), dtype=dtype)
+    # xc with a column of ones: yt @ [xc, 1] gives the second moments AND, in its last
+    # column, the first moments sum_i r_ik xc_i, in one product.  The slice is held
+    # both ways: BLAS runs this product 1.5x faster on row-major xc than on xct.T.
+    xct = np.empty((n_features, rows), dtype=dtype)
+    xc = np.ones((rows, n_features + 1), dtype=dtype)
     yt = np.empty((width, rows), dtype=dtype)
     lp = np.empty((n_components, rows))
     part = np.empty((width, n_features + 1), dtype=dtype)
@@ -207,18 +213,20 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     while start < n_rows:
         if n_rows - start < rows:  # the last rows: buffers of their width (contiguous)
             m = n_rows - start
-            xct = np.ones((n_features + 1, m), dtype=dtype)
+            xct = np.empty((n_features, m), dtype=dtype)
+            xc = np.ones((m, n_features + 1), dtype=dtype)
             yt = np.empty((width, m), dtype=dtype)
             lp = np.empty((n_components, m))
         m = xct.shape[1]
         kept, start, n_passed = _centred_slice(
-            X, start, center, xct, w, ws, m, passed_over, n_passed
+            X, start, center, xct, xc, w, ws, m, passed_over, n_passed
         )
         if kept < m:  # rows with NaN at the end of X: the columns past the rest add 0
             for d in range(n_features):
                 for i in range(kept, m):
                     xct[d, i] = 0.0
-        np.dot(factors, xct[:n_features], yt)
+                    xc[i, d] = 0.0
+        np.dot(factors, xct, yt)
         _full_log_densities(yt, offsets, const, lp)
         part_weight, part_loglik = responsibilities(lp, kept, ws, nk, scratch, lp)
         weight += part_weight
@@ -227,7 +235,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
             for i in range(kept, m):
                 lp[k, i] = 0.0  # not a responsibility: a log-density, maybe -inf
         weighted_rows(lp, xct, yt, m)
-        np.dot(yt, xct.T, part)
+        np.dot(yt, xc, part)
         for j in range(width):
             for e in range(n_features + 1):
                 moments[j, e] += part[j, e]

@@ -180,9 +180,10 @@ def _pattern_keys(X, rows, keys):
 
 
 @jit
-def _gather_rows(X, rows, center, w, xct, missing, ws):
-    """xct[:D, i] = X[rows[i]] - center with NaN as 0 (feature-major), missing[i] its NaN
-    mask, ws[i] its weight (w (n,), or empty for unit weights)."""
+def _gather_rows(X, rows, center, w, xct, xc, missing, ws):
+    """xct[:D, i] = xc[i, :D] = X[rows[i]] - center with NaN as 0 (feature-major and
+    row-major), missing[i] its NaN mask, ws[i] its weight (w (n,), or empty for unit
+    weights)."""
     n_features = X.shape[1]
     for i in range(len(rows)):
         row = rows[i]
@@ -192,6 +193,7 @@ def _gather_rows(X, rows, center, w, xct, missing, ws):
             gone = math.isnan(value)
             missing[i, d] = gone
             xct[d, i] = 0.0 if gone else value - center[d]
+            xc[i, d] = xct[d, i]
 
 
 def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -248,6 +250,7 @@ def _missing_block(
         row_scratch(m),
     )
     xct = np.ones((n_features + 1, m))
+    xc = np.ones((m, n_features + 1))  # row-major: BLAS runs yt @ xc faster than on xct.T
     yt = np.empty((width, m))
     missing = np.empty((m, n_features), dtype=np.bool_)
     ws = np.empty(m)
@@ -258,15 +261,16 @@ def _missing_block(
         if len(rows) - start < m:  # the last rows: buffers of their width (contiguous)
             m = len(rows) - start
             xct = np.ones((n_features + 1, m))
+            xc = np.ones((m, n_features + 1))
             yt = np.empty((width, m))
-        _gather_rows(X, rows[start : start + m], center, w, xct, missing, ws)
+        _gather_rows(X, rows[start : start + m], center, w, xct, xc, missing, ws)
         np.dot(factors_t, xct, yt)
         part_weight, part_loglik = _missing_slice(
             xct, missing[:m], yt, factors, precisions, const, ws, out, cache, buffers
         )
         weight += part_weight
         loglik += part_loglik
-        np.dot(yt, xct.T, part)
+        np.dot(yt, xc, part)
         for j in range(width):
             for e in range(n_features + 1):
                 moments[j, e] += part[j, e]
