@@ -122,10 +122,17 @@ def init_block_stats(
     with ``label_stats`` (Gaussian), the row enters its own component's moments only.
     Without centres each row gets random responsibilities drawn from ``seed``
     (normalized uniform, as scikit-learn).  With ``fill`` (D,) given, missing values
-    (NaN) are replaced by it, slice by slice, for this starting pass only.
+    (NaN) are replaced by it, slice by slice, for this starting pass only.  A family with
+    ``compiled_label_stats`` (Gaussian) does the nearest centres and the moments of a
+    block in one compiled call.
     """
     family, centers, n_components = shared["family"], shared["centers"], shared["n_components"]
     fill = shared.get("fill")
+    compiled = getattr(family, "compiled_label_stats", None)
+    if centers is not None and compiled is not None:
+        stats = compiled(family, X, centers, w, fill)  # the whole block in one call
+        if stats is not None:
+            return stats
     rng = np.random.default_rng(seed)
     work = Workspace()  # scratch reused across the block's slices (see Workspace)
     by_label = centers is not None and hasattr(family, "label_stats")

@@ -303,3 +303,33 @@ def test_first_fit_compiles_once_on_one_worker_and_the_other_loads_the_cache(tmp
     compiled, loaded = sorted(workers, key=lambda counts: counts["misses"], reverse=True)
     assert compiled["misses"] > 0 and compiled["hits"] == 0, workers
     assert loaded["misses"] == 0 and loaded["hits"] > 0, workers
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_compiled_init_pass_matches_the_numpy_path(covariance_type, dtype, monkeypatch):
+    # nearest centres and each row in its own component's moments, in one compiled call,
+    # against the NumPy path slice by slice: several slices, weights, NaN filled for the
+    # start, a centre no row is nearest to (its component stays empty)
+    from dask_em.initialization import init_block_stats
+
+    rng = np.random.default_rng(21)
+    family = GaussianFamily(covariance_type=covariance_type)
+    X = rng.normal(size=(5000, 6)) * rng.uniform(0.5, 3.0, size=6) + 40.0
+    X[rng.random(X.shape) < 0.03] = np.nan
+    X = X.astype(dtype)
+    fill = np.nanmean(X, axis=0, dtype=np.float64)
+    centers = np.where(np.isnan(X[:4]), fill, X[:4]).astype(np.float64)
+    centers = np.vstack([centers, np.full(6, 1e6)])  # nearest to no row
+    shared = {"family": family, "centers": centers, "n_components": 5, "fill": fill}
+    for weights in (None, rng.uniform(0.5, 2.0, size=len(X))):
+        compiled = init_block_stats(shared, X, weights, seed=0)
+        monkeypatch.setattr(GaussianFamily, "compiled_label_stats", None)
+        reference = init_block_stats(shared, X, weights, seed=0)
+        monkeypatch.undo()
+        assert compiled["nk"][4] == 0.0 and reference["nk"][4] == 0.0
+        for stats in (compiled, reference):  # an empty component's moments are placeholders
+            stats["means"] = stats["means"][:4]
+            if covariance_type != "tied":
+                stats["scatter"] = stats["scatter"][:4]
+        assert_same_stats(compiled, reference, ("weight", "nk", "means", "scatter"))

@@ -43,6 +43,7 @@ from dask_em.families.base import (
     sliced_stats,
 )
 from dask_em.families.dirichlet import dirichlet_log_prior, dirichlet_weights
+from dask_em.families.gaussian_init_compiled import block_label_stats
 from dask_em.families.gaussian_kernels import (
     estimate_log_gaussian_prob,
     merge_scatter,
@@ -90,6 +91,7 @@ class GaussianFamily:
     reg_covar: float = 1e-6
     name: str = "gmm"
     handles_missing = True  # NaN features are marginalized (families.protocols)
+    compiled_label_stats = staticmethod(block_label_stats)  # the init pass (initialization)
     weight_concentration: float = 1.0
     mean_prior: np.ndarray | None = None
     mean_pseudocount: float = 0.0
