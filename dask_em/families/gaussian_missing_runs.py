@@ -37,28 +37,25 @@ def cholesky_inverses(a, q, inverse, log_dets, scratch):
         log_dets[k] = 0.0
         det[k] = 1.0
     for j in range(q):
-        for k in range(n_components):
-            s[k] = a[j, j, k]
-        for t in range(j):
-            for k in range(n_components):
-                s[k] -= a[j, t, k] * a[j, t, k]
-        for k in range(n_components):
-            det[k] *= s[k]  # det a = prod of the squared pivots
-            pivot = math.sqrt(s[k])
-            a[j, j, k] = pivot
-            reciprocal[j, k] = 1.0 / pivot
-        for k in range(n_components):
-            if det[k] > 1e200 or det[k] < 1e-200:
-                log_dets[k] += math.log(det[k])
-                det[k] = 1.0
-        for i in range(j + 1, q):
+        for i in range(j, q):  # column j of the factors: a_ij - sum_{t<j} L_it L_jt
             for k in range(n_components):
                 s[k] = a[i, j, k]
             for t in range(j):
                 for k in range(n_components):
                     s[k] -= a[i, t, k] * a[j, t, k]
+            if i > j:
+                for k in range(n_components):
+                    a[i, j, k] = s[k] * reciprocal[j, k]
+                continue
             for k in range(n_components):
-                a[i, j, k] = s[k] * reciprocal[j, k]
+                det[k] *= s[k]  # det a = prod of the squared pivots
+                pivot = math.sqrt(s[k])
+                a[j, j, k] = pivot
+                reciprocal[j, k] = 1.0 / pivot
+            for k in range(n_components):
+                if det[k] > 1e200 or det[k] < 1e-200:
+                    log_dets[k] += math.log(det[k])
+                    det[k] = 1.0
     for k in range(n_components):
         log_dets[k] += math.log(det[k])
     for col in range(q):  # column col of a^-1: L z = e_col, then L^T x = z
