@@ -292,7 +292,8 @@ def scan_block(
 
     Returns ``sample`` (n_pick, D) float64, ``sample_weight`` (n_pick,), ``column_max``
     (D,), ``magnitude`` (D,) (the largest absolute value of each column),
-    ``n_all_missing`` (rows that are all NaN), and the count, first global position
+    ``n_all_missing`` (rows that are all NaN), ``n_nan`` (NaN entries), and the count,
+    first global position
     and value of any bad entry.  Merging is
     concatenation (:func:`merge_scans`).
     """
@@ -318,6 +319,7 @@ def scan_block(
         "sample": sample,
         "sample_weight": sample_w,
         "n_all_missing": all_missing,
+        "n_nan": summary.n_nan,
         "column_max": column_max,
         "magnitude": magnitude,
         "problem": problem,
@@ -348,6 +350,7 @@ def merge_scans(*parts: dict[str, Any]) -> dict[str, Any]:
             "sample": np.concatenate([out["sample"], b["sample"]]),
             "sample_weight": np.concatenate([out["sample_weight"], b["sample_weight"]]),
             "n_all_missing": out["n_all_missing"] + b["n_all_missing"],
+            "n_nan": out["n_nan"] + b["n_nan"],
             "column_max": np.fmax(out["column_max"], b["column_max"]),
             "magnitude": np.fmax(out["magnitude"], b["magnitude"]),
             "problem": _merge_problems(out["problem"], b["problem"]),

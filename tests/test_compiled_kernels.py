@@ -20,7 +20,8 @@ from dask_em.families import discrete_compiled, gaussian_compiled
 from dask_em.families.bernoulli import BernoulliFamily
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
-from dask_em.families.gaussian_missing_compiled import RUN_ROWS
+from dask_em.families.gaussian_missing_compiled import RUN_ROWS, pattern_order
+from dask_em.families.gaussian_missing_runs import inverse_scratch, pattern_inverses
 from dask_em.families.poisson import PoissonFamily
 from tests.helpers import random_gaussian_params
 
@@ -87,25 +88,94 @@ def test_gaussian_compiled_many_missing_values_match_reference(covariance_type):
     )
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize("n_features", [17, 70])
-def test_gaussian_compiled_missing_values_in_runs_of_every_length(n_features):
+def test_gaussian_compiled_missing_values_in_runs_of_every_length(covariance_type, n_features):
     # rows with NaN are taken in runs of one pattern: long runs loop over their rows,
     # short ones (fewer than RUN_ROWS) row by row, in any order of the two within a slice
-    # and across slice ends; past 63 features the rows are not sorted by pattern at all
+    # and across slice ends; rows with nothing observed among them; past 63 features the
+    # rows are not sorted by pattern at all
     rng = np.random.default_rng(n_features)
-    family = GaussianFamily(covariance_type="full")
+    family = GaussianFamily(covariance_type=covariance_type)
     params = random_gaussian_params(family, 3, n_features, rng)
     X = rng.normal(size=(1500, n_features)) + params["means"][rng.integers(0, 3, 1500)]
     run_lengths = rng.choice([1, 2, RUN_ROWS - 1, RUN_ROWS, 40, 300], size=25)
     patterns = rng.random((len(run_lengths), n_features)) < 0.15
+    patterns[3] = True  # a run of rows with nothing observed
     labels = np.repeat(np.arange(len(run_lengths)), run_lengths)[: len(X)]
     X[: len(labels)][patterns[labels]] = np.nan
-    w = rng.random(len(X)) * 2.0
-    assert_same_stats(
-        family.block_stats(params, X, w),
-        family.reference_block_stats(params, X, w),
-        ("weight", "loglik", "nk", "means", "scatter"),
-    )
+    for w in (None, rng.random(len(X)) * 2.0):
+        assert_same_stats(
+            family.block_stats(params, X, w),
+            family.reference_block_stats(params, X, w),
+            ("weight", "loglik", "nk", "means", "scatter"),
+        )
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_rows", [1, 2, 3])
+def test_gaussian_compiled_blocks_with_fewer_rows_than_missing_values(covariance_type, n_rows):
+    # a block whose rows with NaN are fewer than the features one of them misses
+    rng = np.random.default_rng(n_rows)
+    family = GaussianFamily(covariance_type=covariance_type)
+    params = random_gaussian_params(family, 4, 7, rng)
+    X = rng.normal(size=(n_rows, 7)) + params["means"][0]
+    X[0, [0, 2, 3, 5, 6]] = np.nan
+    for w in (None, rng.random(n_rows) + 0.5):
+        assert_same_stats(
+            family.block_stats(params, X, w),
+            family.reference_block_stats(params, X, w),
+            ("weight", "loglik", "nk", "means", "scatter"),
+            floors={"scatter": 1.0} if n_rows == 1 else None,
+        )
+
+
+@pytest.mark.parametrize("n_features", [5, 17, 50, 63, 64])
+def test_pattern_order_puts_each_pattern_together_in_row_order(n_features):
+    # a radix sort of the NaN bit masks, 16 bits a pass (up to 4 passes); past 63
+    # features the rows stay as given
+    rng = np.random.default_rng(n_features)
+    X = rng.normal(size=(3000, n_features))
+    patterns = rng.random((40, n_features)) < 0.3
+    patterns[:, 0] = True  # every row has NaN
+    X[patterns[rng.integers(0, 40, len(X))]] = np.nan
+    rows = rng.permutation(len(X))[:2000]
+    ordered = pattern_order(X, rows)
+    assert sorted(ordered.tolist()) == sorted(rows.tolist())
+    if n_features > 63:
+        np.testing.assert_array_equal(ordered, rows)
+        return
+    masks = [np.isnan(X[row]).tobytes() for row in ordered]
+    runs = [mask for i, mask in enumerate(masks) if i == 0 or mask != masks[i - 1]]
+    assert len(runs) == len(set(masks))  # each pattern in one run
+    position = {row: i for i, row in enumerate(rows.tolist())}
+    for mask in set(masks):  # within a pattern, the rows keep the order they came in
+        pairs = zip(ordered.tolist(), masks, strict=True)
+        kept = [position[row] for row, m in pairs if m == mask]
+        assert kept == sorted(kept)
+
+
+def test_pattern_inverses_over_the_whole_range_of_determinants():
+    # the K factorizations in lockstep; determinants far outside 1e+-200 take the
+    # rescaled log, components of very different scales side by side
+    rng = np.random.default_rng(4)
+    n_features, q = 40, 30
+    scales = np.array([1e-9, 1.0, 1e9])
+    A = rng.normal(size=(3, n_features, n_features))
+    precisions = (A @ A.transpose(0, 2, 1) + n_features * np.eye(n_features)) * scales[
+        :, None, None
+    ]
+    index = np.zeros(n_features, dtype=np.int64)
+    index[:q] = np.sort(rng.choice(n_features, q, replace=False))
+    cache = (np.full(n_features + 1, -1), np.empty((3, n_features, n_features)), np.empty(3))
+    pattern_inverses(precisions, index, q, cache, inverse_scratch(n_features, 3))
+    block = precisions[:, index[:q]][:, :, index[:q]]
+    sign, log_det = np.linalg.slogdet(block)
+    assert np.all(sign > 0) and abs(log_det[0]) > 460 and abs(log_det[2]) > 460
+    np.testing.assert_allclose(cache[2], log_det, rtol=1e-12)
+    for k in range(3):
+        expected = np.linalg.inv(block[k])
+        np.testing.assert_allclose(cache[1][k, :q, :q], expected, rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -322,7 +392,10 @@ def test_compiled_init_pass_matches_the_numpy_path(covariance_type, dtype, monke
     centers = np.where(np.isnan(X[:4]), fill, X[:4]).astype(np.float64)
     centers = np.vstack([centers, np.full(6, 1e6)])  # nearest to no row
     shared = {"family": family, "centers": centers, "n_components": 5, "fill": fill}
-    for weights in (None, rng.uniform(0.5, 2.0, size=len(X))):
+    complete = np.where(np.isnan(X), fill, X).astype(dtype)
+    cases = [(shared, X, None), (shared, X, rng.uniform(0.5, 2.0, size=len(X)))]
+    cases.append(({**shared, "fill": None}, complete, None))  # no NaN, no fill
+    for shared, X, weights in cases:
         compiled = init_block_stats(shared, X, weights, seed=0)
         monkeypatch.setattr(GaussianFamily, "compiled_label_stats", None)
         reference = init_block_stats(shared, X, weights, seed=0)
@@ -333,3 +406,5 @@ def test_compiled_init_pass_matches_the_numpy_path(covariance_type, dtype, monke
             if covariance_type != "tied":
                 stats["scatter"] = stats["scatter"][:4]
         assert_same_stats(compiled, reference, ("weight", "nk", "means", "scatter"))
+    empty = init_block_stats(shared, X[:0], None, seed=0)
+    assert empty["n_rows"] == 0 and empty["weight"] == 0.0 and not empty["nk"].any()

@@ -325,3 +325,21 @@ def test_rows_with_nothing_observed_are_left_out_with_a_warning(client):
     np.testing.assert_allclose(with_holes.lower_bound_, without.lower_bound_, rtol=1e-10)
     proba = with_holes.predict_proba(holes[[10]])
     np.testing.assert_allclose(proba[0], with_holes.weights_)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_nan_the_initialization_sample_did_not_draw_are_filled_in_the_init_pass(
+    covariance_type,
+):
+    # two NaN in 5,000 rows and a sample of 50: the scan counts them, so the init pass
+    # fills them although the sample holds none (they made its moments NaN before)
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(2500, 3)), rng.normal(size=(2500, 3)) + 5.0])
+    X[[10, 4000], [0, 1]] = np.nan
+    model = GaussianMixture(
+        2, covariance_type=covariance_type, init_sample_size=50, random_state=0, max_iter=50
+    )
+    model.fit(X)
+    assert model.converged_
+    means = model.means_[np.argsort(model.means_[:, 0])]
+    np.testing.assert_allclose(means, [[0.0] * 3, [5.0] * 3], atol=0.1)

@@ -55,7 +55,9 @@ def scan(estimator: Any, engine: EMEngine, rng: np.random.Generator, check) -> d
         )
     sample = scan["sample"]
     scan["fill"] = None
-    if np.isnan(sample).any():  # initialization and re-seeding need complete rows
+    # initialization and re-seeding need complete rows, and the init pass a fill for NaN
+    # anywhere in the data, also where the sample drew none of them
+    if scan["n_nan"] or np.isnan(sample).any():
         fill = np.nan_to_num(_nanmean_columns(sample))
         scan["sample"] = np.where(np.isnan(sample), fill, sample)
         scan["fill"] = fill

@@ -119,10 +119,10 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     passed_over = np.empty(n_rows, dtype=np.int64)
     n_passed = 0
     start = 0
+    no_row_major = xct[:0]  # empty: the slice is wanted feature-major only
     while start < n_rows:
-        # m complete rows
-        m, start, n_passed = _centred_slice(
-            X, start, center, xct, xct[:0], w, ws, rows, passed_over, n_passed
+        m, start, n_passed = _centred_slice(  # m complete rows
+            X, start, center, xct, no_row_major, w, ws, rows, passed_over, n_passed
         )
         for k in range(n_components):
             row = squares_sum[k]
@@ -187,9 +187,8 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     (K,); w (n,), or empty for unit weights.  Adds ``sum_i w_i r_ik`` to nk (K,) and
     ``sum_i w_i r_ik xc_i [xc_i, 1]^T`` to moments (K*D, D + 1) (row k*D + d) over the
     complete rows; returns (weight, loglik, the indices of the rows with NaN, which add
-    nothing).  The two
-    products per slice are BLAS calls (numba's ``np.dot``) without a Python round trip
-    between them.
+    nothing).  The two products per slice are BLAS calls (numba's ``np.dot``) without a
+    Python round trip between them.
     """
     n_rows, n_features = X.shape
     width = factors.shape[0]
@@ -247,11 +246,10 @@ def diag_block_moments(X, center, means_c, scales, const, w, compute_dtype=np.fl
 
     scales (K, D) or (K, 1): ``1/sigma``; w (n,), or empty for unit weights;
     ``compute_dtype`` float32 runs the log-densities and each slice's sums in float32 (the
-    moments still add up across slices in float64).  Returns
-    ``((weight, loglik, nk (K,), sums (K, D), second (K, D)), indices of the rows with
-    NaN)`` with
-    ``sums = sum_i r_ik xc_i`` and ``second = sum_i r_ik xc_i^2`` (r already weighted)
-    over the rows without NaN.
+    moments still add up across slices in float64).  Returns ``((weight, loglik, nk
+    (K,), sums (K, D), second (K, D)), indices of the rows with NaN)`` with ``sums =
+    sum_i r_ik xc_i`` and ``second = sum_i r_ik xc_i^2`` (r already weighted) over the
+    rows without NaN.
     """
     n_components, n_features = means_c.shape
     scales = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape), dtype=compute_dtype)

@@ -101,11 +101,12 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     (m, D) bool; yt (K*D, m) ``u_k`` (rows k*D + e), overwritten with ``r_ik xt_i`` (the
     left factor of the moment product); factors, precisions (K, D, D) ``L_k`` and
     ``P_k``; const (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``;
-    w (m,), overwritten (0 for a row with nothing observed: it gets no weight).
+    w (m,), overwritten with 0 for a row with nothing observed (it gets no weight) and
+    for the rows of short runs (their Bayes' rule is done row by row).
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
     across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m),
-    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,), index (D,),
+    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,), b (D,), index (D,),
     held (K, m) (the short runs' ``w r``) and
     :func:`~dask_em.families.responsibilities_compiled.row_scratch`.
 
@@ -114,7 +115,7 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     factored again).  A run shorter than :data:`RUN_ROWS` rows goes through all three
     row by row at once, so that its pattern is factored once.
     """
-    lp, coef, work, inverting, u, index, held, scratch = buffers
+    lp, coef, work, inverting, u, b, index, held, scratch = buffers
     m, n_features = missing.shape
     n_components = const.shape[0]
     weight = 0.0
@@ -129,7 +130,7 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
             run_log_densities(yt, factors, cache, const, index, q, start, end, lp, coef, work)
         elif q < n_features:  # a short run: each row's whole E-step now, P_mm^-1 at hand
             for i in range(start, end):
-                row_log_densities(yt, factors, cache, const, index, q, i, lp, coef, u, work[0])
+                row_log_densities(yt, factors, cache, const, index, q, i, lp, coef, u, b)
                 row_weight, row_loglik = row_responsibilities(
                     lp, i, w[i], out[0], held, RESPONSIBILITY_FLOOR
                 )
@@ -149,7 +150,8 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     loglik += part_loglik
     for k in range(n_components):
         for i in range(m):
-            if lp[k, i] < RESPONSIBILITY_FLOOR:
+            if lp[k, i] < RESPONSIBILITY_FLOOR:  # as the reference: not in nk either
+                out[0][k] -= lp[k, i]
                 lp[k, i] = 0.0
     start = 0
     while start < m:
@@ -245,6 +247,7 @@ def _missing_block(
         np.empty((n_features + 1, m)),
         inverting,
         np.empty(n_features),
+        np.empty(n_features),
         np.empty(n_features, dtype=np.int64),
         np.empty((n_components, m)),
         row_scratch(m),
@@ -294,9 +297,10 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     factors = np.ascontiguousarray(prec_chol, dtype=np.float64)
     precisions = factors @ factors.transpose(0, 2, 1)
     offsets = np.einsum("kd,kde->ke", means_c, factors)
-    factors_t = np.empty((width, n_features + 1))  # row k*D + e: column e of L_k, then
+    # row k*D + e: column e of L_k, then -(L_k^T mc_k)_e
+    factors_t = np.empty((width, n_features + 1))
     factors_t[:, :n_features] = factors.transpose(0, 2, 1).reshape(width, n_features)
-    factors_t[:, n_features] = -offsets.reshape(width)  # -(L_k^T mc_k)_e
+    factors_t[:, n_features] = -offsets.reshape(width)
     out = (
         np.zeros(n_components),
         np.zeros((n_components, n_features)),

@@ -17,7 +17,9 @@ the compiled ones are tested against.
 NumPy reference, except for :func:`jit_reassociated` kernels: short dot products in
 per-row loops run at the latency of one addition after another unless the compiler may
 reorder the sum (LLVM's ``reassoc`` and ``contract`` flags only; NaN and infinity keep
-their meaning), which changes rounding by a few ulps and keeps results deterministic.
+their meaning), which changes rounding by a few ulps and keeps results deterministic;
+and :func:`jit_fused` kernels (``contract`` only: fused multiply-adds, so results may
+differ by an ulp between machines with and without FMA).
 """
 
 from __future__ import annotations
