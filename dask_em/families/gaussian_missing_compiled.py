@@ -187,15 +187,20 @@ def _gather_rows(X, rows, center, w, xct, xc, missing, ws):
     row-major), missing[i] its NaN mask, ws[i] its weight (w (n,), or empty for unit
     weights)."""
     n_features = X.shape[1]
+    unweighted = w.shape[0] == 0
     for i in range(len(rows)):
         row = rows[i]
-        ws[i] = 1.0 if w.shape[0] == 0 else w[row]
+        ws[i] = 1.0 if unweighted else w[row]
         for d in range(n_features):
             value = X[row, d]
-            gone = math.isnan(value)
+            gone = value != value
+            centred = value - center[d]
+            if gone:
+                centred = 0.0
             missing[i, d] = gone
-            xct[d, i] = 0.0 if gone else value - center[d]
-            xc[i, d] = xct[d, i]
+            xc[i, d] = centred
+        for d in range(n_features):  # the strided copy apart: the loop above vectorizes
+            xct[d, i] = xc[i, d]
 
 
 def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
