@@ -3,15 +3,16 @@
 The same mathematics as the NumPy reference :mod:`dask_em.families.gaussian_missing`
 (Ghahramani & Jordan, 1994; Schur complements of the precision ``P_k = L_k L_k^T``),
 arranged so that the work shared by all rows runs as BLAS products on the rows with
-their missing entries set to the centre, and only what a row's pattern adds runs per
-row, in compiled code, with no (n, K, D) temporary:
+their missing entries set to the centre, and only what a row's pattern adds runs in
+compiled loops over the rows of one pattern, with no (n, K, D) temporary:
 
 * ``xt`` = x - center with missing entries 0; one product of ``[xt, 1]`` with
   ``[L_1 .. L_K]`` over a row ``-L_k^T mc_k`` gives ``u_k = L_k^T v_k`` for ``v_k = xt -
   mc_k`` (mc_k = mu_k - center), whose missing entries are ``-mc_km`` instead of the
   reference's 0.  That changes nothing below: the Schur complement form
   (gaussian_missing, eq. 1) is the minimum of ``v^T P v`` over the missing entries,
-  whatever they hold, and its minimizer moves with them (``v_m - P_mm^-1 (P v)_m`` for any ``v_m``).
+  whatever they hold, and its minimizer moves with them (``v_m - P_mm^-1 (P v)_m``
+  for any ``v_m``).
 * ``v^T P v = |u|^2`` and ``b = (P v)_m = (L_k u)_m`` (q x D per row and component);
   one Cholesky of the q x q ``P_mm`` gives ``c = P_mm^-1 b``, ``log |P_mm|`` and
   ``P_mm^-1``; then (gaussian_missing, eqs. 1-3)
