@@ -235,9 +235,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
                 lp[k, i] = 0.0  # not a responsibility: a log-density, maybe -inf
         weighted_rows(lp, xct, yt, m)
         np.dot(yt, xc, part)
-        for j in range(width):
-            for e in range(n_features + 1):
-                moments[j, e] += part[j, e]
+        moments += part
     return weight, loglik, passed_over[:n_passed]
 
 

@@ -76,16 +76,12 @@ def _labelled_block(X, fill, shift, origin, centers, offsets, w, dense, nk, sums
                         slice_second[label, d, e] += weighted * xo[e]
                 else:
                     slice_second[label, d, 0] += weighted * xo[d]
-        for k in range(n_components):
-            nk[k] += slice_nk[k]
-            slice_nk[k] = 0.0
-            for d in range(n_features):
-                sums[k, d] += slice_sums[k, d]
-                slice_sums[k, d] = 0.0
-        flat, slice_flat = second.reshape(-1), slice_second.reshape(-1)
-        for j in range(flat.shape[0]):
-            flat[j] += slice_flat[j]
-            slice_flat[j] = 0.0
+        nk += slice_nk
+        sums += slice_sums
+        second += slice_second
+        slice_nk[:] = 0.0
+        slice_sums[:] = 0.0
+        slice_second[:] = 0.0
     return weight
 
 

@@ -108,7 +108,7 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
     across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m),
     :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,), b (D,), index (D,),
-    held (K, m) (the short runs' ``w r``) and
+    held (K, m) (the short runs' ``w r``), run_ends (m,) int and
     :func:`~dask_em.families.responsibilities_compiled.row_scratch`.
 
     Per run of one pattern: the log-densities (P_mm factored once); then Bayes' rule
@@ -116,14 +116,17 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     factored again).  A run shorter than :data:`RUN_ROWS` rows goes through all three
     row by row at once, so that its pattern is factored once.
     """
-    lp, coef, work, inverting, u, b, index, held, scratch = buffers
+    lp, coef, work, inverting, u, b, index, held, run_ends, scratch = buffers
     m, n_features = missing.shape
     n_components = const.shape[0]
     weight = 0.0
     loglik = 0.0
+    n_runs = 0
     start = 0
     while start < m:
         end = _run_end(missing, start, m)
+        run_ends[n_runs] = end
+        n_runs += 1
         q = _pattern(missing, start, index)
         if q < n_features:
             pattern_inverses(precisions, index, q, cache, inverting)
@@ -155,8 +158,8 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
                 out[0][k] -= lp[k, i]
                 lp[k, i] = 0.0
     start = 0
-    while start < m:
-        end = _run_end(missing, start, m)
+    for run in range(n_runs):  # the runs found above
+        end = run_ends[run]
         q = _pattern(missing, start, index)
         if q < n_features and end - start >= RUN_ROWS:
             pattern_inverses(precisions, index, q, cache, inverting)
@@ -256,6 +259,7 @@ def _missing_block(
         np.empty(n_features),
         np.empty(n_features, dtype=np.int64),
         np.empty((n_components, m)),
+        np.empty(m, dtype=np.int64),
         row_scratch(m),
     )
     xct = np.ones((n_features + 1, m))
@@ -280,9 +284,7 @@ def _missing_block(
         weight += part_weight
         loglik += part_loglik
         np.dot(yt, xc, part)
-        for j in range(width):
-            for e in range(n_features + 1):
-                moments[j, e] += part[j, e]
+        moments += part
     return weight, loglik
 
 
