@@ -293,9 +293,8 @@ def scan_block(
     Returns ``sample`` (n_pick, D) float64, ``sample_weight`` (n_pick,), ``column_max``
     (D,), ``magnitude`` (D,) (the largest absolute value of each column),
     ``n_all_missing`` (rows that are all NaN), ``n_nan`` (NaN entries), and the count,
-    first global position
-    and value of any bad entry.  Merging is
-    concatenation (:func:`merge_scans`).
+    first global position and value of any bad entry.  Merging is concatenation
+    (:func:`merge_scans`).
     """
     check = check or FINITE
     summary = summarize(X)  # one pass: the columns' maxima, NaN and infinite counts
