@@ -7,8 +7,10 @@ What a user waits for: ``fit()`` wall time divided by the iterations, set-up inc
 (for dask_em: the data scan, the engine, the passes; the data is an in-memory dask array
 persisted on the cluster beforehand, as a user's ``client.persist`` would), 20
 iterations from the same start (``tol=0``), for "full" and "diag" covariances, float64
-and float32 (``dtype="float32"`` on float32 data).  dask_em runs on a LocalCluster of
-2 workers x 1 thread; scikit-learn in process with NumPy's threads.
+and float32 (``dtype="float32"`` on float32 data), each with dask_em's passes run as
+graphs (the default) and as direct passes (Dask config ``dask_em.direct-passes``: an
+actor per worker, no scheduling; :mod:`dask_em.engine.direct`).  dask_em runs on a
+LocalCluster of 2 workers x 1 thread; scikit-learn in process with NumPy's threads.
 
 Each environment runs in its own process, started from this one: once as given, once
 with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2`` exported (as SLURM
@@ -36,6 +38,10 @@ import warnings
 import numpy as np
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+#: How dask_em runs its passes: as graphs (the default) and, with the Dask config
+#: ``dask_em.direct-passes``, on an actor per worker (dask_em.engine.direct).
+PASSES = ("graph", "direct")
 
 COMPILE_PROBE = """
 import time, numpy as np
@@ -137,6 +143,7 @@ def dask_em_seconds(client, X_dask, start, covariance_type, dtype, n_iter) -> di
 
 def child(args) -> dict:
     """One environment: every measurement, as a dict (printed as JSON)."""
+    import dask
     import dask.array as da
     from distributed import Client, LocalCluster
     from threadpoolctl import threadpool_info
@@ -163,10 +170,11 @@ def child(args) -> dict:
                     client, X_dask[: 2 * args.chunk_rows], start, covariance_type, dtype, 1
                 )["per_iteration"]
             for covariance_type in ("full", "diag"):
-                key = f"dask_em {covariance_type} {dtype}"
-                out[key] = dask_em_seconds(
-                    client, X_dask, start, covariance_type, dtype, args.iterations
-                )
+                for passes in PASSES:
+                    with dask.config.set({"dask_em.direct-passes": passes == "direct"}):
+                        out[f"dask_em {covariance_type} {dtype} {passes}"] = dask_em_seconds(
+                            client, X_dask, start, covariance_type, dtype, args.iterations
+                        )
             del X_dask
     for covariance_type in ("full", "diag"):
         out[f"sklearn {covariance_type}"] = sklearn_seconds(
@@ -204,25 +212,31 @@ def report(results: dict, args) -> None:
         warm = {k: round(v, 2) for k, v in out.items() if k.startswith("warm-up")}
         print(f"first fit on the cluster (kernels loaded in the workers), seconds: {warm}")
         print(
-            "| covariance | dtype | dask_em s/iter | median pass | scikit-learn s/iter "
+            "| covariance | dtype | passes | dask_em s/iter | median pass | scikit-learn s/iter "
             "| speed-up | share of GEMM |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for covariance_type in ("full", "diag"):
             theirs = out[f"sklearn {covariance_type}"]
             for dtype in ("float64", "float32"):
-                ours = out[f"dask_em {covariance_type} {dtype}"]
-                share = ""
-                if covariance_type == "full":
-                    share = f"{100 * flops / ours['per_iteration'] / 1e9 / gemm:.1f}%"
-                print(
-                    f"| {covariance_type} | {dtype} | {ours['per_iteration']:.3f} "
-                    f"| {ours['median_pass']:.3f} | {theirs:.3f} "
-                    f"| {theirs / ours['per_iteration']:.2f}x | {share} |"
-                )
+                for passes in PASSES:
+                    ours = out[f"dask_em {covariance_type} {dtype} {passes}"]
+                    share = ""
+                    if covariance_type == "full":
+                        share = f"{100 * flops / ours['per_iteration'] / 1e9 / gemm:.1f}%"
+                    print(
+                        f"| {covariance_type} | {dtype} | {passes} | {ours['per_iteration']:.3f} "
+                        f"| {ours['median_pass']:.3f} | {theirs:.3f} "
+                        f"| {theirs / ours['per_iteration']:.2f}x | {share} |"
+                    )
         for covariance_type in ("full", "diag"):
-            a = np.array(out[f"dask_em {covariance_type} float64"]["means"])
-            b = np.array(out[f"dask_em {covariance_type} float32"]["means"])
+            a = np.array(out[f"dask_em {covariance_type} float64 graph"]["means"])
+            b = np.array(out[f"dask_em {covariance_type} float32 graph"]["means"])
+            c = np.array(out[f"dask_em {covariance_type} float64 direct"]["means"])
+            print(
+                f"{covariance_type}: direct passes' means vs graph passes', float64: "
+                f"{'bitwise equal' if np.array_equal(a, c) else 'DIFFERENT'}"
+            )
             print(
                 f"{covariance_type}: float32 means vs float64, max relative "
                 f"{np.max(np.abs(a - b)) / np.max(np.abs(a)):.2e}"

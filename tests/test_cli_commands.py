@@ -307,3 +307,18 @@ def test_a_model_of_another_kind_is_refused_on_the_first_rows_before_any_task(
             f"(value {done.stderr.split('(value ')[1]}"[:-1]
         ]
     assert not labels.exists()
+
+
+def test_direct_passes_flag_fits_the_same_model_as_graph_passes(
+    client, tmp_path, gmm_store, caplog
+):
+    base = ["fit", "gmm", str(gmm_store), "-k", "2", "--tol", "0", "--max-iter", "4"]
+    base += ["--cache", "memory", *scheduler(client)]
+    assert main([*base, "--out", str(tmp_path / "graph.zarr")]) == 0
+    with caplog.at_level("INFO", logger="dask_em.engine"):
+        assert main([*base, "--out", str(tmp_path / "direct.zarr"), "--direct-passes"]) == 0
+    assert "passes run directly on" in caplog.text
+    graph, direct = load(tmp_path / "graph.zarr"), load(tmp_path / "direct.zarr")
+    assert direct.lower_bounds_ == graph.lower_bounds_
+    np.testing.assert_array_equal(direct.means_, graph.means_)
+    assert not dask.config.get("dask_em.direct-passes", False)  # set for that run only

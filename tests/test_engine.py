@@ -354,3 +354,60 @@ def test_a_worker_with_little_room_left_keeps_the_nannys_malloc_setting(monkeypa
     finally:
         set_thresholds(None, None)
     assert mmapped_bytes_of_an_8_mib_array() >= 2**23
+
+
+def weighted_sum(_shared, X, w, first_row):
+    """Float sums whose value depends on the order of addition, and the block's row."""
+    return {"sum": float((X.sum(axis=1) * w).sum()), "first": [int(first_row)]}
+
+
+def add_sums(*parts):
+    return {"sum": sum(p["sum"] for p in parts), "first": [f for p in parts for f in p["first"]]}
+
+
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+def test_a_direct_pass_computes_what_a_graph_pass_does_bit_for_bit(client, split_every):
+    rng = np.random.default_rng(5)
+    X = da.from_array(rng.standard_normal((2000, 3)) * 1e6, chunks=(61, 3))
+    w = da.from_array(rng.random(2000), chunks=(61,))
+    firsts = [(int(start),) for start in np.cumsum((0, *X.chunks[0][:-1]))]
+    graph = EMEngine(X, w, model="test", cache="memory", split_every=split_every)
+    expected = graph.map_reduce(weighted_sum, add_sums, None, per_block=firsts)
+    expected_tree = graph.map_reduce(lambda s, X, w: len(X), nested, None)
+    with dask.config.set({"dask_em.direct-passes": True}):
+        direct = EMEngine(X, w, model="test", cache="memory", split_every=split_every)
+    assert direct.map_reduce(weighted_sum, add_sums, None, per_block=firsts) == expected
+    assert direct._direct is not None  # it ran on the actors
+    assert direct.map_reduce(lambda s, X, w: len(X), nested, None) == expected_tree
+    assert direct.passes == 2
+    direct.release()
+    assert direct._direct is None
+
+
+def fails_on_block_3(_shared, X, w, index):
+    if index == 3:
+        raise ValueError("bad value in block 3")
+    return {"rows": [len(X)], "weight": 0.0}
+
+
+def test_an_error_in_a_direct_pass_is_raised_by_the_graph_pass_that_replaces_it(client, caplog):
+    X = da.ones((100, 2), chunks=(10, 2))
+    with dask.config.set({"dask_em.direct-passes": True}):
+        engine = EMEngine(X, model="test", cache="memory")
+    with caplog.at_level(logging.INFO, logger="dask_em.engine"):
+        with pytest.raises(ValueError, match="bad value in block 3"):
+            engine.map_reduce(
+                fails_on_block_3, concatenate, None, per_block=[(i,) for i in range(10)]
+            )
+    assert "direct passes stop" in caplog.text
+    assert engine._direct is None and not engine._direct_wanted  # graphs from now on
+    assert engine.map_reduce(count_rows, concatenate, None)["rows"] == [10] * 10
+
+
+def test_direct_passes_are_only_for_persisted_data_on_a_cluster(client, tmp_path):
+    X = da.ones((100, 2), chunks=(10, 2))
+    with dask.config.set({"dask_em.direct-passes": True}):
+        assert not EMEngine(X, model="test", cache="stream")._direct_wanted
+        assert not EMEngine(X, model="test", local=True)._direct_wanted
+        assert EMEngine(X, model="test", cache="memory")._direct_wanted
+    assert not EMEngine(X, model="test", cache="memory")._direct_wanted  # off by default

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -159,3 +160,81 @@ def test_a_fit_on_in_memory_data_survives_a_killed_worker(own_client, store):
     assert interrupted.n_iter_ == undisturbed.n_iter_
     assert interrupted.lower_bounds_ == undisturbed.lower_bounds_
     np.testing.assert_array_equal(interrupted.means_, undisturbed.means_)
+
+
+class _KillAWorkerAfterIteration(logging.Handler):
+    """SIGKILLs one worker of ``client`` when the engine logs the end of ``iteration``
+    (a fit of direct passes runs no E-step tasks to wait for)."""
+
+    def __init__(self, client, iteration: int) -> None:
+        super().__init__(logging.INFO)
+        self.marker = f" iteration {iteration}:"
+        self.workers = client.cluster.scheduler.workers
+        self.victim: dict = {}
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        if self.victim or self.marker not in record.getMessage():
+            return
+        address, worker = sorted(self.workers.items())[0]
+        self.victim.update(address=address, held=[t.key for t in worker.has_what])
+        os.kill(worker.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("source", ["store", "in memory"])
+def test_a_fit_of_direct_passes_survives_a_killed_worker(own_client, store, source):
+    """Direct passes (``dask_em.direct-passes``): the pass after the kill fails on the
+    dead worker's actor, runs as a graph (which recovers the blocks: from the store, or
+    sent again from this process), and the fit ends where the undisturbed one did."""
+    client = own_client
+    X = store
+    if source == "in memory":
+        X = da.from_array(zarr.open_array(store, mode="r")[:], chunks=(CHUNK_ROWS, FEATURES))
+    with client.as_current(), dask.config.set({"dask_em.direct-passes": True}):
+        undisturbed = GaussianMixture(3, cache="memory", **SETTINGS).fit(X)
+        handler = _KillAWorkerAfterIteration(client, iteration=2)
+        engine_logger = logging.getLogger("dask_em.engine")
+        previous_level = engine_logger.level
+        engine_logger.addHandler(handler)
+        engine_logger.setLevel(logging.INFO)
+        try:
+            interrupted = GaussianMixture(3, cache="memory", **SETTINGS).fit(X)
+        finally:
+            engine_logger.removeHandler(handler)
+            engine_logger.setLevel(previous_level)
+    assert handler.victim and handler.victim["held"]  # it died holding blocks
+    assert any("direct passes stop" in line for line in handler.lines)  # then graphs
+    assert interrupted.n_iter_ == undisturbed.n_iter_
+    assert interrupted.lower_bounds_ == undisturbed.lower_bounds_
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(interrupted, name), getattr(undisturbed, name))
+
+
+def slow_block_sum(_shared, X, w):
+    import time
+
+    time.sleep(0.5)
+    return float(X.sum())
+
+
+def test_a_worker_killed_during_a_direct_pass_leaves_the_pass_to_a_graph(own_client):
+    """The kill lands while the actors compute: the call to the dead worker's actor
+    fails (it does not wait for ever), and the graph pass that replaces it recomputes
+    the lost blocks."""
+    import threading
+
+    from dask_em.engine import EMEngine
+
+    client = own_client
+    X = da.arange(40_000.0, chunks=4_000).reshape(10_000, 4).rechunk((1_000, 4))
+    with client.as_current(), dask.config.set({"dask_em.direct-passes": True}):
+        engine = EMEngine(X, model="test", cache="memory", client=client)
+        first = engine.map_reduce(slow_block_sum, lambda *p: sum(p), None)
+        assert engine._direct is not None
+        pid = sorted(client.cluster.scheduler.workers.values(), key=str)[0].pid
+        threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
+        second = engine.map_reduce(slow_block_sum, lambda *p: sum(p), None)
+        engine.release()
+    assert first == second == float(np.arange(40_000.0).sum())
+    assert engine._direct is None

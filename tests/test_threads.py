@@ -7,6 +7,7 @@ worker process instead of its default 1 (the cause of the oversubscription).
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -126,3 +127,14 @@ def test_a_pool_loaded_after_the_first_limit_is_limited_too():
     if not result["new"]:
         pytest.skip("no thread pool was loaded by the later import here")
     assert set(result["inside"].values()) == {1}, result
+
+
+def test_direct_passes_run_with_their_share_of_blas_threads(exported_client):
+    X = da.zeros((64, 3), chunks=(8, 3))
+    with dask.config.set({"dask_em.direct-passes": True}):
+        engine = EMEngine(X, model="threads", cache="memory")
+        threads = engine.map_reduce(report_threads, concatenate, None)["threads"]
+        assert engine._direct is not None  # the pass ran on the actors, not as a graph
+    engine.release()
+    assert threads == [max(1, available_cpus() // 2)] * 8
+    assert sorted(exported_client.run(blas_threads).values()) == [2, 2]

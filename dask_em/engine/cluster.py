@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from typing import Any
 
-from dask_em.engine import stalls
+from dask_em.engine import direct, stalls
 from dask_em.exceptions import ClusterError, MemoryStallError
 
 
@@ -169,6 +169,7 @@ def connect(
     min_workers: int = 1,
     quiet: bool = False,
     stall_timeout: float | None = None,
+    direct_passes: bool | None = None,
     **local_options: Any,
 ) -> Iterator[Any]:
     """A ``distributed.Client`` on ``scheduler`` (:func:`open_client`: bounded by
@@ -193,6 +194,7 @@ def connect(
     ``stall_timeout``: seconds for ``dask_em.stall-timeout`` inside the block (0: wait
     forever; None: the Dask config's value): a pass that waits that long on workers
     paused for memory stops with :class:`~dask_em.exceptions.MemoryStallError`.
+    ``direct_passes``: ``dask_em.direct-passes`` inside the block (None: the config's).
 
     ``quiet``: for a command whose errors are one line.  distributed's client logs a
     lost scheduler (with tracebacks) before the error is raised, and again from its own
@@ -209,6 +211,8 @@ def connect(
     with contextlib.ExitStack() as stack:
         if stall_timeout is not None:
             stack.enter_context(dask.config.set({stalls.STALL_TIMEOUT_KEY: stall_timeout}))
+        if direct_passes is not None:
+            stack.enter_context(dask.config.set({direct.CONFIG_KEY: direct_passes}))
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         if scheduler:

@@ -19,13 +19,8 @@ every pass reads it again, with each block's read fused into its E-step task (th
 per-block layer is blockwise over X and optimized as a dask array) so that a worker
 holds one block per thread; ``"auto"`` persists when X takes at most half of the
 cluster's memory.
-
-Monitoring: with a ``distributed.Client``, a fit runs inside the span
-``fit-<model>-<fit_id>`` (:meth:`EMEngine.fit_span`) and each EM iteration inside the
-sub-span ``iteration-<n>``, so the dashboard's fine performance metrics group time per
-fit and per iteration; every iteration is also sent as an event under the topic
-:data:`EVENT_TOPIC` (:mod:`.events`, without waiting), which another client can
-follow with ``Client.subscribe_topic`` or ``Client.get_events``.
+With ``dask_em.direct-passes`` set, passes over persisted data skip the graph: an
+actor on each worker runs them (:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -43,8 +38,9 @@ import psutil
 from dask.delayed import Delayed, delayed
 
 from dask_em.engine.cluster import active_client, wait_watched
-from dask_em.engine.events import FLUSH_TIMEOUT, EventSender
-from dask_em.engine.malloc import glibc_thresholds_during
+from dask_em.engine.direct import DirectPasses, direct_passes_asked
+from dask_em.engine.events import EventSender
+from dask_em.engine.monitoring import EVENT_TOPIC, FitMonitoring
 from dask_em.engine.placement import block_homes, block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
@@ -65,11 +61,8 @@ AUTO_PERSIST_SHARE = 0.5
 #: passes).
 LOCAL_FIT_BYTES = 32 * 2**20
 
-#: ``Client.log_event`` topic of the fit events (``fit-start``, ``iteration``, ``fit-end``).
-EVENT_TOPIC = "dask-em"
 
-
-class EMEngine:
+class EMEngine(FitMonitoring):
     """Runs passes of block functions and full EM loops over a row-chunked dask array.
 
     Parameters
@@ -129,6 +122,9 @@ class EMEngine:
         if self.persisted:
             X, sample_weight = self._persist(X, sample_weight)
         self.X, self.sample_weight = X, sample_weight
+        # passes over persisted data without graphs, when the config asks (.direct)
+        self._direct_wanted = self.persisted and self.client is not None and direct_passes_asked()
+        self._direct: DirectPasses | None = None
         self._local_blocks = self._materialize_blocks() if local else None
         self.passes = 0  # passes over the data run so far (every stage)
         self.bytes_read = 0  # bytes of data (X and weights) those passes read
@@ -187,30 +183,6 @@ class EMEngine:
         """Bytes of data one pass reads: X and the sample weights, every block once."""
         return int(self.X.nbytes + (0 if self.sample_weight is None else self.sample_weight.nbytes))
 
-    # -- monitoring -----------------------------------------------------------------
-    @contextlib.contextmanager
-    def _span(self, name: str) -> Iterator[None]:
-        """Open the span ``name`` (inside the open one): passes submitted within run in it.
-
-        The span's annotation is applied when a pass is submitted, not while its graph
-        is built: dask's blockwise optimizer does not fuse layers whose annotations
-        differ, so building under the annotation would keep each block's read out of its
-        E-step task (the data's layers were made outside the span).
-        """
-        if self.client is None:
-            yield
-            return
-        from distributed import span
-
-        parent = self._open_spans[-1] if self._open_spans else None
-        with dask.annotate(span=parent) if parent else contextlib.nullcontext(), span(name):
-            annotation = dask.get_annotations()["span"]
-        self._open_spans.append(annotation)
-        try:
-            yield
-        finally:
-            self._open_spans.pop()
-
     def _submit(self, dsk: dict, keys: list, leaf_prefix: str) -> list:
         """The values of ``keys``, computed on the cluster in the open span, the tasks
         ``(leaf_prefix..., i, 0)`` kept with block i (:mod:`.placement`); a pass stalled
@@ -227,52 +199,13 @@ class EMEngine:
         wait_watched(self.client, futures, names, blocks_of(self.X, self.sample_weight))
         return self.client.gather(futures)
 
-    @contextlib.contextmanager
-    def fit_span(self, **details: Any) -> Iterator[dict[str, Any]]:
-        """A fit: the span ``fit-<model>-<fit_id>`` and the events ``fit-start``/``fit-end``.
-
-        ``details`` go into the ``fit-start`` event; what the caller puts into the
-        yielded dict goes into ``fit-end`` (``status`` is ``"ok"`` or ``"error"``).
-        """
-        end: dict[str, Any] = {}
-        name = f"fit-{self.model}-{self.fit_id}"
-        if self.client is not None:
-            logger.info(
-                "fit %s: dashboard span %r, events under the topic %r",
-                self.fit_id,
-                name,
-                EVENT_TOPIC,
-            )
-        with self._span(name), glibc_thresholds_during(self.client):
-            self.log_event("fit-start", n_blocks=self.n_blocks, **details)
-            try:
-                yield end
-            except BaseException as error:
-                with contextlib.suppress(Exception):  # the cluster may be what failed
-                    self.log_event("fit-end", status="error", error=str(error)[:500])
-                    self._flush_events(timeout=5.0)
-                raise
-        self.log_event("fit-end", status="ok", **end)
-        self._flush_events()  # every event of the fit is in the scheduler's log
-
-    def log_event(self, kind: str, **fields: Any) -> None:
-        """Send ``{"kind", "fit_id", "model", **fields}`` under :data:`EVENT_TOPIC`,
-        without waiting for the scheduler (:mod:`.events`; in order)."""
-        if self.client is None:
-            return
-        message = {"kind": kind, "fit_id": self.fit_id, "model": self.model, **fields}
-        self._events.send(message)
-
-    def _flush_events(self, timeout: float = FLUSH_TIMEOUT) -> None:
-        if self._events is not None:
-            self._events.flush(timeout)
-
     def release(self) -> None:
         """Drop references to persisted data so the cluster can free it."""
         self.X = None
         self.sample_weight = None
         self._scattered_from = None
         self._local_blocks = None
+        self._stop_direct()
 
     # -- one pass -------------------------------------------------------------------
     def pass_graph(
@@ -346,6 +279,11 @@ class EMEngine:
                 for i, (X_block, w_block) in enumerate(self._local_blocks)
             ]
             return merge_in_tree(parts, merge, self.split_every)
+        if self._direct_wanted:
+            try:
+                return self._direct_pass(block_func, merge, shared, per_block)
+            except Exception as error:  # a graph pass recovers, or raises it again
+                self._stop_direct(error)
         while True:
             dsk, keys = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
             try:
@@ -359,6 +297,29 @@ class EMEngine:
             else:
                 return merge_in_tree(parts, merge, self.split_every)
 
+    def _direct_pass(self, block_func, merge, shared, per_block) -> Any:
+        if self._direct is None:  # the runners know the blocks' homes at this pass
+            self._homes = block_homes(self.client, self.X, self._homes)
+            if None in self._homes:
+                raise LookupError("a block of the data is held by no worker")
+            self._direct = DirectPasses(
+                self.client, self.X, self.sample_weight, self._homes,
+                split_every=self.split_every, model=self.model,
+            )  # fmt: skip
+            logger.info("passes run directly on %d workers (no graphs)", len(set(self._homes)))
+        limited = limit_threads(block_func, self.client)
+        return self._direct.run(limited, merge, shared, per_block)
+
+    def _stop_direct(self, error: Exception | None = None) -> None:
+        """No more direct passes in this fit (after ``error``, or at its end)."""
+        if error is not None:
+            logger.info("direct passes stop (%r): graphs from now on", error)
+        self._direct_wanted = False
+        if self._direct is not None:
+            with contextlib.suppress(Exception):  # the cluster may be what failed
+                self._direct.close()
+            self._direct = None
+
     def _send_lost_blocks_again(self) -> bool:
         """After a failed pass: scatter all the data again if blocks were lost (True)."""
         lost = lost_blocks(self.X, self.sample_weight) if self._scattered_from else 0
@@ -368,32 +329,3 @@ class EMEngine:
         self.X, self.sample_weight = self._persist(*self._scattered_from)
         logger.warning("%d blocks of the data were lost with a worker: sent all again", lost)
         return True
-
-    # -- the EM loop's hooks ------------------------------------------------------
-    def iteration_scope(self, iteration: int) -> contextlib.AbstractContextManager[None]:
-        """The dashboard span ``iteration-<n>`` around one pass of the EM loop."""
-        return self._span(f"iteration-{iteration}")
-
-    def observe(self, record: Any, label: str = "") -> None:
-        """One EM iteration done: its log line and its ``iteration`` event.
-
-        ``record`` is a :class:`dask_em.em.IterationRecord` (anything with its fields and
-        ``as_dict()``); ``label`` names the run among those in lockstep (``restart 2/8``;
-        empty for a lone run), in the line and the event (field ``run``).
-        """
-        logger.info(
-            "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read, "
-            "%d passes (%d in all)",
-            f"{self.model} {label}" if label else self.model,
-            record.iteration,
-            record.objective,
-            record.change,
-            record.seconds,
-            record.bytes_read / 1e6,
-            getattr(record, "passes", record.iteration),
-            self.passes,
-        )
-        self.log_event("iteration", run=label, **record.as_dict())
-
-    #: Where the EM loop's warnings go (see :func:`dask_em.em.run`).
-    log = logger

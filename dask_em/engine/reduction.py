@@ -17,7 +17,7 @@ receives at most ``split_every`` statistics of size O(K D^2) per pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from dask_em.engine.tasks import reduce_task, unboxed
@@ -54,3 +54,50 @@ def merge_in_tree(parts: Sequence[Any], merge: Callable[..., Any], split_every: 
         parts = [merge(*parts[j : j + split_every]) for j in range(0, len(parts), split_every)]
         if len(parts) == 1:
             return parts[0]
+
+
+def tree_sizes(n_leaves: int, split_every: int) -> list[int]:
+    """Nodes at each level of the tree over ``n_leaves`` leaves: level 0 the leaves, the
+    last level the root (always at least one merge above the leaves)."""
+    sizes = [n_leaves]
+    while len(sizes) == 1 or sizes[-1] > 1:
+        sizes.append(-(-sizes[-1] // split_every))
+    return sizes
+
+
+def _children(level: int, j: int, sizes: Sequence[int], split_every: int) -> range:
+    return range(j * split_every, min((j + 1) * split_every, sizes[level - 1]))
+
+
+def merge_local_subtrees(
+    leaves: Mapping[int, Any], n_leaves: int, merge: Callable[..., Any], split_every: int
+) -> dict[tuple[int, int], Any]:
+    """The highest nodes of the tree over ``n_leaves`` leaves that ``leaves`` (leaf
+    index -> part: some of them) suffice for, as ``{(level, j): part}`` (level 0: a
+    leaf that joins no such node).  Each node holds what :func:`merge_in_tree` computes
+    there, so :func:`merge_from_subtrees` finishes the same tree bit for bit."""
+    sizes = tree_sizes(n_leaves, split_every)
+    nodes = {(0, i): part for i, part in leaves.items()}
+    for level in range(1, len(sizes)):
+        for j in range(sizes[level]):
+            children = [(level - 1, c) for c in _children(level, j, sizes, split_every)]
+            if all(child in nodes for child in children):
+                nodes[(level, j)] = merge(*(nodes.pop(child) for child in children))
+    return nodes
+
+
+def merge_from_subtrees(
+    nodes: Mapping[tuple[int, int], Any], n_leaves: int, merge: Callable[..., Any], split_every: int
+) -> Any:
+    """The root of the tree over ``n_leaves`` leaves (as :func:`merge_in_tree`) from
+    ``nodes`` already merged (``{(level, j): part}``, together covering every leaf)."""
+    sizes = tree_sizes(n_leaves, split_every)
+
+    def node(level: int, j: int) -> Any:
+        if (level, j) in nodes:
+            return nodes[level, j]
+        if level == 0:
+            raise KeyError(f"the statistics of block {j} are missing")
+        return merge(*(node(level - 1, c) for c in _children(level, j, sizes, split_every)))
+
+    return node(len(sizes) - 1, 0)

@@ -1,0 +1,128 @@
+"""Watching a fit: its dashboard spans, its events and its log lines.
+
+With a ``distributed.Client``, a fit runs inside the span
+``fit-<model>-<fit_id>`` (:meth:`FitMonitoring.fit_span`) and each EM iteration inside the
+sub-span ``iteration-<n>``, so the dashboard's fine performance metrics group time per
+fit and per iteration; every iteration is also sent as an event under the topic
+:data:`EVENT_TOPIC` (:mod:`.events`, without waiting), which another client can
+follow with ``Client.subscribe_topic`` or ``Client.get_events``.  Passes run without
+a graph (:mod:`.direct`) are in no span: only their events and log lines show them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+
+from dask_em.engine.events import FLUSH_TIMEOUT
+from dask_em.engine.malloc import glibc_thresholds_during
+
+#: One logger for the whole engine: a fit's log lines (and its warnings) come from it.
+logger = logging.getLogger("dask_em.engine")
+
+#: ``Client.log_event`` topic of the fit events (``fit-start``, ``iteration``, ``fit-end``).
+EVENT_TOPIC = "dask-em"
+
+
+class FitMonitoring:
+    """The monitoring half of :class:`dask_em.engine.passes.EMEngine`, which provides
+    ``client``, ``model``, ``fit_id``, ``n_blocks``, ``passes``, ``_events`` (an
+    :class:`.events.EventSender` or None) and ``_open_spans`` (the annotations of the
+    spans open, innermost last)."""
+
+    # -- monitoring -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _span(self, name: str) -> Iterator[None]:
+        """Open the span ``name`` (inside the open one): passes submitted within run in it.
+
+        The span's annotation is applied when a pass is submitted, not while its graph
+        is built: dask's blockwise optimizer does not fuse layers whose annotations
+        differ, so building under the annotation would keep each block's read out of its
+        E-step task (the data's layers were made outside the span).
+        """
+        if self.client is None:
+            yield
+            return
+        from distributed import span
+
+        parent = self._open_spans[-1] if self._open_spans else None
+        with dask.annotate(span=parent) if parent else contextlib.nullcontext(), span(name):
+            annotation = dask.get_annotations()["span"]
+        self._open_spans.append(annotation)
+        try:
+            yield
+        finally:
+            self._open_spans.pop()
+
+    @contextlib.contextmanager
+    def fit_span(self, **details: Any) -> Iterator[dict[str, Any]]:
+        """A fit: the span ``fit-<model>-<fit_id>`` and the events ``fit-start``/``fit-end``.
+
+        ``details`` go into the ``fit-start`` event; what the caller puts into the
+        yielded dict goes into ``fit-end`` (``status`` is ``"ok"`` or ``"error"``).
+        """
+        end: dict[str, Any] = {}
+        name = f"fit-{self.model}-{self.fit_id}"
+        if self.client is not None:
+            logger.info(
+                "fit %s: dashboard span %r, events under the topic %r",
+                self.fit_id,
+                name,
+                EVENT_TOPIC,
+            )
+        with self._span(name), glibc_thresholds_during(self.client):
+            self.log_event("fit-start", n_blocks=self.n_blocks, **details)
+            try:
+                yield end
+            except BaseException as error:
+                with contextlib.suppress(Exception):  # the cluster may be what failed
+                    self.log_event("fit-end", status="error", error=str(error)[:500])
+                    self._flush_events(timeout=5.0)
+                raise
+        self.log_event("fit-end", status="ok", **end)
+        self._flush_events()  # every event of the fit is in the scheduler's log
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """Send ``{"kind", "fit_id", "model", **fields}`` under :data:`EVENT_TOPIC`,
+        without waiting for the scheduler (:mod:`.events`; in order)."""
+        if self.client is None:
+            return
+        message = {"kind": kind, "fit_id": self.fit_id, "model": self.model, **fields}
+        self._events.send(message)
+
+    def _flush_events(self, timeout: float = FLUSH_TIMEOUT) -> None:
+        if self._events is not None:
+            self._events.flush(timeout)
+
+    # -- the EM loop's hooks ------------------------------------------------------
+    def iteration_scope(self, iteration: int) -> contextlib.AbstractContextManager[None]:
+        """The dashboard span ``iteration-<n>`` around one pass of the EM loop."""
+        return self._span(f"iteration-{iteration}")
+
+    def observe(self, record: Any, label: str = "") -> None:
+        """One EM iteration done: its log line and its ``iteration`` event.
+
+        ``record`` is a :class:`dask_em.em.IterationRecord` (anything with its fields and
+        ``as_dict()``); ``label`` names the run among those in lockstep (``restart 2/8``;
+        empty for a lone run), in the line and the event (field ``run``).
+        """
+        logger.info(
+            "%s iteration %d: objective %.10g, change %.3g, %.3f s, %.1f MB read, "
+            "%d passes (%d in all)",
+            f"{self.model} {label}" if label else self.model,
+            record.iteration,
+            record.objective,
+            record.change,
+            record.seconds,
+            record.bytes_read / 1e6,
+            getattr(record, "passes", record.iteration),
+            self.passes,
+        )
+        self.log_event("iteration", run=label, **record.as_dict())
+
+    #: Where the EM loop's warnings go (see :func:`dask_em.em.run`).
+    log = logger
