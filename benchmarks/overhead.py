@@ -11,7 +11,10 @@ overhead.  It is measured on a LocalCluster of 2 workers x 1 thread:
 
 * against the number of blocks B (statistics of a Gaussian mixture with K=8, D=16,
   full covariance: 8.3 KiB);
-* against the statistics' size at 100 blocks (the parameters sent have the same size).
+* against the statistics' size at 100 blocks (the parameters sent have the same size);
+
+as graphs (the default) or, with ``--direct``, as direct passes (an actor per worker
+runs the blocks it holds and merges what it can of the tree, :mod:`dask_em.engine.direct`).
 
 A least-squares line ``a + b B`` through the first series gives the fixed cost per pass
 ``a`` and the scheduler's cost per block ``b``; the table that projects a pass over
@@ -85,6 +88,11 @@ def main() -> None:
     parser.add_argument("--max-blocks", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="direct passes (Dask config dask_em.direct-passes: an actor per worker, no graph)",
+    )
+    parser.add_argument(
         "--kernel-mb-per-s",
         type=float,
         default=400.0,
@@ -93,10 +101,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     counts = [b for b in (10, 30, 100, 300, 1000, 3000, 10_000) if b <= args.max_blocks]
+    import dask
+
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster),
+        dask.config.set({"dask_em.direct-passes": args.direct}),
     ):
+        print("direct passes (an actor per worker)" if args.direct else "graph passes")
         print("| blocks | s / pass | ms / block |")
         print("|---|---|---|")
         gmm = statistics_of_size(8, 16)

@@ -41,9 +41,11 @@ def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array]
     their data is in their graphs; None otherwise.
 
     The blocks are computed in this process with the synchronous scheduler (each
-    shared step once); block ``i`` of every array goes to worker ``i mod n`` (workers
-    sorted by address), so a block and its weights sit together and the workers start
-    balanced.  Each returned array has its input's shape, chunks and dtype.
+    shared step once); of B blocks on n workers (sorted by address), block ``i`` of
+    every array goes to worker ``floor(i n / B)``: a block and its weights sit together,
+    the workers start balanced, and each holds a run of consecutive blocks, so the
+    reduction tree's lower merges find their blocks on one worker (:mod:`.reduction`;
+    a direct pass merges them there, :mod:`.direct`).  Each returned array has its input's shape, chunks and dtype.
     """
     if any(in_graph_bytes(array) < array.nbytes for array in arrays):
         return None
@@ -57,7 +59,7 @@ def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array]
         blocks = dask.compute(*array.to_delayed().ravel(), scheduler="sync")
         keys = [(name, *key[1:]) for key in flatten(array.__dask_keys__())]
         for i, (key, block) in enumerate(zip(keys, blocks, strict=True)):
-            placed.setdefault(workers[i % len(workers)], {})[key] = block
+            placed.setdefault(workers[i * len(workers) // len(keys)], {})[key] = block
     futures = {}
     for worker, data in placed.items():
         futures.update(client.scatter(data, workers=[worker], hash=False))
