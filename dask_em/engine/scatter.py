@@ -45,7 +45,8 @@ def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array]
     every array goes to worker ``floor(i n / B)``: a block and its weights sit together,
     the workers start balanced, and each holds a run of consecutive blocks, so the
     reduction tree's lower merges find their blocks on one worker (:mod:`.reduction`;
-    a direct pass merges them there, :mod:`.direct`).  Each returned array has its input's shape, chunks and dtype.
+    a direct pass merges them there, :mod:`.direct`).  Each returned array has its
+    input's shape, chunks and dtype.
     """
     if any(in_graph_bytes(array) < array.nbytes for array in arrays):
         return None
