@@ -241,3 +241,29 @@ def test_successful_overwrite_fits_print_nothing_on_stderr(tmp_path, overlapping
         assert result.returncode == 0, result.stderr
         quiet = [x for x in result.stderr.splitlines() if not x.startswith("dask-em: Convergence")]
         assert quiet == [], f"run {run}: {result.stderr}"
+
+
+def test_direct_passes_on_dask_scheduler_and_worker_processes(tmp_path, overlapping_store):
+    """``dask-em fit --direct-passes`` against real ``dask scheduler``/``dask worker``
+    processes: the passes run on the worker's actor, and the model is the one the graph
+    passes give."""
+    cluster = LoopbackCluster()
+    try:
+        runs = {}
+        for name, extra in (("graph", []), ("direct", ["--direct-passes"])):
+            (tmp_path / name).mkdir()
+            command = fit_command(overlapping_store, tmp_path / name, cluster.address, 5)
+            done = subprocess.run(
+                [*command, "--cache", "memory", "--verbose", *extra],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert done.returncode == 0, done.stderr
+            runs[name] = (load(tmp_path / name / "model.zarr"), done.stdout + done.stderr)
+    finally:
+        cluster.stop()
+    assert "passes run directly on 1 workers" in runs["direct"][1]
+    assert "direct passes stop" not in runs["direct"][1]
+    assert "passes run directly" not in runs["graph"][1]
+    assert runs["direct"][0].lower_bounds_ == runs["graph"][0].lower_bounds_

@@ -135,7 +135,7 @@ def security_from(paths: dict[str, str]) -> Security:
     )
 
 
-def test_fit_on_a_cluster_that_speaks_only_tls(tmp_path):
+def test_fit_on_a_cluster_that_speaks_only_tls(tmp_path, caplog):
     security = security_from(write_certificates(tmp_path / "ours"))
     rng = np.random.default_rng(5)
     labels = rng.choice(2, size=40_000, p=TRUE_WEIGHTS)
@@ -162,6 +162,16 @@ def test_fit_on_a_cluster_that_speaks_only_tls(tmp_path):
         order = np.argsort(model.means_[:, 0])
         np.testing.assert_allclose(model.weights_[order], TRUE_WEIGHTS, atol=0.01)
         np.testing.assert_allclose(model.means_[order], TRUE_MEANS, atol=0.03)
+        # direct passes: the client calls each worker's actor over TLS too
+        with (
+            client.as_current(),
+            dask.config.set({"dask_em.direct-passes": True}),
+            caplog.at_level("INFO", logger="dask_em.engine"),
+        ):
+            direct = GaussianMixture(2, random_state=0, cache="memory", tol=1e-6).fit(X)
+        assert "passes run directly on 2 workers" in caplog.text
+        assert "direct passes stop" not in caplog.text
+        np.testing.assert_array_equal(direct.means_, model.means_)
 
         # a certificate from another authority is refused during the handshake
         strangers = write_certificates(tmp_path / "theirs", name="stranger")
