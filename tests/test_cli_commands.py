@@ -322,3 +322,8 @@ def test_direct_passes_flag_fits_the_same_model_as_graph_passes(
     assert direct.lower_bounds_ == graph.lower_bounds_
     np.testing.assert_array_equal(direct.means_, graph.means_)
     assert not dask.config.get("dask_em.direct-passes", False)  # set for that run only
+    with dask.config.set({"dask_em.direct-passes": True}), caplog.at_level("INFO"):
+        caplog.clear()
+        out = str(tmp_path / "off.zarr")
+        assert main([*base, "--out", out, "--no-direct-passes"]) == 0
+    assert "passes run directly on" not in caplog.text  # the flag wins over the config

@@ -264,6 +264,6 @@ def test_direct_passes_on_dask_scheduler_and_worker_processes(tmp_path, overlapp
     finally:
         cluster.stop()
     assert "passes run directly on 1 workers" in runs["direct"][1]
-    assert "direct passes stop" not in runs["direct"][1]
+    assert "direct pass failed" not in runs["direct"][1]
     assert "passes run directly" not in runs["graph"][1]
     assert runs["direct"][0].lower_bounds_ == runs["graph"][0].lower_bounds_

@@ -390,7 +390,7 @@ def fails_on_block_3(_shared, X, w, index):
     return {"rows": [len(X)], "weight": 0.0}
 
 
-def test_an_error_in_a_direct_pass_is_raised_by_the_graph_pass_that_replaces_it(client, caplog):
+def test_an_error_of_the_block_function_in_a_direct_pass_is_raised_at_once(client, caplog):
     X = da.ones((100, 2), chunks=(10, 2))
     with dask.config.set({"dask_em.direct-passes": True}):
         engine = EMEngine(X, model="test", cache="memory")
@@ -399,9 +399,28 @@ def test_an_error_in_a_direct_pass_is_raised_by_the_graph_pass_that_replaces_it(
             engine.map_reduce(
                 fails_on_block_3, concatenate, None, per_block=[(i,) for i in range(10)]
             )
-    assert "direct passes stop" in caplog.text
-    assert engine._direct is None and not engine._direct_wanted  # graphs from now on
+    assert "direct pass failed" not in caplog.text  # not run again as a graph
+    assert engine._direct is not None and engine._direct_wanted  # direct passes go on
     assert engine.map_reduce(count_rows, concatenate, None)["rows"] == [10] * 10
+    engine.release()
+
+
+def test_weights_held_by_another_worker_are_copied_beside_their_block(client):
+    """Data the workers computed: X's and the weights' blocks may sit on different
+    workers (persisted apart, then rebalanced); the runners get a copy of each weights
+    block on its X block's worker, and the pass is the graph pass, bit for bit."""
+    first, second = sorted(client.scheduler_info()["workers"])
+    X = da.random.RandomState(3).standard_normal((4000, 3), chunks=(500, 3))
+    w = da.random.RandomState(4).random_sample(4000, chunks=500)
+    X, w = client.persist(X, workers=[first]), client.persist(w, workers=[second])
+    firsts = [(500 * i,) for i in range(8)]
+    with dask.config.set({"dask_em.direct-passes": True}):
+        direct = EMEngine(X, w, model="test", cache="memory")
+    result = direct.map_reduce(weighted_sum, add_sums, None, per_block=firsts)
+    assert direct._direct is not None and direct._direct.copied > 0
+    direct.release()
+    graph = EMEngine(X, w, model="test", cache="memory")
+    assert graph.map_reduce(weighted_sum, add_sums, None, per_block=firsts) == result
 
 
 def test_direct_passes_are_only_for_persisted_data_on_a_cluster(client, tmp_path):
@@ -411,3 +430,24 @@ def test_direct_passes_are_only_for_persisted_data_on_a_cluster(client, tmp_path
         assert not EMEngine(X, model="test", local=True)._direct_wanted
         assert EMEngine(X, model="test", cache="memory")._direct_wanted
     assert not EMEngine(X, model="test", cache="memory")._direct_wanted  # off by default
+
+
+def test_direct_passes_keep_the_scheduler_from_going_idle(client, monkeypatch):
+    """No task runs during direct passes, so the scheduler's idle timeout would close it
+    in a long fit: a small task is sent every KEEP_ALIVE_SECONDS (here: every pass)."""
+    from dask_em.engine import direct
+
+    monkeypatch.setattr(direct, "KEEP_ALIVE_SECONDS", 0.0)
+    with dask.config.set({"dask_em.direct-passes": True}):
+        engine = EMEngine(da.ones((100, 2), chunks=(10, 2)), model="keepalive", cache="memory")
+    for _ in range(2):
+        engine.map_reduce(count_rows, concatenate, None)
+    engine.release()
+
+    def prefixes(dask_scheduler):
+        return sorted(dask_scheduler.task_prefixes)
+
+    deadline = time.monotonic() + 10
+    while "direct-keepalive-alive" not in client.run_on_scheduler(prefixes):
+        assert time.monotonic() < deadline, client.run_on_scheduler(prefixes)
+        time.sleep(0.05)

@@ -204,7 +204,7 @@ def test_a_fit_of_direct_passes_survives_a_killed_worker(own_client, store, sour
             engine_logger.removeHandler(handler)
             engine_logger.setLevel(previous_level)
     assert handler.victim and handler.victim["held"]  # it died holding blocks
-    assert any("direct passes stop" in line for line in handler.lines)  # then graphs
+    assert any("direct pass failed" in line for line in handler.lines)  # then a graph
     assert interrupted.n_iter_ == undisturbed.n_iter_
     assert interrupted.lower_bounds_ == undisturbed.lower_bounds_
     for name in ("weights_", "means_", "covariances_"):
@@ -237,4 +237,39 @@ def test_a_worker_killed_during_a_direct_pass_leaves_the_pass_to_a_graph(own_cli
         second = engine.map_reduce(slow_block_sum, lambda *p: sum(p), None)
         engine.release()
     assert first == second == float(np.arange(40_000.0).sum())
-    assert engine._direct is None
+    assert engine._direct is None and engine._direct_failures == 1
+
+
+def test_a_direct_pass_on_paused_workers_becomes_a_graph_pass_that_is_watched():
+    """A worker paused for memory does not run a direct pass: the pass runs as a graph,
+    which waits on the paused workers and stops with the stall error.  (The workers'
+    memory monitor is off, so that the pause set here stays.)"""
+    from distributed.core import Status
+
+    from dask_em import MemoryStallError
+    from dask_em.engine import EMEngine
+
+    def set_status(status, dask_worker=None):
+        dask_worker.status = status
+
+    X = da.ones((4_000, 2), chunks=(1_000, 2))
+    config = {"dask_em.direct-passes": True, "dask_em.stall-timeout": 2}
+    with (
+        dask.config.set({"distributed.worker.memory.pause": False}),
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+        client.as_current(),
+        dask.config.set(config),
+    ):
+        engine = EMEngine(X, model="test", cache="memory", client=client)
+        assert engine.map_reduce(slow_block_sum, lambda *p: sum(p), None) == 8_000.0
+        client.run(set_status, Status.paused)
+        try:
+            with pytest.raises(MemoryStallError):
+                engine.map_reduce(slow_block_sum, lambda *p: sum(p), None)
+        finally:
+            client.run(set_status, Status.running)
+        assert engine._direct_failures == 1
+        assert engine.map_reduce(slow_block_sum, lambda *p: sum(p), None) == 8_000.0
+        assert engine._direct is not None  # direct again once the workers run
+        engine.release()

@@ -326,12 +326,12 @@ def add_cluster_arguments(parser) -> None:
     add_stall_argument(group)
     group.add_argument(
         "--direct-passes",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="run the passes over data held in the workers' memory without Dask graphs, "
-        "on an actor per worker: no scheduling per pass (tens of ms saved), but the passes "
-        "show neither in the dashboard's task stream nor in its spans, and the client must "
-        "reach the workers (default: Dask config dask_em.direct-passes, else off)",
+        "by an actor on each worker: no scheduling per pass (tens of ms saved), but the "
+        "passes show neither in the dashboard's task stream nor in its spans (default: "
+        "Dask config dask_em.direct-passes, else off)",
     )
 
 

@@ -38,7 +38,7 @@ import psutil
 from dask.delayed import Delayed, delayed
 
 from dask_em.engine.cluster import active_client, wait_watched
-from dask_em.engine.direct import DirectPasses, direct_passes_asked
+from dask_em.engine.direct import DirectPasses, DirectPassFailed, direct_passes_asked
 from dask_em.engine.events import EventSender
 from dask_em.engine.monitoring import EVENT_TOPIC, FitMonitoring
 from dask_em.engine.placement import block_homes, block_pins, persist_on_workers, pinned_graph
@@ -55,6 +55,9 @@ CACHE_MODES = ("auto", "memory", "stream")
 
 #: In "auto" mode, persist when the data takes at most this share of cluster memory.
 AUTO_PERSIST_SHARE = 0.5
+
+#: Direct passes that could not run before the rest of a fit's passes run as graphs.
+MAX_DIRECT_FAILURES = 3
 
 #: In-memory NumPy input up to this size is fitted in the calling process, without the
 #: cluster: shipping it would cost more than the arithmetic (EM can need thousands of
@@ -125,6 +128,7 @@ class EMEngine(FitMonitoring):
         # passes over persisted data without graphs, when the config asks (.direct)
         self._direct_wanted = self.persisted and self.client is not None and direct_passes_asked()
         self._direct: DirectPasses | None = None
+        self._direct_failures = 0
         self._local_blocks = self._materialize_blocks() if local else None
         self.passes = 0  # passes over the data run so far (every stage)
         self.bytes_read = 0  # bytes of data (X and weights) those passes read
@@ -205,7 +209,8 @@ class EMEngine(FitMonitoring):
         self.sample_weight = None
         self._scattered_from = None
         self._local_blocks = None
-        self._stop_direct()
+        self._direct_wanted = False
+        self._close_direct()
 
     # -- one pass -------------------------------------------------------------------
     def pass_graph(
@@ -282,8 +287,8 @@ class EMEngine(FitMonitoring):
         if self._direct_wanted:
             try:
                 return self._direct_pass(block_func, merge, shared, per_block)
-            except Exception as error:  # a graph pass recovers, or raises it again
-                self._stop_direct(error)
+            except DirectPassFailed as failure:  # this pass runs as a graph
+                self._direct_failed(failure)
         while True:
             dsk, keys = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
             try:
@@ -297,24 +302,46 @@ class EMEngine(FitMonitoring):
             else:
                 return merge_in_tree(parts, merge, self.split_every)
 
-    def _direct_pass(self, block_func, merge, shared, per_block) -> Any:
-        if self._direct is None:  # the runners know the blocks' homes at this pass
+    def _direct_pass(
+        self,
+        block_func: Callable[..., Any],
+        merge: Callable[..., Any],
+        shared: Any,
+        per_block: Sequence[tuple] | None,
+    ) -> Any:
+        """One pass on the workers' runners (:mod:`.direct`), started at the first pass
+        and again after a failed one, where the blocks are then."""
+        if self._direct is None:
             self._homes = block_homes(self.client, self.X, self._homes)
             if None in self._homes:
-                raise LookupError("a block of the data is held by no worker")
-            self._direct = DirectPasses(
-                self.client, self.X, self.sample_weight, self._homes,
-                split_every=self.split_every, model=self.model,
-            )  # fmt: skip
+                raise DirectPassFailed("a block of the data is held by no worker")
+            try:
+                self._direct = DirectPasses(
+                    self.client, self.X, self.sample_weight, self._homes,
+                    split_every=self.split_every, model=self.model,
+                )  # fmt: skip
+            except DirectPassFailed:
+                raise
+            except Exception as error:  # the cluster could not make them
+                raise DirectPassFailed(repr(error)) from error
             logger.info("passes run directly on %d workers (no graphs)", len(set(self._homes)))
         limited = limit_threads(block_func, self.client)
         return self._direct.run(limited, merge, shared, per_block)
 
-    def _stop_direct(self, error: Exception | None = None) -> None:
-        """No more direct passes in this fit (after ``error``, or at its end)."""
-        if error is not None:
-            logger.info("direct passes stop (%r): graphs from now on", error)
-        self._direct_wanted = False
+    def _direct_failed(self, failure: DirectPassFailed) -> None:
+        """A direct pass could not run: this one runs as a graph, and after
+        :data:`MAX_DIRECT_FAILURES` of them so does the rest of the fit."""
+        self._direct_failures += 1
+        rest = self._direct_failures >= MAX_DIRECT_FAILURES
+        logger.warning(
+            "direct pass failed (%s): it runs as a graph%s",
+            failure,
+            ", as will the rest of the fit" if rest else "",
+        )
+        self._close_direct()
+        self._direct_wanted = not rest
+
+    def _close_direct(self) -> None:
         if self._direct is not None:
             with contextlib.suppress(Exception):  # the cluster may be what failed
                 self._direct.close()

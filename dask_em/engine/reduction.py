@@ -66,6 +66,7 @@ def tree_sizes(n_leaves: int, split_every: int) -> list[int]:
 
 
 def _children(level: int, j: int, sizes: Sequence[int], split_every: int) -> range:
+    """Indices, on level ``level - 1``, of the children of node ``j`` of ``level``."""
     return range(j * split_every, min((j + 1) * split_every, sizes[level - 1]))
 
 

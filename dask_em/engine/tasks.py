@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 
-def _extra_args(extra: Any) -> tuple[int, ...]:
+def extra_args(extra: Any) -> tuple[int, ...]:
+    """A block's extra arguments as Python ints (a row of a pass's ``per_block``)."""
     return () if extra is None else tuple(int(v) for v in np.ravel(extra))
 
 
@@ -19,7 +20,7 @@ def estep_block_task(X, w, shared, extra, *, block_func):
     """One block of a pass (``estep``, ``scan``, ``init``): its statistics, boxed in a
     1x1 object array (a cell of the blockwise layer)."""
     cell = np.empty((1, 1), dtype=object)
-    cell[0, 0] = block_func(shared, X, w, *_extra_args(extra))
+    cell[0, 0] = block_func(shared, X, w, *extra_args(extra))
     return cell
 
 
@@ -43,7 +44,7 @@ def predict_block_task(X, lengths, shared, extra):
     row.  ``lengths`` (sequence models) are the lengths of the block's sequences, or None.
     """
     kernel, family, params, check = shared
-    (offset,) = _extra_args(extra)
+    (offset,) = extra_args(extra)
     check.raise_for(X, offset, what=f"X[{offset}:{offset + len(X)}]")
     if lengths is None:
         outputs = (kernel(family, params, X),)
