@@ -118,8 +118,11 @@ class BlockRunner:
 
         async def one_block(i: int, x_key: Hashable, w_key: Hashable | None) -> Any:
             async with free_threads:  # a block is read (maybe unspilled) when it starts
-                X = worker.data[x_key]
-                w = None if w_key is None else worker.data[w_key]
+                try:
+                    X = worker.data[x_key]
+                    w = None if w_key is None else worker.data[w_key]
+                except KeyError as missing:  # dropped since the check below
+                    raise DirectPassFailed(f"a block left {worker.address}") from missing
                 # in a copy of this context, where get_worker() finds the worker (the
                 # thread limit asks it for the task's share of BLAS threads, .threads)
                 call = contextvars.copy_context().run
@@ -133,6 +136,9 @@ class BlockRunner:
         results = await asyncio.gather(
             *(one_block(*block) for block in blocks), return_exceptions=True
         )
+        for result in results:
+            if isinstance(result, DirectPassFailed):
+                return {"failed": str(result)}
         for result in results:
             if isinstance(result, BaseException):
                 return {"error": result}
