@@ -2,6 +2,9 @@
 
 - :mod:`~dask_em.engine.passes`: :class:`EMEngine`, data placement, one pass over the
   data as one graph (a task per block, a fixed reduction tree), spans and events;
+- :mod:`~dask_em.engine.monitoring`: a fit's spans, events and log lines;
+- :mod:`~dask_em.engine.direct`: opt-in passes over persisted data without graphs (an
+  actor per worker);
 - :mod:`~dask_em.engine.reduction`: that tree, its lower levels as tasks and its root
   in the client;
 - :mod:`~dask_em.engine.events`: the fit's events, sent in order without waiting;
@@ -26,10 +29,10 @@ from dask_em.engine.cluster import (
     stall_timeout,
     wait_for_workers,
 )
+from dask_em.engine.monitoring import EVENT_TOPIC
 from dask_em.engine.passes import (
     AUTO_PERSIST_SHARE,
     CACHE_MODES,
-    EVENT_TOPIC,
     LOCAL_FIT_BYTES,
     EMEngine,
 )

@@ -39,8 +39,7 @@ from dask.delayed import Delayed, delayed
 
 from dask_em.engine.cluster import active_client, wait_watched
 from dask_em.engine.direct import DirectPasses, DirectPassFailed, direct_passes_asked
-from dask_em.engine.events import EventSender
-from dask_em.engine.monitoring import EVENT_TOPIC, FitMonitoring
+from dask_em.engine.monitoring import FitMonitor
 from dask_em.engine.placement import block_homes, block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
@@ -65,7 +64,7 @@ MAX_DIRECT_FAILURES = 3
 LOCAL_FIT_BYTES = 32 * 2**20
 
 
-class EMEngine(FitMonitoring):
+class EMEngine:
     """Runs passes of block functions and full EM loops over a row-chunked dask array.
 
     Parameters
@@ -113,11 +112,10 @@ class EMEngine(FitMonitoring):
         self.sequences = lengths is not None
         self.model = model
         self.fit_id = uuid.uuid4().hex[:8]
-        self._open_spans: list[dict] = []  # annotations of the spans open, innermost last
         self.split_every = split_every
         self.local = local
         self.client = None if local else client if client is not None else active_client()
-        self._events = EventSender(self.client, EVENT_TOPIC) if self.client else None
+        self.monitor = FitMonitor(self.client, model, self.fit_id)  # spans, events, log lines
         self._scattered_from: tuple | None = None  # (X, weights) as given, to resend
         self._resent = 0  # times they were sent again after a worker loss
         self._homes: list[str | None] | None = None  # each block's worker, once persisted
@@ -191,7 +189,7 @@ class EMEngine(FitMonitoring):
         """The values of ``keys``, computed on the cluster in the open span, the tasks
         ``(leaf_prefix..., i, 0)`` kept with block i (:mod:`.placement`); a pass stalled
         on workers paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
-        span = self._open_spans[-1] if self._open_spans else None
+        span = self.monitor.current_span
         if self._homes is not None:  # where the blocks are now (placement)
             self._homes = block_homes(self.client, self.X, self._homes)
         # a HighLevelGraph, not a dict: dask names it by a random token instead of
@@ -356,3 +354,23 @@ class EMEngine(FitMonitoring):
         self.X, self.sample_weight = self._persist(*self._scattered_from)
         logger.warning("%d blocks of the data were lost with a worker: sent all again", lost)
         return True
+
+    # -- the fit's monitoring and the EM loop's hooks (.monitoring) -------------------
+    def fit_span(self, **details: Any) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """The fit's span and its ``fit-start``/``fit-end`` events (:meth:`FitMonitor.fit_span`)."""
+        return self.monitor.fit_span(self.n_blocks, **details)
+
+    def log_event(self, kind: str, **fields: Any) -> None:
+        """One event of the fit, under :data:`EVENT_TOPIC` (:meth:`FitMonitor.log_event`)."""
+        self.monitor.log_event(kind, **fields)
+
+    def iteration_scope(self, iteration: int) -> contextlib.AbstractContextManager[None]:
+        """The dashboard span ``iteration-<n>`` around one pass of the EM loop."""
+        return self.monitor.span(f"iteration-{iteration}")
+
+    def observe(self, record: Any, label: str = "") -> None:
+        """One EM iteration done: its log line and its event (:meth:`FitMonitor.observe`)."""
+        self.monitor.observe(record, label, self.passes)
+
+    #: Where the EM loop's warnings go (see :func:`dask_em.em.run`).
+    log = logger
