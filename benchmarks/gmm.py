@@ -9,7 +9,7 @@ persisted on the cluster beforehand, as a user's ``client.persist`` would), 20
 iterations from the same start (``tol=0``), for "full" and "diag" covariances, float64
 and float32 (``dtype="float32"`` on float32 data), each with dask_em's passes run as
 graphs (the default) and as direct passes (Dask config ``dask_em.direct-passes``: an
-actor per worker, no scheduling; :mod:`dask_em.engine.direct`).  dask_em runs on a
+worker runs its blocks, no scheduling; :mod:`dask_em.engine.direct`).  dask_em runs on a
 LocalCluster of 2 workers x 1 thread; scikit-learn in process with NumPy's threads.
 
 Each environment runs in its own process, started from this one: once as given, once
@@ -40,7 +40,7 @@ import numpy as np
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 #: How dask_em runs its passes: as graphs (the default) and, with the Dask config
-#: ``dask_em.direct-passes``, on an actor per worker (dask_em.engine.direct).
+#: ``dask_em.direct-passes``, each worker running its blocks (dask_em.engine.direct).
 PASSES = ("graph", "direct")
 
 COMPILE_PROBE = """

@@ -13,8 +13,8 @@ overhead.  It is measured on a LocalCluster of 2 workers x 1 thread:
   full covariance: 8.3 KiB);
 * against the statistics' size at 100 blocks (the parameters sent have the same size);
 
-as graphs (the default) or, with ``--direct``, as direct passes (an actor per worker
-runs the blocks it holds and merges what it can of the tree, :mod:`dask_em.engine.direct`).
+as graphs (the default) or, with ``--direct``, as direct passes (each worker runs the
+blocks it holds and merges what it can of the tree, :mod:`dask_em.engine.direct`).
 
 A least-squares line ``a + b B`` through the first series gives the fixed cost per pass
 ``a`` and the scheduler's cost per block ``b``; the table that projects a pass over
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument(
         "--direct",
         action="store_true",
-        help="direct passes (Dask config dask_em.direct-passes: an actor per worker, no graph)",
+        help="direct passes (Dask config dask_em.direct-passes: no graph per pass)",
     )
     parser.add_argument(
         "--kernel-mb-per-s",
@@ -108,7 +108,7 @@ def main() -> None:
         Client(cluster),
         dask.config.set({"dask_em.direct-passes": args.direct}),
     ):
-        print("direct passes (an actor per worker)" if args.direct else "graph passes")
+        print("direct passes (no graphs)" if args.direct else "graph passes")
         print("| blocks | s / pass | ms / block |")
         print("|---|---|---|")
         gmm = statistics_of_size(8, 16)

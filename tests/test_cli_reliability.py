@@ -245,7 +245,7 @@ def test_successful_overwrite_fits_print_nothing_on_stderr(tmp_path, overlapping
 
 def test_direct_passes_on_dask_scheduler_and_worker_processes(tmp_path, overlapping_store):
     """``dask-em fit --direct-passes`` against real ``dask scheduler``/``dask worker``
-    processes: the passes run on the worker's actor, and the model is the one the graph
+    processes: the passes run directly on the worker, and the model is the one the graph
     passes give."""
     cluster = LoopbackCluster()
     try:

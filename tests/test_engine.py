@@ -377,7 +377,7 @@ def test_a_direct_pass_computes_what_a_graph_pass_does_bit_for_bit(client, split
     with dask.config.set({"dask_em.direct-passes": True}):
         direct = EMEngine(X, w, model="test", cache="memory", split_every=split_every)
     assert direct.map_reduce(weighted_sum, add_sums, None, per_block=firsts) == expected
-    assert direct._direct is not None  # it ran on the actors
+    assert direct._direct is not None  # it ran directly
     assert direct.map_reduce(lambda s, X, w: len(X), nested, None) == expected_tree
     assert direct.passes == 2
     direct.release()
@@ -451,3 +451,41 @@ def test_direct_passes_keep_the_scheduler_from_going_idle(client, monkeypatch):
     while "direct-keepalive-alive" not in client.run_on_scheduler(prefixes):
         assert time.monotonic() < deadline, client.run_on_scheduler(prefixes)
         time.sleep(0.05)
+
+
+class TwoArgumentError(Exception):
+    """An exception that pickles but cannot be unpickled (two required arguments)."""
+
+    def __init__(self, first, second):
+        super().__init__(f"{first} and {second}")
+
+
+def raises_what_cannot_travel(_shared, X, w):
+    raise TwoArgumentError("bad", "worse")
+
+
+def merge_that_fails(*parts):
+    raise ZeroDivisionError("in merge")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("block_func", "merge", "error"),
+    [
+        (raises_what_cannot_travel, concatenate, RuntimeError),  # its text, not a hang
+        (count_rows, merge_that_fails, ZeroDivisionError),
+    ],
+)
+def test_errors_of_a_direct_pass_are_raised_once_even_when_they_cannot_travel(
+    client, caplog, block_func, merge, error
+):
+    with dask.config.set({"dask_em.direct-passes": True}):
+        engine = EMEngine(da.ones((100, 2), chunks=(10, 2)), model="test", cache="memory")
+    with caplog.at_level(logging.INFO, logger="dask_em.engine"):
+        with pytest.raises(error) as raised:
+            engine.map_reduce(block_func, merge, None)
+    assert "direct pass failed" not in caplog.text  # raised at once, not run as a graph
+    if block_func is raises_what_cannot_travel:  # raised in a worker: where, and its text
+        assert "TwoArgumentError: bad and worse" in str(raised.value)
+        assert "in a direct pass on tcp://" in str(raised.value)
+    engine.release()

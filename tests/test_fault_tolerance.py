@@ -185,7 +185,7 @@ class _KillAWorkerAfterIteration(logging.Handler):
 @pytest.mark.parametrize("source", ["store", "in memory"])
 def test_a_fit_of_direct_passes_survives_a_killed_worker(own_client, store, source):
     """Direct passes (``dask_em.direct-passes``): the pass after the kill fails on the
-    dead worker's actor, runs as a graph (which recovers the blocks: from the store, or
+    dead worker, runs as a graph (which recovers the blocks: from the store, or
     sent again from this process), and the fit ends where the undisturbed one did."""
     client = own_client
     X = store
@@ -219,7 +219,7 @@ def slow_block_sum(_shared, X, w):
 
 
 def test_a_worker_killed_during_a_direct_pass_leaves_the_pass_to_a_graph(own_client):
-    """The kill lands while the actors compute: the call to the dead worker's actor
+    """The kill lands while the workers compute: the call to the dead worker
     fails (it does not wait for ever), and the graph pass that replaces it recomputes
     the lost blocks."""
     import threading
@@ -273,3 +273,26 @@ def test_a_direct_pass_on_paused_workers_becomes_a_graph_pass_that_is_watched():
         assert engine.map_reduce(slow_block_sum, lambda *p: sum(p), None) == 8_000.0
         assert engine._direct is not None  # direct again once the workers run
         engine.release()
+
+
+def test_a_worker_lost_before_a_direct_pass_leaves_that_pass_to_a_graph(own_client):
+    """The scheduler already knows the worker is gone when the pass starts."""
+    import time
+
+    from dask_em.engine import EMEngine
+
+    client = own_client
+    X = da.arange(40_000.0, chunks=4_000).reshape(10_000, 4).rechunk((1_000, 4))
+    with client.as_current(), dask.config.set({"dask_em.direct-passes": True}):
+        engine = EMEngine(X, model="test", cache="memory", client=client)
+        first = engine.map_reduce(slow_block_sum, lambda *p: sum(p), None)
+        victim = sorted(client.cluster.scheduler.workers.values(), key=str)[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while victim.address in client.scheduler_info()["workers"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = engine.map_reduce(slow_block_sum, lambda *p: sum(p), None)
+        engine.release()
+    assert first == second == float(np.arange(40_000.0).sum())
+    assert engine._direct_failures == 1

@@ -134,7 +134,7 @@ def test_direct_passes_run_with_their_share_of_blas_threads(exported_client):
     with dask.config.set({"dask_em.direct-passes": True}):
         engine = EMEngine(X, model="threads", cache="memory")
         threads = engine.map_reduce(report_threads, concatenate, None)["threads"]
-        assert engine._direct is not None  # the pass ran on the actors, not as a graph
+        assert engine._direct is not None  # the pass ran directly, not as a graph
     engine.release()
     assert threads == [max(1, available_cpus() // 2)] * 8
     assert sorted(exported_client.run(blas_threads).values()) == [2, 2]

@@ -162,7 +162,7 @@ def test_fit_on_a_cluster_that_speaks_only_tls(tmp_path, caplog):
         order = np.argsort(model.means_[:, 0])
         np.testing.assert_allclose(model.weights_[order], TRUE_WEIGHTS, atol=0.01)
         np.testing.assert_allclose(model.means_[order], TRUE_MEANS, atol=0.03)
-        # direct passes: the actors are made and called over TLS too
+        # direct passes: the workers are called over TLS too
         with (
             client.as_current(),
             dask.config.set({"dask_em.direct-passes": True}),

@@ -329,7 +329,7 @@ def add_cluster_arguments(parser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run the passes over data held in the workers' memory without Dask graphs, "
-        "by an actor on each worker: no scheduling per pass (tens of ms saved), but the "
+        "each worker running its blocks: no scheduling per pass (tens of ms saved), but the "
         "passes show neither in the dashboard's task stream nor in its spans (default: "
         "Dask config dask_em.direct-passes, else off)",
     )

@@ -3,8 +3,8 @@
 - :mod:`~dask_em.engine.passes`: :class:`EMEngine`, data placement, one pass over the
   data as one graph (a task per block, a fixed reduction tree), spans and events;
 - :mod:`~dask_em.engine.monitoring`: a fit's spans, events and log lines;
-- :mod:`~dask_em.engine.direct`: opt-in passes over persisted data without graphs (an
-  actor per worker);
+- :mod:`~dask_em.engine.direct`: opt-in passes over persisted data without graphs (each
+  worker runs its blocks, called through ``Client.run``);
 - :mod:`~dask_em.engine.reduction`: that tree, its lower levels as tasks and its root
   in the client;
 - :mod:`~dask_em.engine.events`: the fit's events, sent in order without waiting;

@@ -20,7 +20,7 @@ per-block layer is blockwise over X and optimized as a dask array) so that a wor
 holds one block per thread; ``"auto"`` persists when X takes at most half of the
 cluster's memory.
 With ``dask_em.direct-passes`` set, passes over persisted data skip the graph: an
-actor on each worker runs them (:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
+each worker runs its blocks (:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
 from dask_em.engine.stalls import blocks_of, key_name
 from dask_em.engine.tasks import estep_block_task
-from dask_em.engine.threads import limit_threads
+from dask_em.engine.threads import host_threads, limit_threads
 
 #: One logger for the whole engine: a fit's log lines (and its warnings) come from it.
 logger = logging.getLogger("dask_em.engine")
@@ -323,8 +323,8 @@ class EMEngine:
             except Exception as error:  # the cluster could not make them
                 raise DirectPassFailed(repr(error)) from error
             logger.info("passes run directly on %d workers (no graphs)", len(set(self._homes)))
-        limited = limit_threads(block_func, self.client)
-        return self._direct.run(limited, merge, shared, per_block)
+        threads = host_threads(self.client)  # each block's BLAS share, as in a task
+        return self._direct.run(block_func, merge, shared, per_block, threads)
 
     def _direct_failed(self, failure: DirectPassFailed) -> None:
         """A direct pass could not run: this one runs as a graph, and after

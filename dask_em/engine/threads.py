@@ -90,15 +90,17 @@ def host_threads(client: Any) -> dict[str, int]:
     return totals
 
 
-def task_share(threads_by_host: Mapping[str, int] | None = None) -> int:
-    """BLAS threads one task may use where it runs (see module docstring)."""
+def task_share(threads_by_host: Mapping[str, int] | None = None, worker: Any = None) -> int:
+    """BLAS threads one task may use where it runs (see module docstring); ``worker``:
+    the worker it runs on, when ``get_worker()`` cannot tell (code run outside a task)."""
     threads = 1
-    try:
-        from distributed import get_worker
+    if worker is None:
+        try:
+            from distributed import get_worker
 
-        worker = get_worker()
-    except (ImportError, ValueError):
-        worker = None
+            worker = get_worker()
+        except (ImportError, ValueError):
+            worker = None
     if worker is not None:
         from distributed.comm import get_address_host
 
