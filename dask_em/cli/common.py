@@ -324,14 +324,19 @@ def add_cluster_arguments(parser) -> None:
         "another port is chosen when this one is busy)",
     )
     add_stall_argument(group)
-    group.add_argument(
+
+
+def add_direct_passes_argument(parser) -> None:
+    """``--direct-passes``: the fit's passes over data in the workers' memory without
+    graphs (:mod:`dask_em.engine.direct`); for the commands that fit."""
+    parser.add_argument(
         "--direct-passes",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="run the passes over data held in the workers' memory without Dask graphs, "
-        "each worker running its blocks: no scheduling per pass (tens of ms saved), but the "
-        "passes show neither in the dashboard's task stream nor in its spans (default: "
-        "Dask config dask_em.direct-passes, else off)",
+        help="run the fit's passes over data held in the workers' memory without Dask "
+        "graphs, each worker running its blocks: no scheduling per pass (tens of ms "
+        "saved), but the passes show neither in the dashboard's task stream nor in its "
+        "spans (default: Dask config dask_em.direct-passes, else off)",
     )
 
 

@@ -13,6 +13,7 @@ from dask_em.acceleration import ACCELERATE_METHODS
 from dask_em.cli.common import (
     UsageError,
     add_cluster_arguments,
+    add_direct_passes_argument,
     add_input_arguments,
     build_estimator,
     connect,
@@ -85,6 +86,7 @@ def add_parser(commands) -> None:
     fit.add_argument("--no-report", action="store_true", help="no plot and HTML report")
     fit.add_argument("--quiet", "-q", action="store_true", help="no per-iteration lines")
     add_cluster_arguments(fit)
+    add_direct_passes_argument(fit)
     fit.set_defaults(run=run)
 
 

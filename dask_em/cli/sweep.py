@@ -11,6 +11,7 @@ from dask_em.acceleration import ACCELERATE_METHODS
 from dask_em.cli.common import (
     UsageError,
     add_cluster_arguments,
+    add_direct_passes_argument,
     add_input_arguments,
     build_estimator,
     connect,
@@ -92,6 +93,7 @@ def add_parser(commands) -> None:
         help="accelerated EM (fewer passes over the data; default: plain EM)",
     )
     add_cluster_arguments(sweep)
+    add_direct_passes_argument(sweep)
     sweep.set_defaults(run=run)
 
 
