@@ -19,8 +19,8 @@ every pass reads it again, with each block's read fused into its E-step task (th
 per-block layer is blockwise over X and optimized as a dask array) so that a worker
 holds one block per thread; ``"auto"`` persists when X takes at most half of the
 cluster's memory.
-With ``dask_em.direct-passes`` set, passes over persisted data skip the graph: an
-each worker runs its blocks (:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
+With ``dask_em.direct-passes`` set, passes over persisted data skip the graph: each
+worker runs its blocks (:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
 """
 
 from __future__ import annotations
