@@ -307,8 +307,8 @@ class EMEngine:
         shared: Any,
         per_block: Sequence[tuple] | None,
     ) -> Any:
-        """One pass on the workers' runners (:mod:`.direct`), started at the first pass
-        and again after a failed one, where the blocks are then."""
+        """One pass run by the workers directly (:mod:`.direct`); its client side is
+        set up at the first pass, and again after a failed one, where the blocks are then."""
         if self._direct is None:
             self._homes = block_homes(self.client, self.X, self._homes)
             if None in self._homes:
@@ -320,7 +320,7 @@ class EMEngine:
                 )  # fmt: skip
             except DirectPassFailed:
                 raise
-            except Exception as error:  # the cluster could not make them
+            except Exception as error:  # the cluster could not set them up
                 raise DirectPassFailed(repr(error)) from error
             logger.info("passes run directly on %d workers (no graphs)", len(set(self._homes)))
         threads = host_threads(self.client)  # each block's BLAS share, as in a task
