@@ -23,6 +23,7 @@ from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
 from dask_em.families.gaussian_missing_compiled import RUN_ROWS, pattern_order
 from dask_em.families.gaussian_missing_runs import inverse_scratch, pattern_inverses
 from dask_em.families.poisson import PoissonFamily
+from dask_em.families.vector_log import log_chunk
 from tests.helpers import random_gaussian_params
 
 RTOL = 1e-12
@@ -36,6 +37,31 @@ def assert_same_stats(compiled, reference, keys, rtol=RTOL, floors=None):
         scale = max(float(np.max(np.abs(expected))), (floors or {}).get(key, 1e-300))
         error = float(np.max(np.abs(np.asarray(compiled[key]) - expected))) / scale
         assert error <= rtol, f"{key}: relative difference {error:.3g}"
+
+
+def test_vector_log_is_within_two_ulp_of_numpy():
+    # Bayes' rule's log of each row's total: every binade, subnormals and near 1, where
+    # log is small and the error of s = (m - 1)/(m + 1) counts most
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [
+            np.exp(rng.uniform(-744.0, 709.7, 200_000)),
+            rng.uniform(0.5, 2.0, 50_000),
+            rng.uniform(1.0, 8.0, 50_000),
+            [5e-324, 1e-310, 2.2250738585072014e-308, 0.5, 1.0, 2.0, 1.7976931348623157e308],
+            [np.nextafter(1.0, 2.0), np.nextafter(1.0, 0.0), np.sqrt(0.5), np.sqrt(2.0)],
+        ]
+    )
+    y = x.copy()
+    log_chunk(y, np.empty(len(x), dtype=np.int64), np.empty(len(x)))
+    expected = np.log(x)
+    ulps = np.abs(y - expected) / np.spacing(np.abs(expected))
+    assert ulps.max() <= 2.0
+    special = np.array([0.0, -0.0, np.inf, np.nan, -1.0, -np.inf, -1e-310])
+    y = special.copy()
+    log_chunk(y, np.empty(len(y), dtype=np.int64), np.empty(len(y)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.testing.assert_array_equal(y, np.log(special))
 
 
 def gaussian_block(rng, n_rows, n_features, nan_share):

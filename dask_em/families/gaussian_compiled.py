@@ -37,6 +37,11 @@ import numpy as np
 from dask_em.families import gaussian_linalg
 from dask_em.families.gaussian_kernels import centred_stats
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
+from dask_em.families.gaussian_slice_loops import (
+    diag_log_densities,
+    diag_moments,
+    full_log_densities,
+)
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
 from dask_em.families.responsibilities_compiled import (
     responsibilities,
@@ -124,58 +129,12 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
         m, start, n_passed = _centred_slice(  # m complete rows
             X, start, center, xct, no_row_major, w, ws, rows, passed_over, n_passed
         )
-        for k in range(n_components):
-            row = squares_sum[k]
-            for i in range(m):
-                row[i] = zero
-            for d in range(n_features):
-                mu = means_c[k, d]
-                s = scales[k, d]
-                x = xct[d]
-                for i in range(m):
-                    v = (x[i] - mu) * s  # difference first, as the reference
-                    row[i] += v * v
-            for i in range(m):
-                lp[k, i] = const[k] - 0.5 * row[i]
+        diag_log_densities(xct, means_c, scales, const, m, squares_sum, lp)
         part_weight, part_loglik = responsibilities(lp, m, ws, nk, scratch, resp)
         weight += part_weight
         loglik += part_loglik
-        for k in range(n_components):
-            r = resp[k]
-            for d in range(n_features):
-                x = xct[d]
-                first = zero
-                squares = zero
-                for i in range(m):
-                    v = r[i] * x[i]
-                    first += v
-                    squares += v * x[i]
-                sums[k, d] += first
-                second[k, d] += squares
+        diag_moments(resp, xct, m, sums, second, zero)
     return weight, loglik, passed_over[:n_passed]
-
-
-@jit
-def _full_log_densities(yt, offsets, const, lp):
-    """lp[k, i] = const_k - 1/2 sum_e (yt[k*D + e, i] - offsets[k, e])^2.
-
-    yt (K*D, m) ``(L_k^T xc_i)_e`` at row k*D + e (one BLAS product); offsets (K, D)
-    ``L_k^T mc_k``; const (K,); lp (K, m), written.
-    """
-    n_components, n_features = offsets.shape
-    m = yt.shape[1]
-    for k in range(n_components):
-        row = lp[k]
-        for i in range(m):
-            row[i] = 0.0
-        for e in range(n_features):
-            y = yt[k * n_features + e]
-            o = offsets[k, e]
-            for i in range(m):
-                v = y[i] - o
-                row[i] += v * v
-        for i in range(m):
-            row[i] = const[k] - 0.5 * row[i]
 
 
 @jit
@@ -226,7 +185,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
                     xct[d, i] = 0.0
                     xc[i, d] = 0.0
         np.dot(factors, xct, yt)
-        _full_log_densities(yt, offsets, const, lp)
+        full_log_densities(yt, offsets, const, m, lp)
         part_weight, part_loglik = responsibilities(lp, kept, ws, nk, scratch, lp)
         weight += part_weight
         loglik += part_loglik

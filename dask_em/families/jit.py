@@ -13,6 +13,9 @@ the function unchanged and callers fall back to the pure-NumPy reference kernels
 the compiled ones are tested against.
 
 ``nogil=True`` lets a Dask worker with several threads run kernels side by side;
+``error_model="numpy"``: a division by zero gives inf or NaN, as in the NumPy reference,
+instead of raising, and a loop that divides has no branch to stop the compiler from
+vectorizing it (a vectorizable ``log`` went from 1.3 to 0.3 ms per 250,000 values);
 ``fastmath`` stays off so that results are reproducible and comparable to 1e-12 with the
 NumPy reference, except for :func:`jit_reassociated` kernels: short dot products in
 per-row loops run at the latency of one addition after another unless the compiler may
@@ -48,7 +51,7 @@ def jit(function: F) -> F:
     """Compile ``function`` with numba (nopython, nogil, cached) when available."""
     if not HAVE_NUMBA:
         return function
-    return numba.njit(cache=True, nogil=True, fastmath=False)(function)
+    return numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")(function)
 
 
 def jit_reassociated(function: F) -> F:
@@ -56,7 +59,7 @@ def jit_reassociated(function: F) -> F:
     if not HAVE_NUMBA:
         return function
     flags = {"reassoc", "contract"}
-    return numba.njit(cache=True, nogil=True, fastmath=flags)(function)
+    return numba.njit(cache=True, nogil=True, fastmath=flags, error_model="numpy")(function)
 
 
 def jit_fused(function: F) -> F:
@@ -64,4 +67,4 @@ def jit_fused(function: F) -> F:
     one rounding instead of two, the order of operations kept)."""
     if not HAVE_NUMBA:
         return function
-    return numba.njit(cache=True, nogil=True, fastmath={"contract"})(function)
+    return numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")(function)

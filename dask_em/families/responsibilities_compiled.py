@@ -10,19 +10,20 @@ over contiguous rows that the compiler vectorizes, the exp included
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from dask_em.families.jit import jit, jit_reassociated
 from dask_em.families.vector_exp import exp_chunk
+from dask_em.families.vector_log import log_chunk
 
 
 @jit
 def row_scratch(rows):
     """The scratch of :func:`responsibilities` for slices of up to ``rows`` rows,
-    made once per block: (peak, total) float64 and the vectorized exp's two int64."""
+    made once per block: (peak, total, log of total) float64 and the vectorized exp's
+    and log's two int64."""
     return (
+        np.empty(rows),
         np.empty(rows),
         np.empty(rows),
         np.empty(rows, dtype=np.int64),
@@ -40,11 +41,12 @@ def responsibilities(lp, m, w, nk, scratch, out):
     contiguous); w (>= m,); scratch from :func:`row_scratch`.  Adds ``sum_i w_i r_ik``
     (in float64) to nk (K,).  The shift by the per-row maximum keeps exp in range
     (log-sum-exp); a row where every component has density 0 keeps peak 0.  The exp is
-    :func:`~dask_em.families.vector_exp.exp_chunk` (libm's is a scalar call); the sums
+    :func:`~dask_em.families.vector_exp.exp_chunk` and the log
+    :func:`~dask_em.families.vector_log.log_chunk` (libm's are scalar calls); the sums
     are reassociated (a few ulps).
     """
     n_components = lp.shape[0]
-    peak, total, high_bits, low_bits = scratch
+    peak, total, log_total, high_bits, low_bits = scratch
     for i in range(m):
         peak[i] = -np.inf
         total[i] = 0.0
@@ -62,11 +64,14 @@ def responsibilities(lp, m, w, nk, scratch, out):
         exp_chunk(row[:m], high_bits, low_bits)
         for i in range(m):
             total[i] += row[i]
+    for i in range(m):
+        log_total[i] = total[i]
+    log_chunk(log_total[:m], high_bits, low_bits.view(np.float64))
     weight = 0.0
     loglik = 0.0
     for i in range(m):
         weight += w[i]
-        loglik += w[i] * (math.log(total[i]) + peak[i])
+        loglik += w[i] * (log_total[i] + peak[i])
         total[i] = w[i] / total[i]
     for k in range(n_components):
         row = lp[k]
