@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -17,16 +18,20 @@ from dask_em.families.gaussian import COVARIANCE_TYPES
 from tests.helpers import assert_monotone, make_blobs
 
 
-def test_fit_runs_as_estep_and_reduce_tasks_on_the_workers(client):
+@pytest.mark.parametrize("grouped", [True, False])
+def test_fit_runs_as_estep_tasks_on_the_workers(client, grouped):
+    # persisted data: one E-step task per worker thread and pass (default), or one per
+    # block and the tree's reduce tasks above them (dask_em.grouped-passes False)
     X, _, _ = make_blobs(2000, 3, 3, seed=1)
-    with get_task_stream(client) as stream:
+    with dask.config.set({"dask_em.grouped-passes": grouped}), get_task_stream(client) as stream:
         GaussianMixture(3, random_state=0, max_iter=5, tol=0).fit(da.from_array(X, chunks=(200, 3)))
-    prefixes = {
-        record["key"][0].rsplit("-", 1)[0]
-        for record in stream.data
-        if isinstance(record["key"], tuple)
-    }
-    assert {"estep-gmm", "reduce-gmm", "scan-gmm", "init-gmm"} <= prefixes
+    names = [record["key"][0] for record in stream.data if isinstance(record["key"], tuple)]
+    prefixes = {name.rsplit("-", 1)[0] for name in names}
+    assert {"estep-gmm", "scan-gmm", "init-gmm"} <= prefixes
+    assert ("reduce-gmm" in prefixes) is not grouped  # 10 blocks: two levels of fan-in 8
+    estep_tasks = [name for name in names if name.startswith("estep-gmm-")]
+    passes = len(set(estep_tasks))
+    assert len(estep_tasks) == passes * (2 if grouped else 10)  # 2 workers x 1 thread
     workers = {record["worker"] for record in stream.data}
     assert len(workers) == 2
 

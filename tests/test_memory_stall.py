@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import dask
@@ -89,6 +90,20 @@ class FakeScheduler:
     def cancel(self, futures):
         self.cancelled.extend(futures)
 
+    def run_on_scheduler(self, function, **kwargs):
+        """``function`` run on a stand-in of the scheduler's state: each worker's
+        ``executing`` (tasks running there, as its heartbeat told)."""
+
+        class Task:
+            def __init__(self, key):
+                self.key = key
+
+        workers = {
+            address: types.SimpleNamespace(executing={Task(key): 1.0 for key in keys})
+            for address, keys in getattr(self, "executing_now", {}).items()
+        }
+        return function(dask_scheduler=types.SimpleNamespace(workers=workers), **kwargs)
+
 
 class Pending:
     def done(self) -> bool:
@@ -141,6 +156,16 @@ def test_watch_waits_on_while_a_running_worker_has_a_task_of_the_wait_or_none_is
     assert run_watch(healthy, looks=20) == float("inf")
     other_work = FakeScheduler({"w1": "paused", "w2": "running"}, {"w2": ("other-task",)})
     assert run_watch(other_work, looks=20) == 5.0  # not a task of the wait
+
+
+def test_watch_waits_on_while_a_paused_worker_finishes_a_task_of_the_wait():
+    # a paused worker still finishes the task it runs; a pass's task may cover all the
+    # blocks of that worker (grouped passes), longer than the stall timeout
+    finishing = FakeScheduler({"w1": "paused"}, {"w1": (("estep-gmm-ab", 0),)})
+    finishing.executing_now = {"w1": [("estep-gmm-ab", 0), "other-task"]}
+    assert run_watch(finishing, looks=20) == float("inf")
+    finishing.executing_now = {"w1": ["other-task"]}  # not a task of the wait
+    assert run_watch(finishing, looks=20) == 5.0
 
 
 def test_watch_counts_a_task_that_left_the_workers_as_progress():

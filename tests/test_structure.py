@@ -23,6 +23,7 @@ DASK_ALLOWED = {
     "dask_em.engine.cluster": "the client, and the cluster the command line starts",
     "dask_em.engine.passes": "placement, one pass over the data as one graph",
     "dask_em.engine.direct": "passes over persisted data run by each worker, no graph",
+    "dask_em.engine.grouped": "a pass over persisted data as one task per worker thread",
     "dask_em.engine.monitoring": "a fit's dashboard spans and events",
     "dask_em.engine.malloc": "the workers' malloc thresholds while a fit runs",
     "dask_em.engine.placement": "persisted data: each block's worker, its tasks kept there",

@@ -77,12 +77,18 @@ class DirectPassFailed(RuntimeError):
     """A direct pass could not run (not an error of the block function): run it as a graph."""
 
 
-def direct_passes_asked() -> bool:
-    """Whether the Dask config asks for direct passes (module docstring)."""
-    value = dask.config.get(CONFIG_KEY, False)
+def config_flag(key: str, default: bool) -> bool:
+    """A yes/no Dask config value; strings from the environment ("true", "False", "0",
+    "off", ...) read as a person means them."""
+    value = dask.config.get(key, default)
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def direct_passes_asked() -> bool:
+    """Whether the Dask config asks for direct passes (module docstring)."""
+    return config_flag(CONFIG_KEY, False)
 
 
 # -- in the workers -----------------------------------------------------------------

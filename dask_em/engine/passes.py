@@ -19,8 +19,9 @@ every pass reads it again, with each block's read fused into its E-step task (th
 per-block layer is blockwise over X and optimized as a dask array) so that a worker
 holds one block per thread; ``"auto"`` persists when X takes at most half of the
 cluster's memory.
-With ``dask_em.direct-passes`` set, passes over persisted data skip the graph: each
-worker runs its blocks (:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
+A pass over persisted data runs one E-step task per worker thread over the blocks its
+worker holds (:mod:`.grouped`), or no graph at all with ``dask_em.direct-passes`` set
+(:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dask.delayed import Delayed, delayed
 
 from dask_em.engine.cluster import active_client, wait_watched
 from dask_em.engine.direct import DirectPasses, DirectPassFailed, direct_passes_asked
+from dask_em.engine.grouped import finish_grouped, grouped_pass_graph, pass_groups
 from dask_em.engine.monitoring import FitMonitor
 from dask_em.engine.placement import block_homes, block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
@@ -185,16 +187,14 @@ class EMEngine:
         """Bytes of data one pass reads: X and the sample weights, every block once."""
         return int(self.X.nbytes + (0 if self.sample_weight is None else self.sample_weight.nbytes))
 
-    def _submit(self, dsk: dict, keys: list, leaf_prefix: str) -> list:
-        """The values of ``keys``, computed on the cluster in the open span, the tasks
-        ``(leaf_prefix..., i, 0)`` kept with block i (:mod:`.placement`); a pass stalled
-        on workers paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
+    def _submit(self, dsk: dict, keys: list, pins: dict) -> list:
+        """The values of ``keys``, computed on the cluster in the open span, each task
+        in ``pins`` kept on its worker (:mod:`.placement`); a pass stalled on workers
+        paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
         span = self.monitor.current_span
-        if self._homes is not None:  # where the blocks are now (placement)
-            self._homes = block_homes(self.client, self.X, self._homes)
         # a HighLevelGraph, not a dict: dask names it by a random token instead of
         # hashing every task and the parameters in it (5 ms per pass)
-        graph = pinned_graph(dsk, keys[0][0], block_pins(list(dsk), leaf_prefix, self._homes))
+        graph = pinned_graph(dsk, keys[0][0], pins)
         with dask.annotate(span=span) if span else contextlib.nullcontext():
             futures = self.client.get(graph, keys, sync=False)
         names = {key_name(key) for key in dsk}  # the pass's tasks, O(n_blocks)
@@ -288,16 +288,32 @@ class EMEngine:
             except DirectPassFailed as failure:  # this pass runs as a graph
                 self._direct_failed(failure)
         while True:
-            dsk, keys = self.pass_graph(block_func, merge, shared, stage=stage, per_block=per_block)
             try:
+                if self._homes is not None:  # where the blocks are now (placement)
+                    self._homes = block_homes(self.client, self.X, self._homes)
+                groups = pass_groups(self.client, self.persisted, self._homes, self.split_every)
+                if groups is None:
+                    dsk, keys = self.pass_graph(
+                        block_func, merge, shared, stage=stage, per_block=per_block
+                    )
+                    pins = block_pins(list(dsk), f"{stage}-{self.model}-", self._homes)
+                else:
+                    dsk, keys, pins = grouped_pass_graph(
+                        self.X, self.sample_weight, groups,
+                        limit_threads(block_func, self.client),  # BLAS: the task's share
+                        merge, shared, stage=stage, model=self.model, per_block=per_block,
+                        split_every=self.split_every,
+                    )  # fmt: skip
                 if self.client is None:
                     parts = dask.compute(*(Delayed(k, dsk) for k in keys), optimize_graph=False)
                 else:
-                    parts = self._submit(dsk, keys, f"{stage}-{self.model}-")
+                    parts = self._submit(dsk, keys, pins)
             except Exception:
                 if self.client is None or not self._send_lost_blocks_again():
                     raise
             else:
+                if groups is not None:
+                    return finish_grouped(parts, self.n_blocks, merge, self.split_every)
                 return merge_in_tree(parts, merge, self.split_every)
 
     def _direct_pass(

@@ -77,14 +77,46 @@ def merge_local_subtrees(
     index -> part: some of them) suffice for, as ``{(level, j): part}`` (level 0: a
     leaf that joins no such node).  Each node holds what :func:`merge_in_tree` computes
     there, so :func:`merge_from_subtrees` finishes the same tree bit for bit."""
+    return merge_complete_subtrees(
+        {(0, i): part for i, part in leaves.items()}, n_leaves, merge, split_every
+    )
+
+
+def merge_complete_subtrees(
+    nodes: dict[tuple[int, int], Any], n_leaves: int, merge: Callable[..., Any], split_every: int
+) -> dict[tuple[int, int], Any]:
+    """``nodes`` (``{(level, j): part}``, disjoint subtrees) with every node whose
+    children are all there merged, level by level from the bottom (in place)."""
     sizes = tree_sizes(n_leaves, split_every)
-    nodes = {(0, i): part for i, part in leaves.items()}
     for level in range(1, len(sizes)):
         for j in range(sizes[level]):
             children = [(level - 1, c) for c in _children(level, j, sizes, split_every)]
             if all(child in nodes for child in children):
                 nodes[(level, j)] = merge(*(nodes.pop(child) for child in children))
     return nodes
+
+
+def add_leaf(
+    nodes: dict[tuple[int, int], Any],
+    i: int,
+    part: Any,
+    sizes: Sequence[int],
+    merge: Callable[..., Any],
+    split_every: int,
+) -> None:
+    """Leaf ``i`` added to ``nodes`` (in place), and each node above it merged as soon
+    as all its children are there: after every leaf of a set is added, ``nodes`` is what
+    :func:`merge_local_subtrees` gives for that set, while holding at most
+    ``split_every - 1`` unmerged parts per level.  ``sizes``: :func:`tree_sizes`."""
+    nodes[(0, i)] = part
+    level, j = 0, i
+    while level + 1 < len(sizes):
+        parent = j // split_every
+        children = [(level, c) for c in _children(level + 1, parent, sizes, split_every)]
+        if not all(child in nodes for child in children):
+            return
+        nodes[(level + 1, parent)] = merge(*(nodes.pop(child) for child in children))
+        level, j = level + 1, parent
 
 
 def merge_from_subtrees(

@@ -22,6 +22,7 @@ This module decides and words; it imports no Dask (the client comes in as an arg
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Collection, Hashable, Sequence
@@ -148,10 +149,39 @@ def look_at_cluster(
     if not any(worker.paused for worker in workers):
         return workers, None
     processing = client.processing()
+    # a paused worker still finishes the task it runs: one that runs a task of the wait
+    # (a pass's task may cover many blocks, :mod:`.grouped`) counts as a running one
+    executing = executing_on(client, [worker.address for worker in workers if worker.paused], names)
+    workers = [
+        dataclasses.replace(worker, status="paused, finishing a task")
+        if executing.get(worker.address)
+        else worker
+        for worker in workers
+    ]
     return workers, {
         address: {key for key in keys if key_name(key) in names}
         for address, keys in processing.items()
     }
+
+
+def executing_on(client: Any, addresses: Sequence[str], names: Collection[Hashable]) -> dict:
+    """``{address: keys named names that the worker runs now}`` for ``addresses``, as the
+    scheduler last heard from each worker (its heartbeat); {} if it cannot be asked."""
+
+    def keys_running(dask_scheduler: Any, addresses: list, names: set) -> dict:
+        found = {}
+        for address in addresses:
+            state = dask_scheduler.workers.get(address)
+            keys = [task.key for task in state.executing] if state is not None else []
+            found[address] = [
+                key for key in keys if (key[0] if isinstance(key, tuple) and key else key) in names
+            ]
+        return found
+
+    try:
+        return client.run_on_scheduler(keys_running, addresses=list(addresses), names=set(names))
+    except Exception:  # an old scheduler, a fake client, a lost connection: none known
+        return {}
 
 
 def watch(

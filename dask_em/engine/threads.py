@@ -66,8 +66,25 @@ def available_cpus() -> int:
 #: is asked again (each ask is a round trip; a pass asks once).
 HOST_THREADS_MAX_AGE = 10.0
 
-#: (client id, when asked, threads per host) of the last ask: one client at a time
-_host_threads_seen: tuple[str, float, dict[str, int]] = ("", -math.inf, {})
+#: (client id, when asked, {worker address: (host, threads)}) of the last ask: one
+#: client at a time
+_workers_seen: tuple[str, float, dict[str, tuple[str, int]]] = ("", -math.inf, {})
+
+
+def _workers(client: Any) -> dict[str, tuple[str, int]]:
+    """``{worker address: (host, Dask threads)}`` of ``client``'s cluster, asked of the
+    scheduler at most every :data:`HOST_THREADS_MAX_AGE` seconds per client."""
+    global _workers_seen
+    key = str(getattr(client, "id", id(client)))
+    seen_key, asked_at, workers = _workers_seen
+    if seen_key == key and time.monotonic() - asked_at < HOST_THREADS_MAX_AGE:
+        return workers
+    workers = {
+        address: (info.get("host", ""), int(info.get("nthreads") or 1))
+        for address, info in client.scheduler_info(n_workers=-1)["workers"].items()
+    }
+    _workers_seen = (key, time.monotonic(), workers)
+    return workers
 
 
 def host_threads(client: Any) -> dict[str, int]:
@@ -77,17 +94,18 @@ def host_threads(client: Any) -> dict[str, int]:
     task's BLAS share on that host is off: its speed, never its results)."""
     if client is None:
         return {}
-    global _host_threads_seen
-    key = str(getattr(client, "id", id(client)))
-    seen_key, asked_at, totals = _host_threads_seen
-    if seen_key == key and time.monotonic() - asked_at < HOST_THREADS_MAX_AGE:
-        return totals
-    totals = {}
-    for info in client.scheduler_info(n_workers=-1)["workers"].values():
-        host = info.get("host", "")
-        totals[host] = totals.get(host, 0) + int(info.get("nthreads") or 1)
-    _host_threads_seen = (key, time.monotonic(), totals)
+    totals: dict[str, int] = {}
+    for host, threads in _workers(client).values():
+        totals[host] = totals.get(host, 0) + threads
     return totals
+
+
+def worker_threads(client: Any) -> dict[str, int]:
+    """Dask threads of each worker of ``client``'s cluster (address -> threads; {}
+    without), asked as :func:`host_threads` asks."""
+    if client is None:
+        return {}
+    return {address: threads for address, (_, threads) in _workers(client).items()}
 
 
 def task_share(threads_by_host: Mapping[str, int] | None = None, worker: Any = None) -> int:

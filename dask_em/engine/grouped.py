@@ -1,0 +1,215 @@
+"""A pass over persisted data as one task per worker thread, not one per block.
+
+Every task of a graph costs the scheduler and the worker the same whatever it computes
+(the task assigned, run in the worker's thread pool, its result reported and moved):
+on a LocalCluster of 2 workers x 1 thread, a pass of tasks that do nothing took 40 ms
+over 10 blocks, 121 ms over 100 and 944 ms over 1,000 as one task per block, and 21,
+20 and 77 ms as one task per worker.  Persisted blocks do not move between passes, so
+where each one is computed is known before the pass (:mod:`.placement`, each block's
+home): each worker thread gets one task, ``estep-<model>``, over a run of the blocks its
+worker holds, pinned to that worker (loosely, as the per-block tasks are).
+
+The task runs the block function on its blocks one after another, in block order, and
+merges every node of the pass's fixed reduction tree (:mod:`.reduction`) that its
+blocks complete, as soon as they do (:func:`.reduction.add_leaf`, so it holds at most a
+few statistics per level of the tree at once); it returns those nodes.  With more such
+tasks than ``split_every``, ``reduce-<model>`` tasks merge their nodes further up the
+tree; the client finishes it (:func:`.reduction.merge_from_subtrees`).  The tree, and
+so every sum's order, is the one of a pass of per-block tasks: the result is the same
+bit for bit.
+
+A pass over data read from storage (``cache="stream"``) stays one task per block: its
+blocks have no home, and the scheduler spreads the reads.  Dask config
+``dask_em.grouped-passes: False`` keeps one task per block for persisted data too (e.g.
+to see each block in the task stream, or to let work stealing balance workers of
+unequal speed).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from dask.core import flatten
+from dask.delayed import delayed
+
+from dask_em.engine.direct import config_flag
+from dask_em.engine.reduction import (
+    add_leaf,
+    merge_complete_subtrees,
+    merge_from_subtrees,
+    tree_sizes,
+)
+from dask_em.engine.tasks import extra_args
+from dask_em.engine.threads import worker_threads
+
+#: Dask config key: False keeps one task per block for persisted data too.
+CONFIG_KEY = "dask_em.grouped-passes"
+
+
+def grouped_passes_asked() -> bool:
+    """Whether passes over persisted data run as one task per worker thread (default)."""
+    return config_flag(CONFIG_KEY, True)
+
+
+def pass_groups(
+    client: Any, persisted: bool, homes: Sequence[str | None] | None, split_every: int
+) -> list[tuple[str, list[int]]] | None:
+    """The groups of a pass over data on ``client``'s cluster (:func:`block_groups` of
+    the blocks' homes and the workers' threads), or None for one task per block: data
+    not persisted, no client, ``dask_em.grouped-passes`` False, or blocks placed so
+    that a group would complete few nodes of the tree (:func:`fragmented`)."""
+    if client is None or not persisted or not grouped_passes_asked():
+        return None
+    groups = block_groups(homes or [], worker_threads(client))
+    if groups is None or fragmented(groups, len(homes or []), split_every):
+        return None
+    return groups
+
+
+def _discard(*_parts: Any) -> None:
+    return None
+
+
+def fragmented(
+    groups: Sequence[tuple[str, Sequence[int]]], n_leaves: int, split_every: int
+) -> bool:
+    """Whether a group would be left with more nodes of the tree unmerged than a run of
+    consecutive blocks ever is (at most ``2 (split_every - 1)`` a level).  Blocks spread
+    over the workers in turns (as the scheduler places blocks the workers read) complete
+    no node: each group would hold all its blocks' statistics at once and the client
+    would merge every leaf, so such a pass runs one task per block instead."""
+    sizes = tree_sizes(n_leaves, split_every)
+    limit = 2 * (split_every - 1) * (len(sizes) - 1)  # the levels below the root
+    for _, blocks in groups:
+        nodes: dict[tuple[int, int], Any] = {}
+        for i in blocks:
+            add_leaf(nodes, i, None, sizes, _discard, split_every)
+        if len(nodes) > limit:
+            return True
+    return False
+
+
+def block_groups(
+    homes: Sequence[str | None], threads: Mapping[str, int]
+) -> list[tuple[str, list[int]]] | None:
+    """``[(worker, block indices)]``: each worker's blocks (in block order) split into
+    as many runs of near-equal length as it has threads (``threads``: worker address ->
+    nthreads; 1 where unknown), ordered by their first block; None when a block has no
+    home (the pass then runs one task per block)."""
+    if not homes or any(home is None for home in homes):
+        return None
+    held: dict[str, list[int]] = {}
+    for i, home in enumerate(homes):
+        held.setdefault(home, []).append(i)
+    groups = []
+    for worker, blocks in held.items():
+        n_runs = max(1, min(int(threads.get(worker, 1)), len(blocks)))
+        for run in np.array_split(np.asarray(blocks), n_runs):
+            groups.append((worker, [int(i) for i in run]))
+    return sorted(groups, key=lambda group: group[1][0])
+
+
+def estep_group_task(
+    shared: Any,
+    *arrays: Any,
+    block_func: Callable[..., Any],
+    merge: Callable[..., Any],
+    blocks: Sequence[int],
+    extras: Sequence[Any],
+    n_leaves: int,
+    split_every: int,
+    weighted: bool,
+) -> dict[tuple[int, int], Any]:
+    """One worker thread's blocks of a pass: ``arrays`` are their X blocks, then (when
+    ``weighted``) their weights blocks; returns the tree's nodes they complete,
+    ``{(level, j): part}`` (leaves that complete none as ``(0, i)``)."""
+    n_blocks = len(blocks)
+    weights = arrays[n_blocks:] if weighted else (None,) * n_blocks
+    sizes = tree_sizes(n_leaves, split_every)
+    nodes: dict[tuple[int, int], Any] = {}
+    for i, X_i, w_i, extra in zip(blocks, arrays[:n_blocks], weights, extras, strict=True):
+        add_leaf(
+            nodes, i, block_func(shared, X_i, w_i, *extra_args(extra)), sizes, merge, split_every
+        )
+    return nodes
+
+
+def merge_nodes_task(
+    merge: Callable[..., Any], n_leaves: int, split_every: int, *node_sets: Mapping
+) -> dict[tuple[int, int], Any]:
+    """A ``reduce`` node over group tasks: their nodes together, with every node whose
+    children are all among them merged."""
+    nodes: dict[tuple[int, int], Any] = {}
+    for node_set in node_sets:
+        nodes.update(node_set)
+    return merge_complete_subtrees(nodes, n_leaves, merge, split_every)
+
+
+def grouped_pass_graph(
+    X: Any,
+    sample_weight: Any,
+    groups: Sequence[tuple[str, Sequence[int]]],
+    block_func: Callable[..., Any],
+    merge: Callable[..., Any],
+    shared: Any,
+    *,
+    stage: str,
+    model: str,
+    per_block: Sequence[tuple] | None,
+    split_every: int,
+) -> tuple[dict, list[Hashable], dict[Hashable, str]]:
+    """``(graph, keys whose node sets the client finishes, {task key: its worker})`` of
+    one pass; the tasks are named ``<stage>-<model>`` (the E-step of each group),
+    ``reduce-<model>`` and ``params-<model>`` (the parameters, one literal key)."""
+    token = uuid.uuid4().hex[:16]
+    map_name, reduce_name = f"{stage}-{model}-{token}", f"reduce-{model}-{token}"
+    params_name = f"params-{model}-{token}"
+    params = delayed(shared, name=params_name, traverse=False)
+    dsk = dict(params.__dask_graph__())
+    dsk.update(X.__dask_graph__())
+    X_keys = list(flatten(X.__dask_keys__()))
+    w_keys: list[Hashable] = []
+    if sample_weight is not None:
+        dsk.update(sample_weight.__dask_graph__())
+        w_keys = list(flatten(sample_weight.__dask_keys__()))
+    n_leaves = len(X_keys)
+    keys, pins = [], {}
+    for g, (worker, blocks) in enumerate(groups):
+        task = functools.partial(
+            estep_group_task,
+            block_func=block_func,
+            merge=merge,
+            blocks=list(blocks),
+            extras=[per_block[i] if per_block is not None else None for i in blocks],
+            n_leaves=n_leaves,
+            split_every=split_every,
+            weighted=sample_weight is not None,
+        )
+        key = (map_name, g)
+        inputs = [X_keys[i] for i in blocks] + [w_keys[i] for i in blocks if w_keys]
+        dsk[key] = (task, params.key, *inputs)
+        keys.append(key)
+        pins[key] = worker
+    level = 0
+    while len(keys) > split_every:
+        parents = []
+        for j in range(0, len(keys), split_every):
+            key = (reduce_name, level, j // split_every)
+            dsk[key] = (merge_nodes_task, merge, n_leaves, split_every, *keys[j : j + split_every])
+            parents.append(key)
+        keys, level = parents, level + 1
+    return dsk, keys, pins
+
+
+def finish_grouped(
+    node_sets: Sequence[Mapping], n_leaves: int, merge: Callable[..., Any], split_every: int
+) -> Any:
+    """The pass's result: the root of the tree from the node sets the client gathered."""
+    nodes: dict[tuple[int, int], Any] = {}
+    for node_set in node_sets:
+        nodes.update(node_set)
+    return merge_from_subtrees(nodes, n_leaves, merge, split_every)

@@ -1,0 +1,160 @@
+"""Passes over persisted data as one task per worker thread (dask_em.engine.grouped).
+
+The grouping must not change a pass's arithmetic: the same fixed tree, so the same
+result bit for bit as one task per block, whatever blocks each group holds.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import get_task_stream
+
+from dask_em.engine import EMEngine
+from dask_em.engine.grouped import (
+    block_groups,
+    finish_grouped,
+    fragmented,
+    grouped_pass_graph,
+    grouped_passes_asked,
+)
+from dask_em.engine.reduction import add_leaf, merge_in_tree, merge_local_subtrees, tree_sizes
+
+
+def weighted_sum(_shared, X, w, first_row):
+    """Float sums whose value depends on the order of addition, and the block's row."""
+    return {"sum": float((X.sum(axis=1) * w).sum()), "first": [int(first_row)]}
+
+
+def add_sums(*parts):
+    return {"sum": sum(p["sum"] for p in parts), "first": [f for p in parts for f in p["first"]]}
+
+
+def block_size(_shared, X, _w, *_extra):
+    return len(X)
+
+
+def nested(*parts):
+    """A merge that keeps the tree's shape: which parts were merged together, in order."""
+    return list(parts)
+
+
+def data(seed=5, n_rows=2000, chunk=61):
+    rng = np.random.default_rng(seed)
+    X = da.from_array(rng.standard_normal((n_rows, 3)) * 1e6, chunks=(chunk, 3))
+    w = da.from_array(rng.random(n_rows), chunks=(chunk,))
+    firsts = [(int(start),) for start in np.cumsum((0, *X.chunks[0][:-1]))]
+    return X, w, firsts
+
+
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+def test_grouped_passes_compute_what_one_task_per_block_does_bit_for_bit(client, split_every):
+    X, w, firsts = data()
+    with dask.config.set({"dask_em.grouped-passes": False}):
+        per_block = EMEngine(X, w, model="test", cache="memory", split_every=split_every)
+        expected = per_block.map_reduce(weighted_sum, add_sums, None, per_block=firsts)
+        expected_tree = per_block.map_reduce(block_size, nested, None)
+    grouped = EMEngine(X, w, model="test", cache="memory", split_every=split_every)
+    with get_task_stream(client) as stream:
+        assert grouped.map_reduce(weighted_sum, add_sums, None, per_block=firsts) == expected
+    assert grouped.map_reduce(block_size, nested, None) == expected_tree
+    assert expected["first"] == [first for (first,) in firsts]  # every block, in order
+    estep = [r for r in stream.data if str(r["key"][0]).startswith("estep-test")]
+    assert len(estep) == 2  # 33 blocks, 2 workers x 1 thread: one task each
+    assert {r["worker"] for r in estep} == set(grouped._homes)  # each where its blocks are
+
+
+def test_a_stream_pass_stays_one_task_per_block(client, tmp_path):
+    X, _, _ = data(n_rows=600, chunk=100)
+    X.to_zarr(str(tmp_path / "X.zarr"))
+    engine = EMEngine(da.from_zarr(str(tmp_path / "X.zarr")), model="test", cache="stream")
+    with get_task_stream(client) as stream:
+        assert engine.map_reduce(block_size, nested, None) == [100] * 6
+    assert sum(str(r["key"][0]).startswith("estep-test") for r in stream.data) == 6
+
+
+def test_groups_split_each_workers_blocks_by_its_threads():
+    homes = ["a", "a", "b", "a", "b", "a", "a", "c"]
+    groups = block_groups(homes, {"a": 2, "b": 1})  # c unknown: one thread
+    assert groups == [("a", [0, 1, 3]), ("b", [2, 4]), ("a", [5, 6]), ("c", [7])]
+    assert block_groups(["a", "a"], {"a": 8}) == [("a", [0]), ("a", [1])]  # no empty run
+    assert block_groups(["a", None], {"a": 1}) is None  # a block held nowhere: per block
+    assert block_groups([], {}) is None
+
+
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+@pytest.mark.parametrize("layout", ["runs", "interleaved", "random"])
+def test_any_grouping_merges_the_same_tree(split_every, layout):
+    # more groups than split_every (reduce tasks over the groups' nodes), groups of
+    # consecutive blocks or not, computed by dask's local scheduler
+    X, w, firsts = data(seed=7, n_rows=1500, chunk=40)  # 38 blocks
+    n_blocks = X.numblocks[0]
+    workers = {
+        "runs": np.repeat(np.arange(5), -(-n_blocks // 5))[:n_blocks],
+        "interleaved": np.arange(n_blocks) % 5,
+        "random": np.random.default_rng(split_every).integers(0, 7, n_blocks),
+    }[layout]
+    homes = [f"w{worker}" for worker in workers]
+    groups = block_groups(homes, {"w0": 2, "w3": 3})
+    assert len(groups) > split_every or split_every == 8
+    for merge, func, extra in ((add_sums, weighted_sum, firsts), (nested, block_size, None)):
+        dsk, keys, pins = grouped_pass_graph(
+            X, w, groups, func, merge, None,
+            stage="estep", model="test", per_block=extra, split_every=split_every,
+        )  # fmt: skip
+        assert set(pins.values()) == set(homes)
+        result = finish_grouped(dask.get(dsk, keys), n_blocks, merge, split_every)
+        blocks = zip(X.to_delayed().ravel(), w.to_delayed().ravel(), strict=True)
+        leaves = [
+            func(None, np.asarray(x), np.asarray(v), *(extra[i] if extra else ()))
+            for i, (x, v) in enumerate(dask.compute(*blocks))
+        ]
+        assert result == merge_in_tree(leaves, merge, split_every)
+
+
+@pytest.mark.parametrize("n_leaves", [1, 2, 7, 8, 9, 64, 100])
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+def test_leaves_added_one_by_one_merge_as_the_whole_set_does(n_leaves, split_every):
+    rng = np.random.default_rng(n_leaves)
+    held = sorted(rng.choice(n_leaves, size=max(1, n_leaves // 2), replace=False).tolist())
+    held = held if n_leaves > 2 else list(range(n_leaves))
+    nodes: dict = {}
+    for i in held:
+        add_leaf(nodes, i, [i], tree_sizes(n_leaves, split_every), nested, split_every)
+    assert nodes == merge_local_subtrees({i: [i] for i in held}, n_leaves, nested, split_every)
+
+
+def test_blocks_the_workers_read_run_as_their_placement_allows(client, tmp_path):
+    # blocks the workers read are placed by the scheduler, often in turns: a group of
+    # those would complete no node of the tree, so such a pass keeps one task per block
+    X, _, _ = data(n_rows=6400, chunk=100)  # 64 blocks
+    X.to_zarr(str(tmp_path / "X.zarr"))
+    engine = EMEngine(da.from_zarr(str(tmp_path / "X.zarr")), model="test", cache="memory")
+    with get_task_stream(client) as stream:
+        assert engine.map_reduce(block_size, add_rows, None) == 6400
+    estep = sum(str(r["key"][0]).startswith("estep-test") for r in stream.data)
+    groups = block_groups(engine._homes, {})
+    assert estep == (64 if fragmented(groups, 64, 8) else len(groups))
+
+
+def add_rows(*parts):
+    return sum(parts)
+
+
+def test_runs_are_never_fragmented_and_turns_are():
+    for n_blocks in (3, 16, 100, 1000):
+        for n_workers in (1, 2, 5):
+            runs = [f"w{i * n_workers // n_blocks}" for i in range(n_blocks)]
+            assert not fragmented(block_groups(runs, {}), n_blocks, 8)
+    turns = [f"w{i % 2}" for i in range(100)]
+    assert fragmented(block_groups(turns, {}), 100, 8)
+
+
+@pytest.mark.parametrize(
+    "value, asked", [(None, True), (False, False), ("false", False), ("0", False), ("True", True)]
+)
+def test_the_config_switch_reads_strings_as_meant(value, asked):
+    with dask.config.set({"dask_em.grouped-passes": value} if value is not None else {}):
+        assert grouped_passes_asked() is asked
