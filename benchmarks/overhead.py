@@ -4,7 +4,7 @@
     python benchmarks/overhead.py --max-blocks 1000
 
 One pass is what every EM iteration costs besides the kernels: building the graph,
-sending the parameters once, scheduling one task per block, the tree reduction of the
+sending the parameters once, scheduling the tasks, the tree reduction of the
 statistics and gathering the result.  Here every block is tiny (one row) and the block
 function does no arithmetic, so the wall time of ``EMEngine.map_reduce`` is all
 overhead.  It is measured on a LocalCluster of 2 workers x 1 thread:
@@ -13,12 +13,17 @@ overhead.  It is measured on a LocalCluster of 2 workers x 1 thread:
   full covariance: 8.3 KiB);
 * against the statistics' size at 100 blocks (the parameters sent have the same size);
 
-as graphs (the default) or, with ``--direct``, as direct passes (each worker runs the
-blocks it holds and merges what it can of the tree, :mod:`dask_em.engine.direct`).
+as graphs, both ways: one task per block (Dask config ``dask_em.grouped-passes``
+False) and one task per worker thread over the blocks it holds (the default,
+:mod:`dask_em.engine.grouped`), or, with ``--direct``, as direct passes (each worker
+runs the blocks it holds and merges what it can of the tree, no graph,
+:mod:`dask_em.engine.direct`).
 
-A least-squares line ``a + b B`` through the first series gives the fixed cost per pass
-``a`` and the scheduler's cost per block ``b``; the table that projects a pass over
-1 TB is printed from them (see the README for how to read it).
+A least-squares line ``a + b B`` through each series gives the fixed cost per pass
+``a`` and the cost per block ``b``; the table that projects a pass over 1 TB is
+printed from the last series, plus, for one task per worker thread, the per-block
+series' ``b`` (the scheduler's cost of one task) for each worker (see the README for
+how to read it).
 """
 
 from __future__ import annotations
@@ -103,30 +108,25 @@ def main() -> None:
     counts = [b for b in (10, 30, 100, 300, 1000, 3000, 10_000) if b <= args.max_blocks]
     import dask
 
+    if args.direct:
+        modes = [("direct passes (no graphs)", {"dask_em.direct-passes": True})]
+    else:  # the per-block series also gives the scheduler's cost of one task
+        modes = [
+            ("graph passes, one task per block", {"dask_em.grouped-passes": False}),
+            ("graph passes, one task per worker thread (the default)", {}),
+        ]
+    fits = []
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster),
-        dask.config.set({"dask_em.direct-passes": args.direct}),
     ):
-        print("direct passes (no graphs)" if args.direct else "graph passes")
-        print("| blocks | s / pass | ms / block |")
-        print("|---|---|---|")
-        gmm = statistics_of_size(8, 16)
-        series = []
-        for n_blocks in counts:
-            seconds = seconds_per_pass(n_blocks, gmm, args.repeats)
-            series.append(seconds)
-            print(f"| {n_blocks:,} | {seconds:.3f} | {1000 * seconds / n_blocks:.2f} |")
-        per_block, fixed = np.polyfit(counts, series, 1)
-        print(f"\nfit: {fixed * 1000:.1f} ms per pass + {per_block * 1000:.3f} ms per block")
-        print("\n| statistics (K, D) | KiB | s / pass at 100 blocks |")
-        print("|---|---|---|")
-        for K, D in ((2, 4), (8, 16), (32, 64), (64, 128)):
-            stats = statistics_of_size(K, D)
-            kib = sum(np.asarray(v).nbytes for v in stats.values()) / 1024
-            seconds = seconds_per_pass(min(100, args.max_blocks), stats, args.repeats)
-            print(f"| ({K}, {D}) | {kib:,.0f} | {seconds:.3f} |")
+        for title, config in modes:
+            with dask.config.set(config):
+                fits.append(measure(title, counts, args.repeats, args.max_blocks))
+    (fixed, per_block), per_task = fits[-1], (fits[0][1] if len(fits) > 1 else 0.0)
     print(f"\nprojection, 1 TB in 128 MB blocks, kernel {args.kernel_mb_per_s:.0f} MB/s per thread")
+    if per_task:
+        print(f"(one task per worker thread, {per_task * 1000:.2f} ms each, as one per block cost)")
     print(
         "| workers (1 thread) | blocks | scheduling s / pass | kernel s / pass | overhead share |"
     )
@@ -135,10 +135,35 @@ def main() -> None:
         n_blocks, overhead, compute = projection(
             fixed, per_block, workers, 128.0, args.kernel_mb_per_s
         )
+        overhead += per_task * workers
         share = overhead / (overhead + compute)
         print(
             f"| {workers:,} | {n_blocks:,} | {overhead:.1f} | {compute:.1f} | {100 * share:.0f}% |"
         )
+
+
+def measure(title: str, counts: list[int], repeats: int, max_blocks: int) -> tuple[float, float]:
+    """Print one series (seconds per pass against blocks, and against the statistics'
+    size at 100 blocks); returns the least-squares ``(fixed, per block)`` seconds."""
+    print(f"\n{title}")
+    print("| blocks | s / pass | ms / block |")
+    print("|---|---|---|")
+    gmm = statistics_of_size(8, 16)
+    series = []
+    for n_blocks in counts:
+        seconds = seconds_per_pass(n_blocks, gmm, repeats)
+        series.append(seconds)
+        print(f"| {n_blocks:,} | {seconds:.3f} | {1000 * seconds / n_blocks:.2f} |")
+    per_block, fixed = np.polyfit(counts, series, 1)
+    print(f"\nfit: {fixed * 1000:.1f} ms per pass + {per_block * 1000:.3f} ms per block")
+    print("\n| statistics (K, D) | KiB | s / pass at 100 blocks |")
+    print("|---|---|---|")
+    for K, D in ((2, 4), (8, 16), (32, 64), (64, 128)):
+        stats = statistics_of_size(K, D)
+        kib = sum(np.asarray(v).nbytes for v in stats.values()) / 1024
+        seconds = seconds_per_pass(min(100, max_blocks), stats, repeats)
+        print(f"| ({K}, {D}) | {kib:,.0f} | {seconds:.3f} |")
+    return fixed, per_block
 
 
 if __name__ == "__main__":

@@ -329,20 +329,31 @@ def run_on_one_worker(client: Any, function: Callable[..., Any], *args: Any) -> 
     return client.submit(function, *args, pure=False).result()
 
 
-def persist_balanced(client: Any, collections: Sequence[Any], blocks: stalls.Blocks) -> list:
+def persist_balanced(
+    client: Any, collections: Sequence[Any], blocks: stalls.Blocks, *, placed: Sequence[str] = ()
+) -> list:
     """``collections`` persisted on the cluster (their blocks computed or read by the
     workers), then spread evenly over the workers: the scheduler may place 8 blocks
-    3:5, and then one worker does 5/8 of every pass.  A block that cannot be computed
-    (a chunk of the store is unreadable, say) raises its task's own error; a stall on
-    workers paused for memory raises MemoryStallError (:func:`wait_watched`)."""
+    3:5, and then one worker does 5/8 of every pass.  ``placed``: the worker each block
+    of the first collection was asked to run on (collections whose tasks carry worker
+    annotations, :func:`dask_em.engine.placement.in_runs`, persisted as they are); where
+    every block is there, nothing is moved.  A block that cannot be computed (a chunk
+    of the store is unreadable, say) raises its task's own error; a stall on workers
+    paused for memory raises MemoryStallError (:func:`wait_watched`)."""
+    from dask.core import flatten
     from distributed import futures_of
 
-    persisted = client.persist(list(collections))
+    persisted = client.persist(list(collections), optimize_graph=not placed)
     futures = futures_of(persisted)
     names = {collection.name for collection in collections}
     wait_watched(client, futures, names, blocks, persisting=True)
     for future in futures:
         if future.status == "error":
             future.result()
+    if placed:
+        holders = client.who_has(persisted[0])
+        keys = list(flatten(persisted[0].__dask_keys__()))
+        if all(home in holders.get(key, ()) for key, home in zip(keys, placed, strict=True)):
+            return persisted
     client.rebalance(futures)
     return persisted

@@ -2,7 +2,8 @@
 
 ``cache="memory"`` puts every block on one worker, the workers balanced
 (:func:`dask_em.engine.scatter.scatter_in_memory` for data held in this process,
-:func:`dask_em.engine.cluster.persist_balanced` for data the workers compute), and the
+:func:`dask_em.engine.cluster.persist_balanced` for data the workers compute, each
+worker a run of consecutive blocks, :func:`in_runs`), and the
 scheduler then runs a block's task where the block is.  That alone does not keep a pass
 balanced: once work stealing has moved one task to the other worker, the block has two
 holders, and the scheduler's tie-break sent that block's task to the same worker in
@@ -45,8 +46,34 @@ def persist_on_workers(
     persisted = scatter_in_memory(client, collections)
     scattered = persisted is not None
     if not scattered:
-        persisted = persist_balanced(client, collections, blocks)
+        pinned, placed = in_runs(client, collections)
+        persisted = persist_balanced(client, pinned, blocks, placed=placed)
     return persisted, scattered, block_homes(client, persisted[0])
+
+
+def in_runs(client: Any, collections: Sequence[da.Array]) -> tuple[list[da.Array], list[str]]:
+    """``collections`` with block i's task asked to run on worker ``floor(i W / B)`` of
+    the W workers (sorted by address), and those workers: each worker then holds a run
+    of consecutive blocks, as :func:`~dask_em.engine.scatter.scatter_in_memory` places
+    data held in this process, so that a pass can run one task per worker thread
+    (:mod:`.grouped`).  Left to itself the scheduler places the blocks the workers read
+    in turns (0, 1, 1, 0, 1, ... over 2 workers), and no worker then holds all the
+    blocks of any node of the reduction tree.  The restriction is loose (a worker that
+    is gone, or full, leaves the task to another); blocks already in memory stay where
+    they are."""
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    n_blocks = collections[0].numblocks[0]
+    if not workers or n_blocks == 0:
+        return list(collections), []
+    placed = [workers[i * len(workers) // n_blocks] for i in range(n_blocks)]
+    pinned = []
+    for collection in collections:
+        keys = list(flatten(collection.__dask_keys__()))
+        dsk = dict(collection.__dask_optimize__(collection.__dask_graph__(), keys))
+        pins = {key: placed[i] for i, key in enumerate(keys)}
+        graph = pinned_graph(dsk, collection.name, pins)
+        pinned.append(da.Array(graph, collection.name, collection.chunks, meta=collection._meta))
+    return pinned, placed
 
 
 def block_homes(
