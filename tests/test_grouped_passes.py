@@ -126,17 +126,22 @@ def test_leaves_added_one_by_one_merge_as_the_whole_set_does(n_leaves, split_eve
     assert nodes == merge_local_subtrees({i: [i] for i in held}, n_leaves, nested, split_every)
 
 
-def test_blocks_the_workers_read_run_as_their_placement_allows(client, tmp_path):
-    # blocks the workers read are placed by the scheduler, often in turns: a group of
-    # those would complete no node of the tree, so such a pass keeps one task per block
-    X, _, _ = data(n_rows=6400, chunk=100)  # 64 blocks
+def test_blocks_the_workers_read_are_read_in_runs_where_they_stay(client, tmp_path):
+    # placement.in_runs: block i read on worker floor(i W / B), the reads of a sliced
+    # store (fused into other tasks, the blocks aliases of them) and weights from the
+    # same store included, so a pass runs one task per worker thread
+    X, _, _ = data(n_rows=1600, chunk=100)  # 16 blocks
     X.to_zarr(str(tmp_path / "X.zarr"))
-    engine = EMEngine(da.from_zarr(str(tmp_path / "X.zarr")), model="test", cache="memory")
+    stored = da.from_zarr(str(tmp_path / "X.zarr"))
     with get_task_stream(client) as stream:
-        assert engine.map_reduce(block_size, add_rows, None) == 6400
-    estep = sum(str(r["key"][0]).startswith("estep-test") for r in stream.data)
-    groups = block_groups(engine._homes, {})
-    assert estep == (64 if fragmented(groups, 64, 8) else len(groups))
+        engine = EMEngine(stored[:, :2], abs(stored[:, 2]), model="test", cache="memory")
+    first, second = sorted(client.scheduler_info()["workers"])
+    assert engine._homes == [first] * 8 + [second] * 8
+    per_block = [r for r in stream.data if isinstance(r["key"], tuple) and len(r["key"]) > 1]
+    assert per_block and all(r["worker"] == engine._homes[r["key"][1]] for r in per_block)
+    with get_task_stream(client) as stream:
+        assert engine.map_reduce(block_size, add_rows, None) == 1600
+    assert sum(str(r["key"][0]).startswith("estep-test") for r in stream.data) == 2
 
 
 def add_rows(*parts):

@@ -132,12 +132,18 @@ def test_the_package_imports_and_fits_without_scikit_learn():
 
 
 # -- scikit-learn's common checks --------------------------------------------------------
+# Seeded: the checks fit tiny random data (40 rows in 10 dimensions, say), where about
+# one random start in 75 takes a first EM step whose objective falls by up to 3e-6
+# relative: components of about ten rows in ten dimensions have nearly singular
+# covariances, and ``reg_covar * I`` added after the M-step is not part of the
+# objective (the family's module docstring).  Unseeded, the autouse monotone check
+# failed at random, about once in 75 runs of the suite.
 MIXTURES = [
-    GaussianMixture(2),
-    GaussianMixture(2, missing="error"),
-    PoissonMixture(2),
-    CategoricalMixture(2),
-    BernoulliMixture(2),
+    GaussianMixture(2, random_state=0),
+    GaussianMixture(2, missing="error", random_state=0),
+    PoissonMixture(2, random_state=0),
+    CategoricalMixture(2, random_state=0),
+    BernoulliMixture(2, random_state=0),
 ]
 
 if "expected_failed_checks" in inspect.signature(parametrize_with_checks).parameters:

@@ -335,12 +335,11 @@ def persist_balanced(
     """``collections`` persisted on the cluster (their blocks computed or read by the
     workers), then spread evenly over the workers: the scheduler may place 8 blocks
     3:5, and then one worker does 5/8 of every pass.  ``placed``: the worker each block
-    of the first collection was asked to run on (collections whose tasks carry worker
+    of every collection was asked to run on (collections whose tasks carry worker
     annotations, :func:`dask_em.engine.placement.in_runs`, persisted as they are); where
-    every block is there, nothing is moved.  A block that cannot be computed (a chunk
-    of the store is unreadable, say) raises its task's own error; a stall on workers
-    paused for memory raises MemoryStallError (:func:`wait_watched`)."""
-    from dask.core import flatten
+    every block of every collection is there, nothing is moved.  A block that cannot be
+    computed (a chunk of the store is unreadable, say) raises its task's own error; a
+    stall on workers paused for memory raises MemoryStallError (:func:`wait_watched`)."""
     from distributed import futures_of
 
     persisted = client.persist(list(collections), optimize_graph=not placed)
@@ -350,10 +349,16 @@ def persist_balanced(
     for future in futures:
         if future.status == "error":
             future.result()
-    if placed:
-        holders = client.who_has(persisted[0])
-        keys = list(flatten(persisted[0].__dask_keys__()))
-        if all(home in holders.get(key, ()) for key, home in zip(keys, placed, strict=True)):
-            return persisted
+    if placed and all(_held_as_placed(client, array, placed) for array in persisted):
+        return persisted
     client.rebalance(futures)
     return persisted
+
+
+def _held_as_placed(client: Any, array: Any, placed: Sequence[str]) -> bool:
+    """Whether block i of the persisted ``array`` is held by worker ``placed[i]``."""
+    from dask.core import flatten
+
+    holders = client.who_has(array)
+    keys = list(flatten(array.__dask_keys__()))
+    return all(home in holders.get(key, ()) for key, home in zip(keys, placed, strict=True))

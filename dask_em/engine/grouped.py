@@ -79,7 +79,7 @@ def fragmented(
 ) -> bool:
     """Whether a group would be left with more nodes of the tree unmerged than a run of
     consecutive blocks ever is (at most ``2 (split_every - 1)`` a level).  Blocks spread
-    over the workers in turns (as the scheduler places blocks the workers read) complete
+    over the workers in turns (as the scheduler places blocks left to itself) complete
     no node: each group would hold all its blocks' statistics at once and the client
     would merge every leaf, so such a pass runs one task per block instead."""
     sizes = tree_sizes(n_leaves, split_every)

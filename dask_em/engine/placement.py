@@ -28,7 +28,9 @@ from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import dask
 import dask.array as da
+from dask._task_spec import Alias
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
@@ -58,21 +60,32 @@ def in_runs(client: Any, collections: Sequence[da.Array]) -> tuple[list[da.Array
     data held in this process, so that a pass can run one task per worker thread
     (:mod:`.grouped`).  Left to itself the scheduler places the blocks the workers read
     in turns (0, 1, 1, 0, 1, ... over 2 workers), and no worker then holds all the
-    blocks of any node of the reduction tree.  The restriction is loose (a worker that
-    is gone, or full, leaves the task to another); blocks already in memory stay where
-    they are."""
+    blocks of any node of the reduction tree.  The collections are optimized together
+    (work they share runs once), and where a block's read was fused into another task
+    (a slice of a store, say: the block is then an alias of it), that task is pinned
+    too, so the read runs where the block is to stay.  The restriction is loose (a
+    worker that is gone, or full, leaves the task to another); blocks already in memory
+    stay where they are."""
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     n_blocks = collections[0].numblocks[0]
     if not workers or n_blocks == 0:
         return list(collections), []
     placed = [workers[i * len(workers) // n_blocks] for i in range(n_blocks)]
-    pinned = []
-    for collection in collections:
-        keys = list(flatten(collection.__dask_keys__()))
-        dsk = dict(collection.__dask_optimize__(collection.__dask_graph__(), keys))
-        pins = {key: placed[i] for i, key in enumerate(keys)}
-        graph = pinned_graph(dsk, collection.name, pins)
-        pinned.append(da.Array(graph, collection.name, collection.chunks, meta=collection._meta))
+    optimized = dask.optimize(*collections)  # together: work they share is done once
+    graphs = [dict(collection.__dask_graph__()) for collection in optimized]
+    pins: dict[Hashable, str] = {}
+    for collection in optimized:
+        for i, key in enumerate(flatten(collection.__dask_keys__())):
+            pins[key] = placed[i]
+    for dsk in graphs:  # a block fused into another task is an alias of it: pin that too
+        for key, worker in list(pins.items()):
+            while isinstance(dsk.get(key), Alias):
+                key = getattr(dsk[key].target, "key", dsk[key].target)
+                pins.setdefault(key, worker)
+    pinned = [
+        da.Array(pinned_graph(dsk, c.name, pins), c.name, c.chunks, meta=c._meta)
+        for c, dsk in zip(optimized, graphs, strict=True)
+    ]
     return pinned, placed
 
 
