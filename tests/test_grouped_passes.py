@@ -6,6 +6,8 @@ result bit for bit as one task per block, whatever blocks each group holds.
 
 from __future__ import annotations
 
+import time
+
 import dask
 import dask.array as da
 import numpy as np
@@ -64,6 +66,16 @@ def test_grouped_passes_compute_what_one_task_per_block_does_bit_for_bit(client,
     estep = [r for r in stream.data if str(r["key"][0]).startswith("estep-test")]
     assert len(estep) == 2  # 33 blocks, 2 workers x 1 thread: one task each
     assert {r["worker"] for r in estep} == set(grouped._homes)  # each where its blocks are
+    assert not [r for r in stream.data if "params-" in str(r["key"])]  # inside the tasks
+    # the engine holds the last pass's results only, until the next pass is sent
+    held = {future.key for future in grouped._previous_results}
+    assert len(held) == 2 and held <= set(client.futures)
+    assert len({key[0] for key in held}) == 1 and str(next(iter(held))[0]).startswith("estep-")
+    grouped.release()
+    deadline = time.monotonic() + 10  # a release reaches the client's loop a moment later
+    while held & set(client.futures):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 def test_a_stream_pass_stays_one_task_per_block(client, tmp_path):
@@ -86,9 +98,11 @@ def test_groups_split_each_workers_blocks_by_its_threads():
 
 @pytest.mark.parametrize("split_every", [2, 3, 8])
 @pytest.mark.parametrize("layout", ["runs", "interleaved", "random"])
-def test_any_grouping_merges_the_same_tree(split_every, layout):
+@pytest.mark.parametrize("shared", [None, np.zeros(2**18)], ids=["inline", "params key"])
+def test_any_grouping_merges_the_same_tree(split_every, layout, shared):
     # more groups than split_every (reduce tasks over the groups' nodes), groups of
-    # consecutive blocks or not, computed by dask's local scheduler
+    # consecutive blocks or not, computed by dask's local scheduler; parameters over
+    # INLINE_PARAMETERS_BYTES with workers of several threads go in a key of their own
     X, w, firsts = data(seed=7, n_rows=1500, chunk=40)  # 38 blocks
     n_blocks = X.numblocks[0]
     workers = {
@@ -101,10 +115,12 @@ def test_any_grouping_merges_the_same_tree(split_every, layout):
     assert len(groups) > split_every or split_every == 8
     for merge, func, extra in ((add_sums, weighted_sum, firsts), (nested, block_size, None)):
         dsk, keys, pins = grouped_pass_graph(
-            X, w, groups, func, merge, None,
+            X, w, groups, func, merge, shared,
             stage="estep", model="test", per_block=extra, split_every=split_every,
         )  # fmt: skip
         assert set(pins.values()) == set(homes)
+        params_keys = [key for key in dsk if str(key).startswith("params-test")]
+        assert len(params_keys) == (0 if shared is None else 1)
         result = finish_grouped(dask.get(dsk, keys), n_blocks, merge, split_every)
         blocks = zip(X.to_delayed().ravel(), w.to_delayed().ravel(), strict=True)
         leaves = [

@@ -7,7 +7,8 @@ over 10 blocks, 121 ms over 100 and 944 ms over 1,000 as one task per block, and
 20 and 77 ms as one task per worker.  Persisted blocks do not move between passes, so
 where each one is computed is known before the pass (:mod:`.placement`, each block's
 home): each worker thread gets one task, ``estep-<model>``, over a run of the blocks its
-worker holds, pinned to that worker (loosely, as the per-block tasks are).
+worker holds, pinned to that worker (loosely, as the per-block tasks are), with the
+parameters inside it (:func:`inline_parameters`).
 
 The task runs the block function on its blocks one after another, in block order, and
 merges every node of the pass's fixed reduction tree (:mod:`.reduction`) that its
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 from dask.core import flatten
 from dask.delayed import delayed
+from dask.sizeof import sizeof
 
 from dask_em.engine.direct import config_flag
 from dask_em.engine.reduction import (
@@ -48,6 +50,9 @@ from dask_em.engine.threads import worker_threads
 
 #: Dask config key: False keeps one task per block for persisted data too.
 CONFIG_KEY = "dask_em.grouped-passes"
+
+#: Parameters up to this size travel inside every group task (:func:`inline_parameters`).
+INLINE_PARAMETERS_BYTES = 2**20
 
 
 def grouped_passes_asked() -> bool:
@@ -164,12 +169,16 @@ def grouped_pass_graph(
 ) -> tuple[dict, list[Hashable], dict[Hashable, str]]:
     """``(graph, keys whose node sets the client finishes, {task key: its worker})`` of
     one pass; the tasks are named ``<stage>-<model>`` (the E-step of each group),
-    ``reduce-<model>`` and ``params-<model>`` (the parameters, one literal key)."""
+    ``reduce-<model>`` and, where :func:`inline_parameters` says no, ``params-<model>``
+    (the parameters, one literal key)."""
     token = uuid.uuid4().hex[:16]
     map_name, reduce_name = f"{stage}-{model}-{token}", f"reduce-{model}-{token}"
-    params_name = f"params-{model}-{token}"
-    params = delayed(shared, name=params_name, traverse=False)
-    dsk = dict(params.__dask_graph__())
+    dsk: dict = {}
+    params_arg: tuple = ()  # the parameters travel inside each task (see below)
+    if not inline_parameters(shared, groups):
+        params = delayed(shared, name=f"params-{model}-{token}", traverse=False)
+        dsk.update(params.__dask_graph__())
+        params_arg = (params.key,)
     dsk.update(X.__dask_graph__())
     X_keys = list(flatten(X.__dask_keys__()))
     w_keys: list[Hashable] = []
@@ -181,6 +190,7 @@ def grouped_pass_graph(
     for g, (worker, blocks) in enumerate(groups):
         task = functools.partial(
             estep_group_task,
+            *(() if params_arg else (shared,)),  # inline: bound here, never parsed as a task
             block_func=block_func,
             merge=merge,
             blocks=list(blocks),
@@ -191,7 +201,7 @@ def grouped_pass_graph(
         )
         key = (map_name, g)
         inputs = [X_keys[i] for i in blocks] + [w_keys[i] for i in blocks if w_keys]
-        dsk[key] = (task, params.key, *inputs)
+        dsk[key] = (task, *params_arg, *inputs)
         keys.append(key)
         pins[key] = worker
     level = 0
@@ -203,6 +213,18 @@ def grouped_pass_graph(
             parents.append(key)
         keys, level = parents, level + 1
     return dsk, keys, pins
+
+
+def inline_parameters(shared: Any, groups: Sequence[tuple[str, Sequence[int]]]) -> bool:
+    """Whether a pass's parameters go inside each of its group tasks rather than in a
+    ``params`` key of their own.  A key is a task of its own: the scheduler runs it on
+    one worker and the others fetch it from there before their E-step starts, which
+    took 5 ms of a 25 ms pass here (2 workers x 1 thread).  Inside the tasks, the
+    scheduler sends each worker one copy per group it runs, as many as its threads:
+    the same traffic as a key where workers have one thread, and at most
+    :data:`INLINE_PARAMETERS_BYTES` a task otherwise."""
+    workers = {worker for worker, _ in groups}
+    return len(groups) == len(workers) or sizeof(shared) <= INLINE_PARAMETERS_BYTES
 
 
 def finish_grouped(

@@ -121,6 +121,7 @@ class EMEngine:
         self._scattered_from: tuple | None = None  # (X, weights) as given, to resend
         self._resent = 0  # times they were sent again after a worker loss
         self._homes: list[str | None] | None = None  # each block's worker, once persisted
+        self._previous_results: list = []  # the last pass's futures (see _submit)
         self.persisted = self._should_persist(X, sample_weight, cache)
         if self.persisted:
             X, sample_weight = self._persist(X, sample_weight)
@@ -197,6 +198,11 @@ class EMEngine:
         graph = pinned_graph(dsk, keys[0][0], pins)
         with dask.annotate(span=span) if span else contextlib.nullcontext():
             futures = self.client.get(graph, keys, sync=False)
+        # The previous pass's results are released only now, after this graph was sent.
+        # The client's stream to the scheduler sends at most one batch per 10 ms, and the
+        # scheduler's stream to a worker one per 5 ms: a release sent between two passes
+        # held the next graph, then its tasks, back by up to that (9 of 25 ms a pass).
+        self._previous_results = futures
         names = {key_name(key) for key in dsk}  # the pass's tasks, O(n_blocks)
         wait_watched(self.client, futures, names, blocks_of(self.X, self.sample_weight))
         return self.client.gather(futures)
@@ -207,6 +213,7 @@ class EMEngine:
         self.sample_weight = None
         self._scattered_from = None
         self._local_blocks = None
+        self._previous_results = []
         self._direct_wanted = False
         self._close_direct()
 
@@ -309,6 +316,7 @@ class EMEngine:
                 else:
                     parts = self._submit(dsk, keys, pins)
             except Exception:
+                self._previous_results = []  # not to be computed again for nothing
                 if self.client is None or not self._send_lost_blocks_again():
                     raise
             else:
