@@ -220,11 +220,10 @@ def inline_parameters(shared: Any, groups: Sequence[tuple[str, Sequence[int]]]) 
     ``params`` key of their own.  A key is a task of its own: the scheduler runs it on
     one worker and the others fetch it from there before their E-step starts, which
     took 5 ms of a 25 ms pass here (2 workers x 1 thread).  Inside the tasks, the
-    scheduler sends each worker one copy per group it runs, as many as its threads:
-    the same traffic as a key where workers have one thread, and at most
-    :data:`INLINE_PARAMETERS_BYTES` a task otherwise."""
-    workers = {worker for worker, _ in groups}
-    return len(groups) == len(workers) or sizeof(shared) <= INLINE_PARAMETERS_BYTES
+    scheduler sends a copy with each of them, so only parameters up to
+    :data:`INLINE_PARAMETERS_BYTES` go that way: with 8 MiB of them a pass over 100
+    blocks took 0.70 s inside the tasks against 0.58 s with a key."""
+    return len(groups) <= 1 or sizeof(shared) <= INLINE_PARAMETERS_BYTES
 
 
 def finish_grouped(
