@@ -6,6 +6,7 @@ result bit for bit as one task per block, whatever blocks each group holds.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import dask
@@ -16,6 +17,8 @@ from distributed import get_task_stream
 
 from dask_em.engine import EMEngine
 from dask_em.engine.grouped import (
+    INLINE_PARAMETERS_BYTES,
+    array_bytes,
     block_groups,
     finish_grouped,
     fragmented,
@@ -36,6 +39,11 @@ def add_sums(*parts):
 
 def block_size(_shared, X, _w, *_extra):
     return len(X)
+
+
+def last(shared, X, _w):
+    """What the block function was given as the parameters: their last value, times rows."""
+    return float(shared[-1]) * len(X)
 
 
 def nested(*parts):
@@ -98,7 +106,7 @@ def test_groups_split_each_workers_blocks_by_its_threads():
 
 @pytest.mark.parametrize("split_every", [2, 3, 8])
 @pytest.mark.parametrize("layout", ["runs", "interleaved", "random"])
-@pytest.mark.parametrize("shared", [None, np.zeros(2**18)], ids=["inline", "params key"])
+@pytest.mark.parametrize("shared", [np.full(4, 1.5), np.full(2**18, 2.5)], ids=["inline", "key"])
 def test_any_grouping_merges_the_same_tree(split_every, layout, shared):
     # more groups than split_every (reduce tasks over the groups' nodes), groups of
     # consecutive blocks or not, computed by dask's local scheduler; parameters over
@@ -113,18 +121,19 @@ def test_any_grouping_merges_the_same_tree(split_every, layout, shared):
     homes = [f"w{worker}" for worker in workers]
     groups = block_groups(homes, {"w0": 2, "w3": 3})
     assert len(groups) > split_every or split_every == 8
-    for merge, func, extra in ((add_sums, weighted_sum, firsts), (nested, block_size, None)):
+    pairs = ((add_sums, weighted_sum, firsts), (nested, block_size, None), (nested, last, None))
+    for merge, func, extra in pairs:
         dsk, keys, pins = grouped_pass_graph(
             X, w, groups, func, merge, shared,
             stage="estep", model="test", per_block=extra, split_every=split_every,
         )  # fmt: skip
         assert set(pins.values()) == set(homes)
         params_keys = [key for key in dsk if str(key).startswith("params-test")]
-        assert len(params_keys) == (0 if shared is None else 1)
+        assert len(params_keys) == (0 if shared.nbytes <= INLINE_PARAMETERS_BYTES else 1)
         result = finish_grouped(dask.get(dsk, keys), n_blocks, merge, split_every)
         blocks = zip(X.to_delayed().ravel(), w.to_delayed().ravel(), strict=True)
         leaves = [
-            func(None, np.asarray(x), np.asarray(v), *(extra[i] if extra else ()))
+            func(shared, np.asarray(x), np.asarray(v), *(extra[i] if extra else ()))
             for i, (x, v) in enumerate(dask.compute(*blocks))
         ]
         assert result == merge_in_tree(leaves, merge, split_every)
@@ -179,3 +188,17 @@ def test_runs_are_never_fragmented_and_turns_are():
 def test_the_config_switch_reads_strings_as_meant(value, asked):
     with dask.config.set({"dask_em.grouped-passes": value} if value is not None else {}):
         assert grouped_passes_asked() is asked
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+    mean: np.ndarray
+    strength: float = 1.0
+
+
+def test_parameter_bytes_count_every_array_also_in_objects():
+    # what decides whether the parameters go inside the tasks: dask's sizeof samples
+    # long sequences and sees a dataclass' own size only
+    many = [np.zeros(10) for _ in range(50)]
+    shared = ({"means": np.zeros((8, 16))}, Prior(np.zeros((64, 64))), many, "label", 3)
+    assert array_bytes(shared) == 8 * 16 * 8 + 64 * 64 * 8 + 50 * 80

@@ -8,7 +8,7 @@ over 10 blocks, 121 ms over 100 and 944 ms over 1,000 as one task per block, and
 where each one is computed is known before the pass (:mod:`.placement`, each block's
 home): each worker thread gets one task, ``estep-<model>``, over a run of the blocks its
 worker holds, pinned to that worker (loosely, as the per-block tasks are), with the
-parameters inside it (:func:`inline_parameters`).
+parameters inside it where they are small (:func:`inline_parameters`).
 
 The task runs the block function on its blocks one after another, in block order, and
 merges every node of the pass's fixed reduction tree (:mod:`.reduction`) that its
@@ -28,6 +28,7 @@ unequal speed).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -36,7 +37,6 @@ from typing import Any
 import numpy as np
 from dask.core import flatten
 from dask.delayed import delayed
-from dask.sizeof import sizeof
 
 from dask_em.engine.direct import config_flag
 from dask_em.engine.reduction import (
@@ -51,8 +51,10 @@ from dask_em.engine.threads import worker_threads
 #: Dask config key: False keeps one task per block for persisted data too.
 CONFIG_KEY = "dask_em.grouped-passes"
 
-#: Parameters up to this size travel inside every group task (:func:`inline_parameters`).
+#: Parameters up to this size travel inside every group task (:func:`inline_parameters`),
+#: as long as all the pass's copies together stay within INLINE_PARAMETERS_TOTAL.
 INLINE_PARAMETERS_BYTES = 2**20
+INLINE_PARAMETERS_TOTAL = 64 * 2**20
 
 
 def grouped_passes_asked() -> bool:
@@ -220,10 +222,33 @@ def inline_parameters(shared: Any, groups: Sequence[tuple[str, Sequence[int]]]) 
     ``params`` key of their own.  A key is a task of its own: the scheduler runs it on
     one worker and the others fetch it from there before their E-step starts, which
     took 5 ms of a 25 ms pass here (2 workers x 1 thread).  Inside the tasks, the
-    scheduler sends a copy with each of them, so only parameters up to
-    :data:`INLINE_PARAMETERS_BYTES` go that way: with 8 MiB of them a pass over 100
-    blocks took 0.70 s inside the tasks against 0.58 s with a key."""
-    return len(groups) <= 1 or sizeof(shared) <= INLINE_PARAMETERS_BYTES
+    scheduler pickles and sends a copy with each of them, so they go that way only up
+    to :data:`INLINE_PARAMETERS_BYTES` a copy and :data:`INLINE_PARAMETERS_TOTAL` for
+    all the pass's tasks (8 MiB of parameters inside each of 2 tasks cost a pass over
+    100 blocks 0.70 s against 0.62 s with a key)."""
+    size = array_bytes(shared)
+    return size <= INLINE_PARAMETERS_BYTES and size * len(groups) <= INLINE_PARAMETERS_TOTAL
+
+
+def array_bytes(value: Any, depth: int = 0) -> int:
+    """Bytes of the NumPy arrays in ``value``: in mappings, lists and tuples, and in the
+    fields of objects (a family's prior arrays, say), down to 4 levels.  Every item is
+    counted (dask's ``sizeof`` samples long sequences and misses objects' fields)."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if depth >= 4:
+        return 0
+    if isinstance(value, Mapping):
+        items: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = [getattr(value, field.name, None) for field in dataclasses.fields(value)]
+    elif hasattr(value, "__dict__") and not callable(value):
+        items = vars(value).values()
+    else:
+        return 0
+    return sum(array_bytes(item, depth + 1) for item in items)
 
 
 def finish_grouped(

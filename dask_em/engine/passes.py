@@ -6,7 +6,8 @@ One pass over the data is one small graph:
     estep-<model>-<token>, i                   block_stats(params, X_i, w_i), one per block
     reduce-<model>-<token>, level, j           merge of up to ``split_every`` children
 
-so each worker receives the parameters once, the E-step and the statistics of a block
+so each worker receives the parameters once (a pass over persisted data puts small ones
+inside its tasks, :mod:`.grouped`), the E-step and the statistics of a block
 run fused in one task where the block lives, and only statistics of size O(K D^2)
 travel up a fixed tree (:mod:`.reduction`) whose root, a merge of at most
 ``split_every`` parts, runs in the client, which then runs the M-step.  The task names
@@ -61,8 +62,7 @@ AUTO_PERSIST_SHARE = 0.5
 MAX_DIRECT_FAILURES = 3
 
 #: In-memory NumPy input up to this size is fitted in the calling process, without the
-#: cluster: shipping it would cost more than the arithmetic (EM can need thousands of
-#: passes).
+#: cluster: shipping it would cost more than the arithmetic (EM can need 1,000s of passes).
 LOCAL_FIT_BYTES = 32 * 2**20
 
 
@@ -121,7 +121,7 @@ class EMEngine:
         self._scattered_from: tuple | None = None  # (X, weights) as given, to resend
         self._resent = 0  # times they were sent again after a worker loss
         self._homes: list[str | None] | None = None  # each block's worker, once persisted
-        self._previous_results: list = []  # the last pass's futures (see _submit)
+        self._previous_results: list = []  # the last pass's futures (_submit)
         self.persisted = self._should_persist(X, sample_weight, cache)
         if self.persisted:
             X, sample_weight = self._persist(X, sample_weight)
@@ -193,19 +193,20 @@ class EMEngine:
         in ``pins`` kept on its worker (:mod:`.placement`); a pass stalled on workers
         paused for memory raises MemoryStallError (:func:`.cluster.wait_watched`)."""
         span = self.monitor.current_span
-        # a HighLevelGraph, not a dict: dask names it by a random token instead of
-        # hashing every task and the parameters in it (5 ms per pass)
+        # a HighLevelGraph, not a dict: named by a random token, not a hash of it all (5 ms)
         graph = pinned_graph(dsk, keys[0][0], pins)
         with dask.annotate(span=span) if span else contextlib.nullcontext():
             futures = self.client.get(graph, keys, sync=False)
-        # The previous pass's results are released only now, after this graph was sent.
-        # The client's stream to the scheduler sends at most one batch per 10 ms, and the
-        # scheduler's stream to a worker one per 5 ms: a release sent between two passes
-        # held the next graph, then its tasks, back by up to that (9 of 25 ms a pass).
+        # the last pass's results released only now: a release sent between passes held
+        # the next graph back (distributed batches a stream's messages; README: Architecture)
         self._previous_results = futures
         names = {key_name(key) for key in dsk}  # the pass's tasks, O(n_blocks)
-        wait_watched(self.client, futures, names, blocks_of(self.X, self.sample_weight))
-        return self.client.gather(futures)
+        try:
+            wait_watched(self.client, futures, names, blocks_of(self.X, self.sample_weight))
+            return self.client.gather(futures)
+        except BaseException:  # a failed or interrupted pass is not held (or run on)
+            self._previous_results = []
+            raise
 
     def release(self) -> None:
         """Drop references to persisted data so the cluster can free it."""
@@ -277,8 +278,8 @@ class EMEngine:
     ) -> Any:
         """``merge(block_func(shared, X_i, w_i, *per_block[i]) for every block i)``.
 
-        ``shared`` is sent once (one literal key); ``per_block[i]`` holds small integer
-        arguments for block i.  The reduction is a fixed tree, so the same chunking
+        ``shared`` is sent once a worker (module docstring); ``per_block[i]`` holds small
+        integer arguments for block i.  The reduction is a fixed tree, so the same chunking
         always merges in the same order (bitwise reproducible).
         """
         self.passes += 1
@@ -316,7 +317,6 @@ class EMEngine:
                 else:
                     parts = self._submit(dsk, keys, pins)
             except Exception:
-                self._previous_results = []  # not to be computed again for nothing
                 if self.client is None or not self._send_lost_blocks_again():
                     raise
             else:
