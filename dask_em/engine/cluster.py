@@ -333,8 +333,9 @@ def persist_balanced(
     client: Any, collections: Sequence[Any], blocks: stalls.Blocks, *, placed: Sequence[str] = ()
 ) -> list:
     """``collections`` persisted on the cluster (their blocks computed or read by the
-    workers), then spread evenly over the workers: the scheduler may place 8 blocks
-    3:5, and then one worker does 5/8 of every pass.  ``placed``: the worker each block
+    workers), then rebalanced (which moves data only off workers above 30 % of their
+    memory, distributed's default; a pass over the blocks evens out the rest,
+    :func:`dask_em.engine.grouped.even_shares`).  ``placed``: the worker each block
     of every collection was asked to run on (collections whose tasks carry worker
     annotations, :func:`dask_em.engine.placement.in_runs`, persisted as they are); where
     every block of every collection is there, nothing is moved.  A block that cannot be

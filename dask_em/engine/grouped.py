@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -103,21 +104,55 @@ def fragmented(
 def block_groups(
     homes: Sequence[str | None], threads: Mapping[str, int]
 ) -> list[tuple[str, list[int]]] | None:
-    """``[(worker, block indices)]``: each worker's blocks (in block order) split into
-    as many runs of near-equal length as it has threads (``threads``: worker address ->
-    nthreads; 1 where unknown), ordered by their first block; None when a block has no
-    home (the pass then runs one task per block)."""
+    """``[(worker, block indices)]``: each worker's blocks (in block order, after
+    :func:`even_shares`) split into as many runs of near-equal length as it has threads
+    (``threads``: worker address -> nthreads; 1 where unknown), ordered by their first
+    block; None when a block has no home (the pass then runs one task per block)."""
     if not homes or any(home is None for home in homes):
         return None
-    held: dict[str, list[int]] = {}
-    for i, home in enumerate(homes):
-        held.setdefault(home, []).append(i)
+    held = even_shares([str(home) for home in homes], threads)
     groups = []
     for worker, blocks in held.items():
         n_runs = max(1, min(int(threads.get(worker, 1)), len(blocks)))
         for run in np.array_split(np.asarray(blocks), n_runs):
             groups.append((worker, [int(i) for i in run]))
     return sorted(groups, key=lambda group: group[1][0])
+
+
+def even_shares(homes: Sequence[str], threads: Mapping[str, int]) -> dict[str, list[int]]:
+    """``{worker: the blocks it runs}``: each worker its own blocks, except that a worker
+    holding more than its share (blocks in proportion to threads, rounded up) hands the
+    last of them to workers holding less than theirs (rounded down), in address order.
+
+    Data the user persisted stays where the scheduler put it, often unevenly (9:7 over
+    2 workers), and ``Client.rebalance`` moves nothing off a worker below 30 % of its
+    memory (distributed's ``rebalance.sender-min``).  A worker given another's block
+    fetches it at its first pass; the active memory manager then drops one of the two
+    copies (the one on the worker that uses more memory, so usually the sender's), and
+    the block's home moves with it (:func:`.placement.block_homes`)."""
+    held: dict[str, list[int]] = {}
+    for i, home in enumerate(homes):
+        held.setdefault(home, []).append(i)
+    workers = sorted(set(held) | set(threads))
+    weights = {worker: max(1, int(threads.get(worker, 1))) for worker in workers}
+    total = sum(weights.values())
+    share = {worker: len(homes) * weights[worker] / total for worker in workers}
+    surplus: list[int] = []
+    for worker in workers:
+        blocks = held.get(worker, [])
+        keep = math.ceil(share[worker])
+        if len(blocks) > keep:
+            held[worker], extra = blocks[:keep], blocks[keep:]
+            surplus.extend(extra)
+    for worker in workers:
+        room = math.floor(share[worker]) - len(held.get(worker, []))
+        if surplus and room > 0:
+            held[worker] = sorted(held.get(worker, []) + surplus[:room])
+            surplus = surplus[room:]
+    for i in surplus:  # rounding: what is left goes where there is any room at all
+        worker = min(workers, key=lambda w: (len(held.get(w, [])) / weights[w], w))
+        held[worker] = sorted([*held.get(worker, []), i])
+    return {worker: blocks for worker, blocks in held.items() if blocks}
 
 
 def estep_group_task(
