@@ -97,9 +97,9 @@ def test_a_stream_pass_stays_one_task_per_block(client, tmp_path):
 
 
 def test_groups_split_each_workers_blocks_by_its_threads():
-    homes = ["a", "a", "b", "a", "b", "b", "a", "c"]
-    groups = block_groups(homes, {"a": 2, "b": 1, "c": 1})  # shares: 4, 2, 2
-    assert groups == [("a", [0, 1]), ("b", [2, 4]), ("a", [3, 6]), ("c", [5, 7])]
+    homes = ["a", "a", "b", "a", "b", "a", "c", "b", "c"]
+    groups = block_groups(homes, {"a": 2, "b": 1, "c": 1})  # 3 blocks each
+    assert groups == [("a", [0, 1]), ("b", [2, 4, 7]), ("a", [3]), ("c", [5, 6, 8])]
     assert block_groups(["a", "a", "c"], {"a": 2})[-1] == ("c", [2])  # c unknown: 1 thread
     assert block_groups(["a", "a"], {"a": 8}) == [("a", [0]), ("a", [1])]  # no empty run
     assert block_groups(["a", None], {"a": 1}) is None  # a block held nowhere: per block
@@ -113,7 +113,8 @@ def test_groups_split_each_workers_blocks_by_its_threads():
         (["a"] * 9 + ["b"] * 7, {"a": 1, "b": 1}, {"a": list(range(8)), "b": list(range(8, 16))}),
         (["a", "b"] * 4, {"a": 1, "b": 1}, {"a": [0, 2, 4, 6], "b": [1, 3, 5, 7]}),  # even
         (["a"] * 10, {"a": 1, "b": 1, "c": 1}, {"a": [0, 1, 2, 3], "b": [4, 5, 6], "c": [7, 8, 9]}),
-        (["a"] * 6, {"a": 2, "b": 1}, {"a": [0, 1, 2, 3], "b": [4, 5]}),  # by threads
+        (["a"] * 6, {"a": 2, "b": 1}, {"a": [0, 1, 2], "b": [3, 4, 5]}),  # not by threads
+        (["a"] * 4 + ["b"] * 4, {"a": 3, "b": 1}, {"a": [0, 1, 2, 3], "b": [4, 5, 6, 7]}),
         (["a"] * 3, {"a": 1, "b": 1, "c": 1, "d": 1}, {"a": [0], "b": [1], "c": [2]}),
     ],
 )
@@ -121,28 +122,22 @@ def test_a_worker_holding_more_than_its_share_hands_the_rest_over(homes, threads
     assert even_shares(homes, threads) == expected
 
 
-def test_data_the_user_persisted_on_one_worker_is_run_by_all_and_moves(client):
-    # Client.rebalance moves nothing off a worker below 30 % of its memory: the pass
-    # gives half the blocks to the other worker, which fetches them once; the active
-    # memory manager then drops the sender's copies, and the homes follow
+def test_data_the_user_persisted_on_one_worker_is_run_by_both(client):
+    # Client.rebalance moves nothing off a worker below 30 % of its memory: each pass
+    # gives half the blocks to the other worker, which fetches them (and keeps them
+    # until the active memory manager drops one of the two copies, which one depends
+    # on the workers' memory: not checked here)
     first, second = sorted(client.scheduler_info()["workers"])
     X, w, firsts = data(n_rows=1600, chunk=100)  # 16 blocks
     X_user = client.persist(X, workers=[first])
     blocks = zip(local_blocks(X, w), firsts, strict=True)
     expected = merge_in_tree([weighted_sum(None, *b, *f) for b, f in blocks], add_sums, 8)
     engine = EMEngine(X_user, w, model="test", cache="memory")
-    deadline = time.monotonic() + 30
-    while True:
+    for _ in range(3):
         with get_task_stream(client) as stream:
             assert engine.map_reduce(weighted_sum, add_sums, None, per_block=firsts) == expected
         ran = [r["worker"] for r in stream.data if str(r["key"][0]).startswith("estep-test")]
-        assert sorted(ran) == [first, second]  # one task each, from the first pass on
-        if sorted(engine._homes) == [first] * 8 + [second] * 8:
-            break
-        assert time.monotonic() < deadline, engine._homes
-        time.sleep(0.5)
-    held = client.who_has(engine.X)
-    assert all(len(holders) == 1 for holders in held.values())  # one copy of each block
+        assert sorted(ran) == [first, second]  # one task each, every pass
 
 
 def local_blocks(X, w):

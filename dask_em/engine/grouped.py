@@ -121,36 +121,38 @@ def block_groups(
 
 def even_shares(homes: Sequence[str], threads: Mapping[str, int]) -> dict[str, list[int]]:
     """``{worker: the blocks it runs}``: each worker its own blocks, except that a worker
-    holding more than its share (blocks in proportion to threads, rounded up) hands the
-    last of them to workers holding less than theirs (rounded down), in address order.
+    holding more than an equal share of the blocks (rounded up) hands the last of them
+    to workers holding less than theirs (rounded down), in address order.  ``threads``
+    names the cluster's workers (those holding no block get a share too).
 
     Data the user persisted stays where the scheduler put it, often unevenly (9:7 over
     2 workers), and ``Client.rebalance`` moves nothing off a worker below 30 % of its
     memory (distributed's ``rebalance.sender-min``).  A worker given another's block
-    fetches it at its first pass; the active memory manager then drops one of the two
-    copies (the one on the worker that uses more memory, so usually the sender's), and
-    the block's home moves with it (:func:`.placement.block_homes`)."""
+    fetches it at the first pass and keeps the copy; when the active memory manager
+    drops one of the two copies (the one on the worker using more memory), the block's
+    home is where the other stays (:func:`.placement.block_homes`), and a dropped
+    receiver's copy is fetched again by the next pass.  Shares are equal, not in
+    proportion to threads: the engine places its own data so (:mod:`.placement`,
+    :mod:`.scatter`), which this then leaves alone, and equal shares of equal blocks
+    keep every worker's memory at the average."""
     held: dict[str, list[int]] = {}
     for i, home in enumerate(homes):
         held.setdefault(home, []).append(i)
     workers = sorted(set(held) | set(threads))
-    weights = {worker: max(1, int(threads.get(worker, 1))) for worker in workers}
-    total = sum(weights.values())
-    share = {worker: len(homes) * weights[worker] / total for worker in workers}
+    share = len(homes) / len(workers)
     surplus: list[int] = []
     for worker in workers:
         blocks = held.get(worker, [])
-        keep = math.ceil(share[worker])
-        if len(blocks) > keep:
-            held[worker], extra = blocks[:keep], blocks[keep:]
+        if len(blocks) > math.ceil(share):
+            held[worker], extra = blocks[: math.ceil(share)], blocks[math.ceil(share) :]
             surplus.extend(extra)
     for worker in workers:
-        room = math.floor(share[worker]) - len(held.get(worker, []))
+        room = math.floor(share) - len(held.get(worker, []))
         if surplus and room > 0:
             held[worker] = sorted(held.get(worker, []) + surplus[:room])
             surplus = surplus[room:]
-    for i in surplus:  # rounding: what is left goes where there is any room at all
-        worker = min(workers, key=lambda w: (len(held.get(w, [])) / weights[w], w))
+    for i in surplus:  # rounding: what is left goes to the workers holding the fewest
+        worker = min(workers, key=lambda w: (len(held.get(w, [])), w))
         held[worker] = sorted([*held.get(worker, []), i])
     return {worker: blocks for worker, blocks in held.items() if blocks}
 
