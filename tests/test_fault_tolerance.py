@@ -182,43 +182,10 @@ class _KillAWorkerAfterIteration(logging.Handler):
         os.kill(worker.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("source", ["store", "in memory"])
-def test_a_fit_of_direct_passes_survives_a_killed_worker(own_client, store, source):
-    """Direct passes (``dask_em.direct-passes``): the pass after the kill fails on the
-    dead worker, runs as a graph (which recovers the blocks: from the store, or
-    sent again from this process), and the fit ends where the undisturbed one did."""
-    client = own_client
-    X = store
-    if source == "in memory":
-        X = da.from_array(zarr.open_array(store, mode="r")[:], chunks=(CHUNK_ROWS, FEATURES))
-    with client.as_current(), dask.config.set({"dask_em.direct-passes": True}):
-        undisturbed = GaussianMixture(3, cache="memory", **SETTINGS).fit(X)
-        handler = _KillAWorkerAfterIteration(client, iteration=2)
-        engine_logger = logging.getLogger("dask_em.engine")
-        previous_level = engine_logger.level
-        engine_logger.addHandler(handler)
-        engine_logger.setLevel(logging.INFO)
-        try:
-            interrupted = GaussianMixture(3, cache="memory", **SETTINGS).fit(X)
-        finally:
-            engine_logger.removeHandler(handler)
-            engine_logger.setLevel(previous_level)
-    assert handler.victim and handler.victim["held"]  # it died holding blocks
-    assert any("direct pass failed" in line for line in handler.lines)  # then a graph
-    assert interrupted.n_iter_ == undisturbed.n_iter_
-    assert interrupted.lower_bounds_ == undisturbed.lower_bounds_
-    for name in ("weights_", "means_", "covariances_"):
-        np.testing.assert_array_equal(getattr(interrupted, name), getattr(undisturbed, name))
-
-
-@pytest.mark.parametrize("source", ["store", "in memory"])
-def test_a_fit_of_graph_passes_survives_a_worker_killed_between_passes(own_client, store, source):
-    """Between two graph passes the workers still hold the last pass's results (they
-    are released once the next pass is sent, dask_em.engine.passes): killed then, a
-    worker takes those with it, and the scheduler may start them again (blocks read
-    from the store) or forget them (blocks sent from this process).  The next pass
-    recovers the blocks and the fit ends where the undisturbed one did."""
-    client = own_client
+def fit_undisturbed_then_killed(client, store: str, source: str):
+    """``(undisturbed fit, fit during which a worker was killed after iteration 2, the
+    killer)``, both of the store's data (``source``: read from the store, or held in
+    this process)."""
     X = store
     if source == "in memory":
         X = da.from_array(zarr.open_array(store, mode="r")[:], chunks=(CHUNK_ROWS, FEATURES))
@@ -234,12 +201,39 @@ def test_a_fit_of_graph_passes_survives_a_worker_killed_between_passes(own_clien
         finally:
             engine_logger.removeHandler(handler)
             engine_logger.setLevel(previous_level)
-    held = [str(key) for key in handler.victim.get("held", [])]
-    assert any("estep-gmm" in key for key in held), held  # it died holding a pass's results
+    return undisturbed, interrupted, handler
+
+
+def assert_same_fit(interrupted, undisturbed) -> None:
     assert interrupted.n_iter_ == undisturbed.n_iter_
     assert interrupted.lower_bounds_ == undisturbed.lower_bounds_
     for name in ("weights_", "means_", "covariances_"):
         np.testing.assert_array_equal(getattr(interrupted, name), getattr(undisturbed, name))
+
+
+@pytest.mark.parametrize("source", ["store", "in memory"])
+def test_a_fit_of_direct_passes_survives_a_killed_worker(own_client, store, source):
+    """Direct passes (``dask_em.direct-passes``): the pass after the kill fails on the
+    dead worker, runs as a graph (which recovers the blocks: from the store, or
+    sent again from this process), and the fit ends where the undisturbed one did."""
+    with dask.config.set({"dask_em.direct-passes": True}):
+        undisturbed, interrupted, handler = fit_undisturbed_then_killed(own_client, store, source)
+    assert handler.victim and handler.victim["held"]  # it died holding blocks
+    assert any("direct pass failed" in line for line in handler.lines)  # then a graph
+    assert_same_fit(interrupted, undisturbed)
+
+
+@pytest.mark.parametrize("source", ["store", "in memory"])
+def test_a_fit_of_graph_passes_survives_a_worker_killed_between_passes(own_client, store, source):
+    """Between two graph passes the workers still hold the last pass's results (they
+    are released once the next pass is sent, dask_em.engine.passes): killed then, a
+    worker takes those with it, and the scheduler may start them again (blocks read
+    from the store) or forget them (blocks sent from this process).  The next pass
+    recovers the blocks and the fit ends where the undisturbed one did."""
+    undisturbed, interrupted, handler = fit_undisturbed_then_killed(own_client, store, source)
+    held = [str(key) for key in handler.victim.get("held", [])]
+    assert any("estep-gmm" in key for key in held), held  # it died holding a pass's results
+    assert_same_fit(interrupted, undisturbed)
 
 
 def slow_block_sum(_shared, X, w):
