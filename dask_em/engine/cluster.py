@@ -329,37 +329,20 @@ def run_on_one_worker(client: Any, function: Callable[..., Any], *args: Any) -> 
     return client.submit(function, *args, pure=False).result()
 
 
-def persist_balanced(
-    client: Any, collections: Sequence[Any], blocks: stalls.Blocks, *, placed: Sequence[str] = ()
+def persist_watched(
+    client: Any, collections: Sequence[Any], blocks: stalls.Blocks, *, optimize_graph: bool = True
 ) -> list:
     """``collections`` persisted on the cluster (their blocks computed or read by the
-    workers), then rebalanced (which moves data only off workers above 30 % of their
-    memory, distributed's default; a pass over the blocks evens out the rest,
-    :func:`dask_em.engine.grouped.even_shares`).  ``placed``: the worker each block
-    of every collection was asked to run on (collections whose tasks carry worker
-    annotations, :func:`dask_em.engine.placement.in_runs`, persisted as they are); where
-    every block of every collection is there, nothing is moved.  A block that cannot be
-    computed (a chunk of the store is unreadable, say) raises its task's own error; a
-    stall on workers paused for memory raises MemoryStallError (:func:`wait_watched`)."""
+    workers), once every block is there.  A block that cannot be computed (a chunk of
+    the store is unreadable, say) raises its task's own error; a stall on workers
+    paused for memory raises MemoryStallError (:func:`wait_watched`)."""
     from distributed import futures_of
 
-    persisted = client.persist(list(collections), optimize_graph=not placed)
+    persisted = client.persist(list(collections), optimize_graph=optimize_graph)
     futures = futures_of(persisted)
     names = {collection.name for collection in collections}
     wait_watched(client, futures, names, blocks, persisting=True)
     for future in futures:
         if future.status == "error":
             future.result()
-    if placed and all(_held_as_placed(client, array, placed) for array in persisted):
-        return persisted
-    client.rebalance(futures)
     return persisted
-
-
-def _held_as_placed(client: Any, array: Any, placed: Sequence[str]) -> bool:
-    """Whether block i of the persisted ``array`` is held by worker ``placed[i]``."""
-    from dask.core import flatten
-
-    holders = client.who_has(array)
-    keys = list(flatten(array.__dask_keys__()))
-    return all(home in holders.get(key, ()) for key, home in zip(keys, placed, strict=True))

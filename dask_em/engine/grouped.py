@@ -42,6 +42,7 @@ from dask.delayed import delayed
 from dask_em.engine.direct import config_flag
 from dask_em.engine.reduction import (
     add_leaf,
+    add_lower_levels,
     merge_complete_subtrees,
     merge_from_subtrees,
     tree_sizes,
@@ -187,10 +188,15 @@ def merge_nodes_task(
 ) -> dict[tuple[int, int], Any]:
     """A ``reduce`` node over group tasks: their nodes together, with every node whose
     children are all among them merged."""
+    return merge_complete_subtrees(union(node_sets), n_leaves, merge, split_every)
+
+
+def union(node_sets: Sequence[Mapping]) -> dict[tuple[int, int], Any]:
+    """The nodes of disjoint node sets, in one dict."""
     nodes: dict[tuple[int, int], Any] = {}
     for node_set in node_sets:
         nodes.update(node_set)
-    return merge_complete_subtrees(nodes, n_leaves, merge, split_every)
+    return nodes
 
 
 def grouped_pass_graph(
@@ -243,15 +249,8 @@ def grouped_pass_graph(
         dsk[key] = (task, *params_arg, *inputs)
         keys.append(key)
         pins[key] = worker
-    level = 0
-    while len(keys) > split_every:
-        parents = []
-        for j in range(0, len(keys), split_every):
-            key = (reduce_name, level, j // split_every)
-            dsk[key] = (merge_nodes_task, merge, n_leaves, split_every, *keys[j : j + split_every])
-            parents.append(key)
-        keys, level = parents, level + 1
-    return dsk, keys, pins
+    merge_nodes = functools.partial(merge_nodes_task, merge, n_leaves, split_every)
+    return dsk, add_lower_levels(dsk, keys, merge_nodes, reduce_name, split_every), pins
 
 
 def inline_parameters(shared: Any, groups: Sequence[tuple[str, Sequence[int]]]) -> bool:
@@ -292,7 +291,4 @@ def finish_grouped(
     node_sets: Sequence[Mapping], n_leaves: int, merge: Callable[..., Any], split_every: int
 ) -> Any:
     """The pass's result: the root of the tree from the node sets the client gathered."""
-    nodes: dict[tuple[int, int], Any] = {}
-    for node_set in node_sets:
-        nodes.update(node_set)
-    return merge_from_subtrees(nodes, n_leaves, merge, split_every)
+    return merge_from_subtrees(union(node_sets), n_leaves, merge, split_every)

@@ -2,8 +2,8 @@
 
 ``cache="memory"`` puts every block on one worker, the workers balanced
 (:func:`dask_em.engine.scatter.scatter_in_memory` for data held in this process,
-:func:`dask_em.engine.cluster.persist_balanced` for data the workers compute, each
-worker a run of consecutive blocks, :func:`in_runs`), and the
+for data the workers compute, each worker a run of consecutive blocks,
+:func:`in_runs`, then rebalanced where they did not land so), and the
 scheduler then runs a block's task where the block is.  That alone does not keep a pass
 balanced: once work stealing has moved one task to the other worker, the block has two
 holders, and the scheduler's tie-break sent that block's task to the same worker in
@@ -34,7 +34,7 @@ from dask._task_spec import Alias
 from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from dask_em.engine.cluster import persist_balanced
+from dask_em.engine.cluster import persist_watched
 from dask_em.engine.scatter import scatter_in_memory
 from dask_em.engine.stalls import Blocks
 
@@ -45,11 +45,17 @@ def persist_on_workers(
     """``(persisted collections, scattered from this process?, each block's home)``:
     data held here scattered to the workers, data the workers compute persisted there,
     balanced either way (``blocks``: the data, for a stall's message)."""
+    from distributed import futures_of
+
     persisted = scatter_in_memory(client, collections)
     scattered = persisted is not None
     if not scattered:
         pinned, placed = in_runs(client, collections)
-        persisted = persist_balanced(client, pinned, blocks, placed=placed)
+        persisted = persist_watched(client, pinned, blocks, optimize_graph=not placed)
+        if not placed or any(block_homes(client, array, placed) != placed for array in persisted):
+            # moves data only off workers above 30 % of their memory (distributed's
+            # default); a pass evens out the rest (:func:`.grouped.even_shares`)
+            client.rebalance(futures_of(persisted))
     return persisted, scattered, block_homes(client, persisted[0])
 
 
