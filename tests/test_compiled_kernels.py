@@ -23,6 +23,7 @@ from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
 from dask_em.families.gaussian_missing_compiled import RUN_ROWS, pattern_order
 from dask_em.families.gaussian_missing_runs import inverse_scratch, pattern_inverses
 from dask_em.families.poisson import PoissonFamily
+from dask_em.families.vector_exp import exp_chunk_single, exp_slice
 from dask_em.families.vector_log import log_chunk
 from tests.helpers import random_gaussian_params
 
@@ -37,6 +38,75 @@ def assert_same_stats(compiled, reference, keys, rtol=RTOL, floors=None):
         scale = max(float(np.max(np.abs(expected))), (floors or {}).get(key, 1e-300))
         error = float(np.max(np.abs(np.asarray(compiled[key]) - expected))) / scale
         assert error <= rtol, f"{key}: relative difference {error:.3g}"
+
+
+def _through_compiled_caller(values):
+    """exp_slice as the kernels call it: from compiled code, which picks the dtype's exp."""
+    from dask_em.families.jit import jit
+
+    @jit
+    def apply(values, high_bits, low_bits):
+        for start in range(0, len(values), 256):
+            exp_slice(values[start : start + 256], high_bits, low_bits)
+
+    apply(values, np.empty(256, dtype=np.int64), np.empty(256, dtype=np.int64))
+
+
+@pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")
+def test_single_precision_exp_is_within_one_and_a_half_ulp_of_the_exact_value():
+    # Bayes' rule's exp in float32 mode: normal results within 1.5 ulp (of float32) of the
+    # exact value, subnormal results within one subnormal step, 0 / inf / NaN exactly
+    rng = np.random.default_rng(1)
+    special = [
+        -np.inf,
+        np.inf,
+        np.nan,
+        0.0,
+        -0.0,
+        88.72,
+        88.73,
+        89.0,
+        1e4,
+        -87.3,
+        -87.4,
+        -103.2,
+        -103.3,
+        -103.98,
+        -104.0,
+        -1e4,
+    ]
+    x = np.concatenate(
+        [rng.uniform(-105, 90, 200_000), rng.uniform(-1, 1, 20_000), special]
+    ).astype(np.float32)
+    with np.errstate(over="ignore"):
+        exact = np.exp(x.astype(np.float64))
+        rounded = exact.astype(np.float32)
+    for run in (
+        lambda y: exp_chunk_single(y, np.empty(len(y), np.int32), np.empty(len(y), np.int32)),
+        _through_compiled_caller,
+    ):
+        y = x.copy()
+        run(y)
+        assert y.dtype == np.float32
+        normal = np.isfinite(rounded) & (rounded >= np.finfo(np.float32).tiny)
+        ulps = np.abs(y[normal] - exact[normal]) / np.spacing(rounded[normal])
+        assert ulps.max() <= 1.5
+        tiny = np.isfinite(rounded) & (rounded < np.finfo(np.float32).tiny)
+        assert np.abs(y[tiny] - exact[tiny]).max() <= float(np.finfo(np.float32).smallest_subnormal)
+        extremes = ~np.isfinite(rounded) | (rounded == 0.0)
+        np.testing.assert_array_equal(
+            y[extremes & (exact != 0.0)], rounded[extremes & (exact != 0.0)]
+        )
+        assert np.all(y[np.isneginf(x) | (x < -104)] == 0.0)
+        assert np.isnan(y[np.isnan(x)]).all()
+    y = x.astype(np.float64)
+    _through_compiled_caller(y)  # float64 through the same call: the double-precision exp
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_max_ulp(
+            y[np.isfinite(exact) & (exact > 1e-300)],
+            exact[np.isfinite(exact) & (exact > 1e-300)],
+            maxulp=1,
+        )
 
 
 def test_vector_log_is_within_two_ulp_of_numpy():

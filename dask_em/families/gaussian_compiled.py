@@ -23,9 +23,10 @@ is filled and take :mod:`dask_em.families.gaussian_missing_compiled` afterwards:
 Moments are accumulated about ``center`` (the mixture mean; ``xc = x - center``), per
 slice, then summed across slices in float64, and finally centred on each component's
 weighted mean (``scatter = S2 - N_k mc mc^T``), as the reference does per slice.  With
-the family's ``dtype="float32"`` the products, log-densities and per-slice sums run in
-float32 (diag and spherical too), the per-row log-sum-exp and every accumulator across
-slices in float64.  X may be float32 or float64 either way.
+the family's ``dtype="float32"`` the products, log-densities, Bayes' rule (the shift,
+the exp and the sum over components) and per-slice sums run in float32 (diag and
+spherical too); the log of each row's total, the log-likelihood and every accumulator
+across slices in float64.  X may be float32 or float64 either way.
 """
 
 from __future__ import annotations
@@ -137,10 +138,10 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     zero = means_c[0, 0] - means_c[0, 0]  # 0 in that dtype
     xct = np.empty((n_features, rows), dtype=dtype)
     squares_sum = np.empty((n_components, rows), dtype=dtype)
-    lp = np.empty((n_components, rows))
+    lp = np.empty((n_components, rows), dtype=dtype)
     resp = np.empty((n_components, rows), dtype=dtype)
     ws = np.empty(rows)
-    scratch = row_scratch(rows)
+    scratch = row_scratch(rows, lp)
     weight = 0.0
     loglik = 0.0
     passed_over = np.empty(n_rows, dtype=np.int64)
@@ -182,10 +183,10 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     xct = np.empty((n_features, rows), dtype=dtype)
     xc = np.ones((rows, n_features + 1), dtype=dtype)
     yt = np.empty((width, rows), dtype=dtype)
-    lp = np.empty((n_components, rows))
+    lp = np.empty((n_components, rows), dtype=dtype)
     part = np.empty((width, n_features + 1), dtype=dtype)
     ws = np.empty(rows)
-    scratch = row_scratch(rows)
+    scratch = row_scratch(rows, lp)
     weight = 0.0
     loglik = 0.0
     kept_rows = np.empty(rows, dtype=np.int64)
@@ -198,7 +199,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
             xct = np.empty((n_features, m), dtype=dtype)
             xc = np.ones((m, n_features + 1), dtype=dtype)
             yt = np.empty((width, m), dtype=dtype)
-            lp = np.empty((n_components, m))
+            lp = np.empty((n_components, m), dtype=dtype)
         m = xct.shape[1]
         kept, start, n_passed = _centred_slice(
             X, start, center, xct, xc, w, ws, m, passed_over, n_passed, kept_rows

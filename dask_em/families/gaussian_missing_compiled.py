@@ -250,8 +250,9 @@ def _missing_block(
         np.empty((n_components, n_features, n_features)),
         np.empty(n_components),
     )
+    lp = np.empty((n_components, m))
     buffers = (
-        np.empty((n_components, m)),
+        lp,
         np.empty((n_components, n_features, m)),
         np.empty((n_features + 1, m)),
         inverting,
@@ -260,7 +261,7 @@ def _missing_block(
         np.empty(n_features, dtype=np.int64),
         np.empty((n_components, m)),
         np.empty(m, dtype=np.int64),
-        row_scratch(m),
+        row_scratch(m, lp),
     )
     xct = np.ones((n_features + 1, m))
     xc = np.ones((m, n_features + 1))  # row-major: BLAS runs yt @ xc faster than on xct.T

@@ -51,7 +51,7 @@ def diag_log_densities(xct, means_c, scales, const, m, squares_sum, lp):
     """``lp[k, i] = const_k - 1/2 sum_d ((xct[d, i] - means_c[k, d]) * scales[k, d])^2``
     for i < m.  xct (D, >= m) feature-major; means_c, scales (K, D) in xct's dtype (the
     compute dtype); const (K,); squares_sum (K, >= m) scratch of that dtype; lp (K, >=
-    m) float64."""
+    m) of the compute dtype too."""
     n_components, n_features = means_c.shape
     zero = means_c[0, 0] - means_c[0, 0]  # 0 in the compute dtype
     for k in range(n_components):
@@ -69,8 +69,8 @@ def full_log_densities(yt, offsets, const, m, lp):
     """``lp[k, i] = const_k - 1/2 sum_e (yt[k*D + e, i] - offsets[k, e])^2`` for i < m.
 
     yt (K*D, >= m) ``(L_k^T xc_i)_e`` at row k*D + e; offsets (K, D) ``L_k^T mc_k`` in
-    yt's dtype; const (K,); lp (K, >= m) float64, its first m columns written (and used
-    as the sum's scratch: the squares add up in float64)."""
+    yt's dtype; const (K,); lp (K, >= m) of yt's dtype, its first m columns written (and
+    used as the sum's scratch: the squares add up in that dtype)."""
     n_components, n_features = offsets.shape
     for k in range(n_components):
         row = lp[k]

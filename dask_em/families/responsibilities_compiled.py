@@ -13,18 +13,19 @@ from __future__ import annotations
 import numpy as np
 
 from dask_em.families.jit import jit, jit_reassociated
-from dask_em.families.vector_exp import exp_chunk
+from dask_em.families.vector_exp import exp_slice
 from dask_em.families.vector_log import log_chunk
 
 
 @jit
-def row_scratch(rows):
+def row_scratch(rows, like):
     """The scratch of :func:`responsibilities` for slices of up to ``rows`` rows,
-    made once per block: (peak, total, log of total) float64 and the vectorized exp's
-    and log's two int64."""
+    made once per block: (peak, total) in the dtype of ``like`` (the log-densities'
+    buffer), the log of total in float64, and the vectorized exp's and log's two
+    int64."""
     return (
-        np.empty(rows),
-        np.empty(rows),
+        np.empty(rows, dtype=like.dtype),
+        np.empty(rows, dtype=like.dtype),
         np.empty(rows),
         np.empty(rows, dtype=np.int64),
         np.empty(rows, dtype=np.int64),
@@ -35,13 +36,16 @@ def row_scratch(rows):
 def responsibilities(lp, m, w, nk, scratch, out):
     """Bayes' rule in log space, column by column; returns (weight, loglik).
 
-    lp (K, >= m), its first m columns: ``log pi_k + log N(x_i | k)``, used as scratch;
-    out (K, >= m) of any float dtype (lp itself, or a buffer of the compute dtype): its
-    first m columns get ``w_i r_ik`` (whole C-contiguous buffers, so every row is
-    contiguous); w (>= m,); scratch from :func:`row_scratch`.  Adds ``sum_i w_i r_ik``
-    (in float64) to nk (K,).  The shift by the per-row maximum keeps exp in range
+    lp (K, >= m) float64 or float32 (the compute dtype), its first m columns: ``log pi_k +
+    log N(x_i | k)``, used as scratch: the shift, the exp and the sum over k run in its
+    dtype; out (K, >= m) of any float dtype (lp itself, or a buffer of the compute
+    dtype): its first m columns get ``w_i r_ik`` (whole C-contiguous buffers, so every
+    row is contiguous); w (>= m,); scratch from :func:`row_scratch` (made for lp).  Adds
+    ``sum_i w_i r_ik`` (in float64) to nk (K,); the log of each row's total and the
+    log-likelihood are float64.  The shift by the per-row maximum keeps exp in range
     (log-sum-exp); a row where every component has density 0 keeps peak 0.  The exp is
-    :func:`~dask_em.families.vector_exp.exp_chunk` and the log
+    :func:`~dask_em.families.vector_exp.exp_slice` (float32: a single-precision
+    polynomial, twice as many values per vector) and the log
     :func:`~dask_em.families.vector_log.log_chunk` (libm's are scalar calls); the sums
     are reassociated (a few ulps).
     """
@@ -61,7 +65,7 @@ def responsibilities(lp, m, w, nk, scratch, out):
         row = lp[k]
         for i in range(m):
             row[i] -= peak[i]
-        exp_chunk(row[:m], high_bits, low_bits)
+        exp_slice(row[:m], high_bits, low_bits)
         for i in range(m):
             total[i] += row[i]
     for i in range(m):

@@ -20,9 +20,11 @@ overflow gives ``inf``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from dask_em.families.jit import jit, jit_fused
+from dask_em.families.jit import HAVE_NUMBA, jit, jit_fused
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 rounded to 32 significant bits
@@ -95,3 +97,82 @@ def exp_inplace(values):
     low_bits = np.empty(CHUNK, dtype=np.int64)
     for start in range(0, len(flat), CHUNK):
         exp_chunk(flat[start : start + CHUNK], high_bits, low_bits)
+
+
+# float32: the same reduction in single precision.  |r| <= ln(2)/2, so the Taylor
+# polynomial of degree 7 is within r^8/8! < 6e-9 relative of exp(r), a tenth of float32's
+# unit roundoff; ln 2 is split so that n * _LN2_HI_SINGLE is exact for |n| < 2^9.
+_LOG2E_SINGLE = np.float32(_LOG2E)
+_LN2_HI_SINGLE = np.float32(0.693359375)  # 9 significant bits
+_LN2_LO_SINGLE = np.float32(math.log(2.0) - 0.693359375)
+_LOWEST_SINGLE = np.float32(-104.0)  # exp of anything below is 0 in float32
+_HIGHEST_SINGLE = np.float32(89.0)  # exp of anything above is inf
+_HALF_SINGLE = np.float32(0.5)
+_ONE_SINGLE = np.float32(1.0)
+_S2, _S3, _S4, _S5, _S6, _S7 = (np.float32(1.0 / math.factorial(k)) for k in range(2, 8))
+
+
+@jit_fused
+def exp_chunk_single(values, high_bits, low_bits):
+    """``values[:] = exp(values)`` for one float32 chunk, within 2 ulp of the exact value.
+
+    values (m,) float32; high_bits, low_bits (>= m,) int32 scratch.  2^n, n in [-150,
+    128], is built as 2^n1 * 2^n2 from two normal powers, so that subnormal results are
+    rounded once, as in :func:`exp_chunk`."""
+    n_values = len(values)
+    for i in range(n_values):
+        x = values[i]
+        clamped = x
+        if clamped < _LOWEST_SINGLE:
+            clamped = _LOWEST_SINGLE
+        if clamped > _HIGHEST_SINGLE:
+            clamped = _HIGHEST_SINGLE
+        n_float = np.floor(clamped * _LOG2E_SINGLE + _HALF_SINGLE)
+        r = (clamped - n_float * _LN2_HI_SINGLE) - n_float * _LN2_LO_SINGLE
+        p = _S7
+        p = p * r + _S6
+        p = p * r + _S5
+        p = p * r + _S4
+        p = p * r + _S3
+        p = p * r + _S2
+        p = _ONE_SINGLE + (r + r * r * p)
+        if x != x:  # NaN stays NaN
+            p = x
+        values[i] = p
+        # n in [-150, 128]; biased by 256 it is positive, so a logical shift halves it
+        biased = np.int32(n_float) + np.int32(256)
+        half = biased >> 1
+        high_bits[i] = (half - np.int32(1)) << 23  # 2^(half - 128)
+        low_bits[i] = (biased - half - np.int32(1)) << 23  # 2^(n - (half - 128))
+    high = high_bits.view(np.float32)
+    low = low_bits.view(np.float32)
+    for i in range(n_values):
+        values[i] = values[i] * high[i] * low[i]
+
+
+def exp_slice(values, high_bits, low_bits):
+    """``values[:] = exp(values)`` for one chunk of either float dtype, in compiled code:
+    :func:`exp_chunk` for float64, :func:`exp_chunk_single` for float32 (its scratch,
+    high_bits and low_bits (>= len(values),) int64, viewed as int32).  The choice is made
+    when the caller is compiled (numba's ``overload``); from Python it is NumPy's exp."""
+    values[:] = np.exp(values)
+
+
+if HAVE_NUMBA:  # pragma: no branch - which branch runs depends on the installation
+    from numba import types
+    from numba.extending import overload
+
+    @overload(exp_slice, jit_options={"nogil": True})
+    def _exp_slice_for(values, high_bits, low_bits):
+        if values.dtype == types.float32:
+
+            def exp_single(values, high_bits, low_bits):
+                n = len(values)
+                exp_chunk_single(values, high_bits.view(np.int32)[:n], low_bits.view(np.int32)[:n])
+
+            return exp_single
+
+        def exp_double(values, high_bits, low_bits):
+            exp_chunk(values, high_bits, low_bits)
+
+        return exp_double
