@@ -290,8 +290,9 @@ def scan_block(
 ) -> dict[str, Any]:
     """Check one block's values (and weights) and draw ``n_pick`` rows from it.
 
-    Returns ``sample`` (n_pick, D) float64, ``sample_weight`` (n_pick,), ``column_max``
-    (D,), ``magnitude`` (D,) (the largest absolute value of each column),
+    Returns ``sample`` (n_pick, D) float64 (float32 for float32 X), ``sample_weight``
+    (n_pick,), ``column_max`` (D,), ``magnitude`` (D,) (the largest absolute value of
+    each column),
     ``n_all_missing`` (rows that are all NaN), ``n_nan`` (NaN entries), and the count,
     first global position and value of any bad entry.  Merging is concatenation
     (:func:`merge_scans`).
@@ -308,7 +309,9 @@ def scan_block(
     rng = np.random.default_rng(seed)
     n_pick = min(int(n_pick), len(X))
     rows = np.sort(rng.choice(len(X), size=n_pick, replace=False)) if n_pick else []
-    sample = np.asarray(X[rows], dtype=np.float64).reshape(n_pick, X.shape[1])
+    # float32 rows travel as float32 (half the bytes; the client widens them exactly)
+    sample_dtype = np.float32 if X.dtype == np.float32 else np.float64
+    sample = np.asarray(X[rows], dtype=sample_dtype).reshape(n_pick, X.shape[1])
     sample_w = np.ones(n_pick) if w is None else np.asarray(w[rows], dtype=np.float64)
     column_max, magnitude = summary.column_max, summary.magnitude
     if problem is not None:

@@ -39,3 +39,16 @@ def test_dtype_is_validated(client):
     X = da.from_array(np.random.default_rng(0).normal(size=(100, 2)), chunks=(50, 2))
     with pytest.raises(ValueError, match="dtype must be one of"):
         GaussianMixture(2, dtype="float16").fit(X)
+
+
+@pytest.mark.filterwarnings("ignore:Best performing initialization did not converge")
+def test_float32_data_starts_where_the_same_values_in_float64_start(client):
+    # the scan draws float32 rows as float32 and the client widens them: k-means++ on the
+    # sample, and so the whole fit, is the fit of the same values held as float64
+    X, _, _ = make_blobs(6000, 4, 3, seed=8)
+    X32 = X.astype(np.float32)
+    kwargs = dict(covariance_type="full", max_iter=5, tol=0.0, random_state=3)
+    narrow = GaussianMixture(3, **kwargs).fit(da.from_array(X32, chunks=(1500, 4)))
+    wide = GaussianMixture(3, **kwargs).fit(da.from_array(X32.astype(np.float64), chunks=(1500, 4)))
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(narrow, name), getattr(wide, name))

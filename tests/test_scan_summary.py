@@ -98,3 +98,14 @@ def test_the_numpy_fallback_gives_the_same_summary(name, monkeypatch):
     fallback = summarize(X)
     for ours, theirs in zip(fallback, compiled, strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_the_sample_is_the_drawn_rows_in_float32_for_float32_data(dtype):
+    # float32 rows travel as float32 (half the bytes of the scan's result); every other
+    # dtype as float64; the client widens them (exactly) before initialization
+    X = (np.random.default_rng(2).normal(size=(500, 4)) * 100).astype(dtype)
+    scan = scan_block(FINITE, X, None, 40, 7, 0)
+    assert scan["sample"].dtype == (np.float32 if dtype == np.float32 else np.float64)
+    rows = np.sort(np.random.default_rng(7).choice(500, size=40, replace=False))
+    np.testing.assert_array_equal(scan["sample"], X[rows].astype(scan["sample"].dtype))

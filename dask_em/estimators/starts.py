@@ -49,6 +49,7 @@ def scan(estimator: Any, engine: EMEngine, rng: np.random.Generator, check) -> d
         _rows_pass(engine, scan_block), merge_scans, check, stage="scan", per_block=per_block
     )
     raise_for_scan_problems(scan, check)
+    scan["sample"] = np.asarray(scan["sample"], dtype=np.float64)  # float32 rows: exact
     if scan["n_all_missing"]:
         warnings.warn(
             estimator._all_missing_message(scan["n_all_missing"]), UserWarning, stacklevel=5
