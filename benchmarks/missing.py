@@ -2,6 +2,7 @@
 
     python benchmarks/missing.py                     # N=1,000,000, D=16, K=8, full
     python benchmarks/missing.py --n-samples 200000  # quicker
+    python benchmarks/missing.py --covariance-type diag
 
 Three datasets of the same N, D, K, each persisted on a LocalCluster of 2 workers x 1
 thread and fitted from the same initial parameters for a fixed number of iterations:
@@ -58,11 +59,18 @@ def many_patterns(X: np.ndarray, share: float, rng: np.random.Generator) -> np.n
     return out
 
 
-def fit(X_dask, init, n_components, n_iter) -> list[float]:
+def fit(X_dask, init, n_components, n_iter, covariance_type="full") -> list[float]:
     """Fit ``n_iter`` iterations; the wall-clock seconds of each."""
     from dask_em import GaussianMixture
 
-    model = GaussianMixture(n_components, tol=0.0, max_iter=n_iter, cache="memory", **init)
+    model = GaussianMixture(
+        n_components,
+        covariance_type=covariance_type,
+        tol=0.0,
+        max_iter=n_iter,
+        cache="memory",
+        **init,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X_dask)
@@ -73,12 +81,14 @@ def worker_cpu_seconds(client) -> float:
     return sum(client.run(time.process_time).values())
 
 
-def one_round(client, X_dask, init, n_components, n_iter) -> tuple[list[float], float]:
+def one_round(
+    client, X_dask, init, n_components, n_iter, covariance_type
+) -> tuple[list[float], float]:
     """Wall-clock seconds of each iteration, and worker CPU seconds per iteration."""
     before = worker_cpu_seconds(client)
-    fit(X_dask, init, n_components, 1)
+    fit(X_dask, init, n_components, 1, covariance_type)
     middle = worker_cpu_seconds(client)
-    seconds = fit(X_dask, init, n_components, n_iter)
+    seconds = fit(X_dask, init, n_components, n_iter, covariance_type)
     after = worker_cpu_seconds(client)
     return seconds, ((after - middle) - (middle - before)) / (n_iter - 1)
 
@@ -95,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--missing", type=float, default=0.10)
     parser.add_argument("--chunk-rows", type=int, default=62_500)
+    parser.add_argument("--covariance-type", default="full")
     args = parser.parse_args()
     N, D, K = args.n_samples, args.n_features, args.components
     X, init = make_data(N, D, K)
@@ -105,7 +116,7 @@ def main() -> None:
         "many patterns": many_patterns(X, args.missing, rng),
     }
     print(
-        f"N={N:,} D={D} K={K} full covariance, {args.rounds} rounds of "
+        f"N={N:,} D={D} K={K} {args.covariance_type} covariance, {args.rounds} rounds of "
         f"{args.iterations} iterations each"
     )
     seconds = {name: [] for name in datasets}
@@ -121,10 +132,12 @@ def main() -> None:
                 for name, data in datasets.items()
             }
         for X_dask in persisted.values():  # warm up: first-use costs in the workers
-            fit(X_dask, init, K, 1)
+            fit(X_dask, init, K, 1, args.covariance_type)
         for _ in range(args.rounds):
             for name, X_dask in persisted.items():
-                wall, cpu_seconds = one_round(client, X_dask, init, K, args.iterations)
+                wall, cpu_seconds = one_round(
+                    client, X_dask, init, K, args.iterations, args.covariance_type
+                )
                 seconds[name].append(wall)
                 cpu[name].append(cpu_seconds)
     best_complete = min(s for run in seconds["complete"] for s in run)

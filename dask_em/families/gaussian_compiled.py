@@ -6,7 +6,8 @@ going through main memory.  The complete rows go through in slices of
 :data:`SLICE_ROWS`, held feature-major ((D, rows) and (K*D, rows) buffers that stay in
 a core's L2 cache), so that every compiled loop runs over the rows of a slice,
 contiguous, and the compiler vectorizes it; rows with NaN are passed over while a slice
-is filled and take :mod:`dask_em.families.gaussian_missing_compiled` afterwards:
+is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full, tied) or
+:mod:`dask_em.families.gaussian_missing_diag` (diag, spherical) afterwards:
 
 * ``diag`` and ``spherical``: one compiled call per block (:func:`_diag_block`) copies
   each slice centred and feature-major, gives the K log-densities of each row
@@ -38,6 +39,7 @@ import numpy as np
 from dask_em.families import gaussian_linalg
 from dask_em.families.gaussian_kernels import centred_stats
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
+from dask_em.families.gaussian_missing_diag import diag_missing_block_moments
 from dask_em.families.gaussian_slice_loops import (
     diag_log_densities,
     diag_moments,
@@ -278,8 +280,9 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
 
     ``family`` is a :class:`~dask_em.families.gaussian.GaussianFamily` (its
     ``covariance_type`` and ``dtype``); X (n, D) float32 or float64.  Rows with NaN go
-    through :mod:`dask_em.families.gaussian_missing_compiled` (in float64), the others
-    through the kernels above; their moments about the centre add up.
+    through :mod:`dask_em.families.gaussian_missing_compiled` (full, tied) or
+    :mod:`dask_em.families.gaussian_missing_diag` (diag, spherical), in float64, the
+    others through the kernels above; their moments about the centre add up.
     """
     n_components, n_features = params["means"].shape
     center, chol = params["center"], params["precisions_cholesky"]
@@ -304,12 +307,15 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
         scales = chol if covariance_type == "diag" else chol[:, None]
         complete, incomplete = diag_block_moments(X, center, means_c, scales, const, weights, dtype)
     parts = [complete]
-    if len(incomplete):
+    if len(incomplete) and covariance_type in ("full", "tied"):
         factors = gaussian_linalg.dense_factors(chol, covariance_type, n_components, n_features)
-        moments = missing_block_moments(X, incomplete, center, factors, means_c, const, weights)
-        if covariance_type not in ("full", "tied"):
-            moments = (*moments[:4], np.diagonal(moments[4], axis1=1, axis2=2))
-        parts.insert(0, moments)
+        parts.insert(
+            0, missing_block_moments(X, incomplete, center, factors, means_c, const, weights)
+        )
+    elif len(incomplete):  # diag, spherical: independent features, no pattern to factor
+        parts.insert(
+            0, diag_missing_block_moments(X, incomplete, center, means_c, scales, const, weights)
+        )
     moments = [sum(values) for values in zip(*parts, strict=True)]
     stats = centred_stats(*moments, center, covariance_type)
     stats["n_rows"] = len(X)
