@@ -52,3 +52,20 @@ def test_float32_data_starts_where_the_same_values_in_float64_start(client):
     wide = GaussianMixture(3, **kwargs).fit(da.from_array(X32.astype(np.float64), chunks=(1500, 4)))
     for name in ("weights_", "means_", "covariances_"):
         np.testing.assert_array_equal(getattr(narrow, name), getattr(wide, name))
+
+
+def test_the_scan_hands_initialization_a_float64_sample_of_float32_rows(client):
+    from dask_em.engine import EMEngine
+    from dask_em.estimators.starts import scan
+
+    X32 = make_blobs(3000, 3, 2, seed=5)[0].astype(np.float32)
+    engine = EMEngine(da.from_array(X32, chunks=(1000, 3)), model="gmm", cache="memory")
+    try:
+        scanned = scan(
+            GaussianMixture(2, init_sample_size=500), engine, np.random.default_rng(0), None
+        )
+    finally:
+        engine.release()
+    assert scanned["sample"].dtype == np.float64 and scanned["sample"].shape == (500, 3)
+    # the rows drawn, exactly (float32 values widen without rounding)
+    assert np.isin(scanned["sample"][:, 0], X32[:, 0].astype(np.float64)).all()

@@ -14,29 +14,26 @@ missing features M, with ``s_kd = 1/sigma_kd`` and ``xc = x - center``,
     a_kd = log s_kd - 1/2 log 2 pi     (const_k: the complete rows' constant),
     E[xc_d | x_o, k] = mc_kd,   E[xc_d^2 | x_o, k] = mc_kd^2 + sigma_kd^2   (d in M).
 
-So a slice holds its rows feature-major with the missing entries set to 0 and a 0/1
-mask of the observed ones; the log-densities are the complete rows' sums with each
-term masked, plus ``sum_d (1 - mask) a_kd``; and the moments are the complete rows'
-sums (the zeros add nothing) plus, per component and feature, the responsibility mass
-of the rows missing that feature, ``m_kd = sum_i r_ik (1 - mask_id)``, times ``mc_kd``
-(first moments) and ``mc_kd^2 + sigma_kd^2`` (second).  Every loop runs over a slice's
-rows, contiguous, and vectorizes.  Rows with nothing observed get no weight (the
-reference's rule).  Everything runs in float64, as the general kernel does.
+So a slice holds its rows feature-major as ``xc``, NaN kept in place; the
+log-densities are the complete rows' sums over the values that are not NaN, plus
+``-sum_{d in M} a_kd``; and the moments are the complete rows' sums over those values,
+plus, per component and feature, the responsibility mass of the rows missing that
+feature, ``m_kd = sum_{i: x_id NaN} r_ik``, times ``mc_kd`` (first moments) and
+``mc_kd^2 + sigma_kd^2`` (second).  The loops that do the arithmetic run over a slice's
+rows, contiguous, and vectorize (the test for NaN is a select inside them).  Rows with
+nothing observed get no weight (the reference's rule).  Everything runs in float64, as
+the general kernel does; unlike it (and like the complete-row kernels) no tiny
+responsibility is floored to 0.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from dask_em.families.gaussian_missing_compiled import SLICE_ROWS
+from dask_em.families.gaussian_missing_runs import LOG_2PI
 from dask_em.families.jit import jit, jit_reassociated
 from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
-
-#: Rows per slice: (K, rows) and (D, rows) float64 buffers that stay in cache.
-SLICE_ROWS = 256
-
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @jit
@@ -138,7 +135,7 @@ def _diag_missing_block(X, rows, center, means_c, scales, const, w, nk, sums, se
     held = np.empty((size, n_features))
     seen = np.empty(size)
     scratch = row_scratch(size, lp)
-    absent = np.log(scales) - HALF_LOG_2PI  # a_kd (K, D)
+    absent = np.log(scales) - 0.5 * LOG_2PI  # a_kd (K, D)
     lacking = np.zeros((n_components, n_features))
     weight = 0.0
     loglik = 0.0

@@ -2,10 +2,10 @@
 product, compiled, for the Gaussian kernels.
 
 The complete-row kernels (:mod:`dask_em.families.gaussian_compiled`) and the
-missing-value kernel (:mod:`dask_em.families.gaussian_missing_compiled`) both hold a
-slice's log-densities component-major, (K, rows), so that each step below is a loop
-over contiguous rows that the compiler vectorizes, the exp included
-(:mod:`dask_em.families.vector_exp`).
+missing-value kernels (:mod:`dask_em.families.gaussian_missing_compiled`,
+:mod:`dask_em.families.gaussian_missing_diag`) all hold a slice's log-densities
+component-major, (K, rows), so that each step below is a loop over contiguous rows
+that the compiler vectorizes, the exp included (:mod:`dask_em.families.vector_exp`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def responsibilities(lp, m, w, nk, scratch, out):
     log-likelihood are float64.  The shift by the per-row maximum keeps exp in range
     (log-sum-exp); a row where every component has density 0 keeps peak 0.  The exp is
     :func:`~dask_em.families.vector_exp.exp_slice` (float32: a single-precision
-    polynomial, twice as many values per vector) and the log
+    polynomial, twice as many values per vector, terms below float32's normal range
+    flushed to 0) and the log
     :func:`~dask_em.families.vector_log.log_chunk` (libm's are scalar calls); the sums
     are reassociated (a few ulps).
     """

@@ -60,6 +60,8 @@ def exp_chunk(values, high_bits, low_bits):
             clamped = _LOWEST
         if clamped > _HIGHEST:
             clamped = _HIGHEST
+        if x != x:  # no float-to-int conversion of NaN below
+            clamped = 0.0
         n_float = np.floor(clamped * _LOG2E + 0.5)
         r = (clamped - n_float * _LN2_HI) - n_float * _LN2_LO
         p = _C13
@@ -100,13 +102,15 @@ def exp_inplace(values):
 
 
 # float32: the same reduction in single precision.  |r| <= ln(2)/2, so the Taylor
-# polynomial of degree 7 is within r^8/8! < 6e-9 relative of exp(r), a tenth of float32's
-# unit roundoff; ln 2 is split so that n * _LN2_HI_SINGLE is exact for |n| < 2^9.
+# polynomial of degree 7 is within e^|r| r^8/8! < 8e-9 relative of exp(r), an eighth of
+# float32's unit roundoff; ln 2 is split so that n * _LN2_HI_SINGLE is exact for |n| < 2^9.
 _LOG2E_SINGLE = np.float32(_LOG2E)
 _LN2_HI_SINGLE = np.float32(0.693359375)  # 9 significant bits
 _LN2_LO_SINGLE = np.float32(math.log(2.0) - 0.693359375)
-_LOWEST_SINGLE = np.float32(-104.0)  # exp of anything below is 0 in float32
+#: exp of anything below is below float32's smallest normal number (2^-126): 0 here
+_LOWEST_NORMAL_SINGLE = np.float32(-87.33654)
 _HIGHEST_SINGLE = np.float32(89.0)  # exp of anything above is inf
+_ZERO_SINGLE = np.float32(0.0)
 _HALF_SINGLE = np.float32(0.5)
 _ONE_SINGLE = np.float32(1.0)
 _S2, _S3, _S4, _S5, _S6, _S7 = (np.float32(1.0 / math.factorial(k)) for k in range(2, 8))
@@ -114,19 +118,24 @@ _S2, _S3, _S4, _S5, _S6, _S7 = (np.float32(1.0 / math.factorial(k)) for k in ran
 
 @jit_fused
 def exp_chunk_single(values, high_bits, low_bits):
-    """``values[:] = exp(values)`` for one float32 chunk, within 2 ulp of the exact value.
+    """``values[:] = exp(values)`` for one float32 chunk, within 1.5 ulp of the exact
+    value, flushed to 0 below float32's normal range.
 
-    values (m,) float32; high_bits, low_bits (>= m,) int32 scratch.  2^n, n in [-150,
-    128], is built as 2^n1 * 2^n2 from two normal powers, so that subnormal results are
-    rounded once, as in :func:`exp_chunk`."""
+    values (m,) float32; high_bits, low_bits (>= m,) int32 scratch.  A result that
+    would be subnormal (x < -87.34) is 0: the kernels use this exp for Bayes' rule, where
+    such a term is lost beside the row's largest (1) anyway, and a subnormal operand
+    costs every later product a slow path on many CPUs.  2^n, n in [-126, 128], is built
+    as 2^n1 * 2^n2 from two normal powers (2^128 alone is not a float32)."""
     n_values = len(values)
     for i in range(n_values):
         x = values[i]
         clamped = x
-        if clamped < _LOWEST_SINGLE:
-            clamped = _LOWEST_SINGLE
+        if clamped < _LOWEST_NORMAL_SINGLE:
+            clamped = _LOWEST_NORMAL_SINGLE
         if clamped > _HIGHEST_SINGLE:
             clamped = _HIGHEST_SINGLE
+        if x != x:  # no float-to-int conversion of NaN below
+            clamped = _ZERO_SINGLE
         n_float = np.floor(clamped * _LOG2E_SINGLE + _HALF_SINGLE)
         r = (clamped - n_float * _LN2_HI_SINGLE) - n_float * _LN2_LO_SINGLE
         p = _S7
@@ -136,14 +145,16 @@ def exp_chunk_single(values, high_bits, low_bits):
         p = p * r + _S3
         p = p * r + _S2
         p = _ONE_SINGLE + (r + r * r * p)
+        if x < _LOWEST_NORMAL_SINGLE:
+            p = _ZERO_SINGLE
         if x != x:  # NaN stays NaN
             p = x
         values[i] = p
-        # n in [-150, 128]; biased by 256 it is positive, so a logical shift halves it
-        biased = np.int32(n_float) + np.int32(256)
-        half = biased >> 1
-        high_bits[i] = (half - np.int32(1)) << 23  # 2^(half - 128)
-        low_bits[i] = (biased - half - np.int32(1)) << 23  # 2^(n - (half - 128))
+        # n in [-126, 128]; biased by 256 it is positive, so a logical shift halves it
+        biased = np.int32(np.int32(n_float) + np.int32(256))
+        half = np.int32(biased >> np.int32(1))
+        high_bits[i] = np.int32((half - np.int32(1)) << np.int32(23))  # 2^(half - 128)
+        low_bits[i] = np.int32((biased - half - np.int32(1)) << np.int32(23))  # 2^(n - ...)
     high = high_bits.view(np.float32)
     low = low_bits.view(np.float32)
     for i in range(n_values):
