@@ -179,12 +179,14 @@ def test_block_stats_match_the_reference(name, missing):
     )
 
 
+@pytest.mark.parametrize("missing", [False, True], ids=["complete", "with-nan"])
 @pytest.mark.parametrize("group_steps", [16384, 10, 1], ids=["one-group", "groups", "singles"])
 @pytest.mark.parametrize("name", ["diag", "spherical", "poisson", "categorical"])
-def test_fused_kernels_run_and_match_the_family_statistics(name, group_steps):
+def test_fused_kernels_run_and_match_the_family_statistics(name, group_steps, missing):
     """The fused path itself (not a fallback), with the block's sequences in one group
-    or in several, against the family's posterior_stats."""
-    compiled, reference, params, X = make_case(name, 11, missing=name in ("poisson", "categorical"))
+    or in several, against the family's posterior_stats; with NaN, a Gaussian step
+    takes the density of its observed features and its completed moments."""
+    compiled, reference, params, X = make_case(name, 11, missing=missing)
     layout = TimeMajorLayout.from_lengths(LENGTHS)
     fused = fused_emission(compiled.emission)
     result = fused_block_stats(fused, params, X, LENGTHS, group_steps)

@@ -21,8 +21,9 @@ categorical       sum_d log P[k, d, x_d]                    sum gamma [x_d = m]
 The dropped terms do not depend on the state (``-(D/2) log 2 pi``, ``-sum_d log x_d!``):
 they cancel in the posteriors and are added back to the block's log-likelihood once.
 A step with NaN (discrete emissions) has density 1 and no statistics, as in
-:meth:`dask_em.families.hmm.HMMFamily.emission_log_prob`; Gaussian blocks with NaN take
-the family's exact missing-value path instead (:func:`fused_emission` says which).
+:meth:`dask_em.families.hmm.HMMFamily.emission_log_prob`; a Gaussian step with NaN has
+the density of its observed features and its completed moments
+(:mod:`dask_em.families.hmm_emissions_missing`).
 
 The statistics come out in the emission family's own format (the fields of its
 ``posterior_stats``), and the tests check them against it.
@@ -42,6 +43,11 @@ from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.discrete import safe_log
 from dask_em.families.gaussian import GaussianFamily
 from dask_em.families.hmm_compiled import dot, shift_chunk
+from dask_em.families.hmm_emissions_missing import (
+    complete_missing_moments,
+    masked_gaussian_log_b,
+    masked_weighted_sums,
+)
 from dask_em.families.jit import jit
 from dask_em.families.poisson import PoissonFamily
 from dask_em.families.vector_exp import CHUNK
@@ -55,18 +61,24 @@ GATHER_SEQUENCES = 64
 
 
 @jit
-def gather_state_major(X, first_rows, starts, counts, center, out, observed):
+def gather_state_major(X, first_rows, starts, counts, center, out, observed, keep_nan):
     """``out[d, starts[t] + i] = X[first_rows[i] + t, d] - center[d]`` (D, T) float64:
     the block (T, D) in time-major order, state-major; ``first_rows[i]`` is the block row
-    of the first step of the i-th longest sequence.  ``observed[r]`` is 1.0 where the
-    step has no NaN, else 0.0 (and its column of ``out`` is zeroed).
+    of the first step of the i-th longest sequence.
+
+    Without ``keep_nan`` (discrete emissions) ``observed[r]`` is 1.0 where the step has
+    no NaN, else 0.0 and its column of ``out`` is zeroed.  With ``keep_nan`` (Gaussian
+    emissions, :mod:`dask_em.families.hmm_emissions_missing`) NaN stays in ``out`` and
+    ``observed[r]`` is 0.0 only for a step with nothing observed.
 
     Sequences are taken GATHER_SEQUENCES at a time, step by step, so the reads are that
-    many sequential streams rather than one jump per step.  Returns the count of steps
-    with NaN.
+    many sequential streams rather than one jump per step.  Returns (steps with NaN,
+    steps with ``observed`` 0.0, NaN values).
     """
     n_features = X.shape[1]
     n_missing = 0
+    n_unobserved = 0
+    n_nan = 0
     for group in range(0, counts[0], GATHER_SEQUENCES):
         for t in range(len(counts)):
             stop = min(group + GATHER_SEQUENCES, counts[t])
@@ -75,18 +87,23 @@ def gather_state_major(X, first_rows, starts, counts, center, out, observed):
             for i in range(group, stop):
                 source = first_rows[i] + t
                 r = starts[t] + i
-                complete = True
+                absent = 0
                 for d in range(n_features):
                     value = X[source, d]
                     if value != value:
-                        complete = False
+                        absent += 1
                     out[d, r] = value - center[d]
-                observed[r] = 1.0 if complete else 0.0
-                if not complete:
+                seen = absent == 0 or (keep_nan and absent < n_features)
+                observed[r] = 1.0 if seen else 0.0
+                if absent:
                     n_missing += 1
-                    for d in range(n_features):
-                        out[d, r] = 0.0
-    return n_missing
+                    n_nan += absent
+                    if not seen:
+                        n_unobserved += 1
+                    if not keep_nan:
+                        for d in range(n_features):
+                            out[d, r] = 0.0
+    return n_missing, n_unobserved, n_nan
 
 
 @jit
@@ -241,20 +258,23 @@ class FusedEmission:
             return safe_log(rates), rates.sum(axis=1)
         return (np.ascontiguousarray(safe_log(emission["probabilities"])),)
 
-    def densities(self, terms, X_sm, observed, b, shift) -> None:
-        """Shifted densities into ``b`` (K, T) and ``shift`` (T,)."""
-        if self.gaussian:
+    def densities(self, terms, X_sm, observed, b, shift, with_nan=False) -> None:
+        """Shifted densities into ``b`` (K, T) and ``shift`` (T,); ``with_nan``: X_sm
+        holds NaN (Gaussian emissions)."""
+        if self.gaussian and with_nan:
+            masked_gaussian_log_b(X_sm, terms[0], terms[1], b, shift)
+        elif self.gaussian:
             diag_gaussian_log_b(X_sm, *terms, b, shift)
         elif self.kind == "poisson":
             poisson_log_b(X_sm, observed, *terms, b, shift)
         else:
             categorical_log_b(X_sm, observed, *terms, b, shift)
 
-    def dropped_constant(self, emission: Params, X: np.ndarray) -> float:
+    def dropped_constant(self, emission: Params, X: np.ndarray, n_nan: int = 0) -> float:
         """The state-independent terms left out of the densities, summed over the block
-        ``X`` (T, D) (module docstring)."""
-        if self.gaussian:
-            return -0.5 * X.shape[1] * _LOG_2PI * len(X)
+        ``X`` (T, D) with ``n_nan`` NaN values (module docstring)."""
+        if self.gaussian:  # -1/2 log 2 pi per observed value
+            return -0.5 * _LOG_2PI * (X.shape[1] * len(X) - n_nan)
         if self.kind == "poisson":
             counts = np.asarray(X, dtype=np.float64)
             complete = counts[~np.isnan(counts).any(axis=1)]
@@ -264,21 +284,24 @@ class FusedEmission:
     def empty_sums(self, n_states: int, n_features: int) -> tuple[np.ndarray, ...]:
         if self.kind == "categorical":
             return np.zeros(n_states), np.zeros((n_states, n_features, self.family.n_symbols))
-        return (
-            np.zeros(n_states),
-            np.zeros((n_states, n_features)),
-            np.zeros((n_states, n_features)),
-        )
+        # nk, first and second moments (the second unused for Poisson) and, for the
+        # Gaussian, the posterior mass of the missing entries
+        sums = (np.zeros(n_states), *(np.zeros((n_states, n_features)) for _ in range(2)))
+        return (*sums, np.zeros((n_states, n_features))) if self.gaussian else sums
 
-    def accumulate(self, gamma, X_sm, observed, sums) -> None:
-        """Add a group's gamma-weighted sums (gamma (K, T), X_sm (D, T)) into ``sums``."""
+    def accumulate(self, gamma, X_sm, observed, sums, with_nan=False) -> None:
+        """Add a group's gamma-weighted sums (gamma (K, T), X_sm (D, T)) into ``sums``;
+        ``with_nan``: X_sm holds NaN (Gaussian emissions)."""
         if self.kind == "categorical":
             symbol_counts(gamma, X_sm, observed, *sums)
+        elif self.gaussian and with_nan:
+            masked_weighted_sums(gamma, X_sm, observed, *sums)
         else:
-            weighted_sums(gamma, X_sm, observed, self.gaussian, *sums)
+            weighted_sums(gamma, X_sm, observed, self.gaussian, *sums[:3])
 
-    def statistics(self, emission: Params, sums, n_observed: int) -> Stats:
-        """The emission family's ``posterior_stats`` fields from the accumulated sums."""
+    def statistics(self, emission: Params, sums, n_observed: int, n_steps: int) -> Stats:
+        """The emission family's ``posterior_stats`` fields from the accumulated sums;
+        ``n_observed`` of the ``n_steps`` steps have anything observed."""
         nk = sums[0]
         if not self.gaussian:
             return {
@@ -288,14 +311,16 @@ class FusedEmission:
                 "nk": nk,
                 "sums": sums[1],
             }
-        first, second = sums[1], sums[2]
+        first, second = sums[1].copy(), sums[2].copy()
+        _, scales, _ = self.log_density_terms(emission)
+        complete_missing_moments(emission, scales, first, second, sums[3])
         means_c = np.divide(first, nk[:, None], out=np.zeros_like(first), where=nk[:, None] > 0)
         scatter = second - nk[:, None] * means_c**2
         if self.kind == "spherical":
             scatter = scatter.sum(axis=1)
         return {
             "weight": float(n_observed),
-            "n_rows": n_observed,
+            "n_rows": n_steps,
             "loglik": 0.0,
             "nk": nk,
             "means": means_c + emission["center"],

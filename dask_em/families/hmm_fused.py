@@ -92,8 +92,9 @@ def fused_block_stats(
 
     The sequences (longest first) run in groups of about ``group_steps`` steps, each through
     gather, densities, forward, backward and statistics before the next.  None when the
-    block needs the general path: a Gaussian block with NaN, or a normalizer that
-    underflows (which that path redoes in log space).
+    block needs the general path: a normalizer that underflows (which that path redoes
+    in log space).  Gaussian steps with NaN take the marginal density of their observed
+    features (:mod:`dask_em.families.hmm_emissions_missing`).
 
     ``end_message`` (K,), for a block of one sequence only: multiplies the densities of
     its last step (the backward message from the steps after a piece of a split
@@ -120,28 +121,30 @@ def fused_block_stats(
     sums = fused.empty_sums(n_states, n_features)
     bounds = sequence_groups(sorted_lengths, group_steps)
     scratch = _Scratch(int(np.add.reduceat(sorted_lengths, bounds[:-1]).max()))
-    log_scale_total, shift_total, n_observed = 0.0, 0.0, 0
+    log_scale_total, shift_total, n_observed, n_nan = 0.0, 0.0, 0, 0
     start, xi_sum = np.zeros(n_states), np.zeros((n_states, n_states))
     for lo, hi in itertools.pairwise(bounds):
         counts, starts = step_counts(sorted_lengths[lo:hi])
         n = int(starts[-1])
         X_sm, observed = scratch.get("X", n_features, n), scratch.get("observed", 1, n)[0]
-        missing = gather_state_major(X, first_rows[lo:hi], starts, counts, center, X_sm, observed)
-        if missing and fused.gaussian:
-            return None
+        with_nan, unobserved, nan_values = gather_state_major(
+            X, first_rows[lo:hi], starts, counts, center, X_sm, observed, fused.gaussian
+        )
         b, shift = scratch.get("b", n_states, n), scratch.get("shift", 1, n)[0]
-        fused.densities(terms, X_sm, observed, b, shift)
+        fused.densities(terms, X_sm, observed, b, shift, with_nan > 0)
         if end_message is not None:
             b[:, n - 1] *= end_message
         alpha, scale = scratch.get("alpha", n_states, n), scratch.get("scale", 1, n)[0]
         if not forward_scaled(starts, counts, b, startprob, transmat, alpha, scale):
             return None
         backward_scaled(starts, counts, b, scale, transmat, alpha, xi_sum)
-        fused.accumulate(alpha, X_sm, observed, sums)  # alpha now holds gamma
+        fused.accumulate(alpha, X_sm, observed, sums, with_nan > 0)  # alpha now holds gamma
         start += alpha[:, : int(counts[0])].sum(axis=1)
         log_scale_total += float(np.log(scale).sum())
         shift_total += float(shift.sum())
-        n_observed += n - missing
+        n_observed += n - unobserved
+        n_nan += nan_values
     scratch.keep()
-    loglik = log_scale_total + shift_total + fused.dropped_constant(emission, X)
-    return loglik, start, transmat * xi_sum, fused.statistics(emission, sums, n_observed)
+    loglik = log_scale_total + shift_total + fused.dropped_constant(emission, X, n_nan)
+    statistics = fused.statistics(emission, sums, n_observed, len(X))
+    return loglik, start, transmat * xi_sum, statistics
