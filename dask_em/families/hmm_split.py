@@ -209,7 +209,7 @@ def _fused_piece_stats(family: Any, params: Params, X: np.ndarray, row: np.void)
     """:func:`piece_block_stats` by the compiled fused kernels
     (:func:`dask_em.families.hmm_fused.fused_block_stats`, the start vector ``s_p`` and
     the end message ``g_p`` given), or None where they do not apply: no numba, an
-    emission without fused kernels, a weighted sequence, Gaussian steps with NaN."""
+    emission without fused kernels, a weighted sequence, a normalizer that underflows."""
     fused = fused_emission(family.emission)
     if fused is None or family.kernels is not hmm_compiled or float(row["weight"]) != 1.0:
         return None
