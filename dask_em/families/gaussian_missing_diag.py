@@ -98,26 +98,30 @@ def _masked_log_densities(xct, means_c, scales, const, absent, m, lp):
 
 
 @jit_reassociated
+def masked_feature_sums(weights, x):
+    """``(sum_i w_i x_i, sum_i w_i x_i^2)`` over the values of x that are not NaN, and
+    ``sum_i w_i`` over those that are (weights, x (m,))."""
+    first = 0.0
+    squares = 0.0
+    lacking = 0.0
+    for i in range(len(weights)):
+        present = x[i] == x[i]
+        value = x[i] if present else 0.0
+        v = weights[i] * value
+        first += v
+        squares += v * value
+        lacking += 0.0 if present else weights[i]
+    return first, squares, lacking
+
+
+@jit
 def _masked_moments(resp, xct, m, sums, second, lacking):
     """``sums[k, d] += sum_i r_ki xct_di``, ``second[k, d] += sum_i r_ki xct_di^2`` over
     the values of xct that are not NaN, and ``lacking[k, d] += sum_i r_ki`` over those
     that are, for i < m."""
-    n_components = resp.shape[0]
-    n_features = xct.shape[0]
-    for k in range(n_components):
-        r = resp[k]
-        for d in range(n_features):
-            x = xct[d]
-            first = 0.0
-            squares = 0.0
-            mass = 0.0
-            for i in range(m):
-                present = x[i] == x[i]
-                value = x[i] if present else 0.0
-                v = r[i] * value
-                first += v
-                squares += v * value
-                mass += 0.0 if present else r[i]
+    for k in range(resp.shape[0]):
+        for d in range(xct.shape[0]):
+            first, squares, mass = masked_feature_sums(resp[k, :m], xct[d, :m])
             sums[k, d] += first
             second[k, d] += squares
             lacking[k, d] += mass

@@ -45,7 +45,7 @@ from dask_em.families.gaussian import GaussianFamily
 from dask_em.families.hmm_compiled import dot, shift_chunk
 from dask_em.families.hmm_emissions_missing import (
     complete_missing_moments,
-    masked_gaussian_log_b,
+    masked_terms,
     masked_weighted_sums,
 )
 from dask_em.families.jit import jit
@@ -107,15 +107,18 @@ def gather_state_major(X, first_rows, starts, counts, center, out, observed, kee
 
 
 @jit
-def diag_gaussian_log_b(X, means_c, scales, log_det, log_b, shift):
+def diag_gaussian_log_b(X, means_c, scales, log_det, log_b, shift, with_nan):
     """Diagonal Gaussian log-densities (without ``-(D/2) log 2 pi``) into state-major
     ``log_b`` (K, T), then shifted and exponentiated in place (``shift`` (T,)).
 
     ``X`` (D, T) centred data, ``means_c`` (K, D) centred means, ``scales`` (K, D) the
-    precisions' Cholesky factors, ``log_det`` (K,) ``sum_d log scales``.
+    precisions' Cholesky factors, ``log_det`` (K,) ``sum_d log scales``.  ``with_nan``:
+    X holds NaN, and each step's density is that of its observed features (without
+    their ``-1/2 log 2 pi``; :mod:`dask_em.families.hmm_emissions_missing`).
     """
     n_states, n_features = means_c.shape
     n_rows = X.shape[1]
+    log_scales = np.log(scales)
     high_bits = np.empty(CHUNK, dtype=np.int64)
     low_bits = np.empty(CHUNK, dtype=np.int64)
     for first in range(0, n_rows, CHUNK):
@@ -126,11 +129,15 @@ def diag_gaussian_log_b(X, means_c, scales, log_det, log_b, shift):
             for d in range(n_features):
                 x = X[d, first:stop]
                 mean, scale = means_c[k, d], scales[k, d]
+                if with_nan:
+                    masked_terms(x, mean, scale, log_scales[k, d], row)
+                    continue
                 for i in range(len(row)):
                     z = (x[i] - mean) * scale
                     row[i] += z * z
-            for i in range(len(row)):
-                row[i] = log_det[k] - 0.5 * row[i]
+            if not with_nan:
+                for i in range(len(row)):
+                    row[i] = log_det[k] - 0.5 * row[i]
         shift_chunk(log_b, first, stop, shift, high_bits, low_bits)
 
 
@@ -261,10 +268,8 @@ class FusedEmission:
     def densities(self, terms, X_sm, observed, b, shift, with_nan=False) -> None:
         """Shifted densities into ``b`` (K, T) and ``shift`` (T,); ``with_nan``: X_sm
         holds NaN (Gaussian emissions)."""
-        if self.gaussian and with_nan:
-            masked_gaussian_log_b(X_sm, terms[0], terms[1], b, shift)
-        elif self.gaussian:
-            diag_gaussian_log_b(X_sm, *terms, b, shift)
+        if self.gaussian:
+            diag_gaussian_log_b(X_sm, *terms, b, shift, with_nan)
         elif self.kind == "poisson":
             poisson_log_b(X_sm, observed, *terms, b, shift)
         else:

@@ -12,70 +12,31 @@ for the mixtures).  For a step t with observed features O, state k, ``s_kd =
     E[xc_d | x_O, k] = mc_kd,   E[xc_d^2 | x_O, k] = mc_kd^2 + sigma_kd^2   (d not in O).
 
 So the state-major block keeps NaN in place (:func:`~dask_em.families.hmm_emissions.
-gather_state_major` with ``keep_nan``); the densities sum the terms of the values that
-are not NaN; the sums add the observed values only, and per state and feature the
-posterior mass of the steps missing that feature, which
-:meth:`~dask_em.families.hmm_emissions.FusedEmission.statistics` turns into the missing
-entries' moments.  A step with nothing observed has density 1 and no statistics, as in
-the reference.  Every loop runs over a chunk of steps, contiguous.
+gather_state_major` with ``keep_nan``); the densities
+(:func:`~dask_em.families.hmm_emissions.diag_gaussian_log_b` with ``with_nan``) sum the
+terms of the values that are not NaN (:func:`masked_terms`); the sums add the observed
+values only, and per state and feature the posterior mass of the steps missing that
+feature, which :meth:`~dask_em.families.hmm_emissions.FusedEmission.statistics` turns
+into the missing entries' moments.  A step with nothing observed has density 1 and no
+statistics, as in the reference.  Every loop runs over a chunk of steps, contiguous.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dask_em.families.hmm_compiled import dot, shift_chunk
+from dask_em.families.gaussian_missing_diag import masked_feature_sums
+from dask_em.families.hmm_compiled import dot
 from dask_em.families.jit import jit, jit_reassociated
 from dask_em.families.vector_exp import CHUNK
 
 
 @jit_reassociated
-def _masked_terms(x, mean, scale, log_scale, row):
+def masked_terms(x, mean, scale, log_scale, row):
     """``row[i] += log_scale - 1/2 ((x[i] - mean) scale)^2`` where x[i] is not NaN."""
     for i in range(len(row)):
         z = (x[i] - mean) * scale
         row[i] += log_scale - 0.5 * z * z if x[i] == x[i] else 0.0
-
-
-@jit
-def masked_gaussian_log_b(X, means_c, scales, log_b, shift):
-    """Diagonal Gaussian log-densities of the observed features of each step (without
-    ``-(|O|/2) log 2 pi``; module docstring) into state-major ``log_b`` (K, T), then
-    shifted and exponentiated in place (``shift`` (T,)).
-
-    ``X`` (D, T) centred data with NaN where a value is missing, ``means_c`` (K, D)
-    centred means, ``scales`` (K, D) the precisions' Cholesky factors.
-    """
-    n_states, n_features = means_c.shape
-    n_rows = X.shape[1]
-    log_scales = np.log(scales)
-    high_bits = np.empty(CHUNK, dtype=np.int64)
-    low_bits = np.empty(CHUNK, dtype=np.int64)
-    for first in range(0, n_rows, CHUNK):
-        stop = min(first + CHUNK, n_rows)
-        for k in range(n_states):
-            row = log_b[k, first:stop]
-            row[:] = 0.0
-            for d in range(n_features):
-                _masked_terms(X[d, first:stop], means_c[k, d], scales[k, d], log_scales[k, d], row)
-        shift_chunk(log_b, first, stop, shift, high_bits, low_bits)
-
-
-@jit_reassociated
-def _masked_feature_sums(g, x):
-    """``(sum g x, sum g x^2, sum g)``, the first two over the values of x that are not
-    NaN, the last over those that are."""
-    first = 0.0
-    second = 0.0
-    lacking = 0.0
-    for i in range(len(g)):
-        present = x[i] == x[i]
-        value = x[i] if present else 0.0
-        v = g[i] * value
-        first += v
-        second += v * value
-        lacking += 0.0 if present else g[i]
-    return first, second, lacking
 
 
 @jit
@@ -97,7 +58,7 @@ def masked_weighted_sums(gamma, X, observed, nk, first_moment, second_moment, la
                 weighted[i] = g[i] * seen[i]  # a step with nothing observed adds nothing
             nk[k] += dot(g, seen)
             for d in range(n_features):
-                f, s, m = _masked_feature_sums(weighted[:width], X[d, first:stop])
+                f, s, m = masked_feature_sums(weighted[:width], X[d, first:stop])
                 first_moment[k, d] += f
                 second_moment[k, d] += s
                 lacking[k, d] += m
