@@ -203,7 +203,18 @@ def test_blocks_the_workers_read_are_read_in_runs_where_they_stay(client, tmp_pa
     first, second = sorted(client.scheduler_info()["workers"])
     assert engine._homes == [first] * 8 + [second] * 8
     per_block = [r for r in stream.data if isinstance(r["key"], tuple) and len(r["key"]) > 1]
-    assert per_block and all(r["worker"] == engine._homes[r["key"][1]] for r in per_block)
+    # a read is asked to run where its block stays; one that ran elsewhere was moved by
+    # the scheduler's work stealing (the restriction is loose, so that a lost worker's
+    # reads run on), and the block was then moved home
+    stolen = {
+        (tuple(message[1]), message[4])
+        for _, message in client.get_events("stealing")
+        if message[0] == "confirm"
+    }
+    elsewhere = [
+        (r["key"], r["worker"]) for r in per_block if r["worker"] != engine._homes[r["key"][1]]
+    ]
+    assert per_block and set(elsewhere) <= stolen, elsewhere
     with get_task_stream(client) as stream:
         assert engine.map_reduce(block_size, add_rows, None) == 1600
     assert sum(str(r["key"][0]).startswith("estep-test") for r in stream.data) == 2
