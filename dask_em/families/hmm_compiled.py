@@ -34,7 +34,7 @@ from dask_em.families.hmm_kernels import (
     _sum_per_sequence,
     forward_backward_log,
 )
-from dask_em.families.jit import jit
+from dask_em.families.jit import jit, jit_reassociated
 from dask_em.families.vector_exp import CHUNK, exp_chunk
 
 
@@ -63,20 +63,13 @@ def _multiply(x, y):
         y[i] *= x[i]
 
 
-@jit
+@jit_reassociated
 def dot(x, y):
-    """``sum_i x_i y_i`` with four interleaved partial sums."""
-    n = len(x)
-    s0 = s1 = s2 = s3 = 0.0
-    body = n - n % 4
-    for i in range(0, body, 4):
-        s0 += x[i] * y[i]
-        s1 += x[i + 1] * y[i + 1]
-        s2 += x[i + 2] * y[i + 2]
-        s3 += x[i + 3] * y[i + 3]
-    for i in range(body, n):
-        s0 += x[i] * y[i]
-    return (s0 + s1) + (s2 + s3)
+    """``sum_i x_i y_i``, the sum reassociated (vectorized)."""
+    total = 0.0
+    for i in range(len(x)):
+        total += x[i] * y[i]
+    return total
 
 
 # --------------------------------------------------------------------------- kernels
