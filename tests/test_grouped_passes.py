@@ -205,7 +205,7 @@ def test_blocks_the_workers_read_are_read_in_runs_where_they_stay(client, tmp_pa
     per_block = [r for r in stream.data if isinstance(r["key"], tuple) and len(r["key"]) > 1]
     # a read is asked to run where its block stays; one that ran elsewhere was moved by
     # the scheduler's work stealing (the restriction is loose, so that a lost worker's
-    # reads run on), and the block was then moved home
+    # reads run on), and the persisted block, an alias pinned to its home, fetched it
     stolen = {
         (tuple(message[1]), message[4])
         for _, message in client.get_events("stealing")

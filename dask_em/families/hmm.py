@@ -25,8 +25,9 @@ some NaN features uses the marginal density of the others, and its completed mom
 Kernels: with numba (``compiled=True``, the default) the recursions are compiled
 (:mod:`dask_em.families.hmm_compiled`), and for diagonal/spherical Gaussian, Poisson and
 categorical emissions the exact E-step runs fused with the emission densities and
-statistics (:mod:`dask_em.families.hmm_fused`); full and tied Gaussians, and Gaussian
-blocks with NaN, use the emission family's own densities and ``posterior_stats``.  The
+statistics (:mod:`dask_em.families.hmm_fused`; Gaussian steps with NaN too,
+:mod:`dask_em.families.hmm_emissions_missing`); full and tied Gaussians use the emission
+family's own densities and ``posterior_stats``.  The
 pure-NumPy kernels of :mod:`dask_em.families.hmm_kernels` are the reference and the
 fallback.
 """
