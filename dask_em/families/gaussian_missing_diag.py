@@ -128,9 +128,10 @@ def _masked_moments(resp, xct, m, sums, second, lacking):
 
 
 @jit
-def _diag_missing_block(X, rows, center, means_c, scales, const, w, nk, sums, second):
-    """Every row of ``rows``: adds to nk (K,), sums (K, D) and second (K, D) (see the
-    module docstring); returns (weight, loglik)."""
+def _diag_missing_block(X, rows, center, means_c, scales, const, w, nk, sums, second, lacking):
+    """Every row of ``rows``: adds to nk (K,), and over the values that are not NaN to
+    sums (K, D) and second (K, D); adds to lacking (K, D) the responsibility mass of the
+    NaN ones (see the module docstring); returns (weight, loglik)."""
     n_components, n_features = means_c.shape
     size = min(SLICE_ROWS, max(len(rows), 1))
     xct = np.empty((n_features, size))
@@ -140,7 +141,6 @@ def _diag_missing_block(X, rows, center, means_c, scales, const, w, nk, sums, se
     seen = np.empty(size)
     scratch = row_scratch(size, lp)
     absent = np.log(scales) - 0.5 * LOG_2PI  # a_kd (K, D)
-    lacking = np.zeros((n_components, n_features))
     weight = 0.0
     loglik = 0.0
     index = 0
@@ -153,13 +153,16 @@ def _diag_missing_block(X, rows, center, means_c, scales, const, w, nk, sums, se
         weight += part_weight
         loglik += part_loglik
         _masked_moments(lp, xct, m, sums, second, lacking)
-    for k in range(n_components):
-        for d in range(n_features):
-            c = means_c[k, d]
-            variance = 1.0 / (scales[k, d] * scales[k, d])
-            sums[k, d] += lacking[k, d] * c
-            second[k, d] += lacking[k, d] * (c * c + variance)
     return weight, loglik
+
+
+def add_missing_moments(means_c, scales, lacking, first, second) -> None:
+    """The missing entries' moments (module docstring) added to ``first`` and ``second``
+    (K, D), in place: ``lacking`` (K, D), the responsibility (or posterior) mass of the
+    rows missing each feature, times ``mc_kd`` and ``mc_kd^2 + sigma_kd^2``; means_c (K,
+    D) the means minus the centre, scales (K, D) ``1/sigma``."""
+    first += lacking * means_c
+    second += lacking * (means_c**2 + 1.0 / scales**2)
 
 
 def diag_missing_block_moments(X, rows, center, means_c, scales, const, w):
@@ -183,7 +186,9 @@ def diag_missing_block_moments(X, rows, center, means_c, scales, const, w):
     nk = np.zeros(n_components)
     sums = np.zeros((n_components, n_features))
     second = np.zeros((n_components, n_features))
+    lacking = np.zeros((n_components, n_features))
     weight, loglik = _diag_missing_block(
-        X, rows, center, means_c, scales, const, w, nk, sums, second
+        X, rows, center, means_c, scales, const, w, nk, sums, second, lacking
     )
+    add_missing_moments(means_c, scales, lacking, sums, second)
     return weight, loglik, nk, sums, second

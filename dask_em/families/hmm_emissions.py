@@ -42,12 +42,9 @@ from dask_em.families.base import Params, Stats
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.discrete import safe_log
 from dask_em.families.gaussian import GaussianFamily
+from dask_em.families.gaussian_missing_diag import add_missing_moments
 from dask_em.families.hmm_compiled import dot, shift_chunk
-from dask_em.families.hmm_emissions_missing import (
-    complete_missing_moments,
-    masked_terms,
-    masked_weighted_sums,
-)
+from dask_em.families.hmm_emissions_missing import masked_terms, masked_weighted_sums
 from dask_em.families.jit import jit
 from dask_em.families.poisson import PoissonFamily
 from dask_em.families.vector_exp import CHUNK
@@ -317,8 +314,8 @@ class FusedEmission:
                 "sums": sums[1],
             }
         first, second = sums[1].copy(), sums[2].copy()
-        _, scales, _ = self.log_density_terms(emission)
-        complete_missing_moments(emission, scales, first, second, sums[3])
+        centred_means, scales, _ = self.log_density_terms(emission)
+        add_missing_moments(centred_means, scales, sums[3], first, second)
         means_c = np.divide(first, nk[:, None], out=np.zeros_like(first), where=nk[:, None] > 0)
         scatter = second - nk[:, None] * means_c**2
         if self.kind == "spherical":

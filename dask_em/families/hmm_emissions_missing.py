@@ -17,7 +17,8 @@ gather_state_major` with ``keep_nan``); the densities
 terms of the values that are not NaN (:func:`masked_terms`); the sums add the observed
 values only, and per state and feature the posterior mass of the steps missing that
 feature, which :meth:`~dask_em.families.hmm_emissions.FusedEmission.statistics` turns
-into the missing entries' moments.  A step with nothing observed has density 1 and no
+into the missing entries' moments (:func:`~dask_em.families.gaussian_missing_diag.
+add_missing_moments`, as for the mixtures).  A step with nothing observed has density 1 and no
 statistics, as in the reference.  Every loop runs over a chunk of steps, contiguous.
 """
 
@@ -62,12 +63,3 @@ def masked_weighted_sums(gamma, X, observed, nk, first_moment, second_moment, la
                 first_moment[k, d] += f
                 second_moment[k, d] += s
                 lacking[k, d] += m
-
-
-def complete_missing_moments(emission, scales, first, second, lacking) -> None:
-    """Add the missing entries' moments (module docstring) to ``first`` and ``second``
-    (K, D), in place: ``lacking`` (K, D) times ``mc_kd`` and ``mc_kd^2 + sigma_kd^2``;
-    ``scales`` (K, D) the precisions' Cholesky factors."""
-    means_c = np.asarray(emission["means"], dtype=np.float64) - emission["center"]
-    first += lacking * means_c
-    second += lacking * (means_c**2 + 1.0 / scales**2)
