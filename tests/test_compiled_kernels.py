@@ -22,6 +22,7 @@ from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
 from dask_em.families.gaussian_missing_compiled import RUN_ROWS, pattern_order
 from dask_em.families.gaussian_missing_runs import inverse_scratch, pattern_inverses
+from dask_em.families.gaussian_slice_loops import pair_moments
 from dask_em.families.poisson import PoissonFamily
 from dask_em.families.vector_exp import exp_chunk_single, exp_slice
 from dask_em.families.vector_log import log_chunk
@@ -140,6 +141,29 @@ def test_gaussian_compiled_matches_reference(covariance_type, weighted, nan_shar
         ("weight", "loglik", "nk", "means", "scatter"),
         floors={"scatter": second_moments} if n_rows == 1 else None,
     )
+
+
+@pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n_components", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("n_features", [1, 2, 6, 17])
+def test_pair_moments_match_the_dense_products(dtype, n_components, n_features):
+    # the moment product of the full and tied kernels: every pair of the upper triangle
+    # (its count not a multiple of four for most n_features), every component (groups
+    # of four and the rest one at a time), only the first m rows, out overwritten
+    rng = np.random.default_rng(n_components * 100 + n_features)
+    rows, m = 37, 29
+    xt = np.ones((n_features + 1, rows), dtype=dtype)
+    xt[:n_features] = rng.normal(size=(n_features, rows))
+    r = rng.random((n_components, rows)).astype(dtype)
+    first, second = (i.astype(np.int64) for i in np.triu_indices(n_features + 1))
+    out = np.full((n_components, len(first)), np.nan, dtype=dtype)
+    pair_moments(r, xt, m, first, second, out)
+    wide = xt[:, :m].astype(np.float64)
+    expected = np.einsum("ki,di,ei->kde", r[:, :m].astype(np.float64), wide, wide)
+    expected = expected[:, first, second]
+    rtol = 1e-13 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)

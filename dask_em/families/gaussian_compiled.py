@@ -16,10 +16,12 @@ is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full, tied
   in reassociated loops.  The products are K*D short dot products, too small for BLAS
   to beat the call overhead NumPy adds per slice.
 * ``full`` and ``tied``: one compiled call per block (:func:`_full_block`); per slice
-  one BLAS product ``[L_1 ... L_K]^T @ xc^T`` gives ``L_k^T xc`` for every k, compiled
-  loops turn it into responsibilities and overwrite the buffer with ``r_ik xc_i``, and
-  a second BLAS product ``buffer @ [xc, 1]`` adds the slice's second and first
-  moments (BLAS runs these D x D products several times faster than loops).
+  one BLAS product ``[L_1 ... L_K]^T @ xc^T`` gives ``L_k^T xc`` for every k (BLAS
+  runs these D x D products several times faster than loops), compiled loops turn it
+  into responsibilities, and :func:`~dask_em.families.gaussian_slice_loops.pair_moments`
+  sums ``r_ik xc_i xc_i^T`` over each pair of features once (half the products of a
+  dense ``(r xc)^T [xc, 1]``, which BLAS ran 1.5x slower than these loops) and, with a
+  row of ones under the slice, ``r_ik xc_i``.
 
 Moments are accumulated about ``center`` (the mixture mean; ``xc = x - center``), per
 slice, then summed across slices in float64, and finally centred on each component's
@@ -44,13 +46,12 @@ from dask_em.families.gaussian_slice_loops import (
     diag_log_densities,
     diag_moments,
     full_log_densities,
+    moments_from_pairs,
+    pair_moments,
+    upper_pairs,
 )
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
-from dask_em.families.responsibilities_compiled import (
-    responsibilities,
-    row_scratch,
-    weighted_rows,
-)
+from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
 
 #: Rows per slice: a slice's buffers are feature-major ((D, rows), (K, rows), and for
 #: full/tied (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
@@ -164,29 +165,28 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
 
 
 @jit
-def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
+def _full_block(X, center, factors, offsets, const, w, rows, nk, first, second, moments):
     """The whole full/tied E-step and moments of a block, in one compiled call.
 
     X (n, D) float32 or float64; center (D,), factors (K*D, D) (row k*D + e: column e
     of L_k) and offsets (K, D) ``L_k^T mc_k``, these three in the compute dtype; const
-    (K,); w (n,), or empty for unit weights.  Adds ``sum_i w_i r_ik`` to nk (K,) and
-    ``sum_i w_i r_ik xc_i [xc_i, 1]^T`` to moments (K*D, D + 1) (row k*D + d) over the
-    complete rows; returns (weight, loglik, the indices of the rows with NaN, which add
-    nothing).  The two products per slice are BLAS calls (numba's ``np.dot``) without a
-    Python round trip between them.
+    (K,); w (n,), or empty for unit weights; first, second (P,) int64: the pairs
+    ``first[p] <= second[p]`` of D + 1 features, the last one all 1.  Adds ``sum_i w_i
+    r_ik`` to nk (K,) and ``sum_i w_i r_ik xt[first[p], i] xt[second[p], i]`` to
+    moments[k, p] (K, P) over the complete rows, with ``xt_i = [xc_i, 1]``; returns
+    (weight, loglik, the indices of the rows with NaN, which add nothing).  One BLAS
+    product per slice (numba's ``np.dot``), the rest compiled loops.
     """
     n_rows, n_features = X.shape
     width = factors.shape[0]
     n_components = offsets.shape[0]
     dtype = factors.dtype
-    # xc with a column of ones: yt @ [xc, 1] gives the second moments AND, in its last
-    # column, the first moments sum_i r_ik xc_i, in one product.  The slice is held
-    # both ways: BLAS runs this product 1.5x faster on row-major xc than on xct.T.
-    xct = np.empty((n_features, rows), dtype=dtype)
-    xc = np.ones((rows, n_features + 1), dtype=dtype)
+    # xc feature-major with a row of ones: the pairs with it give the first moments
+    # sum_i r_ik xc_i beside the second ones, in the same pass (pair_moments)
+    xt = np.ones((n_features + 1, rows), dtype=dtype)
     yt = np.empty((width, rows), dtype=dtype)
     lp = np.empty((n_components, rows), dtype=dtype)
-    part = np.empty((width, n_features + 1), dtype=dtype)
+    part = np.empty(moments.shape, dtype=dtype)
     ws = np.empty(rows)
     scratch = row_scratch(rows, lp)
     weight = 0.0
@@ -198,30 +198,26 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, moments):
     while start < n_rows:
         if n_rows - start < rows:  # the last rows: buffers of their width (contiguous)
             m = n_rows - start
-            xct = np.empty((n_features, m), dtype=dtype)
-            xc = np.ones((m, n_features + 1), dtype=dtype)
+            xt = np.ones((n_features + 1, m), dtype=dtype)
             yt = np.empty((width, m), dtype=dtype)
             lp = np.empty((n_components, m), dtype=dtype)
-        m = xct.shape[1]
+        m = xt.shape[1]
         kept, start, n_passed = _centred_slice(
-            X, start, center, xct, xc, w, ws, m, passed_over, n_passed, kept_rows
+            X, start, center, xt, xt[:0], w, ws, m, passed_over, n_passed, kept_rows
         )
-        if kept < m:  # rows with NaN at the end of X: the columns past the rest add 0
+        if kept < m:  # rows with NaN at the end of X: the columns past the rest are 0
             for d in range(n_features):
                 for i in range(kept, m):
-                    xct[d, i] = 0.0
-                    xc[i, d] = 0.0
-        np.dot(factors, xct, yt)
+                    xt[d, i] = 0.0
+        np.dot(factors, xt[:n_features], yt)
         full_log_densities(yt, offsets, const, m, lp)
         part_weight, part_loglik = responsibilities(lp, kept, ws, nk, scratch, lp)
         weight += part_weight
         loglik += part_loglik
+        pair_moments(lp, xt, kept, first, second, part)
         for k in range(n_components):
-            for i in range(kept, m):
-                lp[k, i] = 0.0  # not a responsibility: a log-density, maybe -inf
-        weighted_rows(lp, xct, yt, m)
-        np.dot(yt, xc, part)
-        moments += part
+            for p in range(part.shape[1]):
+                moments[k, p] += part[k, p]
     return weight, loglik, passed_over[:n_passed]
 
 
@@ -264,15 +260,15 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     factors = factors.astype(compute_dtype)
     offsets = np.einsum("kd,kde->ke", means_c, prec_chol).astype(compute_dtype)
     center = center.astype(compute_dtype)
+    first, second = upper_pairs(n_features)
     nk = np.zeros(n_components)
-    moments = np.zeros((width, n_features + 1))
+    moments = np.zeros((n_components, len(first)))
     rows = min(SLICE_ROWS, max(n_rows, 1))
     weight, loglik, incomplete = _full_block(
-        X, center, factors, offsets, const, w, rows, nk, moments
+        X, center, factors, offsets, const, w, rows, nk, first, second, moments
     )
-    moments = moments.reshape(n_components, n_features, n_features + 1)
-    sums, second = moments[:, :, n_features].copy(), moments[:, :, :n_features].copy()
-    return (weight, loglik, nk, sums, second), incomplete
+    sums, second_moments = moments_from_pairs(moments, first, second)
+    return (weight, loglik, nk, sums, second_moments), incomplete
 
 
 def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> dict:

@@ -2,8 +2,9 @@
 
 The same mathematics as the NumPy reference :mod:`dask_em.families.gaussian_missing`
 (Ghahramani & Jordan, 1994; Schur complements of the precision ``P_k = L_k L_k^T``),
-arranged so that the work shared by all rows runs as BLAS products on the rows with
-their missing entries set to the centre, and only what a row's pattern adds runs in
+arranged so that the work shared by all rows runs as for complete rows (a BLAS product,
+the moment sums of :func:`~dask_em.families.gaussian_slice_loops.pair_moments`) on the
+rows with their missing entries set to the centre, and only what a row's pattern adds runs in
 compiled loops over the rows of one pattern, with no (n, K, D) temporary:
 
 * ``xt`` = x - center with missing entries 0; one product of ``[xt, 1]`` with
@@ -22,9 +23,10 @@ compiled loops over the rows of one pattern, with no (n, K, D) temporary:
       E[x_m | x_o, k] - center_m = mc_km + (v_m - c) = -c,   Cov[x_m | x_o, k] = P_mm^-1.
 
 * The completed row about the centre is ``xt + e_k`` with ``e_k = -c`` on the missing
-  entries only, so its moments are those of ``xt`` (the second BLAS product
-  ``(r xt)^T [xt, 1]``, as for complete rows) plus, per row, ``r e`` on the missing
-  entries, the cross terms ``r xt e^T`` (D x q) and ``r (e e^T + P_mm^-1)`` (q x q).
+  entries only, so its moments are those of ``xt`` (``sum r xt [xt, 1]^T``, by
+  :func:`~dask_em.families.gaussian_slice_loops.pair_moments` as for complete rows)
+  plus, per row, ``r e`` on the missing entries, the cross terms ``r xt e^T`` (D x q)
+  and ``r (e e^T + P_mm^-1)`` (q x q).
 
 A block's rows with NaN are those the complete-row kernel passed over (their indices);
 they are visited in the order of their NaN pattern (a radix sort of its bit mask), so
@@ -50,12 +52,9 @@ from dask_em.families.gaussian_missing_runs import (
     run_log_densities,
     run_moments,
 )
+from dask_em.families.gaussian_slice_loops import moments_from_pairs, pair_moments, upper_pairs
 from dask_em.families.jit import jit
-from dask_em.families.responsibilities_compiled import (
-    responsibilities,
-    row_scratch,
-    weighted_rows,
-)
+from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
 
 #: Rows per slice: the (rows, K*D) buffer of 256 x 128 doubles is 256 KiB.
 SLICE_ROWS = 256
@@ -99,9 +98,8 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     """One slice of m rows with NaN, sorted by pattern; returns (weight, loglik).
 
     xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1; missing
-    (m, D) bool; yt (K*D, m) ``u_k`` (rows k*D + e), overwritten with ``r_ik xt_i`` (the
-    left factor of the moment product); factors, precisions (K, D, D) ``L_k`` and
-    ``P_k``; const (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``;
+    (m, D) bool; yt (K*D, m) ``u_k`` (rows k*D + e); factors, precisions (K, D, D)
+    ``L_k`` and ``P_k``; const (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``;
     w (m,), overwritten with 0 for a row with nothing observed (it gets no weight) and
     for the rows of short runs (their Bayes' rule is done row by row).
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
@@ -114,7 +112,8 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     Per run of one pattern: the log-densities (P_mm factored once); then Bayes' rule
     over the whole slice; then per run the pattern's terms of the moments (P_mm
     factored again).  A run shorter than :data:`RUN_ROWS` rows goes through all three
-    row by row at once, so that its pattern is factored once.
+    row by row at once, so that its pattern is factored once.  Leaves lp holding every
+    row's ``w_i r_ik``, for the moment product of ``xct``.
     """
     lp, coef, work, inverting, u, b, index, held, run_ends, scratch = buffers
     m, n_features = missing.shape
@@ -169,7 +168,6 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
                 for k in range(n_components):
                     lp[k, i] = held[k, i]
         start = end
-    weighted_rows(lp, xct, yt, m)
     return weight, loglik
 
 
@@ -230,7 +228,19 @@ def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 @jit
 def _missing_block(
-    X, rows, center, factors_t, factors, precisions, const, w, out, moments, inverting
+    X,
+    rows,
+    center,
+    factors_t,
+    factors,
+    precisions,
+    const,
+    w,
+    out,
+    first,
+    second,
+    moments,
+    inverting,
 ):
     """The rows ``rows`` of X (n, D) (all with NaN, in pattern order) in slices of
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
@@ -238,7 +248,10 @@ def _missing_block(
     factors_t (K*D, D + 1): row k*D + e is column e of ``L_k`` followed by
     ``-(L_k^T mc_k)_e``, so that one BLAS product with ``[xt, 1]^T`` gives ``u_k``;
     factors, precisions, const, out as :func:`_missing_slice`; w (n,), or empty for unit
-    weights; moments (K*D, D + 1) gets ``sum_i r_ik xt_i [xt_i, 1]^T`` (row k*D + d);
+    weights; first, second (P,): the pairs of
+    :func:`~dask_em.families.gaussian_slice_loops.upper_pairs`; moments (K, P) gets
+    ``sum_i r_ik xt[first[p], i] xt[second[p], i]`` (xt: the rows with NaN as 0, then
+    a row of ones: ``sum_i r_ik xt_i [xt_i, 1]^T`` by pairs);
     inverting: :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`.
     """
     n_features = X.shape[1]
@@ -264,11 +277,11 @@ def _missing_block(
         row_scratch(m, lp),
     )
     xct = np.ones((n_features + 1, m))
-    xc = np.ones((m, n_features + 1))  # row-major: BLAS runs yt @ xc faster than on xct.T
+    xc = np.ones((m, n_features + 1))  # row-major scratch of _gather_rows
     yt = np.empty((width, m))
     missing = np.empty((m, n_features), dtype=np.bool_)
     ws = np.empty(m)
-    part = np.empty((width, n_features + 1))
+    part = np.empty(moments.shape)
     weight = 0.0
     loglik = 0.0
     for start in range(0, len(rows), m):
@@ -284,7 +297,7 @@ def _missing_block(
         )
         weight += part_weight
         loglik += part_loglik
-        np.dot(yt, xc, part)
+        pair_moments(buffers[0], xct, m, first, second, part)  # buffers[0]: w r (K, m)
         moments += part
     return weight, loglik
 
@@ -316,16 +329,18 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
         np.zeros((n_components, n_features, n_features)),
         np.zeros((n_components, n_features, n_features)),
     )
-    moments = np.zeros((width, n_features + 1))
+    first, second = upper_pairs(n_features)
+    moments = np.zeros((n_components, len(first)))
     # rows of one pattern side by side: each pattern's P_mm is factored once per run
     ordered = pattern_order(X, rows)
     inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, ordered, center, factors_t, factors, precisions, const, w, out, moments, inverting
-    )
-    moments = moments.reshape(n_components, n_features, n_features + 1)
+        X, ordered, center, factors_t, factors, precisions, const, w, out, first, second,
+        moments, inverting,
+    )  # fmt: skip
     nk, extra_sums, cross, block = out
-    sums = moments[:, :, n_features] + extra_sums
-    second = moments[:, :, :n_features] + cross + cross.transpose(0, 2, 1) + block
+    sums, second_moments = moments_from_pairs(moments, first, second)
+    sums += extra_sums
+    second = second_moments + cross + cross.transpose(0, 2, 1) + block
     return weight, loglik, nk, sums, second

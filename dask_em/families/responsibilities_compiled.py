@@ -1,5 +1,4 @@
-"""Bayes' rule in log space over a slice of rows, and the weighted rows of the moment
-product, compiled, for the Gaussian kernels.
+"""Bayes' rule in log space over a slice of rows, compiled, for the Gaussian kernels.
 
 The complete-row kernels (:mod:`dask_em.families.gaussian_compiled`) and the
 missing-value kernels (:mod:`dask_em.families.gaussian_missing_compiled`,
@@ -88,19 +87,3 @@ def responsibilities(lp, m, w, nk, scratch, out):
             part += value
         nk[k] += part
     return weight, loglik
-
-
-@jit
-def weighted_rows(r, xct, yt, m):
-    """``yt[k*D + d, i] = r[k, i] xct[d, i]`` for the first m columns: the left factor of
-    the moment product ``yt @ [xc, 1]^T``.  r (K, >= m), xct (>= D, >= m) feature-major,
-    yt (K*D, >= m), D = ``yt.shape[0] // K``."""
-    n_components = r.shape[0]
-    n_features = yt.shape[0] // n_components
-    for k in range(n_components):
-        weights = r[k]
-        for d in range(n_features):
-            y = yt[k * n_features + d]
-            x = xct[d]
-            for i in range(m):
-                y[i] = weights[i] * x[i]
