@@ -17,8 +17,11 @@ with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2`` exported (as
 job scripts and HPC profiles do), so the LocalCluster's workers inherit them.
 
 Share of GEMM: 4 N K D^2 flops per "full" iteration (the Mahalanobis products and the
-scatter matrices) over the seconds per iteration, against a 2048^2 float64 NumPy matmul
-on all cores in the same process.  First-call compilation of the numba kernels is
+scatter matrices, as dense products compute them) over the seconds per iteration,
+against a 2048^2 float64 NumPy matmul on all cores in the same process.  dask_em's full
+kernel sums each pair of features once (about 3 N K D^2 flops executed), so the share
+is the rate of an equivalent dense computation; 3/4 of it is the share of the flops
+executed.  First-call compilation of the numba kernels is
 measured apart, in a fresh process with an empty cache (``NUMBA_CACHE_DIR``), then with
 the cache filled; it is not in the iterations: the workers load the cached kernels
 in a one-iteration warm-up fit per configuration on two blocks, reported apart.
