@@ -152,18 +152,19 @@ def test_pair_moments_match_the_dense_products(dtype, n_components, n_features):
     # (its count not a multiple of four for most n_features), every component (groups
     # of four and the rest one at a time), only the first m rows, out overwritten
     rng = np.random.default_rng(n_components * 100 + n_features)
-    rows, m = 37, 29
-    xt = np.ones((n_features + 1, rows), dtype=dtype)
-    xt[:n_features] = rng.normal(size=(n_features, rows))
-    r = rng.random((n_components, rows)).astype(dtype)
+    xt = np.ones((n_features + 1, 30), dtype=dtype)
+    xt[:n_features] = rng.normal(size=(n_features, 30))
+    r = rng.random((n_components, 37)).astype(dtype)  # wider than the slice, as in a kernel
     first, second = (i.astype(np.int64) for i in np.triu_indices(n_features + 1))
-    out = np.full((n_components, len(first)), np.nan, dtype=dtype)
-    pair_moments(r, xt, m, first, second, out)
-    wide = xt[:, :m].astype(np.float64)
-    expected = np.einsum("ki,di,ei->kde", r[:, :m].astype(np.float64), wide, wide)
-    expected = expected[:, first, second]
-    rtol = 1e-13 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    for m in (0, 29):
+        out = np.full((n_components, len(first)), np.nan, dtype=dtype)
+        pair_moments(r, xt, m, first, second, out, dtype(0))
+        wide = xt[:, :m].astype(np.float64)
+        expected = np.einsum("ki,di,ei->kde", r[:, :m].astype(np.float64), wide, wide)
+        expected = expected[:, first, second]
+        rtol = 1e-13 if dtype == np.float64 else 1e-5
+        atol = rtol * max(np.abs(expected).max(initial=0.0), 1.0)
+        np.testing.assert_allclose(out, expected, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)

@@ -196,6 +196,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, first, second, 
     width = factors.shape[0]
     n_components = offsets.shape[0]
     dtype = factors.dtype
+    zero = offsets[0, 0] - offsets[0, 0]  # 0 in the compute dtype (offsets are finite)
     # xc feature-major with a row of ones: the pairs with it give the first moments
     # sum_i r_ik xc_i beside the second ones, in the same pass (pair_moments)
     xt = np.ones((n_features + 1, rows), dtype=dtype)
@@ -229,7 +230,7 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, first, second, 
         part_weight, part_loglik = responsibilities(lp, kept, ws, nk, scratch, lp)
         weight += part_weight
         loglik += part_loglik
-        pair_moments(lp, xt, kept, first, second, part)
+        pair_moments(lp, xt, kept, first, second, part, zero)
         for k in range(n_components):
             for p in range(part.shape[1]):
                 moments[k, p] += part[k, p]

@@ -277,7 +277,7 @@ def _missing_block(
         row_scratch(m, lp),
     )
     xct = np.ones((n_features + 1, m))
-    xc = np.ones((m, n_features + 1))  # row-major scratch of _gather_rows
+    xc = np.empty((m, n_features))  # row-major scratch of _gather_rows
     yt = np.empty((width, m))
     missing = np.empty((m, n_features), dtype=np.bool_)
     ws = np.empty(m)
@@ -288,7 +288,6 @@ def _missing_block(
         if len(rows) - start < m:  # the last rows: buffers of their width (contiguous)
             m = len(rows) - start
             xct = np.ones((n_features + 1, m))
-            xc = np.ones((m, n_features + 1))
             yt = np.empty((width, m))
         _gather_rows(X, rows[start : start + m], center, w, xct, xc, missing, ws)
         np.dot(factors_t, xct, yt)
@@ -297,7 +296,8 @@ def _missing_block(
         )
         weight += part_weight
         loglik += part_loglik
-        pair_moments(buffers[0], xct, m, first, second, part)  # buffers[0]: w r (K, m)
+        # buffers[0]: w r, (K, the first slice's width), its first m columns
+        pair_moments(buffers[0], xct, m, first, second, part, 0.0)
         moments += part
     return weight, loglik
 

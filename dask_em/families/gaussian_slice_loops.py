@@ -1,5 +1,6 @@
-"""The per-slice loops of the complete-row Gaussian kernels, several features or
-components per pass over the slice's rows.
+"""The per-slice loops of the Gaussian kernels (complete rows; :func:`pair_moments`
+also for the rows with NaN), several features or components per pass over the
+slice's rows.
 
 The kernels of :mod:`dask_em.families.gaussian_compiled` hold a slice feature-major, so
 each loop here runs over the slice's rows, contiguous, and vectorizes.  A loop that
@@ -157,7 +158,7 @@ PAIRS_PER_PASS = 4
 
 
 @jit_reassociated
-def pair_moments(r, xt, m, first, second, out):
+def pair_moments(r, xt, m, first, second, out, zero):
     """``out[k, p] = sum_{i < m} r[k, i] xt[first[p], i] xt[second[p], i]`` (out is
     overwritten, not added to).
 
@@ -166,28 +167,28 @@ def pair_moments(r, xt, m, first, second, out):
     out holds each component's second moments ``sum_i r_ik xc_i xc_i^T`` (each pair
     once: half the products of the dense ``(r xc)^T [xc, 1]``) and, in the pairs with
     the row of ones, its first moments.  r (K, >= m) and out (K, P) in xt's dtype, the
-    compute dtype; first, second (P,) int64.  Four components and four pairs a pass
-    over the rows (sixteen sums; the pair products ``xt[first] xt[second]`` formed once
-    for four components); components past a multiple of four one at a time.  On a
-    256-row slice (K=8, D=16, one thread) this took 8.7 us in float32 and 15.9 us in
-    float64 where ``r xc`` and the BLAS product took 13.5 and 26.8 us.
+    compute dtype; first, second (P,) int64; zero: 0 in that dtype.  Four components
+    and four pairs a pass over the rows (sixteen sums; the pair products
+    ``xt[first] xt[second]`` formed once for four components); components past a
+    multiple of four one at a time.  On a 256-row slice (K=8, D=16, one thread) this
+    took 8.7 us in float32 and 15.9 us in float64 where ``r xc`` and the BLAS product
+    took 13.5 and 26.8 us.
     """
     n_components = r.shape[0]
     k = 0
     while k + COMPONENTS_PER_PASS <= n_components:
-        _four_components(r, k, xt, m, first, second, out)
+        _four_components(r, k, xt, m, first, second, out, zero)
         k += COMPONENTS_PER_PASS
     while k < n_components:
-        _one_component(r[k], xt, m, first, second, out[k])
+        _one_component(r[k], xt, m, first, second, out[k], zero)
         k += 1
 
 
 @jit_reassociated
-def _four_components(r, k, xt, m, first, second, out):
+def _four_components(r, k, xt, m, first, second, out, zero):
     """:func:`pair_moments` of components k..k+3, four pairs a pass (the last pass of
     an uneven pair list takes its last pair again: the same sum written twice)."""
     n_pairs = first.shape[0]
-    zero = xt[0, 0] - xt[0, 0]  # 0 in the compute dtype
     r0, r1, r2, r3 = r[k], r[k + 1], r[k + 2], r[k + 3]
     for p in range(0, n_pairs, PAIRS_PER_PASS):
         q0, q1 = p, min(p + 1, n_pairs - 1)
@@ -222,10 +223,9 @@ def _four_components(r, k, xt, m, first, second, out):
 
 
 @jit_reassociated
-def _one_component(r, xt, m, first, second, out):
+def _one_component(r, xt, m, first, second, out, zero):
     """:func:`pair_moments` of one component (r (>= m,), out (P,)), four pairs a pass."""
     n_pairs = first.shape[0]
-    zero = xt[0, 0] - xt[0, 0]
     for p in range(0, n_pairs, PAIRS_PER_PASS):
         q0, q1 = p, min(p + 1, n_pairs - 1)
         q2, q3 = min(p + 2, n_pairs - 1), min(p + 3, n_pairs - 1)
