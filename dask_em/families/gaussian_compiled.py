@@ -21,7 +21,11 @@ is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full, tied
   into responsibilities, and :func:`~dask_em.families.gaussian_slice_loops.pair_moments`
   sums ``r_ik xc_i xc_i^T`` over each pair of features once (half the products of a
   dense ``(r xc)^T [xc, 1]``, which BLAS ran 1.5x slower than these loops) and, with a
-  row of ones under the slice, ``r_ik xc_i``.
+  row of ones under the slice, ``r_ik xc_i``.  ``tied`` shares one factor: its product
+  is ``L^T xc`` once (D rows, whatever K), and since the M-step needs only the second
+  moments' sum over components, those are one pair sum weighted by ``sum_k r_ik`` (the
+  per-component first moments beside it): 11.6 -> 4.9 ms a 62,500-row float64 block
+  (K=8, D=16) against the per-component form.
 
 Moments are accumulated about ``center`` (the mixture mean; ``xc = x - center``), per
 slice, then summed across slices in float64, and finally centred on each component's
@@ -180,17 +184,22 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
 
 
 @jit
-def _full_block(X, center, factors, offsets, const, w, rows, nk, first, second, moments):
+def _full_block(
+    X, center, factors, offsets, const, w, rows, nk, first, second, moments, shared_pairs, shared
+):
     """The whole full/tied E-step and moments of a block, in one compiled call.
 
     X (n, D) float32 or float64; center (D,), factors (K*D, D) (row k*D + e: column e
-    of L_k) and offsets (K, D) ``L_k^T mc_k``, these three in the compute dtype; const
-    (K,); w (n,), or empty for unit weights; first, second (P,) int64: the pairs
-    ``first[p] <= second[p]`` of D + 1 features, the last one all 1.  Adds ``sum_i w_i
-    r_ik`` to nk (K,) and ``sum_i w_i r_ik xt[first[p], i] xt[second[p], i]`` to
-    moments[k, p] (K, P) over the complete rows, with ``xt_i = [xc_i, 1]``; returns
-    (weight, loglik, the indices of the rows with NaN, which add nothing).  One BLAS
-    product per slice (numba's ``np.dot``), the rest compiled loops.
+    of L_k; tied: (D, D), the one factor) and offsets (K, D) ``L_k^T mc_k``, these three
+    in the compute dtype; const (K,); w (n,), or empty for unit weights.  With
+    ``xt_i = [xc_i, 1]`` (D + 1 features, the last one all 1) over the complete rows,
+    adds ``sum_i w_i r_ik`` to nk (K,), ``sum_i w_i r_ik xt[first[p], i] xt[second[p],
+    i]`` to moments[k, p] (K, P) for the pairs ``first[p] <= second[p]`` (P,) int64, and
+    ``sum_i w_i (sum_k r_ik) xt[a, i] xt[b, i]`` to shared[p] (P',) for the pairs (a, b)
+    = ``shared_pairs[:, p]`` (2, P') (tied: the second moments, which only their sum
+    over k reaches; empty for full).  Returns (weight, loglik, the indices of the rows
+    with NaN, which add nothing).  One BLAS product per slice (numba's ``np.dot``), the
+    rest compiled loops.
     """
     n_rows, n_features = X.shape
     width = factors.shape[0]
@@ -203,6 +212,8 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, first, second, 
     yt = np.empty((width, rows), dtype=dtype)
     lp = np.empty((n_components, rows), dtype=dtype)
     part = np.empty(moments.shape, dtype=dtype)
+    row_weight = np.empty((1, rows), dtype=dtype)  # sum_k w_i r_ik (shared pairs)
+    shared_part = np.empty((1, shared.shape[0]), dtype=dtype)
     ws = np.empty(rows)
     scratch = row_scratch(rows, lp)
     weight = 0.0
@@ -234,6 +245,16 @@ def _full_block(X, center, factors, offsets, const, w, rows, nk, first, second, 
         for k in range(n_components):
             for p in range(part.shape[1]):
                 moments[k, p] += part[k, p]
+        if shared.shape[0] > 0:
+            total = row_weight[0]
+            for i in range(kept):
+                total[i] = zero
+            for k in range(n_components):
+                for i in range(kept):
+                    total[i] += lp[k, i]
+            pair_moments(row_weight, xt, kept, shared_pairs[0], shared_pairs[1], shared_part, zero)
+            for p in range(shared.shape[0]):
+                shared[p] += shared_part[0, p]
     return weight, loglik, passed_over[:n_passed]
 
 
@@ -264,25 +285,42 @@ def diag_block_moments(X, center, means_c, scales, const, w, compute_dtype=np.fl
 def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     """Moments about ``center`` of a full/tied block (see module docstring).
 
-    prec_chol (K, D, D) (tied: the shared factor repeated); w (n,), or empty for unit
-    weights.  Returns ``((weight, loglik, nk (K,), sums (K, D), second (K, D, D)), indices
-    of the rows with NaN)``, the moments over the rows without NaN.
+    prec_chol (K, D, D), or (D, D) for tied: the one factor's product is then formed once
+    a slice, not once per component, and only the second moments' sum over components
+    is summed (a single weighted pair sum).  w (n,), or empty for unit weights.  Returns
+    ``((weight, loglik, nk (K,), sums (K, D), second), indices of the rows with NaN)``,
+    the moments over the rows without NaN; second (K, D, D) per component, or (D, D)
+    summed over them for tied.
     """
     n_rows, n_features = X.shape
     n_components = len(means_c)
-    width = n_components * n_features
+    tied = prec_chol.ndim == 2
+    factors = prec_chol[None] if tied else prec_chol
     # row k*D + e of the factors is column e of L_k: (factors @ xc^T)[k*D + e] = (L_k^T xc)_e
-    factors = np.ascontiguousarray(prec_chol.transpose(0, 2, 1).reshape(width, n_features))
-    factors = factors.astype(compute_dtype)
-    offsets = np.einsum("kd,kde->ke", means_c, prec_chol).astype(compute_dtype)
+    factors_t = factors.transpose(0, 2, 1).reshape(len(factors) * n_features, n_features)
+    factors_t = np.ascontiguousarray(factors_t, dtype=compute_dtype)
+    each = np.broadcast_to(factors, (n_components, n_features, n_features))
+    offsets = np.einsum("kd,kde->ke", means_c, each).astype(compute_dtype)
     center = center.astype(compute_dtype)
     first, second = upper_pairs(n_features)
+    if tied:  # per component only the first moments: the pairs (d, D) with the ones
+        shared_pairs = np.stack([first, second])
+        first = np.arange(n_features + 1, dtype=np.int64)
+        second = np.full(n_features + 1, n_features, dtype=np.int64)
+    else:
+        shared_pairs = np.empty((2, 0), dtype=np.int64)
     nk = np.zeros(n_components)
     moments = np.zeros((n_components, len(first)))
+    shared = np.zeros(shared_pairs.shape[1])
     rows = min(SLICE_ROWS, max(n_rows, 1))
     weight, loglik, incomplete = _full_block(
-        X, center, factors, offsets, const, w, rows, nk, first, second, moments
-    )
+        X, center, factors_t, offsets, const, w, rows, nk, first, second, moments,
+        shared_pairs, shared,
+    )  # fmt: skip
+    if tied:
+        sums = moments[:, :n_features].copy()
+        _, second_moments = moments_from_pairs(shared[None], shared_pairs[0], shared_pairs[1])
+        return (weight, loglik, nk, sums, second_moments[0]), incomplete
     sums, second_moments = moments_from_pairs(moments, first, second)
     return (weight, loglik, nk, sums, second_moments), incomplete
 
@@ -311,19 +349,17 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
     # block) and leave them out; those rows then take the exact missing-value E-step
     dtype = np.float32 if family.dtype == "float32" else np.float64
     if covariance_type in ("full", "tied"):
-        factors = np.broadcast_to(chol, (n_components, n_features, n_features))
-        complete, incomplete = full_block_moments(
-            X, center, factors, means_c, const, weights, dtype
-        )
+        complete, incomplete = full_block_moments(X, center, chol, means_c, const, weights, dtype)
     else:
         scales = chol if covariance_type == "diag" else chol[:, None]
         complete, incomplete = diag_block_moments(X, center, means_c, scales, const, weights, dtype)
     parts = [complete]
     if len(incomplete) and covariance_type in ("full", "tied"):
         factors = gaussian_linalg.dense_factors(chol, covariance_type, n_components, n_features)
-        parts.insert(
-            0, missing_block_moments(X, incomplete, center, factors, means_c, const, weights)
-        )
+        missing = missing_block_moments(X, incomplete, center, factors, means_c, const, weights)
+        if covariance_type == "tied":  # the complete rows' second moments: summed over k
+            missing = (*missing[:4], missing[4].sum(axis=0))
+        parts.insert(0, missing)
     elif len(incomplete):  # diag, spherical: independent features, no pattern to factor
         parts.insert(
             0, diag_missing_block_moments(X, incomplete, center, means_c, scales, const, weights)

@@ -219,13 +219,16 @@ def centred_stats(weight, loglik, nk, sums, second, center, covariance_type) -> 
     """Statistics in the family's form from moments about ``center``.
 
     ``means = sums / nk + center`` and ``scatter_k = second_k - nk mc_k mc_k^T`` (its
-    diagonal for diag, trace for spherical, sum over k for tied).
+    diagonal for diag, trace for spherical, sum over k for tied, where second may also
+    come summed over k already, (D, D)).
     """
     means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=nk[:, None] > 0)
     if covariance_type in ("full", "tied"):
-        scatter = second - nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
+        outer = nk[:, None, None] * means_c[:, :, None] * means_c[:, None, :]
         if covariance_type == "tied":
-            scatter = scatter.sum(axis=0)
+            scatter = (second if second.ndim == 2 else second.sum(axis=0)) - outer.sum(axis=0)
+        else:
+            scatter = second - outer
     else:
         scatter = second - nk[:, None] * means_c**2
         if covariance_type == "spherical":

@@ -73,15 +73,17 @@ def diag_log_densities(xct, means_c, scales, const, m, squares_sum, lp):
 def full_log_densities(yt, offsets, const, m, lp):
     """``lp[k, i] = const_k - 1/2 sum_e (yt[k*D + e, i] - offsets[k, e])^2`` for i < m.
 
-    yt (K*D, >= m) ``(L_k^T xc_i)_e`` at row k*D + e; offsets (K, D) ``L_k^T mc_k`` in
-    yt's dtype; const (K,); lp (K, >= m) of yt's dtype, its first m columns written (and
+    yt (K*D, >= m) ``(L_k^T xc_i)_e`` at row k*D + e, or (D, >= m) ``(L^T xc_i)_e`` for
+    one factor shared by every component (tied); offsets (K, D) ``L_k^T mc_k`` in yt's
+    dtype; const (K,); lp (K, >= m) of yt's dtype, its first m columns written (and
     used as the sum's scratch: the squares add up in that dtype)."""
     n_components, n_features = offsets.shape
+    shared = yt.shape[0] == n_features  # one factor: every component reads its rows
     for k in range(n_components):
         row = lp[k]
         for i in range(m):
             row[i] = 0.0
-        base = k * n_features
+        base = 0 if shared else k * n_features
         d = 0
         while d + FEATURES_PER_PASS <= n_features:
             y0, y1, y2, y3 = yt[base + d], yt[base + d + 1], yt[base + d + 2], yt[base + d + 3]
