@@ -3,8 +3,8 @@
 The NumPy kernels of :mod:`dask_em.families.gaussian_kernels` are the reference; these
 compute the same statistics (to rounding) without any (n, K) or (n, K, D) temporary
 going through main memory.  The complete rows go through in slices of
-:data:`SLICE_ROWS`, held feature-major ((D, rows) and (K*D, rows) buffers that stay in
-a core's L2 cache), so that every compiled loop runs over the rows of a slice,
+:data:`SLICE_ROWS`, held feature-major ((D, rows) and, for full, (K*D, rows) buffers
+that stay in a core's L2 cache), so that every compiled loop runs over the rows of a slice,
 contiguous, and the compiler vectorizes it; rows with NaN are passed over while a slice
 is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full, tied) or
 :mod:`dask_em.families.gaussian_missing_diag` (diag, spherical) afterwards:
@@ -58,7 +58,7 @@ from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
 from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
 
 #: Rows per slice: a slice's buffers are feature-major ((D, rows), (K, rows), and for
-#: full/tied (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
+#: full (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
 #: (vectorized); 256 rows of K*D = 128 doubles is 256 KiB, within a core's L2 cache.
 SLICE_ROWS = 256
 

@@ -33,8 +33,10 @@ they are visited in the order of their NaN pattern (a radix sort of its bit mask
 that each pattern's ``P_mm`` is factored once per run of rows, and the whole block runs
 in one compiled call.  Rows with nothing observed get no weight (the reference's
 rule).  Moments come out about ``center`` in the form of the moments that
-:func:`dask_em.families.gaussian_compiled.full_block_moments` returns, so the complete
-and incomplete rows of a block add up before the family's statistics.
+:func:`dask_em.families.gaussian_compiled.full_block_moments` returns for full
+covariances (per component; for tied, ``block_stats`` sums the second moments over
+components first), so the complete and incomplete rows of a block add up before the
+family's statistics.
 """
 
 from __future__ import annotations
