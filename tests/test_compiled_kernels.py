@@ -239,11 +239,14 @@ def test_pattern_order_puts_each_pattern_together_in_row_order(n_features):
     patterns[:, 0] = True  # every row has NaN
     X[patterns[rng.integers(0, 40, len(X))]] = np.nan
     rows = rng.permutation(len(X))[:2000]
-    ordered = pattern_order(X, rows)
+    ordered, keys = pattern_order(X, rows)
     assert sorted(ordered.tolist()) == sorted(rows.tolist())
     if n_features > 63:
         np.testing.assert_array_equal(ordered, rows)
+        assert len(keys) == 0  # runs are found by comparing the rows' masks
         return
+    bits = 2 ** np.arange(n_features)
+    assert keys.tolist() == [int(np.isnan(X[row]) @ bits) for row in ordered]
     masks = [np.isnan(X[row]).tobytes() for row in ordered]
     runs = [mask for i, mask in enumerate(masks) if i == 0 or mask != masks[i - 1]]
     assert len(runs) == len(set(masks))  # each pattern in one run

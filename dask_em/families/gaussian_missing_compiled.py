@@ -83,10 +83,17 @@ def _pattern(missing, i, index):
 
 
 @jit
-def _run_end(missing, start, m):
-    """The first row after ``start`` (< m) whose NaN pattern differs from its own."""
-    n_features = missing.shape[1]
+def _run_end(keys, missing, start, m):
+    """The first row after ``start`` (< m) whose NaN pattern differs from its own: by the
+    patterns' bit masks keys (m,) where there are any (D <= 63; one comparison a row
+    instead of D, 0.07 against 0.63 ms for a block of 50,000 rows with NaN), else by
+    comparing the rows of missing (m, D)."""
     end = start + 1
+    if keys.shape[0] > 0:
+        while end < m and keys[end] == keys[start]:
+            end += 1
+        return end
+    n_features = missing.shape[1]
     while end < m:
         for d in range(n_features):
             if missing[end, d] != missing[start, d]:
@@ -96,14 +103,15 @@ def _run_end(missing, start, m):
 
 
 @jit
-def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, buffers):
+def _missing_slice(xct, keys, missing, yt, factors, precisions, const, w, out, cache, buffers):
     """One slice of m rows with NaN, sorted by pattern; returns (weight, loglik).
 
-    xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1; missing
-    (m, D) bool; yt (K*D, m) ``u_k`` (rows k*D + e); factors, precisions (K, D, D)
-    ``L_k`` and ``P_k``; const (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``;
-    w (m,), overwritten with 0 for a row with nothing observed (it gets no weight) and
-    for the rows of short runs (their Bayes' rule is done row by row).
+    xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1; keys (m,)
+    the patterns' bit masks, or empty (:func:`_run_end`); missing (m, D) bool; yt (K*D, m)
+    ``u_k`` (rows k*D + e); factors, precisions (K, D, D) ``L_k`` and ``P_k``; const (K,)
+    the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,), overwritten
+    with 0 for a row with nothing observed (it gets no weight) and for the rows of short
+    runs (their Bayes' rule is done row by row).
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
     across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m),
@@ -125,7 +133,7 @@ def _missing_slice(xct, missing, yt, factors, precisions, const, w, out, cache, 
     n_runs = 0
     start = 0
     while start < m:
-        end = _run_end(missing, start, m)
+        end = _run_end(keys, missing, start, m)
         run_ends[n_runs] = end
         n_runs += 1
         q = _pattern(missing, start, index)
@@ -207,9 +215,11 @@ def _gather_rows(X, rows, center, w, xct, xc, missing, ws):
             xct[d, i] = xc[i, d]
 
 
-def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def pattern_order(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``rows`` (indices into X (n, D)) reordered so that rows with the same NaN pattern
-    stand side by side, in their own order within a pattern (D <= 63; above, as given).
+    stand side by side, in their own order within a pattern, and their patterns' bit
+    masks (``sum of 2^d`` over the NaN features d), int64 (D <= 63; above, the rows as
+    given and no masks, an empty array).
 
     A least-significant-digit radix sort of the patterns' bit masks, 16 bits a pass:
     NumPy sorts 16-bit keys stably by counting, in linear time (30x faster here than
@@ -218,20 +228,21 @@ def pattern_order(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     n_features = X.shape[1]
     if n_features > 63:
-        return rows
+        return rows, np.empty(0, dtype=np.int64)
     keys = np.empty(len(rows), dtype=np.int64)
     _pattern_keys(X, rows, keys)
     order = np.arange(len(rows))
     for shift in range(0, n_features, 16):
         digit = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
         order = order[np.argsort(digit, kind="stable")]
-    return rows[order]
+    return rows[order], keys[order]
 
 
 @jit
 def _missing_block(
     X,
     rows,
+    keys,
     center,
     factors_t,
     factors,
@@ -244,7 +255,8 @@ def _missing_block(
     moments,
     inverting,
 ):
-    """The rows ``rows`` of X (n, D) (all with NaN, in pattern order) in slices of
+    """The rows ``rows`` of X (n, D) (all with NaN, in pattern order; keys their patterns'
+    bit masks, or empty: :func:`pattern_order`) in slices of
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
 
     factors_t (K*D, D + 1): row k*D + e is column e of ``L_k`` followed by
@@ -294,8 +306,9 @@ def _missing_block(
         _gather_rows(X, rows[start : start + m], center, w, xct, xc, missing, ws)
         np.dot(factors_t, xct, yt)
         part_weight, part_loglik = _missing_slice(
-            xct, missing[:m], yt, factors, precisions, const, ws, out, cache, buffers
-        )
+            xct, keys[start : start + m], missing[:m], yt, factors, precisions, const, ws,
+            out, cache, buffers,
+        )  # fmt: skip
         weight += part_weight
         loglik += part_loglik
         # buffers[0]: w r, (K, the first slice's width), its first m columns
@@ -334,12 +347,12 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     first, second = upper_pairs(n_features)
     moments = np.zeros((n_components, len(first)))
     # rows of one pattern side by side: each pattern's P_mm is factored once per run
-    ordered = pattern_order(X, rows)
+    ordered, keys = pattern_order(X, rows)
     inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, ordered, center, factors_t, factors, precisions, const, w, out, first, second,
-        moments, inverting,
+        X, ordered, keys, center, factors_t, factors, precisions, const, w, out, first,
+        second, moments, inverting,
     )  # fmt: skip
     nk, extra_sums, cross, block = out
     sums, second_moments = moments_from_pairs(moments, first, second)
