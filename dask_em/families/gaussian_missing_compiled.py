@@ -149,7 +149,7 @@ def _missing_slice(xct, keys, missing, yt, factors, precisions, const, w, out, c
                 )
                 weight += row_weight
                 loglik += row_loglik
-                row_moments(held, xct, coef, cache, index, q, i, out)
+                row_moments(held, xct, coef, cache, index, q, i, out, u)
         if q == n_features or end - start < RUN_ROWS:  # out of the Bayes' rule below
             for i in range(start, end):
                 w[i] = 0.0

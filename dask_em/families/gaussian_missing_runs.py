@@ -242,12 +242,15 @@ def row_log_densities(yt, factors, cache, const, index, q, i, lp, coef, u, b):
 
 
 @jit_reassociated
-def row_moments(r, xct, coef, cache, index, q, i, out):
-    """What row i adds, as :func:`run_moments` for a run of one row."""
+def row_moments(r, xct, coef, cache, index, q, i, out, x):
+    """What row i adds, as :func:`run_moments` for a run of one row; x (>= D,) scratch
+    for the row's column of xct, copied once (the loops below read it K q times)."""
     _, sums, cross, block = out
     _, inverse, _ = cache
     n_components = r.shape[0]
     n_features = xct.shape[0] - 1
+    for d in range(n_features):
+        x[d] = xct[d, i]
     for k in range(n_components):
         weight = r[k, i]
         if weight == 0.0:
@@ -256,9 +259,8 @@ def row_moments(r, xct, coef, cache, index, q, i, out):
             j = index[t]
             re = -weight * coef[k, t, i]
             sums[k, j] += re
-            target = cross[k, j]
             for d in range(n_features):
-                target[d] += re * xct[d, i]
+                cross[k, j, d] += re * x[d]
             for t2 in range(q):
                 block[k, j, index[t2]] += weight * inverse[k, t, t2] - re * coef[k, t2, i]
 
