@@ -115,8 +115,9 @@ def _missing_slice(xct, keys, missing, yt, factors, precisions, const, w, out, c
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
     across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m),
-    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,), b (D,), index (D,),
-    held (K, m) (the short runs' ``w r``), run_ends (m,) int and
+    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) (a short run's
+    row: its ``u_k``, then its values for the moments), b (D,), index (D,), held (K, m)
+    (the short runs' ``w r``), run_ends (m,) int and
     :func:`~dask_em.families.responsibilities_compiled.row_scratch`.
 
     Per run of one pattern: the log-densities (P_mm factored once); then Bayes' rule
