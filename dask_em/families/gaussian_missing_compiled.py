@@ -8,17 +8,19 @@ rows with their missing entries set to the centre, and only what a row's pattern
 compiled loops over the rows of one pattern, with no (n, K, D) temporary:
 
 * ``xt`` = x - center with missing entries 0; one product of ``[xt, 1]`` with
-  ``[L_1 .. L_K]`` over a row ``-L_k^T mc_k`` gives ``u_k = L_k^T v_k`` for ``v_k = xt -
+  ``[P_1 .. P_K]`` over a row ``-P_k mc_k`` gives ``y_k = P_k v_k`` for ``v_k = xt -
   mc_k`` (mc_k = mu_k - center), whose missing entries are ``-mc_km`` instead of the
   reference's 0.  That changes nothing below: the Schur complement form
   (gaussian_missing, eq. 1) is the minimum of ``v^T P v`` over the missing entries,
   whatever they hold, and its minimizer moves with them (``v_m - P_mm^-1 (P v)_m``
   for any ``v_m``).
-* ``v^T P v = |u|^2`` and ``b = (P v)_m = (L_k u)_m`` (q x D per row and component);
-  one Cholesky of the q x q ``P_mm`` gives ``c = P_mm^-1 b``, ``log |P_mm|`` and
-  ``P_mm^-1``; then (gaussian_missing, eqs. 1-3)
+* ``v^T P v = v . y_k`` (D products per row and component) and ``b = (P v)_m`` is
+  ``y_k``'s missing entries, read, not computed (the complete rows' whitened form
+  ``u_k = L_k^T v_k``, ``v^T P v = |u|^2``, would need ``b = (L_k u)_m``, q x D more
+  products); one Cholesky of the q x q ``P_mm`` gives ``c = P_mm^-1 b``, ``log |P_mm|``
+  and ``P_mm^-1``; then (gaussian_missing, eqs. 1-3)
 
-      maha_o = |u|^2 - b.c,    log pi_k + log N(x_o | k) = const_k + 1/2 q log 2 pi
+      maha_o = v.y - b.c,    log pi_k + log N(x_o | k) = const_k + 1/2 q log 2 pi
                - 1/2 log |P_mm| - 1/2 maha_o,
       E[x_m | x_o, k] - center_m = mc_km + (v_m - c) = -c,   Cov[x_m | x_o, k] = P_mm^-1.
 
@@ -103,12 +105,12 @@ def _run_end(keys, missing, start, m):
 
 
 @jit
-def _missing_slice(xct, keys, missing, yt, factors, precisions, const, w, out, cache, buffers):
+def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, cache, buffers):
     """One slice of m rows with NaN, sorted by pattern; returns (weight, loglik).
 
     xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1; keys (m,)
     the patterns' bit masks, or empty (:func:`_run_end`); missing (m, D) bool; yt (K*D, m)
-    ``u_k`` (rows k*D + e); factors, precisions (K, D, D) ``L_k`` and ``P_k``; const (K,)
+    ``P_k v_k`` (rows k*D + e); means_c (K, D) ``mc_k``; precisions (K, D, D) ``P_k``; const (K,)
     the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,), overwritten
     with 0 for a row with nothing observed (it gets no weight) and for the rows of short
     runs (their Bayes' rule is done row by row).
@@ -116,7 +118,7 @@ def _missing_slice(xct, keys, missing, yt, factors, precisions, const, w, out, c
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
     across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m),
     :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) (a short run's
-    row: its ``u_k``, then its values for the moments), b (D,), index (D,), held (K, m)
+    row: its values), b (D,), index (D,), held (K, m)
     (the short runs' ``w r``), run_ends (m,) int and
     :func:`~dask_em.families.responsibilities_compiled.row_scratch`.
 
@@ -141,16 +143,18 @@ def _missing_slice(xct, keys, missing, yt, factors, precisions, const, w, out, c
         if q < n_features:
             pattern_inverses(precisions, index, q, cache, inverting)
         if q < n_features and end - start >= RUN_ROWS:
-            run_log_densities(yt, factors, cache, const, index, q, start, end, lp, coef, work)
+            run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, coef, work)
         elif q < n_features:  # a short run: each row's whole E-step now, P_mm^-1 at hand
             for i in range(start, end):
-                row_log_densities(yt, factors, cache, const, index, q, i, lp, coef, u, b)
+                for d in range(n_features):
+                    u[d] = xct[d, i]
+                row_log_densities(yt, u, means_c, cache, const, index, q, i, lp, coef, b)
                 row_weight, row_loglik = row_responsibilities(
                     lp, i, w[i], out[0], held, RESPONSIBILITY_FLOOR
                 )
                 weight += row_weight
                 loglik += row_loglik
-                row_moments(held, xct, coef, cache, index, q, i, out, u)
+                row_moments(held, u, coef, cache, index, q, i, out)
         if q == n_features or end - start < RUN_ROWS:  # out of the Bayes' rule below
             for i in range(start, end):
                 w[i] = 0.0
@@ -245,8 +249,8 @@ def _missing_block(
     rows,
     keys,
     center,
-    factors_t,
-    factors,
+    precisions_t,
+    means_c,
     precisions,
     const,
     w,
@@ -260,9 +264,9 @@ def _missing_block(
     bit masks, or empty: :func:`pattern_order`) in slices of
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
 
-    factors_t (K*D, D + 1): row k*D + e is column e of ``L_k`` followed by
-    ``-(L_k^T mc_k)_e``, so that one BLAS product with ``[xt, 1]^T`` gives ``u_k``;
-    factors, precisions, const, out as :func:`_missing_slice`; w (n,), or empty for unit
+    precisions_t (K*D, D + 1): row k*D + e is row e of ``P_k`` followed by ``-(P_k
+    mc_k)_e``, so that one BLAS product with ``[xt, 1]^T`` gives ``P_k v_k``;
+    means_c, precisions, const, out as :func:`_missing_slice`; w (n,), or empty for unit
     weights; first, second (P,): the pairs of
     :func:`~dask_em.families.gaussian_slice_loops.upper_pairs`; moments (K, P) gets
     ``sum_i r_ik xt[first[p], i] xt[second[p], i]`` (xt: the rows with NaN as 0, then
@@ -271,7 +275,7 @@ def _missing_block(
     """
     n_features = X.shape[1]
     n_components = const.shape[0]
-    width = factors_t.shape[0]
+    width = precisions_t.shape[0]
     m = min(SLICE_ROWS, max(len(rows), 1))
     cache = (
         np.full(n_features + 1, -1, dtype=np.int64),
@@ -305,9 +309,9 @@ def _missing_block(
             xct = np.ones((n_features + 1, m))
             yt = np.empty((width, m))
         _gather_rows(X, rows[start : start + m], center, w, xct, xc, missing, ws)
-        np.dot(factors_t, xct, yt)
+        np.dot(precisions_t, xct, yt)
         part_weight, part_loglik = _missing_slice(
-            xct, keys[start : start + m], missing[:m], yt, factors, precisions, const, ws,
+            xct, keys[start : start + m], missing[:m], yt, means_c, precisions, const, ws,
             out, cache, buffers,
         )  # fmt: skip
         weight += part_weight
@@ -334,11 +338,11 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     width = n_components * n_features
     factors = np.ascontiguousarray(prec_chol, dtype=np.float64)
     precisions = factors @ factors.transpose(0, 2, 1)
-    offsets = np.einsum("kd,kde->ke", means_c, factors)
-    # row k*D + e: column e of L_k, then -(L_k^T mc_k)_e
-    factors_t = np.empty((width, n_features + 1))
-    factors_t[:, :n_features] = factors.transpose(0, 2, 1).reshape(width, n_features)
-    factors_t[:, n_features] = -offsets.reshape(width)
+    means_c = np.ascontiguousarray(means_c, dtype=np.float64)
+    # row k*D + e: row e of P_k, then -(P_k mc_k)_e
+    precisions_t = np.empty((width, n_features + 1))
+    precisions_t[:, :n_features] = precisions.reshape(width, n_features)
+    precisions_t[:, n_features] = -np.einsum("kde,ke->kd", precisions, means_c).reshape(width)
     out = (
         np.zeros(n_components),
         np.zeros((n_components, n_features)),
@@ -352,7 +356,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, ordered, keys, center, factors_t, factors, precisions, const, w, out, first,
+        X, ordered, keys, center, precisions_t, means_c, precisions, const, w, out, first,
         second, moments, inverting,
     )  # fmt: skip
     nk, extra_sums, cross, block = out

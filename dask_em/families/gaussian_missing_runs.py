@@ -118,19 +118,20 @@ def pattern_inverses(precisions, index, q, cache, scratch):
 
 
 @jit_reassociated
-def run_log_densities(yt, factors, cache, const, index, q, start, end, lp, coef, work):
+def run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, coef, work):
     """Columns start:end of lp (K, m) for a run of rows of one pattern ``index[:q]``
-    (module docstring): ``const_k + q/2 log 2 pi - 1/2 log |P_mm| - 1/2 (|u|^2 - b.c)``,
+    (module docstring): ``const_k + q/2 log 2 pi - 1/2 log |P_mm| - 1/2 (v.Pv - b.c)``,
     with ``c = P_mm^-1 b`` into ``coef[k, :q, start:end]`` (K, D, m).
 
-    yt (K*D, m): ``u_k`` at rows k*D + e; factors (K, D, D) ``L_k``; cache as
-    :func:`pattern_inverses` (holding this pattern); work (D + 1, m): scratch (b, then
-    the quadratic form).  Every loop runs over the run's rows, contiguous (views from
-    ``start``: numba checks a loop index that might be negative, which would stop the
-    loop from being vectorized).
+    yt (K*D, m): ``P_k v_k`` at rows k*D + e, so ``b = (P_k v_k)_m`` is read, not
+    computed; xct (D + 1, m) the rows about the centre, missing entries 0; means_c (K,
+    D) ``mc_k``, so ``v_k = xct - mc_k``; cache as :func:`pattern_inverses` (holding
+    this pattern); work (D + 1, m): scratch (the quadratic form in its last row).  Every
+    loop runs over the run's rows, contiguous (views from ``start``: numba checks a loop
+    index that might be negative, which would stop the loop from being vectorized).
     """
     _, inverse, log_dets = cache
-    n_components, n_features = factors.shape[0], factors.shape[1]
+    n_components, n_features = means_c.shape
     n = end - start
     quad = work[n_features, start:end]
     for k in range(n_components):
@@ -138,28 +139,21 @@ def run_log_densities(yt, factors, cache, const, index, q, start, end, lp, coef,
         for i in range(n):
             quad[i] = 0.0
         for e in range(n_features):
-            u = yt[base + e, start:end]
+            y = yt[base + e, start:end]
+            x = xct[e, start:end]
+            mean = means_c[k, e]
             for i in range(n):
-                quad[i] += u[i] * u[i]
-        for t in range(q):  # b_t = (L_k u)_j, j the t-th missing feature
-            b = work[t, start:end]
-            for i in range(n):
-                b[i] = 0.0
-            for e in range(n_features):
-                f = factors[k, index[t], e]
-                u = yt[base + e, start:end]
-                for i in range(n):
-                    b[i] += f * u[i]
+                quad[i] += (x[i] - mean) * y[i]
         for t in range(q):
             c = coef[k, t, start:end]
             for i in range(n):
                 c[i] = 0.0
             for t2 in range(q):
                 g = inverse[k, t, t2]
-                b = work[t2, start:end]
+                b = yt[base + index[t2], start:end]
                 for i in range(n):
                     c[i] += g * b[i]
-            b = work[t, start:end]
+            b = yt[base + index[t], start:end]
             for i in range(n):
                 quad[i] -= b[i] * c[i]
         shift = const[k] + 0.5 * q * LOG_2PI - 0.5 * log_dets[k]
@@ -214,43 +208,35 @@ def run_moments(r, xct, coef, cache, index, q, start, end, out, scratch):
 
 
 @jit_reassociated
-def row_log_densities(yt, factors, cache, const, index, q, i, lp, coef, u, b):
+def row_log_densities(yt, x, means_c, cache, const, index, q, i, lp, coef, b):
     """Column i of lp and ``coef[:, :q, i]`` as :func:`run_log_densities`, for a row of a
-    run too short for loops over its rows to pay (the loops run over the features, on
-    ``u_k`` copied out of its column once).  u (D,), b (>= q,): scratch."""
+    run too short for loops over its rows to pay (the loops run over the features).
+    x (>= D,): the row's column of xct, copied out once; b (>= q,): scratch."""
     _, inverse, log_dets = cache
-    n_components, n_features = factors.shape[0], factors.shape[1]
+    n_components, n_features = means_c.shape
     for k in range(n_components):
         base = k * n_features
-        norm = 0.0
-        for e in range(n_features):
-            u[e] = yt[base + e, i]
-            norm += u[e] * u[e]
-        for t in range(q):
-            s = 0.0
-            for e in range(n_features):
-                s += factors[k, index[t], e] * u[e]
-            b[t] = s
         quad = 0.0
+        for e in range(n_features):
+            quad += (x[e] - means_c[k, e]) * yt[base + e, i]
+        for t in range(q):
+            b[t] = yt[base + index[t], i]
         for t in range(q):
             s = 0.0
             for t2 in range(q):
                 s += inverse[k, t, t2] * b[t2]
             coef[k, t, i] = s
-            quad += b[t] * s
-        lp[k, i] = const[k] + 0.5 * q * LOG_2PI - 0.5 * log_dets[k] - 0.5 * (norm - quad)
+            quad -= b[t] * s
+        lp[k, i] = const[k] + 0.5 * q * LOG_2PI - 0.5 * log_dets[k] - 0.5 * quad
 
 
 @jit_reassociated
-def row_moments(r, xct, coef, cache, index, q, i, out, x):
-    """What row i adds, as :func:`run_moments` for a run of one row; x (>= D,) scratch
-    for the row's column of xct, copied once (the loops below read it K q times)."""
+def row_moments(r, x, coef, cache, index, q, i, out):
+    """What row i adds, as :func:`run_moments` for a run of one row; x (>= D,): the
+    row's column of xct, copied out once (the loops below read it K q times)."""
     _, sums, cross, block = out
     _, inverse, _ = cache
-    n_components = r.shape[0]
-    n_features = xct.shape[0] - 1
-    for d in range(n_features):
-        x[d] = xct[d, i]
+    n_components, n_features = cross.shape[0], cross.shape[2]
     for k in range(n_components):
         weight = r[k, i]
         if weight == 0.0:
