@@ -46,6 +46,7 @@ from dask_em.families import gaussian_linalg
 from dask_em.families.gaussian_kernels import centred_stats
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
 from dask_em.families.gaussian_missing_diag import diag_missing_block_moments
+from dask_em.families.gaussian_missing_tied import tied_missing_block_moments
 from dask_em.families.gaussian_slice_loops import (
     diag_log_densities,
     diag_moments,
@@ -349,12 +350,15 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
         scales = chol if covariance_type == "diag" else chol[:, None]
         complete, incomplete = diag_block_moments(X, center, means_c, scales, const, weights, dtype)
     parts = [complete]
-    if len(incomplete) and covariance_type in ("full", "tied"):
+    if len(incomplete) and covariance_type == "full":
         factors = gaussian_linalg.dense_factors(chol, covariance_type, n_components, n_features)
-        missing = missing_block_moments(X, incomplete, center, factors, means_c, const, weights)
-        if covariance_type == "tied":  # the complete rows' second moments: summed over k
-            missing = (*missing[:4], missing[4].sum(axis=0))
-        parts.insert(0, missing)
+        parts.insert(
+            0, missing_block_moments(X, incomplete, center, factors, means_c, const, weights)
+        )
+    elif len(incomplete) and covariance_type == "tied":  # second moments summed over k
+        parts.insert(
+            0, tied_missing_block_moments(X, incomplete, center, chol, means_c, const, weights)
+        )
     elif len(incomplete):  # diag, spherical: independent features, no pattern to factor
         parts.insert(
             0, diag_missing_block_moments(X, incomplete, center, means_c, scales, const, weights)

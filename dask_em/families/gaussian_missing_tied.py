@@ -1,0 +1,368 @@
+"""Compiled exact E-step + completed-data moments of rows with NaN, tied covariance.
+
+The mathematics of :mod:`dask_em.families.gaussian_missing_compiled` (Schur complements
+of the precision; see there and :mod:`dask_em.families.gaussian_missing`, eqs. 1-3),
+with the one precision ``P`` that every component shares used as such, as the
+complete-row tied kernel does, instead of as K equal ones:
+
+* one BLAS product ``y = P xt`` (D x D per row; ``xt`` = x - center, missing entries 0)
+  serves every component: ``P v_k = y - o_k`` with ``o_k = P mc_k`` (mc_k = mu_k -
+  center, ``v_k = xt - mc_k``), so ``v^T P v = v_k . (y - o_k)`` and ``b_k = (P v_k)_m =
+  y_m - o_km``;
+* ``P_mm``, its inverse and ``log |P_mm|`` depend on the pattern only: one Cholesky per
+  run of rows of a pattern, not one per component;
+* ``c_k = P_mm^-1 b_k = g - h_k`` with ``g = P_mm^-1 y_m`` (per row) and ``h_k =
+  P_mm^-1 o_km`` (per run and component);
+* only the second moments summed over the components are needed (tied M-step), so the
+  completed rows' ``sum_k r_ik (xt + e_ik)(xt + e_ik)^T`` (``e_ik = -c_ik`` on the
+  missing entries) is ``w_i xt xt^T`` (``w_i = sum_k r_ik``, one weighted pair sum, as
+  the complete rows' tied kernel) plus ``E_i xt^T + xt E_i^T`` with ``E_i = sum_k r_ik
+  e_ik`` (q x D per row, not K q x D) plus ``sum_k r_ik e_ik e_ik^T + w_i P_mm^-1``.
+
+Rows are visited in the order of their NaN pattern (:func:`~dask_em.families.
+gaussian_missing_compiled.pattern_order`), in slices of
+:data:`~dask_em.families.gaussian_missing_compiled.SLICE_ROWS`; every loop over rows
+runs over the rows of one run (one pattern), contiguous.  Rows with nothing observed
+get no weight.  Moments come out about ``center`` as those of
+:func:`~dask_em.families.gaussian_compiled.full_block_moments` for tied (per-component
+first moments, second moments summed over the components).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dask_em.families.gaussian_missing_compiled import (
+    RESPONSIBILITY_FLOOR,
+    RUN_ROWS,
+    SLICE_ROWS,
+    _gather_rows,
+    _pattern,
+    _run_end,
+    pattern_order,
+)
+from dask_em.families.gaussian_missing_runs import LOG_2PI, inverse_scratch, pattern_inverses
+from dask_em.families.gaussian_slice_loops import moments_from_pairs, pair_moments, upper_pairs
+from dask_em.families.jit import jit, jit_reassociated
+from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
+
+
+@jit_reassociated
+def _quadratic_forms(xct, y, means_c, offsets, m, quad):
+    """``quad[k, i] = (xct[:, i] - mc_k) . (y[:, i] - o_k)`` for the m rows of a slice
+    (``v_k^T P v_k`` with the missing entries as they stand).  xct (D + 1, m), y (D, m),
+    means_c and offsets (K, D), quad (K, m)."""
+    n_components, n_features = means_c.shape
+    for k in range(n_components):
+        row = quad[k, :m]
+        for i in range(m):
+            row[i] = 0.0
+        for e in range(n_features):
+            x = xct[e, :m]
+            ye = y[e, :m]
+            mean = means_c[k, e]
+            offset = offsets[k, e]
+            for i in range(m):
+                row[i] += (x[i] - mean) * (ye[i] - offset)
+
+
+@jit_reassociated
+def _run_log_densities(y, offsets, inverse, log_det, const, index, q, start, end, lp, coef, g):
+    """lp[:, start:end] from the quadratic forms lp holds there, for a run of rows of one
+    pattern ``index[:q]``: ``const_k + q/2 log 2 pi - 1/2 log |P_mm| - 1/2 (v.Pv - b.c)``;
+    ``c_k`` into ``coef[k, :q, start:end]`` (K, D, m).  inverse (>= q, >= q) ``P_mm^-1``;
+    g (D, m) scratch."""
+    n_components = offsets.shape[0]
+    n = end - start
+    for t in range(q):  # g = P_mm^-1 y_m, the part of c shared by the components
+        gt = g[t, start:end]
+        for i in range(n):
+            gt[i] = 0.0
+        for t2 in range(q):
+            a = inverse[t, t2]
+            yt = y[index[t2], start:end]
+            for i in range(n):
+                gt[i] += a * yt[i]
+    shift = 0.5 * q * LOG_2PI - 0.5 * log_det
+    for k in range(n_components):
+        row = lp[k, start:end]
+        for t in range(q):
+            h = 0.0  # (P_mm^-1 o_km)_t
+            for t2 in range(q):
+                h += inverse[t, t2] * offsets[k, index[t2]]
+            offset = offsets[k, index[t]]
+            gt = g[t, start:end]
+            yt = y[index[t], start:end]
+            c = coef[k, t, start:end]
+            for i in range(n):
+                c[i] = gt[i] - h
+                row[i] -= (yt[i] - offset) * c[i]  # v.Pv - b.c, b_t = y_t - o_kt
+        total = const[k] + shift
+        for i in range(n):
+            row[i] = total - 0.5 * row[i]
+
+
+@jit_reassociated
+def _run_moments(r, xct, coef, inverse, index, q, start, end, sums, cross, block, scratch):
+    """What the rows start:end of one pattern ``index[:q]`` add beyond the moments of
+    ``xt`` (module docstring): ``sum r_k e_k`` to sums (K, D), ``sum E xt^T`` to cross
+    (D, D) (rows: the missing features) and ``sum_k r_k e_k e_k^T + w P_mm^-1`` to block
+    (D, D).  r (K, m) weighted responsibilities; coef (K, D, m) ``c_k``; scratch (2, m)."""
+    n_components = r.shape[0]
+    n_features = xct.shape[0] - 1
+    n = end - start
+    total_weight = scratch[0, start:end]
+    for i in range(n):
+        total_weight[i] = 0.0
+    for k in range(n_components):
+        weights = r[k, start:end]
+        for i in range(n):
+            total_weight[i] += weights[i]
+    share = 0.0
+    for i in range(n):
+        share += total_weight[i]
+    summed = scratch[1, start:end]
+    for t in range(q):
+        j = index[t]
+        for i in range(n):
+            summed[i] = 0.0
+        for k in range(n_components):
+            weights = r[k, start:end]
+            c = coef[k, t, start:end]
+            first = 0.0
+            for i in range(n):
+                re = weights[i] * c[i]
+                summed[i] -= re  # E_t = sum_k r_k e_kt, e = -c
+                first -= re
+            sums[k, j] += first
+            for t2 in range(t, q):
+                c2 = coef[k, t2, start:end]
+                part = 0.0
+                for i in range(n):
+                    part += weights[i] * c[i] * c2[i]
+                block[j, index[t2]] += part
+                if t2 != t:
+                    block[index[t2], j] += part
+        for d in range(n_features):
+            x = xct[d, start:end]
+            part = 0.0
+            for i in range(n):
+                part += summed[i] * x[i]
+            cross[j, d] += part
+        for t2 in range(q):
+            block[j, index[t2]] += share * inverse[t, t2]
+
+
+@jit_reassociated
+def _row_log_densities(y, offsets, inverse, log_det, const, index, q, i, lp, coef, g):
+    """Column i of lp and ``coef[:, :q, i]`` as :func:`_run_log_densities`, for a row of
+    a run too short for loops over its rows to pay; g (>= q,) scratch."""
+    n_components = offsets.shape[0]
+    for t in range(q):
+        s = 0.0
+        for t2 in range(q):
+            s += inverse[t, t2] * y[index[t2], i]
+        g[t] = s
+    shift = 0.5 * q * LOG_2PI - 0.5 * log_det
+    for k in range(n_components):
+        quad = lp[k, i]
+        for t in range(q):
+            h = 0.0
+            for t2 in range(q):
+                h += inverse[t, t2] * offsets[k, index[t2]]
+            c = g[t] - h
+            coef[k, t, i] = c
+            quad -= (y[index[t], i] - offsets[k, index[t]]) * c
+        lp[k, i] = const[k] + shift - 0.5 * quad
+
+
+@jit_reassociated
+def _row_moments(r, xct, coef, inverse, index, q, i, sums, cross, block, x):
+    """What row i adds, as :func:`_run_moments` for a run of one row; x (>= D,) scratch
+    for the row's column of xct, copied once."""
+    n_components = r.shape[0]
+    n_features = xct.shape[0] - 1
+    for d in range(n_features):
+        x[d] = xct[d, i]
+    share = 0.0
+    for k in range(n_components):
+        share += r[k, i]
+    for t in range(q):
+        j = index[t]
+        summed = 0.0
+        for k in range(n_components):
+            re = r[k, i] * coef[k, t, i]
+            summed -= re
+            sums[k, j] -= re
+        for t2 in range(t, q):
+            part = 0.0
+            for k in range(n_components):
+                part += r[k, i] * coef[k, t, i] * coef[k, t2, i]
+            block[j, index[t2]] += part
+            if t2 != t:
+                block[index[t2], j] += part
+        for d in range(n_features):
+            cross[j, d] += summed * x[d]
+        for t2 in range(q):
+            block[j, index[t2]] += share * inverse[t, t2]
+
+
+@jit
+def _tied_missing_block(
+    X, rows, keys, center, precision_t, means_c, precision, offsets, const, w, out, pairs, inverting
+):
+    """The rows ``rows`` of X (n, D) (all with NaN, in pattern order, keys their bit
+    masks or empty) in slices, in one compiled call; returns (weight, loglik).
+
+    precision_t (D, D + 1): ``[P, 0]``, so one BLAS product with ``[xt, 1]^T`` gives y;
+    precision (1, D, D); offsets (K, D) ``o_k = P mc_k``; const (K,) the complete rows'
+    ``log pi_k + log |P|^1/2 - D/2 log 2 pi``; w (n,), or empty for unit weights.  out:
+    nk (K,), sums (K, D), cross (D, D), block (D, D), firsts (K, D + 1) (``sum_i r_ik
+    xt[d, i]``, the last column ``sum_i r_ik``), seconds (P,) (``sum_i w_i xt[a, i]
+    xt[b, i]`` over the upper pairs); pairs: (first, second) of the per-component pairs
+    ``(d, D)`` and (a, b) of the upper pairs; inverting:
+    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch` for one component.
+    """
+    n_features = X.shape[1]
+    n_components = const.shape[0]
+    nk, sums, cross, block, firsts, seconds = out
+    first_pairs, second_pairs, upper_a, upper_b = pairs
+    m = min(SLICE_ROWS, max(len(rows), 1))
+    cache = (
+        np.full(n_features + 1, -1, dtype=np.int64),
+        np.empty((1, n_features, n_features)),
+        np.empty(1),
+    )
+    lp = np.empty((n_components, m))
+    coef = np.empty((n_components, n_features, m))
+    g = np.empty((n_features, m))
+    scratch = np.empty((2, m))
+    run_ends = np.empty(m, dtype=np.int64)
+    run_inverses = np.empty((m, n_features, n_features))
+    index = np.empty(n_features, dtype=np.int64)
+    row = np.empty(n_features)  # a short run's row: g, then its values
+    bayes = row_scratch(m, lp)
+    xct = np.ones((n_features + 1, m))
+    xc = np.empty((m, n_features))
+    y = np.empty((n_features, m))
+    missing = np.empty((m, n_features), dtype=np.bool_)
+    ws = np.empty(m)
+    total = np.empty((1, m))
+    first_part = np.empty((n_components, n_features + 1))
+    second_part = np.empty((1, seconds.shape[0]))
+    weight = 0.0
+    loglik = 0.0
+    for begin in range(0, len(rows), m):
+        if len(rows) - begin < m:  # the last rows: buffers of their width (contiguous)
+            m = len(rows) - begin
+            xct = np.ones((n_features + 1, m))
+            y = np.empty((n_features, m))
+        _gather_rows(X, rows[begin : begin + m], center, w, xct, xc, missing, ws)
+        np.dot(precision_t, xct, y)
+        _quadratic_forms(xct, y, means_c, offsets, m, lp)
+        slice_keys = keys[begin : begin + m]
+        n_runs = 0
+        start = 0
+        while start < m:  # the log-densities, run by run
+            end = _run_end(slice_keys, missing[:m], start, m)
+            run_ends[n_runs] = end
+            q = _pattern(missing[:m], start, index)
+            if q < n_features:
+                pattern_inverses(precision, index, q, cache, inverting)
+                inverse = run_inverses[n_runs]
+                for t in range(q):
+                    for t2 in range(q):
+                        inverse[t, t2] = cache[1][0, t, t2]
+                if end - start >= RUN_ROWS:
+                    _run_log_densities(
+                        y, offsets, inverse, cache[2][0], const, index, q, start, end, lp, coef, g
+                    )
+                else:
+                    for i in range(start, end):
+                        _row_log_densities(
+                            y, offsets, inverse, cache[2][0], const, index, q, i, lp, coef, row
+                        )
+            else:  # nothing observed: no weight
+                for i in range(start, end):
+                    ws[i] = 0.0
+                    for k in range(n_components):
+                        lp[k, i] = 0.0
+            n_runs += 1
+            start = end
+        part_weight, part_loglik = responsibilities(lp, m, ws, nk, bayes, lp)
+        weight += part_weight
+        loglik += part_loglik
+        for k in range(n_components):
+            for i in range(m):
+                if lp[k, i] < RESPONSIBILITY_FLOOR:  # as the reference: not in nk either
+                    nk[k] -= lp[k, i]
+                    lp[k, i] = 0.0
+        start = 0
+        for run in range(n_runs):
+            end = run_ends[run]
+            q = _pattern(missing[:m], start, index)
+            if q < n_features and end - start >= RUN_ROWS:
+                _run_moments(
+                    lp, xct, coef, run_inverses[run], index, q, start, end, sums, cross,
+                    block, scratch,
+                )  # fmt: skip
+            elif q < n_features:
+                for i in range(start, end):
+                    _row_moments(
+                        lp, xct, coef, run_inverses[run], index, q, i, sums, cross, block, row
+                    )
+            start = end
+        row_weight = total[0]
+        for i in range(m):
+            row_weight[i] = 0.0
+        for k in range(n_components):
+            for i in range(m):
+                row_weight[i] += lp[k, i]
+        pair_moments(lp, xct, m, first_pairs, second_pairs, first_part[:, :], 0.0)
+        firsts += first_part
+        pair_moments(total, xct, m, upper_a, upper_b, second_part, 0.0)
+        seconds += second_part[0]
+    return weight, loglik
+
+
+def tied_missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
+    """Moments about ``center`` of the rows ``rows`` of a block, which hold NaN, for a
+    tied covariance (module docstring).
+
+    X (n, D); rows (r,) int: the indices of its rows with NaN; prec_chol (D, D) the
+    shared factor ``L`` (``P = L L^T``); means_c (K, D); const (K,) the complete rows'
+    ``log pi_k + log |P|^1/2 - D/2 log 2 pi``; w (n,) the block's weights, or empty for
+    unit weights.  Returns ``(weight, loglik, nk (K,), sums (K, D), second (D, D))``,
+    second summed over the components (r weighted).
+    """
+    n_features = X.shape[1]
+    n_components = len(means_c)
+    factor = np.asarray(prec_chol, dtype=np.float64)
+    precision = factor @ factor.T
+    means_c = np.ascontiguousarray(means_c, dtype=np.float64)
+    offsets = means_c @ precision  # o_k = P mc_k (P symmetric)
+    precision_t = np.zeros((n_features, n_features + 1))
+    precision_t[:, :n_features] = precision
+    upper_a, upper_b = upper_pairs(n_features)
+    per_component = (
+        np.arange(n_features + 1, dtype=np.int64),
+        np.full(n_features + 1, n_features, dtype=np.int64),
+    )
+    out = (
+        np.zeros(n_components),
+        np.zeros((n_components, n_features)),
+        np.zeros((n_features, n_features)),
+        np.zeros((n_features, n_features)),
+        np.zeros((n_components, n_features + 1)),
+        np.zeros(len(upper_a)),
+    )
+    ordered, keys = pattern_order(X, rows)
+    weight, loglik = _tied_missing_block(
+        X, ordered, keys, np.asarray(center, dtype=np.float64), precision_t, means_c,
+        precision[None], offsets, const, w, out, (*per_component, upper_a, upper_b),
+        inverse_scratch(n_features, 1),
+    )  # fmt: skip
+    nk, extra_sums, cross, block, firsts, seconds = out
+    sums = firsts[:, :n_features] + extra_sums
+    _, second = moments_from_pairs(seconds[None], upper_a, upper_b)
+    return weight, loglik, nk, sums, second[0] + cross + cross.T + block
