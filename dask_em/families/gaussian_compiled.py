@@ -6,7 +6,8 @@ going through main memory.  The complete rows go through in slices of
 :data:`SLICE_ROWS`, held feature-major ((D, rows) and, for full, (K*D, rows) buffers
 that stay in a core's L2 cache), so that every compiled loop runs over the rows of a slice,
 contiguous, and the compiler vectorizes it; rows with NaN are passed over while a slice
-is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full, tied) or
+is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full),
+:mod:`dask_em.families.gaussian_missing_tied` (tied) or
 :mod:`dask_em.families.gaussian_missing_diag` (diag, spherical) afterwards:
 
 * ``diag`` and ``spherical``: one compiled call per block (:func:`_diag_block`) copies
@@ -326,7 +327,8 @@ def block_stats(family, params: dict, X: np.ndarray, w: np.ndarray | None) -> di
 
     ``family`` is a :class:`~dask_em.families.gaussian.GaussianFamily` (its
     ``covariance_type`` and ``dtype``); X (n, D) float32 or float64.  Rows with NaN go
-    through :mod:`dask_em.families.gaussian_missing_compiled` (full, tied) or
+    through :mod:`dask_em.families.gaussian_missing_compiled` (full),
+    :mod:`dask_em.families.gaussian_missing_tied` (tied) or
     :mod:`dask_em.families.gaussian_missing_diag` (diag, spherical), in float64, the
     others through the kernels above; their moments about the centre add up.
     """

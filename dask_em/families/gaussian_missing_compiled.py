@@ -36,9 +36,10 @@ that each pattern's ``P_mm`` is factored once per run of rows, and the whole blo
 in one compiled call.  Rows with nothing observed get no weight (the reference's
 rule).  Moments come out about ``center`` in the form of the moments that
 :func:`dask_em.families.gaussian_compiled.full_block_moments` returns for full
-covariances (per component; for tied, ``block_stats`` sums the second moments over
-components first), so the complete and incomplete rows of a block add up before the
-family's statistics.
+covariances (per component), so the complete and incomplete rows of a block add up
+before the family's statistics.  Tied covariances take
+:mod:`dask_em.families.gaussian_missing_tied`: the same mathematics with the one shared
+precision used once, not K times.
 """
 
 from __future__ import annotations
