@@ -80,6 +80,46 @@ def cholesky_inverses(a, q, inverse, log_dets, scratch):
                 inverse[k, col, i] = z[i, k]
 
 
+@jit
+def spd_inverse(precision, index, q, inverse, low):
+    """``inverse[:q, :q] = P_mm^-1`` for ``P_mm = precision[index[:q]][:, index[:q]]``
+    (precision (D, D) SPD); returns ``log |P_mm|``.  One matrix in scalar loops (the
+    tied covariance's one precision), where :func:`cholesky_inverses`' lockstep over
+    components would run loops of one step: Cholesky ``P_mm = L L^T`` into low's lower
+    triangle, ``W = L^-1`` into inverse's, then ``P_mm^-1 = W^T W`` (via low's upper
+    triangle).  low (>= q, >= q) scratch."""
+    log_det = 0.0
+    for j in range(q):
+        column = index[j]
+        for i in range(j, q):
+            s = precision[index[i], column]
+            for t in range(j):
+                s -= low[i, t] * low[j, t]
+            if i == j:
+                log_det += math.log(s)
+                low[j, j] = math.sqrt(s)
+            else:
+                low[i, j] = s / low[j, j]
+    for j in range(q):
+        inverse[j, j] = 1.0 / low[j, j]
+        for i in range(j + 1, q):
+            s = 0.0
+            for t in range(j, i):
+                s -= low[i, t] * inverse[t, j]
+            inverse[i, j] = s / low[i, i]
+    for i in range(q):
+        for j in range(i, q):
+            s = 0.0
+            for t in range(j, q):
+                s += inverse[t, i] * inverse[t, j]
+            low[i, j] = s
+    for i in range(q):
+        for j in range(i, q):
+            inverse[i, j] = low[i, j]
+            inverse[j, i] = low[i, j]
+    return log_det
+
+
 def inverse_scratch(n_features: int, n_components: int) -> tuple:
     """The scratch of :func:`pattern_inverses`: a (D, D, K) and that of
     :func:`cholesky_inverses`."""

@@ -41,7 +41,7 @@ from dask_em.families.gaussian_missing_compiled import (
     _run_end,
     pattern_order,
 )
-from dask_em.families.gaussian_missing_runs import LOG_2PI, inverse_scratch, pattern_inverses
+from dask_em.families.gaussian_missing_runs import LOG_2PI, spd_inverse
 from dask_em.families.gaussian_slice_loops import moments_from_pairs, pair_moments, upper_pairs
 from dask_em.families.jit import jit, jit_reassociated
 from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
@@ -155,8 +155,9 @@ def _run_moments(r, xct, coef, inverse, index, q, start, end, sums, cross, block
 
 @jit_reassociated
 def _row_log_densities(y, offsets, inverse, log_det, const, index, q, i, lp, coef, g):
-    """Column i of lp and ``coef[:, :q, i]`` as :func:`_run_log_densities`, for a row of
-    a run too short for loops over its rows to pay; g (>= q,) scratch."""
+    """Column i of lp as :func:`_run_log_densities`, for a row of a run too short for
+    loops over its rows to pay, and its ``c_kt`` into ``coef[k * q + t]`` (coef (>= K q,):
+    the row's own, contiguous for :func:`_row_moments`); g (>= q,) scratch."""
     n_components = offsets.shape[0]
     for t in range(q):
         s = 0.0
@@ -171,33 +172,36 @@ def _row_log_densities(y, offsets, inverse, log_det, const, index, q, i, lp, coe
             for t2 in range(q):
                 h += inverse[t, t2] * offsets[k, index[t2]]
             c = g[t] - h
-            coef[k, t, i] = c
+            coef[k * q + t] = c
             quad -= (y[index[t], i] - offsets[k, index[t]]) * c
         lp[k, i] = const[k] + shift - 0.5 * quad
 
 
 @jit_reassociated
 def _row_moments(r, xct, coef, inverse, index, q, i, sums, cross, block, x):
-    """What row i adds, as :func:`_run_moments` for a run of one row; x (>= D,) scratch
-    for the row's column of xct, copied once."""
+    """What row i adds, as :func:`_run_moments` for a run of one row; coef (>= K q,) the
+    row's ``c_kt`` at k * q + t (:func:`_row_log_densities`); x (>= D + K,) scratch for
+    the row's column of xct and of r, copied once."""
     n_components = r.shape[0]
     n_features = xct.shape[0] - 1
     for d in range(n_features):
         x[d] = xct[d, i]
+    weights = x[n_features:]
     share = 0.0
     for k in range(n_components):
-        share += r[k, i]
+        weights[k] = r[k, i]
+        share += weights[k]
     for t in range(q):
         j = index[t]
         summed = 0.0
         for k in range(n_components):
-            re = r[k, i] * coef[k, t, i]
+            re = weights[k] * coef[k * q + t]
             summed -= re
             sums[k, j] -= re
         for t2 in range(t, q):
             part = 0.0
             for k in range(n_components):
-                part += r[k, i] * coef[k, t, i] * coef[k, t2, i]
+                part += weights[k] * coef[k * q + t] * coef[k * q + t2]
             block[j, index[t2]] += part
             if t2 != t:
                 block[index[t2], j] += part
@@ -209,30 +213,25 @@ def _row_moments(r, xct, coef, inverse, index, q, i, sums, cross, block, x):
 
 @jit
 def _tied_missing_block(
-    X, rows, keys, center, precision_t, means_c, precision, offsets, const, w, out, pairs, inverting
+    X, rows, keys, center, precision_t, means_c, precision, offsets, const, w, out, pairs
 ):
     """The rows ``rows`` of X (n, D) (all with NaN, in pattern order, keys their bit
     masks or empty) in slices, in one compiled call; returns (weight, loglik).
 
     precision_t (D, D + 1): ``[P, 0]``, so one BLAS product with ``[xt, 1]^T`` gives y;
-    precision (1, D, D); offsets (K, D) ``o_k = P mc_k``; const (K,) the complete rows'
+    precision (D, D); offsets (K, D) ``o_k = P mc_k``; const (K,) the complete rows'
     ``log pi_k + log |P|^1/2 - D/2 log 2 pi``; w (n,), or empty for unit weights.  out:
     nk (K,), sums (K, D), cross (D, D), block (D, D), firsts (K, D + 1) (``sum_i r_ik
     xt[d, i]``, the last column ``sum_i r_ik``), seconds (P,) (``sum_i w_i xt[a, i]
     xt[b, i]`` over the upper pairs); pairs: (first, second) of the per-component pairs
-    ``(d, D)`` and (a, b) of the upper pairs; inverting:
-    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch` for one component.
+    ``(d, D)`` and (a, b) of the upper pairs.
     """
     n_features = X.shape[1]
     n_components = const.shape[0]
     nk, sums, cross, block, firsts, seconds = out
     first_pairs, second_pairs, upper_a, upper_b = pairs
     m = min(SLICE_ROWS, max(len(rows), 1))
-    cache = (
-        np.full(n_features + 1, -1, dtype=np.int64),
-        np.empty((1, n_features, n_features)),
-        np.empty(1),
-    )
+    low = np.empty((n_features, n_features))  # spd_inverse's scratch
     lp = np.empty((n_components, m))
     coef = np.empty((n_components, n_features, m))
     g = np.empty((n_features, m))
@@ -240,7 +239,8 @@ def _tied_missing_block(
     run_ends = np.empty(m, dtype=np.int64)
     run_inverses = np.empty((m, n_features, n_features))
     index = np.empty(n_features, dtype=np.int64)
-    row = np.empty(n_features)  # a short run's row: g, then its values
+    row = np.empty(n_features + n_components)  # a short run's row: g, then its values
+    row_coef = np.empty((m, n_components * n_features))  # a short run's rows' c_kt
     bayes = row_scratch(m, lp)
     xct = np.ones((n_features + 1, m))
     xc = np.empty((m, n_features))
@@ -268,19 +268,26 @@ def _tied_missing_block(
             run_ends[n_runs] = end
             q = _pattern(missing[:m], start, index)
             if q < n_features:
-                pattern_inverses(precision, index, q, cache, inverting)
                 inverse = run_inverses[n_runs]
-                for t in range(q):
-                    for t2 in range(q):
-                        inverse[t, t2] = cache[1][0, t, t2]
+                log_det = spd_inverse(precision, index, q, inverse, low)
                 if end - start >= RUN_ROWS:
                     _run_log_densities(
-                        y, offsets, inverse, cache[2][0], const, index, q, start, end, lp, coef, g
+                        y, offsets, inverse, log_det, const, index, q, start, end, lp, coef, g
                     )
                 else:
                     for i in range(start, end):
                         _row_log_densities(
-                            y, offsets, inverse, cache[2][0], const, index, q, i, lp, coef, row
+                            y,
+                            offsets,
+                            inverse,
+                            log_det,
+                            const,
+                            index,
+                            q,
+                            i,
+                            lp,
+                            row_coef[i],
+                            row,
                         )
             else:  # nothing observed: no weight
                 for i in range(start, end):
@@ -309,7 +316,17 @@ def _tied_missing_block(
             elif q < n_features:
                 for i in range(start, end):
                     _row_moments(
-                        lp, xct, coef, run_inverses[run], index, q, i, sums, cross, block, row
+                        lp,
+                        xct,
+                        row_coef[i],
+                        run_inverses[run],
+                        index,
+                        q,
+                        i,
+                        sums,
+                        cross,
+                        block,
+                        row,
                     )
             start = end
         row_weight = total[0]
@@ -359,8 +376,7 @@ def tied_missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     ordered, keys = pattern_order(X, rows)
     weight, loglik = _tied_missing_block(
         X, ordered, keys, np.asarray(center, dtype=np.float64), precision_t, means_c,
-        precision[None], offsets, const, w, out, (*per_component, upper_a, upper_b),
-        inverse_scratch(n_features, 1),
+        precision, offsets, const, w, out, (*per_component, upper_a, upper_b),
     )  # fmt: skip
     nk, extra_sums, cross, block, firsts, seconds = out
     sums = firsts[:, :n_features] + extra_sums
