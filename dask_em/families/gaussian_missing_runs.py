@@ -29,9 +29,11 @@ def cholesky_inverses(a, q, inverse, log_dets, scratch):
     it, lower).  The K factorizations run in lockstep, the component innermost, so each
     step is one short loop the compiler vectorizes instead of K dependent scalar chains.
     One division per pivot (its reciprocal multiplies) and one log per 1e200 of a
-    determinant's range.  scratch: (reciprocal (>= q, K), z (>= q, K), s (K,), det (K,)).
+    determinant's range; the inverse as ``W^T W`` with ``W = L^-1`` (q^3 / 3 steps, not
+    the q^3 of solving for its columns), W in a's upper triangle.  scratch: (reciprocal
+    (>= q, K), s (K,), det (K,)).
     """
-    reciprocal, z, s, det = scratch
+    reciprocal, s, det = scratch
     n_components = a.shape[2]
     for k in range(n_components):
         log_dets[k] = 0.0
@@ -58,26 +60,28 @@ def cholesky_inverses(a, q, inverse, log_dets, scratch):
                     det[k] = 1.0
     for k in range(n_components):
         log_dets[k] += math.log(det[k])
-    for col in range(q):  # column col of a^-1: L z = e_col, then L^T x = z
-        for i in range(q):
+    # W = L^-1 (lower) into a's strict upper triangle, transposed (a[j, i] = W_ij, i > j):
+    # W_jj = 1 / L_jj, W_ij = -(sum_{j <= t < i} L_it W_tj) / L_ii
+    for j in range(q):
+        for i in range(j + 1, q):
             for k in range(n_components):
-                s[k] = 1.0 if i == col else 0.0
-            for t in range(i):
+                s[k] = a[i, j, k] * reciprocal[j, k]
+            for t in range(j + 1, i):
                 for k in range(n_components):
-                    s[k] -= a[i, t, k] * z[t, k]
+                    s[k] += a[i, t, k] * a[j, t, k]
             for k in range(n_components):
-                z[i, k] = s[k] * reciprocal[i, k]
-        for i in range(q - 1, -1, -1):
+                a[j, i, k] = -s[k] * reciprocal[i, k]
+    # a^-1 = W^T W: (a^-1)_ij = sum_{t >= max(i, j)} W_ti W_tj
+    for i in range(q):
+        for j in range(i, q):
             for k in range(n_components):
-                s[k] = z[i, k]
-            for t in range(i + 1, q):
+                s[k] = reciprocal[j, k] * (reciprocal[j, k] if i == j else a[i, j, k])
+            for t in range(j + 1, q):
                 for k in range(n_components):
-                    s[k] -= a[t, i, k] * z[t, k]
+                    s[k] += a[i, t, k] * a[j, t, k]
             for k in range(n_components):
-                z[i, k] = s[k] * reciprocal[i, k]
-        for k in range(n_components):
-            for i in range(q):
-                inverse[k, col, i] = z[i, k]
+                inverse[k, i, j] = s[k]
+                inverse[k, j, i] = s[k]
 
 
 @jit
@@ -126,7 +130,6 @@ def inverse_scratch(n_features: int, n_components: int) -> tuple:
     return (
         np.empty((n_features, n_features, n_components)),
         (
-            np.empty((n_features, n_components)),
             np.empty((n_features, n_components)),
             np.empty(n_components),
             np.empty(n_components),
