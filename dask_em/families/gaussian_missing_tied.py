@@ -107,21 +107,16 @@ def _run_moments(r, xct, coef, inverse, index, q, start, end, sums, cross, block
     """What the rows start:end of one pattern ``index[:q]`` add beyond the moments of
     ``xt`` (module docstring): ``sum r_k e_k`` to sums (K, D), ``sum E xt^T`` to cross
     (D, D) (rows: the missing features) and ``sum_k r_k e_k e_k^T + w P_mm^-1`` to block
-    (D, D).  r (K, m) weighted responsibilities; coef (K, D, m) ``c_k``; scratch (2, m)."""
+    (D, D).  r (K, m) weighted responsibilities; coef (K, D, m) ``c_k``; scratch (m,)."""
     n_components = r.shape[0]
     n_features = xct.shape[0] - 1
     n = end - start
-    total_weight = scratch[0, start:end]
-    for i in range(n):
-        total_weight[i] = 0.0
+    share = 0.0  # sum_i w_i, the weight of the run's P_mm^-1
     for k in range(n_components):
         weights = r[k, start:end]
         for i in range(n):
-            total_weight[i] += weights[i]
-    share = 0.0
-    for i in range(n):
-        share += total_weight[i]
-    summed = scratch[1, start:end]
+            share += weights[i]
+    summed = scratch[start:end]
     for t in range(q):
         j = index[t]
         for i in range(n):
@@ -235,7 +230,7 @@ def _tied_missing_block(
     lp = np.empty((n_components, m))
     coef = np.empty((n_components, n_features, m))
     g = np.empty((n_features, m))
-    scratch = np.empty((2, m))
+    scratch = np.empty(m)
     run_ends = np.empty(m, dtype=np.int64)
     run_inverses = np.empty((m, n_features, n_features))
     index = np.empty(n_features, dtype=np.int64)
@@ -277,18 +272,9 @@ def _tied_missing_block(
                 else:
                     for i in range(start, end):
                         _row_log_densities(
-                            y,
-                            offsets,
-                            inverse,
-                            log_det,
-                            const,
-                            index,
-                            q,
-                            i,
-                            lp,
-                            row_coef[i],
+                            y, offsets, inverse, log_det, const, index, q, i, lp, row_coef[i],
                             row,
-                        )
+                        )  # fmt: skip
             else:  # nothing observed: no weight
                 for i in range(start, end):
                     ws[i] = 0.0
@@ -316,18 +302,9 @@ def _tied_missing_block(
             elif q < n_features:
                 for i in range(start, end):
                     _row_moments(
-                        lp,
-                        xct,
-                        row_coef[i],
-                        run_inverses[run],
-                        index,
-                        q,
-                        i,
-                        sums,
-                        cross,
-                        block,
-                        row,
-                    )
+                        lp, xct, row_coef[i], run_inverses[run], index, q, i, sums, cross,
+                        block, row,
+                    )  # fmt: skip
             start = end
         row_weight = total[0]
         for i in range(m):
