@@ -21,7 +21,11 @@ from dask_em.families.bernoulli import BernoulliFamily
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
 from dask_em.families.gaussian_missing_compiled import RUN_ROWS, pattern_order
-from dask_em.families.gaussian_missing_runs import inverse_scratch, pattern_inverses
+from dask_em.families.gaussian_missing_runs import (
+    inverse_scratch,
+    pattern_inverses,
+    spd_inverse,
+)
 from dask_em.families.gaussian_slice_loops import pair_moments
 from dask_em.families.poisson import PoissonFamily
 from dask_em.families.vector_exp import exp_chunk_single, exp_slice
@@ -203,7 +207,9 @@ def test_gaussian_compiled_missing_values_in_runs_of_every_length(covariance_typ
     patterns[3] = True  # a run of rows with nothing observed
     labels = np.repeat(np.arange(len(run_lengths)), run_lengths)[: len(X)]
     X[: len(labels)][patterns[labels]] = np.nan
-    for w in (None, rng.random(len(X)) * 2.0):
+    some_zero = rng.random(len(X)) * 2.0
+    some_zero[::7] = 0.0  # rows of weight 0 within runs of either kind
+    for w in (None, rng.random(len(X)) * 2.0, some_zero):
         assert_same_stats(
             family.block_stats(params, X, w),
             family.reference_block_stats(params, X, w),
@@ -255,6 +261,24 @@ def test_pattern_order_puts_each_pattern_together_in_row_order(n_features):
         pairs = zip(ordered.tolist(), masks, strict=True)
         kept = [position[row] for row, m in pairs if m == mask]
         assert kept == sorted(kept)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3, 4, 7, 12])
+def test_spd_inverse_of_one_pattern_equals_numpy(q):
+    # the tied covariance's scalar inverse of P_mm, its scratch reused across patterns
+    rng = np.random.default_rng(q)
+    n_features = 12
+    A = rng.normal(size=(n_features, n_features))
+    precision = A @ A.T + n_features * np.eye(n_features)
+    low = np.full((n_features, n_features), np.nan)
+    inverse = np.full((n_features, n_features), np.nan)
+    for _ in range(5):
+        index = np.zeros(n_features, dtype=np.int64)
+        index[:q] = rng.choice(n_features, q, replace=False)  # in any order
+        log_det = spd_inverse(precision, index, q, inverse, low)
+        block = precision[np.ix_(index[:q], index[:q])]
+        np.testing.assert_allclose(inverse[:q, :q], np.linalg.inv(block), rtol=1e-11)
+        assert log_det == pytest.approx(np.linalg.slogdet(block)[1], rel=1e-12)
 
 
 def test_pattern_inverses_over_the_whole_range_of_determinants():

@@ -155,13 +155,15 @@ def test_small_inverses_equal_lapack(q):
     np.testing.assert_allclose(log_det, np.linalg.slogdet(matrices)[1], rtol=1e-12)
 
 
-def test_tiny_responsibilities_leave_the_statistics_as_the_reference_has_them():
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_tiny_responsibilities_leave_the_statistics_as_the_reference_has_them(covariance_type):
     # rows between two components far apart: some responsibilities fall below the floor
     # (1e-200) where their products with the data would be subnormal numbers
     rng = np.random.default_rng(7)
-    family = GaussianFamily("full")
+    family = GaussianFamily(covariance_type)
     means = np.array([[0.0, 0.0, 0.0], [60.0, 0.0, 0.0]])
-    params = family.make_params(np.array([0.5, 0.5]), means, covariances=np.stack([np.eye(3)] * 2))
+    covariances = np.stack([np.eye(3)] * 2) if covariance_type == "full" else np.eye(3)
+    params = family.make_params(np.array([0.5, 0.5]), means, covariances=covariances)
     X = np.concatenate([rng.normal(size=(200, 3)), rng.normal(size=(200, 3)) + means[1]])
     X[:, 0] = rng.uniform(-20.0, 80.0, size=len(X))  # log r in (-745, -460) near 20 and 40
     X[rng.random(X.shape) < 0.2] = np.nan
@@ -171,7 +173,7 @@ def test_tiny_responsibilities_leave_the_statistics_as_the_reference_has_them():
     resp /= resp.sum(axis=1, keepdims=True)
     assert ((resp > 0) & (resp < 1e-200)).any()
     ours = family.block_stats(params, X, w)
-    reference = brute_force_stats(params, X, w, "full")
+    reference = brute_force_stats(params, X, w, covariance_type)
     for key, expected in reference.items():
         np.testing.assert_allclose(ours[key], expected, rtol=1e-10, atol=1e-10, err_msg=key)
 

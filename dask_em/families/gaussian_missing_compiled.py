@@ -1,4 +1,4 @@
-"""Compiled, fused exact E-step + completed-data moments of rows with NaN (any type).
+"""Compiled, fused exact E-step + completed-data moments of rows with NaN (full covariance).
 
 The same mathematics as the NumPy reference :mod:`dask_em.families.gaussian_missing`
 (Ghahramani & Jordan, 1994; Schur complements of the precision ``P_k = L_k L_k^T``),
@@ -221,6 +221,34 @@ def _gather_rows(X, rows, center, w, xct, xc, missing, ws):
             xct[d, i] = xc[i, d]
 
 
+@jit
+def slice_buffers(m, n_features, width):
+    """The buffers :func:`gathered_slice` fills, for slices of m rows: xct (D + 1, m) (its
+    last row ones), xc (m, D), product (width, m), missing (m, D) bool and ws (m,)."""
+    return (
+        np.ones((n_features + 1, m)),
+        np.empty((m, n_features)),
+        np.empty((width, m)),
+        np.empty((m, n_features), dtype=np.bool_),
+        np.empty(m),
+    )
+
+
+@jit
+def gathered_slice(X, rows, center, w, matrix, xct, xc, product, missing, ws):
+    """The rows ``rows`` of X gathered (:func:`_gather_rows`) into xct (D + 1, m), xc,
+    missing and ws, and ``product = matrix @ xct`` (matrix (P, D + 1), product (P, m));
+    returns (xct, product), new arrays of the slice's width when the slice is shorter
+    than they are (the last one), so that every loop over its rows stays contiguous."""
+    m = len(rows)
+    if xct.shape[1] != m:
+        xct = np.ones((X.shape[1] + 1, m))
+        product = np.empty((matrix.shape[0], m))
+    _gather_rows(X, rows, center, w, xct, xc, missing, ws)
+    np.dot(matrix, xct, product)
+    return xct, product
+
+
 def pattern_order(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``rows`` (indices into X (n, D)) reordered so that rows with the same NaN pattern
     stand side by side, in their own order within a pattern, and their patterns' bit
@@ -296,21 +324,16 @@ def _missing_block(
         np.empty(m, dtype=np.int64),
         row_scratch(m, lp),
     )
-    xct = np.ones((n_features + 1, m))
-    xc = np.empty((m, n_features))  # row-major scratch of _gather_rows
-    yt = np.empty((width, m))
-    missing = np.empty((m, n_features), dtype=np.bool_)
-    ws = np.empty(m)
+    xct, xc, yt, missing, ws = slice_buffers(m, n_features, width)
     part = np.empty(moments.shape)
     weight = 0.0
     loglik = 0.0
-    for start in range(0, len(rows), m):
-        if len(rows) - start < m:  # the last rows: buffers of their width (contiguous)
-            m = len(rows) - start
-            xct = np.ones((n_features + 1, m))
-            yt = np.empty((width, m))
-        _gather_rows(X, rows[start : start + m], center, w, xct, xc, missing, ws)
-        np.dot(precisions_t, xct, yt)
+    width_first = m
+    for start in range(0, len(rows), width_first):
+        m = min(width_first, len(rows) - start)
+        xct, yt = gathered_slice(
+            X, rows[start : start + m], center, w, precisions_t, xct, xc, yt, missing, ws
+        )
         part_weight, part_loglik = _missing_slice(
             xct, keys[start : start + m], missing[:m], yt, means_c, precisions, const, ws,
             out, cache, buffers,
@@ -328,7 +351,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     docstring).
 
     X (n, D); rows (r,) int: the indices of its rows with NaN; prec_chol (K, D, D) dense
-    factors ``L_k`` (``P_k = L_k L_k^T``) of every type (diag: ``diag(1/sigma_k)``); const
+    factors ``L_k`` (``P_k = L_k L_k^T``); const
     (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi`` (as
     :func:`~dask_em.families.gaussian_compiled.block_stats`); w (n,) the block's weights,
     or empty for unit weights.  Returns ``(weight, loglik, nk (K,), sums (K, D), second

@@ -30,7 +30,8 @@ def cholesky_inverses(a, q, inverse, log_dets, scratch):
     step is one short loop the compiler vectorizes instead of K dependent scalar chains.
     One division per pivot (its reciprocal multiplies) and one log per 1e200 of a
     determinant's range; the inverse as ``W^T W`` with ``W = L^-1`` (q^3 / 3 steps, not
-    the q^3 of solving for its columns), W in a's upper triangle.  scratch: (reciprocal
+    the q^3 of solving for its columns), W in a's strict upper triangle, transposed
+    (``a[j, i] = W_ij``, i > j; its diagonal is the reciprocals).  scratch: (reciprocal
     (>= q, K), s (K,), det (K,)).
     """
     reciprocal, s, det = scratch
@@ -90,8 +91,8 @@ def spd_inverse(precision, index, q, inverse, low):
     (precision (D, D) SPD); returns ``log |P_mm|``.  One matrix in scalar loops (the
     tied covariance's one precision), where :func:`cholesky_inverses`' lockstep over
     components would run loops of one step: Cholesky ``P_mm = L L^T`` into low's lower
-    triangle, ``W = L^-1`` into inverse's, then ``P_mm^-1 = W^T W`` (via low's upper
-    triangle).  low (>= q, >= q) scratch."""
+    triangle, ``W = L^-1`` into inverse's, then ``P_mm^-1 = W^T W`` (through low's upper
+    triangle and diagonal, which L no longer needs).  low (>= q, >= q) scratch."""
     log_det = 0.0
     for j in range(q):
         column = index[j]

@@ -36,10 +36,11 @@ from dask_em.families.gaussian_missing_compiled import (
     RESPONSIBILITY_FLOOR,
     RUN_ROWS,
     SLICE_ROWS,
-    _gather_rows,
     _pattern,
     _run_end,
+    gathered_slice,
     pattern_order,
+    slice_buffers,
 )
 from dask_em.families.gaussian_missing_runs import LOG_2PI, spd_inverse
 from dask_em.families.gaussian_slice_loops import moments_from_pairs, pair_moments, upper_pairs
@@ -51,7 +52,7 @@ from dask_em.families.responsibilities_compiled import responsibilities, row_scr
 def _quadratic_forms(xct, y, means_c, offsets, m, quad):
     """``quad[k, i] = (xct[:, i] - mc_k) . (y[:, i] - o_k)`` for the m rows of a slice
     (``v_k^T P v_k`` with the missing entries as they stand).  xct (D + 1, m), y (D, m),
-    means_c and offsets (K, D), quad (K, m)."""
+    means_c and offsets (K, D), quad (K, >= m)."""
     n_components, n_features = means_c.shape
     for k in range(n_components):
         row = quad[k, :m]
@@ -66,12 +67,24 @@ def _quadratic_forms(xct, y, means_c, offsets, m, quad):
                 row[i] += (x[i] - mean) * (ye[i] - offset)
 
 
+@jit
+def _solved_offsets(offsets, inverse, index, q, h):
+    """``h[k, :q] = P_mm^-1 o_km`` (K, >= q) for every component: the part of ``c_k``
+    that depends on the run's pattern only."""
+    for k in range(offsets.shape[0]):
+        for t in range(q):
+            s = 0.0
+            for t2 in range(q):
+                s += inverse[t, t2] * offsets[k, index[t2]]
+            h[k, t] = s
+
+
 @jit_reassociated
-def _run_log_densities(y, offsets, inverse, log_det, const, index, q, start, end, lp, coef, g):
+def _run_log_densities(y, offsets, h, inverse, log_det, const, index, q, start, end, lp, coef, g):
     """lp[:, start:end] from the quadratic forms lp holds there, for a run of rows of one
     pattern ``index[:q]``: ``const_k + q/2 log 2 pi - 1/2 log |P_mm| - 1/2 (v.Pv - b.c)``;
-    ``c_k`` into ``coef[k, :q, start:end]`` (K, D, m).  inverse (>= q, >= q) ``P_mm^-1``;
-    g (D, m) scratch."""
+    ``c_k`` into ``coef[k, :q, start:end]`` (K, D, m).  h (K, >= q) ``P_mm^-1 o_km``
+    (:func:`_solved_offsets`); inverse (>= q, >= q) ``P_mm^-1``; g (D, m) scratch."""
     n_components = offsets.shape[0]
     n = end - start
     for t in range(q):  # g = P_mm^-1 y_m, the part of c shared by the components
@@ -87,15 +100,13 @@ def _run_log_densities(y, offsets, inverse, log_det, const, index, q, start, end
     for k in range(n_components):
         row = lp[k, start:end]
         for t in range(q):
-            h = 0.0  # (P_mm^-1 o_km)_t
-            for t2 in range(q):
-                h += inverse[t, t2] * offsets[k, index[t2]]
+            ht = h[k, t]
             offset = offsets[k, index[t]]
             gt = g[t, start:end]
             yt = y[index[t], start:end]
             c = coef[k, t, start:end]
             for i in range(n):
-                c[i] = gt[i] - h
+                c[i] = gt[i] - ht
                 row[i] -= (yt[i] - offset) * c[i]  # v.Pv - b.c, b_t = y_t - o_kt
         total = const[k] + shift
         for i in range(n):
@@ -149,7 +160,7 @@ def _run_moments(r, xct, coef, inverse, index, q, start, end, sums, cross, block
 
 
 @jit_reassociated
-def _row_log_densities(y, offsets, inverse, log_det, const, index, q, i, lp, coef, g):
+def _row_log_densities(y, offsets, h, inverse, log_det, const, index, q, i, lp, coef, g):
     """Column i of lp as :func:`_run_log_densities`, for a row of a run too short for
     loops over its rows to pay, and its ``c_kt`` into ``coef[k * q + t]`` (coef (>= K q,):
     the row's own, contiguous for :func:`_row_moments`); g (>= q,) scratch."""
@@ -163,10 +174,7 @@ def _row_log_densities(y, offsets, inverse, log_det, const, index, q, i, lp, coe
     for k in range(n_components):
         quad = lp[k, i]
         for t in range(q):
-            h = 0.0
-            for t2 in range(q):
-                h += inverse[t, t2] * offsets[k, index[t2]]
-            c = g[t] - h
+            c = g[t] - h[k, t]
             coef[k * q + t] = c
             quad -= (y[index[t], i] - offsets[k, index[t]]) * c
         lp[k, i] = const[k] + shift - 0.5 * quad
@@ -207,6 +215,26 @@ def _row_moments(r, xct, coef, inverse, index, q, i, sums, cross, block, x):
 
 
 @jit
+def _run_inverse(pool, run_starts, run, q):
+    """Room for run ``run``'s q x q ``P_mm^-1`` in pool (1-D), after the runs before it
+    (``run_starts[run]``); returns (the (q, q) view, the pool, grown if it was short)."""
+    start = run_starts[run]
+    end = start + q * q
+    if end > pool.shape[0]:
+        grown = np.empty(max(2 * pool.shape[0], end))
+        grown[:start] = pool[:start]
+        pool = grown
+    run_starts[run + 1] = end
+    return pool[start:end].reshape((q, q)), pool
+
+
+@jit
+def _stored_inverse(pool, run_starts, run, q):
+    """Run ``run``'s ``P_mm^-1`` (q, q), as :func:`_run_inverse` left it."""
+    return pool[run_starts[run] : run_starts[run] + q * q].reshape((q, q))
+
+
+@jit
 def _tied_missing_block(
     X, rows, keys, center, precision_t, means_c, precision, offsets, const, w, out, pairs
 ):
@@ -232,50 +260,50 @@ def _tied_missing_block(
     g = np.empty((n_features, m))
     scratch = np.empty(m)
     run_ends = np.empty(m, dtype=np.int64)
-    run_inverses = np.empty((m, n_features, n_features))
+    pool = np.empty(m * 4)  # the slice's runs' P_mm^-1, q * q each from run_starts
+    run_starts = np.empty(m + 1, dtype=np.int64)
+    h = np.empty((n_components, n_features))
     index = np.empty(n_features, dtype=np.int64)
-    row = np.empty(n_features + n_components)  # a short run's row: g, then its values
+    row = np.empty(n_features + n_components)  # a short run's row: g; its values and r
     row_coef = np.empty((m, n_components * n_features))  # a short run's rows' c_kt
     bayes = row_scratch(m, lp)
-    xct = np.ones((n_features + 1, m))
-    xc = np.empty((m, n_features))
-    y = np.empty((n_features, m))
-    missing = np.empty((m, n_features), dtype=np.bool_)
-    ws = np.empty(m)
+    xct, xc, y, missing, ws = slice_buffers(m, n_features, n_features)
     total = np.empty((1, m))
     first_part = np.empty((n_components, n_features + 1))
     second_part = np.empty((1, seconds.shape[0]))
     weight = 0.0
     loglik = 0.0
-    for begin in range(0, len(rows), m):
-        if len(rows) - begin < m:  # the last rows: buffers of their width (contiguous)
-            m = len(rows) - begin
-            xct = np.ones((n_features + 1, m))
-            y = np.empty((n_features, m))
-        _gather_rows(X, rows[begin : begin + m], center, w, xct, xc, missing, ws)
-        np.dot(precision_t, xct, y)
+    width_first = m
+    for begin in range(0, len(rows), width_first):
+        m = min(width_first, len(rows) - begin)
+        xct, y = gathered_slice(
+            X, rows[begin : begin + m], center, w, precision_t, xct, xc, y, missing, ws
+        )
         _quadratic_forms(xct, y, means_c, offsets, m, lp)
         slice_keys = keys[begin : begin + m]
         n_runs = 0
+        run_starts[0] = 0
         start = 0
         while start < m:  # the log-densities, run by run
             end = _run_end(slice_keys, missing[:m], start, m)
             run_ends[n_runs] = end
             q = _pattern(missing[:m], start, index)
             if q < n_features:
-                inverse = run_inverses[n_runs]
+                inverse, pool = _run_inverse(pool, run_starts, n_runs, q)
                 log_det = spd_inverse(precision, index, q, inverse, low)
+                _solved_offsets(offsets, inverse, index, q, h)
                 if end - start >= RUN_ROWS:
                     _run_log_densities(
-                        y, offsets, inverse, log_det, const, index, q, start, end, lp, coef, g
+                        y, offsets, h, inverse, log_det, const, index, q, start, end, lp, coef, g
                     )
                 else:
                     for i in range(start, end):
                         _row_log_densities(
-                            y, offsets, inverse, log_det, const, index, q, i, lp, row_coef[i],
+                            y, offsets, h, inverse, log_det, const, index, q, i, lp, row_coef[i],
                             row,
                         )  # fmt: skip
             else:  # nothing observed: no weight
+                run_starts[n_runs + 1] = run_starts[n_runs]
                 for i in range(start, end):
                     ws[i] = 0.0
                     for k in range(n_components):
@@ -294,17 +322,17 @@ def _tied_missing_block(
         for run in range(n_runs):
             end = run_ends[run]
             q = _pattern(missing[:m], start, index)
+            if q < n_features:
+                inverse = _stored_inverse(pool, run_starts, run, q)
             if q < n_features and end - start >= RUN_ROWS:
                 _run_moments(
-                    lp, xct, coef, run_inverses[run], index, q, start, end, sums, cross,
-                    block, scratch,
-                )  # fmt: skip
+                    lp, xct, coef, inverse, index, q, start, end, sums, cross, block, scratch
+                )
             elif q < n_features:
                 for i in range(start, end):
                     _row_moments(
-                        lp, xct, row_coef[i], run_inverses[run], index, q, i, sums, cross,
-                        block, row,
-                    )  # fmt: skip
+                        lp, xct, row_coef[i], inverse, index, q, i, sums, cross, block, row
+                    )
             start = end
         row_weight = total[0]
         for i in range(m):
