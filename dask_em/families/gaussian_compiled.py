@@ -51,9 +51,11 @@ from dask_em.families.gaussian_missing_tied import tied_missing_block_moments
 from dask_em.families.gaussian_slice_loops import (
     diag_log_densities,
     diag_moments,
+    first_moment_pairs,
     full_log_densities,
     moments_from_pairs,
     pair_moments,
+    summed_pair_moments,
     upper_pairs,
 )
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
@@ -244,13 +246,9 @@ def _full_block(
         pair_moments(lp, xt, kept, first, second, part, zero)
         moments += part
         if shared.shape[0] > 0:
-            total = row_weight[0]
-            for i in range(kept):
-                total[i] = zero
-            for k in range(n_components):
-                for i in range(kept):
-                    total[i] += lp[k, i]
-            pair_moments(row_weight, xt, kept, shared_pairs[0], shared_pairs[1], shared_part, zero)
+            summed_pair_moments(
+                lp, xt, kept, shared_pairs[0], shared_pairs[1], row_weight, shared_part, zero
+            )
             shared += shared_part[0]
     return weight, loglik, passed_over[:n_passed]
 
@@ -302,8 +300,7 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     first, second = upper_pairs(n_features)
     if tied:  # per component only the first moments: the pairs (d, D) with the ones
         shared_pairs = np.stack([first, second])
-        first = np.arange(n_features + 1, dtype=np.int64)
-        second = np.full(n_features + 1, n_features, dtype=np.int64)
+        first, second = first_moment_pairs(n_features)
     else:
         shared_pairs = np.empty((2, 0), dtype=np.int64)
     nk = np.zeros(n_components)

@@ -43,7 +43,13 @@ from dask_em.families.gaussian_missing_compiled import (
     slice_buffers,
 )
 from dask_em.families.gaussian_missing_runs import LOG_2PI, spd_inverse
-from dask_em.families.gaussian_slice_loops import moments_from_pairs, pair_moments, upper_pairs
+from dask_em.families.gaussian_slice_loops import (
+    first_moment_pairs,
+    moments_from_pairs,
+    pair_moments,
+    summed_pair_moments,
+    upper_pairs,
+)
 from dask_em.families.jit import jit, jit_reassociated
 from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
 
@@ -334,15 +340,9 @@ def _tied_missing_block(
                         lp, xct, row_coef[i], inverse, index, q, i, sums, cross, block, row
                     )
             start = end
-        row_weight = total[0]
-        for i in range(m):
-            row_weight[i] = 0.0
-        for k in range(n_components):
-            for i in range(m):
-                row_weight[i] += lp[k, i]
-        pair_moments(lp, xct, m, first_pairs, second_pairs, first_part[:, :], 0.0)
+        pair_moments(lp, xct, m, first_pairs, second_pairs, first_part, 0.0)
         firsts += first_part
-        pair_moments(total, xct, m, upper_a, upper_b, second_part, 0.0)
+        summed_pair_moments(lp, xct, m, upper_a, upper_b, total, second_part, 0.0)
         seconds += second_part[0]
     return weight, loglik
 
@@ -366,10 +366,7 @@ def tied_missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     precision_t = np.zeros((n_features, n_features + 1))
     precision_t[:, :n_features] = precision
     upper_a, upper_b = upper_pairs(n_features)
-    per_component = (
-        np.arange(n_features + 1, dtype=np.int64),
-        np.full(n_features + 1, n_features, dtype=np.int64),
-    )
+    per_component = first_moment_pairs(n_features)
     out = (
         np.zeros(n_components),
         np.zeros((n_components, n_features)),

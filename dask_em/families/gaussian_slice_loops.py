@@ -187,6 +187,21 @@ def pair_moments(r, xt, m, first, second, out, zero):
 
 
 @jit_reassociated
+def summed_pair_moments(r, xt, m, first, second, total, out, zero):
+    """:func:`pair_moments` weighted by each row's total ``sum_k r[k, i]`` (r (K, >= m)),
+    into out (1, P): ``sum_i (sum_k r_ik) xt[first[p], i] xt[second[p], i]``, the second
+    moments summed over the components that a tied covariance needs.  total (1, >= m)
+    scratch; zero: 0 in r's dtype."""
+    row_total = total[0]
+    for i in range(m):
+        row_total[i] = zero
+    for k in range(r.shape[0]):
+        for i in range(m):
+            row_total[i] += r[k, i]
+    pair_moments(total, xt, m, first, second, out, zero)
+
+
+@jit_reassociated
 def _four_components(r, k, xt, m, first, second, out, zero):
     """:func:`pair_moments` of components k..k+3, four pairs a pass (the last pass of
     an uneven pair list takes its last pair again: the same sum written twice)."""
@@ -249,6 +264,16 @@ def upper_pairs(n_features: int) -> tuple[np.ndarray, np.ndarray]:
     P = (D + 1)(D + 2)/2."""
     first, second = np.triu_indices(n_features + 1)
     return first.astype(np.int64), second.astype(np.int64)
+
+
+def first_moment_pairs(n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first, second) (D + 1,) int64: the pairs ``(d, D)`` of each feature with the row
+    of ones, for :func:`pair_moments`: the first moments ``sum_i r_ik xt[d, i]`` alone (the
+    last, ``sum_i r_ik``), where a tied covariance needs no per-component second moments."""
+    return (
+        np.arange(n_features + 1, dtype=np.int64),
+        np.full(n_features + 1, n_features, dtype=np.int64),
+    )
 
 
 def moments_from_pairs(
