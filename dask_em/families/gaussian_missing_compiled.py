@@ -117,7 +117,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     runs (their Bayes' rule is done row by row).
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
-    across slices; ``buffers``: lp (K, m), coef (K, D, m), work (D + 1, m),
+    across slices; ``buffers``: lp (K, m), coef (K, D, m), work (2, m),
     :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) (a short run's
     row: its values), b (D,), index (D,), held (K, m)
     (the short runs' ``w r``), run_ends (m,) int and
@@ -144,7 +144,9 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
         if q < n_features:
             pattern_inverses(precisions, index, q, cache, inverting)
         if q < n_features and end - start >= RUN_ROWS:
-            run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, coef, work)
+            run_log_densities(
+                yt, xct, means_c, cache, const, index, q, start, end, lp, coef, work[0]
+            )
         elif q < n_features:  # a short run: each row's whole E-step now, P_mm^-1 at hand
             for i in range(start, end):
                 for d in range(n_features):
@@ -178,7 +180,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
         q = _pattern(missing, start, index)
         if q < n_features and end - start >= RUN_ROWS:
             pattern_inverses(precisions, index, q, cache, inverting)
-            run_moments(lp, xct, coef, cache, index, q, start, end, out, work[0])
+            run_moments(lp, xct, coef, cache, index, q, start, end, out, work[1])
         else:  # done above: their responsibilities go into the moment product
             for i in range(start, end):
                 for k in range(n_components):
@@ -315,7 +317,7 @@ def _missing_block(
     buffers = (
         lp,
         np.empty((n_components, n_features, m)),
-        np.empty((n_features + 1, m)),
+        np.empty((2, m)),  # work: the quadratic forms, then run_moments' scratch
         inverting,
         np.empty(n_features),
         np.empty(n_features),

@@ -162,7 +162,7 @@ def pattern_inverses(precisions, index, q, cache, scratch):
 
 
 @jit_reassociated
-def run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, coef, work):
+def run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, coef, scratch):
     """Columns start:end of lp (K, m) for a run of rows of one pattern ``index[:q]``
     (module docstring): ``const_k + q/2 log 2 pi - 1/2 log |P_mm| - 1/2 (v.Pv - b.c)``,
     with ``c = P_mm^-1 b`` into ``coef[k, :q, start:end]`` (K, D, m).
@@ -170,14 +170,14 @@ def run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, 
     yt (K*D, m): ``P_k v_k`` at rows k*D + e, so ``b = (P_k v_k)_m`` is read, not
     computed; xct (D + 1, m) the rows about the centre, missing entries 0; means_c (K,
     D) ``mc_k``, so ``v_k = xct - mc_k``; cache as :func:`pattern_inverses` (holding
-    this pattern); work (D + 1, m): scratch (the quadratic form in its last row).  Every
+    this pattern); scratch (m,): for the quadratic forms.  Every
     loop runs over the run's rows, contiguous (views from ``start``: numba checks a loop
     index that might be negative, which would stop the loop from being vectorized).
     """
     _, inverse, log_dets = cache
     n_components, n_features = means_c.shape
     n = end - start
-    quad = work[n_features, start:end]
+    quad = scratch[start:end]
     for k in range(n_components):
         base = k * n_features
         for i in range(n):
