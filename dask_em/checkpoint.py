@@ -55,7 +55,9 @@ from dask_em.integrity import StoreFormat, add_manifest, open_verified, verify_w
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "dask_em.checkpoint"
-FORMAT_VERSION = 4  # 2: the manifest of dask_em.integrity; 3: accelerated EM; 4: lockstep restarts
+#: 2: the manifest of dask_em.integrity; 3: accelerated EM; 4: lockstep restarts;
+#: 5: ``after_rejection`` per record
+FORMAT_VERSION = 5
 
 
 #: Estimator parameters that may change between a run and its resumption: they do not
@@ -64,8 +66,10 @@ MAY_CHANGE = ("verbose", "cache", "max_iter")
 
 _HISTORY_FIELDS = ("iteration", "objective", "change", "seconds", "bytes_read")
 #: From version 3, per record: ``passes``, ``step``, ``step_max``, and ``extrapolated``
-#: (1 for a SQUAREM extrapolation, 0 for an EM step), in ``<prefix>_steps_history``.
-_STEP_FIELDS = ("passes", "step", "step_max", "extrapolated")
+#: (1 for an extrapolation, 0 for an EM step), in ``<prefix>_steps_history``; from
+#: version 5 also ``after_rejection`` (1 for a point taken after a rejected
+#: extrapolation; 0 in the records of earlier versions).
+_STEP_FIELDS = ("passes", "step", "step_max", "extrapolated", "after_rejection")
 
 
 def _checkpoint_sizes(attrs: dict) -> dict[str, int]:
@@ -149,7 +153,13 @@ def save_state(path: str | os.PathLike, model: Any, state: FitState) -> None:
         )
         attrs[f"{prefix}_converged"] = bool(result.converged)
         steps = [
-            [record.passes, record.step, record.step_max, float(record.move != "em")]
+            [
+                record.passes,
+                record.step,
+                record.step_max,
+                float(record.move != "em"),
+                float(record.after_rejection),
+            ]
             for record in result.history
         ]
         data_vars[f"{prefix}_steps_history"] = (
@@ -257,10 +267,12 @@ def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState 
                 move="extrapolated" if extrapolated else "em",
                 step=float(step),
                 step_max=float(step_max),
+                after_rejection=bool(after_rejection),
             )
-            for i, (it, obj, change, sec, nbytes, passes, step, step_max, extrapolated) in (
-                enumerate(zip(*columns, *steps, strict=True))
-            )
+            for i, (
+                (it, obj, change, sec, nbytes),
+                (passes, step, step_max, extrapolated, after_rejection),
+            ) in enumerate(zip(zip(*columns, strict=True), zip(*steps, strict=True), strict=True))
         ]
         out = FitResult(_params_of(model, variables), history)
         out.converged = bool(ds.attrs[f"{prefix}_converged"])
@@ -302,11 +314,15 @@ def _run_prefixes(ds: xr.Dataset, path) -> list[str]:
 
 def _steps(ds: xr.Dataset, prefix: str, columns: np.ndarray) -> np.ndarray:
     """The ``_STEP_FIELDS`` columns (field, iteration); before version 3 (plain EM only),
-    those of plain EM: one pass per record, steps of 1."""
-    if f"{prefix}_steps_history" in ds:
-        return ds[f"{prefix}_steps_history"].values.T
+    those of plain EM: one pass per record, steps of 1; before version 5, no point
+    after a rejection."""
     n = columns.shape[1]
-    return np.stack([np.arange(1.0, n + 1), np.ones(n), np.ones(n), np.zeros(n)])
+    if f"{prefix}_steps_history" not in ds:
+        return np.stack([np.arange(1.0, n + 1), np.ones(n), np.ones(n), np.zeros(n), np.zeros(n)])
+    steps = ds[f"{prefix}_steps_history"].values.T
+    if steps.shape[0] < len(_STEP_FIELDS):
+        steps = np.concatenate([steps, np.zeros((len(_STEP_FIELDS) - steps.shape[0], n))])
+    return steps
 
 
 def progress(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -12,7 +12,6 @@ be the engine's (one Dask graph per pass) or a plain loop over NumPy blocks (the
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 from dask_em.acceleration import AcceptedPoint, EMState, make_driver
 from dask_em.families.base import Family, Params, Stats
-from dask_em.preparation import prepare_each
+from dask_em.shared_passes import pass_each
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,9 @@ class IterationRecord:
     record's; ``seconds`` and ``bytes_read``: of the passes since the previous record
     (rejected extrapolations included); ``passes``: passes of this EM run so far;
     ``move``: how the point was reached, ``"em"`` (an M-step, or the start) or
-    ``"extrapolated"`` (SQUAREM); ``step``: its step length.
+    ``"extrapolated"`` (SQUAREM, DAAREM); ``step``: its step length;
+    ``after_rejection``: taken because the extrapolation proposed before it was
+    rejected (:meth:`dask_em.acceleration.PlainEM.speculative`).
     """
 
     iteration: int
@@ -54,6 +55,7 @@ class IterationRecord:
     move: str = "em"
     step: float = 1.0
     step_max: float = 1.0
+    after_rejection: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class IterationRecord:
             "passes": self.passes,
             "move": self.move,
             "step": self.step,
+            "after_rejection": self.after_rejection,
         }
 
     def accepted_point(self) -> AcceptedPoint:
@@ -78,6 +81,7 @@ class IterationRecord:
             self.step,
             self.step_max,
             self.reseeded,
+            self.after_rejection,
         )
 
 
@@ -148,9 +152,11 @@ class EMRun:
         resume: FitResult | None = None,
         observe: Callable[[IterationRecord], None] | None = None,
         bytes_per_pass: int = 0,
+        speculate: bool = True,
         log: logging.Logger = logger,
     ) -> None:
         self.family = family
+        self.speculate = speculate
         self.max_iter = max_iter
         self.callbacks = tuple(callbacks)
         self.observe = observe
@@ -190,11 +196,30 @@ class EMRun:
         """The parameters to evaluate in the next pass."""
         return self.driver.ask()
 
-    def tell(self, stats: Stats) -> IterationRecord | None:
-        """The merged statistics of the pass at :meth:`ask`'s point; returns the record
-        of the accepted point, or None (a rejected extrapolation)."""
+    def speculative(self) -> Params | None:
+        """A second point to evaluate in the next pass, or None (the driver's
+        :meth:`~dask_em.acceleration.PlainEM.speculative`: the fallback of an
+        extrapolation proposed after a rejected one); never when ``speculate`` is
+        false."""
+        return self.driver.speculative() if self.speculate else None
+
+    def tell(self, stats: Stats, fallback_stats: Stats | None = None) -> IterationRecord | None:
+        """The merged statistics of the pass at :meth:`ask`'s point (and, when the loop
+        evaluated it in the same pass, at :meth:`speculative`'s); returns the record of
+        the accepted point, or None (a rejected extrapolation)."""
         driver, family, result = self.driver, self.family, self.result
         point_params = driver.ask()
+        fallback = None
+        if fallback_stats is not None:
+            fallback_params = driver.speculative()
+
+            def fallback() -> tuple[float, Params, Stats]:
+                return (
+                    family.objective(fallback_stats, fallback_params),
+                    family.m_step(fallback_stats),
+                    fallback_stats,
+                )
+
         extrapolated = driver.pending_kind != "em"
         objective = family.objective(stats, point_params)
         self.last_record = None
@@ -204,7 +229,7 @@ class EMRun:
                 "check the data for extreme values or increase regularization"
             )
         image = family.m_step(stats) if math.isfinite(objective) else point_params
-        point = driver.tell(objective, image, stats)
+        point = driver.tell(objective, image, stats, fallback)
         if point is None:  # a rejected extrapolation
             return None
         record = IterationRecord(
@@ -218,6 +243,7 @@ class EMRun:
             point.kind,
             point.step,
             point.step_max,
+            point.after_rejection,
         )
         self._passes_before = driver.passes
         # a family computing in float32 declares a looser tolerance (monotone_tolerance)
@@ -258,7 +284,8 @@ def lockstep(
     the E-step of every live run, block by block, so the data is read once per pass
     however many runs there are (restarts, model sizes).  A run that converges or
     reaches its ``max_iter`` drops out.  Each run's arithmetic is the same as alone,
-    so its result equals :func:`run`'s bit for bit.
+    so its result equals :func:`run`'s bit for bit.  A run whose driver offers a
+    second point (:meth:`EMRun.speculative`) has it evaluated in the same pass.
 
     After each pass in which some run accepted a point: ``save(results)`` (all runs'
     results so far: a checkpoint), then each such run's callbacks.
@@ -267,48 +294,21 @@ def lockstep(
         run.start_clock()
     while live := [run for run in runs if run.live]:
         points = [run.ask() for run in live]
+        seconds = [run.speculative() for run in live]
         with iteration_scope(1 + max(run.passes for run in live)):
             pairs = [(run.family, point) for run, point in zip(live, points, strict=True)]
+            for run, second in zip(live, seconds, strict=True):
+                if second is not None:
+                    pairs.append((run.family, second))
             stats = pass_each(map_reduce, pairs)
-        for run, run_stats in zip(live, stats, strict=True):
-            run.tell(run_stats)
+        speculated = iter(stats[len(live) :])
+        for run, run_stats, second in zip(live, stats, seconds, strict=False):
+            run.tell(run_stats, None if second is None else next(speculated))
         if save is not None and any(run.last_record is not None for run in live):
             save([run.result for run in runs])
         for run in live:
             run.notify()
     return [run.result for run in runs]
-
-
-def pass_each(
-    map_reduce: MapReduce, pairs: Sequence[tuple[Family, Params]], *, stage: str = "estep"
-) -> list[Stats]:
-    """The merged E-step statistics of every ``(family, params)`` of ``pairs`` from one
-    pass over the data (each block read once), after the preliminary pass of the
-    families that need one (:func:`dask_em.preparation.prepare_each`)."""
-    pairs = prepare_each(map_reduce, pairs)
-    if len(pairs) == 1:
-        ((family, params),) = pairs
-        return [map_reduce(family.block_stats, family.merge, params, stage=stage)]
-    families = tuple(family for family, _ in pairs)
-    return list(
-        map_reduce(
-            block_stats_each,
-            functools.partial(merge_each, families),
-            tuple(pairs),
-            stage=stage,
-        )
-    )
-
-
-def block_stats_each(shared: tuple, X: Any, w: Any, *args: Any) -> tuple:
-    """One block's statistics for each ``(family, params)`` in ``shared`` (a lockstep
-    pass: one read of the block, one E-step per run)."""
-    return tuple(family.block_stats(params, X, w, *args) for family, params in shared)
-
-
-def merge_each(families: tuple, *parts: tuple) -> tuple:
-    """Merge lockstep statistics run by run (each with its family's ``merge``)."""
-    return tuple(family.merge(*(part[r] for part in parts)) for r, family in enumerate(families))
 
 
 def run(
@@ -326,6 +326,7 @@ def run(
     observe: Callable[[IterationRecord], None] | None = None,
     save: Callable[[FitResult], None] | None = None,
     bytes_per_pass: int = 0,
+    speculate: bool = True,
     log: logging.Logger = logger,
 ) -> FitResult:
     """EM from ``params`` until a plain EM step changes the mean objective by less than
@@ -341,7 +342,9 @@ def run(
     engine passes its logger, so that all of a fit's lines come from ``dask_em.engine``).
 
     ``resume``: continue a run from the state it saved (``params`` is then ignored);
-    the result equals the uninterrupted run's.
+    the result equals the uninterrupted run's.  ``speculate``: evaluate an accelerated
+    run's fallback in the pass of a proposal made after a rejection
+    (:meth:`EMRun.speculative`; the same accepted points in fewer passes).
     """
     one = EMRun(
         family,
@@ -354,6 +357,7 @@ def run(
         resume=resume,
         observe=observe,
         bytes_per_pass=bytes_per_pass,
+        speculate=speculate,
         log=log,
     )
     save_one = None if save is None else (lambda results: save(results[0]))

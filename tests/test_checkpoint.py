@@ -145,12 +145,13 @@ def test_the_checkpoint_is_a_versioned_zarr_store_holding_the_loop_state(tmp_pat
     model.fit(gaussian_data(), checkpoint=path)
     ds = xr.open_zarr(path, consolidated=False)
     assert ds.attrs["dask_em_format"] == FORMAT_NAME
-    assert ds.attrs["dask_em_format_version"] == 4
+    assert ds.attrs["dask_em_format_version"] == 5
     assert int(ds.attrs["n_runs"]) == 2
     assert ds["run1_means"].dims == ("component", "feature")
     assert ds["run0_history"].shape == (5, 5)
     assert ds["run1_history"].shape == (5, 5)
-    assert ds["run1_steps_history"].shape == (5, 4)  # passes, step, step_max, extrapolated
+    # passes, step, step_max, extrapolated, after_rejection
+    assert ds["run1_steps_history"].shape == (5, 5)
     np.testing.assert_array_equal(ds["run1_steps_history"].values[:, 0], np.arange(1, 6))
     # scan, one init pass and five EM passes, each serving both initializations
     assert int(ds.attrs["passes"]) == 1 + 1 + 5

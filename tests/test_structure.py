@@ -29,6 +29,7 @@ DASK_ALLOWED = {
     "dask_em.engine.placement": "persisted data: each block's worker, its tasks kept there",
     "dask_em.engine.predict": "prediction graphs",
     "dask_em.engine.scatter": "data held in this process scattered to the workers",
+    "dask_em.engine.speculation": "the Dask config: whether accelerated runs speculate",
     "dask_em.engine.threads": "BLAS threads of a task: its worker and the workers per host",
     "dask_em.data": "inputs converted to row-chunked dask arrays, Zarr arrays opened",
     "dask_em.sequences": "many sequences as dask arrays, blocks on sequence boundaries",

@@ -34,9 +34,11 @@ accepted objectives never fall, and is left out.
 
 Passes: an accepted proposal costs one pass (its objective and its EM image come from
 the same pass: the image is the next residual); a rejected one costs that pass and the
-EM point's.  Convergence is tested on plain EM steps only, as for SQUAREM: when an
-accepted proposal changed the objective by less than ``tol``, the next point is its EM
-image, whose change decides (and which is itself the next point of the window).
+EM point's, except after a rejection, when the loop evaluates F(x_c) in the proposal's
+pass (:meth:`~dask_em.acceleration.driver.PlainEM.speculative`).  Convergence is
+tested on plain EM steps only, as for SQUAREM: when an accepted proposal changed the
+objective by less than ``tol``, the next point is its EM image, whose change decides
+(and which is itself the next point of the window).
 
 State: the window and its images are the driver's chain, ``[x_0, F(x_0), x_1, F(x_1),
 .., x_c]`` (F(x_c) is the driver's ``params``), and s_k is the number of accepted
@@ -208,6 +210,10 @@ class Daarem(PlainEM):
         """The EM image next, and a window that starts again from the last point."""
         self._chain = self._chain[-1:]
         super()._plan_next()
+
+    def _fallback_point(self) -> Params:
+        """A rejected (or non-finite) proposal falls back to F(x_c)."""
+        return self._image
 
     # -- the result of an extrapolated pass -------------------------------------------
     def _tell_extrapolated(

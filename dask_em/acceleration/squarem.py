@@ -27,7 +27,10 @@ R package (adaptive maximum step, ``mstep = 4``), made strictly monotone:
 
 So an accepted x' has ``L(x') >= L(x1)``, and every other accepted point is an EM image
 of the one before: accepted objectives never decrease.  A cycle costs three passes
-(F(x'), F(F(x')), x'), one more per evaluated rejection.
+(F(x'), F(F(x')), x'), one more per evaluated rejection, except where the loop
+speculates (:meth:`~dask_em.acceleration.driver.PlainEM.speculative`): after a
+rejection, x2 is evaluated in the same pass as the next x', and taken at once if x' is
+rejected again.
 
 Convergence (``tol``) is tested on plain EM steps only (:mod:`dask_em.acceleration.driver`):
 an extrapolation may land anywhere along its path, so its change says nothing about
@@ -171,6 +174,13 @@ class Squarem(PlainEM):
                 return 1.0
             self._backtracks_left -= 1
         return (step + 1.0) / 2.0
+
+    def _fallback_point(self) -> Params | None:
+        """x2, when a rejection takes it (no back-off left); a backed-off step's point
+        depends on the step the rejection leaves, so it is not guessed."""
+        if self._cycle is None or self._backtracks_left > 0:
+            return None
+        return self._cycle.plain
 
     # -- the result of an extrapolated pass -----------------------------------------
     def _tell_extrapolated(

@@ -10,6 +10,8 @@
 - :mod:`~dask_em.engine.events`: the fit's events, sent in order without waiting;
 - :mod:`~dask_em.engine.predict`: prediction graphs, one way for every model;
 - :mod:`~dask_em.engine.tasks`: the functions that run inside those tasks;
+- :mod:`~dask_em.engine.speculation`: whether accelerated runs evaluate a proposal's
+  fallback in its pass (``dask_em.speculate``);
 - :mod:`~dask_em.engine.stalls`: a wait on workers paused for memory stops with
   :class:`~dask_em.exceptions.MemoryStallError` after ``dask_em.stall-timeout`` seconds;
 - :mod:`~dask_em.engine.cluster`: the active client, and the cluster the command line

@@ -29,11 +29,13 @@ from dask_em.acceleration import check_accelerate
 from dask_em.checkpoint import FitState, fingerprint, load_state, save_state
 from dask_em.data import ValueCheck
 from dask_em.engine import EMEngine
+from dask_em.engine.speculation import speculates
 from dask_em.engine.threads import driver_thread_limit
 from dask_em.estimators.starts import initial_points, make_repair, scan
 from dask_em.estimators.warmup import warm_kernels
 from dask_em.families.base import Params
 from dask_em.seeds import seed_from
+from dask_em.shared_passes import pass_each
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +183,7 @@ def fit_candidates(candidates: Sequence[Any], data: FitData) -> CandidatesOutcom
                 )
                 best = [best_of([run.result for run in candidate_runs]) for candidate_runs in runs]
                 families = [candidate._family() for candidate in candidates]
-                scores = em.pass_each(
+                scores = pass_each(
                     engine.map_reduce,
                     list(zip(families, [b.params for b in best], strict=True)),
                     stage="score",
@@ -339,6 +341,7 @@ def em_run(
         resume=resume,
         observe=observe if observe is not None else engine.observe,
         bytes_per_pass=engine.pass_bytes,
+        speculate=speculates(engine),
         log=engine.log,
     )
 

@@ -24,6 +24,7 @@ from dask_em.exceptions import EmptyComponentWarning
 from dask_em.families.base import Params, Stats
 from dask_em.initialization import init_block_stats, initial_centers
 from dask_em.seeds import blockwise_seeds
+from dask_em.shared_passes import merge_each
 
 
 def _without_lengths(block_func, shared, X, lengths, *args):
@@ -125,7 +126,7 @@ def init_passes(engine: EMEngine, requests: Sequence[InitRequest], sample) -> li
         families = tuple(request.family for request in requests)
         stats = engine.map_reduce(
             _rows_pass(engine, _init_block_stats_each),
-            functools.partial(em.merge_each, families),
+            functools.partial(merge_each, families),
             tuple(request.shared for request in requests),
             stage="init",
             per_block=list(zip(*(request.seeds for request in requests), strict=True)),

@@ -1,0 +1,194 @@
+"""Speculative fallbacks of the accelerated drivers (``PlainEM.speculative``): after a
+rejected extrapolation, the next proposal's fallback is evaluated in the same pass, so
+that a run of rejections costs one pass per EM step instead of two.  The accepted points
+must be exactly those of the loop that does not speculate; only the passes change."""
+
+from __future__ import annotations
+
+import itertools
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from dask_em import GaussianMixture
+from dask_em.acceleration import PlainEM, family_evaluate, run_em
+from dask_em.checkpoint import _STEP_FIELDS, _steps
+from dask_em.engine.speculation import CONFIG_KEY as SPECULATE_KEY
+from tests.test_accelerated_fits import overlapping_data, stopped_and_resumed
+from tests.test_acceleration import categorical_mixture, overlapping_gmm, squarem
+from tests.test_daarem import daarem
+
+
+def speculating_run(driver, family, pass_stats, max_passes=100_000):
+    """Drive ``driver`` as the lockstep loop does: one read of the data per pass, the
+    E-step at ``ask()`` and, when offered, at ``speculative()``.  Returns the driver
+    and the number of E-steps evaluated."""
+    evaluate = family_evaluate(family, pass_stats)
+    e_steps = 0
+    while not driver.converged and driver.passes < max_passes:
+        point, second = driver.ask(), driver.speculative()
+        objective, image, stats = evaluate(point)
+        e_steps += 1
+        fallback = None
+        if second is not None:
+            fallback = evaluate(second)
+            e_steps += 1
+        driver.tell(objective, image, stats, None if fallback is None else fallback_of(fallback))
+    return driver, e_steps
+
+
+def fallback_of(result):
+    return lambda: result
+
+
+def rejections_after_rejections(history) -> int:
+    """Rejected proposals that followed a point taken after a rejection: each cost a
+    pass of its own without speculation."""
+    return sum(
+        b.passes - a.passes - 1 if a.after_rejection else 0 for a, b in itertools.pairwise(history)
+    )
+
+
+@pytest.mark.parametrize("method", ["squarem", "daarem"])
+@pytest.mark.parametrize("problem", [overlapping_gmm, categorical_mixture])
+def test_speculation_keeps_every_accepted_point_and_saves_the_repeated_rejections(method, problem):
+    family, pass_stats, start = problem()
+    make = {"squarem": squarem, "daarem": daarem}[method]
+    alone = run_em(
+        make(family, start, tol=1e-10), family_evaluate(family, pass_stats), max_passes=10**5
+    )
+    fast, e_steps = speculating_run(make(family, start, tol=1e-10), family, pass_stats)
+    assert alone.converged and fast.converged
+    saved = rejections_after_rejections(alone.history)
+    assert saved > 0  # the problem has runs of rejections
+    assert [p.objective for p in fast.history] == [p.objective for p in alone.history]
+    assert [(p.kind, p.step, p.after_rejection) for p in fast.history] == [
+        (p.kind, p.step, p.after_rejection) for p in alone.history
+    ]
+    for name in alone.params:
+        np.testing.assert_array_equal(fast.params[name], alone.params[name])
+    assert fast.passes == alone.passes - saved
+    # a speculative pass whose proposal is accepted wastes its second E-step: one per
+    # run of rejections, never a read
+    wasted = sum(
+        b.kind == "extrapolated" and a.after_rejection for a, b in itertools.pairwise(fast.history)
+    )
+    assert e_steps == alone.passes + wasted
+
+
+def test_plain_em_never_speculates():
+    family, pass_stats, start = overlapping_gmm()
+    driver, e_steps = speculating_run(PlainEM(start, tol=1e-6), family, pass_stats)
+    assert driver.converged and e_steps == driver.passes == len(driver.history)
+    assert not any(p.after_rejection for p in driver.history)
+
+
+def test_squarem_with_back_offs_does_not_guess_the_backed_off_point():
+    """With back-offs left, a rejection's next point is a shorter step, not known before
+    the pass: nothing is speculated until they are spent."""
+    family, pass_stats, start = overlapping_gmm()
+    alone = run_em(
+        squarem(family, start, tol=1e-10, max_backtracks=2),
+        family_evaluate(family, pass_stats),
+        max_passes=10**5,
+    )
+    fast, _ = speculating_run(
+        squarem(family, start, tol=1e-10, max_backtracks=2), family, pass_stats
+    )
+    assert [p.objective for p in fast.history] == [p.objective for p in alone.history]
+    assert fast.passes <= alone.passes
+
+
+@pytest.mark.parametrize("accelerate", ["squarem", "daarem"])
+def test_a_fit_that_speculates_equals_one_that_does_not_in_fewer_passes(accelerate):
+    X, w = overlapping_data(2)
+    params = dict(n_components=3, tol=1e-9, max_iter=3000, random_state=0, accelerate=accelerate)
+    fits = {}
+    for speculate in (True, False):
+        with dask.config.set({SPECULATE_KEY: speculate}):
+            fits[speculate] = GaussianMixture(**params).fit(X, sample_weight=w)
+    fast, alone = fits[True], fits[False]
+    assert fast.converged_ and alone.converged_
+    assert fast.lower_bounds_ == alone.lower_bounds_
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(alone, name))
+    assert [h["after_rejection"] for h in fast.history_] == [
+        h["after_rejection"] for h in alone.history_
+    ]
+    assert fast.n_passes_ < alone.n_passes_
+    assert fast.bytes_read_ == fast.n_passes_ * (X.size + w.size) * 8
+
+
+@pytest.mark.slow
+def test_by_default_a_fit_speculates_over_a_streamed_store_not_over_memory(client, tmp_path):
+    X, _ = overlapping_data(2, n=1200)
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store, shape=X.shape, chunks=(300, 2), dtype="f8")[:] = X
+    params = dict(n_components=3, tol=1e-8, max_iter=3000, random_state=0, accelerate="squarem")
+    passes = {}
+    for cache in ("stream", "memory"):
+        for speculate in ("auto", False):
+            with dask.config.set({SPECULATE_KEY: speculate}):
+                model = GaussianMixture(**params, cache=cache).fit(da.from_zarr(str(store)))
+            passes[cache, speculate] = (model.n_passes_, model.lower_bounds_)
+    assert passes["stream", "auto"][1] == passes["stream", False][1]
+    assert passes["stream", "auto"][0] < passes["stream", False][0]
+    assert passes["memory", "auto"] == passes["memory", False]
+
+
+@pytest.mark.slow
+def test_a_fit_stopped_after_a_rejection_resumes_to_the_uninterrupted_result(tmp_path):
+    X, w = overlapping_data(2, n=600)
+    params = dict(n_components=2, tol=1e-6, max_iter=3000, random_state=0, accelerate="daarem")
+    with dask.config.set({SPECULATE_KEY: True}):
+        reference = GaussianMixture(**params).fit(X, sample_weight=w)
+        after = [i + 1 for i, h in enumerate(reference.history_) if h["after_rejection"]]
+        assert len(after) > 1, "the reference fit rejects too few proposals"
+        # stopped right after a point taken after a rejection: the resumed driver
+        # speculates on its next proposal as the uninterrupted one did (the same passes)
+        stopped_and_resumed(tmp_path, params, X, w, reference, after[:1])
+
+
+def test_a_version_4_steps_table_reads_as_no_point_after_a_rejection():
+    columns = np.zeros((5, 3))
+    old = xr.Dataset({"run0_steps_history": (("it", "field"), np.arange(12.0).reshape(3, 4))})
+    steps = _steps(old, "run0", columns)
+    assert steps.shape == (len(_STEP_FIELDS), 3)
+    np.testing.assert_array_equal(steps[:4], np.arange(12.0).reshape(3, 4).T)
+    np.testing.assert_array_equal(steps[4], 0.0)
+    assert _steps(xr.Dataset(), "run0", columns).shape == (len(_STEP_FIELDS), 3)
+
+
+def test_a_version_4_checkpoint_still_resumes(tmp_path):
+    """A checkpoint of format 4 (no ``after_rejection`` column) resumes an accelerated
+    fit to the uninterrupted result."""
+    from dask_em.integrity import MANIFEST_ATTR, add_manifest
+    from tests.test_checkpoint import Stop, stop_after
+
+    X, w = overlapping_data(2, n=600)
+    params = dict(n_components=2, tol=1e-6, max_iter=3000, random_state=0, accelerate="squarem")
+    reference = GaussianMixture(**params).fit(X, sample_weight=w)
+    path = tmp_path / "v5.zarr"
+    with pytest.raises(Stop):
+        GaussianMixture(**params).fit(
+            X, sample_weight=w, checkpoint=path, callbacks=[stop_after(4)]
+        )
+    with xr.open_zarr(path, consolidated=False) as ds:
+        old = ds.load()
+    steps = old["run0_steps_history"]
+    old = old.drop_vars(["run0_steps_history", "step_field"], errors="ignore")
+    old["run0_steps_history"] = (steps.dims, steps.values[:, :4])
+    old.attrs["dask_em_format_version"] = 4
+    old.attrs["step_fields"] = '["passes", "step", "step_max", "extrapolated"]'
+    del old.attrs[MANIFEST_ATTR]
+    add_manifest(old).to_zarr(tmp_path / "v4.zarr", consolidated=False)
+    resumed = GaussianMixture(**params).fit(
+        X, sample_weight=w, checkpoint=tmp_path / "v4.zarr", resume=True
+    )
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_allclose(getattr(resumed, name), getattr(reference, name), atol=1e-12)
+    assert resumed.lower_bounds_ == reference.lower_bounds_
