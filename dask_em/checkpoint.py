@@ -68,8 +68,10 @@ _HISTORY_FIELDS = ("iteration", "objective", "change", "seconds", "bytes_read")
 #: From version 3, per record: ``passes``, ``step``, ``step_max``, and ``extrapolated``
 #: (1 for an extrapolation, 0 for an EM step), in ``<prefix>_steps_history``; from
 #: version 5 also ``after_rejection`` (1 for a point taken after a rejected
-#: extrapolation; 0 in the records of earlier versions).
-_STEP_FIELDS = ("passes", "step", "step_max", "extrapolated", "after_rejection")
+#: extrapolation; 0 in the records of earlier versions) and ``evaluations`` (the points
+#: of the run's path evaluated so far; ``passes`` in earlier versions, which did not
+#: speculate).
+_STEP_FIELDS = ("passes", "step", "step_max", "extrapolated", "after_rejection", "evaluations")
 
 
 def _checkpoint_sizes(attrs: dict) -> dict[str, int]:
@@ -159,6 +161,7 @@ def save_state(path: str | os.PathLike, model: Any, state: FitState) -> None:
                 record.step_max,
                 float(record.move != "em"),
                 float(record.after_rejection),
+                record.evaluations,
             ]
             for record in result.history
         ]
@@ -268,10 +271,11 @@ def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState 
                 step=float(step),
                 step_max=float(step_max),
                 after_rejection=bool(after_rejection),
+                evaluations=int(evaluations),
             )
             for i, (
                 (it, obj, change, sec, nbytes),
-                (passes, step, step_max, extrapolated, after_rejection),
+                (passes, step, step_max, extrapolated, after_rejection, evaluations),
             ) in enumerate(zip(zip(*columns, strict=True), zip(*steps, strict=True), strict=True))
         ]
         out = FitResult(_params_of(model, variables), history)
@@ -315,13 +319,14 @@ def _run_prefixes(ds: xr.Dataset, path) -> list[str]:
 def _steps(ds: xr.Dataset, prefix: str, columns: np.ndarray) -> np.ndarray:
     """The ``_STEP_FIELDS`` columns (field, iteration); before version 3 (plain EM only),
     those of plain EM: one pass per record, steps of 1; before version 5, no point
-    after a rejection."""
+    after a rejection and as many evaluations as passes."""
     n = columns.shape[1]
     if f"{prefix}_steps_history" not in ds:
-        return np.stack([np.arange(1.0, n + 1), np.ones(n), np.ones(n), np.zeros(n), np.zeros(n)])
+        passes = np.arange(1.0, n + 1)
+        return np.stack([passes, np.ones(n), np.ones(n), np.zeros(n), np.zeros(n), passes])
     steps = ds[f"{prefix}_steps_history"].values.T
-    if steps.shape[0] < len(_STEP_FIELDS):
-        steps = np.concatenate([steps, np.zeros((len(_STEP_FIELDS) - steps.shape[0], n))])
+    if steps.shape[0] == 4:  # versions 3 and 4
+        steps = np.concatenate([steps, np.zeros((1, n)), steps[:1]])
     return steps
 
 

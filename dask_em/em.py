@@ -42,7 +42,9 @@ class IterationRecord:
     ``move``: how the point was reached, ``"em"`` (an M-step, or the start) or
     ``"extrapolated"`` (SQUAREM, DAAREM); ``step``: its step length;
     ``after_rejection``: taken because the extrapolation proposed before it was
-    rejected (:meth:`dask_em.acceleration.PlainEM.speculative`).
+    rejected (:meth:`dask_em.acceleration.PlainEM.speculative`); ``evaluations``: the
+    points of this run's path evaluated so far, ``passes`` plus the fallbacks taken in a
+    proposal's pass (``max_iter`` caps it).
     """
 
     iteration: int
@@ -56,6 +58,7 @@ class IterationRecord:
     step: float = 1.0
     step_max: float = 1.0
     after_rejection: bool = False
+    evaluations: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +72,7 @@ class IterationRecord:
             "move": self.move,
             "step": self.step,
             "after_rejection": self.after_rejection,
+            "evaluations": self.evaluations,
         }
 
     def accepted_point(self) -> AcceptedPoint:
@@ -82,6 +86,7 @@ class IterationRecord:
             self.step_max,
             self.reseeded,
             self.after_rejection,
+            self.evaluations,
         )
 
 
@@ -185,8 +190,9 @@ class EMRun:
 
     @property
     def live(self) -> bool:
-        """Whether the run needs another pass (not converged, passes left)."""
-        return not self.driver.converged and self.driver.passes < self.max_iter
+        """Whether the run needs another pass: not converged, and fewer than ``max_iter``
+        points of its path evaluated (a cap speculation does not move)."""
+        return not self.driver.converged and self.driver.evaluations < self.max_iter
 
     @property
     def passes(self) -> int:
@@ -199,9 +205,11 @@ class EMRun:
     def speculative(self) -> Params | None:
         """A second point to evaluate in the next pass, or None (the driver's
         :meth:`~dask_em.acceleration.PlainEM.speculative`: the fallback of an
-        extrapolation proposed after a rejected one); never when ``speculate`` is
-        false."""
-        return self.driver.speculative() if self.speculate else None
+        extrapolation proposed after a rejected one); never when ``speculate`` is false,
+        nor when ``max_iter`` leaves room for one evaluation only."""
+        if not self.speculate or self.driver.evaluations + 2 > self.max_iter:
+            return None
+        return self.driver.speculative()
 
     def tell(self, stats: Stats, fallback_stats: Stats | None = None) -> IterationRecord | None:
         """The merged statistics of the pass at :meth:`ask`'s point (and, when the loop
@@ -214,11 +222,13 @@ class EMRun:
             fallback_params = driver.speculative()
 
             def fallback() -> tuple[float, Params, Stats]:
-                return (
-                    family.objective(fallback_stats, fallback_params),
-                    family.m_step(fallback_stats),
-                    fallback_stats,
-                )
+                value = family.objective(fallback_stats, fallback_params)
+                if not math.isfinite(value):  # an EM point: as a pass of its own would say
+                    raise FloatingPointError(
+                        f"the objective became {value} at iteration {result.n_iter + 1}; "
+                        "check the data for extreme values or increase regularization"
+                    )
+                return value, family.m_step(fallback_stats), fallback_stats
 
         extrapolated = driver.pending_kind != "em"
         objective = family.objective(stats, point_params)
@@ -244,6 +254,7 @@ class EMRun:
             point.step,
             point.step_max,
             point.after_rejection,
+            point.evaluations,
         )
         self._passes_before = driver.passes
         # a family computing in float32 declares a looser tolerance (monotone_tolerance)
@@ -304,6 +315,7 @@ def lockstep(
         speculated = iter(stats[len(live) :])
         for run, run_stats, second in zip(live, stats, seconds, strict=False):
             run.tell(run_stats, None if second is None else next(speculated))
+        assert next(speculated, None) is None, "a speculative result was left over"
         if save is not None and any(run.last_record is not None for run in live):
             save([run.result for run in runs])
         for run in live:
@@ -330,7 +342,8 @@ def run(
     log: logging.Logger = logger,
 ) -> FitResult:
     """EM from ``params`` until a plain EM step changes the mean objective by less than
-    ``tol``, or ``max_iter`` passes over the data (iterations, for plain EM).
+    ``tol``, or ``max_iter`` evaluated points (passes over the data, plus the fallbacks
+    evaluated in a proposal's pass and taken: iterations, for plain EM).
 
     ``accelerate``: None (plain EM), ``"squarem"`` or ``"daarem"``.  ``lower_bound`` is
     the objective of the last accepted point, ``params`` its EM image.
@@ -344,7 +357,9 @@ def run(
     ``resume``: continue a run from the state it saved (``params`` is then ignored);
     the result equals the uninterrupted run's.  ``speculate``: evaluate an accelerated
     run's fallback in the pass of a proposal made after a rejection
-    (:meth:`EMRun.speculative`; the same accepted points in fewer passes).
+    (:meth:`EMRun.speculative`; the same accepted points in fewer passes).  True here and
+    in :class:`EMRun` by default; the estimators ask the engine
+    (:func:`dask_em.engine.speculation.speculates`, Dask config ``dask_em.speculate``).
     """
     one = EMRun(
         family,

@@ -150,8 +150,8 @@ def test_the_checkpoint_is_a_versioned_zarr_store_holding_the_loop_state(tmp_pat
     assert ds["run1_means"].dims == ("component", "feature")
     assert ds["run0_history"].shape == (5, 5)
     assert ds["run1_history"].shape == (5, 5)
-    # passes, step, step_max, extrapolated, after_rejection
-    assert ds["run1_steps_history"].shape == (5, 5)
+    # passes, step, step_max, extrapolated, after_rejection, evaluations
+    assert ds["run1_steps_history"].shape == (5, 6)
     np.testing.assert_array_equal(ds["run1_steps_history"].values[:, 0], np.arange(1, 6))
     # scan, one init pass and five EM passes, each serving both initializations
     assert int(ds.attrs["passes"]) == 1 + 1 + 5

@@ -14,13 +14,15 @@ import pytest
 import xarray as xr
 import zarr
 
-from dask_em import GaussianMixture
+from dask_em import GaussianMixture, em
 from dask_em.acceleration import PlainEM, family_evaluate, run_em
 from dask_em.checkpoint import _STEP_FIELDS, _steps
 from dask_em.engine.speculation import CONFIG_KEY as SPECULATE_KEY
+from dask_em.families.gaussian import GaussianFamily
 from tests.test_accelerated_fits import overlapping_data, stopped_and_resumed
 from tests.test_acceleration import categorical_mixture, overlapping_gmm, squarem
 from tests.test_daarem import daarem
+from tests.test_lockstep import blocks_map_reduce
 
 
 def speculating_run(driver, family, pass_stats, max_passes=100_000):
@@ -87,20 +89,91 @@ def test_plain_em_never_speculates():
     assert not any(p.after_rejection for p in driver.history)
 
 
-def test_squarem_with_back_offs_does_not_guess_the_backed_off_point():
+def test_squarem_with_back_offs_speculates_only_once_they_are_spent():
     """With back-offs left, a rejection's next point is a shorter step, not known before
-    the pass: nothing is speculated until they are spent."""
-    family, pass_stats, start = overlapping_gmm()
+    the pass: x2 is offered only once they are spent, and the path stays the same."""
+    family, pass_stats, start = categorical_mixture()
     alone = run_em(
-        squarem(family, start, tol=1e-10, max_backtracks=2),
+        squarem(family, start, tol=1e-10, max_backtracks=1),
         family_evaluate(family, pass_stats),
         max_passes=10**5,
     )
     fast, _ = speculating_run(
-        squarem(family, start, tol=1e-10, max_backtracks=2), family, pass_stats
+        squarem(family, start, tol=1e-10, max_backtracks=1), family, pass_stats
     )
     assert [p.objective for p in fast.history] == [p.objective for p in alone.history]
-    assert fast.passes <= alone.passes
+    assert [(p.kind, p.step, p.after_rejection) for p in fast.history] == [
+        (p.kind, p.step, p.after_rejection) for p in alone.history
+    ]
+    assert fast.passes < alone.passes
+    assert fast.evaluations == alone.evaluations == alone.passes
+
+
+def test_runs_speculating_together_equal_each_alone():
+    """Several runs offering second points in one lockstep pass: each run's results as
+    alone without speculation, its passes as alone with it."""
+    rng = np.random.default_rng(0)
+    family = GaussianFamily("full")
+    means = np.array([[0.0, 0.0], [1.5, 0.5], [0.5, 2.0]])
+    labels = rng.choice(3, size=1500, p=[0.5, 0.3, 0.2])
+    X = means[labels] + rng.standard_normal((1500, 2)) @ np.array([[1.0, 0.3], [0.0, 0.8]])
+    blocks = np.array_split(X, 5)
+    starts = [
+        family.make_params(
+            np.full(3, 1 / 3),
+            means + rng.normal(0, 0.7, size=(3, 2)),
+            covariances=np.stack([np.eye(2)] * 3),
+        )
+        for _ in range(4)
+    ]
+    methods = ["squarem", "daarem", "squarem", "daarem"]
+
+    def runs(speculate, which=range(4)):
+        return [
+            em.EMRun(
+                family,
+                starts[i],
+                max_iter=5000,
+                tol=1e-10,
+                accelerate=methods[i],
+                speculate=speculate,
+            )
+            for i in which
+        ]
+
+    passes: list = []
+    together = em.lockstep(blocks_map_reduce(blocks, passes), runs(True))
+    for i, result in enumerate(together):
+        (alone,) = em.lockstep(blocks_map_reduce(blocks, []), runs(False, [i]))
+        (alone_fast,) = em.lockstep(blocks_map_reduce(blocks, []), runs(True, [i]))
+        assert result.converged and alone.converged
+        assert [r.objective for r in result.history] == [r.objective for r in alone.history]
+        for name in alone.params:
+            np.testing.assert_array_equal(result.params[name], alone.params[name])
+        assert [r.passes for r in result.history] == [r.passes for r in alone_fast.history]
+        assert result.passes <= alone.passes
+    assert len(passes) == max(r.passes for r in together)
+    assert any(r.after_rejection for result in together for r in result.history)
+
+
+@pytest.mark.parametrize("accelerate", ["squarem", "daarem"])
+def test_a_binding_max_iter_stops_a_speculating_fit_where_it_stops_one_that_does_not(
+    accelerate,
+):
+    X, w = overlapping_data(2)
+    params = dict(n_components=3, tol=0.0, max_iter=150, random_state=0, accelerate=accelerate)
+    fits = {}
+    for speculate in (True, False):
+        with dask.config.set({SPECULATE_KEY: speculate}):
+            fits[speculate] = GaussianMixture(**params).fit(X, sample_weight=w)
+    fast, alone = fits[True], fits[False]
+    assert not fast.converged_ and not alone.converged_
+    assert fast.n_iter_ == alone.n_iter_ and fast.lower_bounds_ == alone.lower_bounds_
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(alone, name))
+    assert alone.history_[-1]["evaluations"] == alone.history_[-1]["passes"] <= 150
+    assert fast.history_[-1]["evaluations"] == alone.history_[-1]["evaluations"]
+    assert fast.n_passes_ < alone.n_passes_
 
 
 @pytest.mark.parametrize("accelerate", ["squarem", "daarem"])
@@ -159,7 +232,8 @@ def test_a_version_4_steps_table_reads_as_no_point_after_a_rejection():
     steps = _steps(old, "run0", columns)
     assert steps.shape == (len(_STEP_FIELDS), 3)
     np.testing.assert_array_equal(steps[:4], np.arange(12.0).reshape(3, 4).T)
-    np.testing.assert_array_equal(steps[4], 0.0)
+    np.testing.assert_array_equal(steps[4], 0.0)  # no point after a rejection
+    np.testing.assert_array_equal(steps[5], steps[0])  # as many evaluations as passes
     assert _steps(xr.Dataset(), "run0", columns).shape == (len(_STEP_FIELDS), 3)
 
 
@@ -171,12 +245,14 @@ def test_a_version_4_checkpoint_still_resumes(tmp_path):
 
     X, w = overlapping_data(2, n=600)
     params = dict(n_components=2, tol=1e-6, max_iter=3000, random_state=0, accelerate="squarem")
-    reference = GaussianMixture(**params).fit(X, sample_weight=w)
-    path = tmp_path / "v5.zarr"
-    with pytest.raises(Stop):
-        GaussianMixture(**params).fit(
-            X, sample_weight=w, checkpoint=path, callbacks=[stop_after(4)]
-        )
+    with dask.config.set({SPECULATE_KEY: True}):
+        reference = GaussianMixture(**params).fit(X, sample_weight=w)
+        stop = next(i + 1 for i, h in enumerate(reference.history_) if h["after_rejection"])
+        path = tmp_path / "v5.zarr"
+        with pytest.raises(Stop):
+            GaussianMixture(**params).fit(
+                X, sample_weight=w, checkpoint=path, callbacks=[stop_after(stop)]
+            )
     with xr.open_zarr(path, consolidated=False) as ds:
         old = ds.load()
     steps = old["run0_steps_history"]
@@ -186,9 +262,13 @@ def test_a_version_4_checkpoint_still_resumes(tmp_path):
     old.attrs["step_fields"] = '["passes", "step", "step_max", "extrapolated"]'
     del old.attrs[MANIFEST_ATTR]
     add_manifest(old).to_zarr(tmp_path / "v4.zarr", consolidated=False)
-    resumed = GaussianMixture(**params).fit(
-        X, sample_weight=w, checkpoint=tmp_path / "v4.zarr", resume=True
-    )
+    with dask.config.set({SPECULATE_KEY: True}):
+        resumed = GaussianMixture(**params).fit(
+            X, sample_weight=w, checkpoint=tmp_path / "v4.zarr", resume=True
+        )
     for name in ("weights_", "means_", "covariances_"):
         np.testing.assert_allclose(getattr(resumed, name), getattr(reference, name), atol=1e-12)
     assert resumed.lower_bounds_ == reference.lower_bounds_
+    # format 4 knew no speculation: its points read as taken after no rejection, so the
+    # resumed run's first proposal is not speculated (one pass more at most)
+    assert 0 <= resumed.history_[-1]["passes"] - reference.history_[-1]["passes"] <= 1

@@ -23,9 +23,11 @@ rejected too.  A loop that evaluates both in one pass (each block read once, two
 E-steps; :func:`dask_em.em.lockstep` does) passes the second result to ``tell`` as
 ``fallback``, and a rejection then costs no pass of its own.  Rejections come in runs
 where EM's path curves (the proposals point off it), so on the slow problems of
-``benchmarks/passes.py`` this saves a quarter to a third of the passes; a speculative
-pass whose proposal is accepted wastes one E-step (once per run of rejections) but no
-read.  The accepted points are the same with or without speculation.
+``benchmarks/passes.py`` this saves up to a third of the passes; a speculative pass
+whose proposal is accepted wastes one E-step (once per run of rejections) but no read.
+The accepted points are the same with or without speculation: ``evaluations`` counts
+the points the run's path evaluated (passes, plus the fallbacks taken in a proposal's
+pass), the same either way, and a loop caps that, not the passes.
 
 Convergence is the current loop's rule: a plain EM step (an accepted point reached by
 an M-step) whose objective changed by less than ``tol`` from the accepted point before
@@ -71,7 +73,9 @@ class AcceptedPoint:
     (1 for EM steps); ``step_max``: the driver's maximum step length once this point was
     accepted; ``reseeded``: the components the repair hook moved in this point's image;
     ``after_rejection``: it was taken because the extrapolation proposed before it was
-    rejected (the driver then speculates: :meth:`PlainEM.speculative`).
+    rejected (the driver then speculates: :meth:`PlainEM.speculative`); ``evaluations``:
+    the points evaluated so far on the run's path, ``passes`` plus the fallbacks taken
+    in a proposal's pass (what it would have cost in passes without speculation).
     """
 
     objective: float
@@ -82,6 +86,7 @@ class AcceptedPoint:
     step_max: float = 1.0
     reseeded: tuple[int, ...] = ()
     after_rejection: bool = False
+    evaluations: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +98,7 @@ class AcceptedPoint:
             "step_max": self.step_max,
             "reseeded": list(self.reseeded),
             "after_rejection": self.after_rejection,
+            "evaluations": self.evaluations,
         }
 
 
@@ -135,6 +141,7 @@ class PlainEM:
         self.history: list[AcceptedPoint] = []
         self.converged = False
         self.passes = 0
+        self.evaluations = 0  # points of the run's path evaluated: passes + taken fallbacks
         self._chain: list[Params] = []
         self._image = params
         self._pending = params
@@ -153,11 +160,12 @@ class PlainEM:
     def speculative(self) -> Params | None:
         """A second point for the pass at :meth:`ask`'s point, or None.
 
-        When the pending point is an extrapolation and the last one was rejected, the
-        point the driver falls back to if this one is rejected too (the EM image of the
-        last accepted point, known before the pass).  A loop that evaluates it in the
-        same pass (one read of each block, two E-steps) gives its result to
-        :meth:`tell` as ``fallback``; a rejection then costs no pass of its own.
+        When the pending point is an extrapolation and the last accepted point was taken
+        after a rejected one, the point the driver falls back to if this one is rejected
+        too (the EM image of the last accepted point, known before the pass).  A loop
+        that evaluates it in the same pass (one read of each block, two E-steps) gives
+        its result to :meth:`tell` as ``fallback``; a rejection then costs no pass of
+        its own.
         Rejections come in runs on curved stretches of EM's path, so this is asked
         only after one: a pass that speculates and accepts wastes one E-step, never a
         read.  The accepted points are the same whether a loop speculates or not.
@@ -184,6 +192,7 @@ class PlainEM:
         point is rejected, and the fallback is then told in the same pass.
         """
         self.passes += 1
+        self.evaluations += 1
         if self._pending_kind != "extrapolated":
             return self._tell_em(objective, image, stats)
         speculated = self.speculative() if fallback is not None else None
@@ -192,6 +201,7 @@ class PlainEM:
             return point
         self._after_rejection = True
         if speculated is not None and self._pending is speculated:
+            self.evaluations += 1
             return self._tell_em(*fallback())
         return None
 
@@ -269,6 +279,7 @@ class PlainEM:
             self.step_max,
             changed,
             self._after_rejection,
+            self.evaluations,
         )
         self._after_rejection = False
         self._check_monotone(point)
@@ -290,6 +301,7 @@ class PlainEM:
             return
         last = self.history[-1]
         self.passes = last.passes
+        self.evaluations = last.evaluations
         self._restore_step(last)
         self.converged = last.kind == "em" and abs(last.change) < self.tol
         if not self.converged:

@@ -46,7 +46,8 @@ class GaussianMixture(BaseMixture):
         None: plain EM.  "squarem": SQUAREM-accelerated EM; "daarem": damped Anderson
         acceleration with restarts (fewer passes over the data on slowly converging
         fits; same optimum, objective still never decreasing).
-        ``max_iter`` then caps passes over the data.  Every estimator takes it.
+        ``max_iter`` then caps the points evaluated (passes over the data, plus
+        fallbacks evaluated in a proposal's pass).  Every estimator takes it.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
         How the initial centres are chosen, on a sample of ``init_sample_size`` rows drawn
         from across all blocks; the initial parameters then come from one distributed
