@@ -272,3 +272,36 @@ def test_a_version_4_checkpoint_still_resumes(tmp_path):
     # format 4 knew no speculation: its points read as taken after no rejection, so the
     # resumed run's first proposal is not speculated (one pass more at most)
     assert 0 <= resumed.history_[-1]["passes"] - reference.history_[-1]["passes"] <= 1
+
+
+@pytest.mark.parametrize("accelerate", ["squarem", "daarem"])
+def test_an_hmm_over_split_sequences_speculates_with_one_preliminary_pass_a_pass(accelerate):
+    """Sequences split across blocks need a preliminary pass before each E-step
+    (dask_em.preparation): a speculative pass prepares both points in one of them."""
+    from dask_em.families.hmm import HMMFamily
+    from tests.test_hmm_split import _blocks, _family_case
+
+    X, emission, params = _family_case("diag", steps=3000)
+    X = X[~np.isnan(X).any(axis=1)]
+    family = HMMFamily(emission, split_sequences=True)
+    blocks = _blocks(X, 500)
+    results, stages = {}, {}
+    for speculate in (True, False):
+        calls: list = []
+
+        def map_reduce(block_func, merge, shared, *, stage, calls=calls):
+            calls.append(stage)
+            return merge(*(block_func(shared, x, t) for x, t in blocks))
+
+        run = em.EMRun(
+            family, params, max_iter=3000, tol=1e-9, accelerate=accelerate, speculate=speculate
+        )
+        (results[speculate],) = em.lockstep(map_reduce, [run])
+        stages[speculate] = calls
+    fast, alone = results[True], results[False]
+    assert fast.converged and alone.converged
+    assert [r.objective for r in fast.history] == [r.objective for r in alone.history]
+    assert fast.passes < alone.passes
+    for speculate, result in results.items():
+        assert stages[speculate].count("summary") == stages[speculate].count("estep")
+        assert stages[speculate].count("estep") == result.passes
