@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "dask_em.checkpoint"
 #: 2: the manifest of dask_em.integrity; 3: accelerated EM; 4: lockstep restarts;
-#: 5: ``after_rejection`` per record
+#: 5: ``after_rejection`` and ``evaluations`` per record
 FORMAT_VERSION = 5
 
 

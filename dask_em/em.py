@@ -224,20 +224,14 @@ class EMRun:
             def fallback() -> tuple[float, Params, Stats]:
                 value = family.objective(fallback_stats, fallback_params)
                 if not math.isfinite(value):  # an EM point: as a pass of its own would say
-                    raise FloatingPointError(
-                        f"the objective became {value} at iteration {result.n_iter + 1}; "
-                        "check the data for extreme values or increase regularization"
-                    )
+                    raise self._non_finite(value)
                 return value, family.m_step(fallback_stats), fallback_stats
 
         extrapolated = driver.pending_kind != "em"
         objective = family.objective(stats, point_params)
         self.last_record = None
         if not math.isfinite(objective) and not extrapolated:
-            raise FloatingPointError(
-                f"the objective became {objective} at iteration {result.n_iter + 1}; "
-                "check the data for extreme values or increase regularization"
-            )
+            raise self._non_finite(objective)
         image = family.m_step(stats) if math.isfinite(objective) else point_params
         point = driver.tell(objective, image, stats, fallback)
         if point is None:  # a rejected extrapolation
@@ -270,6 +264,13 @@ class EMRun:
         self.last_record = record
         self.start_clock()
         return record
+
+    def _non_finite(self, objective: float) -> FloatingPointError:
+        """The error for a non-finite objective at an EM point of the next iteration."""
+        return FloatingPointError(
+            f"the objective became {objective} at iteration {self.result.n_iter + 1}; "
+            "check the data for extreme values or increase regularization"
+        )
 
     def start_clock(self) -> None:
         """Count the next record's seconds from now: its passes, not the set-up before
@@ -312,8 +313,8 @@ def lockstep(
                 if second is not None:
                     pairs.append((run.family, second))
             stats = pass_each(map_reduce, pairs)
-        speculated = iter(stats[len(live) :])
-        for run, run_stats, second in zip(live, stats, seconds, strict=False):
+        speculated = iter(stats[len(live) :])  # in the order of the runs that offered one
+        for run, run_stats, second in zip(live, stats[: len(live)], seconds, strict=True):
             run.tell(run_stats, None if second is None else next(speculated))
         assert next(speculated, None) is None, "a speculative result was left over"
         if save is not None and any(run.last_record is not None for run in live):
