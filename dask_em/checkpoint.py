@@ -56,8 +56,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "dask_em.checkpoint"
 #: 2: the manifest of dask_em.integrity; 3: accelerated EM; 4: lockstep restarts;
-#: 5: ``after_rejection`` and ``evaluations`` per record
-FORMAT_VERSION = 5
+#: 5: ``after_rejection`` and ``evaluations`` per record; 6: the driver's own arrays
+#: (``run<r>_driver_<name>``, named in the attribute ``run<r>_driver_arrays``: the
+#: Jacobian and the centre's damping of ``accelerate="newton"``)
+FORMAT_VERSION = 6
 
 
 #: Estimator parameters that may change between a run and its resumption: they do not
@@ -175,6 +177,13 @@ def save_state(path: str | os.PathLike, model: Any, state: FitState) -> None:
         for i, point in enumerate(result.chain):
             for name, (dims, values) in _variables_of(model, point).items():
                 data_vars[f"{prefix}_chain{i}_{name}"] = (dims, np.asarray(values))
+        # the driver's own arrays (empty ones are left out: the driver reads them as unset)
+        stored = {n: np.asarray(a, dtype=np.float64) for n, a in result.arrays.items()}
+        stored = {n: a for n, a in stored.items() if a.size}
+        attrs[f"{prefix}_driver_arrays"] = json.dumps(sorted(stored))
+        for name, values in stored.items():
+            dims = tuple(f"{prefix}_driver_{name}_axis{i}" for i in range(values.ndim))
+            data_vars[f"{prefix}_driver_{name}"] = (dims, values)
     write_zarr_atomically(
         add_manifest(xr.Dataset(data_vars, attrs=attrs)),
         path,
@@ -287,6 +296,8 @@ def load_state(path: str | os.PathLike, model: Any, expected: dict) -> FitState 
             _params_of(model, {name: ds[f"{prefix}_chain{i}_{name}"].values for name in names})
             for i in range(int(ds.attrs.get(f"{prefix}_chain_length", 0)))
         )
+        arrays = json.loads(ds.attrs.get(f"{prefix}_driver_arrays", "[]"))  # before 6: none
+        out.arrays = {name: ds[f"{prefix}_driver_{name}"].values for name in arrays}
         return out
 
     return FitState(

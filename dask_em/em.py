@@ -19,84 +19,35 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dask_em.acceleration import AcceptedPoint, EMState, make_driver
+from dask_em.acceleration import EMState, make_driver
+from dask_em.acceleration.driver import TRIAL_POINT_ERRORS
 from dask_em.families.base import Family, Params, Stats
+from dask_em.records import MONOTONE_TOLERANCE, IterationRecord, check_monotone
 from dask_em.shared_passes import pass_each
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "MONOTONE_TOLERANCE",
+    "EMRun",
+    "FitResult",
+    "IterationRecord",
+    "check_monotone",
+    "lockstep",
+    "run",
+]
 
-#: An objective that falls by more than this (relative) is reported as a decrease.
-MONOTONE_TOLERANCE = 1e-10
+logger = logging.getLogger(__name__)
 
 #: ``map_reduce(block_func, merge, shared, *, stage=...) -> merged statistics``
 MapReduce = Callable[..., Stats]
 
 
 @dataclass
-class IterationRecord:
-    """One accepted point of an EM run: the objective at it (mean, penalized).
-
-    ``iteration``: its index (1-based); ``change``: objective minus the previous
-    record's; ``seconds`` and ``bytes_read``: of the passes since the previous record
-    (rejected extrapolations included); ``passes``: passes of this EM run so far;
-    ``move``: how the point was reached, ``"em"`` (an M-step, or the start) or
-    ``"extrapolated"`` (SQUAREM, DAAREM); ``step``: its step length;
-    ``after_rejection``: taken because the extrapolation proposed before it was
-    rejected (:meth:`dask_em.acceleration.PlainEM.speculative`); ``evaluations``: the
-    points of this run's path evaluated so far, ``passes`` plus the fallbacks taken in a
-    proposal's pass (``max_iter`` caps it).
-    """
-
-    iteration: int
-    objective: float
-    change: float
-    seconds: float
-    reseeded: tuple[int, ...] = ()
-    bytes_read: int = 0  # bytes of data (X and weights) the iteration's E-step tasks read
-    passes: int = 0
-    move: str = "em"
-    step: float = 1.0
-    step_max: float = 1.0
-    after_rejection: bool = False
-    evaluations: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "iteration": self.iteration,
-            "objective": self.objective,
-            "change": self.change,
-            "seconds": self.seconds,
-            "reseeded": list(self.reseeded),
-            "bytes_read": self.bytes_read,
-            "passes": self.passes,
-            "move": self.move,
-            "step": self.step,
-            "after_rejection": self.after_rejection,
-            "evaluations": self.evaluations,
-        }
-
-    def accepted_point(self) -> AcceptedPoint:
-        """The driver's view of this record (to resume a driver)."""
-        return AcceptedPoint(
-            self.objective,
-            self.change,
-            self.passes,
-            self.move,
-            self.step,
-            self.step_max,
-            self.reseeded,
-            self.after_rejection,
-            self.evaluations,
-        )
-
-
-@dataclass
 class FitResult:
     """What :func:`run` returns (and what a checkpoint stores of a running fit).
 
-    ``chain``: the driver's last points linked by plain EM steps (SQUAREM extrapolates
-    from them; see :class:`dask_em.acceleration.EMState`); ``passes``: passes over the
-    data this run made.
+    ``chain`` and ``arrays``: the driver's earlier points and own arrays (see
+    :class:`dask_em.acceleration.EMState`); ``passes``: passes over the data this run
+    made.
     """
 
     params: Params
@@ -106,6 +57,7 @@ class FitResult:
     lower_bound: float = -math.inf
     chain: tuple[Params, ...] = ()
     passes: int = 0
+    arrays: dict[str, Any] = field(default_factory=dict)  # the driver's (EMState.arrays)
 
     def copy(self) -> FitResult:
         """A copy that later iterations of the run do not change (its own history
@@ -118,13 +70,13 @@ class FitResult:
             self.lower_bound,
             self.chain,
             self.passes,
+            dict(self.arrays),
         )
 
     def em_state(self) -> EMState:
         """The driver's state (to resume a driver from it)."""
-        return EMState(
-            self.params, tuple(r.accepted_point() for r in self.history), tuple(self.chain)
-        )
+        history = tuple(r.accepted_point() for r in self.history)
+        return EMState(self.params, history, tuple(self.chain), dict(self.arrays))
 
 
 Repair = Callable[[Params, Stats], tuple[Params, tuple[int, ...]]]
@@ -171,6 +123,7 @@ class EMRun:
         if resume is not None:
             result.params, result.history = resume.params, list(resume.history)
             result.chain, result.passes = tuple(resume.chain), resume.passes
+            result.arrays = dict(resume.arrays)
             if result.history:
                 last = result.history[-1]
                 result.n_iter, result.lower_bound = last.iteration, last.objective
@@ -211,9 +164,39 @@ class EMRun:
             return None
         return self.driver.speculative()
 
-    def tell(self, stats: Stats, fallback_stats: Stats | None = None) -> IterationRecord | None:
+    def points(self) -> list[Params]:
+        """Every point the next pass evaluates for this run: :meth:`ask`'s, then
+        :meth:`speculative`'s if any, then the driver's companions."""
+        second = self.speculative()
+        return [self.ask(), *([] if second is None else [second]), *self.driver.companions()]
+
+    def tell_points(self, stats: Sequence[Stats]) -> IterationRecord | None:
+        """:meth:`tell` with the statistics at :meth:`points`, in that order."""
+        speculated = self.speculative() is not None
+        companions = [
+            self._companion(s, p)
+            for s, p in zip(stats[1 + speculated :], self.driver.companions(), strict=True)
+        ]
+        return self.tell(stats[0], stats[1] if speculated else None, companions)
+
+    def _companion(self, stats: Stats, params: Params) -> tuple[float, Params | None, Stats]:
+        """``(objective, image, stats)`` at a companion point; an M-step that fails there
+        (a trial point far out, where a component has no weight) gives ``(-inf, None)``:
+        the driver passes over it, as over a point whose objective is not finite."""
+        try:
+            return self.family.objective(stats, params), self.family.m_step(stats), stats
+        except TRIAL_POINT_ERRORS:
+            return -math.inf, None, stats
+
+    def tell(
+        self,
+        stats: Stats,
+        fallback_stats: Stats | None = None,
+        companions: Sequence[tuple[float, Params | None, Stats]] = (),
+    ) -> IterationRecord | None:
         """The merged statistics of the pass at :meth:`ask`'s point (and, when the loop
-        evaluated it in the same pass, at :meth:`speculative`'s); returns the record of
+        evaluated it in the same pass, at :meth:`speculative`'s; ``companions``: the
+        ``(objective, image, stats)`` at the driver's companions); returns the record of
         the accepted point, or None (a rejected extrapolation)."""
         driver, family, result = self.driver, self.family, self.result
         point_params = driver.ask()
@@ -233,7 +216,7 @@ class EMRun:
         if not math.isfinite(objective) and not extrapolated:
             raise self._non_finite(objective)
         image = family.m_step(stats) if math.isfinite(objective) else point_params
-        point = driver.tell(objective, image, stats, fallback)
+        point = driver.tell(objective, image, stats, fallback, companions)
         if point is None:  # a rejected extrapolation
             return None
         record = IterationRecord(
@@ -257,7 +240,8 @@ class EMRun:
         result.history.append(record)
         result.params, result.n_iter = driver.params, record.iteration
         result.lower_bound = record.objective
-        result.chain, result.passes = driver.state.chain, driver.passes
+        state = driver.state
+        result.chain, result.arrays, result.passes = state.chain, state.arrays, driver.passes
         result.converged = driver.converged
         if self.observe is not None:
             self.observe(record)
@@ -296,8 +280,9 @@ def lockstep(
     the E-step of every live run, block by block, so the data is read once per pass
     however many runs there are (restarts, model sizes).  A run that converges or
     reaches its ``max_iter`` drops out.  Each run's arithmetic is the same as alone,
-    so its result equals :func:`run`'s bit for bit.  A run whose driver offers a
-    second point (:meth:`EMRun.speculative`) has it evaluated in the same pass.
+    so its result equals :func:`run`'s bit for bit.  A run whose driver offers more
+    points (:meth:`EMRun.points`: a speculative fallback, a driver's companions) has them
+    evaluated in the same pass.
 
     After each pass in which some run accepted a point: ``save(results)`` (all runs'
     results so far: a checkpoint), then each such run's callbacks.
@@ -305,18 +290,12 @@ def lockstep(
     for run in runs:
         run.start_clock()
     while live := [run for run in runs if run.live]:
-        points = [run.ask() for run in live]
-        seconds = [run.speculative() for run in live]
+        points = [run.points() for run in live]
         with iteration_scope(1 + max(run.passes for run in live)):
-            pairs = [(run.family, point) for run, point in zip(live, points, strict=True)]
-            for run, second in zip(live, seconds, strict=True):
-                if second is not None:
-                    pairs.append((run.family, second))
-            stats = pass_each(map_reduce, pairs)
-        speculated = iter(stats[len(live) :])  # in the order of the runs that offered one
-        for run, run_stats, second in zip(live, stats[: len(live)], seconds, strict=True):
-            run.tell(run_stats, None if second is None else next(speculated))
-        assert next(speculated, None) is None, "a speculative result was left over"
+            pairs = [(run.family, p) for run, ps in zip(live, points, strict=True) for p in ps]
+            stats = iter(pass_each(map_reduce, pairs))
+        for run, run_points in zip(live, points, strict=True):
+            run.tell_points([next(stats) for _ in run_points])
         if save is not None and any(run.last_record is not None for run in live):
             save([run.result for run in runs])
         for run in live:
@@ -346,8 +325,8 @@ def run(
     ``tol``, or ``max_iter`` evaluated points (passes over the data, plus the fallbacks
     evaluated in a proposal's pass and taken: iterations, for plain EM).
 
-    ``accelerate``: None (plain EM), ``"squarem"`` or ``"daarem"``.  ``lower_bound`` is
-    the objective of the last accepted point, ``params`` its EM image.
+    ``accelerate``: None (plain EM), ``"squarem"``, ``"daarem"`` or ``"newton"``.
+    ``lower_bound`` is the objective of the last accepted point, ``params`` its EM image.
     ``repair(params, stats)`` may fix up an image (re-seeding) and returns the indices it
     changed.  After every accepted point: ``observe(record)`` first (the engine's log
     line and event), then ``save(result)`` (a checkpoint of the whole loop state), then
@@ -378,22 +357,3 @@ def run(
     )
     save_one = None if save is None else (lambda results: save(results[0]))
     return lockstep(map_reduce, [one], iteration_scope=iteration_scope, save=save_one)[0]
-
-
-def check_monotone(
-    record: IterationRecord,
-    history: list[IterationRecord],
-    log: logging.Logger = logger,
-    tolerance: float = MONOTONE_TOLERANCE,
-) -> None:
-    """Warn (log) when the objective fell since the last iteration (no re-seeding then)."""
-    if not history or history[-1].reseeded:
-        return
-    before = history[-1].objective
-    if record.objective < before - tolerance * max(1.0, abs(before)):
-        log.warning(
-            "objective decreased at iteration %d: %.12g -> %.12g",
-            record.iteration,
-            before,
-            record.objective,
-        )

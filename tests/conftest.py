@@ -43,17 +43,24 @@ class _DecreaseRecorder(logging.Handler):
             self.messages.append(record.getMessage())
 
 
+_LOOP_LOGGERS = ("dask_em.engine", "dask_em.em", "dask_em.acceleration.driver")
+
+
 @pytest.fixture(autouse=True)
 def no_fit_decreases_its_objective(request):
-    """Every fit in every test: the engine reports any decrease beyond 1e-10 relative."""
+    """Every fit in every test: the engine, the loop and the drivers report any decrease
+    beyond 1e-10 relative (a float32 fit's loop: its family's looser tolerance)."""
     if request.node.get_closest_marker("allow_objective_decrease"):
         yield
         return
     recorder = _DecreaseRecorder()
-    engine_logger = logging.getLogger("dask_em.engine")
-    engine_logger.addHandler(recorder)
+    # the engine's fits; loops run directly (dask_em.em) and drivers run by run_em
+    loggers = [logging.getLogger(name) for name in _LOOP_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(recorder)
     try:
         yield
     finally:
-        engine_logger.removeHandler(recorder)
+        for logger in loggers:
+            logger.removeHandler(recorder)
     assert recorder.messages == []

@@ -367,18 +367,24 @@ def test_accepted_objectives_never_decrease_discrete_mixtures_with_priors(kind):
     assert_accepted_never_decrease(fast.history)
 
 
-@pytest.mark.parametrize("kind", EMISSIONS)
-def test_accepted_objectives_never_decrease_hmm_over_every_emission(kind):
-    rng = np.random.default_rng(7)
+def hmm_with_priors(kind, rng):
+    """A sticky 3-state HMM with ``kind`` emissions and Dirichlet priors on its chain:
+    the family, its start, and 5 sequences of 80 steps (X, lengths)."""
     emission, emission_params = emission_case(kind, rng)
     family = HMMFamily(emission, startprob_concentration=1.5, transmat_concentration=2.0)
     data_kind = {"poisson": "poisson", "categorical": "categorical"}.get(kind, "gaussian")
     X, lengths = hmm_sequences(rng, data_kind, n_sequences=5, length=80)
     if kind == "bernoulli":
         X = (X > 1.0).astype(float)
+    return family, hmm_start(family, emission_params), X, lengths
+
+
+@pytest.mark.parametrize("kind", EMISSIONS)
+def test_accepted_objectives_never_decrease_hmm_over_every_emission(kind):
+    rng = np.random.default_rng(7)
+    family, start, X, lengths = hmm_with_priors(kind, rng)
     if kind in COVARIANCE_TYPES:
         X[rng.random(X.shape) < 0.05] = np.nan
-    start = hmm_start(family, emission_params)
     fast = fit(
         squarem(family, start, tol=1e-13),
         family,

@@ -145,7 +145,7 @@ def test_the_checkpoint_is_a_versioned_zarr_store_holding_the_loop_state(tmp_pat
     model.fit(gaussian_data(), checkpoint=path)
     ds = xr.open_zarr(path, consolidated=False)
     assert ds.attrs["dask_em_format"] == FORMAT_NAME
-    assert ds.attrs["dask_em_format_version"] == 5
+    assert ds.attrs["dask_em_format_version"] == 6
     assert int(ds.attrs["n_runs"]) == 2
     assert ds["run1_means"].dims == ("component", "feature")
     assert ds["run0_history"].shape == (5, 5)

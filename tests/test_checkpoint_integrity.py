@@ -147,7 +147,7 @@ def test_a_checkpoint_that_does_not_read_back_never_replaces_the_good_one(tmp_pa
 
 
 def test_a_version_1_checkpoint_without_a_manifest_still_resumes(tmp_path):
-    assert FORMAT_VERSION == 5
+    assert FORMAT_VERSION == 6
     reference = GaussianMixture(2, **PARAMS).fit(X)
     path = interrupted_checkpoint(MODELS["gmm"][0], tmp_path / "ck.zarr")
     earlier = as_format_3(path)

@@ -14,7 +14,6 @@ from dask_em import GaussianMixture, em
 from dask_em.acceleration import PlainEM, family_evaluate, parameter_map, run_em
 from dask_em.acceleration.daarem import Daarem, anderson_point, damping_target, ridge_for_norm
 from dask_em.families.gaussian import COVARIANCE_TYPES
-from dask_em.families.hmm import HMMFamily
 from dask_em.families.poisson import PoissonFamily
 from tests.test_accelerated_fits import overlapping_data, stopped_and_resumed
 from tests.test_acceleration import (
@@ -22,12 +21,10 @@ from tests.test_acceleration import (
     assert_accepted_never_decrease,
     assert_params_close,
     categorical_mixture,
-    emission_case,
     fit,
     gaussian_with_missing,
     hasselblad,
-    hmm_sequences,
-    hmm_start,
+    hmm_with_priors,
     separated_gmm,
     squarem,
     stopping_checkpoint,
@@ -137,15 +134,9 @@ def test_accepted_objectives_never_decrease_gaussian_with_priors_weights_and_mis
 
 @pytest.mark.parametrize("kind", ["poisson", "categorical", "bernoulli", "full"])
 def test_accepted_objectives_never_decrease_hmm(kind):
-    rng = np.random.default_rng(7)
-    emission, emission_params = emission_case(kind, rng)
-    family = HMMFamily(emission, startprob_concentration=1.5, transmat_concentration=2.0)
-    data_kind = {"poisson": "poisson", "categorical": "categorical"}.get(kind, "gaussian")
-    X, lengths = hmm_sequences(rng, data_kind, n_sequences=5, length=80)
-    if kind == "bernoulli":
-        X = (X > 1.0).astype(float)
+    family, start, X, lengths = hmm_with_priors(kind, np.random.default_rng(7))
     fast = fit(
-        daarem(family, hmm_start(family, emission_params), tol=1e-13),
+        daarem(family, start, tol=1e-13),
         family,
         lambda p: family.block_stats(p, X, lengths),
         max_passes=150,

@@ -109,23 +109,29 @@ def test_squarem_with_back_offs_speculates_only_once_they_are_spent():
     assert fast.evaluations == alone.evaluations == alone.passes
 
 
-def test_runs_speculating_together_equal_each_alone():
-    """Several runs offering second points in one lockstep pass: each run's results as
-    alone without speculation, its passes as alone with it."""
+def overlapping_blocks_and_starts(n_starts: int):
+    """A full-covariance family, 1,500 rows of the overlapping 2-D mixture in 5 blocks,
+    and ``n_starts`` starts around its means (the runs a lockstep test advances)."""
     rng = np.random.default_rng(0)
     family = GaussianFamily("full")
     means = np.array([[0.0, 0.0], [1.5, 0.5], [0.5, 2.0]])
     labels = rng.choice(3, size=1500, p=[0.5, 0.3, 0.2])
     X = means[labels] + rng.standard_normal((1500, 2)) @ np.array([[1.0, 0.3], [0.0, 0.8]])
-    blocks = np.array_split(X, 5)
     starts = [
         family.make_params(
             np.full(3, 1 / 3),
             means + rng.normal(0, 0.7, size=(3, 2)),
             covariances=np.stack([np.eye(2)] * 3),
         )
-        for _ in range(4)
+        for _ in range(n_starts)
     ]
+    return family, np.array_split(X, 5), starts
+
+
+def test_runs_speculating_together_equal_each_alone():
+    """Several runs offering second points in one lockstep pass: each run's results as
+    alone without speculation, its passes as alone with it."""
+    family, blocks, starts = overlapping_blocks_and_starts(4)
     methods = ["squarem", "daarem", "squarem", "daarem"]
 
     def runs(speculate, which=range(4)):

@@ -39,16 +39,21 @@ image of every accepted point.  When it changes something, the repaired image is
 EM image: the monotone guarantee lapses for one step (the record carries ``reseeded``)
 and an accelerated driver starts afresh from it with plain EM steps.
 
+Companions: a driver may ask for more points in the pass at :meth:`PlainEM.ask`'s point
+(:meth:`PlainEM.companions`; :class:`~dask_em.acceleration.newton.EMNewton` asks for its
+candidate steps and the differences of its Jacobian); the loop evaluates them in the
+same pass and gives their ``(objective, image, stats)`` to ``tell`` as ``companions``.
+
 Resume: :attr:`PlainEM.state` (an :class:`EMState`: the parameters reached, the
-history and up to two earlier points) is all a driver needs to continue exactly as it
-would have without the interruption.
+history, earlier points and the driver's own arrays) is all a driver needs to continue
+exactly as it would have without the interruption.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +63,11 @@ logger = logging.getLogger(__name__)
 
 #: An EM step whose objective falls by more than this (relative) is reported.
 MONOTONE_TOLERANCE = 1e-10
+
+#: What evaluating a companion point may raise (a trial point far out, whose M-step
+#: finds a component without weight): a loop reports such a point as ``(-inf, None,
+#: ...)`` and the driver passes over it.
+TRIAL_POINT_ERRORS = (ValueError, FloatingPointError, ZeroDivisionError)
 
 Repair = Callable[[Params, Stats], tuple[Params, tuple[int, ...]]]
 
@@ -107,14 +117,16 @@ class EMState:
     """What a driver needs to continue a run (save it after each accepted point).
 
     ``params``: the EM image of the last accepted point (the parameters reached);
-    ``history``: the accepted points; ``chain``: the last accepted points linked by
-    plain EM steps (at most two, oldest first, the last one the last accepted point),
-    from which an accelerated driver extrapolates; empty for plain EM.
+    ``history``: the accepted points; ``chain``: earlier points an accelerated driver
+    extrapolates from (oldest first; SQUAREM's last two EM points, DAAREM's window);
+    empty for plain EM; ``arrays``: the driver's own float64 arrays by name (the
+    Jacobian of :class:`~dask_em.acceleration.newton.EMNewton`), empty for the others.
     """
 
     params: Params
     history: tuple[AcceptedPoint, ...] = ()
     chain: tuple[Params, ...] = field(default=())
+    arrays: dict[str, Any] = field(default_factory=dict)
 
 
 class PlainEM:
@@ -176,12 +188,19 @@ class PlainEM:
             return None
         return self._fallback_point()
 
+    def companions(self) -> list[Params]:
+        """More points for the pass at :meth:`ask`'s point (none here; module docstring).
+        A loop evaluates them in that pass and gives :meth:`tell` their results, in
+        this order."""
+        return []
+
     def tell(
         self,
         objective: float,
         image: Params,
         stats: Stats,
         fallback: Callable[[], tuple[float, Params, Stats]] | None = None,
+        companions: Sequence[tuple[float, Params, Stats]] = (),
     ) -> AcceptedPoint | None:
         """The result of the pass at :meth:`ask`'s point: ``L`` there, the M-step's
         image, and the statistics (for the repair hook).  Returns the accepted point, or
@@ -190,7 +209,11 @@ class PlainEM:
         ``fallback``: when the loop evaluated :meth:`speculative`'s point in the same
         pass, a function giving its ``(objective, image, stats)``; called only when this
         point is rejected, and the fallback is then told in the same pass.
+        ``companions``: the results at :meth:`companions`' points (drivers that ask
+        for none get none).
         """
+        if companions:
+            raise ValueError("this driver asked for no companions; tell() got some")
         self.passes += 1
         self.evaluations += 1
         if self._pending_kind != "extrapolated":
@@ -231,7 +254,7 @@ class PlainEM:
 
     @property
     def state(self) -> EMState:
-        return EMState(self._image, tuple(self.history), tuple(self._chain))
+        return EMState(self._image, tuple(self.history), tuple(self._chain), self._arrays())
 
     # -- what subclasses change -----------------------------------------------------
     @property
@@ -252,6 +275,13 @@ class PlainEM:
 
     def _restore_step(self, last: AcceptedPoint) -> None:
         """Restore the subclass's own state from the last record."""
+
+    def _arrays(self) -> dict[str, Any]:
+        """The subclass's own arrays to save (:attr:`EMState.arrays`); none here."""
+        return {}
+
+    def _restore_arrays(self, arrays: dict[str, Any]) -> None:
+        """Restore the subclass's own arrays, before the next point is planned."""
 
     def _next_chain(
         self, accepted: Params, previous_image: Params, kind: str, changed: tuple[int, ...]
@@ -303,6 +333,7 @@ class PlainEM:
         self.passes = last.passes
         self.evaluations = last.evaluations
         self._restore_step(last)
+        self._restore_arrays(dict(state.arrays))
         self.converged = last.kind == "em" and abs(last.change) < self.tol
         if not self.converged:
             self._plan_next()
