@@ -150,6 +150,15 @@ class SimplexRows:
         centred = logs - logs.sum(axis=-1, keepdims=True) / count
         return centred[self.free]
 
+    def simplex_rows(self) -> list[np.ndarray]:
+        """The vector positions of each row's free entries (rows with two or more):
+        each row's coordinates sum to zero, so a derivative along all of them is
+        determined by the others (:mod:`dask_em.acceleration.newton`)."""
+        positions = np.full(self.free.shape, -1)
+        positions[self.free] = np.arange(self.size)
+        rows = positions.reshape(-1, positions.shape[-1])
+        return [row[row >= 0] for row in rows if np.count_nonzero(row >= 0) > 1]
+
     def inverse(self, vector: np.ndarray) -> np.ndarray:
         z = np.full(self.template.shape, -np.inf)
         z[self.free] = vector

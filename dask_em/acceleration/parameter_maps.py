@@ -100,6 +100,16 @@ class ParameterMap:
         except (ValueError, linalg.LinAlgError, FloatingPointError) as error:
             raise InfeasiblePoint(str(error)) from error
 
+    def simplex_rows(self) -> list[np.ndarray]:
+        """The vector positions of every probability row's free entries (centred
+        log-ratios: each row's coordinates sum to zero), nested maps included."""
+        rows, start = [], 0
+        for _, coordinates in self.fields:
+            if hasattr(coordinates, "simplex_rows"):
+                rows += [start + row for row in coordinates.simplex_rows()]
+            start += coordinates.size
+        return rows
+
     # a map is itself the coordinates of a nested dict (the HMM's emission)
     forward = to_vector
     inverse = to_params

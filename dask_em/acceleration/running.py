@@ -10,17 +10,25 @@ process, or :meth:`dask_em.engine.EMEngine.map_reduce` on a cluster.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from dask_em.acceleration.daarem import Daarem
-from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM, Repair
+from dask_em.acceleration.driver import (
+    TRIAL_POINT_ERRORS,
+    AcceptedPoint,
+    EMState,
+    PlainEM,
+    Repair,
+)
+from dask_em.acceleration.newton import EMNewton
 from dask_em.acceleration.parameter_maps import parameter_map
 from dask_em.acceleration.squarem import Squarem
 from dask_em.families.base import Params, Stats
 
 #: What an estimator's ``accelerate`` may be: None (plain EM) or a method's name.
-ACCELERATE_METHODS = (None, "squarem", "daarem")
+ACCELERATE_METHODS = (None, "squarem", "daarem", "newton")
 
 Evaluate = Callable[[Params], tuple[float, Params, Stats]]
 
@@ -36,8 +44,9 @@ def make_driver(
 ) -> PlainEM:
     """The driver for ``accelerate`` (one of :data:`ACCELERATE_METHODS`) on ``family``.
 
-    Raises ValueError for an unknown method, or a family SQUAREM cannot extrapolate
-    (the HMM's sampling E-step; :func:`check_accelerate` says so before any pass).
+    Raises ValueError for an unknown method, a family SQUAREM cannot extrapolate (the
+    HMM's sampling E-step; :func:`check_accelerate` says so before any pass), or, for
+    ``"newton"``, a model with more coordinates than it measures in a pass.
     """
     if accelerate is None:
         return PlainEM(params, tol=tol, repair=repair, resume=resume)
@@ -47,6 +56,9 @@ def make_driver(
     if accelerate == "daarem":
         mapping = functools.partial(parameter_map, family)
         return Daarem(params, mapping, tol=tol, repair=repair, resume=resume)
+    if accelerate == "newton":
+        mapping = functools.partial(parameter_map, family)
+        return EMNewton(params, mapping, tol=tol, repair=repair, resume=resume)
     raise ValueError(f"accelerate must be one of {ACCELERATE_METHODS}, got {accelerate!r}")
 
 
@@ -87,8 +99,19 @@ def run_em(
     """
     while not driver.converged and driver.passes < max_passes:
         objective, image, stats = evaluate(driver.ask())
-        point = driver.tell(objective, image, stats)
+        companions = [_companion(evaluate, p) for p in driver.companions()]  # one call each
+        point = driver.tell(objective, image, stats, companions=companions)
         if point is not None:
             for callback in callbacks:
                 callback(point, driver.state)
     return driver
+
+
+def _companion(evaluate: Evaluate, params: Params) -> tuple[float, Params | None, Stats | None]:
+    """``evaluate`` at a companion point; ``(-inf, None, None)`` where it fails there (a
+    trial point far out, whose M-step finds a component without weight): the driver
+    passes over it (as :meth:`dask_em.em.EMRun.tell_points` does)."""
+    try:
+        return evaluate(params)
+    except TRIAL_POINT_ERRORS:
+        return -math.inf, None, None

@@ -42,12 +42,16 @@ class GaussianMixture(BaseMixture):
         The parameters EM updates; the others keep their initial values (``*_init``, or
         computed) bitwise.  Covariances updated with the means held are the scatter
         about the held means (a partial M-step: the objective still never decreases).
-    accelerate : {None, "squarem", "daarem"}, default None
+    accelerate : {None, "squarem", "daarem", "newton"}, default None
         None: plain EM.  "squarem": SQUAREM-accelerated EM; "daarem": damped Anderson
         acceleration with restarts (fewer passes over the data on slowly converging
-        fits; same optimum, objective still never decreasing).
-        ``max_iter`` then caps the points evaluated (passes over the data, plus
-        fallbacks evaluated in a proposal's pass).  Every estimator takes it.
+        fits; same optimum, objective still never decreasing).  "newton": Newton's
+        method on the EM map, whose Jacobian each pass measures by one E-step per free
+        coordinate (the fewest passes, for models of up to 256 such coordinates, at
+        many E-steps a pass: for data that is slow to read).  ``max_iter`` then caps
+        the points evaluated on the run's path (passes over the data, plus fallbacks
+        evaluated in a proposal's pass; for "newton", its passes).  Every estimator
+        takes it.
     init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default "kmeans"
         How the initial centres are chosen, on a sample of ``init_sample_size`` rows drawn
         from across all blocks; the initial parameters then come from one distributed
