@@ -15,7 +15,7 @@ EXAMPLES = sorted(
 )
 
 
-def test_there_is_one_example_per_model():
+def test_there_is_one_example_per_model_and_one_for_accelerated_em():
     names = {p.stem for p in EXAMPLES}
     assert names == {
         "gaussian_mixture",
@@ -25,6 +25,7 @@ def test_there_is_one_example_per_model():
         "gaussian_hmm",
         "poisson_hmm",
         "categorical_hmm",
+        "accelerated_em",  # the four ways of running EM, not a model
     }
 
 
