@@ -1,4 +1,4 @@
-"""Passes over the data: plain EM, SQUAREM and DAAREM, to the same tolerance, from the same start.
+"""Passes over the data: plain EM, SQUAREM, DAAREM and Newton, to one tolerance, from one start.
 
     python benchmarks/passes.py                     # tol 1e-8
     python benchmarks/passes.py --tol 1e-8 1e-12    # several tolerances
@@ -10,14 +10,14 @@ components, a Gaussian HMM with sticky, overlapping states, a categorical mixtur
 well-separated Gaussian mixture (fast: plain EM needs few passes).  Both methods stop
 when a plain EM step changes the mean objective by less than ``tol`` (the loop's rule).
 
-Each problem is fitted by the real estimator (``accelerate=None``, ``"squarem"`` and
-``"daarem"``),
+Each problem is fitted by the real estimator (``accelerate=None``, ``"squarem"``,
+``"daarem"`` and ``"newton"``),
 from the same start (every ``*_init`` given, so there is no init pass), on in-memory
 data (the fit runs in this process, block by block; the count of passes does not
 depend on where a pass runs).
 
 Table 1, to the same tolerance: ``n_passes_`` of each method (every pass: the scan
-pass included) and the ratios to plain EM's; ``err plain`` / ``err sq`` / ``err da``:
+pass included) and the ratios to plain EM's; ``err pl`` / ``sq`` / ``da`` / ``ne``:
 the largest relative difference (per fitted array, ``max|a - b| / max|b|``) between
 each result and the optimum; the objective is ``lower_bound_`` (mean penalized
 log-likelihood per row, per step for the HMM).  On slow problems a small change of the
@@ -28,7 +28,9 @@ Table 2, to the same optimum: the passes each method needs until its parameters 
 within ``--within`` (default 1e-5, relative, every array of the model) of the optimum,
 the ratios to plain EM's, and the E-steps the accelerated methods evaluated in those
 passes: after a rejected proposal, the next proposal's pass also evaluates the point it
-falls back to (``PlainEM.speculative``), so a pass may evaluate two.  The fits run in
+falls back to (``PlainEM.speculative``), so a pass may evaluate two; Newton's passes
+evaluate its candidate steps and one point per coordinate for its Jacobian (the
+E-steps column counts every point evaluated, the scan pass as one).  The fits run in
 this process, where a fit does not speculate by default (Dask config
 ``dask_em.speculate: auto`` speculates only where each pass reads the data from its
 source); the script sets it, since its passes stand for reads of a store.
@@ -218,34 +220,37 @@ def passes_to_optimum(
     make, accelerate, optimum: dict, within: float, max_passes: int
 ) -> tuple[int, int]:
     """Passes over the data (scan and EM passes, as ``n_passes_``) until the parameters
-    are within ``within`` of ``optimum``, and the E-steps evaluated in them: one a pass,
-    two in a speculative pass (the pass of a proposal made after a rejection also
-    evaluates its fallback, PlainEM.speculative; the next point is then that proposal
-    or, taken after a rejection again, the fallback).  (-1, -1) if not within
-    ``max_passes``."""
+    are within ``within`` of ``optimum``, and the E-steps evaluated in them (the scan
+    counted as one): one a pass for plain EM; two in a speculative pass of SQUAREM and
+    DAAREM (the pass of a proposal made after a rejection also evaluates its fallback,
+    PlainEM.speculative); for Newton every candidate and every difference of its
+    Jacobian.  (-1, -1) if not within ``max_passes``."""
+    from dask_em import em as em_module
+
     estimator, params, args, keywords = make()
     model = estimator(**params, tol=0.0, max_iter=max_passes, accelerate=accelerate)
     reached = []
-    speculative = [0]
-    previous = [None]
+    e_steps = [1]
+    one_pass = em_module.pass_each
 
-    speculating = dask.config.get("dask_em.speculate") is True
+    def counted(map_reduce, pairs, **kw):
+        e_steps[0] += len(pairs)
+        return one_pass(map_reduce, pairs, **kw)
 
     def callback(record, params):
-        if speculating and previous[0] is not None and previous[0].after_rejection:
-            speculative[0] += record.move == "extrapolated" or record.after_rejection
-        previous[0] = record
         if largest_relative_difference(fitted_arrays(params), optimum) <= within:
             reached.append(record.passes)
             raise _Reached
 
+    em_module.pass_each = counted
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             model.fit(*args, callbacks=[callback], **keywords)
         except _Reached:
-            passes = 1 + reached[0]  # the scan pass, then the EM passes
-            return passes, passes + speculative[0]
+            return 1 + reached[0], e_steps[0]  # the scan pass, then the EM passes
+        finally:
+            em_module.pass_each = one_pass
     return -1, -1
 
 
@@ -279,33 +284,42 @@ def main() -> None:
             plain, _ = fit(make, None, 0.0, 50_000)
             apart = largest_relative_difference(fitted_arrays(plain), fitted_arrays(optimum))
             print(f"{name}: SQUAREM's and plain EM's optimum {apart:.1e} apart", flush=True)
+    methods = (None, "squarem", "daarem", "newton")
+    names = ("plain", "squarem", "daarem", "newton")
     header = (
-        f"{'problem':<22} {'tol':>7} {'plain':>6} {'squarem':>7} {'daarem':>6} {'sq/pl':>6} "
-        f"{'da/pl':>6} {'err plain':>9} {'err sq':>8} {'err da':>8} {'objective plain':>16} "
-        f"{'objective da':>16}"
+        f"{'problem':<22} {'tol':>7} "
+        + " ".join(f"{n:>7}" for n in names)
+        + " "
+        + " ".join(f"{n[:2] + '/pl':>6}" for n in names[1:])
+        + " "
+        + " ".join(f"{'err ' + n[:2]:>8}" for n in names)
+        + f" {'objective plain':>16} {'objective newton':>16}"
     )
     print(header)
     print("-" * len(header))
     for name, make in PROBLEMS.items():
         optimum = optima[name]
         for tol in args.tol:
-            plain, _ = fit(make, None, tol, args.max_iter)
-            squarem, _ = fit(make, "squarem", tol, args.max_iter)
-            daarem, _ = fit(make, "daarem", tol, args.max_iter)
+            fits = [fit(make, method, tol, args.max_iter)[0] for method in methods]
+            passes = [f.n_passes_ for f in fits]
             print(
-                f"{name:<22} {tol:>7.0e} {plain.n_passes_:>6d} {squarem.n_passes_:>7d} "
-                f"{daarem.n_passes_:>6d} {squarem.n_passes_ / plain.n_passes_:>6.3f} "
-                f"{daarem.n_passes_ / plain.n_passes_:>6.3f} "
-                f"{relative_difference(plain, optimum):>9.1e} "
-                f"{relative_difference(squarem, optimum):>8.1e} "
-                f"{relative_difference(daarem, optimum):>8.1e} "
-                f"{plain.lower_bound_:>16.10f} {daarem.lower_bound_:>16.10f}",
+                f"{name:<22} {tol:>7.0e} "
+                + " ".join(f"{n:>7d}" for n in passes)
+                + " "
+                + " ".join(f"{n / passes[0]:>6.3f}" for n in passes[1:])
+                + " "
+                + " ".join(f"{relative_difference(f, optimum):>8.1e}" for f in fits)
+                + f" {fits[0].lower_bound_:>16.10f} {fits[-1].lower_bound_:>16.10f}",
                 flush=True,
             )
     print()
     header = (
-        f"{'problem':<22} {'within':>7} {'plain':>7} {'squarem':>7} {'daarem':>7} "
-        f"{'sq/pl':>6} {'da/pl':>6} {'sq E-steps':>10} {'da E-steps':>10}"
+        f"{'problem':<22} {'within':>7} "
+        + " ".join(f"{n:>7}" for n in names)
+        + " "
+        + " ".join(f"{n[:2] + '/pl':>6}" for n in names[1:])
+        + " "
+        + " ".join(f"{n[:2] + ' E-steps':>10}" for n in names[1:])
     )
     print(header)
     print("-" * len(header))
@@ -313,12 +327,16 @@ def main() -> None:
         optimum = optimum_arrays[name]
         counts = [
             passes_to_optimum(make, method, optimum, args.within, args.max_iter)
-            for method in (None, "squarem", "daarem")
+            for method in methods
         ]
-        (plain, _), (squarem, squarem_e), (daarem, daarem_e) = counts
+        plain = counts[0][0]
         print(
-            f"{name:<22} {args.within:>7.0e} {plain:>7d} {squarem:>7d} {daarem:>7d} "
-            f"{squarem / plain:>6.3f} {daarem / plain:>6.3f} {squarem_e:>10d} {daarem_e:>10d}",
+            f"{name:<22} {args.within:>7.0e} "
+            + " ".join(f"{n:>7d}" for n, _ in counts)
+            + " "
+            + " ".join(f"{n / plain:>6.3f}" for n, _ in counts[1:])
+            + " "
+            + " ".join(f"{e:>10d}" for _, e in counts[1:]),
             flush=True,
         )
 
