@@ -6,7 +6,8 @@ Shown here: the same optimum as plain EM and SQUAREM in far fewer passes; accept
 objectives never decrease; the measured Jacobian is EM's rate matrix (its largest
 eigenvalue is the rate plain EM crawls at); a run resumed from its state (driver, or an
 estimator's checkpoint) equals the uninterrupted one bit for bit; restarts in lockstep
-equal each alone; a model with too many coordinates is refused before any EM pass."""
+equal each alone; a model with too many coordinates is refused before any pass where
+its estimator can count them without the data, at its start otherwise."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ import numpy as np
 import pytest
 import zarr
 
-from dask_em import GaussianMixture, PoissonMixture, em, sweep
+from dask_em import (
+    CategoricalMixture,
+    GaussianHMM,
+    GaussianMixture,
+    PoissonMixture,
+    em,
+    sweep,
+)
 from dask_em.acceleration import EMNewton, PlainEM, family_evaluate, parameter_map, run_em
 from dask_em.acceleration.newton import NO_CENTRE
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
@@ -192,12 +200,71 @@ def test_tell_needs_every_companion():
         driver.tell(*family_evaluate(family, pass_stats)(start))
 
 
-def test_a_model_with_too_many_coordinates_is_refused_before_any_em_pass():
+def unreadable(n_rows: int, n_features: int) -> da.Array:
+    """A dask array whose every block raises when read: a fit that touches it fails
+    with RuntimeError, one refused before any pass with its own error."""
+
+    def refuse(block):
+        raise RuntimeError("the data was read")
+
+    zeros = da.zeros((n_rows, n_features), chunks=(n_rows // 2, n_features))
+    return zeros.map_blocks(refuse, dtype=np.float64)
+
+
+def test_a_model_with_too_many_coordinates_is_refused_before_any_pass():
+    model = GaussianMixture(6, accelerate="newton", random_state=0)  # 48 + 216 (+ 5)
+    with pytest.raises(ValueError, match=r"accelerate='newton'.*n_components=6.*has 264 \(at"):
+        model.fit(unreadable(200, 8))
+
+
+def test_a_sweep_refuses_its_oversized_candidate_before_any_pass():
+    with pytest.raises(ValueError, match=r"GaussianMixture\(.*n_components=6.*has 264"):
+        sweep(GaussianMixture(accelerate="newton"), unreadable(200, 8), n_components=[2, 6])
+
+
+def test_a_model_the_count_before_the_data_misses_is_refused_at_its_start():
+    """A model whose differenced coordinates depend on the data (a categorical mixture:
+    the symbols) is still refused, once its start is known (after the init pass)."""
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((200, 8))
-    model = GaussianMixture(6, accelerate="newton", random_state=0)  # 5 + 48 + 216
-    with pytest.raises(ValueError, match=r"accelerate='newton'.*has 269 \(at most 256\)"):
+    X = rng.integers(0, 6, size=(300, 12)).astype(float)
+    model = CategoricalMixture(5, accelerate="newton", random_state=0)  # up to 5 * 12 * 5 + 4
+    # (less one for each probability the init pass left at exactly zero)
+    with pytest.raises(ValueError, match=r"accelerate='newton'.*this model has 3\d\d \(at"):
         model.fit(X)
+
+
+def driver_coordinates(family, start) -> int:
+    """The coordinates an EMNewton driver differences at ``start``."""
+    driver = newton(family, start, tol=1e-8, max_coordinates=10**6)
+    return len(driver._plan.differences.columns)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_the_count_before_the_data_is_the_drivers_less_the_weights(covariance_type):
+    """What a Gaussian model is refused for before any pass is exactly what its driver
+    differences at the start, less the K - 1 weights (a mixture), and at most that (an
+    HMM: its chain's coordinates come on top)."""
+    rng = np.random.default_rng(1)
+    K, D = 3, 4
+    covariances = {
+        "full": np.stack([np.eye(D) * 1.5] * K),
+        "tied": np.eye(D) * 1.5,
+        "diag": np.full((K, D), 1.5),
+        "spherical": np.full(K, 1.5),
+    }[covariance_type]
+    family = GaussianFamily(covariance_type)
+    start = family.make_params(np.full(K, 1 / K), rng.normal(size=(K, D)), covariances=covariances)
+    mixture = GaussianMixture(K, covariance_type=covariance_type, accelerate="newton")
+    early = mixture._newton_coordinates(D)
+    assert early == driver_coordinates(family, start) - (K - 1)
+    hmm = GaussianHMM(K, covariance_type=covariance_type, accelerate="newton")
+    transmat = np.full((K, K), 0.1) + 0.7 * np.eye(K)
+    chain = HMMFamily(family)
+    hmm_start = HMMFamily.make_params(np.full(K, 1 / K), transmat, start)
+    assert hmm._newton_coordinates(D) == early
+    assert early < driver_coordinates(chain, hmm_start)
+    assert GaussianMixture(K, params="weights")._newton_coordinates(D) == 0
+    assert GaussianHMM(K, params="st")._newton_coordinates(D) == 0
 
 
 def test_held_parameters_cost_no_differences():

@@ -46,7 +46,8 @@ ones (``params=``; their columns are 0).  E.g. m = 16 of n = 21 for a 3-state
 one-feature Gaussian HMM, 56 of 75 for a 3-component categorical mixture of 6 features
 with 4 symbols.  That pays where reading the data costs more than those E-steps (a
 store streamed from disk or object storage, small models); models with m above
-``max_coordinates`` are refused.  On
+``max_coordinates`` are refused (:func:`check_coordinates`; the estimators refuse a
+Gaussian model before any pass, from its means and covariances).  On
 ``benchmarks/passes.py`` it reached the optimum in 0.003-0.103 of plain EM's passes
 on the slow problems (README, Benchmarks).
 
@@ -76,6 +77,19 @@ MapFactory = Callable[[Sequence[Params]], ParameterMap]
 DAMPING = (0.0, 0.01, 0.03, 0.1, 0.3, 0.6, 0.9)
 #: The centre's lam when the differences are around F(x) (no candidate was taken).
 NO_CENTRE = -1.0
+#: The most coordinates differenced (E-steps added to every pass) that a model may have.
+MAX_COORDINATES = 256
+
+
+def check_coordinates(count: int, model: str = "this model", limit: int = MAX_COORDINATES):
+    """Refuse ``count`` coordinates to difference above ``limit`` (ValueError naming
+    both, and the other methods)."""
+    if count > limit:
+        raise ValueError(
+            f"accelerate='newton' evaluates one E-step per free coordinate of the model in "
+            f"every pass; {model} has {count} (at most {limit}): use accelerate='squarem' "
+            "or 'daarem'"
+        )
 
 
 @dataclass(frozen=True)
@@ -137,7 +151,7 @@ class EMNewton(PlainEM):
         repair: Repair | None = None,
         damping: Sequence[float] = DAMPING,
         relative_step: float = 1e-6,
-        max_coordinates: int = 256,
+        max_coordinates: int = MAX_COORDINATES,
         resume: EMState | None = None,
     ) -> None:
         if not all(0.0 <= lam < 1.0 for lam in damping) or relative_step <= 0.0:
@@ -148,12 +162,7 @@ class EMNewton(PlainEM):
         start = params if resume is None else resume.params
         measured = self._differences(start)
         count = parameter_map([start]).size if measured is None else len(measured.columns)
-        if count > max_coordinates:
-            raise ValueError(
-                f"accelerate='newton' evaluates one E-step per free coordinate of the "
-                f"model in every pass; this model has {count} (at most {max_coordinates}):"
-                " use accelerate='squarem' or 'daarem'"
-            )
+        check_coordinates(count, limit=max_coordinates)
         self._jacobian: np.ndarray | None = None  # (n, n), at the last accepted point
         self._centre_damping = NO_CENTRE  # lam of the candidate taken last
         self._plan = _Plan((), None, None)

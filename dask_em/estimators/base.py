@@ -25,6 +25,7 @@ import numpy as np
 
 from dask_em import model_io, registry
 from dask_em.acceleration import ACCELERATE_METHODS, check_accelerate
+from dask_em.acceleration.newton import check_coordinates
 from dask_em.em import FitResult, IterationRecord
 from dask_em.estimators import driver, params, sklearn_protocol
 from dask_em.exceptions import ConvergenceWarning
@@ -115,6 +116,14 @@ class Estimator:
         params.validate(self)
         check_accelerate(self.accelerate, getattr(self, "estep", "exact"))
         self._check_init(n_features)
+        if self.accelerate == "newton":  # before any pass, not after the init pass
+            check_coordinates(self._newton_coordinates(n_features), f"{self!r}")
+
+    def _newton_coordinates(self, n_features: int) -> int:
+        """Coordinates ``accelerate="newton"`` differences in every pass whatever the data
+        and the start hold (a lower bound, known before the data is read: the driver
+        counts them all at the start; hook)."""
+        return 0
 
     def _check_init(self, n_features: int) -> None:
         """Shapes and values of the ``*_init`` arrays (hook)."""

@@ -107,6 +107,16 @@ def family(estimator: Any, weight_concentration: float = 1.0) -> GaussianFamily:
     )
 
 
+def newton_coordinates(estimator: Any, n_features: int, means: bool, covariances: bool) -> int:
+    """The coordinates of the means (K D) and covariances (the covariance type's count)
+    that EM updates: ``accelerate="newton"`` differences every one of them in every pass
+    (:meth:`dask_em.estimators.base.Estimator._newton_coordinates`)."""
+    K = estimator.n_components
+    family = GaussianFamily(estimator.covariance_type)
+    covariance_count = family.n_parameters(K, n_features) - K * n_features - (K - 1)
+    return K * n_features * int(means) + covariance_count * int(covariances)
+
+
 def check_covariances(name: str, value: Any, covariance_type: str, n_components: int):
     """Covariances in the covariance type's shape, as float64: spherical (K,), diag
     (K, D), full (K, D, D), tied (D, D); positive, or symmetric positive definite."""

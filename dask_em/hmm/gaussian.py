@@ -11,6 +11,7 @@ from dask_em.estimators import gaussian
 from dask_em.estimators.params import check_shape
 from dask_em.families.base import Params
 from dask_em.families.gaussian import GaussianFamily
+from dask_em.hmm import parameters
 from dask_em.hmm._base import BaseHMM
 from dask_em.hmm.parameters import Parameter
 from dask_em.initialization import DEFAULT_SAMPLE_SIZE
@@ -125,6 +126,10 @@ class GaussianHMM(BaseHMM):
     def _learn_from_scan(self, scan: dict) -> None:
         """Default priors from the sample: its weighted mean and covariance."""
         gaussian.learn_priors(self, scan)
+
+    def _newton_coordinates(self, n_features: int) -> int:
+        update = parameters.updated(self)
+        return gaussian.newton_coordinates(self, n_features, "m" in update, "c" in update)
 
     def _check_init(self, n_features: int) -> None:
         super()._check_init(n_features)

@@ -9,6 +9,7 @@ import numpy as np
 from dask_em.checks import FINITE, FiniteOrMissingCheck, ValueCheck
 from dask_em.data import like_input
 from dask_em.estimators import gaussian
+from dask_em.estimators.held import parse_names
 from dask_em.estimators.params import Constraint, at_least, check_shape, one_of
 from dask_em.families.base import Params
 from dask_em.families.gaussian import (
@@ -162,6 +163,12 @@ class GaussianMixture(BaseMixture):
 
     def _updatable(self) -> tuple[str, ...]:
         return ("weights", "means", "covariances")
+
+    def _newton_coordinates(self, n_features: int) -> int:
+        update = parse_names(self.params, self._updatable())
+        return gaussian.newton_coordinates(
+            self, n_features, "means" in update, "covariances" in update
+        )
 
     def _family(self) -> GaussianFamily:
         return gaussian.family(self, self.weight_concentration)
