@@ -42,10 +42,11 @@ s and y the differences of the two points and of their images) moves it there.
 Cost: one pass a step, but up to 1 + len(``damping``) + m E-steps in it, m the
 coordinates differenced: n less one per probability row (the centred log-ratios of a
 row sum to zero, so its last column is minus the sum of the others) and less the held
-ones (``params=``; their columns are 0).  E.g. m = 16 of n = 21 for a 3-state
-one-feature Gaussian HMM, 56 of 75 for a 3-component categorical mixture of 6 features
-with 4 symbols.  That pays where reading the data costs more than those E-steps (a
-store streamed from disk or object storage, small models); models with m above
+ones (``params=``) and the HMM's emission weights (their columns are 0).  E.g.
+m = 14 of n = 21 for a 3-state one-feature Gaussian HMM, 56 of 75 for a 3-component
+categorical mixture of 6 features with 4 symbols.  That pays where reading the data
+costs more than those E-steps (a store streamed from disk or object storage, small
+models); models with m above
 ``max_coordinates`` are refused (:func:`check_coordinates`; the estimators refuse a
 Gaussian model before any pass, from its means and covariances).  On
 ``benchmarks/passes.py`` it reached the optimum in 0.003-0.103 of plain EM's passes
@@ -104,8 +105,10 @@ class _Differences:
     """The forward differences of one pass around a centre with n coordinates: the
     points ``centre + h_j e_j`` for the ``columns`` j that need an E-step.  The others
     need none: a held coordinate (an M-step that keeps a field, ``params=``) moves no
-    point, so its column is 0; in each probability row (centred log-ratios sum to zero)
-    the last free coordinate's column is minus the sum of the row's others."""
+    point, and EM's image does not read an unread one (the HMM's emission weights,
+    :attr:`ParameterMap.unread`), so their columns are 0; in each probability row
+    (centred log-ratios sum to zero) the last free coordinate's column is minus the sum
+    of the row's others."""
 
     size: int  # n
     columns: np.ndarray  # (m,) int: the coordinates differenced, m <= n
@@ -312,7 +315,7 @@ class EMNewton(PlainEM):
         u = mapping.to_vector(point)
         steps = self.relative_step * np.maximum(1.0, np.abs(u))
         dependent = tuple((int(row[-1]), row[:-1]) for row in mapping.simplex_rows())
-        skipped = {last for last, _ in dependent}
+        skipped = {last for last, _ in dependent} | set(mapping.unread_positions().tolist())
         try:
             unmoved = mapping.to_vector(mapping.to_params(u))
             columns, points = [], []

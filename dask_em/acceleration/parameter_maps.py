@@ -73,10 +73,13 @@ class ParameterMap:
 
     ``fields`` name the dict entries the vector holds, in order; ``rebuild`` turns the
     dict of their values into a complete parameter dict (the family's ``make_params``).
+    ``unread`` names fields that neither the E-step nor the objective reads (the HMM's
+    emission weights): EM's image does not depend on them.
     """
 
     fields: tuple[tuple[str, Coordinates], ...]
     rebuild: Callable[[dict[str, Any]], Params]
+    unread: frozenset[str] = frozenset()
 
     @property
     def size(self) -> int:
@@ -109,6 +112,18 @@ class ParameterMap:
                 rows += [start + row for row in coordinates.simplex_rows()]
             start += coordinates.size
         return rows
+
+    def unread_positions(self) -> np.ndarray:
+        """The vector positions of the ``unread`` fields, nested maps included: the
+        columns of EM's Jacobian there are zero."""
+        found, start = [], 0
+        for name, coordinates in self.fields:
+            if name in self.unread:
+                found.append(np.arange(start, start + coordinates.size))
+            elif hasattr(coordinates, "unread_positions"):
+                found.append(start + coordinates.unread_positions())
+            start += coordinates.size
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
 
     # a map is itself the coordinates of a nested dict (the HMM's emission)
     forward = to_vector
@@ -184,6 +199,9 @@ def _hmm_map(family: HMMFamily, points: Sequence[Params]) -> ParameterMap:
             "noise; use estep='exact' or plain EM"
         )
     emission = parameter_map(family.emission, [p["emission"] for p in points])
+    if getattr(family.emission, "weight_concentration", 1.0) == 1.0:
+        # the emission's mixing weights: no E-step reads them, and a flat prior is 0
+        emission = replace(emission, unread=frozenset({"weights"}))
     fields = (
         ("startprob", SimplexRows.build(_field(points, "startprob"))),
         ("transmat", SimplexRows.build(_field(points, "transmat"))),
