@@ -82,14 +82,17 @@ NO_CENTRE = -1.0
 MAX_COORDINATES = 256
 
 
-def check_coordinates(count: int, model: str = "this model", limit: int = MAX_COORDINATES):
+def check_coordinates(
+    count: int, model: str = "this model", limit: int = MAX_COORDINATES, *, at_least=False
+) -> None:
     """Refuse ``count`` coordinates to difference above ``limit`` (ValueError naming
-    both, and the other methods)."""
+    both, and the other methods); ``at_least``: ``count`` is a lower bound."""
     if count > limit:
+        counted = f"{count} or more" if at_least else f"{count}"
         raise ValueError(
             f"accelerate='newton' evaluates one E-step per free coordinate of the model in "
-            f"every pass; {model} has {count} (at most {limit}): use accelerate='squarem' "
-            "or 'daarem'"
+            f"every pass; {model} has {counted} (at most {limit}): use "
+            "accelerate='squarem' or 'daarem'"
         )
 
 

@@ -117,7 +117,7 @@ class Estimator:
         check_accelerate(self.accelerate, getattr(self, "estep", "exact"))
         self._check_init(n_features)
         if self.accelerate == "newton":  # before any pass, not after the init pass
-            check_coordinates(self._newton_coordinates(n_features), f"{self!r}")
+            check_coordinates(self._newton_coordinates(n_features), f"{self!r}", at_least=True)
 
     def _newton_coordinates(self, n_features: int) -> int:
         """Coordinates ``accelerate="newton"`` differences in every pass whatever the data
