@@ -244,10 +244,11 @@ def driver_coordinates(family, start) -> int:
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_the_count_before_the_data_is_the_drivers_less_the_weights(covariance_type):
-    """What a Gaussian model is refused for before any pass is exactly what its driver
-    differences at the start, less the K - 1 weights (a mixture), and at most that (an
-    HMM: its chain's coordinates come on top)."""
+def test_the_count_before_the_data_is_the_drivers(covariance_type):
+    """What a Gaussian model is refused for before any pass is what its driver
+    differences at the start: exactly, for an HMM (its chain from the start's
+    probabilities, exact zeros of a left-right chain included); less the K - 1 weights,
+    for a mixture (they may start at zero)."""
     rng = np.random.default_rng(1)
     K, D = 3, 4
     covariances = {
@@ -261,14 +262,36 @@ def test_the_count_before_the_data_is_the_drivers_less_the_weights(covariance_ty
     mixture = GaussianMixture(K, covariance_type=covariance_type, accelerate="newton")
     early = mixture._newton_coordinates(D)
     assert early == driver_coordinates(family, start) - (K - 1)
-    hmm = GaussianHMM(K, covariance_type=covariance_type, accelerate="newton")
-    transmat = np.full((K, K), 0.1) + 0.7 * np.eye(K)
-    chain = HMMFamily(family)
-    hmm_start = HMMFamily.make_params(np.full(K, 1 / K), transmat, start)
-    assert hmm._newton_coordinates(D) == early
-    assert early < driver_coordinates(chain, hmm_start)
     assert GaussianMixture(K, params="weights")._newton_coordinates(D) == 0
-    assert GaussianHMM(K, params="st")._newton_coordinates(D) == 0
+    left_right = np.array([[0.8, 0.2, 0.0], [0.0, 0.7, 0.3], [0.0, 0.0, 1.0]])
+    for transmat, startprob in [
+        (None, None),  # uniform, as the fit starts without them
+        (np.full((K, K), 0.1) + 0.7 * np.eye(K), np.array([0.2, 0.3, 0.5])),
+        (left_right, np.array([1.0, 0.0, 0.0])),  # 0 + (1 + 1 + 0)
+    ]:
+        hmm = GaussianHMM(
+            K,
+            covariance_type=covariance_type,
+            accelerate="newton",
+            startprob_init=startprob,
+            transmat_init=transmat,
+        )
+        hmm_start = HMMFamily.make_params(
+            np.full(K, 1 / K) if startprob is None else startprob,
+            np.full((K, K), 1 / K) if transmat is None else transmat,
+            start,
+        )
+        assert hmm._newton_coordinates(D) == driver_coordinates(HMMFamily(family), hmm_start)
+    held = dict(covariance_type=covariance_type, accelerate="newton")
+    assert GaussianHMM(K, params="st", **held)._newton_coordinates(D) == 2 + 6
+    assert GaussianHMM(K, params="mc", **held)._newton_coordinates(D) == early
+
+
+def test_an_hmm_too_large_with_its_chain_is_refused_before_any_pass():
+    """16 states on one feature: 32 emission coordinates, 15 + 240 of the chain."""
+    model = GaussianHMM(16, covariance_type="diag", accelerate="newton")
+    with pytest.raises(ValueError, match=r"GaussianHMM\(.*has 287 or more \(at most 256"):
+        model.fit(unreadable(400, 1), lengths=[200, 200])
 
 
 def test_held_parameters_cost_no_differences():

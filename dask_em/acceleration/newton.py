@@ -47,8 +47,9 @@ m = 14 of n = 21 for a 3-state one-feature Gaussian HMM, 56 of 75 for a 3-compon
 categorical mixture of 6 features with 4 symbols.  That pays where reading the data
 costs more than those E-steps (a store streamed from disk or object storage, small
 models); models with m above
-``max_coordinates`` are refused (:func:`check_coordinates`; the estimators refuse a
-Gaussian model before any pass, from its means and covariances).  On
+``max_coordinates`` are refused (:func:`check_coordinates`; the estimators refuse
+before any pass a model whose coordinates countable without the data exceed it: a
+Gaussian's means and covariances, an HMM's chain).  On
 ``benchmarks/passes.py`` it reached the optimum in 0.003-0.103 of plain EM's passes
 on the slow problems (README, Benchmarks).
 

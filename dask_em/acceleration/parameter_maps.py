@@ -73,8 +73,9 @@ class ParameterMap:
 
     ``fields`` name the dict entries the vector holds, in order; ``rebuild`` turns the
     dict of their values into a complete parameter dict (the family's ``make_params``).
-    ``unread`` names fields that neither the E-step nor the objective reads (the HMM's
-    emission weights): EM's image does not depend on them.
+    ``unread`` names fields EM's image does not depend on (the HMM's emission weights:
+    no HMM E-step weighs its states by them; the Gaussian kernels centre the data on
+    ``weights @ means``, which changes the image by rounding only).
     """
 
     fields: tuple[tuple[str, Coordinates], ...]
@@ -200,7 +201,8 @@ def _hmm_map(family: HMMFamily, points: Sequence[Params]) -> ParameterMap:
         )
     emission = parameter_map(family.emission, [p["emission"] for p in points])
     if getattr(family.emission, "weight_concentration", 1.0) == 1.0:
-        # the emission's mixing weights: no E-step reads them, and a flat prior is 0
+        # the emission's mixing weights: EM's image does not depend on them (with a
+        # prior on them, kept differenced all the same: the objective would)
         emission = replace(emission, unread=frozenset({"weights"}))
     fields = (
         ("startprob", SimplexRows.build(_field(points, "startprob"))),

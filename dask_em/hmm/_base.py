@@ -93,6 +93,9 @@ class BaseHMM(Estimator):
             "(the chain still runs through them)"
         )
 
+    def _newton_coordinates(self, n_features: int) -> int:
+        return parameters.chain_coordinates(self)  # the emission's: subclasses add theirs
+
     def _check_init(self, n_features: int) -> None:
         parameters.updated(self)  # ``params`` and ``init_params``: letters the model has
         parameters.init_plan(self)

@@ -129,7 +129,8 @@ class GaussianHMM(BaseHMM):
 
     def _newton_coordinates(self, n_features: int) -> int:
         update = parameters.updated(self)
-        return gaussian.newton_coordinates(self, n_features, "m" in update, "c" in update)
+        emission = gaussian.newton_coordinates(self, n_features, "m" in update, "c" in update)
+        return super()._newton_coordinates(n_features) + emission
 
     def _check_init(self, n_features: int) -> None:
         super()._check_init(n_features)

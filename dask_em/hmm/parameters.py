@@ -155,3 +155,25 @@ def n_features(estimator: Any) -> int:
     if first.name == "probabilities":
         return 1
     return int(np.shape(current(estimator, first))[-1])
+
+
+def chain_coordinates(estimator: Any) -> int:
+    """The start and transition probabilities' coordinates ``accelerate="newton"``
+    differences from the start: for each row EM updates (letters ``s``, ``t``), its
+    nonzero entries less one (exact zeros stay zero; a row's centred log-ratios sum to
+    zero).  The start is the fitted model's on a warm start, else the ``*_init`` values
+    or assigned attributes, else uniform (as the fit takes it)."""
+    K = estimator.n_components
+    warm = estimator.warm_start and estimator._is_fitted()
+    values = {} if warm else initial_values(estimator)
+    update = updated(estimator)
+    count = 0
+    for p in (START, TRANSITIONS):
+        if p.letter not in update:
+            continue
+        value = getattr(estimator, p.attribute) if warm else values[p.name]
+        shape = (K,) if p is START else (K, K)
+        rows = np.full(shape, 1.0 / K) if value is None else np.asarray(value, dtype=float)
+        nonzero = np.count_nonzero(rows.reshape(-1, K), axis=1)
+        count += int(np.maximum(nonzero - 1, 0).sum())
+    return count
