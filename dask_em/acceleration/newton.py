@@ -84,7 +84,7 @@ MAX_COORDINATES = 256
 
 
 def check_coordinates(
-    count: int, model: str = "this model", limit: int = MAX_COORDINATES, *, at_least=False
+    count: int, model: str = "this model", limit: int = MAX_COORDINATES, *, at_least: bool = False
 ) -> None:
     """Refuse ``count`` coordinates to difference above ``limit`` (ValueError naming
     both, and the other methods); ``at_least``: ``count`` is a lower bound."""

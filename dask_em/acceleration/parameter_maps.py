@@ -33,7 +33,7 @@ noise, and accepted points would not be guaranteed to improve.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -95,10 +95,10 @@ class ParameterMap:
         """The complete parameter dict at ``vector``; :class:`InfeasiblePoint` when the
         vector overflows, or the family rejects the result (e.g. a covariance that is not
         numerically positive definite)."""
-        values, start = {}, 0
-        for name, coordinates in self.fields:
-            values[name] = coordinates.inverse(vector[start : start + coordinates.size])
-            start += coordinates.size
+        values = {
+            name: coordinates.inverse(vector[start : start + coordinates.size])
+            for name, coordinates, start in self._spans()
+        }
         try:
             return self.rebuild(values)
         except (ValueError, linalg.LinAlgError, FloatingPointError) as error:
@@ -107,24 +107,31 @@ class ParameterMap:
     def simplex_rows(self) -> list[np.ndarray]:
         """The vector positions of every probability row's free entries (centred
         log-ratios: each row's coordinates sum to zero), nested maps included."""
-        rows, start = [], 0
-        for _, coordinates in self.fields:
-            if hasattr(coordinates, "simplex_rows"):
-                rows += [start + row for row in coordinates.simplex_rows()]
-            start += coordinates.size
-        return rows
+        return [
+            start + row
+            for _, coordinates, start in self._spans()
+            if hasattr(coordinates, "simplex_rows")
+            for row in coordinates.simplex_rows()
+        ]
 
     def unread_positions(self) -> np.ndarray:
         """The vector positions of the ``unread`` fields, nested maps included: the
         columns of EM's Jacobian there are zero."""
-        found, start = [], 0
-        for name, coordinates in self.fields:
+        found = []
+        for name, coordinates, start in self._spans():
             if name in self.unread:
                 found.append(np.arange(start, start + coordinates.size))
             elif hasattr(coordinates, "unread_positions"):
                 found.append(start + coordinates.unread_positions())
-            start += coordinates.size
         return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
+
+    def _spans(self) -> Iterator[tuple[str, Coordinates, int]]:
+        """``(name, coordinates, start)`` of each field: its coordinates are the vector's
+        ``[start, start + coordinates.size)``."""
+        start = 0
+        for name, coordinates in self.fields:
+            yield name, coordinates, start
+            start += coordinates.size
 
     # a map is itself the coordinates of a nested dict (the HMM's emission)
     forward = to_vector
