@@ -317,7 +317,11 @@ def test_a_worker_lost_before_a_direct_pass_leaves_that_pass_to_a_graph(own_clie
         while victim.address in client.scheduler_info()["workers"]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        second = engine.map_reduce(slow_block_sum, lambda *p: sum(p), None)
+        # the direct pass's call still goes to the lost worker's address, and the
+        # scheduler (in this process) gives up connecting after this timeout (30 s by
+        # default) before the pass runs as a graph
+        with dask.config.set({"distributed.comm.timeouts.connect": "5s"}):
+            second = engine.map_reduce(slow_block_sum, lambda *p: sum(p), None)
         engine.release()
     assert first == second == float(np.arange(40_000.0).sum())
     assert engine._direct_failures == 1
