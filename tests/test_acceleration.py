@@ -21,7 +21,12 @@ from dask_em.acceleration import (
     parameter_map,
     run_em,
 )
-from dask_em.acceleration.coordinates import PositiveArray, SimplexRows, UnitIntervalArray
+from dask_em.acceleration.coordinates import (
+    CholeskyStack,
+    PositiveArray,
+    SimplexRows,
+    UnitIntervalArray,
+)
 from dask_em.engine import EMEngine
 from dask_em.families.bernoulli import BernoulliFamily
 from dask_em.families.categorical import CategoricalFamily
@@ -200,6 +205,19 @@ def test_an_overflowing_vector_is_an_infeasible_point():
         weights.inverse(np.array([0.0, -1e6]))  # the second weight underflows to zero
     with pytest.raises(InfeasiblePoint):
         PositiveArray.build([np.ones(2)]).inverse(np.array([0.0, 1e4]))
+
+
+def test_a_covariance_too_close_to_singular_for_float64_is_an_infeasible_point():
+    """A Cholesky factor with positive diagonal gives a positive-definite C C^T, but not
+    in float64 when cond(C)^2 nears 1/eps: the product rounds to an indefinite matrix."""
+    covariances = CholeskyStack.build([np.stack([np.eye(3)] * 2)])
+    vector = covariances.forward(np.stack([np.eye(3)] * 2))
+    vector[2] = np.log(1e-6)  # the first matrix's cond(C) = 1e6: kept
+    assert np.all(np.linalg.eigvalsh(covariances.inverse(vector)) > 0)
+    vector[2] = np.log(1e-9)  # cond(C) = 1e9: cond(C C^T) = 1e18
+    vector[3:6] = [0.7, -0.4, 0.9]  # the strictly lower triangle: rounding now shows
+    with pytest.raises(InfeasiblePoint, match="too close to singular"):
+        covariances.inverse(vector)
 
 
 def test_the_sampling_e_step_is_refused():

@@ -12,6 +12,7 @@ its estimator can count them without the data, at its start otherwise."""
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 
 import dask.array as da
@@ -28,6 +29,7 @@ from dask_em import (
     sweep,
 )
 from dask_em.acceleration import EMNewton, PlainEM, family_evaluate, parameter_map, run_em
+from dask_em.acceleration.driver import TRIAL_POINT_ERRORS
 from dask_em.acceleration.newton import NO_CENTRE
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
 from dask_em.families.hmm import HMMFamily
@@ -612,6 +614,30 @@ def test_newton_with_priors_weights_and_missing_values_reaches_the_optimum(covar
     assert fast.converged and fast.passes < plain.passes
     assert_accepted_never_decrease(fast.history)
     assert difference_up_to_labels(fast.params, optimum) < 1e-5
+
+
+def test_no_candidate_with_a_covariance_singular_in_float64_is_taken():
+    """On this start (another draw of the problem above) a candidate's Cholesky factor
+    had a condition number near 1e8: its covariance rounded to an indefinite matrix,
+    the "objective" there was +5.9e11, and the run took it and then fell back to -5.16.
+    Such points are infeasible now (coordinates.MAX_CHOLESKY_CONDITION)."""
+    family, pass_stats, start = gaussian_with_missing("full", np.random.default_rng(100))
+    evaluate = family_evaluate(family, pass_stats)
+    driver = newton(family, start, tol=1e-13)
+    while not driver.converged and driver.passes < 300:
+        point, companions = driver.ask(), driver.companions()
+        driver.tell(*evaluate(point), companions=[_or_failed(evaluate, p) for p in companions])
+    assert driver.converged
+    assert_accepted_never_decrease(driver.history)
+    assert max(p.objective for p in driver.history) < 0.0
+
+
+def _or_failed(evaluate, point):
+    """``evaluate(point)``, or what the loop makes of an M-step that fails there."""
+    try:
+        return evaluate(point)
+    except TRIAL_POINT_ERRORS:
+        return -math.inf, None, None
 
 
 @pytest.mark.parametrize("kind", ["poisson", "categorical", "bernoulli", "full"])

@@ -23,6 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The largest condition number of a Cholesky factor C that :class:`CholeskyStack` turns
+#: into a covariance: cond(C C^T) = cond(C)^2 stays below 1e14, where float64 still
+#: resolves its smallest eigenvalue.
+MAX_CHOLESKY_CONDITION = 1e7
+
 
 class InfeasiblePoint(ValueError):
     """A vector whose parameters overflow or underflow (the extrapolation went too far)."""
@@ -220,6 +225,11 @@ class CholeskyStack:
         matrices = factors @ factors.transpose(0, 2, 1)
         if not np.all(np.isfinite(matrices)):
             raise InfeasiblePoint("a covariance overflowed")
+        # C C^T is positive definite, but not in float64 once cond(C)^2 nears 1/eps: the
+        # product rounds to an indefinite matrix, whose log-density is meaningless (an
+        # extrapolation accepted a "log-likelihood" of +7.7e14 from one)
+        if np.max(np.linalg.cond(factors)) > MAX_CHOLESKY_CONDITION:
+            raise InfeasiblePoint("a covariance is too close to singular for float64")
         return matrices.reshape(self.shape)
 
 
