@@ -53,6 +53,11 @@ Gaussian's means and covariances, an HMM's chain).  On
 ``benchmarks/passes.py`` it reached the optimum in 0.003-0.103 of plain EM's passes
 on the slow problems (README, Benchmarks).
 
+Which optimum: the candidates leave EM's path in directions EM does not take, so where
+the likelihood has several local optima a run may end at another one than plain EM from
+the same start (``benchmarks/optima.py``: 13 of 60 starts of a multimodal mixture, 6 of
+them at a lower objective, where SQUAREM and DAAREM ended with plain EM in all 60).
+
 State: the last accepted point x is the chain (F(x) is ``params``); the Jacobian and the
 centre's lam are :attr:`EMState.arrays`, so a resumed run proposes exactly what the
 uninterrupted one does.  A re-seeded image (the repair hook) drops the Jacobian: the
