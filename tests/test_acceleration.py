@@ -209,13 +209,16 @@ def test_an_overflowing_vector_is_an_infeasible_point():
 
 def test_a_covariance_too_close_to_singular_for_float64_is_an_infeasible_point():
     """A Cholesky factor with positive diagonal gives a positive-definite C C^T, but not
-    in float64 when cond(C)^2 nears 1/eps: the product rounds to an indefinite matrix."""
+    in float64 when two features' correlation is within rounding of 1: the product
+    rounds to a singular or indefinite matrix.  Features on very different scales are kept."""
     covariances = CholeskyStack.build([np.stack([np.eye(3)] * 2)])
     vector = covariances.forward(np.stack([np.eye(3)] * 2))
-    vector[2] = np.log(1e-6)  # the first matrix's cond(C) = 1e6: kept
-    assert np.all(np.linalg.eigvalsh(covariances.inverse(vector)) > 0)
-    vector[2] = np.log(1e-9)  # cond(C) = 1e9: cond(C C^T) = 1e18
-    vector[3:6] = [0.7, -0.4, 0.9]  # the strictly lower triangle: rounding now shows
+    vector[1] = np.log(1e-9)  # the first matrix: the second feature's scale 1e-9
+    kept = covariances.inverse(vector)[0]
+    np.testing.assert_allclose(kept, np.diag([1.0, 1e-18, 1.0]), rtol=1e-12, atol=0)
+    vector[3] = 1.0  # C[1, 0]: the second feature is the first plus 1e-9 of its own
+    factor = np.array([[1.0, 0.0, 0.0], [1.0, 1e-9, 0.0], [0.0, 0.0, 1.0]])
+    assert np.min(np.linalg.eigvalsh(factor @ factor.T)) <= 0  # what float64 makes of it
     with pytest.raises(InfeasiblePoint, match="too close to singular"):
         covariances.inverse(vector)
 

@@ -617,8 +617,8 @@ def test_newton_with_priors_weights_and_missing_values_reaches_the_optimum(covar
 
 
 def test_no_candidate_with_a_covariance_singular_in_float64_is_taken():
-    """On this start (another draw of the problem above) a candidate's Cholesky factor
-    had a condition number near 1e8: its covariance rounded to an indefinite matrix,
+    """On this start (another draw of the problem above) a candidate's covariance had
+    correlations within rounding of a singular matrix: it rounded to an indefinite one,
     the "objective" there was +5.9e11, and the run took it and then fell back to -5.16.
     Such points are infeasible now (coordinates.MAX_CHOLESKY_CONDITION)."""
     family, pass_stats, start = gaussian_with_missing("full", np.random.default_rng(100))

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: The largest condition number of a Cholesky factor C that :class:`CholeskyStack` turns
-#: into a covariance: cond(C C^T) = cond(C)^2 stays below 1e14, where float64 still
-#: resolves its smallest eigenvalue.
+#: The largest condition number of a Cholesky factor C, its rows scaled to unit length,
+#: that :class:`CholeskyStack` turns into a covariance: the correlation matrix's
+#: condition number (its square) stays below 1e14, where float64 still resolves its
+#: smallest eigenvalue.
 MAX_CHOLESKY_CONDITION = 1e7
 
 
@@ -225,10 +226,13 @@ class CholeskyStack:
         matrices = factors @ factors.transpose(0, 2, 1)
         if not np.all(np.isfinite(matrices)):
             raise InfeasiblePoint("a covariance overflowed")
-        # C C^T is positive definite, but not in float64 once cond(C)^2 nears 1/eps: the
-        # product rounds to an indefinite matrix, whose log-density is meaningless (an
-        # extrapolation accepted a "log-likelihood" of +7.7e14 from one)
-        if np.max(np.linalg.cond(factors)) > MAX_CHOLESKY_CONDITION:
+        # C C^T is positive definite, but not in float64 once its correlations come
+        # within rounding of a singular matrix: the product rounds to an indefinite one,
+        # whose log-density is meaningless (an extrapolation accepted a "log-likelihood"
+        # of +7.7e14 from one).  Rows scaled to unit length: features on very different
+        # scales alone (a diagonal C, say) do not count
+        rows = factors / np.linalg.norm(factors, axis=2, keepdims=True)
+        if np.max(np.linalg.cond(rows)) > MAX_CHOLESKY_CONDITION:
             raise InfeasiblePoint("a covariance is too close to singular for float64")
         return matrices.reshape(self.shape)
 
