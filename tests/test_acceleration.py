@@ -221,6 +221,13 @@ def test_a_covariance_too_close_to_singular_for_float64_is_an_infeasible_point()
     assert np.min(np.linalg.eigvalsh(factor @ factor.T)) <= 0  # what float64 makes of it
     with pytest.raises(InfeasiblePoint, match="too close to singular"):
         covariances.inverse(vector)
+    vector = covariances.forward(np.stack([np.eye(3)] * 2))
+    vector[1] = -380.0  # exp(-380) > 0, but its square (a variance) underflows to 0
+    with pytest.raises(InfeasiblePoint, match="variance"):
+        covariances.inverse(vector)
+    vector[3] = 1e-170  # C[1, 0] too: a row whose norm would underflow, cond(C) huge
+    with pytest.raises(InfeasiblePoint):
+        covariances.inverse(vector)
 
 
 def test_the_sampling_e_step_is_refused():

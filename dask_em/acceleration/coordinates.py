@@ -26,7 +26,9 @@ import numpy as np
 #: The largest condition number of a Cholesky factor C, its rows scaled to unit length,
 #: that :class:`CholeskyStack` turns into a covariance: the correlation matrix's
 #: condition number (its square) stays below 1e14, where float64 still resolves its
-#: smallest eigenvalue.
+#: smallest eigenvalue.  Conservative by one or two orders: a model whose features are
+#: this close to collinear gets no extrapolated points (SQUAREM, DAAREM and Newton then
+#: take plain EM steps), never a wrong one.
 MAX_CHOLESKY_CONDITION = 1e7
 
 
@@ -226,13 +228,21 @@ class CholeskyStack:
         matrices = factors @ factors.transpose(0, 2, 1)
         if not np.all(np.isfinite(matrices)):
             raise InfeasiblePoint("a covariance overflowed")
+        _require_open(np.diagonal(matrices, axis1=1, axis2=2), "variance")
         # C C^T is positive definite, but not in float64 once its correlations come
         # within rounding of a singular matrix: the product rounds to an indefinite one,
-        # whose log-density is meaningless (an extrapolation accepted a "log-likelihood"
-        # of +7.7e14 from one).  Rows scaled to unit length: features on very different
-        # scales alone (a diagonal C, say) do not count
-        rows = factors / np.linalg.norm(factors, axis=2, keepdims=True)
-        if np.max(np.linalg.cond(rows)) > MAX_CHOLESKY_CONDITION:
+        # whose log-density is meaningless (Newton took an extrapolation whose objective
+        # was +5.9e11, its log-likelihood +7.7e14).  Rows scaled to unit length (R R^T
+        # is the correlation matrix): features on very different scales alone (a
+        # diagonal C, say) do not count.  Each row is first divided by its largest
+        # entry (at least its diagonal, > 0), so that a tiny row's norm cannot underflow
+        scaled = factors / np.max(np.abs(factors), axis=2, keepdims=True)
+        scaled /= np.linalg.norm(scaled, axis=2, keepdims=True)
+        try:
+            condition = float(np.max(np.linalg.cond(scaled)))
+        except np.linalg.LinAlgError:
+            condition = np.inf
+        if not condition <= MAX_CHOLESKY_CONDITION:
             raise InfeasiblePoint("a covariance is too close to singular for float64")
         return matrices.reshape(self.shape)
 

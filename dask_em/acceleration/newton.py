@@ -55,7 +55,7 @@ on the slow problems (README, Benchmarks).
 
 Which optimum: the candidates leave EM's path in directions EM does not take, so where
 the likelihood has several local optima a run may end at another one than plain EM from
-the same start (``benchmarks/optima.py``: 13 of 60 starts of a multimodal mixture, 6 of
+the same start (``benchmarks/optima.py``: 13 of 60 draws of a multimodal mixture, 6 of
 them at a lower objective, where SQUAREM and DAAREM ended with plain EM in all 60).
 
 State: the last accepted point x is the chain (F(x) is ``params``); the Jacobian and the
