@@ -12,11 +12,14 @@ from typing import Any
 
 from dask_em.acceleration import AcceptedPoint
 
+# the drivers' threshold: an objective that falls by more than this (relative) is
+# reported as a decrease, by the loop and by the drivers alike
+from dask_em.acceleration.driver import MONOTONE_TOLERANCE
+
+__all__ = ["MONOTONE_TOLERANCE", "IterationRecord", "check_monotone"]
+
 # the logger of dask_em.em, where these lived: handlers set up for it keep working
 logger = logging.getLogger("dask_em.em")
-
-#: An objective that falls by more than this (relative) is reported as a decrease.
-MONOTONE_TOLERANCE = 1e-10
 
 
 @dataclass
