@@ -219,38 +219,66 @@ class _Reached(Exception):
 def passes_to_optimum(
     make, accelerate, optimum: dict, within: float, max_passes: int
 ) -> tuple[int, int]:
-    """Passes over the data (scan and EM passes, as ``n_passes_``) until the parameters
-    are within ``within`` of ``optimum``, and the E-steps evaluated in them (the scan
-    counted as one): one a pass for plain EM; two in a speculative pass of SQUAREM and
-    DAAREM (the pass of a proposal made after a rejection also evaluates its fallback,
-    PlainEM.speculative); for Newton every candidate and every difference of its
-    Jacobian.  (-1, -1) if not within ``max_passes``."""
+    """Passes over the data (every pass the engine makes, as ``n_passes_``: the scan
+    pass too, which a fit from given starts runs with its first EM pass) until the
+    parameters are within ``within`` of ``optimum``, and the E-steps evaluated in them
+    (a scan pass of its own counted as one): one a pass for plain EM; two in a
+    speculative pass of SQUAREM and DAAREM (the pass of a proposal made after a
+    rejection also evaluates its fallback, PlainEM.speculative); for Newton every
+    candidate and every difference of its Jacobian.  (-1, -1) if not within
+    ``max_passes``."""
     from dask_em import em as em_module
+    from dask_em.engine import EMEngine
+    from dask_em.estimators import driver, first_pass
 
     estimator, params, args, keywords = make()
     model = estimator(**params, tol=0.0, max_iter=max_passes, accelerate=accelerate)
     reached = []
-    e_steps = [1]
-    one_pass = em_module.pass_each
+    passes, e_steps = [0], [0]
+    originals = (
+        em_module.pass_each,
+        EMEngine.map_reduce,
+        driver.scan,
+        first_pass.scan_with_first_pass,
+    )
 
     def counted(map_reduce, pairs, **kw):
         e_steps[0] += len(pairs)
-        return one_pass(map_reduce, pairs, **kw)
+        return originals[0](map_reduce, pairs, **kw)
+
+    def counted_pass(engine, *a, **kw):
+        passes[0] += 1
+        return originals[1](engine, *a, **kw)
+
+    def counted_scan(*a, **kw):
+        e_steps[0] += 1
+        return originals[2](*a, **kw)
+
+    def counted_first_pass(*a, **kw):
+        scanned, first = originals[3](*a, **kw)
+        e_steps[0] += sum(len(points) for points, _ in first or ())
+        return scanned, first
 
     def callback(record, params):
         if largest_relative_difference(fitted_arrays(params), optimum) <= within:
-            reached.append(record.passes)
+            reached.append(passes[0])
             raise _Reached
 
-    em_module.pass_each = counted
+    em_module.pass_each, EMEngine.map_reduce = counted, counted_pass
+    driver.scan, first_pass.scan_with_first_pass = counted_scan, counted_first_pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             model.fit(*args, callbacks=[callback], **keywords)
         except _Reached:
-            return 1 + reached[0], e_steps[0]  # the scan pass, then the EM passes
+            return reached[0], e_steps[0]
         finally:
-            em_module.pass_each = one_pass
+            (
+                em_module.pass_each,
+                EMEngine.map_reduce,
+                driver.scan,
+                first_pass.scan_with_first_pass,
+            ) = originals
     return -1, -1
 
 

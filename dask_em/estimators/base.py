@@ -39,6 +39,9 @@ class Estimator:
     _model_name: ClassVar[str] = "model"
     #: The data are many sequences (``fit(X, lengths)``), not independent rows.
     _sequences: ClassVar[bool] = False
+    #: What the model learns from the scan pass changes its E-step (else a fit whose
+    #: starts are all given runs the scan in its first EM pass: ``estimators.first_pass``).
+    _estep_needs_scan: ClassVar[bool] = False
     #: ``{parameter: constraint}``, merged along the bases (see :mod:`.params`).
     _parameter_constraints: ClassVar[dict[str, params.Constraint]] = {
         "client": params.client,

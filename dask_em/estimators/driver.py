@@ -1,7 +1,8 @@
 """The fit driver: everything a fit does around the EM loop, for every model.
 
 One fit is: a checkpoint to resume from (or none); the engine over the data; the *scan*
-pass (every block checked, the initialization sample drawn from across all blocks);
+pass (every block checked, the initialization sample drawn from across all blocks; run
+within the first EM pass where the starts need no data, :mod:`.first_pass`);
 what the model learns from the scan (symbol counts, default priors); then ``n_init``
 initializations (one *init* pass for all, :mod:`.starts`) and EM for all of them in
 lockstep (:func:`dask_em.em.lockstep`: one pass over the data per step, whatever the
@@ -31,9 +32,10 @@ from dask_em.data import ValueCheck
 from dask_em.engine import EMEngine
 from dask_em.engine.speculation import speculates
 from dask_em.engine.threads import driver_thread_limit
+from dask_em.estimators import first_pass
 from dask_em.estimators.starts import initial_points, make_repair, scan
 from dask_em.estimators.warmup import warm_kernels
-from dask_em.families.base import Params
+from dask_em.families.base import Params, Stats
 from dask_em.seeds import seed_from
 from dask_em.shared_passes import pass_each
 
@@ -101,7 +103,14 @@ def fit(
                 max_iter=estimator.max_iter,
                 resumed_at=max(r.n_iter for r in state.runs) if state is not None else 0,
             ) as fit_end:
-                scanned = scan(estimator, engine, rng, data.check)
+                merged = first_pass.plan(estimator, engine, rng, state)
+                first = None
+                if merged is None:
+                    scanned = scan(estimator, engine, rng, data.check)
+                else:  # the scan and the first EM pass in one read
+                    scanned, first = first_pass.scan_with_first_pass(
+                        estimator, engine, data.check, merged
+                    )
                 estimator._learn_from_scan(scanned)
                 best = _restarts(
                     estimator,
@@ -112,6 +121,8 @@ def fit(
                     state=state,
                     saver=saver,
                     callbacks=callbacks,
+                    starts=None if merged is None or state is not None else merged.starts,
+                    first=first,
                 )
                 passes, bytes_read = _counts(engine, state)
                 fit_end.update(
@@ -175,7 +186,8 @@ def fit_candidates(candidates: Sequence[Any], data: FitData) -> CandidatesOutcom
                     for c, (candidate, points) in enumerate(zip(candidates, starts, strict=True))
                 ]
                 for candidate_runs in runs:  # each candidate's kernels (its K, its type)
-                    warm_kernels(engine, candidate_runs[0], scanned["sample"])
+                    run = candidate_runs[0]
+                    warm_kernels(engine, run.family, run.result.params, scanned["sample"])
                 em.lockstep(
                     engine.map_reduce,
                     [run for candidate_runs in runs for run in candidate_runs],
@@ -261,13 +273,17 @@ def _restarts(
     state: FitState | None,
     saver,
     callbacks: Sequence[Callback],
+    starts: Sequence[Params] | None = None,
+    first: Sequence[tuple[Sequence[Params], Sequence[Stats]]] | None = None,
 ) -> em.FitResult:
     """Run the ``n_init`` initializations in lockstep (each pass reads the data once for
-    all of them); with ``state``, continue them from where they were saved.  The best
-    final objective wins (the first of equals, as one after another)."""
+    all of them); with ``state``, continue them from where they were saved; with
+    ``starts`` (drawn before the scan), from those, and with ``first``, their first
+    passes' points and statistics from the scan's pass (:mod:`.first_pass`).  The
+    best final objective wins (the first of equals, as one after another)."""
     if state is not None:
         rng.bit_generator.state = state.rng_state
-        starts: list[Params | None] = [None] * len(state.runs)
+        starts = [None] * len(state.runs)
         logger.info(
             "resuming initialization%s %s after iteration%s %s",
             "s" if len(state.runs) > 1 else "",
@@ -275,7 +291,7 @@ def _restarts(
             "s" if len(state.runs) > 1 else "",
             ", ".join(str(result.n_iter) for result in state.runs),
         )
-    else:
+    elif starts is None:
         (starts,) = initial_points([(estimator, estimator.n_init)], engine, scan, rng)
     rng_state = rng.bit_generator.state  # after every initialization
     runs = [
@@ -290,13 +306,18 @@ def _restarts(
         )
         for r, start in enumerate(starts)
     ]
-    warm_kernels(engine, runs[0], scan["sample"])
+    if first is None:  # else the kernels were warmed before the scan's pass
+        warm_kernels(engine, runs[0].family, runs[0].result.params, scan["sample"])
     save = None
     if saver is not None:
         counts = functools.partial(_counts, engine, state)
         save = functools.partial(_save_runs, saver, rng_state, seed, counts)
     results = em.lockstep(
-        engine.map_reduce, runs, iteration_scope=engine.iteration_scope, save=save
+        engine.map_reduce,
+        runs,
+        iteration_scope=engine.iteration_scope,
+        save=save,
+        first=first,
     )
     for r, result in enumerate(results):
         logger.info("initialization %d: objective %.10g", r + 1, result.lower_bound)

@@ -40,20 +40,37 @@ def _rows_pass(engine: EMEngine, block_func):
 
 def scan(estimator: Any, engine: EMEngine, rng: np.random.Generator, check) -> dict:
     """The scan pass: every block checked, the initialization sample drawn."""
+    scan = engine.map_reduce(
+        _rows_pass(engine, scan_block),
+        merge_scans,
+        check,
+        stage="scan",
+        per_block=scan_arguments(estimator, engine, rng),
+    )
+    return finish_scan(estimator, scan, check)
+
+
+def scan_arguments(
+    estimator: Any, engine: EMEngine, rng: np.random.Generator
+) -> list[tuple[int, int, int]]:
+    """Each block's ``(rows to draw, seed, first row)`` for :func:`scan_block`, drawn
+    from ``rng`` (the first draws of a fit)."""
     sizes = np.asarray(engine.block_rows)
     total = min(int(sizes.sum()), estimator.init_sample_size)
     picks = rng.multivariate_hypergeometric(sizes, total)
     seeds = blockwise_seeds(int(rng.integers(2**63 - 1)), engine.n_blocks)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-    per_block = list(zip(picks.tolist(), seeds, offsets, strict=True))
-    scan = engine.map_reduce(
-        _rows_pass(engine, scan_block), merge_scans, check, stage="scan", per_block=per_block
-    )
+    return list(zip(picks.tolist(), seeds, offsets, strict=True))
+
+
+def finish_scan(estimator: Any, scan: dict, check) -> dict:
+    """The merged scan: bad values or weights raised, rows with every feature missing
+    warned about, and the sample's NaN filled (``fill``: the column means used, or None)."""
     raise_for_scan_problems(scan, check)
     scan["sample"] = np.asarray(scan["sample"], dtype=np.float64)  # float32 rows: exact
     if scan["n_all_missing"]:
         warnings.warn(
-            estimator._all_missing_message(scan["n_all_missing"]), UserWarning, stacklevel=5
+            estimator._all_missing_message(scan["n_all_missing"]), UserWarning, stacklevel=6
         )
     sample = scan["sample"]
     scan["fill"] = None

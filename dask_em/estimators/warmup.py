@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from dask_em import em
 from dask_em.engine import EMEngine, run_on_one_worker
 from dask_em.families.jit import HAVE_NUMBA
 
@@ -21,14 +20,16 @@ logger = logging.getLogger("dask_em.engine")
 WARM_UP_ROWS = 1000
 
 
-def warm_kernels(engine: EMEngine, run: em.EMRun, sample: np.ndarray) -> None:
-    """Compile the run's E-step kernels once, on one worker, before the first pass.
+def warm_kernels(engine: EMEngine, family: Any, params: Any, sample: np.ndarray) -> None:
+    """Compile the E-step kernels of ``family`` at ``params`` once, on one worker,
+    before the first pass.
 
     numba compiles a kernel on its first call and caches the machine code on disk
     (:mod:`dask_em.families.jit`).  Left to the first pass, every worker process would
     compile the same kernels at once (seconds each, on cores the pass needs); run as one
-    task on the first rows of the scan sample, in the data's dtype, the compilation
-    happens once per machine and the other workers there load it from the cache.  With
+    task on the first rows of the scan sample (rows of zeros where the first EM pass is
+    also the scan: :mod:`.first_pass`), in the data's dtype, the compilation happens
+    once per machine and the other workers there load it from the cache.  With
     the cache already written the task only loads the kernels, which that worker would
     do in its first pass anyway; the driving process never compiles or loads them (on a
     remote cluster its own cache would serve nobody).  Its time is logged when it is
@@ -40,7 +41,7 @@ def warm_kernels(engine: EMEngine, run: em.EMRun, sample: np.ndarray) -> None:
     extra = np.array([len(rows)]) if engine.sequences else None
     started = time.perf_counter()
     try:
-        run_on_one_worker(engine.client, _block_stats, run.family, run.result.params, rows, extra)
+        run_on_one_worker(engine.client, _block_stats, family, params, rows, extra)
     except Exception as error:  # only a head start: the first pass compiles instead
         logger.debug("kernels not compiled ahead of the first pass: %s", error)
         return

@@ -105,6 +105,9 @@ class CategoricalHMM(BaseHMM):
     _model_name = "categorical-hmm"
     _parameter_constraints = SYMBOL_CONSTRAINTS
     _symbol_count = SymbolCount("emissionprob_init")
+    #: The symbol count, learned from the scan, shapes the E-step: the scan pass always
+    #: runs alone (:mod:`dask_em.estimators.first_pass`).
+    _estep_needs_scan = True
     _emission_parameters = (Parameter("e", "probabilities", "emissionprob_", "emissionprob_init"),)
 
     def __init__(

@@ -198,6 +198,9 @@ class CategoricalMixture(_DiscreteMixture):
     _parameter_dims = ("component", "feature", "symbol")
     _parameter_constraints = SYMBOL_CONSTRAINTS
     _symbol_count = SymbolCount("probabilities_init")
+    #: The symbol count, learned from the scan, shapes the E-step: the scan pass always
+    #: runs alone (:mod:`dask_em.estimators.first_pass`).
+    _estep_needs_scan = True
 
     def __init__(
         self,
