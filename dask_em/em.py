@@ -19,10 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from dask_em.acceleration import EMState, make_driver
 from dask_em.acceleration.driver import TRIAL_POINT_ERRORS
+from dask_em.evaluated import Evaluated
 from dask_em.families.base import Family, Params, Stats
 from dask_em.records import MONOTONE_TOLERANCE, IterationRecord, check_monotone
 from dask_em.shared_passes import pass_each
@@ -30,6 +29,7 @@ from dask_em.shared_passes import pass_each
 __all__ = [
     "MONOTONE_TOLERANCE",
     "EMRun",
+    "Evaluated",
     "FitResult",
     "IterationRecord",
     "check_monotone",
@@ -258,10 +258,11 @@ class EMRun:
             "check the data for extreme values or increase regularization"
         )
 
-    def start_clock(self) -> None:
-        """Count the next record's seconds from now: its passes, not the set-up before
-        the loop (the driver's first compilation of the kernels, for one)."""
-        self._started = time.perf_counter()
+    def start_clock(self, at: float | None = None) -> None:
+        """Count the next record's seconds from now (or from ``at``, a
+        ``time.perf_counter()`` value): its passes, not the set-up before the loop (the
+        driver's first compilation of the kernels, for one)."""
+        self._started = time.perf_counter() if at is None else at
 
     def notify(self) -> None:
         """Call the callbacks with the point accepted in the last pass, if any."""
@@ -277,7 +278,7 @@ def lockstep(
     *,
     iteration_scope: Callable[[int], contextlib.AbstractContextManager[None]] = _no_scope,
     save: Callable[[list[FitResult]], None] | None = None,
-    first: Sequence[tuple[Sequence[Params], Sequence[Stats]]] | None = None,
+    first: Evaluated | None = None,
 ) -> list[FitResult]:
     """Advance ``runs`` together until none is live: each pass over the data evaluates
     the E-step of every live run, block by block, so the data is read once per pass
@@ -293,15 +294,17 @@ def lockstep(
     ``first``: per run, points and their merged statistics from a pass already made (the
     scan pass that also ran the first E-steps, :mod:`dask_em.estimators.first_pass`).
     The first pass is then not made if each live run's first pass would evaluate
-    exactly those points (equal values); the runs go on as if it had been.
+    exactly those points (equal values); the runs go on as if it had been, their first
+    records counting their seconds from that pass's start.
     """
     for run in runs:
         run.start_clock()
     while live := [run for run in runs if run.live]:
         points = [run.points() for run in live]
-        if first is not None and len(first) == len(runs) and _evaluated(live, points, runs, first):
-            entries = dict(zip(map(id, runs), first, strict=True))
-            stats = iter([s for run in live for s in entries[id(run)][1]])
+        if first is not None and first.serves(live, points, runs):
+            stats = iter(first.stats_of(live, runs))
+            for run in live:
+                run.start_clock(first.started)
         else:
             with iteration_scope(1 + max(run.passes for run in live)):
                 pairs = [(run.family, p) for run, ps in zip(live, points, strict=True) for p in ps]
@@ -314,29 +317,6 @@ def lockstep(
         for run in live:
             run.notify()
     return [run.result for run in runs]
-
-
-def _evaluated(live, points, runs, first) -> bool:
-    """Whether ``first`` (aligned with ``runs``) holds the statistics of the pass at
-    ``points``: each live run to evaluate exactly the points of its entry."""
-    entries = dict(zip(map(id, runs), first, strict=True))
-    return all(
-        len(ps) == len(entries[id(run)][0]) and all(map(same_params, ps, entries[id(run)][0]))
-        for run, ps in zip(live, points, strict=True)
-    )
-
-
-def same_params(a: Any, b: Any) -> bool:
-    """Whether two parameter sets (nested dicts of arrays and numbers) are equal, value
-    for value, shape for shape."""
-    if isinstance(a, dict) or isinstance(b, dict):
-        return (
-            isinstance(a, dict)
-            and isinstance(b, dict)
-            and a.keys() == b.keys()
-            and all(same_params(a[key], b[key]) for key in a)
-        )
-    return np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def run(

@@ -9,6 +9,9 @@ whose E-step depends on the scan, and starts that need the data, keep the scan a
 
 from __future__ import annotations
 
+import time
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -238,11 +241,37 @@ def test_lockstep_makes_the_first_pass_when_the_given_points_differ():
     at_start = map_reduce(family.block_stats, family.merge, start, stage="estep")
     at_other = map_reduce(family.block_stats, family.merge, other, stage="estep")
     calls.clear()
-    given = em.lockstep(map_reduce, [one_run()], first=[([start], [at_start])])[0]
+    # the first record counts its seconds from the start of the pass that was made
+    earlier = time.perf_counter() - 100.0
+    evaluated = em.Evaluated([([start], [at_start])], earlier)
+    (given,) = em.lockstep(map_reduce, [one_run()], first=evaluated)
     assert len(calls) == 4 and given.lower_bound == reference.lower_bound
+    assert given.history[0].seconds >= 100.0 > given.history[1].seconds
     calls.clear()
-    (wrong,) = em.lockstep(map_reduce, [one_run()], first=[([other], [at_other])])
+    wrong = em.Evaluated([([other], [at_other])], earlier)
+    (wrong,) = em.lockstep(map_reduce, [one_run()], first=wrong)
     assert len(calls) == 5 and wrong.lower_bound == reference.lower_bound
+    assert wrong.history[0].seconds < 100.0
+
+
+def test_values_too_large_skip_the_e_step_of_their_block():
+    # the magnitude check refuses them after the pass; no kernel computes on them first
+    X, lengths, _ = gaussian_sequences(30, seed=5)
+    X = X.copy()
+    X[3] = 1e200
+    start = dict(
+        startprob_init=np.full(3, 1 / 3),
+        transmat_init=np.full((3, 3), 1 / 3),
+        means_init=np.zeros((3, X.shape[1])),
+        covars_init=np.ones((3, X.shape[1])),
+    )
+    model = GaussianHMM(3, covariance_type="diag", **start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(ValueError, match="X holds values up to 1e"):
+            model.fit(X, lengths)
+    with pytest.raises(ValueError, match="X holds values up to 1e"):
+        GaussianMixture(2, **gaussian_start(D=X.shape[1])).fit(da.from_array(X, chunks=100))
 
 
 @pytest.mark.parametrize("accelerate", [None, "newton"])

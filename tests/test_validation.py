@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dask_em import GaussianMixture
+from dask_em import GaussianMixture, PoissonMixture
 
 
 def with_holes(n_rows=200, n_features=3):
@@ -191,3 +191,13 @@ def test_data_too_large_to_square_is_refused_saying_to_rescale(client, scale):
     X[1234, 2] = 0.0
     fitted = GaussianMixture(2, random_state=0).fit(X * 1e149)  # large, below the limit
     assert np.isfinite(fitted.lower_bound_) and np.isfinite(fitted.covariances_).all()
+
+
+@pytest.mark.parametrize("estimator", [PoissonMixture, GaussianMixture])
+def test_a_warm_start_on_data_with_other_features_is_refused(estimator):
+    # its kernels would read parameters of the wrong shape
+    rng = np.random.default_rng(0)
+    model = estimator(2, warm_start=True, max_iter=3, random_state=0)
+    model.fit(rng.poisson(3, size=(300, 2)).astype(float))
+    with pytest.raises(ValueError, match="fitted to 2 features, but X has 3"):
+        model.fit(da.from_array(rng.poisson(3, size=(300, 3)).astype(float), chunks=100))

@@ -42,6 +42,13 @@ class Estimator:
     #: What the model learns from the scan pass changes its E-step (else a fit whose
     #: starts are all given runs the scan in its first EM pass: ``estimators.first_pass``).
     _estep_needs_scan: ClassVar[bool] = False
+
+    def _scan_check(self) -> Callable[[dict], None] | None:
+        """What ``_learn_from_scan`` refuses in the data, as a picklable function of a
+        scan (the merged one or one block's) that raises ValueError; None if nothing.
+        A block it refuses skips its E-step in a pass that is also the scan."""
+        return None
+
     #: ``{parameter: constraint}``, merged along the bases (see :mod:`.params`).
     _parameter_constraints: ClassVar[dict[str, params.Constraint]] = {
         "client": params.client,
@@ -119,6 +126,16 @@ class Estimator:
         params.validate(self)
         check_accelerate(self.accelerate, getattr(self, "estep", "exact"))
         self._check_init(n_features)
+        fitted_features = getattr(self, "n_features_in_", n_features)
+        if (
+            getattr(self, "warm_start", False)
+            and self._is_fitted()
+            and n_features != fitted_features
+        ):
+            raise ValueError(
+                f"warm_start=True continues from parameters fitted to {fitted_features} "
+                f"features, but X has {n_features}; fit with warm_start=False to start afresh"
+            )
         if self.accelerate == "newton":  # before any pass, not after the init pass
             check_coordinates(self._newton_coordinates(n_features), f"{self!r}", at_least=True)
 

@@ -35,7 +35,7 @@ from dask_em.engine.threads import driver_thread_limit
 from dask_em.estimators import first_pass
 from dask_em.estimators.starts import initial_points, make_repair, scan
 from dask_em.estimators.warmup import warm_kernels
-from dask_em.families.base import Params, Stats
+from dask_em.families.base import Params
 from dask_em.seeds import seed_from
 from dask_em.shared_passes import pass_each
 
@@ -274,7 +274,7 @@ def _restarts(
     saver,
     callbacks: Sequence[Callback],
     starts: Sequence[Params] | None = None,
-    first: Sequence[tuple[Sequence[Params], Sequence[Stats]]] | None = None,
+    first: em.Evaluated | None = None,
 ) -> em.FitResult:
     """Run the ``n_init`` initializations in lockstep (each pass reads the data once for
     all of them); with ``state``, continue them from where they were saved; with

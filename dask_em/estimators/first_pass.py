@@ -27,6 +27,7 @@ they were computed at (:func:`dask_em.em.lockstep`).
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ from dask_em.engine import EMEngine
 from dask_em.engine.speculation import speculates
 from dask_em.estimators.starts import finish_scan, initial_points, scan_arguments
 from dask_em.estimators.warmup import warm_kernels
-from dask_em.families.base import Params, Stats
+from dask_em.families.base import Params
 from dask_em.shared_passes import block_stats_each, merge_each
 
 
@@ -92,13 +93,15 @@ def plan(
 
 def scan_with_first_pass(
     estimator: Any, engine: EMEngine, check: Any, plan: Plan
-) -> tuple[dict, list[tuple[list[Params], list[Stats]]] | None]:
+) -> tuple[dict, em.Evaluated | None]:
     """The scan (as :func:`.starts.scan` returns it, after its checks) and, per run,
     the points it evaluates in its first pass (for a new run its start, and for Newton
     the differences of its first Jacobian too; none for a run resumed converged) with
     their merged E-step statistics, from one pass.  The statistics are computed under
     the estimator's family before it learns from the scan; None where a block skipped
-    its E-step and the scan raised nothing (the EM loop then makes its first pass)."""
+    its E-step and the scan raised nothing (the EM loop then makes its first pass).
+    The pass is the runs' first iteration: its dashboard span is ``iteration-<n>``, and
+    their first records count its seconds."""
     family = estimator._family()
     runs = [
         _probe(estimator, engine, family, start, resume)
@@ -109,18 +112,20 @@ def scan_with_first_pass(
     if engine.X.shape[0] and pairs:
         rows = np.zeros((min(1000, engine.X.shape[0]), engine.X.shape[1]), dtype=engine.X.dtype)
         warm_kernels(engine, *pairs[0], rows)
-    scanned, stats = engine.map_reduce(
-        _scan_and_estep,
-        functools.partial(_merge, tuple(held for held, _ in pairs)),
-        (check, pairs, engine.sequences),
-        stage="scan",
-        per_block=plan.arguments,
-    )
+    started = time.perf_counter()
+    with engine.iteration_scope(1 + max((run.passes for run in runs if run.live), default=0)):
+        scanned, stats = engine.map_reduce(
+            _scan_and_estep,
+            functools.partial(_merge, tuple(held for held, _ in pairs)),
+            (check, pairs, engine.sequences, estimator._scan_check()),
+            stage="scan",
+            per_block=plan.arguments,
+        )
     scanned = finish_scan(estimator, scanned, check)
     if stats is None:
         return scanned, None
     stats = iter(stats)
-    return scanned, [(ps, [next(stats) for _ in ps]) for ps in points]
+    return scanned, em.Evaluated([(ps, [next(stats) for _ in ps]) for ps in points], started)
 
 
 def _probe(
@@ -145,12 +150,19 @@ def _probe(
 
 
 def _scan_and_estep(shared: tuple, X: Any, w: Any, *arguments: int) -> tuple:
-    """One block's scan and, where it holds no bad value, its statistics at each start
-    (``w``: the rows' weights, or the sequences' lengths, which the scan ignores)."""
-    check, pairs, sequences = shared
+    """One block's scan and, where it holds nothing the model refuses (a bad value or
+    weight, or what ``scan_check`` raises for: values too large, say), its statistics at
+    each point (``w``: the rows' weights, or the sequences' lengths, which the scan
+    ignores)."""
+    check, pairs, sequences, scan_check = shared
     scanned = scan_block(check, X, None if sequences else w, *arguments)
     if scanned["problem"] is not None or scanned["n_bad_weight"]:
         return scanned, None
+    if scan_check is not None:
+        try:
+            scan_check(scanned)
+        except ValueError:  # raised again by the merged scan, after the pass
+            return scanned, None
     return scanned, block_stats_each(pairs, X, w)
 
 

@@ -10,6 +10,8 @@ used only where its pseudocount is non-zero.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,12 @@ def check_magnitude(scan: dict, dtype: str = "float64") -> None:
         f"squares them and {dtype} overflows beyond about {largest:.1g}: rescale X (e.g. "
         f"divide it by {10 ** np.floor(np.log10(value)):.0e}) and fit again"
     )
+
+
+def magnitude_check(estimator: Any) -> Callable[[dict], None]:
+    """:func:`check_magnitude` at the estimator's compute dtype: what its
+    ``_learn_from_scan`` refuses, as a function of a scan (``_scan_check``)."""
+    return functools.partial(check_magnitude, dtype=getattr(estimator, "dtype", "float64"))
 
 
 def learn_priors(estimator: Any, scan: dict) -> None:

@@ -127,6 +127,9 @@ class GaussianHMM(BaseHMM):
         """Default priors from the sample: its weighted mean and covariance."""
         gaussian.learn_priors(self, scan)
 
+    def _scan_check(self):
+        return gaussian.magnitude_check(self)
+
     def _newton_coordinates(self, n_features: int) -> int:
         update = parameters.updated(self)
         emission = gaussian.newton_coordinates(self, n_features, "m" in update, "c" in update)

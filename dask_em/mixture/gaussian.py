@@ -191,6 +191,9 @@ class GaussianMixture(BaseMixture):
         """Default priors from the sample: its weighted mean and covariance."""
         gaussian.learn_priors(self, scan)
 
+    def _scan_check(self):
+        return gaussian.magnitude_check(self)
+
     # -- validation ---------------------------------------------------------------
     def _check_init(self, n_features: int) -> None:
         super()._check_init(n_features)
