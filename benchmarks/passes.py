@@ -256,7 +256,7 @@ def passes_to_optimum(
 
     def counted_first_pass(*a, **kw):
         scanned, first = originals[3](*a, **kw)
-        e_steps[0] += sum(len(points) for points, _ in first or ())
+        e_steps[0] += sum(len(points) for points, _ in (first.entries if first else ()))
         return scanned, first
 
     def callback(record, params):

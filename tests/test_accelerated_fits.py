@@ -195,3 +195,33 @@ def test_a_version_2_checkpoint_still_resumes(tmp_path):
         )
     assert resumed.lower_bounds_ == reference.lower_bounds_
     assert [h["passes"] for h in resumed.history_] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("accelerate", ["daarem", "squarem"])
+def test_a_stopped_accelerated_hmm_fit_resumes_to_the_uninterrupted_result(tmp_path, accelerate):
+    # the checkpoint keeps the HMM's parameters as its attributes: the emission's unused
+    # mixing weights must be what the M-step gives, or the Gaussian's centre (and from
+    # it every statistic, and the extrapolations) differs after a resume
+    X, lengths, _ = gaussian_sequences(30, seed=5)
+    start = dict(
+        startprob_init=np.full(3, 1 / 3),
+        transmat_init=np.full((3, 3), 0.1) + 0.7 * np.eye(3),
+        means_init=np.array([[-1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]),
+        covars_init=np.ones((3, 2)),
+    )
+    params = dict(tol=1e-9, max_iter=300, accelerate=accelerate, **start)
+    reference = GaussianHMM(3, covariance_type="diag", **params).fit(X, lengths)
+    assert reference.converged_
+    for stop in (2, 5):
+        path = tmp_path / f"stop-{stop}.zarr"
+        with pytest.raises(Stop):
+            GaussianHMM(3, covariance_type="diag", **params).fit(
+                X, lengths, checkpoint=path, callbacks=[stop_after(stop)]
+            )
+        resumed = GaussianHMM(3, covariance_type="diag", **params).fit(
+            X, lengths, checkpoint=path, resume=True
+        )
+        for name in ("startprob_", "transmat_", "means_", "covars_"):
+            np.testing.assert_array_equal(getattr(resumed, name), getattr(reference, name))
+        assert resumed.lower_bounds_ == reference.lower_bounds_
+        assert resumed.n_passes_ == reference.n_passes_

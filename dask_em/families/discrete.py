@@ -90,6 +90,10 @@ class DiscreteMixtureFamily:
         params[self.parameter] = np.asarray(values[self.parameter], dtype=np.float64)
         return params
 
+    def with_weights(self, params: Params, weights: np.ndarray) -> Params:
+        """``params`` with other mixing ``weights`` (K,)."""
+        return self.make_params(weights, **{self.parameter: params[self.parameter]})
+
     # -- E-step and statistics ----------------------------------------------------
     def weighted_log_prob(self, params: Params, X: np.ndarray) -> np.ndarray:
         """``log pi_k + log p(x_i | k)``, shape (n, K), float64."""

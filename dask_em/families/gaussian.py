@@ -2,25 +2,22 @@
 
 Pure NumPy/SciPy on ONE block; no Dask here.  The pieces live beside it:
 
-* :mod:`~dask_em.families.gaussian_linalg`: precision Cholesky factors (shapes per
-  covariance type), covariances and log-determinants from them;
-* :mod:`~dask_em.families.gaussian_kernels`: the reference NumPy kernels (log-densities,
-  statistics of a slice given responsibilities);
+* :mod:`~dask_em.families.gaussian_linalg`: precision Cholesky factors, covariances and
+  log-determinants from them;
+* :mod:`~dask_em.families.gaussian_kernels`: the reference NumPy kernels;
 * :mod:`~dask_em.families.gaussian_compiled`: the compiled fused E-step + statistics
   that :meth:`GaussianFamily.block_stats` runs on complete rows when numba is available;
 * :mod:`~dask_em.families.gaussian_missing`: exact EM for rows with NaN;
 * :mod:`~dask_em.families.niw_prior` and :mod:`~dask_em.families.dirichlet`: the MAP
-  update's priors.  ``reg_covar * I`` is added after the update, as scikit-learn does;
-  it is not part of the prior, so for a strictly monotone penalized objective use a
-  covariance prior with ``reg_covar=0``.
+  priors.  ``reg_covar * I`` is added after the update, as scikit-learn does; it is not
+  part of the prior (for a strictly monotone objective: a prior, ``reg_covar=0``).
 
 Numerics: each block is first shifted by ``params["center"]`` (the mixture's overall
 mean), so data far from the origin (values around 1e6 with unit spread) loses no
 precision in the E-step.  ``dtype`` selects the arithmetic of the E-step: "float64"
 (default) casts float32 blocks to float64 one slice at a time; "float32" keeps float32
 blocks in float32 for the log-densities and the per-slice matrix products (about 1e-7
-relative noise per row), while every statistic is still accumulated in float64.
-Prediction (:meth:`GaussianFamily.weighted_log_prob`) keeps float32 products.
+relative noise per row; predictions too), every statistic accumulated in float64.
 """
 
 from __future__ import annotations
@@ -142,6 +139,10 @@ class GaussianFamily:
             "precisions_cholesky": precisions_cholesky,
             "center": weights @ means,
         }
+
+    def with_weights(self, params: Params, weights: np.ndarray) -> Params:
+        """``params`` with other mixing ``weights`` (K,) and the ``center`` they give."""
+        return self.make_params(weights, params["means"], covariances=params["covariances"])
 
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Number of free parameters (for BIC/AIC)."""

@@ -284,11 +284,20 @@ class HMMFamily:
 
     # -- M-step and objective -----------------------------------------------------
     def m_step(self, stats: Stats) -> Params:
-        """Baum-Welch / MAP update (module docstring)."""
+        """Baum-Welch / MAP update (module docstring).
+
+        The emission's mixing weights, which nothing reads, are set uniform, as the
+        estimators build them from ``*_init`` values, hand-set attributes and a
+        checkpoint: a resumed fit then continues from exactly the parameters it saved
+        (the Gaussian's ``center``, which shifts each block, derives from them).
+        """
+        startprob = dirichlet_rows(stats["start"], self.startprob_concentration)
+        emission = self.emission.m_step(stats["emission"])
+        uniform = np.full(len(startprob), 1.0 / len(startprob))
         return self.make_params(
-            dirichlet_rows(stats["start"], self.startprob_concentration),
+            startprob,
             dirichlet_rows(stats["trans"], self.transmat_concentration),
-            self.emission.m_step(stats["emission"]),
+            self.emission.with_weights(emission, uniform),
             seed=int(stats["seed"]) + 1,
         )
 

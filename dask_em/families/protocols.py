@@ -43,6 +43,10 @@ class EmissionFamily(Protocol):
     def make_params(self, weights: np.ndarray, *args, **values) -> Params:
         """Complete parameter dict from the mixing ``weights`` (K,) and the family's arrays."""
 
+    def with_weights(self, params: Params, weights: np.ndarray) -> Params:
+        """``params`` with the mixing ``weights`` (K,) replaced, as :meth:`make_params`
+        would build it (what derives from the weights recomputed)."""
+
     def n_parameters(self, n_components: int, n_features: int) -> int:
         """Free parameters of a K-component model on D features (BIC/AIC)."""
 
