@@ -9,8 +9,8 @@ whose E-step depends on the scan, and starts that need the data, keep the scan a
 
 from __future__ import annotations
 
-import time
 import warnings
+from types import SimpleNamespace
 
 import dask.array as da
 import numpy as np
@@ -221,7 +221,7 @@ def test_bad_data_is_refused_as_by_the_scan_alone(monkeypatch, damage, message):
     assert errors[0] == errors[1]
 
 
-def test_lockstep_makes_the_first_pass_when_the_given_points_differ():
+def test_lockstep_makes_the_first_pass_when_the_given_points_differ(monkeypatch):
     rng = np.random.default_rng(0)
     blocks = [rng.normal(size=(50, 2)) for _ in range(3)]
     family = GaussianFamily("diag")
@@ -241,17 +241,18 @@ def test_lockstep_makes_the_first_pass_when_the_given_points_differ():
     at_start = map_reduce(family.block_stats, family.merge, start, stage="estep")
     at_other = map_reduce(family.block_stats, family.merge, other, stage="estep")
     calls.clear()
-    # the first record counts its seconds from the start of the pass that was made
-    earlier = time.perf_counter() - 100.0
-    evaluated = em.Evaluated([([start], [at_start])], earlier)
+    # the first record counts its seconds from the start of the pass that was made: a
+    # clock that stands still at 1000 s, that pass started at 900 s
+    monkeypatch.setattr(em, "time", SimpleNamespace(perf_counter=lambda: 1000.0))
+    evaluated = em.Evaluated([([start], [at_start])], 900.0)
     (given,) = em.lockstep(map_reduce, [one_run()], first=evaluated)
     assert len(calls) == 4 and given.lower_bound == reference.lower_bound
-    assert given.history[0].seconds >= 100.0 > given.history[1].seconds
+    assert [record.seconds for record in given.history] == [100.0, 0.0, 0.0, 0.0, 0.0]
     calls.clear()
-    wrong = em.Evaluated([([other], [at_other])], earlier)
+    wrong = em.Evaluated([([other], [at_other])], 900.0)
     (wrong,) = em.lockstep(map_reduce, [one_run()], first=wrong)
     assert len(calls) == 5 and wrong.lower_bound == reference.lower_bound
-    assert wrong.history[0].seconds < 100.0
+    assert wrong.history[0].seconds == 0.0
 
 
 def test_values_too_large_skip_the_e_step_of_their_block():

@@ -39,7 +39,7 @@ from dask_em.data import merge_scans, scan_block
 from dask_em.engine import EMEngine
 from dask_em.engine.speculation import speculates
 from dask_em.estimators.starts import finish_scan, initial_points, scan_arguments
-from dask_em.estimators.warmup import warm_kernels
+from dask_em.estimators.warmup import WARM_UP_ROWS, warm_kernels
 from dask_em.families.base import Params
 from dask_em.shared_passes import block_stats_each, merge_each
 
@@ -109,9 +109,8 @@ def scan_with_first_pass(
     ]
     points = [run.points() if run.live else [] for run in runs]
     pairs = tuple((run.family, p) for run, ps in zip(runs, points, strict=True) for p in ps)
-    if engine.X.shape[0] and pairs:
-        rows = np.zeros((min(1000, engine.X.shape[0]), engine.X.shape[1]), dtype=engine.X.dtype)
-        warm_kernels(engine, *pairs[0], rows)
+    if pairs:
+        warm_kernels(engine, *pairs[0], np.zeros((WARM_UP_ROWS, engine.X.shape[1])))
     started = time.perf_counter()
     with engine.iteration_scope(1 + max((run.passes for run in runs if run.live), default=0)):
         scanned, stats = engine.map_reduce(
