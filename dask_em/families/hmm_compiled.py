@@ -81,14 +81,16 @@ def shift_chunk(log_b, first, stop, shift, high_bits, low_bits):
     n_states = log_b.shape[0]
     peak = shift[first:stop]
     _scaled_copy(1.0, log_b[0, first:stop], peak)
-    for k in range(1, n_states):
+    for k in range(1, n_states - 1):
         row = log_b[k, first:stop]
         for i in range(len(peak)):
-            if row[i] > peak[i]:
-                peak[i] = row[i]
+            peak[i] = np.maximum(peak[i], row[i])
+    # the last state, and a peak that is not finite taken as 0, with unconditional
+    # stores (a conditional one is a masked vector store: slow on AMD's Zen cores)
+    last = log_b[n_states - 1, first:stop]
     for i in range(len(peak)):
-        if not math.isfinite(peak[i]):
-            peak[i] = 0.0
+        highest = np.maximum(peak[i], last[i])  # with one state, last is peak's copy
+        peak[i] = highest if math.isfinite(highest) else 0.0
     for k in range(n_states):
         row = log_b[k, first:stop]
         _axpy(-1.0, peak, row)

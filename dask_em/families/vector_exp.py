@@ -77,8 +77,8 @@ def exp_chunk(values, high_bits, low_bits):
         p = p * r + _C3
         p = p * r + _C2
         p = 1.0 + (r + r * r * p)
-        if x != x:  # NaN stays NaN
-            p = x
+        if x != x:  # NaN stays NaN (a NaN constant: ``p = x`` became a masked store)
+            p = np.nan
         values[i] = p
         # n in [-1077, 1025]; biased by 2048 it is positive, so a logical shift halves it
         biased = np.int32(n_float) + 2048
@@ -111,6 +111,7 @@ _LN2_LO_SINGLE = np.float32(math.log(2.0) - 0.693359375)
 _LOWEST_NORMAL_SINGLE = np.float32(-87.33654)
 _HIGHEST_SINGLE = np.float32(89.0)  # exp of anything above is inf
 _ZERO_SINGLE = np.float32(0.0)
+_NAN_SINGLE = np.float32(np.nan)
 _HALF_SINGLE = np.float32(0.5)
 _ONE_SINGLE = np.float32(1.0)
 _S2, _S3, _S4, _S5, _S6, _S7 = (np.float32(1.0 / math.factorial(k)) for k in range(2, 8))
@@ -147,8 +148,8 @@ def exp_chunk_single(values, high_bits, low_bits):
         p = _ONE_SINGLE + (r + r * r * p)
         if x < _LOWEST_NORMAL_SINGLE:
             p = _ZERO_SINGLE
-        if x != x:  # NaN stays NaN
-            p = x
+        if x != x:  # NaN stays NaN (a NaN constant: ``p = x`` became a masked store)
+            p = _NAN_SINGLE
         values[i] = p
         # n in [-126, 128]; biased by 256 it is positive, so a logical shift halves it
         biased = np.int32(np.int32(n_float) + np.int32(256))
