@@ -23,6 +23,7 @@ from dask_em.engine.malloc import MMAP_THRESHOLD, TRIM_THRESHOLD, set_thresholds
 from dask_em.engine.placement import block_homes
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import in_graph_bytes, scatter_in_memory
+from dask_em.engine.workers import scheduler_workers
 
 
 def count_rows(_shared, X, w):
@@ -121,6 +122,28 @@ def test_in_memory_data_is_scattered_to_the_workers_not_sent_through_the_schedul
     )
     np.testing.assert_array_equal(engine.X.compute(), values)
     np.testing.assert_array_equal(engine.sample_weight.compute(), weights)
+
+
+def test_the_workers_are_asked_of_the_scheduler_not_read_from_the_clients_cache(
+    client, monkeypatch
+):
+    """distributed's periodic refresh leaves the client's cached identity without
+    per-worker entries, and a failed refresh keeps that cache; read from it (what
+    ``scheduler_info`` returns), the workers were none, and in-memory data was persisted
+    through the scheduler instead of scattered (a flaky fault-tolerance test)."""
+
+    async def refresh_failed(n_workers=0):  # distributed logs the OSError, keeps the cache
+        return None
+
+    monkeypatch.setattr(client, "_update_scheduler_info", refresh_failed)
+    monkeypatch.setattr(client, "_scheduler_identity", {"type": "Scheduler", "workers": {}})
+    assert client.scheduler_info(n_workers=-1)["workers"] == {}  # what the engine used to read
+    assert sorted(scheduler_workers(client)) == sorted(client.nthreads())
+    X = da.from_array(np.arange(3000.0).reshape(1000, 3), chunks=(125, 3))
+    (scattered,) = scatter_in_memory(client, [X])
+    assert scattered.name.startswith("scattered-")
+    holders = client.who_has(futures_of(scattered))
+    assert len({address for addresses in holders.values() for address in addresses}) == 2
 
 
 def test_data_read_by_tasks_is_not_scattered(client, tmp_path):

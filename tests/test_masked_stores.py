@@ -41,7 +41,7 @@ log_chunk(np.ones(8), np.empty(8, np.int64), np.empty(8))
 shift_chunk(np.zeros((K, rows)), 0, rows, np.zeros(rows),
             np.empty(CHUNK, np.int64), np.empty(CHUNK, np.int64))
 # AT&T syntax: a masked store names the memory operand last
-store = re.compile(r"^\s*v(p?)maskmov\w+\s+%ymm\d+,\s*%ymm\d+,\s*\S*\(", re.M)
+store = re.compile(r"^\s*vp?maskmov\w+\s+%[xy]mm\d+,\s*%[xy]mm\d+,\s*\S*\(", re.M)
 found = {}
 for kernel in (responsibilities, exp_chunk, exp_chunk_single, log_chunk, shift_chunk):
     for signature in kernel.signatures:

@@ -71,12 +71,20 @@ def test_a_stall_is_paused_workers_idle_for_the_pass_and_no_progress_for_the_tim
 
 
 class FakeScheduler:
-    """What :func:`watch` asks of a client: workers, processing, cancel."""
+    """What :func:`watch` asks of a client: workers (the scheduler's identity), processing,
+    cancel."""
 
     def __init__(self, statuses: dict[str, str], processing: dict[str, tuple]):
         self.statuses, self.processing_now, self.cancelled = statuses, processing, []
 
-    def scheduler_info(self, n_workers: int = -1):
+    def sync(self, function, *args, **kwargs):  # the client runs a call to the scheduler
+        return function(*args, **kwargs)
+
+    @property
+    def scheduler(self):
+        return types.SimpleNamespace(identity=self.identity)
+
+    def identity(self, n_workers: int = -1):
         workers = {
             address: {"status": status, "memory_limit": 400 * MB, "nthreads": 1,
                       "metrics": {"memory": 390 * MB}}

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from typing import Any
 
 from dask_em.engine import direct, stalls
+from dask_em.engine.workers import scheduler_workers
 from dask_em.exceptions import ClusterError, MemoryStallError
 
 
@@ -101,7 +102,7 @@ def wait_for_workers(client, min_workers: int = 1, *, timeout: float = DEFAULT_C
     try:
         client.wait_for_workers(min_workers, timeout=timeout)
     except (TimeoutError, OSError):
-        have = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        have = len(scheduler_workers(client))
         address = client.scheduler.address
         raise ClusterError(
             f"the scheduler at {address} has {have} worker{'s' if have != 1 else ''} after "

@@ -49,6 +49,7 @@ from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
 from dask_em.engine.stalls import blocks_of, key_name
 from dask_em.engine.tasks import estep_block_task
 from dask_em.engine.threads import host_threads, limit_threads
+from dask_em.engine.workers import scheduler_workers
 
 #: One logger for the whole engine: a fit's log lines (and its warnings) come from it.
 logger = logging.getLogger("dask_em.engine")
@@ -138,7 +139,7 @@ class EMEngine:
     def memory_budget(self) -> int:
         """Bytes of memory the cluster (or this machine, without a client) offers."""
         if self.client is not None:
-            workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+            workers = scheduler_workers(self.client).values()
             limits = [w.get("memory_limit") or 0 for w in workers]
             if limits and all(limits):
                 return int(sum(limits))

@@ -37,6 +37,7 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from dask_em.engine.cluster import persist_watched
 from dask_em.engine.scatter import scatter_in_memory
 from dask_em.engine.stalls import Blocks
+from dask_em.engine.workers import scheduler_workers
 
 
 def persist_on_workers(
@@ -72,7 +73,7 @@ def in_runs(client: Any, collections: Sequence[da.Array]) -> tuple[list[da.Array
     too, so the read runs where the block is to stay.  The restriction is loose (a
     worker that is gone, or full, leaves the task to another); blocks already in memory
     stay where they are."""
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    workers = sorted(scheduler_workers(client))
     n_blocks = collections[0].numblocks[0]
     if not workers or n_blocks == 0:
         return list(collections), []

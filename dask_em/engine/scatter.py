@@ -23,6 +23,8 @@ import dask.array as da
 import numpy as np
 from dask.core import flatten
 
+from dask_em.engine.workers import scheduler_workers
+
 #: Times a fit sends its in-memory data again after workers holding it were lost.
 MAX_RESENDS = 3
 
@@ -50,7 +52,7 @@ def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array]
     """
     if any(in_graph_bytes(array) < array.nbytes for array in arrays):
         return None
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    workers = sorted(scheduler_workers(client))
     if not workers:
         return None
     token = uuid.uuid4().hex[:16]

@@ -12,7 +12,8 @@ seconds, workers were paused, no running worker had a task of the wait and no ta
 the wait finished.
 
 What it costs: nothing while a pass finishes within a poll (:data:`POLL_SECONDS`; the
-wait returns as soon as it is over); after that, one ``scheduler_info`` call per poll,
+wait returns as soon as it is over); after that, one call for the workers' state per poll
+(:func:`~dask_em.engine.workers.scheduler_workers`),
 plus one ``processing`` call (the tasks each worker runs or queues) while a worker is
 paused.  Nothing per task.
 
@@ -28,6 +29,8 @@ import math
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from dask_em.engine.workers import scheduler_workers
 
 #: The engine's logger (see :mod:`dask_em.engine.passes`).
 logger = logging.getLogger("dask_em.engine")
@@ -123,8 +126,8 @@ def key_name(key: Hashable) -> Hashable:
 
 
 def workers_of(client: Any) -> list[WorkerMemory]:
-    """The workers of ``client``'s scheduler, from one ``scheduler_info`` call."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    """The workers of ``client``'s scheduler, from one call to it."""
+    workers = scheduler_workers(client)
     return [
         WorkerMemory(
             address=address,

@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dask_em.engine.workers import scheduler_workers
+
 _lock = threading.Lock()
 _active_tasks = 0
 _limiter: Any = None
@@ -81,7 +83,7 @@ def _workers(client: Any) -> dict[str, tuple[str, int]]:
         return workers
     workers = {
         address: (info.get("host", ""), int(info.get("nthreads") or 1))
-        for address, info in client.scheduler_info(n_workers=-1)["workers"].items()
+        for address, info in scheduler_workers(client).items()
     }
     _workers_seen = (key, time.monotonic(), workers)
     return workers
