@@ -139,8 +139,7 @@ class EMEngine:
     def memory_budget(self) -> int:
         """Bytes of memory the cluster (or this machine, without a client) offers."""
         if self.client is not None:
-            workers = scheduler_workers(self.client).values()
-            limits = [w.get("memory_limit") or 0 for w in workers]
+            limits = [w.get("memory_limit") or 0 for w in scheduler_workers(self.client).values()]
             if limits and all(limits):
                 return int(sum(limits))
             return int(psutil.virtual_memory().total)
