@@ -35,6 +35,7 @@ from dask_em.families.hmm_kernels import (
     forward_backward_log,
 )
 from dask_em.families.jit import jit, jit_reassociated
+from dask_em.families.peaks import finish_peak, raise_peak
 from dask_em.families.vector_exp import CHUNK, exp_chunk
 
 
@@ -82,15 +83,8 @@ def shift_chunk(log_b, first, stop, shift, high_bits, low_bits):
     peak = shift[first:stop]
     _scaled_copy(1.0, log_b[0, first:stop], peak)
     for k in range(1, n_states - 1):
-        row = log_b[k, first:stop]
-        for i in range(len(peak)):
-            peak[i] = np.maximum(peak[i], row[i])
-    # the last state, and a peak that is not finite taken as 0, with unconditional
-    # stores (a conditional one is a masked vector store: slow on AMD's Zen cores)
-    last = log_b[n_states - 1, first:stop]
-    for i in range(len(peak)):
-        highest = np.maximum(peak[i], last[i])  # with one state, last is peak's copy
-        peak[i] = highest if math.isfinite(highest) else 0.0
+        raise_peak(peak, log_b[k, first:stop])
+    finish_peak(peak, log_b[n_states - 1, first:stop])  # one state: the row peak copies
     for k in range(n_states):
         row = log_b[k, first:stop]
         _axpy(-1.0, peak, row)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from dask_em.families.jit import jit, jit_reassociated
+from dask_em.families.peaks import finish_peak, raise_peak
 from dask_em.families.vector_exp import exp_slice
 from dask_em.families.vector_log import log_chunk
 
@@ -49,12 +50,9 @@ def responsibilities(lp, m, w, nk, scratch, out):
     :func:`~dask_em.families.vector_log.log_chunk` (libm's are scalar calls); the sums
     are reassociated (a few ulps).
 
-    No loop here stores a value only where a condition holds (``max(peak[i], v)``,
-    ``if ...: peak[i] = 0``): the compiler turns those into masked vector stores, which
-    cost AMD's Zen cores about ten cycles each; the maximum is ``np.maximum`` (a NaN
-    log-density gives a NaN peak, where ``max`` passed over it: the row's
-    responsibilities and log-likelihood are NaN either way), and every store is
-    unconditional.
+    The shift is :mod:`~dask_em.families.peaks`' (no masked vector stores; a NaN
+    log-density gives a NaN peak, taken as 0: the row's responsibilities and
+    log-likelihood are NaN either way).
     """
     n_components = lp.shape[0]
     peak, total, log_total, high_bits, low_bits = scratch
@@ -62,13 +60,8 @@ def responsibilities(lp, m, w, nk, scratch, out):
         peak[i] = -np.inf
         total[i] = 0.0
     for k in range(n_components - 1):
-        row = lp[k]
-        for i in range(m):
-            peak[i] = np.maximum(peak[i], row[i])
-    last = lp[n_components - 1]
-    for i in range(m):  # the last component, and a peak that is not finite taken as 0
-        highest = np.maximum(peak[i], last[i])
-        peak[i] = highest if np.isfinite(highest) else 0.0
+        raise_peak(peak[:m], lp[k, :m])
+    finish_peak(peak[:m], lp[n_components - 1, :m])
     for k in range(n_components):
         row = lp[k]
         for i in range(m):
