@@ -48,12 +48,13 @@ import math
 
 import numpy as np
 
+from dask_em.families.gaussian_missing_rows import rare_rows_block, row_estep, row_scratch_of
 from dask_em.families.gaussian_missing_runs import (
+    RESPONSIBILITY_FLOOR,
+    gather_rows,
     inverse_scratch,
+    missing_index,
     pattern_inverses,
-    row_log_densities,
-    row_moments,
-    row_responsibilities,
     run_log_densities,
     run_moments,
 )
@@ -68,21 +69,6 @@ SLICE_ROWS = 256
 #: (:func:`~dask_em.families.gaussian_missing_runs.run_log_densities`); shorter ones
 #: go row by row.
 RUN_ROWS = 8
-
-#: Responsibilities below this are taken as 0, as the reference does (their products
-#: with the data would be subnormal numbers, each some hundred times a normal multiply).
-RESPONSIBILITY_FLOOR = 1e-200
-
-
-@jit
-def _pattern(missing, i, index):
-    """q, with ``index[:q]`` the missing features of row i of ``missing`` (m, D) bool."""
-    q = 0
-    for d in range(missing.shape[1]):
-        if missing[i, d]:
-            index[q] = d
-            q += 1
-    return q
 
 
 @jit
@@ -118,18 +104,21 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
     across slices; ``buffers``: lp (K, m), coef (K, D, m), work (2, m),
-    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) (a short run's
-    row: its values), b (D,), index (D,), held (K, m)
-    (the short runs' ``w r``), run_ends (m,) int and
-    :func:`~dask_em.families.responsibilities_compiled.row_scratch`.
+    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) and y (K*D,)
+    (a short run's row: its values and ``P_k v_k``), index (D,), held (K, m)
+    (the short runs' ``w r``), run_ends (m,) int,
+    :func:`~dask_em.families.responsibilities_compiled.row_scratch` and
+    :func:`~dask_em.families.gaussian_missing_rows.row_scratch_of`.
 
     Per run of one pattern: the log-densities (P_mm factored once); then Bayes' rule
     over the whole slice; then per run the pattern's terms of the moments (P_mm
-    factored again).  A run shorter than :data:`RUN_ROWS` rows goes through all three
-    row by row at once, so that its pattern is factored once.  Leaves lp holding every
+    factored again).  A run shorter than :data:`RUN_ROWS` rows (the end of a frequent
+    pattern's rows cut by the slice) goes through all three row by row at once
+    (:func:`~dask_em.families.gaussian_missing_rows.row_estep`), so that its pattern is
+    factored once.  Leaves lp holding every
     row's ``w_i r_ik``, for the moment product of ``xct``.
     """
-    lp, coef, work, inverting, u, b, index, held, run_ends, scratch = buffers
+    lp, coef, work, inverting, u, y, index, held, run_ends, scratch, one_row = buffers
     m, n_features = missing.shape
     n_components = const.shape[0]
     weight = 0.0
@@ -140,7 +129,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
         end = _run_end(keys, missing, start, m)
         run_ends[n_runs] = end
         n_runs += 1
-        q = _pattern(missing, start, index)
+        q = missing_index(missing, start, index)
         if q < n_features:
             pattern_inverses(precisions, index, q, cache, inverting)
         if q < n_features and end - start >= RUN_ROWS:
@@ -148,16 +137,18 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
                 yt, xct, means_c, cache, const, index, q, start, end, lp, coef, work[0]
             )
         elif q < n_features:  # a short run: each row's whole E-step now, P_mm^-1 at hand
-            for i in range(start, end):
+            for i in range(start, end):  # its column of xct and yt copied out once
                 for d in range(n_features):
                     u[d] = xct[d, i]
-                row_log_densities(yt, u, means_c, cache, const, index, q, i, lp, coef, b)
-                row_weight, row_loglik = row_responsibilities(
-                    lp, i, w[i], out[0], held, RESPONSIBILITY_FLOOR
+                for d in range(yt.shape[0]):
+                    y[d] = yt[d, i]
+                row_weight, row_loglik = row_estep(
+                    y, u, w[i], means_c, cache, const, index, q, out, one_row
                 )
                 weight += row_weight
                 loglik += row_loglik
-                row_moments(held, u, coef, cache, index, q, i, out)
+                for k in range(n_components):
+                    held[k, i] = one_row[1][k]
         if q == n_features or end - start < RUN_ROWS:  # out of the Bayes' rule below
             for i in range(start, end):
                 w[i] = 0.0
@@ -177,7 +168,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     start = 0
     for run in range(n_runs):  # the runs found above
         end = run_ends[run]
-        q = _pattern(missing, start, index)
+        q = missing_index(missing, start, index)
         if q < n_features and end - start >= RUN_ROWS:
             pattern_inverses(precisions, index, q, cache, inverting)
             run_moments(lp, xct, coef, cache, index, q, start, end, out, work[1])
@@ -202,28 +193,6 @@ def _pattern_keys(X, rows, keys):
 
 
 @jit
-def _gather_rows(X, rows, center, w, xct, xc, missing, ws):
-    """xct[:D, i] = xc[i, :D] = X[rows[i]] - center with NaN as 0 (feature-major and
-    row-major), missing[i] its NaN mask, ws[i] its weight (w (n,), or empty for unit
-    weights)."""
-    n_features = X.shape[1]
-    unweighted = w.shape[0] == 0
-    for i in range(len(rows)):
-        row = rows[i]
-        ws[i] = 1.0 if unweighted else w[row]
-        for d in range(n_features):
-            value = X[row, d]
-            gone = value != value
-            centred = value - center[d]
-            if gone:
-                centred = 0.0
-            missing[i, d] = gone
-            xc[i, d] = centred
-        for d in range(n_features):  # the strided copy apart: the loop above vectorizes
-            xct[d, i] = xc[i, d]
-
-
-@jit
 def slice_buffers(m, n_features, width):
     """The buffers :func:`gathered_slice` fills, for slices of m rows: xct (D + 1, m) (its
     last row ones), xc (m, D), product (width, m), missing (m, D) bool and ws (m,)."""
@@ -238,7 +207,7 @@ def slice_buffers(m, n_features, width):
 
 @jit
 def gathered_slice(X, rows, center, w, matrix, xct, xc, product, missing, ws):
-    """The rows ``rows`` of X gathered (:func:`_gather_rows`) into xct (D + 1, m), xc,
+    """The rows ``rows`` of X gathered (:func:`gather_rows`) into xct (D + 1, m), xc,
     missing and ws, and ``product = matrix @ xct`` (matrix (P, D + 1), product (P, m));
     returns (xct, product), new arrays of the slice's width when the slice is shorter
     than they are (the last one), so that every loop over its rows stays contiguous."""
@@ -246,7 +215,7 @@ def gathered_slice(X, rows, center, w, matrix, xct, xc, product, missing, ws):
     if xct.shape[1] != m:
         xct = np.ones((X.shape[1] + 1, m))
         product = np.empty((matrix.shape[0], m))
-    _gather_rows(X, rows, center, w, xct, xc, missing, ws)
+    gather_rows(X, rows, center, w, xct, xc, missing, ws)
     np.dot(matrix, xct, product)
     return xct, product
 
@@ -320,11 +289,12 @@ def _missing_block(
         np.empty((2, m)),  # work: the quadratic forms, then run_moments' scratch
         inverting,
         np.empty(n_features),
-        np.empty(n_features),
+        np.empty(precisions_t.shape[0]),
         np.empty(n_features, dtype=np.int64),
         np.empty((n_components, m)),
         np.empty(m, dtype=np.int64),
         row_scratch(m, lp),
+        row_scratch_of(n_features, n_components),
     )
     xct, xc, yt, missing, ws = slice_buffers(m, n_features, width)
     part = np.empty(moments.shape)
@@ -346,6 +316,17 @@ def _missing_block(
         pair_moments(buffers[0], xct, m, first, second, part, 0.0)
         moments += part
     return weight, loglik
+
+
+def rare_patterns(keys: np.ndarray, n_rows: int) -> np.ndarray:
+    """(n_rows,) bool: the rows (keys (n_rows,) their patterns' bit masks, in pattern
+    order) whose pattern has fewer than :data:`RUN_ROWS` rows; none where keys is empty
+    (D > 63: no masks)."""
+    if len(keys) == 0:
+        return np.zeros(n_rows, dtype=bool)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    lengths = np.diff(np.r_[starts, len(keys)])
+    return np.repeat(lengths < RUN_ROWS, lengths)
 
 
 def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
@@ -379,12 +360,20 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     moments = np.zeros((n_components, len(first)))
     # rows of one pattern side by side: each pattern's P_mm is factored once per run
     ordered, keys = pattern_order(X, rows)
+    rare = rare_patterns(keys, len(ordered))
     inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, ordered, keys, center, precisions_t, means_c, precisions, const, w, out, first,
-        second, moments, inverting,
+        X, ordered[~rare], keys[~rare] if len(keys) else keys, center, precisions_t, means_c,
+        precisions, const, w, out, first, second, moments, inverting,
     )  # fmt: skip
+    if rare.any():  # row by row, row-major (gaussian_missing_rows)
+        rare_weight, rare_loglik = rare_rows_block(
+            X, ordered[rare], center, np.ascontiguousarray(precisions_t.T), means_c,
+            precisions, const, w, out, first, second, moments, inverting, SLICE_ROWS,
+        )  # fmt: skip
+        weight += rare_weight
+        loglik += rare_loglik
     nk, extra_sums, cross, block = out
     sums, second_moments = moments_from_pairs(moments, first, second)
     sums += extra_sums

@@ -18,8 +18,46 @@ import math
 import numpy as np
 
 from dask_em.families.jit import jit, jit_reassociated
+from dask_em.families.small_spd import small_inverses
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+#: Responsibilities below this are taken as 0, as the reference does (their products
+#: with the data would be subnormal numbers, each some hundred times a normal multiply).
+RESPONSIBILITY_FLOOR = 1e-200
+
+
+@jit
+def missing_index(missing, i, index):
+    """q, with ``index[:q]`` the missing features of row i of ``missing`` (m, D) bool."""
+    q = 0
+    for d in range(missing.shape[1]):
+        if missing[i, d]:
+            index[q] = d
+            q += 1
+    return q
+
+
+@jit
+def gather_rows(X, rows, center, w, xct, xc, missing, ws):
+    """xct[:D, i] = xc[i, :D] = X[rows[i]] - center with NaN as 0 (feature-major and
+    row-major), missing[i] its NaN mask, ws[i] its weight (w (n,), or empty for unit
+    weights)."""
+    n_features = X.shape[1]
+    unweighted = w.shape[0] == 0
+    for i in range(len(rows)):
+        row = rows[i]
+        ws[i] = 1.0 if unweighted else w[row]
+        for d in range(n_features):
+            value = X[row, d]
+            gone = value != value
+            centred = value - center[d]
+            if gone:
+                centred = 0.0
+            missing[i, d] = gone
+            xc[i, d] = centred
+        for d in range(n_features):  # the strided copy apart: the loop above vectorizes
+            xct[d, i] = xc[i, d]
 
 
 @jit
@@ -142,7 +180,9 @@ def inverse_scratch(n_features: int, n_components: int) -> tuple:
 def pattern_inverses(precisions, index, q, cache, scratch):
     """The cache (pattern, ``P_mm^-1`` (K, D, D), ``log |P_mm|`` (K,)) made that of the
     pattern ``index[:q]``, unless it holds it already (rows sorted by pattern factor
-    each pattern once per run).  scratch: :func:`inverse_scratch`."""
+    each pattern once per run): in closed form for q <= 5
+    (:func:`~dask_em.families.small_spd.small_inverses`), else by
+    :func:`cholesky_inverses`.  scratch: :func:`inverse_scratch`."""
     pattern, inverse, log_dets = cache
     n_features = pattern.shape[0] - 1
     same = pattern[n_features] == q
@@ -150,15 +190,17 @@ def pattern_inverses(precisions, index, q, cache, scratch):
         same = same and pattern[t] == index[t]
     if same:
         return
+    for t in range(q):
+        pattern[t] = index[t]
+    pattern[n_features] = q
+    if small_inverses(precisions, index, q, inverse, log_dets):
+        return
     a, chol_scratch = scratch
     for t in range(q):
         for t2 in range(q):
             for k in range(precisions.shape[0]):
                 a[t, t2, k] = precisions[k, index[t], index[t2]]
     cholesky_inverses(a, q, inverse, log_dets, chol_scratch)
-    for t in range(q):
-        pattern[t] = index[t]
-    pattern[n_features] = q
 
 
 @jit_reassociated
@@ -249,72 +291,3 @@ def run_moments(r, xct, coef, cache, index, q, start, end, out, scratch):
                 for i in range(n):
                     part -= re[i] * c2[i]
                 block[k, j, index[t2]] += part + total * inverse[k, t, t2]
-
-
-@jit_reassociated
-def row_log_densities(yt, x, means_c, cache, const, index, q, i, lp, coef, b):
-    """Column i of lp and ``coef[:, :q, i]`` as :func:`run_log_densities`, for a row of a
-    run too short for loops over its rows to pay (the loops run over the features).
-    x (>= D,): the row's column of xct, copied out once; b (>= q,): scratch."""
-    _, inverse, log_dets = cache
-    n_components, n_features = means_c.shape
-    for k in range(n_components):
-        base = k * n_features
-        quad = 0.0
-        for e in range(n_features):
-            quad += (x[e] - means_c[k, e]) * yt[base + e, i]
-        for t in range(q):
-            b[t] = yt[base + index[t], i]
-        for t in range(q):
-            s = 0.0
-            for t2 in range(q):
-                s += inverse[k, t, t2] * b[t2]
-            coef[k, t, i] = s
-            quad -= b[t] * s
-        lp[k, i] = const[k] + 0.5 * q * LOG_2PI - 0.5 * log_dets[k] - 0.5 * quad
-
-
-@jit_reassociated
-def row_moments(r, x, coef, cache, index, q, i, out):
-    """What row i adds, as :func:`run_moments` for a run of one row; x (>= D,): the
-    row's column of xct, copied out once (the loops below read it K q times)."""
-    _, sums, cross, block = out
-    _, inverse, _ = cache
-    n_components, n_features = cross.shape[0], cross.shape[2]
-    for k in range(n_components):
-        weight = r[k, i]
-        if weight == 0.0:
-            continue
-        for t in range(q):
-            j = index[t]
-            re = -weight * coef[k, t, i]
-            sums[k, j] += re
-            for d in range(n_features):
-                cross[k, j, d] += re * x[d]
-            for t2 in range(q):
-                block[k, j, index[t2]] += weight * inverse[k, t, t2] - re * coef[k, t2, i]
-
-
-@jit
-def row_responsibilities(lp, i, w, nk, held, floor):
-    """Bayes' rule for column i of lp (K, m) alone: ``held[:, i] = w r_ik`` (0 below
-    ``floor``), added to nk (K,); returns (w, w loglik).  The scalar form of
-    :func:`~dask_em.families.responsibilities_compiled.responsibilities`, for a row of
-    a short run, whose pattern's terms are added while its ``P_mm^-1`` is at hand."""
-    n_components = lp.shape[0]
-    peak = -np.inf
-    for k in range(n_components):
-        peak = max(peak, lp[k, i])
-    if not np.isfinite(peak):
-        peak = 0.0
-    total = 0.0
-    for k in range(n_components):
-        held[k, i] = math.exp(lp[k, i] - peak)
-        total += held[k, i]
-    for k in range(n_components):
-        r = w * (held[k, i] / total)
-        if r < floor:
-            r = 0.0
-        held[k, i] = r
-        nk[k] += r
-    return w, w * (math.log(total) + peak)

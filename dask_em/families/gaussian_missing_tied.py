@@ -33,16 +33,19 @@ from __future__ import annotations
 import numpy as np
 
 from dask_em.families.gaussian_missing_compiled import (
-    RESPONSIBILITY_FLOOR,
     RUN_ROWS,
     SLICE_ROWS,
-    _pattern,
     _run_end,
     gathered_slice,
     pattern_order,
     slice_buffers,
 )
-from dask_em.families.gaussian_missing_runs import LOG_2PI, spd_inverse
+from dask_em.families.gaussian_missing_runs import (
+    LOG_2PI,
+    RESPONSIBILITY_FLOOR,
+    missing_index,
+    spd_inverse,
+)
 from dask_em.families.gaussian_slice_loops import (
     first_moment_pairs,
     moments_from_pairs,
@@ -293,7 +296,7 @@ def _tied_missing_block(
         while start < m:  # the log-densities, run by run
             end = _run_end(slice_keys, missing[:m], start, m)
             run_ends[n_runs] = end
-            q = _pattern(missing[:m], start, index)
+            q = missing_index(missing[:m], start, index)
             if q < n_features:
                 inverse, pool = _run_inverse(pool, run_starts, n_runs, q)
                 log_det = spd_inverse(precision, index, q, inverse, low)
@@ -327,7 +330,7 @@ def _tied_missing_block(
         start = 0
         for run in range(n_runs):
             end = run_ends[run]
-            q = _pattern(missing[:m], start, index)
+            q = missing_index(missing[:m], start, index)
             if q < n_features:
                 inverse = _stored_inverse(pool, run_starts, run, q)
             if q < n_features and end - start >= RUN_ROWS:
