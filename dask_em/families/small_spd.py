@@ -34,6 +34,39 @@ LARGEST_CLOSED_FORM = 5
 
 
 @jit
+def _inverse_2(a, b, d):
+    """(det, and the inverse's entries 00, 01, 11) of ``[[a, b], [b, d]]``."""
+    det = a * d - b * b
+    r = 1.0 / det
+    return det, d * r, -b * r, a * r
+
+
+@jit
+def _times_2(g0, g1, s00, s01, s11):
+    """The row ``[g0, g1]`` times the symmetric ``[[s00, s01], [s01, s11]]``."""
+    return g0 * s00 + g1 * s01, g0 * s01 + g1 * s11
+
+
+@jit
+def _store_coupling(inverse, k, i, n, h0, h1):
+    """Row i's entries of the off-diagonal block ``-H`` (columns n, n + 1), and their
+    mirror image."""
+    inverse[k, i, n] = -h0
+    inverse[k, i, n + 1] = -h1
+    inverse[k, n, i] = -h0
+    inverse[k, n + 1, i] = -h1
+
+
+@jit
+def _store_symmetric_2(inverse, k, n, s00, s01, s11):
+    """The symmetric 2 x 2 block ``[[s00, s01], [s01, s11]]`` at rows and columns n, n + 1."""
+    inverse[k, n, n] = s00
+    inverse[k, n, n + 1] = s01
+    inverse[k, n + 1, n] = s01
+    inverse[k, n + 1, n + 1] = s11
+
+
+@jit
 def _inverses_1(precisions, i0, inverse, dets):
     for k in range(precisions.shape[0]):
         a = precisions[k, i0, i0]
@@ -47,12 +80,8 @@ def _inverses_2(precisions, i0, i1, inverse, dets):
         a = precisions[k, i0, i0]
         b = precisions[k, i0, i1]
         d = precisions[k, i1, i1]
-        det = a * d - b * b
-        r = 1.0 / det
-        inverse[k, 0, 0] = d * r
-        inverse[k, 0, 1] = -b * r
-        inverse[k, 1, 0] = -b * r
-        inverse[k, 1, 1] = a * r
+        det, i00, i01, i11 = _inverse_2(a, b, d)
+        _store_symmetric_2(inverse, k, 0, i00, i01, i11)
         dets[k] = det
 
 
@@ -95,9 +124,7 @@ def _inverses_4(precisions, index, inverse, dets):
         a00, a01, a11 = p[i0, i0], p[i0, i1], p[i1, i1]
         b00, b01, b10, b11 = p[i0, i2], p[i0, i3], p[i1, i2], p[i1, i3]
         c00, c01, c11 = p[i2, i2], p[i2, i3], p[i3, i3]
-        det_a = a00 * a11 - a01 * a01
-        r = 1.0 / det_a
-        ia00, ia01, ia11 = a11 * r, -a01 * r, a00 * r
+        det_a, ia00, ia01, ia11 = _inverse_2(a00, a01, a11)
         g00 = ia00 * b00 + ia01 * b10  # G = A^-1 B
         g01 = ia00 * b01 + ia01 * b11
         g10 = ia01 * b00 + ia11 * b10
@@ -105,30 +132,17 @@ def _inverses_4(precisions, index, inverse, dets):
         s00 = c00 - (b00 * g00 + b10 * g10)  # S = C - B^T G
         s01 = c01 - (b00 * g01 + b10 * g11)
         s11 = c11 - (b01 * g01 + b11 * g11)
-        det_s = s00 * s11 - s01 * s01
-        r = 1.0 / det_s
-        is00, is01, is11 = s11 * r, -s01 * r, s00 * r
-        h00 = g00 * is00 + g01 * is01  # H = G S^-1
-        h01 = g00 * is01 + g01 * is11
-        h10 = g10 * is00 + g11 * is01
-        h11 = g10 * is01 + g11 * is11
+        det_s, is00, is01, is11 = _inverse_2(s00, s01, s11)
+        h00, h01 = _times_2(g00, g01, is00, is01, is11)  # H = G S^-1
+        h10, h11 = _times_2(g10, g11, is00, is01, is11)
         t01 = ia01 + h00 * g10 + h01 * g11
         inverse[k, 0, 0] = ia00 + h00 * g00 + h01 * g01
         inverse[k, 0, 1] = t01
         inverse[k, 1, 0] = t01
         inverse[k, 1, 1] = ia11 + h10 * g10 + h11 * g11
-        inverse[k, 0, 2] = -h00
-        inverse[k, 0, 3] = -h01
-        inverse[k, 1, 2] = -h10
-        inverse[k, 1, 3] = -h11
-        inverse[k, 2, 0] = -h00
-        inverse[k, 3, 0] = -h01
-        inverse[k, 2, 1] = -h10
-        inverse[k, 3, 1] = -h11
-        inverse[k, 2, 2] = is00
-        inverse[k, 2, 3] = is01
-        inverse[k, 3, 2] = is01
-        inverse[k, 3, 3] = is11
+        _store_coupling(inverse, k, 0, 2, h00, h01)
+        _store_coupling(inverse, k, 1, 2, h10, h11)
+        _store_symmetric_2(inverse, k, 2, is00, is01, is11)
         dets[k] = det_a * det_s
 
 
@@ -165,15 +179,10 @@ def _inverses_5(precisions, index, inverse, dets):
         s00 = c00 - (b00 * g00 + b10 * g10 + b20 * g20)  # S = C - B^T G
         s01 = c01 - (b00 * g01 + b10 * g11 + b20 * g21)
         s11 = c11 - (b01 * g01 + b11 * g11 + b21 * g21)
-        det_s = s00 * s11 - s01 * s01
-        r = 1.0 / det_s
-        is00, is01, is11 = s11 * r, -s01 * r, s00 * r
-        h00 = g00 * is00 + g01 * is01  # H = G S^-1
-        h01 = g00 * is01 + g01 * is11
-        h10 = g10 * is00 + g11 * is01
-        h11 = g10 * is01 + g11 * is11
-        h20 = g20 * is00 + g21 * is01
-        h21 = g20 * is01 + g21 * is11
+        det_s, is00, is01, is11 = _inverse_2(s00, s01, s11)
+        h00, h01 = _times_2(g00, g01, is00, is01, is11)  # H = G S^-1
+        h10, h11 = _times_2(g10, g11, is00, is01, is11)
+        h20, h21 = _times_2(g20, g21, is00, is01, is11)
         t01 = ia01 + h00 * g10 + h01 * g11  # A^-1 + H G^T
         t02 = ia02 + h00 * g20 + h01 * g21
         t12 = ia12 + h10 * g20 + h11 * g21
@@ -186,22 +195,10 @@ def _inverses_5(precisions, index, inverse, dets):
         inverse[k, 2, 0] = t02
         inverse[k, 1, 2] = t12
         inverse[k, 2, 1] = t12
-        inverse[k, 0, 3] = -h00
-        inverse[k, 0, 4] = -h01
-        inverse[k, 1, 3] = -h10
-        inverse[k, 1, 4] = -h11
-        inverse[k, 2, 3] = -h20
-        inverse[k, 2, 4] = -h21
-        inverse[k, 3, 0] = -h00
-        inverse[k, 4, 0] = -h01
-        inverse[k, 3, 1] = -h10
-        inverse[k, 4, 1] = -h11
-        inverse[k, 3, 2] = -h20
-        inverse[k, 4, 2] = -h21
-        inverse[k, 3, 3] = is00
-        inverse[k, 3, 4] = is01
-        inverse[k, 4, 3] = is01
-        inverse[k, 4, 4] = is11
+        _store_coupling(inverse, k, 0, 3, h00, h01)
+        _store_coupling(inverse, k, 1, 3, h10, h11)
+        _store_coupling(inverse, k, 2, 3, h20, h21)
+        _store_symmetric_2(inverse, k, 3, is00, is01, is11)
         dets[k] = det_a * det_s
 
 
