@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from dask_em.families.jit import jit, jit_reassociated
+from dask_em.families.prefetch import ROWS_AHEAD, prefetch
 from dask_em.families.small_spd import small_inverses
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -42,10 +43,15 @@ def missing_index(missing, i, index):
 def gather_rows(X, rows, center, w, xct, xc, missing, ws):
     """xct[:D, i] = xc[i, :D] = X[rows[i]] - center with NaN as 0 (feature-major and
     row-major), missing[i] its NaN mask, ws[i] its weight (w (n,), or empty for unit
-    weights)."""
+    weights).  The rows come out of order: each asks for the one
+    :data:`~dask_em.families.prefetch.ROWS_AHEAD` ahead (its first and last value: two
+    cache lines at D=16 float64)."""
     n_features = X.shape[1]
     unweighted = w.shape[0] == 0
     for i in range(len(rows)):
+        if i + ROWS_AHEAD < len(rows):
+            prefetch(X, rows[i + ROWS_AHEAD], 0)
+            prefetch(X, rows[i + ROWS_AHEAD], n_features - 1)
         row = rows[i]
         ws[i] = 1.0 if unweighted else w[row]
         for d in range(n_features):
