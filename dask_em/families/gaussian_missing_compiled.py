@@ -50,7 +50,7 @@ import numpy as np
 
 from dask_em.families.gaussian_missing_rows import rare_rows_block, row_estep, row_scratch_of
 from dask_em.families.gaussian_missing_runs import (
-    RESPONSIBILITY_FLOOR,
+    floor_responsibilities,
     gather_rows,
     inverse_scratch,
     missing_index,
@@ -101,7 +101,8 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,), overwritten
     with 0 for a row with nothing observed (it gets no weight) and for the rows of short
     runs (their Bayes' rule is done row by row).
-    ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D), added to.
+    ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D) (its upper
+    triangle only: symmetric, mirrored at the end), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
     across slices; ``buffers``: lp (K, m), coef (K, D, m), work (2, m),
     :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) and y (K*D,)
@@ -160,11 +161,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     part_weight, part_loglik = responsibilities(lp, m, w, out[0], scratch, lp)
     weight += part_weight
     loglik += part_loglik
-    for k in range(n_components):
-        for i in range(m):
-            if lp[k, i] < RESPONSIBILITY_FLOOR:  # as the reference: not in nk either
-                out[0][k] -= lp[k, i]
-                lp[k, i] = 0.0
+    floor_responsibilities(lp, m, out[0])  # as the reference: not in nk either
     start = 0
     for run in range(n_runs):  # the runs found above
         end = run_ends[run]
@@ -377,5 +374,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     nk, extra_sums, cross, block = out
     sums, second_moments = moments_from_pairs(moments, first, second)
     sums += extra_sums
+    # block holds the upper triangle of each symmetric q x q term (run_moments, row_moments)
+    block = block + block.transpose(0, 2, 1) - block * np.eye(n_features)
     second = second_moments + cross + cross.transpose(0, 2, 1) + block
     return weight, loglik, nk, sums, second

@@ -102,7 +102,7 @@ def row_moments(r, x, coef, cache, index, q, out):
             sums[k, j] += re
             for d in range(n_features):
                 cross[k, j, d] += re * x[d]
-            for t2 in range(q):
+            for t2 in range(t, q):  # the upper triangle (index ascends): symmetric
                 block[k, j, index[t2]] += weight * inverse[k, t, t2] - re * coef[k, t2]
 
 

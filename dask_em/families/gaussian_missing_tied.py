@@ -42,7 +42,7 @@ from dask_em.families.gaussian_missing_compiled import (
 )
 from dask_em.families.gaussian_missing_runs import (
     LOG_2PI,
-    RESPONSIBILITY_FLOOR,
+    floor_responsibilities,
     missing_index,
     spd_inverse,
 )
@@ -322,11 +322,7 @@ def _tied_missing_block(
         part_weight, part_loglik = responsibilities(lp, m, ws, nk, bayes, lp)
         weight += part_weight
         loglik += part_loglik
-        for k in range(n_components):
-            for i in range(m):
-                if lp[k, i] < RESPONSIBILITY_FLOOR:  # as the reference: not in nk either
-                    nk[k] -= lp[k, i]
-                    lp[k, i] = 0.0
+        floor_responsibilities(lp, m, nk)  # as the reference: not in nk either
         start = 0
         for run in range(n_runs):
             end = run_ends[run]
