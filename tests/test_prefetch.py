@@ -14,7 +14,7 @@ from dask_em.families.prefetch import prefetch
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is off")
 
 
-def test_prefetch_compiles_to_a_prefetch_and_reads_nothing_it_should_not():
+def test_prefetch_compiles_to_a_prefetch_instruction_and_changes_no_value():
     import numba
 
     @numba.njit

@@ -14,7 +14,12 @@ from dask_em.families.gaussian_missing_compiled import (
     pattern_order,
     rare_patterns,
 )
-from dask_em.families.gaussian_missing_runs import inverse_scratch, pattern_inverses
+from dask_em.families.gaussian_missing_runs import (
+    RESPONSIBILITY_FLOOR,
+    floor_responsibilities,
+    inverse_scratch,
+    pattern_inverses,
+)
 from dask_em.families.small_spd import LARGEST_CLOSED_FORM, small_inverses
 from tests.helpers import random_gaussian_params
 from tests.test_compiled_kernels import assert_same_stats
@@ -73,29 +78,75 @@ def test_closed_forms_leave_larger_blocks_and_extreme_determinants_to_cholesky()
 
 
 def test_rare_patterns_are_those_with_fewer_rows_than_a_run():
-    keys = np.array([1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 5, 9, 9])
-    expected = [True] * 3 + [False] * 8 + [True] * 3
-    assert rare_patterns(keys, len(keys)).tolist() == expected
-    assert RUN_ROWS == 8
+    counts = [RUN_ROWS - 1, RUN_ROWS, 1, 2]
+    keys = np.repeat([1, 2, 5, 9], counts)
+    expected = np.repeat([True, False, True, True], counts)
+    assert rare_patterns(keys, len(keys)).tolist() == expected.tolist()
     assert rare_patterns(np.empty(0, dtype=np.int64), 4).tolist() == [False] * 4
+
+
+def test_closed_forms_keep_their_accuracy_on_badly_scaled_blocks():
+    # features on scales from 1e-4 to 1e4 (condition numbers near 1e16 from the scaling
+    # alone): compared in the scaled coordinates, where the block is well conditioned
+    rng = np.random.default_rng(7)
+    n_features = 6
+    base = _precisions(rng, 4, n_features, [1.0, 1.0, 1.0, 1.0])
+    scales = 10.0 ** rng.uniform(-4, 4, size=(4, n_features))
+    precisions = base * scales[:, :, None] * scales[:, None, :]
+    for q in range(1, LARGEST_CLOSED_FORM + 1):
+        index = np.zeros(n_features, dtype=np.int64)
+        index[:q] = np.sort(rng.choice(n_features, q, replace=False))
+        inverse = np.empty((4, n_features, n_features))
+        log_dets = np.empty(4)
+        if not small_inverses(precisions, index, q, inverse, log_dets):
+            continue  # a determinant out of range: the Cholesky path's (tested above)
+        m = index[:q]
+        for k in range(4):
+            s = scales[k, m]
+            expected = np.linalg.inv(base[k][np.ix_(m, m)])  # = s P^-1 s in scaled terms
+            got = inverse[k, :q, :q] * s[:, None] * s[None, :]
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * abs(expected).max())
+            expected_log_det = np.linalg.slogdet(base[k][np.ix_(m, m)])[1] + 2 * np.log(s).sum()
+            assert log_dets[k] == pytest.approx(expected_log_det, rel=1e-12, abs=1e-10)
+
+
+def test_the_floor_of_the_responsibilities_leaves_them_out_of_nk():
+    # below 1e-200: 0 and out of nk; at the floor, NaN and columns past m: untouched
+    floor = RESPONSIBILITY_FLOOR
+    r = np.array(
+        [[0.5, floor, floor / 2, -0.0, np.nan, 1e-300], [1e-250, 0.25, 0.0, 1.0, 0.5, 0.0]]
+    )
+    nk = np.zeros(2)
+    before = r.copy()
+    floor_responsibilities(r, 5, nk)
+    np.testing.assert_array_equal(r[0, :5], [0.5, floor, 0.0, 0.0, np.nan])
+    np.testing.assert_array_equal(r[1, :5], [0.0, 0.25, 0.0, 1.0, 0.5])
+    assert r[0, 5] == before[0, 5]  # past m
+    assert nk[0] == -floor / 2 and nk[1] == -1e-250
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])
 def test_a_frequent_pattern_cut_by_a_slice_end_and_rare_patterns_match_the_reference(
     covariance_type,
 ):
-    # pattern A fills a slice but for 3 rows, which go to pattern B (a short piece of a
-    # frequent pattern, row by row inside the feature-major slice); B's other rows start
-    # the next slice; rare patterns of q = 1..7 (row by row, row-major) and rows with
-    # nothing observed come after them in the sort
+    # full: pattern A fills a slice but for 3 rows, which go to pattern B (a short piece
+    # of a frequent pattern, row by row inside the feature-major slice); B's other rows
+    # start the next slice; more than a slice of rows of rare patterns, q = 2..7 (row by
+    # row, row-major, the last slice partial) and rows with nothing observed come after
+    # them in the sort.  tied takes its own kernel, which has the same layout of runs.
     rng = np.random.default_rng(3)
     n_features = 8
     family = GaussianFamily(covariance_type=covariance_type)
     params = random_gaussian_params(family, 3, n_features, rng)
     n_a, n_b = SLICE_ROWS - 3, 20
-    # rare patterns, each in one row: q = 1..7, all distinct and none is A's or B's
-    rare = [np.arange(n_features - q, n_features) for q in range(1, 8)]
-    rare += [np.arange(1, q + 2) for q in range(1, 6)]
+    # rare patterns: 300 rows of random subsets of q >= 2 features (so none is A's or
+    # B's); 247 such patterns, so each has a few rows, fewer than a run's
+    subsets = [
+        np.flatnonzero(bits >> np.arange(n_features) & 1)
+        for bits in range(1, 2**n_features - 1)
+        if 2 <= bin(bits).count("1") <= n_features - 1
+    ]
+    rare = [subsets[i] for i in rng.integers(0, len(subsets), 300)]
     n_rows = n_a + n_b + len(rare) + 2 + 50
     X = rng.normal(size=(n_rows, n_features)) + params["means"][rng.integers(0, 3, n_rows)]
     X[:n_a, 0] = np.nan  # key 1
@@ -107,7 +158,9 @@ def test_a_frequent_pattern_cut_by_a_slice_end_and_rare_patterns_match_the_refer
     X = X[order]
     rows, keys = pattern_order(X, np.flatnonzero(np.isnan(X).any(axis=1)))
     flagged = rare_patterns(keys, len(rows))
-    assert flagged.sum() == len(rare) + 2  # and the rows with nothing observed
+    patterns, counts = np.unique(keys, return_counts=True)
+    assert counts[patterns > 2].max() < RUN_ROWS  # every pattern but A's and B's is rare
+    assert flagged.sum() == len(rare) + 2 > SLICE_ROWS  # and the rows with nothing observed
     assert not flagged[keys == 1].any() and not flagged[keys == 2].any()
     for w in (None, rng.random(n_rows) * 2.0):
         assert_same_stats(

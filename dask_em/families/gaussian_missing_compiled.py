@@ -17,8 +17,9 @@ compiled loops over the rows of one pattern, with no (n, K, D) temporary:
 * ``v^T P v = v . y_k`` (D products per row and component) and ``b = (P v)_m`` is
   ``y_k``'s missing entries, read, not computed (the complete rows' whitened form
   ``u_k = L_k^T v_k``, ``v^T P v = |u|^2``, would need ``b = (L_k u)_m``, q x D more
-  products); one Cholesky of the q x q ``P_mm`` gives ``c = P_mm^-1 b``, ``log |P_mm|``
-  and ``P_mm^-1``; then (gaussian_missing, eqs. 1-3)
+  products); ``P_mm^-1`` and ``log |P_mm|`` of the q x q ``P_mm`` once per pattern (in
+  closed form for q <= 5, else by Cholesky) give ``c = P_mm^-1 b``; then
+  (gaussian_missing, eqs. 1-3)
 
       maha_o = v.y - b.c,    log pi_k + log N(x_o | k) = const_k + 1/2 q log 2 pi
                - 1/2 log |P_mm| - 1/2 maha_o,
@@ -113,8 +114,9 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
 
     Per run of one pattern: the log-densities (P_mm factored once); then Bayes' rule
     over the whole slice; then per run the pattern's terms of the moments (P_mm
-    factored again).  A run shorter than :data:`RUN_ROWS` rows (the end of a frequent
-    pattern's rows cut by the slice) goes through all three row by row at once
+    factored again).  A run shorter than :data:`RUN_ROWS` rows (a piece of a frequent
+    pattern's rows cut by a slice end; with D > 63, whose rows have no bit masks, also
+    the rare patterns) goes through all three row by row at once
     (:func:`~dask_em.families.gaussian_missing_rows.row_estep`), so that its pattern is
     factored once.  Leaves lp holding every
     row's ``w_i r_ik``, for the moment product of ``xct``.
@@ -375,6 +377,6 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     sums, second_moments = moments_from_pairs(moments, first, second)
     sums += extra_sums
     # block holds the upper triangle of each symmetric q x q term (run_moments, row_moments)
-    block = block + block.transpose(0, 2, 1) - block * np.eye(n_features)
+    block += np.triu(block, 1).transpose(0, 2, 1)
     second = second_moments + cross + cross.transpose(0, 2, 1) + block
     return weight, loglik, nk, sums, second

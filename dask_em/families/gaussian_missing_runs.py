@@ -7,7 +7,7 @@ once for the run (:func:`pattern_inverses`), then the log-densities and ``c =
 P_mm^-1 b`` (:func:`run_log_densities`) and, once the responsibilities are known, the
 pattern's terms of the completed-data moments (:func:`run_moments`), each loop over
 the run's rows.  A run of a few rows takes the same mathematics row by row
-(:func:`row_log_densities`, :func:`row_moments`), where loops over the features are
+(:mod:`dask_em.families.gaussian_missing_rows`), where loops over the features are
 cheaper than setting up loops over rows.
 """
 
@@ -17,15 +17,13 @@ import math
 
 import numpy as np
 
+# responsibilities below this count as 0, as in the NumPy reference
+from dask_em.families.gaussian_missing import RESPONSIBILITY_FLOOR
 from dask_em.families.jit import jit, jit_reassociated
 from dask_em.families.prefetch import ROWS_AHEAD, prefetch
 from dask_em.families.small_spd import small_inverses
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-#: Responsibilities below this are taken as 0, as the reference does (their products
-#: with the data would be subnormal numbers, each some hundred times a normal multiply).
-RESPONSIBILITY_FLOOR = 1e-200
 
 
 @jit_reassociated
@@ -61,14 +59,17 @@ def gather_rows(X, rows, center, w, xct, xc, missing, ws):
     """xct[:D, i] = xc[i, :D] = X[rows[i]] - center with NaN as 0 (feature-major and
     row-major), missing[i] its NaN mask, ws[i] its weight (w (n,), or empty for unit
     weights).  The rows come out of order: each asks for the one
-    :data:`~dask_em.families.prefetch.ROWS_AHEAD` ahead (its first and last value: two
-    cache lines at D=16 float64)."""
+    :data:`~dask_em.families.prefetch.ROWS_AHEAD` ahead, a value every 64 bytes and its
+    last one (every cache line it touches, however the row is aligned)."""
     n_features = X.shape[1]
     unweighted = w.shape[0] == 0
+    step = max(1, 64 // X.itemsize)
     for i in range(len(rows)):
         if i + ROWS_AHEAD < len(rows):
-            prefetch(X, rows[i + ROWS_AHEAD], 0)
-            prefetch(X, rows[i + ROWS_AHEAD], n_features - 1)
+            ahead = rows[i + ROWS_AHEAD]
+            for d in range(0, n_features, step):
+                prefetch(X, ahead, d)
+            prefetch(X, ahead, n_features - 1)
         row = rows[i]
         ws[i] = 1.0 if unweighted else w[row]
         for d in range(n_features):
@@ -204,8 +205,9 @@ def pattern_inverses(precisions, index, q, cache, scratch):
     """The cache (pattern, ``P_mm^-1`` (K, D, D), ``log |P_mm|`` (K,)) made that of the
     pattern ``index[:q]``, unless it holds it already (rows sorted by pattern factor
     each pattern once per run): in closed form for q <= 5
-    (:func:`~dask_em.families.small_spd.small_inverses`), else by
-    :func:`cholesky_inverses`.  scratch: :func:`inverse_scratch`."""
+    (:func:`~dask_em.families.small_spd.small_inverses`), else, and where a
+    determinant lies outside [1e-300, 1e300], by :func:`cholesky_inverses`.  scratch:
+    :func:`inverse_scratch`."""
     pattern, inverse, log_dets = cache
     n_features = pattern.shape[0] - 1
     same = pattern[n_features] == q
@@ -248,9 +250,8 @@ def run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, 
         for i in range(n):
             quad[i] = 0.0
         e = 0
-        while (
-            e + 4 <= n_features
-        ):  # four features a pass: quad loaded and stored a quarter as often
+        # four features a pass: quad loaded and stored a quarter as often
+        while e + 4 <= n_features:
             x0, x1, x2, x3 = (
                 xct[e, start:end],
                 xct[e + 1, start:end],
@@ -322,7 +323,8 @@ def run_moments(r, xct, coef, cache, index, q, start, end, out, scratch):
             sums[k, j] += first
             target = cross[k, j]
             d = 0
-            while d + 4 <= n_features:  # four sums a pass over the run: a quarter of the loops
+            # four sums a pass over the run's rows: a quarter of the loops
+            while d + 4 <= n_features:
                 x0, x1, x2, x3 = (
                     xct[d, start:end],
                     xct[d + 1, start:end],

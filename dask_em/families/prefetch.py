@@ -6,8 +6,9 @@ jump the hardware prefetcher cannot follow; in a worker the block is no longer i
 by then, and each row waited for main memory: 3.8 ms for the 50,984 rows with NaN of a
 62,500-row block (D=16, float64, caches flushed first) against 1.2 ms in block order.
 Asking for the row 16 ahead while copying the current one (LLVM's ``llvm.prefetch``,
-a hint with no effect on results) brings it to 1.2 ms.  numba has no prefetch of its
-own, so :func:`prefetch` is a numba intrinsic; without numba it is a no-op.
+a hint with no effect on results; every cache line of the row) brings it to 1.2 ms.
+numba has no prefetch of its own, so :func:`prefetch` is a numba intrinsic; without
+numba it is a no-op.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ if HAVE_NUMBA:
     def prefetch(typingctx, array, row, column):
         """Hint that ``array[row, column]`` (a 2-D array) is read soon: read access,
         high locality, data cache."""
+        if not (isinstance(array, types.Array) and array.ndim == 2):
+            return None  # a typing error: only 2-D arrays
         signature = types.void(array, row, column)
 
         def codegen(context, builder, sig, args):
