@@ -31,7 +31,7 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_n_passes_of_plain_em_is_scan_plus_init_plus_iterations():
     X, _ = overlapping_data()
-    model = GaussianMixture(2, tol=1e-6, max_iter=500, random_state=0).fit(X)
+    model = GaussianMixture(2, tol=1e-4, max_iter=500, random_state=0).fit(X)
     assert model.converged_
     assert model.n_passes_ == 1 + 1 + model.n_iter_
     assert [h["passes"] for h in model.history_] == list(range(1, model.n_iter_ + 1))
