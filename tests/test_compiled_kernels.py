@@ -23,6 +23,7 @@ from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
 from dask_em.families.gaussian_missing_compiled import RUN_ROWS, pattern_order
 from dask_em.families.gaussian_missing_runs import (
     inverse_scratch,
+    pattern_cache,
     pattern_inverses,
     spd_inverse,
 )
@@ -293,7 +294,7 @@ def test_pattern_inverses_over_the_whole_range_of_determinants():
     ]
     index = np.zeros(n_features, dtype=np.int64)
     index[:q] = np.sort(rng.choice(n_features, q, replace=False))
-    cache = (np.full(n_features + 1, -1), np.empty((3, n_features, n_features)), np.empty(3))
+    cache = pattern_cache(n_features, 3)
     pattern_inverses(precisions, index, q, cache, inverse_scratch(n_features, 3))
     block = precisions[:, index[:q]][:, :, index[:q]]
     sign, log_det = np.linalg.slogdet(block)

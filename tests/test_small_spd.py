@@ -18,6 +18,7 @@ from dask_em.families.gaussian_missing_runs import (
     RESPONSIBILITY_FLOOR,
     floor_responsibilities,
     inverse_scratch,
+    pattern_cache,
     pattern_inverses,
 )
 from dask_em.families.small_spd import LARGEST_CLOSED_FORM, small_inverses
@@ -69,7 +70,7 @@ def test_closed_forms_leave_larger_blocks_and_extreme_determinants_to_cholesky()
         index[:q] = np.arange(q)
         inverse = np.empty((3, n_features, n_features))
         assert not small_inverses(precisions, index, q, inverse, np.empty(3))
-        cache = (np.full(n_features + 1, -1), np.empty((3, n_features, n_features)), np.empty(3))
+        cache = pattern_cache(n_features, 3)
         pattern_inverses(precisions, index, q, cache, inverse_scratch(n_features, 3))
         block = precisions[:, :q, :q]
         np.testing.assert_allclose(cache[2], np.linalg.slogdet(block)[1], rtol=1e-12)

@@ -55,6 +55,7 @@ from dask_em.families.gaussian_missing_runs import (
     gather_rows,
     inverse_scratch,
     missing_index,
+    pattern_cache,
     pattern_inverses,
     run_log_densities,
     run_moments,
@@ -276,11 +277,7 @@ def _missing_block(
     n_components = const.shape[0]
     width = precisions_t.shape[0]
     m = min(SLICE_ROWS, max(len(rows), 1))
-    cache = (
-        np.full(n_features + 1, -1, dtype=np.int64),
-        np.empty((n_components, n_features, n_features)),
-        np.empty(n_components),
-    )
+    cache = pattern_cache(n_features, n_components)
     lp = np.empty((n_components, m))
     buffers = (
         lp,

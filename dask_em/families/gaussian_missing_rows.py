@@ -27,6 +27,7 @@ from dask_em.families.gaussian_missing_runs import (
     RESPONSIBILITY_FLOOR,
     gather_rows,
     missing_index,
+    pattern_cache,
     pattern_inverses,
 )
 from dask_em.families.gaussian_slice_loops import pair_moments
@@ -152,11 +153,7 @@ def rare_rows_block(
     n_features = X.shape[1]
     n_components = const.shape[0]
     m = max(1, min(slice_rows, len(rows)))
-    cache = (
-        np.full(n_features + 1, -1, dtype=np.int64),
-        np.empty((n_components, n_features, n_features)),
-        np.empty(n_components),
-    )
+    cache = pattern_cache(n_features, n_components)
     xct = np.ones((n_features + 1, m))  # feature-major, for the pair sums
     xc = np.ones((m, n_features + 1))  # row-major with a column of ones
     product = np.empty((m, matrix_t.shape[1]))

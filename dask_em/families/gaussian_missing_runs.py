@@ -201,6 +201,17 @@ def inverse_scratch(n_features: int, n_components: int) -> tuple:
 
 
 @jit
+def pattern_cache(n_features, n_components):
+    """An empty cache for :func:`pattern_inverses`: (pattern (D + 1,) int, -1 for none
+    yet, ``P_mm^-1`` (K, D, D), ``log |P_mm|`` (K,))."""
+    return (
+        np.full(n_features + 1, -1, dtype=np.int64),
+        np.empty((n_components, n_features, n_features)),
+        np.empty(n_components),
+    )
+
+
+@jit
 def pattern_inverses(precisions, index, q, cache, scratch):
     """The cache (pattern, ``P_mm^-1`` (K, D, D), ``log |P_mm|`` (K,)) made that of the
     pattern ``index[:q]``, unless it holds it already (rows sorted by pattern factor
