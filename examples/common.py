@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """The options every example takes; an example may add its own before
+    :func:`parsed`."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply the data size (default 1: seconds)"
@@ -21,9 +23,18 @@ def parse_args(description: str) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the plot (PNG)")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def parsed(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The command line's options, with the ``--out`` folder made."""
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     return args
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    return parsed(argument_parser(description))
 
 
 @contextlib.contextmanager
