@@ -28,6 +28,7 @@ from dask_em import (
     GaussianHMM,
     GaussianMixture,
     PoissonMixture,
+    files,
     load,
 )
 from dask_em.cli import main
@@ -313,14 +314,13 @@ def test_version_1_files_still_load_and_their_damage_is_still_found(saved, tmp_p
 def damaged_write(monkeypatch, victim: str) -> None:
     """Every Zarr store written from now on loses its first chunk of ``victim`` on disk
     right after it is written (a write that did not reach the disk intact)."""
-    real_to_zarr = xr.Dataset.to_zarr
+    real_write = files.write_zarr_files
 
-    def to_zarr(self, store, *args, **kwargs):
-        result = real_to_zarr(self, store, *args, **kwargs)
-        chunk_files(Path(store), victim)[0].unlink()
-        return result
+    def write_zarr_files(ds, folder):
+        real_write(ds, folder)
+        chunk_files(Path(folder), victim)[0].unlink()
 
-    monkeypatch.setattr(xr.Dataset, "to_zarr", to_zarr)
+    monkeypatch.setattr(files, "write_zarr_files", write_zarr_files)
 
 
 def test_a_model_that_does_not_read_back_never_replaces_the_previous_one(
