@@ -78,7 +78,7 @@ def write_zarr_files(ds: Any, folder: str) -> None:
     files: dict[str, Any] = {}
     ds.to_zarr(MemoryStore(files), mode="w-", consolidated=False)
     os.mkdir(folder)
-    for key in sorted(files):  # a folder's zarr.json before the folders below it
+    for key in sorted(files):  # the same order every time; makedirs makes each folder
         target = os.path.join(folder, *key.split("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(target, "wb") as handle:
