@@ -25,6 +25,7 @@ from dask_em.evaluated import Evaluated
 from dask_em.families.base import Family, Params, Stats
 from dask_em.records import MONOTONE_TOLERANCE, IterationRecord, check_monotone
 from dask_em.shared_passes import pass_each
+from dask_em.thread_pools import one_blas_thread
 
 __all__ = [
     "MONOTONE_TOLERANCE",
@@ -296,11 +297,16 @@ def lockstep(
     The first pass is then not made if each live run's first pass would evaluate
     exactly those points (equal values); the runs go on as if it had been, their first
     records counting their seconds from that pass's start.
+
+    The runs' own arithmetic (their points, M-steps, proposals) runs with one BLAS
+    thread (:func:`dask_em.thread_pools.one_blas_thread`); ``map_reduce``, ``save`` and
+    the callbacks with the caller's.
     """
     for run in runs:
         run.start_clock()
     while live := [run for run in runs if run.live]:
-        points = [run.points() for run in live]
+        with one_blas_thread():  # the runs' own D x D algebra (dask_em.thread_pools)
+            points = [run.points() for run in live]
         if first is not None and first.serves(live, points, runs):
             stats = iter(first.stats_of(live, runs))
             for run in live:
@@ -310,8 +316,9 @@ def lockstep(
                 pairs = [(run.family, p) for run, ps in zip(live, points, strict=True) for p in ps]
                 stats = iter(pass_each(map_reduce, pairs))
         first = None
-        for run, run_points in zip(live, points, strict=True):
-            run.tell_points([next(stats) for _ in run_points])
+        with one_blas_thread():  # the M-steps and the drivers' steps
+            for run, run_points in zip(live, points, strict=True):
+                run.tell_points([next(stats) for _ in run_points])
         if save is not None and any(run.last_record is not None for run in live):
             save([run.result for run in runs])
         for run in live:

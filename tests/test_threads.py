@@ -7,6 +7,8 @@ worker process instead of its default 1 (the cause of the oversubscription).
 
 from __future__ import annotations
 
+import threading
+
 import dask
 import dask.array as da
 import numpy as np
@@ -14,9 +16,11 @@ import pytest
 from distributed import Client, LocalCluster
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from dask_em import GaussianMixture
+from dask_em import GaussianMixture, em
 from dask_em.engine import EMEngine
 from dask_em.engine.threads import available_cpus, task_share, task_thread_limit
+from dask_em.families.gaussian import GaussianFamily
+from dask_em.thread_pools import one_blas_thread
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -94,6 +98,63 @@ def test_a_fit_drives_its_passes_with_one_blas_thread_and_restores_the_limit():
         )
         assert blas_threads() == 2
     assert seen == [1, 1, 1]
+
+
+class RecordingFamily(GaussianFamily):
+    """A Gaussian family that notes the BLAS threads of each M-step."""
+
+    def __init__(self, seen: list) -> None:
+        super().__init__("full")
+        self.seen = seen
+
+    def m_step(self, stats):
+        self.seen.append(("m-step", blas_threads()))
+        return super().m_step(stats)
+
+
+def test_the_em_loop_takes_one_blas_thread_for_its_own_steps_not_for_the_pass():
+    # OpenBLAS hands even a 2 x 2 triangular solve to its threads: the loop's M-steps and
+    # proposals run with one, the pass (the caller's map_reduce) with the caller's
+    seen: list = []
+    family = RecordingFamily(seen)
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(200, 2)), rng.normal(3.0, 1.0, size=(200, 2))])
+    start = family.make_params(
+        np.array([0.5, 0.5]),
+        np.array([[0.5, 0.0], [2.0, 2.0]]),
+        covariances=np.stack([np.eye(2)] * 2),
+    )
+
+    def map_reduce(block_func, merge, shared, *, stage):
+        seen.append(("pass", blas_threads()))
+        return merge(*(block_func(shared, block, None) for block in np.array_split(X, 3)))
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        result = em.run(map_reduce, family, start, max_iter=6, tol=0.0, accelerate="squarem")
+        assert blas_threads() == 2  # restored
+    assert result.passes == 6
+    assert {threads for kind, threads in seen if kind == "pass"} == {2}
+    assert {threads for kind, threads in seen if kind == "m-step"} == {1}
+
+
+def test_one_blas_thread_is_restored_by_the_last_holder_only():
+    # an estimator's fit holds the limit around its loop, which takes it again each pass;
+    # a fit driven from another thread meanwhile enters and leaves: only the outermost
+    # holder's exit restores the pools
+    def enter_and_leave() -> None:
+        with one_blas_thread():
+            pass
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with one_blas_thread():
+            with one_blas_thread():
+                assert blas_threads() == 1
+            assert blas_threads() == 1
+            other = threading.Thread(target=enter_and_leave)
+            other.start()
+            other.join()
+            assert blas_threads() == 1
+        assert blas_threads() == 2
 
 
 POOL_LOADED_LATE = """

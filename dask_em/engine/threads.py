@@ -26,13 +26,10 @@ run without a ``distributed.Client``, counts only its own threads.  Limits in
 threadpoolctl are process-wide, so concurrent tasks of one worker share one limit, set
 by the first task that enters and restored when the last one leaves.
 
-The process that drives a fit (the client) runs only small linear algebra between
-passes: the M-step's K Cholesky factorizations and triangular solves of D x D
-matrices, k-means on the initialization sample.  A multithreaded BLAS gains nothing
-there and loses much when the cores are busy: a 16 x 16 ``solve_triangular`` took
-9.6 ms with OpenBLAS' 2 threads on a loaded 2-core machine against 0.17 ms with one.
-So a fit runs inside :func:`driver_thread_limit` (one BLAS/OpenMP thread in the
-driving process, restored afterwards), as scikit-learn's KMeans limits its own loop.
+The process that drives a fit (the client) runs its own small linear algebra with one
+BLAS thread (:func:`dask_em.thread_pools.one_blas_thread`): a 16 x 16
+``solve_triangular`` took 9.6 ms with OpenBLAS' 2 threads on a loaded 2-core machine
+against 0.17 ms with one.
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -48,12 +44,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dask_em.engine.workers import scheduler_workers
+from dask_em.thread_pools import pools
 
 _lock = threading.Lock()
 _active_tasks = 0
 _limiter: Any = None
-_controller: Any = None
-_controller_modules = 0  # len(sys.modules) when it was made
 
 
 def available_cpus() -> int:
@@ -129,29 +124,13 @@ def task_share(threads_by_host: Mapping[str, int] | None = None, worker: Any = N
     return max(1, available_cpus() // max(1, threads))
 
 
-def _pools():
-    """The thread pools loaded in this process (threadpoolctl's controller).
-
-    Made again whenever modules were imported since the last one: an import can load
-    another pool (scipy's OpenBLAS, an OpenMP runtime), which a controller made before
-    it would not limit.  Making one scans the loaded libraries (about 1.5 ms).
-    """
-    global _controller, _controller_modules
-    if _controller is None or _controller_modules != len(sys.modules):
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController()
-        _controller_modules = len(sys.modules)
-    return _controller
-
-
 @contextlib.contextmanager
 def task_thread_limit(threads: int) -> Iterator[None]:
     """Limit the process' BLAS and OpenMP pools to ``threads`` while tasks run in it."""
     global _active_tasks, _limiter
     with _lock:
         if _active_tasks == 0:
-            _limiter = _pools().limit(limits=threads)
+            _limiter = pools().limit(limits=threads)
         _active_tasks += 1
     try:
         yield
@@ -161,16 +140,6 @@ def task_thread_limit(threads: int) -> Iterator[None]:
             if _active_tasks == 0:
                 _limiter.restore_original_limits()
                 _limiter = None
-
-
-@contextlib.contextmanager
-def driver_thread_limit() -> Iterator[None]:
-    """One BLAS/OpenMP thread in this process for the duration of a fit (module docstring)."""
-    limiter = _pools().limit(limits=1)
-    try:
-        yield
-    finally:
-        limiter.restore_original_limits()
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,13 @@ from dask_em.checkpoint import FitState, fingerprint, load_state, save_state
 from dask_em.data import ValueCheck
 from dask_em.engine import EMEngine
 from dask_em.engine.speculation import speculates
-from dask_em.engine.threads import driver_thread_limit
 from dask_em.estimators import first_pass
 from dask_em.estimators.starts import initial_points, make_repair, scan
 from dask_em.estimators.warmup import warm_kernels
 from dask_em.families.base import Params
 from dask_em.seeds import seed_from
 from dask_em.shared_passes import pass_each
+from dask_em.thread_pools import one_blas_thread
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def fit(
     rng = np.random.default_rng(seed)
     n_samples, n_features = data.shape
     check_accelerate(estimator.accelerate, getattr(estimator, "estep", "exact"))
-    with verbose_logging(estimator.verbose), driver_thread_limit():
+    with verbose_logging(estimator.verbose), one_blas_thread():
         engine, placement = open_engine(estimator, data)
         try:
             with engine.fit_span(
@@ -157,7 +157,7 @@ def fit_candidates(candidates: Sequence[Any], data: FitData) -> CandidatesOutcom
     ``client`` and ``verbose`` serve the whole sweep."""
     first = candidates[0]
     rng = np.random.default_rng(seed_from(first.random_state))
-    with verbose_logging(first.verbose), driver_thread_limit():
+    with verbose_logging(first.verbose), one_blas_thread():
         engine, placement = open_engine(first, data)
         try:
             with engine.fit_span(
