@@ -170,8 +170,8 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     weight = 0.0
     loglik = 0.0
     passed_over = np.empty(n_rows, dtype=np.int64)
-    n_passed = 0
-    start = 0
+    n_passed = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
+    start = np.int64(0)
     kept_rows = np.empty(rows, dtype=np.int64)
     while start < n_rows:
         m, start, n_passed = _centred_slice(  # m complete rows
@@ -222,8 +222,8 @@ def _full_block(
     loglik = 0.0
     kept_rows = np.empty(rows, dtype=np.int64)
     passed_over = np.empty(n_rows, dtype=np.int64)
-    n_passed = 0
-    start = 0
+    n_passed = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
+    start = np.int64(0)
     while start < n_rows:
         if n_rows - start < rows:  # the last rows: buffers of their width (contiguous)
             m = n_rows - start
@@ -264,7 +264,10 @@ def diag_block_moments(X, center, means_c, scales, const, w, compute_dtype=np.fl
     rows without NaN.
     """
     n_components, n_features = means_c.shape
-    scales = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape), dtype=compute_dtype)
+    # a copy, never broadcast_to's read-only view: numba compiles a kernel once per
+    # argument type, and a read-only array is another type (diag would compile apart
+    # from spherical, 2 of _diag_block's 5 versions in a run of the tests)
+    scales = np.array(np.broadcast_to(scales, means_c.shape), dtype=compute_dtype, order="C")
     means_c = np.ascontiguousarray(means_c, dtype=compute_dtype)
     center = np.asarray(center, dtype=compute_dtype)
     nk = np.zeros(n_components)

@@ -128,7 +128,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     weight = 0.0
     loglik = 0.0
     n_runs = 0
-    start = 0
+    start = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
     while start < m:
         end = _run_end(keys, missing, start, m)
         run_ends[n_runs] = end
@@ -165,7 +165,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     weight += part_weight
     loglik += part_loglik
     floor_responsibilities(lp, m, out[0])  # as the reference: not in nk either
-    start = 0
+    start = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
     for run in range(n_runs):  # the runs found above
         end = run_ends[run]
         q = missing_index(missing, start, index)

@@ -143,7 +143,7 @@ def _diag_missing_block(X, rows, center, means_c, scales, const, w, nk, sums, se
     absent = np.log(scales) - 0.5 * LOG_2PI  # a_kd (K, D)
     weight = 0.0
     loglik = 0.0
-    index = 0
+    index = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
     while index < len(rows):
         m, index = _masked_slice(X, rows, index, center, xct, w, ws, held, seen)
         if m == 0:
@@ -178,7 +178,8 @@ def diag_missing_block_moments(X, rows, center, means_c, scales, const, w):
     gives for complete rows.
     """
     n_components, n_features = means_c.shape
-    scales = np.ascontiguousarray(np.broadcast_to(scales, means_c.shape), dtype=np.float64)
+    # a writable copy: a read-only array is another type to numba (gaussian_compiled)
+    scales = np.array(np.broadcast_to(scales, means_c.shape), dtype=np.float64, order="C")
     means_c = np.ascontiguousarray(means_c, dtype=np.float64)
     center = np.asarray(center, dtype=np.float64)
     const = np.ascontiguousarray(const, dtype=np.float64)

@@ -290,9 +290,9 @@ def _tied_missing_block(
         )
         _quadratic_forms(xct, y, means_c, offsets, m, lp)
         slice_keys = keys[begin : begin + m]
-        n_runs = 0
+        n_runs = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
         run_starts[0] = 0
-        start = 0
+        start = np.int64(0)
         while start < m:  # the log-densities, run by run
             end = _run_end(slice_keys, missing[:m], start, m)
             run_ends[n_runs] = end
@@ -323,7 +323,7 @@ def _tied_missing_block(
         weight += part_weight
         loglik += part_loglik
         floor_responsibilities(lp, m, nk)  # as the reference: not in nk either
-        start = 0
+        start = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
         for run in range(n_runs):
             end = run_ends[run]
             q = missing_index(missing[:m], start, index)

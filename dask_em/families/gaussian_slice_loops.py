@@ -177,7 +177,7 @@ def pair_moments(r, xt, m, first, second, out, zero):
     took 13.5 and 26.8 us.
     """
     n_components = r.shape[0]
-    k = 0
+    k = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
     while k + COMPONENTS_PER_PASS <= n_components:
         _four_components(r, k, xt, m, first, second, out, zero)
         k += COMPONENTS_PER_PASS

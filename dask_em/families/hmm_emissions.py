@@ -253,9 +253,9 @@ class FusedEmission:
         if self.gaussian:
             means = np.asarray(emission["means"], dtype=np.float64)
             chol = np.asarray(emission["precisions_cholesky"], dtype=np.float64)
-            scales = np.ascontiguousarray(
-                np.broadcast_to(chol.reshape(len(means), -1), means.shape)
-            )
+            # a writable copy: a read-only array is another type to numba (one more
+            # compilation of the density kernel)
+            scales = np.array(np.broadcast_to(chol.reshape(len(means), -1), means.shape))
             return means - emission["center"], scales, np.log(scales).sum(axis=1)
         if self.kind == "poisson":
             rates = np.asarray(emission["rates"], dtype=np.float64)

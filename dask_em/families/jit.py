@@ -23,6 +23,16 @@ reorder the sum (LLVM's ``reassoc`` and ``contract`` flags only; NaN and infinit
 their meaning), which changes rounding by a few ulps and keeps results deterministic;
 and :func:`jit_fused` kernels (``contract`` only: fused multiply-adds, so results may
 differ by an ulp between machines with and without FMA).
+
+numba compiles a kernel once per distinct type of its arguments, and each version is
+compiled again inside every kernel that calls it: the versions are what a first run
+(``dask-em demo``, a fresh test run) waits for.  Two habits keep their number down:
+- a loop counter that a kernel passes to another starts as ``np.int64(0)``, not ``0``: from
+  a literal 0 numba types the first call with ``Literal[int](0)`` and compiles the
+  callee for it as well as for ``int64`` (a whole second version of the callee);
+- arrays handed to a kernel are writable: a read-only array (``np.broadcast_to``'s
+  view, an array unpickled on a worker) is another type, so a copy of a small parameter
+  array is cheaper than a second compilation.
 """
 
 from __future__ import annotations
