@@ -50,14 +50,19 @@ def kernels():
 
 def duplicate_versions(kernel) -> list:
     """Versions of ``kernel`` that another version covers but for literal arguments or
-    read-only arrays after the first argument (the data may be read-only: an unpickled
-    or memory-mapped block is its own version)."""
+    read-only parameter matrices (arrays of 2 or more dimensions after the first
+    argument).  The data may come read-only (an unpickled or memory-mapped block, and
+    its weights, 1-D) and is then a version of its own."""
     from numba.core import types
+
+    def writable(t):
+        if isinstance(t, types.Array) and t.ndim >= 2:
+            return t.copy(readonly=False)
+        return t
 
     def plain(signature):
         first, *rest = (types.unliteral(t) for t in signature)
-        rest = [t.copy(readonly=False) if isinstance(t, types.Array) else t for t in rest]
-        return (first, *rest)
+        return (first, *(writable(t) for t in rest))
 
     seen: dict = {}
     for signature in kernel.signatures:
