@@ -16,10 +16,10 @@ Two kinds of code limit them:
   own steps only, not around a pass (``map_reduce`` runs with the caller's threads); the
   estimators take it around the whole fit, k-means on the initialization sample included.
 
-Limits in threadpoolctl are process-wide.  :func:`one_blas_thread` counts who holds it:
-the first to enter limits the pools, the last to leave restores them, so fits driven from
-several threads at once, or nested (an estimator's fit around its loop), leave the pools
-as they found them.
+Limits in threadpoolctl are process-wide.  Each kind of limit is a :class:`HeldLimit`
+that counts who holds it: the first to enter limits the pools, the last to leave restores
+them, so tasks running side by side, fits driven from several threads at once, or nested
+holds (an estimator's fit around its loop) leave the pools as they found them.
 """
 
 from __future__ import annotations
@@ -32,10 +32,6 @@ from typing import Any
 
 _controller: Any = None
 _controller_modules = 0  # len(sys.modules) when it was made
-
-_lock = threading.Lock()
-_holders = 0
-_limiter: Any = None
 
 
 def pools() -> Any:
@@ -55,20 +51,37 @@ def pools() -> Any:
     return _controller
 
 
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
+class HeldLimit:
+    """A process-wide limit on the pools, held by any number of callers at once: the
+    first to enter sets it, the last to leave restores the limits it found."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._limiter: Any = None
+
+    @contextlib.contextmanager
+    def hold(self, threads: int) -> Iterator[None]:
+        """``threads`` BLAS/OpenMP threads while this caller is inside (the first
+        holder's ``threads`` while several are)."""
+        with self._lock:
+            if self._holders == 0:
+                self._limiter = pools().limit(limits=threads)
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    self._limiter.restore_original_limits()
+                    self._limiter = None
+
+
+_driving = HeldLimit()
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[None]:
     """One BLAS/OpenMP thread in this process while any caller is inside (module
     docstring); the pools' previous limits are restored when the last one leaves."""
-    global _holders, _limiter
-    with _lock:
-        if _holders == 0:
-            _limiter = pools().limit(limits=1)
-        _holders += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _holders -= 1
-            if _holders == 0:
-                _limiter.restore_original_limits()
-                _limiter = None
+    return _driving.hold(1)

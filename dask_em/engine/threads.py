@@ -37,18 +37,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dask_em.engine.workers import scheduler_workers
-from dask_em.thread_pools import pools
+from dask_em.thread_pools import HeldLimit
 
-_lock = threading.Lock()
-_active_tasks = 0
-_limiter: Any = None
+_tasks = HeldLimit()  # the tasks running in this process
 
 
 def available_cpus() -> int:
@@ -124,22 +121,9 @@ def task_share(threads_by_host: Mapping[str, int] | None = None, worker: Any = N
     return max(1, available_cpus() // max(1, threads))
 
 
-@contextlib.contextmanager
-def task_thread_limit(threads: int) -> Iterator[None]:
+def task_thread_limit(threads: int) -> contextlib.AbstractContextManager[None]:
     """Limit the process' BLAS and OpenMP pools to ``threads`` while tasks run in it."""
-    global _active_tasks, _limiter
-    with _lock:
-        if _active_tasks == 0:
-            _limiter = pools().limit(limits=threads)
-        _active_tasks += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _active_tasks -= 1
-            if _active_tasks == 0:
-                _limiter.restore_original_limits()
-                _limiter = None
+    return _tasks.hold(threads)
 
 
 @dataclass(frozen=True)
