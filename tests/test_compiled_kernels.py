@@ -20,7 +20,8 @@ from dask_em.families import discrete_compiled, gaussian_compiled
 from dask_em.families.bernoulli import BernoulliFamily
 from dask_em.families.categorical import CategoricalFamily
 from dask_em.families.gaussian import COVARIANCE_TYPES, GaussianFamily
-from dask_em.families.gaussian_missing_compiled import RUN_ROWS, pattern_order
+from dask_em.families.gaussian_missing_compiled import RUN_ROWS
+from dask_em.families.gaussian_missing_patterns import pattern_order
 from dask_em.families.gaussian_missing_runs import (
     inverse_scratch,
     pattern_cache,
@@ -234,6 +235,14 @@ def test_gaussian_compiled_blocks_with_fewer_rows_than_missing_values(covariance
             ("weight", "loglik", "nk", "means", "scatter"),
             floors={"scatter": 1.0} if n_rows == 1 else None,
         )
+
+
+def test_pattern_order_of_no_rows_and_of_one_row():
+    X = np.array([[1.0, np.nan, 3.0], [np.nan, 2.0, np.nan]])
+    ordered, keys = pattern_order(X, np.empty(0, dtype=np.int64))
+    assert len(ordered) == 0 and len(keys) == 0
+    ordered, keys = pattern_order(X, np.array([1]))
+    assert ordered.tolist() == [1] and keys.tolist() == [0b101]
 
 
 @pytest.mark.parametrize("n_features", [5, 17, 50, 63, 64])

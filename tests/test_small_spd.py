@@ -11,9 +11,9 @@ from dask_em.families.gaussian import GaussianFamily
 from dask_em.families.gaussian_missing_compiled import (
     RUN_ROWS,
     SLICE_ROWS,
-    pattern_order,
     rare_patterns,
 )
+from dask_em.families.gaussian_missing_patterns import pattern_order
 from dask_em.families.gaussian_missing_runs import (
     RESPONSIBILITY_FLOOR,
     floor_responsibilities,

@@ -45,10 +45,9 @@ precision used once, not K times.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from dask_em.families.gaussian_missing_patterns import pattern_order
 from dask_em.families.gaussian_missing_rows import rare_rows_block, row_estep, row_scratch_of
 from dask_em.families.gaussian_missing_runs import (
     floor_responsibilities,
@@ -181,18 +180,6 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
 
 
 @jit
-def _pattern_keys(X, rows, keys):
-    """keys[i] = sum over the NaN features d of row ``rows[i]`` of X (n, D) of 2^d (D <= 63)."""
-    n_features = X.shape[1]
-    for i in range(len(rows)):
-        key = 0
-        for d in range(n_features):
-            if math.isnan(X[rows[i], d]):
-                key |= 1 << d
-        keys[i] = key
-
-
-@jit
 def slice_buffers(m, n_features, width):
     """The buffers :func:`gathered_slice` fills, for slices of m rows: xct (D + 1, m) (its
     last row ones), xc (m, D), product (width, m), missing (m, D) bool and ws (m,)."""
@@ -218,29 +205,6 @@ def gathered_slice(X, rows, center, w, matrix, xct, xc, product, missing, ws):
     gather_rows(X, rows, center, w, xct, xc, missing, ws)
     np.dot(matrix, xct, product)
     return xct, product
-
-
-def pattern_order(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``rows`` (indices into X (n, D)) reordered so that rows with the same NaN pattern
-    stand side by side, in their own order within a pattern, and their patterns' bit
-    masks (``sum of 2^d`` over the NaN features d), int64 (D <= 63; above, the rows as
-    given and no masks, an empty array).
-
-    A least-significant-digit radix sort of the patterns' bit masks, 16 bits a pass:
-    NumPy sorts 16-bit keys stably by counting, in linear time (30x faster here than
-    a comparison sort of the 64-bit masks).
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    n_features = X.shape[1]
-    if n_features > 63:
-        return rows, np.empty(0, dtype=np.int64)
-    keys = np.empty(len(rows), dtype=np.int64)
-    _pattern_keys(X, rows, keys)
-    order = np.arange(len(rows))
-    for shift in range(0, n_features, 16):
-        digit = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
-        order = order[np.argsort(digit, kind="stable")]
-    return rows[order], keys[order]
 
 
 @jit

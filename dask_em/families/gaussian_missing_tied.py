@@ -20,7 +20,7 @@ complete-row tied kernel does, instead of as K equal ones:
   e_ik`` (q x D per row, not K q x D) plus ``sum_k r_ik e_ik e_ik^T + w_i P_mm^-1``.
 
 Rows are visited in the order of their NaN pattern (:func:`~dask_em.families.
-gaussian_missing_compiled.pattern_order`), in slices of
+gaussian_missing_patterns.pattern_order`), in slices of
 :data:`~dask_em.families.gaussian_missing_compiled.SLICE_ROWS`; every loop over rows
 runs over the rows of one run (one pattern), contiguous.  Rows with nothing observed
 get no weight.  Moments come out about ``center`` as those of
@@ -37,9 +37,9 @@ from dask_em.families.gaussian_missing_compiled import (
     SLICE_ROWS,
     _run_end,
     gathered_slice,
-    pattern_order,
     slice_buffers,
 )
+from dask_em.families.gaussian_missing_patterns import pattern_order
 from dask_em.families.gaussian_missing_runs import (
     LOG_2PI,
     floor_responsibilities,
