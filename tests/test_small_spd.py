@@ -1,5 +1,6 @@
 """The closed-form inverses of small SPD blocks, and the split of a block's rows with NaN
-into frequent patterns (loops over their runs) and rare ones (row by row, row-major)."""
+into frequent patterns (loops over their runs) and rare ones (row by row, the components
+in lockstep)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dask_em.families.gaussian_missing_compiled import (
     SLICE_ROWS,
     rare_patterns,
 )
+from dask_em.families.gaussian_missing_lockstep import lockstep_inverses
 from dask_em.families.gaussian_missing_patterns import pattern_order
 from dask_em.families.gaussian_missing_runs import (
     RESPONSIBILITY_FLOOR,
@@ -78,6 +80,29 @@ def test_closed_forms_leave_larger_blocks_and_extreme_determinants_to_cholesky()
             np.testing.assert_allclose(cache[1][k, :q, :q], np.linalg.inv(block[k]), rtol=1e-9)
 
 
+def test_lockstep_inverses_match_numpy_component_last_for_every_q():
+    # the rare rows' inverses: all K blocks factored side by side, written (q, q, K); the
+    # gathered blocks come from the component-last precisions; q from 1 to D - 1
+    rng = np.random.default_rng(5)
+    n_features, n_components = 9, 5
+    precisions = _precisions(rng, n_components, n_features, [1e-70, 1e-3, 1.0, 1e3, 1e70])
+    precisions_t = np.ascontiguousarray(precisions.transpose(1, 2, 0))
+    a = np.empty((n_features, n_features, n_components))
+    chol = inverse_scratch(n_features, n_components)[1]
+    for q in range(1, n_features):
+        index = np.zeros(n_features, dtype=np.int64)
+        index[:q] = np.sort(rng.choice(n_features, q, replace=False))
+        inverse_t = np.full((n_features, n_features, n_components), np.nan)
+        log_dets = np.full(n_components, np.nan)
+        lockstep_inverses(precisions_t, index, q, a, inverse_t, log_dets, chol)
+        block = precisions[:, index[:q]][:, :, index[:q]]
+        np.testing.assert_allclose(log_dets, np.linalg.slogdet(block)[1], rtol=1e-12)
+        for k in range(n_components):
+            expected = np.linalg.inv(block[k])
+            scale = np.abs(expected).max()
+            assert np.abs(inverse_t[:q, :q, k] - expected).max() <= 1e-11 * scale
+
+
 def test_rare_patterns_are_those_with_fewer_rows_than_a_run():
     counts = [RUN_ROWS - 1, RUN_ROWS, 1, 2]
     keys = np.repeat([1, 2, 5, 9], counts)
@@ -133,7 +158,7 @@ def test_a_frequent_pattern_cut_by_a_slice_end_and_rare_patterns_match_the_refer
     # full: pattern A fills a slice but for 3 rows, which go to pattern B (a short piece
     # of a frequent pattern, row by row inside the feature-major slice); B's other rows
     # start the next slice; more than a slice of rows of rare patterns, q = 2..7 (row by
-    # row, row-major, the last slice partial) and rows with nothing observed come after
+    # row, components in lockstep, the last slice partial) and rows with nothing observed come after
     # them in the sort.  tied takes its own kernel, which has the same layout of runs.
     rng = np.random.default_rng(3)
     n_features = 8

@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dask_em.families.gaussian_missing_lockstep import lockstep_layout, lockstep_rows
 from dask_em.families.gaussian_missing_patterns import pattern_order
-from dask_em.families.gaussian_missing_rows import rare_rows_block, row_estep, row_scratch_of
+from dask_em.families.gaussian_missing_rows import row_estep, row_scratch_of
 from dask_em.families.gaussian_missing_runs import (
     floor_responsibilities,
     gather_rows,
@@ -327,13 +328,22 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
         X, ordered[~rare], keys[~rare] if len(keys) else keys, center, precisions_t, means_c,
         precisions, const, w, out, first, second, moments, inverting,
     )  # fmt: skip
-    if rare.any():  # row by row, row-major (gaussian_missing_rows)
-        rare_weight, rare_loglik = rare_rows_block(
-            X, ordered[rare], center, np.ascontiguousarray(precisions_t.T), means_c,
-            precisions, const, w, out, first, second, moments, inverting, SLICE_ROWS,
+    if rare.any():  # row by row, the components in lockstep (gaussian_missing_lockstep)
+        matrix, means_t, precisions_by_feature = lockstep_layout(precisions, means_c)
+        sums_t = (
+            out[0],
+            np.zeros((n_features, n_components)),
+            np.zeros((n_features, n_features, n_components)),
+            np.zeros((n_features, n_features, n_components)),
+        )
+        rare_weight, rare_loglik = lockstep_rows(
+            X, ordered[rare], keys[rare], center, matrix, means_t, precisions_by_feature,
+            const, w, sums_t, first, second, moments, SLICE_ROWS,
         )  # fmt: skip
         weight += rare_weight
         loglik += rare_loglik
+        for total, by_feature in zip(out[1:], sums_t[1:], strict=True):
+            total += np.moveaxis(by_feature, -1, 0)  # component first again
     nk, extra_sums, cross, block = out
     sums, second_moments = moments_from_pairs(moments, first, second)
     sums += extra_sums

@@ -1,19 +1,15 @@
-"""The missing-value E-step of full covariances one row at a time, for rare NaN patterns.
+"""The missing-value E-step of full covariances one row at a time, inside a pattern's run.
 
 :mod:`dask_em.families.gaussian_missing_compiled` sorts a block's rows with NaN by
 pattern; a pattern with many rows takes loops over its run of rows
-(:mod:`dask_em.families.gaussian_missing_runs`).  A pattern with fewer than
-:data:`~dask_em.families.gaussian_missing_compiled.RUN_ROWS` rows in the block is
-cheaper row by row, with loops over the features (:func:`row_estep`: the
-log-densities, Bayes' rule and the pattern's moment terms while ``P_mm^-1`` is at hand).
-At 10% missing at random with D=16 such rows are one in twelve of the rows with NaN
-(mostly q >= 4), and they used to sit among the frequent patterns in the same
-feature-major slices: a row's ``P_k v_k`` was then a column of the (K*D, rows) product,
-K*D values each in its own cache line (1.2 us a row for its terms, K=8).  The rows of
-rare patterns now have slices of their own (:func:`rare_rows_block`), row-major: the
-product ``[xc, 1] [P_1 .. P_K; -(P mc)^T]`` is (rows, K*D), each row's values
-contiguous.  The mathematics is that of the runs (module docstring of
-:mod:`~dask_em.families.gaussian_missing_compiled`).
+(:mod:`dask_em.families.gaussian_missing_runs`).  Where a slice end cuts a frequent
+pattern's run, the piece shorter than
+:data:`~dask_em.families.gaussian_missing_compiled.RUN_ROWS` rows is cheaper row by row,
+with loops over the features (:func:`row_estep`: the log-densities, Bayes' rule and the
+pattern's moment terms while ``P_mm^-1`` is at hand), reading each row's column of the
+slice's feature-major arrays.  The rows of patterns rare in the whole block take
+:mod:`dask_em.families.gaussian_missing_lockstep` instead.  The mathematics is that of
+the runs (module docstring of :mod:`~dask_em.families.gaussian_missing_compiled`).
 """
 
 from __future__ import annotations
@@ -25,12 +21,7 @@ import numpy as np
 from dask_em.families.gaussian_missing_runs import (
     LOG_2PI,
     RESPONSIBILITY_FLOOR,
-    gather_rows,
-    missing_index,
-    pattern_cache,
-    pattern_inverses,
 )
-from dask_em.families.gaussian_slice_loops import pair_moments
 from dask_em.families.jit import jit, jit_reassociated
 
 
@@ -128,61 +119,4 @@ def row_estep(y, x, w, means_c, cache, const, index, q, out, scratch):
     row_log_densities(y, x, means_c, cache, const, index, q, lp, coef, b)
     weight, loglik = row_responsibilities(lp, w, out[0], held, RESPONSIBILITY_FLOOR)
     row_moments(held, x, coef, cache, index, q, out)
-    return weight, loglik
-
-
-@jit
-def rare_rows_block(
-    X, rows, center, matrix_t, means_c, precisions, const, w, out, first, second, moments,
-    inverting, slice_rows,
-):  # fmt: skip
-    """The rows ``rows`` of X (n, D) (with NaN, of patterns rare in the block, in pattern
-    order) one at a time, in row-major slices of ``slice_rows``; returns (weight,
-    loglik).
-
-    matrix_t (D + 1, K*D): the transpose of
-    :func:`~dask_em.families.gaussian_missing_compiled.missing_block_moments`'
-    ``precisions_t``, so that ``[xc_i, 1] @ matrix_t`` is row i's ``P_k v_k``; means_c,
-    precisions, const, w, out as
-    :func:`~dask_em.families.gaussian_missing_compiled._missing_block`; moments (K, P)
-    gets the pair sums of ``[xt, 1]`` (xt: missing entries 0) weighted by ``w r``, over
-    the pairs first, second (P,); inverting:
-    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`.  A row with
-    nothing observed gets no weight.
-    """
-    n_features = X.shape[1]
-    n_components = const.shape[0]
-    m = max(1, min(slice_rows, len(rows)))
-    cache = pattern_cache(n_features, n_components)
-    xct = np.ones((n_features + 1, m))  # feature-major, for the pair sums
-    xc = np.ones((m, n_features + 1))  # row-major with a column of ones
-    product = np.empty((m, matrix_t.shape[1]))
-    missing = np.empty((m, n_features), dtype=np.bool_)
-    ws = np.empty(m)
-    held = np.empty((n_components, m))
-    index = np.empty(n_features, dtype=np.int64)
-    scratch = row_scratch_of(n_features, n_components)
-    part = np.empty(moments.shape)
-    weight = 0.0
-    loglik = 0.0
-    for start in range(0, len(rows), m):
-        size = min(m, len(rows) - start)
-        gather_rows(X, rows[start : start + size], center, w, xct, xc, missing, ws)
-        np.dot(xc[:size], matrix_t, product[:size])
-        for i in range(size):
-            q = missing_index(missing, i, index)
-            if q == n_features:  # nothing observed: no weight
-                for k in range(n_components):
-                    held[k, i] = 0.0
-                continue
-            pattern_inverses(precisions, index, q, cache, inverting)
-            row_weight, row_loglik = row_estep(
-                product[i], xc[i], ws[i], means_c, cache, const, index, q, out, scratch
-            )
-            weight += row_weight
-            loglik += row_loglik
-            for k in range(n_components):
-                held[k, i] = scratch[1][k]
-        pair_moments(held, xct, size, first, second, part, 0.0)
-        moments += part
     return weight, loglik

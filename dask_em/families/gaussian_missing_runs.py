@@ -87,14 +87,35 @@ def gather_rows(X, rows, center, w, xct, xc, missing, ws):
 @jit
 def cholesky_inverses(a, q, inverse, log_dets, scratch):
     """``inverse[k, :q, :q] = a_k^-1`` and ``log_dets[k] = log det a_k`` for the SPD
-    ``a_k = a[:q, :q, k]`` of every k (a (>= q, >= q, K); its Cholesky factors overwrite
-    it, lower).  The K factorizations run in lockstep, the component innermost, so each
-    step is one short loop the compiler vectorizes instead of K dependent scalar chains.
-    One division per pivot (its reciprocal multiplies) and one log per 1e200 of a
-    determinant's range; the inverse as ``W^T W`` with ``W = L^-1`` (q^3 / 3 steps, not
-    the q^3 of solving for its columns), W in a's strict upper triangle, transposed
-    (``a[j, i] = W_ij``, i > j; its diagonal is the reciprocals).  scratch: (reciprocal
-    (>= q, K), s (K,), det (K,)).
+    ``a_k = a[:q, :q, k]`` of every k (a (>= q, >= q, K)), by :func:`lockstep_factors`;
+    the inverse as ``W^T W`` (q^3 / 3 steps, not the q^3 of solving for its columns).
+    scratch: (reciprocal (>= q, K), s (K,), det (K,))."""
+    lockstep_factors(a, q, log_dets, scratch)
+    reciprocal, s, _ = scratch
+    n_components = a.shape[2]
+    # a^-1 = W^T W: (a^-1)_ij = sum_{t >= max(i, j)} W_ti W_tj
+    for i in range(q):
+        for j in range(i, q):
+            for k in range(n_components):
+                s[k] = reciprocal[j, k] * (reciprocal[j, k] if i == j else a[i, j, k])
+            for t in range(j + 1, q):
+                for k in range(n_components):
+                    s[k] += a[i, t, k] * a[j, t, k]
+            for k in range(n_components):
+                inverse[k, i, j] = s[k]
+                inverse[k, j, i] = s[k]
+
+
+@jit
+def lockstep_factors(a, q, log_dets, scratch):
+    """``log_dets[k] = log det a_k`` for the SPD ``a_k = a[:q, :q, k]`` of every k (a
+    (>= q, >= q, K)), and ``W_k = L_k^-1`` of their Cholesky factors ``a_k = L_k
+    L_k^T``: L in a's lower triangle, W in its strict upper triangle, transposed
+    (``a[j, i] = W_ij``, i > j), W's diagonal (the reciprocals of L's) in
+    ``scratch[0][:q]``.  The K factorizations run in lockstep, the component innermost,
+    so each step is one short loop the compiler vectorizes instead of K dependent
+    scalar chains.  One division per pivot (its reciprocal multiplies) and one log per
+    1e200 of a determinant's range.  scratch: (reciprocal (>= q, K), s (K,), det (K,)).
     """
     reciprocal, s, det = scratch
     n_components = a.shape[2]
@@ -134,17 +155,6 @@ def cholesky_inverses(a, q, inverse, log_dets, scratch):
                     s[k] += a[i, t, k] * a[j, t, k]
             for k in range(n_components):
                 a[j, i, k] = -s[k] * reciprocal[i, k]
-    # a^-1 = W^T W: (a^-1)_ij = sum_{t >= max(i, j)} W_ti W_tj
-    for i in range(q):
-        for j in range(i, q):
-            for k in range(n_components):
-                s[k] = reciprocal[j, k] * (reciprocal[j, k] if i == j else a[i, j, k])
-            for t in range(j + 1, q):
-                for k in range(n_components):
-                    s[k] += a[i, t, k] * a[j, t, k]
-            for k in range(n_components):
-                inverse[k, i, j] = s[k]
-                inverse[k, j, i] = s[k]
 
 
 @jit
