@@ -27,6 +27,8 @@ def kernels():
     from dask_em.families import (
         gaussian_missing_compiled,
         gaussian_missing_diag,
+        gaussian_missing_lockstep,
+        gaussian_missing_rows,
         gaussian_missing_runs,
         gaussian_missing_tied,
         gaussian_slice_loops,
@@ -36,6 +38,8 @@ def kernels():
         gaussian_compiled,
         gaussian_missing_compiled,
         gaussian_missing_diag,
+        gaussian_missing_lockstep,
+        gaussian_missing_rows,
         gaussian_missing_runs,
         gaussian_missing_tied,
         gaussian_slice_loops,

@@ -158,8 +158,9 @@ def test_a_frequent_pattern_cut_by_a_slice_end_and_rare_patterns_match_the_refer
     # full: pattern A fills a slice but for 3 rows, which go to pattern B (a short piece
     # of a frequent pattern, row by row inside the feature-major slice); B's other rows
     # start the next slice; more than a slice of rows of rare patterns, q = 2..7 (row by
-    # row, components in lockstep, the last slice partial) and rows with nothing observed come after
-    # them in the sort.  tied takes its own kernel, which has the same layout of runs.
+    # row, components in lockstep, the last slice partial) and rows with nothing
+    # observed come after them in the sort.  tied takes its own kernel, which has the
+    # same layout of runs.
     rng = np.random.default_rng(3)
     n_features = 8
     family = GaussianFamily(covariance_type=covariance_type)
@@ -189,6 +190,28 @@ def test_a_frequent_pattern_cut_by_a_slice_end_and_rare_patterns_match_the_refer
     assert flagged.sum() == len(rare) + 2 > SLICE_ROWS  # and the rows with nothing observed
     assert not flagged[keys == 1].any() and not flagged[keys == 2].any()
     for w in (None, rng.random(n_rows) * 2.0):
+        assert_same_stats(
+            family.block_stats(params, X, w),
+            family.reference_block_stats(params, X, w),
+            ("weight", "loglik", "nk", "means", "scatter"),
+        )
+
+
+@pytest.mark.parametrize("n_components", [1, 4])
+def test_rare_patterns_of_float32_data_match_the_reference(n_components):
+    # the rows of rare patterns (every row here has a pattern of its own, q = 1..D-1) of
+    # float32 data, one component and several: the lockstep kernel's loops over K of
+    # length 1, and its float32 version, against the NumPy reference in float64
+    rng = np.random.default_rng(11)
+    n_features = 7
+    family = GaussianFamily(covariance_type="full")
+    params = random_gaussian_params(family, n_components, n_features, rng)
+    labels = rng.integers(0, n_components, 400)
+    X = (rng.normal(size=(400, n_features)) + params["means"][labels]).astype(np.float32)
+    X[rng.random(X.shape) < 0.4] = np.nan
+    rows, keys = pattern_order(X, np.flatnonzero(np.isnan(X).any(axis=1)))
+    assert rare_patterns(keys, len(rows)).mean() > 0.5  # most rows take the lockstep path
+    for w in (None, rng.random(len(X)) * 2.0):
         assert_same_stats(
             family.block_stats(params, X, w),
             family.reference_block_stats(params, X, w),

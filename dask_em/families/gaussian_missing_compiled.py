@@ -18,7 +18,9 @@ compiled loops over the rows of one pattern, with no (n, K, D) temporary:
   ``y_k``'s missing entries, read, not computed (the complete rows' whitened form
   ``u_k = L_k^T v_k``, ``v^T P v = |u|^2``, would need ``b = (L_k u)_m``, q x D more
   products); ``P_mm^-1`` and ``log |P_mm|`` of the q x q ``P_mm`` once per pattern (in
-  closed form for q <= 5, else by Cholesky) give ``c = P_mm^-1 b``; then
+  closed form for q <= 5, else by Cholesky; for the rows of rare patterns by a Cholesky
+  of the K blocks side by side, :mod:`~dask_em.families.gaussian_missing_lockstep`)
+  give ``c = P_mm^-1 b``; then
   (gaussian_missing, eqs. 1-3)
 
       maha_o = v.y - b.c,    log pi_k + log N(x_o | k) = const_k + 1/2 q log 2 pi
@@ -347,7 +349,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     nk, extra_sums, cross, block = out
     sums, second_moments = moments_from_pairs(moments, first, second)
     sums += extra_sums
-    # block holds the upper triangle of each symmetric q x q term (run_moments, row_moments)
+    # block: the upper triangle of each symmetric q x q term (run_, row_, lockstep_moments)
     block += np.triu(block, 1).transpose(0, 2, 1)
     second = second_moments + cross + cross.transpose(0, 2, 1) + block
     return weight, loglik, nk, sums, second

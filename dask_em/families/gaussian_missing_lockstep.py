@@ -7,7 +7,9 @@ pattern; a pattern with many rows takes loops over its run of rows
 missing at random with D=16, one row with NaN in twelve, mostly q >= 4 missing) has no
 run to loop over, so its work goes row by row, and here every step of a row loops over
 the K components innermost: its ``P_mm`` factored for all K at once
-(:func:`~dask_em.families.gaussian_missing_runs.lockstep_factors`), its quadratic forms,
+(:func:`~dask_em.families.gaussian_missing_runs.lockstep_factors`; the closed forms of
+:mod:`~dask_em.families.small_spd` for q <= 5, which write component-first, then
+transposed, took as long: 1.24 against 1.22 us a row), its quadratic forms,
 Bayes' rule and moment terms as loops of length K the compiler vectorizes, on arrays
 laid out with the component last: ``P_k`` as (D, D, K), the product ``P_k v_k`` of a row as
 (D*K,) at ``e*K + k``, the inverses ``P_mm^-1`` as (q, q, K), and the moment terms
@@ -138,7 +140,8 @@ def lockstep_moments(r, x, c, inverse_t, index, q, sums_t, cross_t, block_t, rc)
     n_features = cross_t.shape[1]
     for t in range(q):
         for k in range(n_components):
-            rc[t, k] = -r[k] * c[t, k]
+            # a component with no weight adds nothing, even where its c is not finite
+            rc[t, k] = 0.0 if r[k] == 0.0 else -r[k] * c[t, k]
     for t in range(q):
         j = index[t]
         for k in range(n_components):
@@ -150,14 +153,16 @@ def lockstep_moments(r, x, c, inverse_t, index, q, sums_t, cross_t, block_t, rc)
         for t2 in range(t, q):
             j2 = index[t2]
             for k in range(n_components):
-                block_t[j, j2, k] += r[k] * inverse_t[t, t2, k] - rc[t, k] * c[t2, k]
+                term = r[k] * inverse_t[t, t2, k] - rc[t, k] * c[t2, k]
+                block_t[j, j2, k] += 0.0 if r[k] == 0.0 else term
 
 
 @jit
 def _rows_slice(X, rows, keys, center, matrix, means_t, precisions_t, const, w, sums, work):
     """The rows ``rows`` (one slice) gathered, their products and each row's E-step
-    in lockstep; returns (weight, loglik), leaving the rows' ``w r`` in ``held[:, :m]``
-    for the pair sums of ``xct``.  work: the buffers :func:`lockstep_rows` makes."""
+    in lockstep; returns (weight, loglik), leaving the rows' ``w r`` in the first m
+    columns of ``held`` (``work[0][5]``, (K, slice_rows)) for the pair sums of ``xct``
+    (``work[0][0]``).  work: the buffers :func:`lockstep_rows` makes."""
     xct, xc, product, missing, ws, held, index = work[0]
     a, inverse_t, log_dets, chol = work[1]
     lp, b, c, r, high_bits, low_bits, rc = work[2]

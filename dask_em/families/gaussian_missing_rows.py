@@ -8,7 +8,8 @@ pattern's run, the piece shorter than
 with loops over the features (:func:`row_estep`: the log-densities, Bayes' rule and the
 pattern's moment terms while ``P_mm^-1`` is at hand), reading each row's column of the
 slice's feature-major arrays.  The rows of patterns rare in the whole block take
-:mod:`dask_em.families.gaussian_missing_lockstep` instead.  The mathematics is that of
+:mod:`dask_em.families.gaussian_missing_lockstep` instead where patterns have bit masks
+(D <= 63); above, they are short runs and come here too.  The mathematics is that of
 the runs (module docstring of :mod:`~dask_em.families.gaussian_missing_compiled`).
 """
 

@@ -6,9 +6,12 @@ of rows that share a pattern ``index[:q]`` (the missing features): ``P_mm`` fact
 once for the run (:func:`pattern_inverses`), then the log-densities and ``c =
 P_mm^-1 b`` (:func:`run_log_densities`) and, once the responsibilities are known, the
 pattern's terms of the completed-data moments (:func:`run_moments`), each loop over
-the run's rows.  A run of a few rows takes the same mathematics row by row
-(:mod:`dask_em.families.gaussian_missing_rows`), where loops over the features are
-cheaper than setting up loops over rows.
+the run's rows.  A run of a few rows takes the same mathematics row by row, where
+loops over the features or the components are cheaper than setting up loops over
+rows: a piece of a run cut by a slice end in
+:mod:`dask_em.families.gaussian_missing_rows`, the rows of patterns rare in the block in
+:mod:`dask_em.families.gaussian_missing_lockstep` (with the factor half of
+:func:`cholesky_inverses`, :func:`lockstep_factors`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ occur once or twice in a 62,500-row block, so each is factored for a row or two.
 Cholesky (:func:`~dask_em.families.gaussian_missing_runs.cholesky_inverses`) runs
 dozens of loops of K steps there, whose set-up costs more than their arithmetic (K=8:
 0.64 us at q=3, 0.9 us at q=4, 1.7 us at q=5).  Here each q <= 5 is one loop over the
-components with a straight-line body:
+components with a straight-line body (used for the runs of a pattern; the rows of
+patterns rare in a block, one row a pattern, take
+:mod:`dask_em.families.gaussian_missing_lockstep`'s lockstep factors, laid out
+component-last, which took as long as these closed forms and their transpose there):
 
 * q = 1, 2: ``1/a``; the adjugate ``[[d, -b], [-b, a]] / (ad - b^2)``;
 * q = 3: the adjugate (cofactors) over the determinant;
