@@ -59,6 +59,7 @@ from dask_em.families.gaussian_missing_runs import (
     missing_index,
     pattern_cache,
     pattern_inverses,
+    quadratic_forms,
     run_log_densities,
     run_moments,
 )
@@ -108,20 +109,20 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D) (its upper
     triangle only: symmetric, mirrored at the end), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
-    across slices; ``buffers``: lp (K, m), coef (K, D, m), work (2, m),
+    across slices; ``buffers``: lp (K, m), coef (K, D, m), work (1, m),
     :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) and y (K*D,)
     (a short run's row: its values and ``P_k v_k``), index (D,), held (K, m)
     (the short runs' ``w r``), run_ends (m,) int,
     :func:`~dask_em.families.responsibilities_compiled.row_scratch` and
     :func:`~dask_em.families.gaussian_missing_rows.row_scratch_of`.
 
-    Per run of one pattern: the log-densities (P_mm factored once); then Bayes' rule
-    over the whole slice; then per run the pattern's terms of the moments (P_mm
-    factored again).  A run shorter than :data:`RUN_ROWS` rows (a piece of a frequent
-    pattern's rows cut by a slice end; with D > 63, whose rows have no bit masks, also
-    the rare patterns) goes through all three row by row at once
-    (:func:`~dask_em.families.gaussian_missing_rows.row_estep`), so that its pattern is
-    factored once.  Leaves lp holding every
+    Every row's ``v.Pv`` over the whole slice; per run of one pattern the rest of the
+    log-densities (P_mm factored once); then Bayes' rule over the whole slice; then per
+    run the pattern's terms of the moments (P_mm factored again).  A run shorter than
+    :data:`RUN_ROWS` rows (a piece of a frequent pattern's rows cut by a slice end; with
+    D > 63, whose rows have no bit masks, also the rare patterns) goes through all three
+    row by row at once (:func:`~dask_em.families.gaussian_missing_rows.row_estep`), so
+    that its pattern is factored once.  Leaves lp holding every
     row's ``w_i r_ik``, for the moment product of ``xct``.
     """
     lp, coef, work, inverting, u, y, index, held, run_ends, scratch, one_row = buffers
@@ -130,6 +131,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     weight = 0.0
     loglik = 0.0
     n_runs = 0
+    quadratic_forms(yt, xct, means_c, m, lp)  # every row's v.Pv, the runs' start
     start = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
     while start < m:
         end = _run_end(keys, missing, start, m)
@@ -139,9 +141,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
         if q < n_features:
             pattern_inverses(precisions, index, q, cache, inverting)
         if q < n_features and end - start >= RUN_ROWS:
-            run_log_densities(
-                yt, xct, means_c, cache, const, index, q, start, end, lp, coef, work[0]
-            )
+            run_log_densities(yt, cache, const, index, q, start, end, lp, coef)
         elif q < n_features:  # a short run: each row's whole E-step now, P_mm^-1 at hand
             for i in range(start, end):  # its column of xct and yt copied out once
                 for d in range(n_features):
@@ -173,7 +173,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
         q = missing_index(missing, start, index)
         if q < n_features and end - start >= RUN_ROWS:
             pattern_inverses(precisions, index, q, cache, inverting)
-            run_moments(lp, xct, coef, cache, index, q, start, end, out, work[1])
+            run_moments(lp, xct, coef, cache, index, q, start, end, out, work[0])
         else:  # done above: their responsibilities go into the moment product
             for i in range(start, end):
                 for k in range(n_components):
@@ -249,7 +249,7 @@ def _missing_block(
     buffers = (
         lp,
         np.empty((n_components, n_features, m)),
-        np.empty((2, m)),  # work: the quadratic forms, then run_moments' scratch
+        np.empty((1, m)),  # work: run_moments' scratch
         inverting,
         np.empty(n_features),
         np.empty(precisions_t.shape[0]),

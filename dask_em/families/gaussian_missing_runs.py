@@ -253,50 +253,62 @@ def pattern_inverses(precisions, index, q, cache, scratch):
 
 
 @jit_reassociated
-def run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, coef, scratch):
-    """Columns start:end of lp (K, m) for a run of rows of one pattern ``index[:q]``
-    (module docstring): ``const_k + q/2 log 2 pi - 1/2 log |P_mm| - 1/2 (v.Pv - b.c)``,
-    with ``c = P_mm^-1 b`` into ``coef[k, :q, start:end]`` (K, D, m).
-
-    yt (K*D, m): ``P_k v_k`` at rows k*D + e, so ``b = (P_k v_k)_m`` is read, not
-    computed; xct (D + 1, m) the rows about the centre, missing entries 0; means_c (K,
-    D) ``mc_k``, so ``v_k = xct - mc_k``; cache as :func:`pattern_inverses` (holding
-    this pattern); scratch (m,): for the quadratic forms.  Every
-    loop runs over the run's rows, contiguous (views from ``start``: numba checks a loop
-    index that might be negative, which would stop the loop from being vectorized).
-    """
-    _, inverse, log_dets = cache
+def quadratic_forms(yt, xct, means_c, m, quad):
+    """``quad[k, i] = v_k . P_k v_k`` for the first m rows of a slice, whatever their
+    pattern: ``sum_e (xct[e, i] - mc_ke) yt[k*D + e, i]``.  yt (K*D, >= m) ``P_k v_k`` at
+    rows k*D + e; xct (D + 1, >= m) the rows about the centre, missing entries 0 (so
+    that ``v_k``'s missing entries are ``-mc_km``, which the Schur complement below
+    allows: module docstring of
+    :mod:`~dask_em.families.gaussian_missing_compiled`); means_c (K, D) ``mc_k``; quad
+    (K, >= m).  Over the whole slice at once, where a loop per run of one pattern
+    paid each loop's set-up once a run (26 against 50 ns a row of the log-densities,
+    runs of 53 rows on average at 10% missing at random, D=16, K=8)."""
     n_components, n_features = means_c.shape
-    n = end - start
-    quad = scratch[start:end]
     for k in range(n_components):
         base = k * n_features
-        for i in range(n):
-            quad[i] = 0.0
+        row = quad[k]
+        for i in range(m):
+            row[i] = 0.0
         e = 0
-        # four features a pass: quad loaded and stored a quarter as often
+        # four features a pass: the sums loaded and stored a quarter as often
         while e + 4 <= n_features:
-            x0, x1, x2, x3 = (
-                xct[e, start:end],
-                xct[e + 1, start:end],
-                xct[e + 2, start:end],
-                xct[e + 3, start:end],
-            )
-            y0, y1 = yt[base + e, start:end], yt[base + e + 1, start:end]
-            y2, y3 = yt[base + e + 2, start:end], yt[base + e + 3, start:end]
+            x0, x1, x2, x3 = xct[e], xct[e + 1], xct[e + 2], xct[e + 3]
+            y0, y1 = yt[base + e], yt[base + e + 1]
+            y2, y3 = yt[base + e + 2], yt[base + e + 3]
             m0, m1, m2, m3 = means_c[k, e], means_c[k, e + 1], means_c[k, e + 2], means_c[k, e + 3]
-            for i in range(n):
-                quad[i] += ((x0[i] - m0) * y0[i] + (x1[i] - m1) * y1[i]) + (
+            for i in range(m):
+                row[i] += ((x0[i] - m0) * y0[i] + (x1[i] - m1) * y1[i]) + (
                     (x2[i] - m2) * y2[i] + (x3[i] - m3) * y3[i]
                 )
             e += 4
         while e < n_features:
-            y = yt[base + e, start:end]
-            x = xct[e, start:end]
+            y = yt[base + e]
+            x = xct[e]
             mean = means_c[k, e]
-            for i in range(n):
-                quad[i] += (x[i] - mean) * y[i]
+            for i in range(m):
+                row[i] += (x[i] - mean) * y[i]
             e += 1
+
+
+@jit_reassociated
+def run_log_densities(yt, cache, const, index, q, start, end, lp, coef):
+    """Columns start:end of lp (K, m) for a run of rows of one pattern ``index[:q]``
+    (module docstring): ``const_k + q/2 log 2 pi - 1/2 log |P_mm| - 1/2 (v.Pv - b.c)``,
+    with ``c = P_mm^-1 b`` into ``coef[k, :q, start:end]`` (K, D, m).
+
+    On entry ``lp[k, start:end]`` holds ``v.Pv`` (:func:`quadratic_forms`); yt (K*D, m):
+    ``P_k v_k`` at rows k*D + e, so ``b = (P_k v_k)_m`` is read, not computed; cache as
+    :func:`pattern_inverses` (holding this pattern).  Every loop runs over the run's
+    rows, contiguous (views from ``start``: numba checks a loop index that might be
+    negative, which would stop the loop from being vectorized).
+    """
+    _, inverse, log_dets = cache
+    n_components = const.shape[0]
+    n_features = yt.shape[0] // n_components
+    n = end - start
+    for k in range(n_components):
+        base = k * n_features
+        quad = lp[k, start:end]
         for t in range(q):
             c = coef[k, t, start:end]
             for i in range(n):
@@ -310,9 +322,8 @@ def run_log_densities(yt, xct, means_c, cache, const, index, q, start, end, lp, 
             for i in range(n):
                 quad[i] -= b[i] * c[i]
         shift = const[k] + 0.5 * q * LOG_2PI - 0.5 * log_dets[k]
-        row = lp[k, start:end]
         for i in range(n):
-            row[i] = shift - 0.5 * quad[i]
+            quad[i] = shift - 0.5 * quad[i]
 
 
 @jit_reassociated
