@@ -24,20 +24,18 @@ neither layout comes near the arithmetic's peak.  The mathematics is that of the
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from dask_em.families.gaussian_missing_rows import row_responsibilities
 from dask_em.families.gaussian_missing_runs import (
     LOG_2PI,
-    RESPONSIBILITY_FLOOR,
     gather_rows,
+    inverses_from_factors,
     lockstep_factors,
     missing_index,
 )
 from dask_em.families.gaussian_slice_loops import pair_moments
 from dask_em.families.jit import jit, jit_reassociated
-from dask_em.families.vector_exp import exp_chunk
 
 
 @jit
@@ -45,27 +43,17 @@ def lockstep_inverses(precisions_t, index, q, a, inverse_t, log_dets, scratch):
     """``inverse_t[:q, :q, k] = P_mm^-1`` and ``log_dets[k] = log |P_mm|`` of component k
     for the pattern ``index[:q]``: ``P_mm = precisions_t[index[:q]][:, index[:q], k]``
     (precisions_t (D, D, K)), gathered into a (>= q, >= q, K) and factored there;
-    inverse_t (>= q, >= q, K).  ``P_mm^-1 = W^T W``, W in a as
-    :func:`~dask_em.families.gaussian_missing_runs.lockstep_factors` leaves it; scratch:
-    that function's."""
+    inverse_t (>= q, >= q, K), by
+    :func:`~dask_em.families.gaussian_missing_runs.lockstep_factors` and
+    :func:`~dask_em.families.gaussian_missing_runs.inverses_from_factors`; scratch:
+    theirs."""
     n_components = precisions_t.shape[2]
     for t in range(q):
         for t2 in range(t + 1):
             for k in range(n_components):
                 a[t, t2, k] = precisions_t[index[t], index[t2], k]
     lockstep_factors(a, q, log_dets, scratch)
-    reciprocal, s, _ = scratch
-    # (P_mm^-1)_ij = sum_{t >= max(i, j)} W_ti W_tj, W_jj = reciprocal[j], W_tj = a[j, t]
-    for i in range(q):
-        for j in range(i, q):
-            for k in range(n_components):
-                s[k] = reciprocal[j, k] * (reciprocal[j, k] if i == j else a[i, j, k])
-            for t in range(j + 1, q):
-                for k in range(n_components):
-                    s[k] += a[i, t, k] * a[j, t, k]
-            for k in range(n_components):
-                inverse_t[i, j, k] = s[k]
-                inverse_t[j, i, k] = s[k]
+    inverses_from_factors(a, q, inverse_t, scratch)
 
 
 @jit_reassociated
@@ -100,32 +88,6 @@ def lockstep_log_densities(y, x, means_t, const, inverse_t, log_dets, index, q, 
             lp[k] -= b[t, k] * c[t, k]
     for k in range(n_components):
         lp[k] = const[k] + 0.5 * q * LOG_2PI - 0.5 * log_dets[k] - 0.5 * lp[k]
-
-
-@jit
-def lockstep_responsibilities(lp, w, nk, r, high_bits, low_bits):
-    """Bayes' rule for one row: ``r[k] = w p(k | x_o)`` (0 below the reference's floor),
-    added to nk (K,); returns w loglik.  lp, r (K,); high_bits, low_bits (>= K,) int64
-    scratch of :func:`~dask_em.families.vector_exp.exp_chunk`."""
-    n_components = lp.shape[0]
-    peak = -np.inf
-    for k in range(n_components):
-        peak = max(peak, lp[k])
-    if not np.isfinite(peak):
-        peak = 0.0
-    for k in range(n_components):
-        r[k] = lp[k] - peak
-    exp_chunk(r, high_bits, low_bits)
-    total = 0.0
-    for k in range(n_components):
-        total += r[k]
-    scale = w / total
-    for k in range(n_components):
-        value = r[k] * scale
-        value = 0.0 if value < RESPONSIBILITY_FLOOR else value
-        r[k] = value
-        nk[k] += value
-    return w * (math.log(total) + peak)
 
 
 @jit_reassociated
@@ -186,7 +148,7 @@ def _rows_slice(X, rows, keys, center, matrix, means_t, precisions_t, const, w, 
         lockstep_log_densities(
             product[i], row, means_t, const, inverse_t, log_dets, index, q, lp, b, c
         )
-        loglik += lockstep_responsibilities(lp, ws[i], nk, r, high_bits, low_bits)
+        loglik += row_responsibilities(lp, ws[i], nk, r, high_bits, low_bits)
         weight += ws[i]
         lockstep_moments(r, row, c, inverse_t, index, q, sums_t, cross_t, block_t, rc)
         for k in range(n_components):

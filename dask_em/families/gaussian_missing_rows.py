@@ -24,6 +24,7 @@ from dask_em.families.gaussian_missing_runs import (
     RESPONSIBILITY_FLOOR,
 )
 from dask_em.families.jit import jit, jit_reassociated
+from dask_em.families.vector_exp import exp_chunk
 
 
 @jit_reassociated
@@ -53,9 +54,12 @@ def row_log_densities(y, x, means_c, cache, const, index, q, lp, coef, b):
 
 
 @jit
-def row_responsibilities(lp, w, nk, held, floor):
-    """Bayes' rule for one row: ``held[k] = w r_k`` (0 below ``floor``), added to nk
-    (K,); returns (w, w loglik).  lp, held (K,).  The scalar form of
+def row_responsibilities(lp, w, nk, r, high_bits, low_bits):
+    """Bayes' rule for one row: ``r[k] = w p(k | x_o)`` (0 below the reference's floor,
+    :data:`~dask_em.families.gaussian_missing.RESPONSIBILITY_FLOOR`), added to nk (K,);
+    returns w loglik.  lp, r (K,); high_bits, low_bits (>= K,) int64 scratch of
+    :func:`~dask_em.families.vector_exp.exp_chunk` (the K exps in one vectorized loop).
+    The one-row form of
     :func:`~dask_em.families.responsibilities_compiled.responsibilities`."""
     n_components = lp.shape[0]
     peak = -np.inf
@@ -63,17 +67,19 @@ def row_responsibilities(lp, w, nk, held, floor):
         peak = max(peak, lp[k])
     if not np.isfinite(peak):
         peak = 0.0
+    for k in range(n_components):
+        r[k] = lp[k] - peak
+    exp_chunk(r, high_bits, low_bits)
     total = 0.0
     for k in range(n_components):
-        held[k] = math.exp(lp[k] - peak)
-        total += held[k]
+        total += r[k]
+    scale = w / total
     for k in range(n_components):
-        r = w * (held[k] / total)
-        if r < floor:
-            r = 0.0
-        held[k] = r
-        nk[k] += r
-    return w, w * (math.log(total) + peak)
+        value = r[k] * scale
+        value = 0.0 if value < RESPONSIBILITY_FLOOR else value
+        r[k] = value
+        nk[k] += value
+    return w * (math.log(total) + peak)
 
 
 @jit_reassociated
@@ -101,12 +107,15 @@ def row_moments(r, x, coef, cache, index, q, out):
 
 @jit
 def row_scratch_of(n_features, n_components):
-    """The scratch of :func:`row_estep`: lp, held (K,), coef (K, D), b (D,)."""
+    """The scratch of :func:`row_estep`: lp, held (K,), coef (K, D), b (D,) and the two
+    int64 (K,) of :func:`row_responsibilities`."""
     return (
         np.empty(n_components),
         np.empty(n_components),
         np.empty((n_components, n_features)),
         np.empty(n_features),
+        np.empty(n_components, dtype=np.int64),
+        np.empty(n_components, dtype=np.int64),
     )
 
 
@@ -116,8 +125,8 @@ def row_estep(y, x, w, means_c, cache, const, index, q, out, scratch):
     its log-densities, Bayes' rule (``w r_k`` left in ``scratch[1]``, (K,)) and its
     pattern's moment terms, added to out; returns (w, w loglik).  y (>= K*D,) and x
     (>= D,) contiguous, as :func:`row_log_densities`; scratch: :func:`row_scratch_of`."""
-    lp, held, coef, b = scratch
+    lp, held, coef, b, high_bits, low_bits = scratch
     row_log_densities(y, x, means_c, cache, const, index, q, lp, coef, b)
-    weight, loglik = row_responsibilities(lp, w, out[0], held, RESPONSIBILITY_FLOOR)
+    loglik = row_responsibilities(lp, w, out[0], held, high_bits, low_bits)
     row_moments(held, x, coef, cache, index, q, out)
-    return weight, loglik
+    return w, loglik

@@ -94,9 +94,16 @@ def cholesky_inverses(a, q, inverse, log_dets, scratch):
     the inverse as ``W^T W`` (q^3 / 3 steps, not the q^3 of solving for its columns).
     scratch: (reciprocal (>= q, K), s (K,), det (K,))."""
     lockstep_factors(a, q, log_dets, scratch)
+    inverses_from_factors(a, q, inverse.transpose(1, 2, 0), scratch)
+
+
+@jit
+def inverses_from_factors(a, q, inverse_t, scratch):
+    """``inverse_t[:q, :q, k] = a_k^-1 = W_k^T W_k``, ``(a^-1)_ij = sum_{t >= max(i, j)}
+    W_ti W_tj``, from W as :func:`lockstep_factors` leaves it in a and ``scratch[0]``;
+    inverse_t (>= q, >= q, K) component last (a transposed view of a (K, D, D) array)."""
     reciprocal, s, _ = scratch
     n_components = a.shape[2]
-    # a^-1 = W^T W: (a^-1)_ij = sum_{t >= max(i, j)} W_ti W_tj
     for i in range(q):
         for j in range(i, q):
             for k in range(n_components):
@@ -105,8 +112,8 @@ def cholesky_inverses(a, q, inverse, log_dets, scratch):
                 for k in range(n_components):
                     s[k] += a[i, t, k] * a[j, t, k]
             for k in range(n_components):
-                inverse[k, i, j] = s[k]
-                inverse[k, j, i] = s[k]
+                inverse_t[i, j, k] = s[k]
+                inverse_t[j, i, k] = s[k]
 
 
 @jit
