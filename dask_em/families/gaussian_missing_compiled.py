@@ -340,7 +340,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
         )
         rare_weight, rare_loglik = lockstep_rows(
             X, ordered[rare], keys[rare], center, matrix, means_t, precisions_by_feature,
-            const, w, sums_t, first, second, moments, SLICE_ROWS,
+            const, w, sums_t, first, second, moments, inverting, SLICE_ROWS,
         )  # fmt: skip
         weight += rare_weight
         loglik += rare_loglik

@@ -159,7 +159,7 @@ def _rows_slice(X, rows, keys, center, matrix, means_t, precisions_t, const, w, 
 @jit
 def lockstep_rows(
     X, rows, keys, center, matrix, means_t, precisions_t, const, w, sums, first, second,
-    moments, slice_rows,
+    moments, inverting, slice_rows,
 ):  # fmt: skip
     """The rows ``rows`` of X (n, D) (with NaN, in pattern order, keys (r,) their
     patterns' bit masks) one at a time, in row-major slices of ``slice_rows``; returns
@@ -172,7 +172,9 @@ def lockstep_rows(
     empty for unit weights; sums (nk (K,), sums_t (D, K), cross_t (D, D, K), block_t (D,
     D, K)) added to (:func:`lockstep_moments`; block_t's upper triangle); moments (K, P)
     gets the pair sums of ``[xt, 1]`` (xt: missing entries 0) weighted by ``w r``, over
-    the pairs first, second (P,).  A row with nothing observed gets no weight.
+    the pairs first, second (P,); inverting:
+    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch` (the factors' a and
+    scratch).  A row with nothing observed gets no weight.
     """
     n_features = X.shape[1]
     n_components = const.shape[0]
@@ -186,12 +188,8 @@ def lockstep_rows(
         np.empty((n_components, m)),  # held: w r
         np.empty(n_features, dtype=np.int64),  # index
     )
-    inverting = (
-        np.empty((n_features, n_features, n_components)),  # a
-        np.empty((n_features, n_features, n_components)),  # inverse_t
-        np.empty(n_components),  # log_dets
-        (np.empty((n_features, n_components)), np.empty(n_components), np.empty(n_components)),
-    )
+    a, chol = inverting
+    factoring = (a, np.empty((n_features, n_features, n_components)), np.empty(n_components), chol)
     row_scratch = (
         np.empty(n_components),  # lp
         np.empty((n_features, n_components)),  # b
@@ -201,7 +199,7 @@ def lockstep_rows(
         np.empty(n_components, dtype=np.int64),
         np.empty((n_features, n_components)),  # rc
     )
-    work = (slice_buffers, inverting, row_scratch)
+    work = (slice_buffers, factoring, row_scratch)
     part = np.empty(moments.shape)
     weight = 0.0
     loglik = 0.0
