@@ -57,6 +57,7 @@ from dask_em.families.gaussian_missing_runs import (
     gather_rows,
     inverse_scratch,
     missing_index,
+    moment_scratch,
     pattern_cache,
     pattern_inverses,
     quadratic_forms,
@@ -97,11 +98,12 @@ def _run_end(keys, missing, start, m):
 
 
 @jit
-def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, cache, buffers):
+def _missing_slice(xct, xc, keys, missing, yt, means_c, precisions, const, w, out, cache, buffers):
     """One slice of m rows with NaN, sorted by pattern; returns (weight, loglik).
 
-    xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1; keys (m,)
-    the patterns' bit masks, or empty (:func:`_run_end`); missing (m, D) bool; yt (K*D, m)
+    xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1, and xc
+    (>= m, D) the same rows row-major; keys (m,) the patterns' bit masks, or empty
+    (:func:`_run_end`); missing (m, D) bool; yt (K*D, m)
     ``P_k v_k`` (rows k*D + e); means_c (K, D) ``mc_k``; precisions (K, D, D) ``P_k``; const (K,)
     the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,), overwritten
     with 0 for a row with nothing observed (it gets no weight) and for the rows of short
@@ -109,7 +111,8 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D) (its upper
     triangle only: symmetric, mirrored at the end), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
-    across slices; ``buffers``: lp (K, m), coef (K, D, m), work (1, m),
+    across slices; ``buffers``: lp (K, m), coef (K, D, m), work
+    (:func:`~dask_em.families.gaussian_missing_runs.moment_scratch`),
     :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) and y (K*D,)
     (a short run's row: its values and ``P_k v_k``), index (D,), held (K, m)
     (the short runs' ``w r``), run_ends (m,) int,
@@ -173,7 +176,7 @@ def _missing_slice(xct, keys, missing, yt, means_c, precisions, const, w, out, c
         q = missing_index(missing, start, index)
         if q < n_features and end - start >= RUN_ROWS:
             pattern_inverses(precisions, index, q, cache, inverting)
-            run_moments(lp, xct, coef, cache, index, q, start, end, out, work[0])
+            run_moments(lp, xct, xc, coef, cache, index, q, start, end, out, work)
         else:  # done above: their responsibilities go into the moment product
             for i in range(start, end):
                 for k in range(n_components):
@@ -249,7 +252,7 @@ def _missing_block(
     buffers = (
         lp,
         np.empty((n_components, n_features, m)),
-        np.empty((1, m)),  # work: run_moments' scratch
+        moment_scratch(m, n_features, n_components),
         inverting,
         np.empty(n_features),
         np.empty(precisions_t.shape[0]),
@@ -270,7 +273,7 @@ def _missing_block(
             X, rows[start : start + m], center, w, precisions_t, xct, xc, yt, missing, ws
         )
         part_weight, part_loglik = _missing_slice(
-            xct, keys[start : start + m], missing[:m], yt, means_c, precisions, const, ws,
+            xct, xc, keys[start : start + m], missing[:m], yt, means_c, precisions, const, ws,
             out, cache, buffers,
         )  # fmt: skip
         weight += part_weight
