@@ -245,6 +245,49 @@ def test_pattern_order_of_no_rows_and_of_one_row():
     assert ordered.tolist() == [1] and keys.tolist() == [0b101]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_features", [3, 16, 63, 64])
+def test_complete_row_kernels_hand_over_the_rows_with_nan_and_their_masks(n_features, dtype):
+    # the complete-row kernels find the rows with NaN, and their patterns' bit masks, in
+    # their copy of each slice; the missing-value E-step sorts by those masks, so they
+    # must be the ones pattern_order would compute (past 63 features: any nonzero value)
+    rng = np.random.default_rng(n_features)
+    n_rows, n_components = 1500, 3
+    X = rng.normal(size=(n_rows, n_features)).astype(dtype)
+    X[rng.random(X.shape) < 0.5 / n_features] = np.nan
+    X[:300] = np.abs(X[:300])  # the first slice (256 rows) has no NaN: its fast copy
+    X[-1, -1] = np.nan  # the last row, in the last (short) slice
+    expected = np.flatnonzero(np.isnan(X).any(axis=1))
+    center = np.zeros(n_features)
+    means_c = rng.normal(size=(n_components, n_features))
+    const = np.zeros(n_components)
+    w = np.empty(0)
+    factors = np.broadcast_to(np.eye(n_features), (n_components, n_features, n_features))
+    kernels = {
+        "full": lambda: gaussian_compiled.full_block_moments(
+            X, center, np.ascontiguousarray(factors), means_c, const, w, dtype
+        ),
+        "tied": lambda: gaussian_compiled.full_block_moments(
+            X, center, np.eye(n_features), means_c, const, w, dtype
+        ),
+        "diag": lambda: gaussian_compiled.diag_block_moments(
+            X, center, means_c, np.ones((n_components, n_features)), const, w, dtype
+        ),
+    }
+    for name, kernel in kernels.items():
+        _, incomplete, keys = kernel()
+        np.testing.assert_array_equal(incomplete, expected, err_msg=name)
+        if n_features <= 63:
+            bits = 2 ** np.arange(n_features, dtype=np.int64)
+            np.testing.assert_array_equal(keys, np.isnan(X[incomplete]).astype(np.int64) @ bits)
+            _, masks = pattern_order(X, incomplete)  # masks computed from the rows
+            ordered, handed = pattern_order(X, incomplete, keys)
+            np.testing.assert_array_equal(handed, masks, err_msg=name)
+            assert ordered.tolist() == pattern_order(X, incomplete)[0].tolist()
+        else:
+            assert (keys != 0).all()
+
+
 @pytest.mark.parametrize("n_features", [5, 17, 50, 63, 64])
 def test_pattern_order_puts_each_pattern_together_in_row_order(n_features):
     # a radix sort of the NaN bit masks, 16 bits a pass (up to 4 passes); past 63

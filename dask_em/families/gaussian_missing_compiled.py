@@ -295,7 +295,7 @@ def rare_patterns(keys: np.ndarray, n_rows: int) -> np.ndarray:
     return np.repeat(lengths < RUN_ROWS, lengths)
 
 
-def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
+def missing_block_moments(X, rows, center, prec_chol, means_c, const, w, keys=None):
     """Moments about ``center`` of the rows ``rows`` of a block, which hold NaN (module
     docstring).
 
@@ -303,8 +303,10 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     factors ``L_k`` (``P_k = L_k L_k^T``); const
     (K,) the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi`` (as
     :func:`~dask_em.families.gaussian_compiled.block_stats`); w (n,) the block's weights,
-    or empty for unit weights.  Returns ``(weight, loglik, nk (K,), sums (K, D), second
-    (K, D, D))`` (r weighted).
+    or empty for unit weights; keys (r,): the rows' NaN patterns' bit masks
+    (:func:`~dask_em.families.gaussian_missing_patterns.pattern_order`), or None to find
+    them here.  Returns ``(weight, loglik, nk (K,), sums (K, D), second (K, D, D))`` (r
+    weighted).
     """
     n_features = X.shape[1]
     n_components = len(means_c)
@@ -325,7 +327,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
     first, second = upper_pairs(n_features)
     moments = np.zeros((n_components, len(first)))
     # rows of one pattern side by side: each pattern's P_mm is factored once per run
-    ordered, keys = pattern_order(X, rows)
+    ordered, keys = pattern_order(X, rows, keys)
     rare = rare_patterns(keys, len(ordered))
     inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)

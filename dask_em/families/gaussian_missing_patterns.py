@@ -64,24 +64,40 @@ def _radix_sort(rows, keys, n_bits):
             count = starts[b]
             starts[b] = total
             total += count
-        for i in range(n):
-            b = (keys[i] >> shift) & mask
-            rows_to[starts[b]] = rows[i]
-            keys_to[starts[b]] = keys[i]
-            starts[b] += 1
+        if n_bits <= DIGIT_BITS:  # one pass: the sorted keys are the buckets in turn
+            for i in range(n):
+                b = keys[i]
+                rows_to[starts[b]] = rows[i]
+                starts[b] += 1
+            begin = 0  # starts[b] is now where bucket b ends
+            for b in range(buckets):
+                for i in range(begin, starts[b]):
+                    keys_to[i] = b
+                begin = starts[b]
+        else:
+            for i in range(n):
+                b = (keys[i] >> shift) & mask
+                rows_to[starts[b]] = rows[i]
+                keys_to[starts[b]] = keys[i]
+                starts[b] += 1
         rows, rows_to = rows_to, rows
         keys, keys_to = keys_to, keys
     return rows, keys
 
 
-def pattern_order(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pattern_order(
+    X: np.ndarray, rows: np.ndarray, keys: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``rows`` (indices into X (n, D)) reordered so that rows with the same NaN pattern
     stand side by side, in their own order within a pattern, and their patterns' bit
-    masks, int64 (D <= 63; above, the rows as given and no masks, an empty array)."""
+    masks, int64 (D <= 63; above, the rows as given and no masks, an empty array).
+    keys (len(rows),): those masks where the caller has them already (the complete-row
+    kernels find them in their test for NaN), else computed here, a read of the rows."""
     rows = np.asarray(rows, dtype=np.int64)
     n_features = X.shape[1]
     if n_features > 63:
         return rows, np.empty(0, dtype=np.int64)
-    keys = np.empty(len(rows), dtype=np.int64)
-    _pattern_keys(X, rows, keys)
-    return _radix_sort(rows, keys, n_features)
+    if keys is None:
+        keys = np.empty(len(rows), dtype=np.int64)
+        _pattern_keys(X, rows, keys)
+    return _radix_sort(rows, np.asarray(keys, dtype=np.int64), n_features)

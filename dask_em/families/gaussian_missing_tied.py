@@ -346,15 +346,17 @@ def _tied_missing_block(
     return weight, loglik
 
 
-def tied_missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
+def tied_missing_block_moments(X, rows, center, prec_chol, means_c, const, w, keys=None):
     """Moments about ``center`` of the rows ``rows`` of a block, which hold NaN, for a
     tied covariance (module docstring).
 
     X (n, D); rows (r,) int: the indices of its rows with NaN; prec_chol (D, D) the
     shared factor ``L`` (``P = L L^T``); means_c (K, D); const (K,) the complete rows'
     ``log pi_k + log |P|^1/2 - D/2 log 2 pi``; w (n,) the block's weights, or empty for
-    unit weights.  Returns ``(weight, loglik, nk (K,), sums (K, D), second (D, D))``,
-    second summed over the components (r weighted).
+    unit weights; keys (r,) the rows' NaN patterns' bit masks, or None (as
+    :func:`~dask_em.families.gaussian_missing_compiled.missing_block_moments`).  Returns
+    ``(weight, loglik, nk (K,), sums (K, D), second (D, D))``, second summed over the
+    components (r weighted).
     """
     n_features = X.shape[1]
     n_components = len(means_c)
@@ -374,7 +376,7 @@ def tied_missing_block_moments(X, rows, center, prec_chol, means_c, const, w):
         np.zeros((n_components, n_features + 1)),
         np.zeros(len(upper_a)),
     )
-    ordered, keys = pattern_order(X, rows)
+    ordered, keys = pattern_order(X, rows, keys)
     weight, loglik = _tied_missing_block(
         X, ordered, keys, np.asarray(center, dtype=np.float64), precision_t, means_c,
         precision, offsets, const, w, out, (*per_component, upper_a, upper_b),
