@@ -12,10 +12,9 @@ from dask_em.families.gaussian import GaussianFamily
 from dask_em.families.gaussian_missing_compiled import (
     RUN_ROWS,
     SLICE_ROWS,
-    rare_patterns,
 )
 from dask_em.families.gaussian_missing_lockstep import lockstep_inverses
-from dask_em.families.gaussian_missing_patterns import pattern_order
+from dask_em.families.gaussian_missing_patterns import pattern_groups, pattern_order
 from dask_em.families.gaussian_missing_runs import (
     RESPONSIBILITY_FLOOR,
     floor_responsibilities,
@@ -103,12 +102,40 @@ def test_lockstep_inverses_match_numpy_component_last_for_every_q():
             assert np.abs(inverse_t[:q, :q, k] - expected).max() <= 1e-11 * scale
 
 
-def test_rare_patterns_are_those_with_fewer_rows_than_a_run():
-    counts = [RUN_ROWS - 1, RUN_ROWS, 1, 2]
-    keys = np.repeat([1, 2, 5, 9], counts)
-    expected = np.repeat([True, False, True, True], counts)
-    assert rare_patterns(keys, len(keys)).tolist() == expected.tolist()
-    assert rare_patterns(np.empty(0, dtype=np.int64), 4).tolist() == [False] * 4
+@pytest.mark.parametrize("n_features", [16, 20, 64])
+def test_rows_of_rare_patterns_come_after_the_others(n_features):
+    # one counting sort for D <= 16, a radix sort and a split for 16 < D <= 63; no masks
+    # (and no split: the runs compare rows) past 63 features
+    rng = np.random.default_rng(n_features)
+    counts = [RUN_ROWS - 1, RUN_ROWS, 1, 2, RUN_ROWS + 3]
+    features = [[0], [3, n_features - 1], [1, 2], [5], [4, 7, n_features - 2]]
+    X = rng.normal(size=(sum(counts) + 20, n_features))  # 20 complete rows
+    labels = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+    for row, label in enumerate(labels):
+        X[row, features[label]] = np.nan
+    rows = np.flatnonzero(np.isnan(X).any(axis=1))
+    ordered, keys, n_frequent = pattern_groups(X, rows, None, RUN_ROWS)
+    if n_features > 63:
+        assert ordered.tolist() == rows.tolist() and n_frequent == len(rows) and len(keys) == 0
+        return
+    bits = 2 ** np.arange(n_features, dtype=np.int64)
+    masks = np.isnan(X[ordered]).astype(np.int64) @ bits
+    assert keys.tolist() == masks.tolist()
+    rare_labels = {label for label, count in enumerate(counts) if count < RUN_ROWS}
+    assert n_frequent == sum(c for label, c in enumerate(counts) if label not in rare_labels)
+    assert {labels[row] for row in ordered[:n_frequent]}.isdisjoint(rare_labels)
+    assert {labels[row] for row in ordered[n_frequent:]} == rare_labels
+    for part, part_keys in (
+        (ordered[:n_frequent], keys[:n_frequent]),
+        (ordered[n_frequent:], keys[n_frequent:]),
+    ):
+        assert (np.diff(part_keys) >= 0).all()  # pattern order within each group
+        for key in set(part_keys.tolist()):  # a pattern's rows in the order they came in
+            assert (np.diff(part[part_keys == key]) > 0).all()
+    given = pattern_groups(X, rows, np.isnan(X[rows]).astype(np.int64) @ bits, RUN_ROWS)
+    assert given[0].tolist() == ordered.tolist() and given[2] == n_frequent
+    empty = pattern_groups(X, rows[:0], None, RUN_ROWS)
+    assert len(empty[0]) == len(empty[1]) == empty[2] == 0
 
 
 def test_closed_forms_keep_their_accuracy_on_badly_scaled_blocks():
@@ -184,11 +211,13 @@ def test_a_frequent_pattern_cut_by_a_slice_end_and_rare_patterns_match_the_refer
     order = rng.permutation(n_rows)
     X = X[order]
     rows, keys = pattern_order(X, np.flatnonzero(np.isnan(X).any(axis=1)))
-    flagged = rare_patterns(keys, len(rows))
+    _, grouped_keys, n_frequent = pattern_groups(X, rows, None, RUN_ROWS)
     patterns, counts = np.unique(keys, return_counts=True)
     assert counts[patterns > 2].max() < RUN_ROWS  # every pattern but A's and B's is rare
-    assert flagged.sum() == len(rare) + 2 > SLICE_ROWS  # and the rows with nothing observed
-    assert not flagged[keys == 1].any() and not flagged[keys == 2].any()
+    assert (
+        len(rows) - n_frequent == len(rare) + 2 > SLICE_ROWS
+    )  # and the rows with nothing observed
+    assert set(grouped_keys[:n_frequent].tolist()) == {1, 2}
     for w in (None, rng.random(n_rows) * 2.0):
         assert_same_stats(
             family.block_stats(params, X, w),
@@ -209,8 +238,9 @@ def test_rare_patterns_of_float32_data_match_the_reference(n_components):
     labels = rng.integers(0, n_components, 400)
     X = (rng.normal(size=(400, n_features)) + params["means"][labels]).astype(np.float32)
     X[rng.random(X.shape) < 0.4] = np.nan
-    rows, keys = pattern_order(X, np.flatnonzero(np.isnan(X).any(axis=1)))
-    assert rare_patterns(keys, len(rows)).mean() > 0.5  # most rows take the lockstep path
+    rows = np.flatnonzero(np.isnan(X).any(axis=1))
+    n_frequent = pattern_groups(X, rows, None, RUN_ROWS)[2]
+    assert n_frequent < 0.5 * len(rows)  # most rows take the lockstep path
     for w in (None, rng.random(len(X)) * 2.0):
         assert_same_stats(
             family.block_stats(params, X, w),

@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 
 from dask_em.families.gaussian_missing_lockstep import lockstep_layout, lockstep_rows
-from dask_em.families.gaussian_missing_patterns import pattern_order
+from dask_em.families.gaussian_missing_patterns import pattern_groups
 from dask_em.families.gaussian_missing_rows import row_estep, row_scratch_of
 from dask_em.families.gaussian_missing_runs import (
     floor_responsibilities,
@@ -284,17 +284,6 @@ def _missing_block(
     return weight, loglik
 
 
-def rare_patterns(keys: np.ndarray, n_rows: int) -> np.ndarray:
-    """(n_rows,) bool: the rows (keys (n_rows,) their patterns' bit masks, in pattern
-    order) whose pattern has fewer than :data:`RUN_ROWS` rows; none where keys is empty
-    (D > 63: no masks)."""
-    if len(keys) == 0:
-        return np.zeros(n_rows, dtype=bool)
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    lengths = np.diff(np.r_[starts, len(keys)])
-    return np.repeat(lengths < RUN_ROWS, lengths)
-
-
 def missing_block_moments(X, rows, center, prec_chol, means_c, const, w, keys=None):
     """Moments about ``center`` of the rows ``rows`` of a block, which hold NaN (module
     docstring).
@@ -327,15 +316,17 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w, keys=No
     first, second = upper_pairs(n_features)
     moments = np.zeros((n_components, len(first)))
     # rows of one pattern side by side: each pattern's P_mm is factored once per run
-    ordered, keys = pattern_order(X, rows, keys)
-    rare = rare_patterns(keys, len(ordered))
+    # the rows of patterns with fewer than RUN_ROWS rows in the block after the others
+    ordered, keys, n_frequent = pattern_groups(X, rows, keys, RUN_ROWS)
+    frequent, rare = ordered[:n_frequent], ordered[n_frequent:]
+    frequent_keys, rare_keys = keys[:n_frequent], keys[n_frequent:]
     inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, ordered[~rare], keys[~rare] if len(keys) else keys, center, precisions_t, means_c,
+        X, frequent, frequent_keys, center, precisions_t, means_c,
         precisions, const, w, out, first, second, moments, inverting,
     )  # fmt: skip
-    if rare.any():  # row by row, the components in lockstep (gaussian_missing_lockstep)
+    if len(rare):  # row by row, the components in lockstep (gaussian_missing_lockstep)
         matrix, means_t, precisions_by_feature = lockstep_layout(precisions, means_c)
         sums_t = (
             out[0],
@@ -344,7 +335,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w, keys=No
             np.zeros((n_features, n_features, n_components)),
         )
         rare_weight, rare_loglik = lockstep_rows(
-            X, ordered[rare], keys[rare], center, matrix, means_t, precisions_by_feature,
+            X, rare, rare_keys, center, matrix, means_t, precisions_by_feature,
             const, w, sums_t, first, second, moments, inverting, SLICE_ROWS,
         )  # fmt: skip
         weight += rare_weight

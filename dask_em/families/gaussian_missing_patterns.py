@@ -42,18 +42,17 @@ def _pattern_keys(X, rows, keys):
 def _radix_sort(rows, keys, n_bits):
     """(rows, keys) (r,) both int64, reordered by key, stably, by counting sorts of
     :data:`DIGIT_BITS` bits a pass over the lowest ``n_bits`` bits of the keys; returns
-    new arrays."""
+    new arrays (the input is only read)."""
     n = len(rows)
-    rows = rows.copy()
-    keys = keys.copy()
-    if n == 0:
-        return rows, keys
     buckets = 1 << DIGIT_BITS
     mask = buckets - 1
-    rows_to = np.empty(n, dtype=np.int64)
-    keys_to = np.empty(n, dtype=np.int64)
+    first_rows = np.empty(n, dtype=np.int64)  # passes 1, 3: the second pair, 2, 4
+    first_keys = np.empty(n, dtype=np.int64)
+    second_rows = first_rows
+    second_keys = first_keys
     starts = np.empty(buckets, dtype=np.int64)
-    for shift in range(0, n_bits, DIGIT_BITS):
+    passes = 0
+    for shift in range(0, n_bits if n > 0 else 0, DIGIT_BITS):
         starts[:] = 0
         for i in range(n):
             starts[(keys[i] >> shift) & mask] += 1
@@ -64,6 +63,11 @@ def _radix_sort(rows, keys, n_bits):
             count = starts[b]
             starts[b] = total
             total += count
+        if passes == 1:
+            second_rows = np.empty(n, dtype=np.int64)
+            second_keys = np.empty(n, dtype=np.int64)
+        rows_to = first_rows if passes % 2 == 0 else second_rows
+        keys_to = first_keys if passes % 2 == 0 else second_keys
         if n_bits <= DIGIT_BITS:  # one pass: the sorted keys are the buckets in turn
             for i in range(n):
                 b = keys[i]
@@ -80,8 +84,11 @@ def _radix_sort(rows, keys, n_bits):
                 rows_to[starts[b]] = rows[i]
                 keys_to[starts[b]] = keys[i]
                 starts[b] += 1
-        rows, rows_to = rows_to, rows
-        keys, keys_to = keys_to, keys
+        rows = rows_to
+        keys = keys_to
+        passes += 1
+    if passes == 0:  # no pass moved a row: the order was already right
+        return rows.copy(), keys.copy()
     return rows, keys
 
 
@@ -101,3 +108,100 @@ def pattern_order(
         keys = np.empty(len(rows), dtype=np.int64)
         _pattern_keys(X, rows, keys)
     return _radix_sort(rows, np.asarray(keys, dtype=np.int64), n_features)
+
+
+@jit
+def _counting_groups(rows, keys, run_rows):
+    """:func:`pattern_groups` for keys below ``2^DIGIT_BITS`` (D <= 16): one counting
+    sort whose bucket counts are the patterns' sizes, so the rare patterns' buckets are
+    placed after the others' in the same pass."""
+    n = len(rows)
+    buckets = 1 << DIGIT_BITS
+    counts = np.zeros(buckets, dtype=np.int64)
+    for i in range(n):
+        counts[keys[i]] += 1
+    n_frequent = 0
+    for b in range(buckets):
+        if counts[b] >= run_rows:
+            n_frequent += counts[b]
+    starts = np.empty(buckets, dtype=np.int64)
+    frequent_total = 0
+    rare_total = n_frequent
+    for b in range(buckets):  # each bucket's first place, the rare ones after the rest
+        if counts[b] >= run_rows:
+            starts[b] = frequent_total
+            frequent_total += counts[b]
+        else:
+            starts[b] = rare_total
+            rare_total += counts[b]
+    ordered = np.empty(n, dtype=np.int64)
+    sorted_keys = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        b = keys[i]
+        ordered[starts[b]] = rows[i]
+        starts[b] += 1
+    for b in range(buckets):  # starts[b] is now where bucket b ends: its keys before it
+        for i in range(starts[b] - counts[b], starts[b]):
+            sorted_keys[i] = b
+    return ordered, sorted_keys, n_frequent
+
+
+@jit
+def _split_sorted(ordered, keys, run_rows):
+    """:func:`pattern_groups` from rows already in pattern order: the runs of at least
+    ``run_rows`` rows first, the others after, each in the order given."""
+    n = len(ordered)
+    n_rare = 0
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and keys[end] == keys[start]:
+            end += 1
+        if end - start < run_rows:
+            n_rare += end - start
+        start = end
+    grouped = np.empty(n, dtype=np.int64)
+    grouped_keys = np.empty(n, dtype=np.int64)
+    frequent = 0
+    rare = n - n_rare
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and keys[end] == keys[start]:
+            end += 1
+        place = frequent if end - start >= run_rows else rare
+        for i in range(start, end):
+            grouped[place + i - start] = ordered[i]
+            grouped_keys[place + i - start] = keys[i]
+        if end - start >= run_rows:
+            frequent += end - start
+        else:
+            rare += end - start
+        start = end
+    return grouped, grouped_keys, n - n_rare
+
+
+def pattern_groups(
+    X: np.ndarray, rows: np.ndarray, keys: np.ndarray | None, run_rows: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(ordered, keys, n_frequent)``: ``rows`` (indices into X (n, D), with NaN) in the
+    order of :func:`pattern_order`, except that the rows of patterns with fewer than
+    ``run_rows`` rows come after all the others (``ordered[n_frequent:]``), in pattern
+    order too; keys their patterns' bit masks (as given, or computed; D <= 63; above,
+    the rows as given, all of them frequent, and no masks).  For D <= 16 one counting
+    sort does both (at 10% missing at random, 62,500 x 16 rows: 0.46 ms, where the sort
+    and then NumPy's split by run lengths took 0.8 ms)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n_features = X.shape[1]
+    if n_features > 63:
+        return rows, np.empty(0, dtype=np.int64), len(rows)
+    if keys is None:
+        keys = np.empty(len(rows), dtype=np.int64)
+        _pattern_keys(X, rows, keys)
+    keys = np.asarray(keys, dtype=np.int64)
+    if n_features <= DIGIT_BITS:
+        ordered, sorted_keys, n_frequent = _counting_groups(rows, keys, run_rows)
+    else:
+        ordered, sorted_keys = _radix_sort(rows, keys, n_features)
+        ordered, sorted_keys, n_frequent = _split_sorted(ordered, sorted_keys, run_rows)
+    return ordered, sorted_keys, int(n_frequent)
