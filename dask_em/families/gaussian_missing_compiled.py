@@ -33,11 +33,14 @@ compiled loops over the rows of one pattern, with no (n, K, D) temporary:
   plus, per row, ``r e`` on the missing entries, the cross terms ``r xt e^T`` (D x q)
   and ``r (e e^T + P_mm^-1)`` (q x q).
 
-A block's rows with NaN are those the complete-row kernel passed over (their indices);
-they are visited in the order of their NaN pattern (a radix sort of its bit mask), so
-that each pattern's ``P_mm`` is factored once per run of rows, and the whole block runs
-in one compiled call.  Rows with nothing observed get no weight (the reference's
-rule).  Moments come out about ``center`` in the form of the moments that
+A block's rows with NaN are those the complete-row kernel passed over (their indices
+and their NaN patterns' bit masks); they are visited in the order of their pattern (a
+counting sort of the masks, which also puts the rows of patterns with fewer than
+:data:`RUN_ROWS` rows in the block after the others: :func:`~dask_em.families.
+gaussian_missing_patterns.pattern_groups`), so that each pattern's ``P_mm`` is factored
+once per run of rows, and the whole block runs in one compiled call.  Rows with nothing
+observed get no weight (the reference's rule).  Moments come out about ``center`` in the
+form of the moments that
 :func:`dask_em.families.gaussian_compiled.full_block_moments` returns for full
 covariances (per component), so the complete and incomplete rows of a block add up
 before the family's statistics.  Tied covariances take
@@ -231,7 +234,8 @@ def _missing_block(
     inverting,
 ):
     """The rows ``rows`` of X (n, D) (all with NaN, in pattern order; keys their patterns'
-    bit masks, or empty: :func:`pattern_order`) in slices of
+    bit masks, or empty:
+    :func:`~dask_em.families.gaussian_missing_patterns.pattern_groups`) in slices of
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
 
     precisions_t (K*D, D + 1): row k*D + e is row e of ``P_k`` followed by ``-(P_k

@@ -12,6 +12,12 @@ digits spread them.  For a 62,500-row block with 10% of its values missing at ra
 (D=16, 51,000 rows with NaN) the order took 1.0-1.2 ms in NumPy (``argsort(kind=
 "stable")`` of 16-bit digits, then fancy indexing), 1.2 ms here with 8-bit digits and
 0.53 ms with 16-bit ones (0.30 ms of it the sort).
+
+The masks come from the complete-row kernels (:func:`~dask_em.families.gaussian_compiled.
+_centred_slice` forms them in its test for NaN, while the row is in cache), and
+:func:`pattern_groups` puts the rows of patterns rare in the block (fewer rows than a
+run needs) after the others in the same counting sort, whose bucket counts are the
+patterns' sizes.
 """
 
 from __future__ import annotations

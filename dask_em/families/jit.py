@@ -6,8 +6,9 @@ compiler) the function is compiled on first call with ``cache=True``, so the mac
 code is written next to the module's ``__pycache__`` once and reused by every later
 process: workers of a cluster pay the compilation once per machine, not once per task.
 numba checks a cached kernel against its own source file only, not against the files
-of the kernels it calls: after editing a kernel, delete the ``*.nbi``/``*.nbc`` files
-under ``dask_em/`` (an install replaces every file, and with them every cache).
+of the kernels it calls nor the values of the module-level constants it reads (they are
+compiled in): after editing a kernel or such a constant, delete the ``*.nbi``/``*.nbc``
+files under ``dask_em/`` (an install replaces every file, and with them every cache).
 Without numba (or with ``DASK_EM_DISABLE_JIT=1`` in the environment) :func:`jit` returns
 the function unchanged and callers fall back to the pure-NumPy reference kernels, which
 the compiled ones are tested against.
