@@ -254,10 +254,12 @@ def test_complete_row_kernels_hand_over_the_rows_with_nan_and_their_masks(n_feat
     rng = np.random.default_rng(n_features)
     n_rows, n_components = 1500, 3
     X = rng.normal(size=(n_rows, n_features)).astype(dtype)
-    X[rng.random(X.shape) < 0.5 / n_features] = np.nan
-    X[:300] = np.abs(X[:300])  # the first slice (256 rows) has no NaN: its fast copy
-    X[-1, -1] = np.nan  # the last row, in the last (short) slice
+    gone = rng.random(X.shape) < 0.5 / n_features
+    gone[:300] = False  # the first slice (256 rows) has no NaN: its fast copy
+    gone[-1, -1] = True  # the last row, in the last (short) slice
+    X[gone] = np.nan
     expected = np.flatnonzero(np.isnan(X).any(axis=1))
+    assert expected[0] >= 256 and len(expected) > 100
     center = np.zeros(n_features)
     means_c = rng.normal(size=(n_components, n_features))
     const = np.zeros(n_components)

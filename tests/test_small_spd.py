@@ -113,10 +113,13 @@ def test_rows_of_rare_patterns_come_after_the_others(n_features):
     labels = rng.permutation(np.repeat(np.arange(len(counts)), counts))
     for row, label in enumerate(labels):
         X[row, features[label]] = np.nan
-    rows = np.flatnonzero(np.isnan(X).any(axis=1))
+    rows = rng.permutation(np.flatnonzero(np.isnan(X).any(axis=1)))  # in any order
     ordered, keys, n_frequent = pattern_groups(X, rows, None, RUN_ROWS)
     if n_features > 63:
         assert ordered.tolist() == rows.tolist() and n_frequent == len(rows) and len(keys) == 0
+        # the complete-row kernels hand over a nonzero key a row past 63 features
+        given = pattern_groups(X, rows, np.ones(len(rows), dtype=np.int64), RUN_ROWS)
+        assert given[0].tolist() == rows.tolist() and given[2] == len(rows)
         return
     bits = 2 ** np.arange(n_features, dtype=np.int64)
     masks = np.isnan(X[ordered]).astype(np.int64) @ bits
@@ -125,17 +128,21 @@ def test_rows_of_rare_patterns_come_after_the_others(n_features):
     assert n_frequent == sum(c for label, c in enumerate(counts) if label not in rare_labels)
     assert {labels[row] for row in ordered[:n_frequent]}.isdisjoint(rare_labels)
     assert {labels[row] for row in ordered[n_frequent:]} == rare_labels
-    for part, part_keys in (
-        (ordered[:n_frequent], keys[:n_frequent]),
-        (ordered[n_frequent:], keys[n_frequent:]),
-    ):
+    position = {row: i for i, row in enumerate(rows.tolist())}
+    groups = ((ordered[:n_frequent], keys[:n_frequent]), (ordered[n_frequent:], keys[n_frequent:]))
+    for part, part_keys in groups:
         assert (np.diff(part_keys) >= 0).all()  # pattern order within each group
         for key in set(part_keys.tolist()):  # a pattern's rows in the order they came in
-            assert (np.diff(part[part_keys == key]) > 0).all()
+            came = [position[row] for row in part[part_keys == key].tolist()]
+            assert came == sorted(came)
     given = pattern_groups(X, rows, np.isnan(X[rows]).astype(np.int64) @ bits, RUN_ROWS)
     assert given[0].tolist() == ordered.tolist() and given[2] == n_frequent
     empty = pattern_groups(X, rows[:0], None, RUN_ROWS)
     assert len(empty[0]) == len(empty[1]) == empty[2] == 0
+    # keys the compiled sort cannot take (it indexes its buckets by them, unchecked)
+    for bad in (given[1][:-1], np.full(len(rows), 1 << n_features), -np.ones(len(rows))):
+        with pytest.raises(ValueError, match="pattern keys"):
+            pattern_groups(X, rows, bad, RUN_ROWS)
 
 
 def test_closed_forms_keep_their_accuracy_on_badly_scaled_blocks():

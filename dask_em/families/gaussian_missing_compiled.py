@@ -179,7 +179,7 @@ def _missing_slice(xct, xc, keys, missing, yt, means_c, precisions, const, w, ou
         q = missing_index(missing, start, index)
         if q < n_features and end - start >= RUN_ROWS:
             pattern_inverses(precisions, index, q, cache, inverting)
-            run_moments(lp, xct, xc, coef, cache, index, q, start, end, out, work)
+            run_moments(lp, xc, coef, cache, index, q, start, end, out, work)
         else:  # done above: their responsibilities go into the moment product
             for i in range(start, end):
                 for k in range(n_components):

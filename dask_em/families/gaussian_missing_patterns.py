@@ -48,7 +48,8 @@ def _pattern_keys(X, rows, keys):
 def _radix_sort(rows, keys, n_bits):
     """(rows, keys) (r,) both int64, reordered by key, stably, by counting sorts of
     :data:`DIGIT_BITS` bits a pass over the lowest ``n_bits`` bits of the keys; returns
-    new arrays (the input is only read)."""
+    new arrays (the input is only read).  For keys of one digit (D <= 16)
+    :func:`_counting_groups` does it in one counting sort."""
     n = len(rows)
     buckets = 1 << DIGIT_BITS
     mask = buckets - 1
@@ -74,22 +75,11 @@ def _radix_sort(rows, keys, n_bits):
             second_keys = np.empty(n, dtype=np.int64)
         rows_to = first_rows if passes % 2 == 0 else second_rows
         keys_to = first_keys if passes % 2 == 0 else second_keys
-        if n_bits <= DIGIT_BITS:  # one pass: the sorted keys are the buckets in turn
-            for i in range(n):
-                b = keys[i]
-                rows_to[starts[b]] = rows[i]
-                starts[b] += 1
-            begin = 0  # starts[b] is now where bucket b ends
-            for b in range(buckets):
-                for i in range(begin, starts[b]):
-                    keys_to[i] = b
-                begin = starts[b]
-        else:
-            for i in range(n):
-                b = (keys[i] >> shift) & mask
-                rows_to[starts[b]] = rows[i]
-                keys_to[starts[b]] = keys[i]
-                starts[b] += 1
+        for i in range(n):
+            b = (keys[i] >> shift) & mask
+            rows_to[starts[b]] = rows[i]
+            keys_to[starts[b]] = keys[i]
+            starts[b] += 1
         rows = rows_to
         keys = keys_to
         passes += 1
@@ -106,14 +96,18 @@ def pattern_order(
     masks, int64 (D <= 63; above, the rows as given and no masks, an empty array).
     keys (len(rows),): those masks where the caller has them already (the complete-row
     kernels find them in their test for NaN), else computed here, a read of the rows."""
-    rows = np.asarray(rows, dtype=np.int64)
-    n_features = X.shape[1]
-    if n_features > 63:
-        return rows, np.empty(0, dtype=np.int64)
-    if keys is None:
-        keys = np.empty(len(rows), dtype=np.int64)
-        _pattern_keys(X, rows, keys)
-    return _radix_sort(rows, np.asarray(keys, dtype=np.int64), n_features)
+    ordered, sorted_keys, _ = pattern_groups(X, rows, keys, 0)  # no pattern is rare
+    return ordered, sorted_keys
+
+
+@jit
+def _out_of_range(keys, n_bits):
+    """Whether any of keys (r,) int64 is negative or has a bit at n_bits or above (one
+    pass, where NumPy's min and max took two: 0.6 ms for 427,518 keys)."""
+    high = 0
+    for i in range(len(keys)):
+        high |= keys[i] >> n_bits  # negative keys keep their sign bit here
+    return high != 0
 
 
 @jit
@@ -157,34 +151,33 @@ def _split_sorted(ordered, keys, run_rows):
     """:func:`pattern_groups` from rows already in pattern order: the runs of at least
     ``run_rows`` rows first, the others after, each in the order given."""
     n = len(ordered)
-    n_rare = 0
+    ends = np.empty(n, dtype=np.int64)  # where each run of one pattern ends
+    n_runs = 0
+    n_frequent = 0
     start = 0
     while start < n:
         end = start + 1
         while end < n and keys[end] == keys[start]:
             end += 1
-        if end - start < run_rows:
-            n_rare += end - start
+        ends[n_runs] = end
+        n_runs += 1
+        if end - start >= run_rows:
+            n_frequent += end - start
         start = end
     grouped = np.empty(n, dtype=np.int64)
     grouped_keys = np.empty(n, dtype=np.int64)
-    frequent = 0
-    rare = n - n_rare
+    places = np.array([0, n_frequent])  # the next place of each group
     start = 0
-    while start < n:
-        end = start + 1
-        while end < n and keys[end] == keys[start]:
-            end += 1
-        place = frequent if end - start >= run_rows else rare
+    for run in range(n_runs):
+        end = ends[run]
+        group = 0 if end - start >= run_rows else 1
+        place = places[group]
         for i in range(start, end):
             grouped[place + i - start] = ordered[i]
             grouped_keys[place + i - start] = keys[i]
-        if end - start >= run_rows:
-            frequent += end - start
-        else:
-            rare += end - start
+        places[group] = place + end - start
         start = end
-    return grouped, grouped_keys, n - n_rare
+    return grouped, grouped_keys, n_frequent
 
 
 def pattern_groups(
@@ -205,6 +198,12 @@ def pattern_groups(
         keys = np.empty(len(rows), dtype=np.int64)
         _pattern_keys(X, rows, keys)
     keys = np.asarray(keys, dtype=np.int64)
+    # the compiled sorts index their buckets by key, unchecked
+    if len(keys) != len(rows) or _out_of_range(keys, n_features):
+        raise ValueError(
+            f"pattern keys: {len(keys)} for {len(rows)} rows, each a bit mask of the "
+            f"{n_features} features (0 <= key < 2**{n_features})"
+        )
     if n_features <= DIGIT_BITS:
         ordered, sorted_keys, n_frequent = _counting_groups(rows, keys, run_rows)
     else:
