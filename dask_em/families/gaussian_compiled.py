@@ -47,6 +47,7 @@ from dask_em.families import gaussian_linalg
 from dask_em.families.gaussian_kernels import centred_stats
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
 from dask_em.families.gaussian_missing_diag import diag_missing_block_moments
+from dask_em.families.gaussian_missing_patterns import nan_mask
 from dask_em.families.gaussian_missing_tied import tied_missing_block_moments
 from dask_em.families.gaussian_slice_loops import (
     diag_log_densities,
@@ -112,14 +113,8 @@ def _centred_slice(
         for d in range(n_features):
             has_nan |= values[d] != values[d]
         if has_nan:
-            key = 1
-            if masks:
-                key = 0
-                for d in range(n_features):
-                    if values[d] != values[d]:
-                        key |= np.int64(1) << d
             passed_over[n_passed] = row
-            passed_keys[n_passed] = key
+            passed_keys[n_passed] = nan_mask(X, row) if masks else 1
             n_passed += 1
         else:
             kept_rows[kept] = row

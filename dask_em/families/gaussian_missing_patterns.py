@@ -22,8 +22,6 @@ patterns' sizes.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from dask_em.families.jit import jit
@@ -33,15 +31,21 @@ DIGIT_BITS = 16
 
 
 @jit
+def nan_mask(X, row):
+    """The bit mask of row ``row`` of X (n, D)'s NaN pattern: the sum over its NaN
+    features d of 2^d (D <= 63)."""
+    key = 0
+    for d in range(X.shape[1]):
+        if X[row, d] != X[row, d]:  # NaN
+            key |= np.int64(1) << d
+    return key
+
+
+@jit
 def _pattern_keys(X, rows, keys):
-    """keys[i] = sum over the NaN features d of row ``rows[i]`` of X (n, D) of 2^d (D <= 63)."""
-    n_features = X.shape[1]
+    """keys[i] = :func:`nan_mask` of row ``rows[i]`` of X (n, D) (D <= 63)."""
     for i in range(len(rows)):
-        key = 0
-        for d in range(n_features):
-            if math.isnan(X[rows[i], d]):
-                key |= 1 << d
-        keys[i] = key
+        keys[i] = nan_mask(X, rows[i])
 
 
 @jit
@@ -53,7 +57,7 @@ def _radix_sort(rows, keys, n_bits):
     n = len(rows)
     buckets = 1 << DIGIT_BITS
     mask = buckets - 1
-    first_rows = np.empty(n, dtype=np.int64)  # passes 1, 3: the second pair, 2, 4
+    first_rows = np.empty(n, dtype=np.int64)  # the 1st, 3rd pass write here, 2nd, 4th below
     first_keys = np.empty(n, dtype=np.int64)
     second_rows = first_rows
     second_keys = first_keys
