@@ -194,6 +194,23 @@ def test_gaussian_compiled_many_missing_values_match_reference(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_gaussian_compiled_missing_values_far_from_the_centre(covariance_type):
+    # components about 300 apart with unit-scale spread: the rows lie far from the
+    # centre (the mixture's mean), where an expanded quadratic form (tied: xt.Pxt -
+    # 2 o_k.xt + mc_k.o_k) loses what its terms' size exceeds v^T P v by
+    rng = np.random.default_rng(11)
+    family = GaussianFamily(covariance_type=covariance_type)
+    params = random_gaussian_params(family, 4, 6, rng, mean_scale=300.0)
+    X = rng.normal(size=(2000, 6)) * 2.0 + params["means"][rng.integers(0, 4, 2000)]
+    X[rng.random(X.shape) < 0.2] = np.nan
+    compiled = family.block_stats(params, X)
+    reference = family.reference_block_stats(params, X)
+    assert_same_stats(compiled, reference, ("weight", "loglik", "nk", "means"))
+    # the scatter about each mean is 1e-5 of the moments about the centre it comes from
+    assert_same_stats(compiled, reference, ("scatter",), rtol=1e-10)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize("n_features", [17, 70])
 def test_gaussian_compiled_missing_values_in_runs_of_every_length(covariance_type, n_features):
     # rows with NaN are taken in runs of one pattern: long runs loop over their rows,
