@@ -63,12 +63,17 @@ def gather_rows(X, rows, center, w, xct, xc, missing, ws):
     row-major), missing[i] its NaN mask, ws[i] its weight (w (n,), or empty for unit
     weights).  The rows come out of order: each asks for the one
     :data:`~dask_em.families.prefetch.ROWS_AHEAD` ahead, a value every 64 bytes and its
-    last one (every cache line it touches, however the row is aligned)."""
+    last one (every cache line it touches, however the row is aligned).  The row-major
+    copy is made first and transposed after, a feature at a time: stored a column of
+    xct per row, as the rows came, it took 9.0-9.2 ms for the 427,518 rows with NaN of
+    a 524,288-row block (D=16, in block order; 14.4-17.4 in pattern order), against
+    7.3-7.7 (15.1-16.1)."""
     n_features = X.shape[1]
     unweighted = w.shape[0] == 0
     step = max(1, 64 // X.itemsize)
-    for i in range(len(rows)):
-        if i + ROWS_AHEAD < len(rows):
+    m = len(rows)
+    for i in range(m):
+        if i + ROWS_AHEAD < m:
             ahead = rows[i + ROWS_AHEAD]
             for d in range(0, n_features, step):
                 prefetch(X, ahead, d)
@@ -79,12 +84,12 @@ def gather_rows(X, rows, center, w, xct, xc, missing, ws):
             value = X[row, d]
             gone = value != value
             centred = value - center[d]
-            if gone:
-                centred = 0.0
             missing[i, d] = gone
-            xc[i, d] = centred
-        for d in range(n_features):  # the strided copy apart: the loop above vectorizes
-            xct[d, i] = xc[i, d]
+            xc[i, d] = 0.0 if gone else centred
+    for d in range(n_features):
+        target = xct[d]
+        for i in range(m):
+            target[i] = xc[i, d]
 
 
 @jit
