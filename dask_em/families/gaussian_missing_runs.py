@@ -64,10 +64,10 @@ def gather_rows(X, rows, center, w, xct, xc, missing, ws):
     weights).  The rows come out of order: each asks for the one
     :data:`~dask_em.families.prefetch.ROWS_AHEAD` ahead, a value every 64 bytes and its
     last one (every cache line it touches, however the row is aligned).  The row-major
-    copy is made first and transposed after, a feature at a time: stored a column of
-    xct per row, as the rows came, it took 9.0-9.2 ms for the 427,518 rows with NaN of
-    a 524,288-row block (D=16, in block order; 14.4-17.4 in pattern order), against
-    7.3-7.7 (15.1-16.1)."""
+    copy is made first and transposed after, a feature at a time: the 427,518 rows with
+    NaN of a 524,288-row block (D=16) in pattern order took 15.0-16.4 ms so, against
+    16.3-17.2 with a column of xct stored per row as the rows came (in block order 7.4-7.6
+    against 9.1-9.5)."""
     n_features = X.shape[1]
     unweighted = w.shape[0] == 0
     step = max(1, 64 // X.itemsize)
