@@ -39,8 +39,7 @@ import time
 import warnings
 
 import numpy as np
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+from environments import THREAD_VARIABLES, environments, run_child
 
 #: How dask_em runs its passes: as graphs (the default) and, with the Dask config
 #: ``dask_em.direct-passes``, each worker running its blocks (dask_em.engine.direct).
@@ -261,13 +260,7 @@ def main() -> None:
         return
     cold, warm = compile_seconds()
     print(f"first call of the kernels: {cold:.1f} s compiling, {warm:.2f} s from the disk cache")
-    plain = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    exported = {**plain, **dict.fromkeys(THREAD_VARIABLES, "2")}
-    results = {}
-    for label, env in (("as given", plain), ("thread variables = 2", exported)):
-        command = [sys.executable, __file__, "--child", *sys.argv[1:]]
-        done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-        results[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    results = {label: run_child(__file__, sys.argv[1:], env) for label, env in environments()}
     report(results, args)
 
 

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from environments import environments, run_child
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 RATES = np.array([0.5, 3.0, 12.0, 40.0])
 WEIGHTS = np.array([0.4, 0.3, 0.2, 0.1])
 RATES_INIT = np.array([1.0, 2.0, 10.0, 30.0])
@@ -140,16 +138,12 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    plain = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    exported = {**plain, **dict.fromkeys(THREAD_VARIABLES, "2")}
     print(
         f"PoissonMixture(4), {args.n_counts:,} int32 counts in memory, "
         f"{args.iterations} iterations from the same start; fit() seconds / iteration"
     )
-    for label, env in (("as given", plain), ("thread variables = 2", exported)):
-        command = [sys.executable, __file__, "--child", *sys.argv[1:]]
-        done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+    for label, env in environments():
+        result = run_child(__file__, sys.argv[1:], env)
         print(
             f"{label:21s} dask_em {result['dask_em']:.4f} s (iterations: median "
             f"{result['dask_em_median_iteration']:.4f} s), NumPy EM on 2 threads "
