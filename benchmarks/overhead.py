@@ -17,7 +17,9 @@ as graphs, both ways: one task per block (Dask config ``dask_em.grouped-passes``
 False) and one task per worker thread over the blocks it holds (the default,
 :mod:`dask_em.engine.grouped`), or, with ``--direct``, as direct passes (each worker
 runs the blocks it holds and merges what it can of the tree, no graph,
-:mod:`dask_em.engine.direct`).
+:mod:`dask_em.engine.direct`).  The passes run inside a fit's span, as a fit runs them
+(:mod:`dask_em.engine.messages`: distributed's message batching kept to 1 ms);
+``--distributed-batching`` keeps distributed's own intervals instead.
 
 A least-squares line ``a + b B`` through each series gives the fixed cost per pass
 ``a`` and the cost per block ``b``; the table that projects a pass over 1 TB is
@@ -66,12 +68,13 @@ def seconds_per_pass(n_blocks: int, shared: dict, repeats: int) -> float:
 
     X = da.zeros((n_blocks, 1), chunks=(1, 1))
     engine = EMEngine(X, model="overhead", cache="memory")
-    engine.map_reduce(block_nothing, merge_sum, shared)  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        engine.map_reduce(block_nothing, merge_sum, shared)
-        times.append(time.perf_counter() - started)
+    with engine.fit_span():  # as a fit runs its passes (message batching, malloc settings)
+        engine.map_reduce(block_nothing, merge_sum, shared)  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            engine.map_reduce(block_nothing, merge_sum, shared)
+            times.append(time.perf_counter() - started)
     engine.release()
     return statistics.median(times)
 
@@ -104,6 +107,12 @@ def main() -> None:
         help="MB one worker thread's kernel consumes per second; 35 is the full-covariance "
         "GMM (K=8, D=16) of benchmarks/gmm.py: 128 MB per 1.8 s pass on 2 workers",
     )
+    parser.add_argument(
+        "--distributed-batching",
+        action="store_true",
+        help="keep distributed's message batching intervals (Dask config "
+        "dask_em.prompt-messages False)",
+    )
     args = parser.parse_args()
     counts = [b for b in (10, 30, 100, 300, 1000, 3000, 10_000) if b <= args.max_blocks]
     import dask
@@ -115,6 +124,8 @@ def main() -> None:
             ("graph passes, one task per block", {"dask_em.grouped-passes": False}),
             ("graph passes, one task per worker thread (the default)", {}),
         ]
+    if args.distributed_batching:
+        modes = [(title, {**config, "dask_em.prompt-messages": False}) for title, config in modes]
     fits = []
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,

@@ -26,6 +26,7 @@ DASK_ALLOWED = {
     "dask_em.engine.grouped": "a pass over persisted data as one task per worker thread",
     "dask_em.engine.monitoring": "a fit's dashboard spans and events",
     "dask_em.engine.malloc": "the workers' malloc thresholds while a fit runs",
+    "dask_em.engine.messages": "distributed's message batching kept short while a fit runs",
     "dask_em.engine.placement": "persisted data: each block's worker, its tasks kept there",
     "dask_em.engine.predict": "prediction graphs",
     "dask_em.engine.scatter": "data held in this process scattered to the workers",

@@ -20,6 +20,7 @@ import dask
 
 from dask_em.engine.events import FLUSH_TIMEOUT, EventSender
 from dask_em.engine.malloc import glibc_thresholds_during
+from dask_em.engine.messages import prompt_messages_during
 
 #: One logger for the whole engine: a fit's log lines (and its warnings) come from it.
 logger = logging.getLogger("dask_em.engine")
@@ -87,7 +88,11 @@ class FitMonitor:
                 name,
                 EVENT_TOPIC,
             )
-        with self.span(name), glibc_thresholds_during(self.client):
+        with (
+            self.span(name),
+            glibc_thresholds_during(self.client),
+            prompt_messages_during(self.client),
+        ):
             self.log_event("fit-start", n_blocks=n_blocks, **details)
             try:
                 yield end
