@@ -9,8 +9,9 @@ temporary directory, ``--factor`` times the memory of a LocalCluster of 2 worker
 thread (``--worker-memory`` each), then, on that cluster, in the same run:
 - the time to only read the store: one pass of dask_em's own engine over it with a
   block function that does no arithmetic (the same read path, tasks and reduction as a
-  fit), best of 3, with the workers' malloc thresholds a fit sets
-  (:mod:`dask_em.engine.malloc`), and, for comparison, as the nanny starts them;
+  fit), best of 3, inside a fit's span, with the settings a fit makes (the workers'
+  malloc thresholds, :mod:`dask_em.engine.malloc`; message batching,
+  :mod:`dask_em.engine.messages`), and, for comparison, as the cluster starts;
 - ``GaussianMixture(4, covariance_type=..., dtype="float32", cache="stream")``: the
   seconds of each EM iteration from ``history_`` (median), every iteration reading the
   whole store again.
@@ -58,7 +59,6 @@ def main() -> None:
 
     from dask_em import GaussianMixture
     from dask_em.engine import EMEngine, blockwise_seeds
-    from dask_em.engine.malloc import glibc_thresholds_during
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factor", type=float, default=6.0, help="store / cluster memory")
@@ -82,7 +82,7 @@ def main() -> None:
                 memory_limit=args.worker_memory,
                 dashboard_address=":0",
             ) as cluster,
-            Client(cluster) as client,
+            Client(cluster),
         ):
             template = da.empty((n_rows, N_FEATURES), chunks=(chunk_rows, -1), dtype=np.float32)
             seeds = blockwise_seeds(0, template.numblocks[0])
@@ -107,7 +107,7 @@ def main() -> None:
                 return min(reads)
 
             read_as_started = best_read()
-            with glibc_thresholds_during(client):
+            with engine.fit_span():  # the workers' malloc and message settings of a fit
                 read = best_read()
             start = np.random.default_rng(2).normal(scale=3.0, size=(N_COMPONENTS, N_FEATURES))
             model = GaussianMixture(
@@ -130,7 +130,8 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     print(
         f"read only, an engine pass that does no arithmetic: {read:7.3f} s (best of 3; "
-        f"{read_as_started:.3f} s with the workers' malloc thresholds as the nanny sets them)"
+        f"{read_as_started:.3f} s outside a fit: the nanny's malloc thresholds, distributed's "
+        "message batching)"
     )
     print(
         f"GaussianMixture({N_COMPONENTS}, {args.covariance_type!r}, float32), streamed: "
