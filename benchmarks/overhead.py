@@ -18,8 +18,9 @@ False) and one task per worker thread over the blocks it holds (the default,
 :mod:`dask_em.engine.grouped`), or, with ``--direct``, as direct passes (each worker
 runs the blocks it holds and merges what it can of the tree, no graph,
 :mod:`dask_em.engine.direct`).  The passes run inside a fit's span, as a fit runs them
-(:mod:`dask_em.engine.messages`: distributed's message batching kept to 1 ms);
-``--distributed-batching`` keeps distributed's own intervals instead.
+(for a task per worker thread, distributed's message batching kept to 1 ms,
+:mod:`dask_em.engine.messages`); ``--distributed-batching`` keeps distributed's own
+intervals there too.
 
 A least-squares line ``a + b B`` through each series gives the fixed cost per pass
 ``a`` and the cost per block ``b``; the table that projects a pass over 1 TB is

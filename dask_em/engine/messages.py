@@ -13,7 +13,11 @@ intervals and 10.4 ms with 1 ms on every stream (10.5 ms with none), medians of 
 rounds of 30 passes in turn.
 
 So while a fit runs (:func:`prompt_messages_during`), the streams that carry its
-passes send within :data:`INTERVAL`: the client's own stream to the scheduler, the
+passes send within :data:`INTERVAL`, where a pass is one task per worker thread (data
+in the workers' memory, :mod:`.grouped`; :meth:`.monitoring.FitMonitor.fit_span`).  A
+pass of a task per block (streamed data) has many messages to batch, and gains from
+batching: 100 one-row blocks took 138 ms a pass with distributed's intervals and 148 ms
+with 1 ms.  The streams: the client's own stream to the scheduler, the
 scheduler's stream to that client and to every worker, and every worker's stream to the
 scheduler.  Batching still happens within a millisecond (everything one handler sends
 goes as one batch).  When the fit ends each stream gets its own interval back; a stream

@@ -382,7 +382,7 @@ class EMEngine:
     # -- the fit's monitoring and the EM loop's hooks (.monitoring) -------------------
     def fit_span(self, **details: Any) -> contextlib.AbstractContextManager[dict[str, Any]]:
         """The fit's span and its ``fit-start``/``fit-end`` events (:meth:`FitMonitor.fit_span`)."""
-        return self.monitor.fit_span(self.n_blocks, **details)
+        return self.monitor.fit_span(self.n_blocks, persisted=bool(self.persisted), **details)
 
     def log_event(self, kind: str, **fields: Any) -> None:
         """One event of the fit, under :data:`EVENT_TOPIC` (:meth:`FitMonitor.log_event`)."""
