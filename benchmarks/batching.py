@@ -6,7 +6,8 @@
 dask_em keeps distributed's message batching within 1 ms while a fit over data in the
 workers' memory runs (:mod:`dask_em.engine.messages`, Dask config
 ``dask_em.prompt-messages``).  On a LocalCluster of 2 workers x 1 thread, in one
-process, the two settings take turns (so that the host's load falls on both alike):
+process, the two settings take turns, each first in every other round (so that the
+host's load falls on both alike):
 
 * engine passes inside a fit's span over 10, 100 and 1,000 one-row blocks whose block
   function does no arithmetic (``overhead.py``'s), one task per worker thread (the
@@ -14,7 +15,9 @@ process, the two settings take turns (so that the host's load falls on both alik
 * the same over 100 blocks, one task per block (``dask_em.grouped-passes`` False; the
   engine itself keeps distributed's intervals for such passes, forced here);
 * ``PoissonMixture(4)`` on 5,000,000 int32 counts persisted on the cluster, 20
-  iterations from one start: the median iteration of each fit (``history_``).
+  iterations from one start: the median iteration of each fit (``history_``), on a
+  cluster that also holds the blocks above (not comparable with
+  ``poisson_memory.py``'s figures, which have the cluster to themselves).
 
 Printed: each setting's median over rounds and the median over rounds of the ratio
 within a round (1 ms against distributed's).
@@ -94,14 +97,15 @@ def main() -> None:
         counts = client.persist(da.from_array(draw_counts(5_000_000)[:, None], chunks=625_000))
         poisson_iteration_seconds(counts, True)  # the workers load the kernels
         results: dict[str, dict[bool, list[float]]] = {}
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
+            order = (False, True) if round_ % 2 == 0 else (True, False)  # first in turn too
             for name, (engine, forced) in cases.items():
-                for prompt in (False, True):
+                for prompt in order:
                     config = {"dask_em.grouped-passes": not forced}
                     with dask.config.set(config):
                         seconds = engine_pass_seconds(engine, prompt, forced)
                     results.setdefault(name, {}).setdefault(prompt, []).append(seconds)
-            for prompt in (False, True):
+            for prompt in order:
                 seconds = poisson_iteration_seconds(counts, prompt)
                 name = "PoissonMixture(4), 5,000,000 counts, an iteration"
                 results.setdefault(name, {}).setdefault(prompt, []).append(seconds)

@@ -9,9 +9,10 @@ temporary directory, ``--factor`` times the memory of a LocalCluster of 2 worker
 thread (``--worker-memory`` each), then, on that cluster, in the same run:
 - the time to only read the store: one pass of dask_em's own engine over it with a
   block function that does no arithmetic (the same read path, tasks and reduction as a
-  fit), best of 3, inside a fit's span, with the settings a fit makes (the workers'
-  malloc thresholds, :mod:`dask_em.engine.malloc`; message batching,
-  :mod:`dask_em.engine.messages`), and, for comparison, as the cluster starts;
+  fit), best of 3, inside a fit's span, with the settings a streamed fit makes (the
+  workers' malloc thresholds, :mod:`dask_em.engine.malloc`; distributed's message
+  batching stays as it is for passes of a task per block, :mod:`dask_em.engine.messages`),
+  and, for comparison, as the cluster starts;
 - ``GaussianMixture(4, covariance_type=..., dtype="float32", cache="stream")``: the
   seconds of each EM iteration from ``history_`` (median), every iteration reading the
   whole store again.
@@ -107,7 +108,7 @@ def main() -> None:
                 return min(reads)
 
             read_as_started = best_read()
-            with engine.fit_span():  # the workers' malloc and message settings of a fit
+            with engine.fit_span():  # the settings a streamed fit makes (malloc thresholds)
                 read = best_read()
             start = np.random.default_rng(2).normal(scale=3.0, size=(N_COMPONENTS, N_FEATURES))
             model = GaussianMixture(
@@ -130,8 +131,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     print(
         f"read only, an engine pass that does no arithmetic: {read:7.3f} s (best of 3; "
-        f"{read_as_started:.3f} s outside a fit: the nanny's malloc thresholds, distributed's "
-        "message batching)"
+        f"{read_as_started:.3f} s outside a fit, with the nanny's malloc thresholds)"
     )
     print(
         f"GaussianMixture({N_COMPONENTS}, {args.covariance_type!r}, float32), streamed: "

@@ -6,7 +6,7 @@ import dask
 import dask.array as da
 import pytest
 
-from dask_em.engine import EMEngine
+from dask_em.engine import EMEngine, messages
 from dask_em.engine.messages import INTERVAL, scheduler_streams
 
 
@@ -81,10 +81,43 @@ def test_the_config_leaves_distributeds_intervals_alone(client):
     ids=["streamed", "a-task-per-block"],
 )
 def test_passes_of_a_task_per_block_keep_distributeds_batching(client, cache, config):
-    # many short tasks send many messages: there batching pays (one task per block of
-    # 100 one-row blocks: 138 ms a pass with distributed's intervals, 148 ms with 1 ms)
+    # many short tasks send many messages: there batching pays (a task per block of 100
+    # one-row blocks: 109-114 ms a pass with distributed's intervals, 112-122 ms with
+    # 1 ms; benchmarks/batching.py)
     with dask.config.set(config):
         engine = EMEngine(da.ones((100, 2), chunks=(50, 2)), model="test", cache=cache)
         before = _intervals(client)
         with engine.fit_span():
             assert _intervals(client) == before
+
+
+def test_a_fit_that_fails_gives_every_stream_its_interval_back(client):
+    engine = EMEngine(da.ones((100, 2), chunks=(50, 2)), model="test", cache="memory")
+    before = _intervals(client)
+    with pytest.raises(RuntimeError, match="the fit failed"), engine.fit_span():
+        assert _all_short(_intervals(client))
+        raise RuntimeError("the fit failed")
+    assert _intervals(client) == before
+
+
+def test_the_workers_get_their_interval_back_when_the_scheduler_does_not_answer(
+    client, monkeypatch
+):
+    engine = EMEngine(da.ones((100, 2), chunks=(50, 2)), model="test", cache="memory")
+    before = _intervals(client)
+    run_on_scheduler = client.run_on_scheduler
+
+    def refused(function, *args, **kwargs):
+        if function is messages.restore_scheduler:
+            raise OSError("the scheduler did not answer")
+        return run_on_scheduler(function, *args, **kwargs)
+
+    try:
+        with engine.fit_span():
+            monkeypatch.setattr(client, "run_on_scheduler", refused)
+        assert client.run(_worker_interval) == before["workers"]
+        assert client.scheduler_comm.interval == before["client"]
+    finally:
+        monkeypatch.undo()
+        client.run_on_scheduler(messages.restore_scheduler, client_id=client.id)
+    assert _intervals(client) == before

@@ -19,7 +19,6 @@ from typing import Any
 import dask
 
 from dask_em.engine.events import FLUSH_TIMEOUT, EventSender
-from dask_em.engine.grouped import grouped_passes_asked
 from dask_em.engine.malloc import glibc_thresholds_during
 from dask_em.engine.messages import prompt_messages_during
 
@@ -75,20 +74,19 @@ class FitMonitor:
 
     @contextlib.contextmanager
     def fit_span(
-        self, n_blocks: int, *, persisted: bool = True, **details: Any
+        self, n_blocks: int, *, grouped: bool = False, **details: Any
     ) -> Iterator[dict[str, Any]]:
         """A fit: the span ``fit-<model>-<fit_id>`` and the events ``fit-start``/``fit-end``,
-        with the workers' malloc thresholds (:mod:`.malloc`).  Where its data is
-        ``persisted`` in the workers' memory and a pass is a task per worker thread
-        (:mod:`.grouped`), distributed's message batching is kept short (:mod:`.messages`):
-        passes of a task per block (streamed data) have many more messages to batch.
+        with the workers' malloc thresholds (:mod:`.malloc`).  Where its passes are
+        ``grouped``, a task per worker thread (:mod:`.grouped`), distributed's message
+        batching is kept short (:mod:`.messages`): passes of a task per block (streamed
+        data, blocks persisted in turns) have many more messages to batch.
 
         ``details`` go into the ``fit-start`` event; what the caller puts into the
         yielded dict goes into ``fit-end`` (``status`` is ``"ok"`` or ``"error"``).
         """
         end: dict[str, Any] = {}
         name = f"fit-{self.model}-{self.fit_id}"
-        prompt = persisted and grouped_passes_asked()
         if self.client is not None:
             logger.info(
                 "fit %s: dashboard span %r, events under the topic %r",
@@ -99,7 +97,7 @@ class FitMonitor:
         with (
             self.span(name),
             glibc_thresholds_during(self.client),
-            prompt_messages_during(self.client if prompt else None),
+            prompt_messages_during(self.client if grouped else None),
         ):
             self.log_event("fit-start", n_blocks=n_blocks, **details)
             try:

@@ -7,11 +7,10 @@ One pass over the data is one small graph:
     reduce-<model>-<token>, level, j           merge of up to ``split_every`` children
 
 so each worker receives the parameters once (a pass over persisted data puts small ones
-inside its tasks, :mod:`.grouped`), the E-step and the statistics of a block
-run fused in one task where the block lives, and only statistics of size O(K D^2)
-travel up a fixed tree (:mod:`.reduction`) whose root, a merge of at most
-``split_every`` parts, runs in the client, which then runs the M-step.  The task names
-show up as ``estep-<model>`` and ``reduce-<model>`` in the dashboard's task stream.
+inside its tasks, :mod:`.grouped`), the E-step and the statistics of a block run fused
+in one task where the block lives, and only statistics of size O(K D^2) travel up a
+fixed tree (:mod:`.reduction`) whose root, a merge of at most ``split_every`` parts,
+runs in the client, which then runs the M-step (task stream: ``estep-``, ``reduce-``).
 
 Data placement (``cache``): ``"memory"`` persists X (and the sample weights) in the
 cluster once (data held here is scattered, :mod:`.scatter`, and blocks lost with a
@@ -382,7 +381,8 @@ class EMEngine:
     # -- the fit's monitoring and the EM loop's hooks (.monitoring) -------------------
     def fit_span(self, **details: Any) -> contextlib.AbstractContextManager[dict[str, Any]]:
         """The fit's span and its ``fit-start``/``fit-end`` events (:meth:`FitMonitor.fit_span`)."""
-        return self.monitor.fit_span(self.n_blocks, persisted=bool(self.persisted), **details)
+        groups = pass_groups(self.client, self.persisted, self._homes, self.split_every)
+        return self.monitor.fit_span(self.n_blocks, grouped=groups is not None, **details)
 
     def log_event(self, kind: str, **fields: Any) -> None:
         """One event of the fit, under :data:`EVENT_TOPIC` (:meth:`FitMonitor.log_event`)."""
