@@ -23,7 +23,8 @@ When the fit ends the nanny's setting is put back (mmap threshold
 ``MALLOC_MMAP_THRESHOLD_`` or 128 KiB, trim threshold the variable's value) and
 ``malloc_trim`` hands the kept memory back to the OS.  Workers without the variable,
 or without glibc, are left as they are.  Two fits at once on one cluster share the
-setting: the first to end puts the nanny's back (the other runs on, only slower).  Set
+setting: the first to end puts the nanny's back (the other runs on, only slower).
+A client that is no longer running when the fit ends (its cluster lost) restores nothing.  Set
 the Dask config ``dask_em.worker-malloc`` to False to leave every worker alone.
 """
 
@@ -132,5 +133,7 @@ def glibc_thresholds_during(client: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):  # the cluster may be what failed
-            client.run(set_thresholds, None, None, on_error="ignore")
+        # a client no longer running may have lost its cluster: no call to wait out
+        if getattr(client, "status", "running") == "running":
+            with contextlib.suppress(Exception):  # the cluster may be what failed
+                client.run(set_thresholds, None, None, on_error="ignore")
