@@ -20,8 +20,11 @@ def environments() -> tuple[tuple[str, dict[str, str]], ...]:
     return (("as given", plain), ("thread variables = 2", exported))
 
 
-def run_child(script: str, argv: list[str], env: dict[str, str]) -> dict:
-    """``script --child *argv`` run in ``env``; the last line it prints, read as JSON."""
-    command = [sys.executable, script, "--child", *argv]
-    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+def run_child(script: str, argv: list[str], env: dict[str, str], flag: str = "--child") -> dict:
+    """``script flag *argv`` run in ``env``; the last line it prints, read as JSON.  A
+    child that fails raises RuntimeError with the end of what it wrote to stderr."""
+    command = [sys.executable, script, flag, *argv]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

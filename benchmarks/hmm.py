@@ -29,15 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
 
 import numpy as np
-
-THREAD_VARIABLES = {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+from environments import environments, run_child
 
 
 def make_data(n_sequences: int, length: int, n_states: int, n_features: int, seed: int = 0):
@@ -210,11 +207,7 @@ def cpu_per_step(args, n_sequences: int = 1310, repeats: int = 5) -> tuple[float
 
 
 def _run_child(flag: str, env: dict, args) -> dict:
-    command = [sys.executable, __file__, flag, *_forwarded(args)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, _forwarded(args), env, flag)
 
 
 def _forwarded(args) -> list[str]:
@@ -272,8 +265,7 @@ def main() -> None:
     )
     first, cached = compile_times(args)
     print(f"compiled kernels: first call {first:.1f} s (empty cache), {cached:.2f} s cached")
-    plain = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    for label, env in (("as is", plain), ("thread variables = 2", {**plain, **THREAD_VARIABLES})):
+    for label, env in environments():
         result = _run_child("--one-environment", env, args)
         print(f"-- environment: {label}")
         print(
