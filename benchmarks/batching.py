@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
-import numpy as np
-from overhead import block_nothing, merge_sum, statistics_of_size
-from poisson_memory import RATES_INIT, draw_counts
+from overhead import median_pass_seconds, statistics_of_size
+from poisson_memory import draw_counts, model
 
 
 def engine_pass_seconds(engine, prompt: bool, forced: bool) -> float:
@@ -45,30 +43,16 @@ def engine_pass_seconds(engine, prompt: bool, forced: bool) -> float:
     with dask.config.set({"dask_em.prompt-messages": prompt}), engine.fit_span():
         # a pass of a task per block: the engine leaves the intervals; set them here
         with prompt_messages_during(engine.client if forced and prompt else None):
-            engine.map_reduce(block_nothing, merge_sum, shared)
-            times = []
-            for _ in range(7):
-                started = time.perf_counter()
-                engine.map_reduce(block_nothing, merge_sum, shared)
-                times.append(time.perf_counter() - started)
-    return statistics.median(times)
+            return median_pass_seconds(engine, shared, 7)
 
 
 def poisson_iteration_seconds(X, prompt: bool) -> float:
     import dask
 
-    from dask_em import PoissonMixture
-
-    model = PoissonMixture(
-        len(RATES_INIT),
-        tol=0.0,
-        max_iter=20,
-        rates_init=RATES_INIT[:, None],
-        weights_init=np.full(len(RATES_INIT), 1.0 / len(RATES_INIT)),
-    )
+    fitted = model(20)
     with dask.config.set({"dask_em.prompt-messages": prompt}):
-        model.fit(X)
-    return statistics.median(h["seconds"] for h in model.history_)
+        fitted.fit(X)
+    return statistics.median(h["seconds"] for h in fitted.history_)
 
 
 def main() -> None:

@@ -70,13 +70,19 @@ def seconds_per_pass(n_blocks: int, shared: dict, repeats: int) -> float:
     X = da.zeros((n_blocks, 1), chunks=(1, 1))
     engine = EMEngine(X, model="overhead", cache="memory")
     with engine.fit_span():  # as a fit runs its passes (message batching, malloc settings)
-        engine.map_reduce(block_nothing, merge_sum, shared)  # warm-up
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            engine.map_reduce(block_nothing, merge_sum, shared)
-            times.append(time.perf_counter() - started)
+        seconds = median_pass_seconds(engine, shared, repeats)
     engine.release()
+    return seconds
+
+
+def median_pass_seconds(engine, shared: dict, repeats: int) -> float:
+    """Median seconds of ``repeats`` passes of :func:`block_nothing` after one warm-up."""
+    engine.map_reduce(block_nothing, merge_sum, shared)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        engine.map_reduce(block_nothing, merge_sum, shared)
+        times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
