@@ -2,19 +2,26 @@
 
     python benchmarks/gmm.py                       # N=1,000,000, D=16, K=8, full and diag
     python benchmarks/gmm.py --n-samples 200000    # quicker
+    python benchmarks/gmm.py --rounds 1            # one fit of each kind
 
 What a user waits for: ``fit()`` wall time divided by the iterations, set-up included
 (for dask_em: the data scan, the engine, the passes; the data is an in-memory dask array
 persisted on the cluster beforehand, as a user's ``client.persist`` would), 20
 iterations from the same start (``tol=0``), for "full" and "diag" covariances, float64
 and float32 (``dtype="float32"`` on float32 data), each with dask_em's passes run as
-graphs (the default) and as direct passes (Dask config ``dask_em.direct-passes``: an
+graphs (the default) and as direct passes (Dask config ``dask_em.direct-passes``: a
 worker runs its blocks, no scheduling; :mod:`dask_em.engine.direct`).  dask_em runs on a
 LocalCluster of 2 workers x 1 thread; scikit-learn in process with NumPy's threads.
 
 Each environment runs in its own process, started from this one: once as given, once
 with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2`` exported (as SLURM
 job scripts and HPC profiles do), so the LocalCluster's workers inherit them.
+
+Every fit runs ``--rounds`` times (3 by default), dask_em's and scikit-learn's taking
+turns within each round (:func:`child`); a speed-up is the ratio of the two medians, and
+the range of the rounds' own ratios is printed beside it.  On a shared or virtual host,
+whose speed can move by a fifth between two fits, one fit a side gives a ratio as
+noisy as the host.
 
 Share of GEMM: 4 N K D^2 flops per "full" iteration (the Mahalanobis products and the
 scatter matrices, as dense products compute them) over the seconds per iteration,
@@ -144,7 +151,13 @@ def dask_em_seconds(client, X_dask, start, covariance_type, dtype, n_iter) -> di
 
 
 def child(args) -> dict:
-    """One environment: every measurement, as a dict (printed as JSON)."""
+    """One environment: every measurement, as a dict (printed as JSON).
+
+    The fits run in ``args.rounds`` rounds; in each round, per covariance type, the
+    scikit-learn fit and dask_em's fits take turns (scikit-learn first in even rounds,
+    last in odd ones), so that a slow stretch of the host falls on both sides of a ratio
+    rather than on one.  Every fit's seconds per iteration are kept, round by round.
+    """
     import dask
     import dask.array as da
     from distributed import Client, LocalCluster
@@ -163,25 +176,37 @@ def child(args) -> dict:
         ) as cluster,
         Client(cluster) as client,
     ):
+        data = {}
         for dtype in ("float64", "float32"):
-            X_dask = client.persist(da.from_array(X.astype(dtype), chunks=(args.chunk_rows, D)))
+            data[dtype] = client.persist(
+                da.from_array(X.astype(dtype), chunks=(args.chunk_rows, D))
+            )
             client.rebalance()
             # warm-up: the workers load (or, on a first run, compile) the kernels once
             for covariance_type in ("full", "diag"):
                 out[f"warm-up {covariance_type} {dtype}"] = dask_em_seconds(
-                    client, X_dask[: 2 * args.chunk_rows], start, covariance_type, dtype, 1
+                    client, data[dtype][: 2 * args.chunk_rows], start, covariance_type, dtype, 1
                 )["per_iteration"]
-            for covariance_type in ("full", "diag"):
+
+        def ours(covariance_type: str) -> None:
+            for dtype in ("float64", "float32"):
                 for passes in PASSES:
                     with dask.config.set({"dask_em.direct-passes": passes == "direct"}):
-                        out[f"dask_em {covariance_type} {dtype} {passes}"] = dask_em_seconds(
-                            client, X_dask, start, covariance_type, dtype, args.iterations
+                        fit = dask_em_seconds(
+                            client, data[dtype], start, covariance_type, dtype, args.iterations
                         )
-            del X_dask
-    for covariance_type in ("full", "diag"):
-        out[f"sklearn {covariance_type}"] = sklearn_seconds(
-            X, start, covariance_type, args.iterations
-        )
+                    out.setdefault(f"dask_em {covariance_type} {dtype} {passes}", []).append(fit)
+
+        def theirs(covariance_type: str) -> None:
+            seconds = sklearn_seconds(X, start, covariance_type, args.iterations)
+            out.setdefault(f"sklearn {covariance_type}", []).append(seconds)
+
+        for round_ in range(args.rounds):
+            for covariance_type in ("full", "diag"):
+                turns = (theirs, ours) if round_ % 2 == 0 else (ours, theirs)
+                for turn in turns:
+                    turn(covariance_type)
+        data.clear()  # the persisted data released before the cluster closes
     return out
 
 
@@ -204,10 +229,17 @@ def compile_seconds() -> tuple[float, float]:
     return runs[0], runs[1]
 
 
+def median(values) -> float:
+    return float(np.median(values))
+
+
 def report(results: dict, args) -> None:
     N, D, K = args.n_samples, args.n_features, args.components
     flops = 4.0 * N * K * D * D
-    print(f"N={N:,} D={D} K={K}, {args.iterations} iterations, fit() wall time / iterations")
+    print(
+        f"N={N:,} D={D} K={K}, {args.iterations} iterations, fit() wall time / iterations, "
+        f"{args.rounds} rounds (medians; per round: the range of the rounds' speed-ups)"
+    )
     for label, out in results.items():
         gemm = out["gemm_gflops"]
         print(f"\n## {label}: {out['environment']}, BLAS {out['blas']}, GEMM {gemm:.1f} GFLOP/s")
@@ -215,29 +247,41 @@ def report(results: dict, args) -> None:
         print(f"first fit on the cluster (kernels loaded in the workers), seconds: {warm}")
         print(
             "| covariance | dtype | passes | dask_em s/iter | median pass | scikit-learn s/iter "
-            "| speed-up | share of GEMM |"
+            "| speed-up | per round | share of GEMM |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for covariance_type in ("full", "diag"):
             theirs = out[f"sklearn {covariance_type}"]
             for dtype in ("float64", "float32"):
                 for passes in PASSES:
-                    ours = out[f"dask_em {covariance_type} {dtype} {passes}"]
+                    fits = out[f"dask_em {covariance_type} {dtype} {passes}"]
+                    ours = [fit["per_iteration"] for fit in fits]
+                    rounds = [t / o for t, o in zip(theirs, ours, strict=True)]
                     share = ""
                     if covariance_type == "full":
-                        share = f"{100 * flops / ours['per_iteration'] / 1e9 / gemm:.1f}%"
+                        share = f"{100 * flops / median(ours) / 1e9 / gemm:.1f}%"
                     print(
-                        f"| {covariance_type} | {dtype} | {passes} | {ours['per_iteration']:.3f} "
-                        f"| {ours['median_pass']:.3f} | {theirs:.3f} "
-                        f"| {theirs / ours['per_iteration']:.2f}x | {share} |"
+                        f"| {covariance_type} | {dtype} | {passes} | {median(ours):.3f} "
+                        f"| {median([fit['median_pass'] for fit in fits]):.3f} "
+                        f"| {median(theirs):.3f} | {median(theirs) / median(ours):.2f}x "
+                        f"| {min(rounds):.2f}-{max(rounds):.2f}x | {share} |"
                     )
         for covariance_type in ("full", "diag"):
-            a = np.array(out[f"dask_em {covariance_type} float64 graph"]["means"])
-            b = np.array(out[f"dask_em {covariance_type} float32 graph"]["means"])
-            c = np.array(out[f"dask_em {covariance_type} float64 direct"]["means"])
+            means = {
+                (dtype, passes): [
+                    np.array(fit["means"])
+                    for fit in out[f"dask_em {covariance_type} {dtype} {passes}"]
+                ]
+                for dtype in ("float64", "float32")
+                for passes in PASSES
+            }
+            a, b = means["float64", "graph"][0], means["float32", "graph"][0]
+            direct = means["float64", "direct"][0]
+            same = all(np.array_equal(fits[0], other) for fits in means.values() for other in fits)
             print(
-                f"{covariance_type}: direct passes' means vs graph passes', float64: "
-                f"{'bitwise equal' if np.array_equal(a, c) else 'DIFFERENT'}"
+                f"{covariance_type}: every round's means bitwise equal to the first's: {same}; "
+                "direct passes' means vs graph passes', float64: "
+                f"{'bitwise equal' if np.array_equal(a, direct) else 'DIFFERENT'}"
             )
             print(
                 f"{covariance_type}: float32 means vs float64, max relative "
@@ -253,6 +297,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--n-workers", type=int, default=2)
     parser.add_argument("--chunk-rows", type=int, default=62_500)
+    parser.add_argument("--rounds", type=int, default=3, help="fits of each kind, in turns")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
