@@ -14,13 +14,13 @@ import dask.array as da
 import numpy as np
 import pytest
 from dask.core import flatten
-from distributed import futures_of
+from distributed import futures_of, wait
 
 from dask_em.em import IterationRecord, check_monotone
 from dask_em.engine import EVENT_TOPIC, EMEngine
 from dask_em.engine.events import EventSender
 from dask_em.engine.malloc import MMAP_THRESHOLD, TRIM_THRESHOLD, set_thresholds
-from dask_em.engine.placement import block_homes
+from dask_em.engine.placement import HoldersAhead, block_homes
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import in_graph_bytes, scatter_in_memory
 from dask_em.engine.workers import scheduler_workers
@@ -291,6 +291,40 @@ def test_a_block_whose_home_lost_it_gets_the_worker_that_holds_it_as_home(client
     where = engine.map_reduce(where_rows_ran, concatenate_where, None)["where"]
     assert engine._homes == actual
     assert sum(w == h for w, h in zip(where, actual, strict=True)) >= len(keys) - 1, where
+
+
+def test_the_next_pass_places_its_tasks_by_holders_asked_after_the_last_pass(client, monkeypatch):
+    # each pass asks where the blocks are once its tasks are done; the next pass takes
+    # that answer instead of waiting on a who_has round trip of its own
+    X = da.from_array(np.arange(800.0).reshape(400, 2), chunks=(50, 2))
+    engine = EMEngine(X, model="test", cache="memory")
+    engine.map_reduce(where_rows_ran, concatenate_where, None)
+    holders = client.who_has(engine.X)
+    actual = [holders[key][0] for key in flatten(engine.X.__dask_keys__())]
+    first, second = sorted(set(actual))
+    engine._homes = [second if home == first else first for home in actual]  # all wrong
+    asked_now = []
+    monkeypatch.setattr(type(client), "who_has", lambda *args: asked_now.append(args))
+    where = engine.map_reduce(where_rows_ran, concatenate_where, None)["where"]
+    assert not asked_now  # the answer asked after the first pass
+    assert engine._homes == actual  # and it moved every home to where its block is
+    assert sum(w == h for w, h in zip(where, actual, strict=True)) >= len(actual) - 1, where
+
+
+def test_holders_asked_ahead_are_only_taken_once_and_for_the_same_blocks(client):
+    X = client.persist(da.from_array(np.arange(40.0).reshape(20, 2), chunks=(5, 2)))
+    wait(X)
+    ahead = HoldersAhead()
+    assert ahead.take(X) is None  # nothing asked
+    ahead.ask(client, X)
+    assert ahead.take(X[:10]) is None  # asked about other blocks: the pass asks itself
+    ahead.ask(client, X)
+    holders = ahead.take(X)
+    assert {key: set(addresses) for key, addresses in holders.items()} == {
+        key: set(addresses) for key, addresses in client.who_has(X).items()
+    }
+    assert ahead.take(X) is None  # taken
+    assert block_homes(client, X, None, holders) == block_homes(client, X)
 
 
 def _mallinfo2():

@@ -13,15 +13,14 @@ fixed tree (:mod:`.reduction`) whose root, a merge of at most ``split_every`` pa
 runs in the client, which then runs the M-step (task stream: ``estep-``, ``reduce-``).
 
 Data placement (``cache``): ``"memory"`` persists X (and the sample weights) in the
-cluster once (data held here is scattered, :mod:`.scatter`, and blocks lost with a
-worker are sent again); ``"stream"`` keeps the graph that reads X (e.g. from Zarr), so
-every pass reads it again, with each block's read fused into its E-step task (the
-per-block layer is blockwise over X and optimized as a dask array) so that a worker
-holds one block per thread; ``"auto"`` persists when X takes at most half of the
-cluster's memory.
-A pass over persisted data runs one E-step task per worker thread over the blocks its
-worker holds (:mod:`.grouped`), or no graph at all with ``dask_em.direct-passes`` set
-(:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
+cluster once (data held here is scattered, :mod:`.scatter`; blocks lost with a worker
+are sent again); ``"stream"`` keeps the graph that reads X (from Zarr, say), so every
+pass reads it again, each block's read fused into its E-step task (the per-block layer
+is blockwise over X, optimized as a dask array) so that a worker holds one block per
+thread; ``"auto"`` persists when X takes at most half of the cluster's memory.  A pass
+over persisted data runs one E-step task per worker thread over the blocks its worker
+holds (:mod:`.grouped`; where they are: :mod:`.placement`), or no graph at all with
+``dask_em.direct-passes`` set (:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from dask_em.engine.cluster import active_client, wait_watched
 from dask_em.engine.direct import DirectPasses, DirectPassFailed, direct_passes_asked
 from dask_em.engine.grouped import finish_grouped, grouped_pass_graph, pass_groups
 from dask_em.engine.monitoring import FitMonitor
-from dask_em.engine.placement import block_homes, block_pins, persist_on_workers, pinned_graph
+from dask_em.engine.placement import HoldersAhead, block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
 from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
 from dask_em.engine.stalls import blocks_of, key_name
@@ -121,6 +120,7 @@ class EMEngine:
         self._scattered_from: tuple | None = None  # (X, weights) as given, to resend
         self._resent = 0  # times they were sent again after a worker loss
         self._homes: list[str | None] | None = None  # each block's worker, once persisted
+        self._holders = HoldersAhead()  # where the blocks are, asked after each pass
         self._previous_results: list = []  # the last pass's futures (_submit)
         self.persisted = self._should_persist(X, sample_weight, cache)
         if self.persisted:
@@ -202,17 +202,17 @@ class EMEngine:
         names = {key_name(key) for key in dsk}  # the pass's tasks, O(n_blocks)
         try:
             wait_watched(self.client, futures, names, blocks_of(self.X, self.sample_weight))
-            return self.client.gather(futures)
+            parts = self.client.gather(futures)
+            if self._homes is not None:  # asked now, taken by the next pass (.placement)
+                self._holders.ask(self.client, self.X)
+            return parts
         except BaseException:  # a failed or interrupted pass is not held (or run on)
             self._previous_results = []
             raise
 
     def release(self) -> None:
         """Drop references to persisted data so the cluster can free it."""
-        self.X = None
-        self.sample_weight = None
-        self._scattered_from = None
-        self._local_blocks = None
+        self.X = self.sample_weight = self._scattered_from = self._local_blocks = None
         self._previous_results = []
         self._direct_wanted = False
         self._close_direct()
@@ -296,8 +296,8 @@ class EMEngine:
                 self._direct_failed(failure)
         while True:
             try:
-                if self._homes is not None:  # where the blocks are now (placement)
-                    self._homes = block_homes(self.client, self.X, self._homes)
+                if self._homes is not None:  # where the blocks are now (.placement)
+                    self._homes = self._holders.homes(self.client, self.X, self._homes)
                 groups = pass_groups(self.client, self.persisted, self._homes, self.split_every)
                 if groups is None:
                     dsk, keys = self.pass_graph(
@@ -333,7 +333,7 @@ class EMEngine:
         """One pass run by the workers directly (:mod:`.direct`); its client side is
         set up at the first pass, and again after a failed one, where the blocks are then."""
         if self._direct is None:
-            self._homes = block_homes(self.client, self.X, self._homes)
+            self._homes = self._holders.homes(self.client, self.X, self._homes)
             if None in self._homes:
                 raise DirectPassFailed("a block of the data is held by no worker")
             try:
