@@ -17,11 +17,13 @@ Each environment runs in its own process, started from this one: once as given, 
 with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2`` exported (as SLURM
 job scripts and HPC profiles do), so the LocalCluster's workers inherit them.
 
-Every fit runs ``--rounds`` times (3 by default), dask_em's and scikit-learn's taking
-turns within each round (:func:`child`); a speed-up is the ratio of the two medians, and
-the range of the rounds' own ratios is printed beside it.  On a shared or virtual host,
-whose speed can move by a fifth between two fits, one fit a side gives a ratio as
-noisy as the host.
+Every fit runs ``--rounds`` times (3 by default).  Each round starts the two
+environments' processes in turn (the first of them alternating from round to round),
+and within each, dask_em's fits and scikit-learn's take turns (:func:`child`).  A
+speed-up is the ratio of the two sides' medians, printed with the range of the rounds'
+own ratios; so is each fit's time with the thread variables against as given.  On a
+shared or virtual host, whose speed can move by a fifth between two fits, one fit a
+side gives a ratio as noisy as the host.
 
 Share of GEMM: 4 N K D^2 flops per "full" iteration (the Mahalanobis products and the
 scatter matrices, as dense products compute them) over the seconds per iteration,
@@ -151,12 +153,11 @@ def dask_em_seconds(client, X_dask, start, covariance_type, dtype, n_iter) -> di
 
 
 def child(args) -> dict:
-    """One environment: every measurement, as a dict (printed as JSON).
+    """One round in one environment: every measurement, as a dict (printed as JSON).
 
-    The fits run in ``args.rounds`` rounds; in each round, per covariance type, the
-    scikit-learn fit and dask_em's fits take turns (scikit-learn first in even rounds,
-    last in odd ones), so that a slow stretch of the host falls on both sides of a ratio
-    rather than on one.  Every fit's seconds per iteration are kept, round by round.
+    Per covariance type, the scikit-learn fit and dask_em's fits take turns
+    (scikit-learn first in even rounds, ``args.round``, last in odd ones), so that a
+    slow stretch of the host falls on both sides of a ratio rather than on one.
     """
     import dask
     import dask.array as da
@@ -201,11 +202,10 @@ def child(args) -> dict:
             seconds = sklearn_seconds(X, start, covariance_type, args.iterations)
             out.setdefault(f"sklearn {covariance_type}", []).append(seconds)
 
-        for round_ in range(args.rounds):
-            for covariance_type in ("full", "diag"):
-                turns = (theirs, ours) if round_ % 2 == 0 else (ours, theirs)
-                for turn in turns:
-                    turn(covariance_type)
+        for covariance_type in ("full", "diag"):
+            turns = (theirs, ours) if args.round % 2 == 0 else (ours, theirs)
+            for turn in turns:
+                turn(covariance_type)
         data.clear()  # the persisted data released before the cluster closes
     return out
 
@@ -233,6 +233,22 @@ def median(values) -> float:
     return float(np.median(values))
 
 
+def merge_rounds(outs: list[dict]) -> dict:
+    """One environment's rounds as one dict: each fit's list and each measurement of the
+    machine (GEMM rate, warm-up seconds) over the rounds; BLAS and environment as the
+    first round saw them."""
+    merged: dict = {"blas": outs[0]["blas"], "environment": outs[0]["environment"]}
+    for out in outs:
+        for key, value in out.items():
+            if key.startswith(("dask_em ", "sklearn ")):
+                merged.setdefault(key, []).extend(value)
+            elif key not in merged:
+                merged[key] = [value]
+            elif key not in ("blas", "environment"):
+                merged[key].append(value)
+    return merged
+
+
 def report(results: dict, args) -> None:
     N, D, K = args.n_samples, args.n_features, args.components
     flops = 4.0 * N * K * D * D
@@ -241,9 +257,9 @@ def report(results: dict, args) -> None:
         f"{args.rounds} rounds (medians; per round: the range of the rounds' speed-ups)"
     )
     for label, out in results.items():
-        gemm = out["gemm_gflops"]
+        gemm = median(out["gemm_gflops"])
         print(f"\n## {label}: {out['environment']}, BLAS {out['blas']}, GEMM {gemm:.1f} GFLOP/s")
-        warm = {k: round(v, 2) for k, v in out.items() if k.startswith("warm-up")}
+        warm = {k: round(median(v), 2) for k, v in out.items() if k.startswith("warm-up")}
         print(f"first fit on the cluster (kernels loaded in the workers), seconds: {warm}")
         print(
             "| covariance | dtype | passes | dask_em s/iter | median pass | scikit-learn s/iter "
@@ -287,6 +303,28 @@ def report(results: dict, args) -> None:
                 f"{covariance_type}: float32 means vs float64, max relative "
                 f"{np.max(np.abs(a - b)) / np.max(np.abs(a)):.2e}"
             )
+    environments_compared(results)
+
+
+def environments_compared(results: dict) -> None:
+    """Each fit's seconds per iteration with the thread variables against as given: the
+    ratio of the medians and the range of the rounds' ratios (issue #11: within 1.1x)."""
+    (plain, plain_out), (exported, exported_out) = results.items()
+    print(f"\n## {exported} against {plain}: seconds per iteration, ratio")
+    print("| fit | ratio of medians | per round |")
+    print("|---|---|---|")
+    for key in plain_out:
+        if not key.startswith(("dask_em ", "sklearn ")):
+            continue
+        seconds = [
+            [fit["per_iteration"] if isinstance(fit, dict) else fit for fit in out[key]]
+            for out in (plain_out, exported_out)
+        ]
+        rounds = [b / a for a, b in zip(*seconds, strict=True)]
+        print(
+            f"| {key} | {median(seconds[1]) / median(seconds[0]):.2f}x "
+            f"| {min(rounds):.2f}-{max(rounds):.2f}x |"
+        )
 
 
 def main() -> None:
@@ -299,13 +337,22 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=62_500)
     parser.add_argument("--rounds", type=int, default=3, help="fits of each kind, in turns")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return
     cold, warm = compile_seconds()
     print(f"first call of the kernels: {cold:.1f} s compiling, {warm:.2f} s from the disk cache")
-    results = {label: run_child(__file__, sys.argv[1:], env) for label, env in environments()}
+    rounds: dict[str, list[dict]] = {}
+    for round_ in range(args.rounds):
+        # the environments in turns too (each round its own processes), the first of
+        # them alternating, so that the two sides of their ratio run a minute apart
+        order = environments() if round_ % 2 == 0 else environments()[::-1]
+        for label, env in order:
+            argv = [*sys.argv[1:], "--round", str(round_)]
+            rounds.setdefault(label, []).append(run_child(__file__, argv, env))
+    results = {label: merge_rounds(rounds[label]) for label, _ in environments()}
     report(results, args)
 
 
