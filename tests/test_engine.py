@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -304,7 +305,14 @@ def test_the_next_pass_places_its_tasks_by_holders_asked_after_the_last_pass(cli
     first, second = sorted(set(actual))
     engine._homes = [second if home == first else first for home in actual]  # all wrong
     asked_now = []
-    monkeypatch.setattr(type(client), "who_has", lambda *args: asked_now.append(args))
+    who_has = type(client).who_has
+
+    def recorded(*args, **kwargs):
+        asked_now.append(args)
+        return who_has(*args, **kwargs)
+
+    monkeypatch.setattr(type(client), "who_has", recorded)
+    monkeypatch.setattr(HoldersAhead, "MAX_AGE", 60.0)  # a loaded CI host between passes
     where = engine.map_reduce(where_rows_ran, concatenate_where, None)["where"]
     assert not asked_now  # the answer asked after the first pass
     assert engine._homes == actual  # and it moved every home to where its block is
@@ -325,6 +333,26 @@ def test_holders_asked_ahead_are_only_taken_once_and_for_the_same_blocks(client)
     }
     assert ahead.take(X) is None  # taken
     assert block_homes(client, X, None, holders) == block_homes(client, X)
+
+
+def test_holders_asked_ahead_give_way_to_an_ask_of_the_pass_when_not_usable(client, monkeypatch):
+    X = client.persist(da.from_array(np.arange(40.0).reshape(20, 2), chunks=(5, 2)))
+    wait(X)
+    ahead = HoldersAhead()
+    monkeypatch.setattr(HoldersAhead, "MAX_AGE", 0.0)
+    ahead.ask(client, X)
+    time.sleep(0.01)
+    assert ahead.take(X) is None  # too old to place a pass by
+    monkeypatch.setattr(HoldersAhead, "MAX_AGE", 60.0)
+    monkeypatch.setattr(HoldersAhead, "TIMEOUT", 0.05)
+    failed = concurrent.futures.Future()
+    failed.set_exception(OSError("scheduler gone"))
+    for reply in (failed, concurrent.futures.Future()):  # failed; never answered
+        ahead._asked = ((X.name, X.numblocks[0]), time.monotonic(), reply)
+        assert ahead.take(X) is None
+    closed = types.SimpleNamespace(scheduler=None, loop=None)  # a client that cannot send
+    ahead.ask(closed, X)  # does not raise: the pass it follows has its results
+    assert ahead.take(X) is None
 
 
 def _mallinfo2():

@@ -19,15 +19,16 @@ move a task when a worker runs out of work.  Each pass first asks where the bloc
 (:func:`block_homes` with the previous homes): a block whose home no longer holds it
 (the active memory manager dropped that copy, the worker was lost and the block made
 again elsewhere) moves its home to a worker that does, so a pass never ships a block
-to its home.  The engine asks that of the scheduler ahead (:class:`HoldersAhead`), as
-soon as a pass's results are in, while the client runs the M-step, so that the next
-pass does not wait on the round trip.
+to its home.  The engine asks that of the scheduler ahead (:class:`HoldersAhead`): a
+graph pass over persisted data asks as soon as its results are in, while the client
+runs the M-step, so that the next pass does not wait on the round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -135,22 +136,36 @@ class HoldersAhead:
     :meth:`ask` sends the ``who_has`` and returns at once; the answer comes back on the
     client's event loop while the client runs the M-step, and :meth:`take` hands it to
     the next pass.  A block moved after the ask is seen by the pass after: its task is
-    still placed on a worker (the restriction is loose), which may have to copy it.
+    still placed on a worker (the restriction is loose), which may have to copy it.  An
+    answer older than :data:`MAX_AGE` seconds when it is taken (a checkpoint or a model
+    scored between two passes, say) is left unused, and the pass asks itself.
     """
 
     #: Seconds :meth:`take` waits for an answer still on its way (then the pass asks).
     TIMEOUT = 10.0
 
+    #: Seconds after the ask beyond which its answer is too old to place a pass by.
+    MAX_AGE = 1.0
+
     def __init__(self) -> None:
-        self._asked: tuple[list[Hashable], concurrent.futures.Future] | None = None
+        # (the array's name and blocks, when asked, the answer's future)
+        self._asked: tuple[tuple[str, int], float, concurrent.futures.Future] | None = None
 
     def ask(self, client: Any, array: da.Array) -> None:
-        """Ask where ``array``'s blocks are (a synchronous ``distributed.Client``)."""
-        keys = list(flatten(array.__dask_keys__()))
-        reply = asyncio.run_coroutine_threadsafe(
-            client.scheduler.who_has(keys=keys), client.loop.asyncio_loop
-        )
-        self._asked = (keys, reply)
+        """Ask where ``array``'s blocks are (a synchronous ``distributed.Client``; an
+        asynchronous one, or one that cannot send, leaves the next pass to ask)."""
+        self._asked = None
+        if getattr(client, "asynchronous", False):
+            return
+        coroutine = None
+        try:
+            coroutine = client.scheduler.who_has(keys=list(flatten(array.__dask_keys__())))
+            reply = asyncio.run_coroutine_threadsafe(coroutine, client.loop.asyncio_loop)
+        except Exception:  # a client closing: never a reason to fail the pass just run
+            if coroutine is not None:
+                coroutine.close()
+            return
+        self._asked = ((array.name, array.numblocks[0]), time.monotonic(), reply)
 
     def homes(
         self, client: Any, array: da.Array, previous: Sequence[str | None]
@@ -161,14 +176,19 @@ class HoldersAhead:
 
     def take(self, array: da.Array) -> Mapping[Hashable, Sequence[str]] | None:
         """The answer to the last :meth:`ask` about ``array``'s blocks, or None (none
-        asked, asked about other blocks, failed or not back in :data:`TIMEOUT` s)."""
+        asked, asked about other blocks or more than :data:`MAX_AGE` s ago, failed, or
+        not back in :data:`TIMEOUT` s)."""
         asked, self._asked = self._asked, None
-        if asked is None or asked[0] != list(flatten(array.__dask_keys__())):
+        if asked is None:
+            return None
+        blocks, asked_at, reply = asked
+        if blocks != (array.name, array.numblocks[0]) or time.monotonic() - asked_at > self.MAX_AGE:
+            reply.cancel()
             return None
         try:
-            return asked[1].result(timeout=self.TIMEOUT)
+            return reply.result(timeout=self.TIMEOUT)
         except Exception:  # the pass asks again, and meets the failure itself
-            asked[1].cancel()
+            reply.cancel()
             return None
 
 
