@@ -240,12 +240,10 @@ def merge_rounds(outs: list[dict]) -> dict:
     merged: dict = {"blas": outs[0]["blas"], "environment": outs[0]["environment"]}
     for out in outs:
         for key, value in out.items():
-            if key.startswith(("dask_em ", "sklearn ")):
+            if key.startswith(("dask_em ", "sklearn ")):  # each round's fits, a list
                 merged.setdefault(key, []).extend(value)
-            elif key not in merged:
-                merged[key] = [value]
             elif key not in ("blas", "environment"):
-                merged[key].append(value)
+                merged.setdefault(key, []).append(value)
     return merged
 
 
