@@ -460,6 +460,37 @@ def test_a_worker_with_little_room_left_keeps_the_nannys_malloc_setting(monkeypa
     assert mmapped_bytes_beyond_the_free_heap() >= 2**23
 
 
+def test_a_worker_that_holds_no_data_counts_its_room_to_pausing(monkeypatch):
+    # past its spill threshold a worker that holds nothing only warns (nothing to
+    # spill): it reuses freed memory while it has room before pausing; one that holds
+    # data keeps the nanny's setting, so that kept memory does not spill its data
+    import types
+
+    import psutil
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    rss = psutil.Process().memory_info().rss
+    limit = rss + 2**28
+
+    def worker(held_bytes):
+        manager = types.SimpleNamespace(
+            memory_limit=limit,
+            memory_spill_fraction=(rss - 2**20) / limit,  # already past it
+            memory_pause_fraction=(rss + 2**27) / limit,  # 128 MiB ahead
+        )
+        state = types.SimpleNamespace(nbytes=held_bytes)
+        return types.SimpleNamespace(memory_manager=manager, state=state)
+
+    try:
+        assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD, worker(2**27)) is True
+        assert mmapped_bytes_beyond_the_free_heap() >= 2**23  # holds data: no reuse
+        assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD, worker(2**10)) is True
+        assert mmapped_bytes_of_an_8_mib_array() == 0  # nothing to spill: reused
+    finally:
+        set_thresholds(None, None)
+    assert mmapped_bytes_beyond_the_free_heap() >= 2**23
+
+
 def weighted_sum(_shared, X, w, first_row):
     """Float sums whose value depends on the order of addition, and the block's row."""
     return {"sum": float((X.sum(axis=1) * w).sum()), "first": [int(first_row)]}

@@ -15,10 +15,11 @@ has the variable set uses the thresholds glibc reaches on its own without it: an
 threshold of :data:`MMAP_THRESHOLD` (glibc's largest dynamic value on 64-bit) and a trim
 threshold of :data:`TRIM_THRESHOLD` (twice that, glibc's rule).  A worker then keeps up
 to that much freed memory per malloc arena for reuse, so a worker with little room left
-below the memory at which it spills or pauses gets less: an mmap threshold of at most
-1/4 of that room (a worker of 320 MB that holds the compiled kernels, at 230 MiB, is
-past its spill threshold and keeps the nanny's setting; one of 512 MiB at 300 MiB gets
-14 MiB, enough for an 8 MiB block).
+below the memory at which it pauses (or spills, where it holds data: :func:`headroom`)
+gets less: an mmap threshold of at most 1/4 of that room (a worker of 320 MB that holds
+persisted blocks and the compiled kernels, at 230 MiB, is past its spill threshold and
+keeps the nanny's setting; one of 512 MiB that holds no data, at 340 MiB, gets 17 MiB,
+enough for an 8 MiB block).
 When the fit ends the nanny's setting is put back (mmap threshold
 ``MALLOC_MMAP_THRESHOLD_`` or 128 KiB, trim threshold the variable's value) and
 ``malloc_trim`` hands the kept memory back to the OS.  Workers without the variable,
@@ -52,6 +53,11 @@ MMAP_THRESHOLD = 32 * 2**20
 #: glibc's dynamic rule sets the trim threshold to twice the mmap threshold.
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
+#: Managed bytes (``Worker.state.nbytes``) above which a worker's room is counted to its
+#: spill threshold rather than to its pause threshold (:func:`headroom`): less than this
+#: is the parameters and statistics of a fit, not data worth keeping out of the disk.
+SPILLABLE_BYTES = 32 * 2**20
+
 #: Dask config key: False leaves the workers' malloc settings alone.
 CONFIG_KEY = "dask_em.worker-malloc"
 
@@ -78,15 +84,30 @@ def _environment_bytes(name: str) -> int | None:
 
 
 def headroom(dask_worker: Any) -> int | None:
-    """Bytes ``dask_worker``'s process may still grow before it spills or pauses (the
-    first of those fractions of its memory limit); None without a limit."""
+    """Bytes ``dask_worker``'s process may still grow before it pauses, or, where it
+    holds data of its own (more than :data:`SPILLABLE_BYTES`, e.g. persisted blocks),
+    before it spills it to disk (the first of those fractions of its memory limit);
+    None without a limit.
+
+    A worker that holds next to nothing has nothing to spill: past the spill fraction
+    it only warns, so the room that matters is the room to pausing, which would stall
+    the fit.  A streamed fit's workers hold nothing, but by their second fit they hold
+    the compiled kernels and the libraries the first one loaded (300-340 MiB of a 512
+    MiB worker, 233 MiB before its first fit): the room to the spill fraction (358 MiB)
+    left a worker an mmap threshold under an 8 MiB chunk whenever it had less than 32
+    MiB of room, and its passes read the store at the nanny's pace (a streamed fit's
+    iterations at 1x the cluster's memory: 1.95-2.05 s in such fits, 1.52-1.59 s where
+    every worker had the room; every fit at 1.54-1.59 s by the median now).
+    """
     manager = getattr(dask_worker, "memory_manager", None)
     limit = getattr(manager, "memory_limit", None)
     if not limit:
         return None
-    fractions = [
-        getattr(manager, name, False) for name in ("memory_spill_fraction", "memory_pause_fraction")
-    ]
+    names = ["memory_pause_fraction"]
+    held = getattr(getattr(dask_worker, "state", None), "nbytes", None)
+    if held is None or held > SPILLABLE_BYTES:  # unknown: as if it held data
+        names.append("memory_spill_fraction")
+    fractions = [getattr(manager, name, False) for name in names]
     fraction = min([f for f in fractions if f and not isinstance(f, bool)], default=1.0)
     return max(0, int(fraction * limit) - psutil.Process().memory_info().rss)
 
@@ -100,7 +121,8 @@ def set_thresholds(
 
     In a worker (``dask_worker``, which ``Client.run`` passes) the mmap threshold is at
     most 1/4 of :func:`headroom` (the trim threshold twice that): memory kept for reuse
-    must not push a worker with little room left to spill or pause."""
+    must not push a worker with little room left to pause, or to spill the data it
+    holds."""
     nanny_trim = _environment_bytes(_ENV)
     mallopt = _libc("mallopt")
     if nanny_trim is None or mallopt is None:
