@@ -15,11 +15,12 @@ has the variable set uses the thresholds glibc reaches on its own without it: an
 threshold of :data:`MMAP_THRESHOLD` (glibc's largest dynamic value on 64-bit) and a trim
 threshold of :data:`TRIM_THRESHOLD` (twice that, glibc's rule).  A worker then keeps up
 to that much freed memory per malloc arena for reuse, so a worker with little room left
-below the memory at which it pauses (or spills, where it holds data: :func:`headroom`)
-gets less: an mmap threshold of at most 1/4 of that room (a worker of 320 MB that holds
-persisted blocks and the compiled kernels, at 230 MiB, is past its spill threshold and
-keeps the nanny's setting; one of 512 MiB that holds no data, at 340 MiB, gets 17 MiB,
-enough for an 8 MiB block).
+below the memory at which it spills or pauses gets less: an mmap threshold of at most
+1/4 of that room, or, for a worker that holds no data (nothing to spill), 1/8 of its room
+below pausing (:func:`mmap_threshold_cap`; a worker of 320 MB at 230 MiB, past its spill
+threshold, keeps the nanny's setting if it holds data and gets 1.7 MiB, 1/8 of its 14
+MiB before pausing, if it holds none; one of 512 MiB that holds no data, at 340 MiB,
+gets 8.7 MiB, enough for an 8 MiB block).
 When the fit ends the nanny's setting is put back (mmap threshold
 ``MALLOC_MMAP_THRESHOLD_`` or 128 KiB, trim threshold the variable's value) and
 ``malloc_trim`` hands the kept memory back to the OS.  Workers without the variable,
@@ -54,7 +55,7 @@ MMAP_THRESHOLD = 32 * 2**20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
 #: Managed bytes (``Worker.state.nbytes``) above which a worker's room is counted to its
-#: spill threshold rather than to its pause threshold (:func:`headroom`): less than this
+#: spill threshold rather than to its pause threshold (:func:`mmap_threshold_cap`): less than this
 #: is the parameters and statistics of a fit, not data worth keeping out of the disk.
 SPILLABLE_BYTES = 32 * 2**20
 
@@ -83,33 +84,42 @@ def _environment_bytes(name: str) -> int | None:
         return None
 
 
-def headroom(dask_worker: Any) -> int | None:
-    """Bytes ``dask_worker``'s process may still grow before it pauses, or, where it
-    holds data of its own (more than :data:`SPILLABLE_BYTES`, e.g. persisted blocks),
-    before it spills it to disk (the first of those fractions of its memory limit);
-    None without a limit.
-
-    A worker that holds next to nothing has nothing to spill: past the spill fraction
-    it only warns, so the room that matters is the room to pausing, which would stall
-    the fit.  A streamed fit's workers hold nothing, but by their second fit they hold
-    the compiled kernels and the libraries the first one loaded (300-340 MiB of a 512
-    MiB worker, 233 MiB before its first fit): the room to the spill fraction (358 MiB)
-    left a worker an mmap threshold under an 8 MiB chunk whenever it had less than 32
-    MiB of room, and its passes read the store at the nanny's pace (a streamed fit's
-    iterations at 1x the cluster's memory: 1.95-2.05 s in such fits, 1.52-1.59 s where
-    every worker had the room; every fit at 1.54-1.59 s by the median now).
-    """
+def headroom(dask_worker: Any, fractions: tuple[str, ...]) -> int | None:
+    """Bytes ``dask_worker``'s process may still grow before it reaches the first of the
+    memory manager's ``fractions`` (``"memory_spill_fraction"``, ...; one set to False
+    is off) of its memory limit; None without a limit."""
     manager = getattr(dask_worker, "memory_manager", None)
     limit = getattr(manager, "memory_limit", None)
     if not limit:
         return None
-    names = ["memory_pause_fraction"]
-    held = getattr(getattr(dask_worker, "state", None), "nbytes", None)
-    if held is None or held > SPILLABLE_BYTES:  # unknown: as if it held data
-        names.append("memory_spill_fraction")
-    fractions = [getattr(manager, name, False) for name in names]
-    fraction = min([f for f in fractions if f and not isinstance(f, bool)], default=1.0)
+    values = [getattr(manager, name, False) for name in fractions]
+    fraction = min([f for f in values if f and not isinstance(f, bool)], default=1.0)
     return max(0, int(fraction * limit) - psutil.Process().memory_info().rss)
+
+
+def mmap_threshold_cap(dask_worker: Any) -> int | None:
+    """The largest mmap threshold ``dask_worker`` may take (None: no memory limit).
+
+    glibc keeps up to the trim threshold (twice the mmap threshold) of freed memory in
+    each malloc arena, and a worker allocates in two (its task thread's and its event
+    loop's).  A worker that holds data (more than :data:`SPILLABLE_BYTES`, e.g.
+    persisted blocks, or an unknown amount) takes 1/4 of its room below its spill and
+    pause thresholds: kept memory must not spill its data.  One that holds next to
+    nothing has nothing to spill (past the spill fraction it only warns) and takes 1/8
+    of its room below its pause threshold, which would stall the fit and has no margin
+    beyond it.  A streamed fit's workers hold nothing, but by their second fit they hold
+    the compiled kernels and the libraries the first one loaded (300-345 MiB of a 512
+    MiB worker against 233 MiB before the first): the room to spilling (358 MiB) left a
+    worker an mmap threshold under the 8 MiB chunk whenever it had less than 32 MiB of
+    it, and its passes read the store at the nanny's pace (iterations of 1.95-2.05 s
+    at 1x the cluster's memory against 1.52-1.59 s where every worker had the room).
+    """
+    held = getattr(getattr(dask_worker, "state", None), "nbytes", None)
+    if held is None or held > SPILLABLE_BYTES:
+        room = headroom(dask_worker, ("memory_spill_fraction", "memory_pause_fraction"))
+        return None if room is None else room // 4
+    room = headroom(dask_worker, ("memory_pause_fraction",))
+    return None if room is None else room // 8
 
 
 def set_thresholds(
@@ -120,18 +130,18 @@ def set_thresholds(
     hand freed memory back to the OS).  True when both were set.
 
     In a worker (``dask_worker``, which ``Client.run`` passes) the mmap threshold is at
-    most 1/4 of :func:`headroom` (the trim threshold twice that): memory kept for reuse
-    must not push a worker with little room left to pause, or to spill the data it
-    holds."""
+    most :func:`mmap_threshold_cap` (the trim threshold twice that): memory kept for
+    reuse must not push a worker with little room left to pause, or to spill the data
+    it holds."""
     nanny_trim = _environment_bytes(_ENV)
     mallopt = _libc("mallopt")
     if nanny_trim is None or mallopt is None:
         return False
     nanny_mmap = _environment_bytes("MALLOC_MMAP_THRESHOLD_") or NANNY_MMAP_THRESHOLD
     restoring = mmap_threshold is None
-    room = None if restoring or dask_worker is None else headroom(dask_worker)
-    if room is not None:
-        mmap_threshold = max(nanny_mmap, min(mmap_threshold, room // 4))
+    cap = None if restoring or dask_worker is None else mmap_threshold_cap(dask_worker)
+    if cap is not None:
+        mmap_threshold = max(nanny_mmap, min(mmap_threshold, cap))
         trim_threshold = min(trim_threshold, 2 * mmap_threshold)
     done = [
         mallopt(_M_MMAP_THRESHOLD, nanny_mmap if restoring else mmap_threshold),
