@@ -436,7 +436,8 @@ def test_a_process_without_the_nannys_variable_keeps_its_malloc_settings(monkeyp
 
 def test_a_worker_with_little_room_left_keeps_the_nannys_malloc_setting(monkeypatch):
     # memory kept for reuse must not push a worker close to its limit into spilling or
-    # pausing: a worker already past its spill threshold keeps the nanny's setting
+    # pausing: a worker already past its spill threshold keeps the nanny's setting where
+    # it may hold data (here: what it holds is unknown)
     import types
 
     import psutil
@@ -458,6 +459,37 @@ def test_a_worker_with_little_room_left_keeps_the_nannys_malloc_setting(monkeypa
     finally:
         set_thresholds(None, None)
     assert mmapped_bytes_beyond_the_free_heap() >= 2**23
+
+
+def test_the_mmap_threshold_cap_is_a_share_of_the_room_the_worker_has(monkeypatch):
+    # 1/4 of the room to spilling where a worker holds data (or what it holds is
+    # unknown, or its pause threshold is off); 1/(4 (threads + 1)) of the room to
+    # pausing where it holds none
+    import types
+
+    from dask_em.engine import malloc
+
+    mib = 2**20
+    in_use = types.SimpleNamespace(rss=300 * mib)
+    process = types.SimpleNamespace(memory_info=lambda: in_use)
+    monkeypatch.setattr(malloc, "psutil", types.SimpleNamespace(Process=lambda: process))
+
+    def worker(held=None, threads=1, pause=0.75, limit=1000 * mib):
+        manager = types.SimpleNamespace(
+            memory_limit=limit, memory_spill_fraction=0.5, memory_pause_fraction=pause
+        )
+        state = None if held is None else types.SimpleNamespace(nbytes=held, nthreads=threads)
+        return types.SimpleNamespace(memory_manager=manager, state=state)
+
+    # spilling at 500 MiB, pausing at 750 MiB, 300 MiB in use
+    assert malloc.mmap_threshold_cap(worker(held=64 * mib)) == 200 * mib // 4
+    assert malloc.mmap_threshold_cap(worker()) == 200 * mib // 4
+    assert malloc.mmap_threshold_cap(worker(held=0, pause=False)) == 200 * mib // 4
+    assert malloc.mmap_threshold_cap(worker(held=0)) == 450 * mib // 8
+    assert malloc.mmap_threshold_cap(worker(held=mib, threads=3)) == 450 * mib // 16
+    assert malloc.mmap_threshold_cap(worker(held=0, limit=0)) is None
+    in_use.rss = 800 * mib  # past pausing: no room
+    assert malloc.mmap_threshold_cap(worker(held=0)) == 0
 
 
 def test_a_worker_that_holds_no_data_counts_its_room_to_pausing(monkeypatch):

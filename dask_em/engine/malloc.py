@@ -16,11 +16,11 @@ threshold of :data:`MMAP_THRESHOLD` (glibc's largest dynamic value on 64-bit) an
 threshold of :data:`TRIM_THRESHOLD` (twice that, glibc's rule).  A worker then keeps up
 to that much freed memory per malloc arena for reuse, so a worker with little room left
 below the memory at which it spills or pauses gets less: an mmap threshold of at most
-1/4 of that room, or, for a worker that holds no data (nothing to spill), 1/8 of its room
+1/4 of that room, or, for a worker with one thread that holds no data, 1/8 of its room
 below pausing (:func:`mmap_threshold_cap`; a worker of 320 MB at 230 MiB, past its spill
-threshold, keeps the nanny's setting if it holds data and gets 1.7 MiB, 1/8 of its 14
+threshold, keeps the nanny's setting if it holds data and gets 1.8 MiB, 1/8 of its 14
 MiB before pausing, if it holds none; one of 512 MiB that holds no data, at 340 MiB,
-gets 8.7 MiB, enough for an 8 MiB block).
+gets 8.7 MiB, enough for an 8 MiB Zarr chunk).
 When the fit ends the nanny's setting is put back (mmap threshold
 ``MALLOC_MMAP_THRESHOLD_`` or 128 KiB, trim threshold the variable's value) and
 ``malloc_trim`` hands the kept memory back to the OS.  Workers without the variable,
@@ -54,10 +54,10 @@ MMAP_THRESHOLD = 32 * 2**20
 #: glibc's dynamic rule sets the trim threshold to twice the mmap threshold.
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
-#: Managed bytes (``Worker.state.nbytes``) above which a worker's room is counted to its
-#: spill threshold rather than to its pause threshold (:func:`mmap_threshold_cap`): less than this
-#: is the parameters and statistics of a fit, not data worth keeping out of the disk.
-SPILLABLE_BYTES = 32 * 2**20
+#: Bytes a worker holds (``Worker.state.nbytes``, spilled ones included) up to which it
+#: counts as holding no data (a fit's parameters and statistics): its room is counted to
+#: its pause threshold, not to its spill threshold (:func:`mmap_threshold_cap`).
+NO_DATA_BYTES = 2**20
 
 #: Dask config key: False leaves the workers' malloc settings alone.
 CONFIG_KEY = "dask_em.worker-malloc"
@@ -100,26 +100,32 @@ def headroom(dask_worker: Any, fractions: tuple[str, ...]) -> int | None:
 def mmap_threshold_cap(dask_worker: Any) -> int | None:
     """The largest mmap threshold ``dask_worker`` may take (None: no memory limit).
 
-    glibc keeps up to the trim threshold (twice the mmap threshold) of freed memory in
-    each malloc arena, and a worker allocates in two (its task thread's and its event
-    loop's).  A worker that holds data (more than :data:`SPILLABLE_BYTES`, e.g.
-    persisted blocks, or an unknown amount) takes 1/4 of its room below its spill and
-    pause thresholds: kept memory must not spill its data.  One that holds next to
-    nothing has nothing to spill (past the spill fraction it only warns) and takes 1/8
-    of its room below its pause threshold, which would stall the fit and has no margin
-    beyond it.  A streamed fit's workers hold nothing, but by their second fit they hold
-    the compiled kernels and the libraries the first one loaded (300-345 MiB of a 512
-    MiB worker against 233 MiB before the first): the room to spilling (358 MiB) left a
-    worker an mmap threshold under the 8 MiB chunk whenever it had less than 32 MiB of
-    it, and its passes read the store at the nanny's pace (iterations of 1.95-2.05 s
-    at 1x the cluster's memory against 1.52-1.59 s where every worker had the room).
+    glibc keeps freed memory for reuse in each malloc arena, up to about its trim
+    threshold (twice the mmap threshold) at the top of the heap: a guide, not a bound,
+    since a freed chunk below one still in use stays until ``malloc_trim``.  A worker
+    with one thread allocates in about two arenas (its task thread's and its event
+    loop's), one more for each further thread.
+    - A worker that holds data (more than :data:`NO_DATA_BYTES`: persisted blocks), or
+      whose pause threshold is off, takes 1/4 of its room below its spill and pause
+      thresholds: kept memory must not make it write its data to disk.
+    - One that holds none has little to spill (past its spill threshold it writes out a
+      fit's parameters and statistics) and takes 1/(4 (threads + 1)) of its room below
+      its pause threshold (1/8 with one thread), which would stall the fit: about half
+      the room for the arenas' kept memory at most.  A streamed fit's workers hold none;
+      by their second fit they hold the kernels and libraries the first one loaded, and
+      the room to their spill threshold left them too little for a Zarr chunk.
+    The room is measured when the fit starts, before its kernels load.
     """
-    held = getattr(getattr(dask_worker, "state", None), "nbytes", None)
-    if held is None or held > SPILLABLE_BYTES:
+    manager = getattr(dask_worker, "memory_manager", None)
+    state = getattr(dask_worker, "state", None)
+    held = getattr(state, "nbytes", None)
+    pause = getattr(manager, "memory_pause_fraction", False)
+    if held is None or held > NO_DATA_BYTES or not pause:
         room = headroom(dask_worker, ("memory_spill_fraction", "memory_pause_fraction"))
         return None if room is None else room // 4
     room = headroom(dask_worker, ("memory_pause_fraction",))
-    return None if room is None else room // 8
+    threads = max(1, int(getattr(state, "nthreads", 1) or 1))
+    return None if room is None else room // (4 * (threads + 1))
 
 
 def set_thresholds(
