@@ -434,22 +434,28 @@ def test_a_process_without_the_nannys_variable_keeps_its_malloc_settings(monkeyp
     assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD) is False
 
 
+def fake_worker(limit, spill, pause, held=None, threads=1):
+    """What :mod:`dask_em.engine.malloc` reads of a worker: its memory manager's limit
+    (bytes) and spill and pause fractions, and, unless ``held`` is None (unknown), the
+    bytes it holds and its threads."""
+    manager = types.SimpleNamespace(
+        memory_limit=limit, memory_spill_fraction=spill, memory_pause_fraction=pause
+    )
+    state = None if held is None else types.SimpleNamespace(nbytes=held, nthreads=threads)
+    return types.SimpleNamespace(memory_manager=manager, state=state)
+
+
 def test_a_worker_with_little_room_left_keeps_the_nannys_malloc_setting(monkeypatch):
     # memory kept for reuse must not push a worker close to its limit into spilling or
     # pausing: a worker already past its spill threshold keeps the nanny's setting where
     # it may hold data (here: what it holds is unknown)
-    import types
-
     import psutil
 
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     rss = psutil.Process().memory_info().rss
 
     def worker(limit):
-        manager = types.SimpleNamespace(
-            memory_limit=limit, memory_spill_fraction=0.7, memory_pause_fraction=0.8
-        )
-        return types.SimpleNamespace(memory_manager=manager)
+        return fake_worker(limit, 0.7, 0.8)
 
     try:
         assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD, worker(rss)) is True
@@ -465,8 +471,6 @@ def test_the_mmap_threshold_cap_is_a_share_of_the_room_the_worker_has(monkeypatc
     # 1/4 of the room to spilling where a worker holds data (or what it holds is
     # unknown, or its pause threshold is off); 1/(4 (threads + 1)) of the room to
     # pausing where it holds none
-    import types
-
     from dask_em.engine import malloc
 
     mib = 2**20
@@ -475,11 +479,7 @@ def test_the_mmap_threshold_cap_is_a_share_of_the_room_the_worker_has(monkeypatc
     monkeypatch.setattr(malloc, "psutil", types.SimpleNamespace(Process=lambda: process))
 
     def worker(held=None, threads=1, pause=0.75, limit=1000 * mib):
-        manager = types.SimpleNamespace(
-            memory_limit=limit, memory_spill_fraction=0.5, memory_pause_fraction=pause
-        )
-        state = None if held is None else types.SimpleNamespace(nbytes=held, nthreads=threads)
-        return types.SimpleNamespace(memory_manager=manager, state=state)
+        return fake_worker(limit, 0.5, pause, held, threads)
 
     # spilling at 500 MiB, pausing at 750 MiB, 300 MiB in use
     assert malloc.mmap_threshold_cap(worker(held=64 * mib)) == 200 * mib // 4
@@ -493,11 +493,9 @@ def test_the_mmap_threshold_cap_is_a_share_of_the_room_the_worker_has(monkeypatc
 
 
 def test_a_worker_that_holds_no_data_counts_its_room_to_pausing(monkeypatch):
-    # past its spill threshold a worker that holds nothing only warns (nothing to
-    # spill): it reuses freed memory while it has room before pausing; one that holds
-    # data keeps the nanny's setting, so that kept memory does not spill its data
-    import types
-
+    # past its spill threshold a worker that holds next to nothing has little to spill:
+    # it reuses freed memory while it has room before pausing; one that holds data keeps
+    # the nanny's setting, so that kept memory does not spill its data
     import psutil
 
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
@@ -505,13 +503,9 @@ def test_a_worker_that_holds_no_data_counts_its_room_to_pausing(monkeypatch):
     limit = rss + 2**28
 
     def worker(held_bytes):
-        manager = types.SimpleNamespace(
-            memory_limit=limit,
-            memory_spill_fraction=(rss - 2**20) / limit,  # already past it
-            memory_pause_fraction=(rss + 2**27) / limit,  # 128 MiB ahead
-        )
-        state = types.SimpleNamespace(nbytes=held_bytes)
-        return types.SimpleNamespace(memory_manager=manager, state=state)
+        spill = (rss - 2**20) / limit  # already past it
+        pause = (rss + 2**27) / limit  # 128 MiB ahead
+        return fake_worker(limit, spill, pause, held_bytes)
 
     try:
         assert set_thresholds(MMAP_THRESHOLD, TRIM_THRESHOLD, worker(2**27)) is True

@@ -124,7 +124,7 @@ def mmap_threshold_cap(dask_worker: Any) -> int | None:
         room = headroom(dask_worker, ("memory_spill_fraction", "memory_pause_fraction"))
         return None if room is None else room // 4
     room = headroom(dask_worker, ("memory_pause_fraction",))
-    threads = max(1, int(getattr(state, "nthreads", 1) or 1))
+    threads = getattr(state, "nthreads", None) or 1
     return None if room is None else room // (4 * (threads + 1))
 
 
