@@ -37,6 +37,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -86,17 +87,18 @@ def main() -> None:
     path = os.path.join(scratch, "rows.zarr")
     start = np.random.default_rng(2).normal(scale=3.0, size=(N_COMPONENTS, N_FEATURES))
 
-    def new_cluster() -> contextlib.AbstractContextManager:
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            memory_limit=args.worker_memory,
-            dashboard_address=":0",
-        )
-        stack = contextlib.ExitStack()
-        stack.enter_context(cluster)
-        stack.enter_context(Client(cluster))
-        return stack
+    @contextlib.contextmanager
+    def new_cluster() -> Iterator[None]:
+        with (
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                memory_limit=args.worker_memory,
+                dashboard_address=":0",
+            ) as cluster,
+            Client(cluster),
+        ):
+            yield
 
     def read_seconds(engine: EMEngine) -> float:
         started = time.perf_counter()
