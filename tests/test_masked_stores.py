@@ -34,7 +34,7 @@ from dask_em.families.vector_log import log_chunk
 rows, K = 64, 3
 for dtype in (np.float32, np.float64):
     lp = np.random.default_rng(0).normal(size=(K, rows)).astype(dtype)
-    responsibilities(lp, rows, np.ones(rows), np.zeros(K), row_scratch(rows, lp), lp.copy())
+    responsibilities(lp, rows, np.ones(rows), np.zeros(K), row_scratch(rows, lp))
 exp_chunk(np.zeros(8), np.empty(8, np.int64), np.empty(8, np.int64))
 exp_chunk_single(np.zeros(8, np.float32), np.empty(8, np.int32), np.empty(8, np.int32))
 log_chunk(np.ones(8), np.empty(8, np.int64), np.empty(8))

@@ -174,7 +174,6 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
     xct = np.empty((n_features, rows), dtype=dtype)
     squares_sum = np.empty((n_components, rows), dtype=dtype)
     lp = np.empty((n_components, rows), dtype=dtype)
-    resp = np.empty((n_components, rows), dtype=dtype)
     ws = np.empty(rows)
     scratch = row_scratch(rows, lp)
     weight = 0.0
@@ -189,10 +188,10 @@ def _diag_block(X, center, means_c, scales, const, w, rows, nk, sums, second):
             X, start, center, xct, w, ws, rows, passed_over, passed_keys, n_passed, kept_rows
         )
         diag_log_densities(xct, means_c, scales, const, m, squares_sum, lp)
-        part_weight, part_loglik = responsibilities(lp, m, ws, nk, scratch, resp)
+        part_weight, part_loglik = responsibilities(lp, m, ws, nk, scratch)  # lp now w_i r_ik
         weight += part_weight
         loglik += part_loglik
-        diag_moments(resp, xct, m, sums, second, zero)
+        diag_moments(lp, xct, m, sums, second, zero)
     return weight, loglik, passed_over[:n_passed], passed_keys[:n_passed]
 
 
@@ -252,7 +251,7 @@ def _full_block(
                     xt[d, i] = 0.0
         np.dot(factors, xt[:n_features], yt)
         full_log_densities(yt, offsets, const, m, lp)
-        part_weight, part_loglik = responsibilities(lp, kept, ws, nk, scratch, lp)
+        part_weight, part_loglik = responsibilities(lp, kept, ws, nk, scratch)
         weight += part_weight
         loglik += part_loglik
         pair_moments(lp, xt, kept, first, second, part, zero)

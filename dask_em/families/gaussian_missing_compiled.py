@@ -169,7 +169,7 @@ def _missing_slice(xct, xc, keys, missing, yt, means_c, precisions, const, w, ou
                     if q == n_features:
                         held[k, i] = 0.0  # nothing observed: no weight
         start = end
-    part_weight, part_loglik = responsibilities(lp, m, w, out[0], scratch, lp)
+    part_weight, part_loglik = responsibilities(lp, m, w, out[0], scratch)
     weight += part_weight
     loglik += part_loglik
     floor_responsibilities(lp, m, out[0])  # as the reference: not in nk either

@@ -149,7 +149,7 @@ def _diag_missing_block(X, rows, center, means_c, scales, const, w, nk, sums, se
         if m == 0:
             continue
         _masked_log_densities(xct, means_c, scales, const, absent, m, lp)
-        part_weight, part_loglik = responsibilities(lp, m, ws, nk, scratch, lp)
+        part_weight, part_loglik = responsibilities(lp, m, ws, nk, scratch)
         weight += part_weight
         loglik += part_loglik
         _masked_moments(lp, xct, m, sums, second, lacking)

@@ -329,7 +329,7 @@ def _tied_missing_block(
                         lp[k, i] = 0.0
             n_runs += 1
             start = end
-        part_weight, part_loglik = responsibilities(lp, m, ws, nk, bayes, lp)
+        part_weight, part_loglik = responsibilities(lp, m, ws, nk, bayes)
         weight += part_weight
         loglik += part_loglik
         floor_responsibilities(lp, m, nk)  # as the reference: not in nk either

@@ -33,22 +33,26 @@ def row_scratch(rows, like):
 
 
 @jit_reassociated
-def responsibilities(lp, m, w, nk, scratch, out):
+def responsibilities(lp, m, w, nk, scratch):
     """Bayes' rule in log space, column by column; returns (weight, loglik).
 
-    lp (K, >= m) float64 or float32 (the compute dtype), its first m columns: ``log pi_k +
-    log N(x_i | k)``, used as scratch: the shift, the exp and the sum over k run in its
-    dtype; out (K, >= m) of any float dtype (lp itself, or a buffer of the compute
-    dtype): its first m columns get ``w_i r_ik`` (whole C-contiguous buffers, so every
-    row is contiguous); w (>= m,); scratch from :func:`row_scratch` (made for lp).  Adds
-    ``sum_i w_i r_ik`` (in float64) to nk (K,); the log of each row's total and the
-    log-likelihood are float64.  The shift by the per-row maximum keeps exp in range
-    (log-sum-exp); a row where every component has density 0 keeps peak 0.  The exp is
+    lp (K, >= m) float64 or float32 (the compute dtype), a whole C-contiguous buffer
+    (every row contiguous): its first m columns hold ``log pi_k + log N(x_i | k)`` and
+    are overwritten with ``w_i r_ik``; the shift, the exp and the sum over k run in its
+    dtype.  w (>= m,); scratch from :func:`row_scratch` (made for lp).  Adds ``sum_i w_i
+    r_ik`` (in float64) to nk (K,); the log of each row's total and the log-likelihood
+    are float64.  The shift by the per-row maximum keeps exp in range (log-sum-exp); a
+    row where every component has density 0 keeps peak 0.  The exp is
     :func:`~dask_em.families.vector_exp.exp_slice` (float32: a single-precision
     polynomial, twice as many values per vector, terms below float32's normal range
-    flushed to 0) and the log
-    :func:`~dask_em.families.vector_log.log_chunk` (libm's are scalar calls); the sums
-    are reassociated (a few ulps).
+    flushed to 0) and the log :func:`~dask_em.families.vector_log.log_chunk` (libm's are
+    scalar calls); the sums are reassociated (a few ulps).
+
+    In place, not into an ``out`` buffer: a loop that reads one array and writes another
+    is compiled behind a run-time check that they do not overlap, and where callers
+    passed lp itself as ``out`` the check failed and the loop ran scalar (0.35 ms more
+    over a 131,072-row float32 block in 256-row slices, K=4; 0.3 ms over a 62,464-row
+    float64 one, K=8).
 
     The shift is :mod:`~dask_em.families.peaks`' (no masked vector stores; a NaN
     log-density gives a NaN peak, taken as 0: the row's responsibilities and
@@ -80,11 +84,9 @@ def responsibilities(lp, m, w, nk, scratch, out):
         total[i] = w[i] / total[i]
     for k in range(n_components):
         row = lp[k]
-        target = out[k]
         part = 0.0
         for i in range(m):
-            value = row[i] * total[i]
-            target[i] = value
-            part += value
+            row[i] *= total[i]
+            part += row[i]
         nk[k] += part
     return weight, loglik
