@@ -121,11 +121,12 @@ def mmap_threshold_cap(dask_worker: Any) -> int | None:
     held = getattr(state, "nbytes", None)
     pause = getattr(manager, "memory_pause_fraction", False)
     if held is None or held > NO_DATA_BYTES or not pause:
-        room = headroom(dask_worker, ("memory_spill_fraction", "memory_pause_fraction"))
-        return None if room is None else room // 4
-    room = headroom(dask_worker, ("memory_pause_fraction",))
-    threads = getattr(state, "nthreads", None) or 1
-    return None if room is None else room // (4 * (threads + 1))
+        fractions, share = ("memory_spill_fraction", "memory_pause_fraction"), 4
+    else:
+        threads = getattr(state, "nthreads", None) or 1
+        fractions, share = ("memory_pause_fraction",), 4 * (threads + 1)
+    room = headroom(dask_worker, fractions)
+    return None if room is None else room // share
 
 
 def set_thresholds(
