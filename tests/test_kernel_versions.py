@@ -31,6 +31,7 @@ def kernels():
         gaussian_missing_rows,
         gaussian_missing_runs,
         gaussian_missing_tied,
+        gaussian_missing_tied_groups,
         gaussian_slice_loops,
     )
 
@@ -42,6 +43,7 @@ def kernels():
         gaussian_missing_rows,
         gaussian_missing_runs,
         gaussian_missing_tied,
+        gaussian_missing_tied_groups,
         gaussian_slice_loops,
     )
     found = {}

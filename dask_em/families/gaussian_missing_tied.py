@@ -22,10 +22,16 @@ complete-row tied kernel does, instead of as K equal ones:
   e_ik`` (q x D per row, not K q x D) plus ``sum_k r_ik e_ik e_ik^T + w_i P_mm^-1``.
 
 Rows are visited in the order of their NaN pattern (:func:`~dask_em.families.
-gaussian_missing_patterns.pattern_order`), in slices of
+gaussian_missing_patterns.pattern_groups`), in slices of
 :data:`~dask_em.families.gaussian_missing_compiled.SLICE_ROWS`; every loop over rows
-runs over the rows of one run (one pattern), contiguous.  Rows with nothing observed
-get no weight.  Moments come out about ``center`` as those of
+runs over the rows of one run (one pattern), contiguous.  The patterns with fewer than
+:data:`~dask_em.families.gaussian_missing_compiled.RUN_ROWS` rows in the block come
+last, sorted by their number q of NaN, and go in groups of rows with q NaN each, as
+do the pieces of runs shorter than that where a slice ends: each row factored on its
+own, the rows in lockstep (:mod:`dask_em.families.gaussian_missing_tied_groups`; at
+10% missing at random, one 62,500-row block with D=16, K=8: 11.1 -> 10.1 ms, where
+those rows went one by one in scalar loops).  Rows with nothing observed get no
+weight.  Moments come out about ``center`` as those of
 :func:`~dask_em.families.gaussian_compiled.full_block_moments` for tied (per-component
 first moments, second moments summed over the components).
 """
@@ -41,12 +47,18 @@ from dask_em.families.gaussian_missing_compiled import (
     gathered_slice,
     slice_buffers,
 )
-from dask_em.families.gaussian_missing_patterns import pattern_order
+from dask_em.families.gaussian_missing_patterns import by_nan_count, pattern_groups
 from dask_em.families.gaussian_missing_runs import (
     LOG_2PI,
     floor_responsibilities,
     missing_index,
     spd_inverse,
+)
+from dask_em.families.gaussian_missing_tied_groups import (
+    group_buffers,
+    group_log_densities,
+    group_moments,
+    same_count_end,
 )
 from dask_em.families.gaussian_slice_loops import (
     first_moment_pairs,
@@ -177,61 +189,6 @@ def _run_moments(r, xct, coef, inverse, index, q, start, end, sums, cross, block
             block[j, index[t2]] += share * inverse[t, t2]
 
 
-@jit_reassociated
-def _row_log_densities(y, offsets, h, inverse, log_det, const, index, q, i, lp, coef, g):
-    """Column i of lp as :func:`_run_log_densities`, for a row of a run too short for
-    loops over its rows to pay, and its ``c_kt`` into ``coef[k * q + t]`` (coef (>= K q,):
-    the row's own, contiguous for :func:`_row_moments`); g (>= q,) scratch."""
-    n_components = offsets.shape[0]
-    for t in range(q):
-        s = 0.0
-        for t2 in range(q):
-            s += inverse[t, t2] * y[index[t2], i]
-        g[t] = s
-    shift = 0.5 * q * LOG_2PI - 0.5 * log_det
-    for k in range(n_components):
-        quad = lp[k, i]
-        for t in range(q):
-            c = g[t] - h[k, t]
-            coef[k * q + t] = c
-            quad -= (y[index[t], i] - offsets[k, index[t]]) * c
-        lp[k, i] = const[k] + shift - 0.5 * quad
-
-
-@jit_reassociated
-def _row_moments(r, xct, coef, inverse, index, q, i, sums, cross, block, x):
-    """What row i adds, as :func:`_run_moments` for a run of one row; coef (>= K q,) the
-    row's ``c_kt`` at k * q + t (:func:`_row_log_densities`); x (>= D + K,) scratch for
-    the row's column of xct and of r, copied once."""
-    n_components = r.shape[0]
-    n_features = xct.shape[0] - 1
-    for d in range(n_features):
-        x[d] = xct[d, i]
-    weights = x[n_features:]
-    share = 0.0
-    for k in range(n_components):
-        weights[k] = r[k, i]
-        share += weights[k]
-    for t in range(q):
-        j = index[t]
-        summed = 0.0
-        for k in range(n_components):
-            re = weights[k] * coef[k * q + t]
-            summed -= re
-            sums[k, j] -= re
-        for t2 in range(t, q):
-            part = 0.0
-            for k in range(n_components):
-                part += weights[k] * coef[k * q + t] * coef[k * q + t2]
-            block[j, index[t2]] += part
-            if t2 != t:
-                block[index[t2], j] += part
-        for d in range(n_features):
-            cross[j, d] += summed * x[d]
-        for t2 in range(q):
-            block[j, index[t2]] += share * inverse[t, t2]
-
-
 @jit
 def _run_inverse(pool, run_starts, run, q):
     """Room for run ``run``'s q x q ``P_mm^-1`` in pool (1-D), after the runs before it
@@ -254,7 +211,7 @@ def _stored_inverse(pool, run_starts, run, q):
 
 @jit
 def _tied_missing_block(
-    X, rows, keys, center, precision_t, precision, offsets, const, w, out, pairs
+    X, rows, keys, n_frequent, center, precision_t, precision, offsets, const, w, out, pairs
 ):
     """The rows ``rows`` of X (n, D) (all with NaN, in pattern order, keys their bit
     masks or empty) in slices, in one compiled call; returns (weight, loglik).
@@ -283,8 +240,8 @@ def _tied_missing_block(
     run_starts = np.empty(m + 1, dtype=np.int64)
     h = np.empty((n_components, n_features))
     index = np.empty(n_features, dtype=np.int64)
-    row = np.empty(n_features + n_components)  # a short run's row: g; its values and r
-    row_coef = np.empty((m, n_components * n_features))  # a short run's rows' c_kt
+    in_lockstep = np.empty(m, dtype=np.bool_)  # each run's: rows in lockstep (groups)
+    grouping = group_buffers(m, n_features, n_components)
     bayes = row_scratch(m, lp)
     xct, xc, y, missing, ws = slice_buffers(m, n_features, precision_t.shape[0])
     total = np.empty((1, m))
@@ -304,25 +261,26 @@ def _tied_missing_block(
         run_starts[0] = 0
         start = np.int64(0)
         while start < m:  # the log-densities, run by run
-            end = _run_end(slice_keys, missing[:m], start, m)
-            run_ends[n_runs] = end
             q = missing_index(missing[:m], start, index)
-            if q < n_features:
+            if begin + start < n_frequent:  # a run of one pattern
+                end = _run_end(slice_keys, missing[:m], start, m)
+            else:  # rare patterns, sorted by q: a group of rows with q NaN each
+                end = same_count_end(missing[:m], start, m, q)
+            run_ends[n_runs] = end
+            in_lockstep[n_runs] = begin + start >= n_frequent or end - start < RUN_ROWS
+            run_starts[n_runs + 1] = run_starts[n_runs]
+            if q < n_features and in_lockstep[n_runs]:
+                group_log_densities(
+                    y, precision, offsets, const, missing[:m], start, end, q, lp, grouping
+                )
+            elif q < n_features:
                 inverse, pool = _run_inverse(pool, run_starts, n_runs, q)
                 log_det = spd_inverse(precision, index, q, inverse, low)
                 _solved_offsets(offsets, inverse, index, q, h)
-                if end - start >= RUN_ROWS:
-                    _run_log_densities(
-                        y, offsets, h, inverse, log_det, const, index, q, start, end, lp, coef, g
-                    )
-                else:
-                    for i in range(start, end):
-                        _row_log_densities(
-                            y, offsets, h, inverse, log_det, const, index, q, i, lp, row_coef[i],
-                            row,
-                        )  # fmt: skip
+                _run_log_densities(
+                    y, offsets, h, inverse, log_det, const, index, q, start, end, lp, coef, g
+                )
             else:  # nothing observed: no weight
-                run_starts[n_runs + 1] = run_starts[n_runs]
                 for i in range(start, end):
                     ws[i] = 0.0
                     for k in range(n_components):
@@ -337,17 +295,13 @@ def _tied_missing_block(
         for run in range(n_runs):
             end = run_ends[run]
             q = missing_index(missing[:m], start, index)
-            if q < n_features:
+            if q < n_features and in_lockstep[run]:
+                group_moments(lp, xc, start, end, q, grouping, sums, cross, block)
+            elif q < n_features:
                 inverse = _stored_inverse(pool, run_starts, run, q)
-            if q < n_features and end - start >= RUN_ROWS:
                 _run_moments(
                     lp, xct, coef, inverse, index, q, start, end, sums, cross, block, scratch
                 )
-            elif q < n_features:
-                for i in range(start, end):
-                    _row_moments(
-                        lp, xct, row_coef[i], inverse, index, q, i, sums, cross, block, row
-                    )
             start = end
         pair_moments(lp, xct, m, first_pairs, second_pairs, first_part, 0.0)
         firsts += first_part
@@ -389,9 +343,15 @@ def tied_missing_block_moments(X, rows, center, prec_chol, means_c, const, w, ke
         np.zeros((n_components, n_features + 1)),
         np.zeros(len(upper_a)),
     )
-    ordered, keys = pattern_order(X, rows, keys)
+    # the rows of one pattern side by side, the patterns with fewer than RUN_ROWS rows
+    # in the block after the others, by their number of NaN (gaussian_missing_tied_groups)
+    ordered, keys, n_frequent = pattern_groups(X, rows, keys, RUN_ROWS)
+    if len(keys):
+        ordered[n_frequent:], keys[n_frequent:] = by_nan_count(
+            ordered[n_frequent:], keys[n_frequent:]
+        )
     weight, loglik = _tied_missing_block(
-        X, ordered, keys, np.asarray(center, dtype=np.float64), precision_t, precision,
+        X, ordered, keys, n_frequent, np.asarray(center, dtype=np.float64), precision_t, precision,
         offsets, const, w, out, (*per_component, upper_a, upper_b),
     )  # fmt: skip
     nk, extra_sums, cross, block, firsts, seconds = out
