@@ -57,6 +57,21 @@ def lockstep_inverses(precisions_t, index, q, a, inverse_t, log_dets, scratch):
 
 
 @jit_reassociated
+def lockstep_solve(inverse_t, q, b, c):
+    """``c[t, k] = sum_t2 inverse_t[t, t2, k] b[t2, k]`` for t < q and every lane k: each
+    lane's ``P_mm^-1 b`` (inverse_t (>= q, >= q, L), b and c (>= q, L)), a loop over the
+    lanes (components, or rows in :mod:`~dask_em.families.gaussian_missing_tied_groups`)
+    innermost."""
+    n_lanes = inverse_t.shape[2]
+    for t in range(q):
+        for k in range(n_lanes):
+            c[t, k] = 0.0
+        for t2 in range(q):
+            for k in range(n_lanes):
+                c[t, k] += inverse_t[t, t2, k] * b[t2, k]
+
+
+@jit_reassociated
 def lockstep_log_densities(y, x, means_t, const, inverse_t, log_dets, index, q, lp, b, c):
     """lp (K,) ``log pi_k + log N(x_o | k)`` of one row with pattern ``index[:q]``, and
     ``c[t, k] = (P_mm^-1 b)_t`` (c, b (>= q, K)).  y (>= D*K,) the row's ``P_k v_k`` at
@@ -78,12 +93,8 @@ def lockstep_log_densities(y, x, means_t, const, inverse_t, log_dets, index, q, 
         base = index[t] * n_components
         for k in range(n_components):
             b[t, k] = y[base + k]
+    lockstep_solve(inverse_t, q, b, c)
     for t in range(q):
-        for k in range(n_components):
-            c[t, k] = 0.0
-        for t2 in range(q):
-            for k in range(n_components):
-                c[t, k] += inverse_t[t, t2, k] * b[t2, k]
         for k in range(n_components):
             lp[k] -= b[t, k] * c[t, k]
     for k in range(n_components):

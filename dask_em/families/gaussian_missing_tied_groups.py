@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dask_em.families.gaussian_missing_lockstep import lockstep_solve
 from dask_em.families.gaussian_missing_runs import (
     LOG_2PI,
     inverses_from_factors,
@@ -120,12 +121,7 @@ def group_log_densities(y, precision, offsets, const, missing, start, end, q, lp
         for i in range(n):
             ym[t, i] = y[index[t, i], start + i]
     g = reciprocal  # P_mm^-1 y_m (q, n): the factors' reciprocals are no longer needed
-    for t in range(q):
-        for i in range(n):
-            g[t, i] = 0.0
-        for t2 in range(q):
-            for i in range(n):
-                g[t, i] += inverse[t, t2, i] * ym[t2, i]
+    lockstep_solve(inverse, q, ym, g)
     for k in range(n_components):
         for t in range(q):
             for i in range(n):
