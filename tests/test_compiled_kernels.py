@@ -28,7 +28,7 @@ from dask_em.families.gaussian_missing_runs import (
     pattern_inverses,
     spd_inverse,
 )
-from dask_em.families.gaussian_slice_loops import pair_moments
+from dask_em.families.gaussian_slice_loops import SLICE_ROWS, pair_moments, slice_rows
 from dask_em.families.poisson import PoissonFamily
 from dask_em.families.vector_exp import exp_chunk_single, exp_slice
 from dask_em.families.vector_log import log_chunk
@@ -458,6 +458,18 @@ def test_gaussian_float32_mode_is_close_to_float64(covariance_type):
     for approximate in (family32.block_stats(params, X), family32.reference_block_stats(params, X)):
         assert_same_stats(approximate, exact, ("weight", "nk", "means", "scatter"), rtol=1e-5)
         assert abs(approximate["loglik"] - exact["loglik"]) <= 1e-6 * abs(exact["loglik"])
+
+
+def test_float32_slices_are_longer_where_their_loop_rows_fit():
+    # 256 rows a slice; 512 in float32 where a full/tied slice's D + 1 + K rows that its
+    # pair sums read take at most 48 KiB (diag: always); never more than the block has
+    assert slice_rows(10**6, np.float64, 16 + 1 + 4) == SLICE_ROWS == 256
+    assert slice_rows(10**6, np.float64) == 256
+    assert slice_rows(10**6, np.float32) == 512  # diag
+    assert slice_rows(10**6, np.float32, 16 + 1 + 4) == 512  # 42 KiB
+    assert slice_rows(10**6, np.float32, 16 + 1 + 8) == 256  # 50 KiB
+    assert slice_rows(300, np.float32) == 300
+    assert slice_rows(0, np.float64) == 1
 
 
 def test_gaussian_dtype_is_checked():

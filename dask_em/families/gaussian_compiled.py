@@ -3,7 +3,9 @@
 The NumPy kernels of :mod:`dask_em.families.gaussian_kernels` are the reference; these
 compute the same statistics (to rounding) without any (n, K) or (n, K, D) temporary
 going through main memory.  The complete rows go through in slices of
-:data:`SLICE_ROWS`, held feature-major ((D, rows) and, for full, (K*D, rows) buffers
+:data:`~dask_em.families.gaussian_slice_loops.SLICE_ROWS` (twice that in float32 where
+they fit: :func:`~dask_em.families.gaussian_slice_loops.slice_rows`), held
+feature-major ((D, rows) and, for full, (K*D, rows) buffers
 that stay in a core's L2 cache), so that every compiled loop runs over the rows of a slice,
 contiguous, and the compiler vectorizes it; rows with NaN are passed over while a slice
 is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full),
@@ -56,16 +58,12 @@ from dask_em.families.gaussian_slice_loops import (
     full_log_densities,
     moments_from_pairs,
     pair_moments,
+    slice_rows,
     summed_pair_moments,
     upper_pairs,
 )
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
 from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
-
-#: Rows per slice: a slice's buffers are feature-major ((D, rows), (K, rows), and for
-#: full (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
-#: (vectorized); 256 rows of K*D = 128 doubles is 256 KiB, within a core's L2 cache.
-SLICE_ROWS = 256
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -285,7 +283,7 @@ def diag_block_moments(X, center, means_c, scales, const, w, compute_dtype=np.fl
     nk = np.zeros(n_components)
     sums = np.zeros((n_components, n_features))
     second = np.zeros((n_components, n_features))
-    rows = min(SLICE_ROWS, max(len(X), 1))
+    rows = slice_rows(len(X), compute_dtype)
     weight, loglik, incomplete, keys = _diag_block(
         X, center, means_c, scales, const, w, rows, nk, sums, second
     )
@@ -321,7 +319,7 @@ def full_block_moments(X, center, prec_chol, means_c, const, w, compute_dtype):
     nk = np.zeros(n_components)
     moments = np.zeros((n_components, len(first)))
     shared = np.zeros(shared_pairs.shape[1])
-    rows = min(SLICE_ROWS, max(n_rows, 1))
+    rows = slice_rows(n_rows, compute_dtype, n_features + 1 + n_components)
     weight, loglik, incomplete, keys = _full_block(
         X, center, factors_t, offsets, const, w, rows, nk, first, second, moments,
         shared_pairs, shared,

@@ -12,7 +12,8 @@ D=16, one thread) that took the diag log-densities from 4.4 to 3.9 ms (float32: 
 2.0) and the diag moments from 3.8 to 3.1 ms (float32: 2.3 to 1.8).  The sums are the
 same terms in another order (the kernels are compiled with reassociation allowed).
 The moment sums of the full and tied kernels (:func:`pair_moments`) take four
-components and four pairs of features per pass, for the same reason.
+components and four pairs of features per pass, for the same reason.  How many rows a
+slice holds is :func:`slice_rows`' choice.
 """
 
 from __future__ import annotations
@@ -20,6 +21,33 @@ from __future__ import annotations
 import numpy as np
 
 from dask_em.families.jit import jit_reassociated
+
+#: Rows per slice: a slice's buffers are feature-major ((D, rows), (K, rows), and for
+#: full (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
+#: (vectorized); 256 rows of K*D = 128 doubles is 256 KiB, within a core's L2 cache.
+#: float32 slices may be longer (:func:`slice_rows`).
+SLICE_ROWS = 256
+
+#: float32 slices of twice :data:`SLICE_ROWS` rows, where a full/tied slice's feature
+#: rows and responsibilities ((D + 1 + K) rows, which its pair sums read again and
+#: again) take at most this many bytes (:func:`slice_rows`).
+FLOAT32_SLICE_BYTES = 48 * 1024
+
+
+def slice_rows(n_rows: int, compute_dtype, loop_rows: int = 0) -> int:
+    """Rows per slice of a block of n_rows: :data:`SLICE_ROWS`, or twice as many in
+    float32 where ``loop_rows`` rows of the slice (full/tied: D + 1 + K; diag: 0) take at
+    most :data:`FLOAT32_SLICE_BYTES`.  A float32 vector holds twice the values, so a
+    slice's loops and its BLAS call cost the same set-up for twice the rows.  One
+    thread, 131,072-row blocks, 512 against 256 rows: full float32 K=4 D=16 0.95x
+    ((D + 1 + K) rows of 2 KiB: 42 KiB), K=2 D=16 0.95x, K=4 D=8 0.91x, K=8 D=8 0.95x,
+    but K=8 D=16 (50 KiB) 1.09x; diag float32 0.91x (K=4, 8, 16; D=16); float64 1.03-1.16x
+    in every case (full K=2-8, diag K=8)."""
+    rows = SLICE_ROWS
+    if np.dtype(compute_dtype) == np.float32 and loop_rows * 2 * rows * 4 <= FLOAT32_SLICE_BYTES:
+        rows = 2 * rows
+    return min(rows, max(n_rows, 1))
+
 
 #: Features whose squared terms one pass over a slice adds to its log-densities.
 FEATURES_PER_PASS = 4
