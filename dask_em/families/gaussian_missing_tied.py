@@ -213,8 +213,11 @@ def _stored_inverse(pool, run_starts, run, q):
 def _tied_missing_block(
     X, rows, keys, n_frequent, center, precision_t, precision, offsets, const, w, out, pairs
 ):
-    """The rows ``rows`` of X (n, D) (all with NaN, in pattern order, keys their bit
-    masks or empty) in slices, in one compiled call; returns (weight, loglik).
+    """The rows ``rows`` of X (n, D) (all with NaN; keys their bit masks or empty) in
+    slices, in one compiled call; returns (weight, loglik).  ``rows[:n_frequent]`` are in
+    pattern order and go run by run (a run shorter than RUN_ROWS, cut by a slice end, in
+    lockstep); the rest, the rare patterns sorted by their number of NaN, go in groups
+    of rows with as many NaN each (:mod:`~dask_em.families.gaussian_missing_tied_groups`).
 
     precision_t (D + K, D + 1): ``[P, 0]`` over ``[-2 o_k, mc_k.o_k]``, so one BLAS
     product with ``[xt, 1]^T`` gives y and the terms of :func:`_quadratic_forms`;
