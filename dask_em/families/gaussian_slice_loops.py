@@ -98,23 +98,23 @@ def diag_log_densities(xct, means_c, scales, const, m, squares_sum, lp):
 
 
 @jit_reassociated
-def full_log_densities(yt, offsets, const, m, lp):
-    """``lp[k, i] = const_k - 1/2 sum_e (yt[k*D + e, i] - offsets[k, e])^2`` for i < m.
+def full_log_densities(yt, rows, offsets, const, m, lp):
+    """``lp[k, i] = const_k - 1/2 sum_e (yt[rows[k, e], i] - offsets[k, e])^2`` for i < m.
 
-    yt (K*D, >= m) ``(L_k^T xc_i)_e`` at row k*D + e, or (D, >= m) ``(L^T xc_i)_e`` for
-    one factor shared by every component (tied); offsets (K, D) ``L_k^T mc_k`` in yt's
-    dtype; const (K,); lp (K, >= m) of yt's dtype, its first m columns written (and
-    used as the sum's scratch: the squares add up in that dtype)."""
+    yt (F*D, >= m) ``(L_k^T xc_i)_e`` at row ``rows[k, e]`` (K, D) int64 (F = K, or 1 for
+    one factor shared by every component, tied:
+    :func:`~dask_em.families.gaussian_triangular.product_rows`); offsets (K, D) ``L_k^T
+    mc_k`` in yt's dtype; const (K,); lp (K, >= m) of yt's dtype, its first m columns
+    written (and used as the sum's scratch: the squares add up in that dtype)."""
     n_components, n_features = offsets.shape
-    shared = yt.shape[0] == n_features  # one factor: every component reads its rows
     for k in range(n_components):
         row = lp[k]
         for i in range(m):
             row[i] = 0.0
-        base = 0 if shared else k * n_features
+        at = rows[k]
         d = 0
         while d + FEATURES_PER_PASS <= n_features:
-            y0, y1, y2, y3 = yt[base + d], yt[base + d + 1], yt[base + d + 2], yt[base + d + 3]
+            y0, y1, y2, y3 = yt[at[d]], yt[at[d + 1]], yt[at[d + 2]], yt[at[d + 3]]
             o0, o1, o2, o3 = offsets[k, d], offsets[k, d + 1], offsets[k, d + 2], offsets[k, d + 3]
             for i in range(m):
                 v0 = y0[i] - o0
@@ -124,7 +124,7 @@ def full_log_densities(yt, offsets, const, m, lp):
                 row[i] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
             d += FEATURES_PER_PASS
         while d < n_features:
-            y, o = yt[base + d], offsets[k, d]
+            y, o = yt[at[d]], offsets[k, d]
             for i in range(m):
                 v = y[i] - o
                 row[i] += v * v

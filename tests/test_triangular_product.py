@@ -1,0 +1,88 @@
+"""The grouped product of the triangular precision factors (gaussian_triangular)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dask_em.families import gaussian_compiled, gaussian_linalg
+from dask_em.families.gaussian import GaussianFamily
+from dask_em.families.gaussian_triangular import (
+    GROUP_FEATURES,
+    factor_groups,
+    grouped_product,
+    packed_factors,
+    product_rows,
+)
+from tests.helpers import random_gaussian_params
+from tests.test_compiled_kernels import RTOL, assert_same_stats, gaussian_block
+
+
+def _factors(rng, n_factors, n_features, shape):
+    A = rng.normal(size=(n_factors, n_features, n_features))
+    if shape == "upper":
+        return np.triu(A) + 3 * np.eye(n_features)
+    if shape == "lower":
+        return np.tril(A) + 3 * np.eye(n_features)
+    return A
+
+
+@pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")
+@pytest.mark.parametrize("shape", ["upper", "lower", "dense"])
+@pytest.mark.parametrize("n_features", [1, 3, 4, 5, 8, 16, 17, 33])
+@pytest.mark.parametrize("n_factors", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grouped_product_is_the_dense_product(shape, n_features, n_factors, dtype):
+    rng = np.random.default_rng(n_features)
+    factors = _factors(rng, n_factors, n_features, shape)
+    m = 37
+    xt = rng.normal(size=(n_features + 1, m)).astype(dtype)  # a row of ones under it
+    n_components = n_factors if n_factors > 1 else 4
+    groups = factor_groups(factors)
+    packed, starts = packed_factors(factors, groups, dtype)
+    rows = product_rows(n_factors, n_components, groups)
+    yt = np.full((n_factors * n_features, m), np.nan, dtype=dtype)
+    grouped_product(packed, starts, groups, xt, yt)
+    for k in range(n_components):
+        factor = factors[k if n_factors > 1 else 0]
+        expected = factor.T @ xt[:n_features].astype(np.float64)  # (L_k^T xc)_e
+        tolerance = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(yt[rows[k]], expected, rtol=tolerance, atol=tolerance)
+    # every row of the product is written, each once
+    assert sorted(set(rows.ravel())) == list(range(n_factors * n_features))
+
+
+def test_factor_groups_read_only_the_features_a_triangle_reaches():
+    rng = np.random.default_rng(0)
+    upper = factor_groups(_factors(rng, 2, 10, "upper"))
+    lower = factor_groups(_factors(rng, 2, 10, "lower"))
+    dense = factor_groups(_factors(rng, 2, 10, "dense"))
+    assert upper.tolist() == [[0, 4, 0, 4], [4, 8, 0, 8], [8, 10, 0, 10]]
+    assert lower.tolist() == [[0, 4, 0, 10], [4, 8, 4, 10], [8, 10, 8, 10]]
+    assert dense.tolist() == [[0, 10, 0, 10]]
+    assert factor_groups(np.eye(GROUP_FEATURES)[None]).tolist() == [[0, 4, 0, 4]]
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_lower_factors_give_the_statistics_of_upper_ones(covariance_type, dtype):
+    # a precision given by hand has a lower Cholesky factor, a fitted one an upper one:
+    # the same precisions, the same statistics, and those of the reference
+    rng = np.random.default_rng(4)
+    family = GaussianFamily(covariance_type=covariance_type, dtype=dtype)
+    params = random_gaussian_params(family, 3, 9, rng)
+    precisions = gaussian_linalg.precisions_from_cholesky(
+        params["precisions_cholesky"], covariance_type
+    )
+    lower = dict(params)
+    lower["precisions_cholesky"] = gaussian_linalg.cholesky_from_precisions(
+        precisions, covariance_type
+    )
+    assert not np.any(np.tril(params["precisions_cholesky"], -1))
+    assert not np.any(np.triu(lower["precisions_cholesky"], 1))
+    X = gaussian_block(rng, 3000, 9, 0.1) - 50.0
+    keys = ("weight", "loglik", "nk", "means", "scatter")
+    rtol = RTOL if dtype == "float64" else 1e-5
+    upper_stats = family.block_stats(params, X)
+    assert_same_stats(family.block_stats(lower, X), upper_stats, keys, rtol=rtol)
+    assert_same_stats(upper_stats, family.reference_block_stats(params, X), keys, rtol=rtol)
