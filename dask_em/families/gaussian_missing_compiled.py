@@ -7,17 +7,20 @@ the moment sums of :func:`~dask_em.families.gaussian_slice_loops.pair_moments`) 
 rows with their missing entries set to the centre, and only what a row's pattern adds runs in
 compiled loops over the rows of one pattern, with no (n, K, D) temporary:
 
-* ``xt`` = x - center with missing entries 0; one product of ``[xt, 1]`` with
-  ``[P_1 .. P_K]`` over a row ``-P_k mc_k`` gives ``y_k = P_k v_k`` for ``v_k = xt -
-  mc_k`` (mc_k = mu_k - center), whose missing entries are ``-mc_km`` instead of the
-  reference's 0.  That changes nothing below: the Schur complement form
-  (gaussian_missing, eq. 1) is the minimum of ``v^T P v`` over the missing entries,
-  whatever they hold, and its minimizer moves with them (``v_m - P_mm^-1 (P v)_m``
-  for any ``v_m``).
-* ``v^T P v = v . y_k`` (D products per row and component) and ``b = (P v)_m`` is
-  ``y_k``'s missing entries, read, not computed (the complete rows' whitened form
-  ``u_k = L_k^T v_k``, ``v^T P v = |u|^2``, would need ``b = (L_k u)_m``, q x D more
-  products); ``P_mm^-1`` and ``log |P_mm|`` of the q x q ``P_mm`` once per pattern (in
+* ``xt`` = x - center with missing entries 0; the complete rows' product
+  (:mod:`~dask_em.families.gaussian_triangular`: BLAS calls in groups of output
+  features that read only what the triangular factors reach) gives ``u_k = L_k^T v_k =
+  L_k^T xt - L_k^T mc_k`` for ``v_k = xt - mc_k`` (mc_k = mu_k - center), whose missing
+  entries are ``-mc_km`` instead of the reference's 0.  That changes nothing below: the
+  Schur complement form (gaussian_missing, eq. 1) is the minimum of ``v^T P v`` over
+  the missing entries, whatever they hold, and its minimizer moves with them (``v_m -
+  P_mm^-1 (P v)_m`` for any ``v_m``).
+* ``v^T P v = |u_k|^2`` and ``b = (P v)_m = P_k[m] xt - (P_k mc_k)_m``, D products a
+  row and component for each missing feature only, per run of one pattern
+  (:func:`~dask_em.families.gaussian_missing_runs.missing_products`).  Before, one
+  dense product with ``[P_k, -P_k mc_k]`` gave all of ``P_k v_k`` (D^2 + D products a
+  row and component, against 160 + D q for D=16); ``P_mm^-1`` and ``log |P_mm|``
+  of the q x q ``P_mm`` once per pattern (in
   closed form for q <= 5, else by Cholesky; for the rows of rare patterns by a Cholesky
   of the K blocks side by side, :mod:`~dask_em.families.gaussian_missing_lockstep`)
   give ``c = P_mm^-1 b``; then
@@ -60,14 +63,25 @@ from dask_em.families.gaussian_missing_runs import (
     gather_rows,
     inverse_scratch,
     missing_index,
+    missing_products,
     moment_scratch,
     pattern_cache,
     pattern_inverses,
-    quadratic_forms,
     run_log_densities,
     run_moments,
 )
-from dask_em.families.gaussian_slice_loops import moments_from_pairs, pair_moments, upper_pairs
+from dask_em.families.gaussian_slice_loops import (
+    moments_from_pairs,
+    pair_moments,
+    squared_distances,
+    upper_pairs,
+)
+from dask_em.families.gaussian_triangular import (
+    factor_groups,
+    grouped_product,
+    packed_factors,
+    product_rows,
+)
 from dask_em.families.jit import jit
 from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
 
@@ -101,13 +115,18 @@ def _run_end(keys, missing, start, m):
 
 
 @jit
-def _missing_slice(xct, xc, keys, missing, yt, means_c, precisions, const, w, out, cache, buffers):
+def _missing_slice(
+    xct, xc, keys, missing, ut, pv, triangular, precisions, const, w, out, cache, buffers
+):
     """One slice of m rows with NaN, sorted by pattern; returns (weight, loglik).
 
     xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1, and xc
     (>= m, D) the same rows row-major; keys (m,) the patterns' bit masks, or empty
-    (:func:`_run_end`); missing (m, D) bool; yt (K*D, m)
-    ``P_k v_k`` (rows k*D + e); means_c (K, D) ``mc_k``; precisions (K, D, D) ``P_k``; const (K,)
+    (:func:`_run_end`); missing (m, D) bool; ut (K*D, m) ``L_k^T xt``
+    (:func:`~dask_em.families.gaussian_triangular.grouped_product`); pv (K*D, >= m)
+    scratch for ``b = (P_k v_k)_m`` at rows k*D + j; triangular: (the product's rows
+    (K, D), offsets ``L_k^T mc_k`` (K, D), shifts ``P_k mc_k`` (K, D)); precisions (K,
+    D, D) ``P_k``; const (K,)
     the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,), overwritten
     with 0 for a row with nothing observed (it gets no weight) and for the rows of short
     runs (their Bayes' rule is done row by row).
@@ -116,8 +135,9 @@ def _missing_slice(xct, xc, keys, missing, yt, means_c, precisions, const, w, ou
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
     across slices; ``buffers``: lp (K, m), coef (K, D, m), work
     (:func:`~dask_em.families.gaussian_missing_runs.moment_scratch`),
-    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,) and y (K*D,)
-    (a short run's row: its values and ``P_k v_k``), index (D,), held (K, m)
+    :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,), y (K*D,)
+    and quads (K,) (a short run's row: its values, its ``b`` and its ``v_k^T P_k v_k``),
+    index (D,), held (K, m)
     (the short runs' ``w r``), run_ends (m,) int,
     :func:`~dask_em.families.responsibilities_compiled.row_scratch` and
     :func:`~dask_em.families.gaussian_missing_rows.row_scratch_of`.
@@ -131,13 +151,14 @@ def _missing_slice(xct, xc, keys, missing, yt, means_c, precisions, const, w, ou
     that its pattern is factored once.  Leaves lp holding every
     row's ``w_i r_ik``, for the moment product of ``xct``.
     """
-    lp, coef, work, inverting, u, y, index, held, run_ends, scratch, one_row = buffers
+    lp, coef, work, inverting, u, y, quads, index, held, run_ends, scratch, one_row = buffers
+    rows_of, offsets, shifts = triangular
     m, n_features = missing.shape
     n_components = const.shape[0]
     weight = 0.0
     loglik = 0.0
     n_runs = 0
-    quadratic_forms(yt, xct, means_c, m, lp)  # every row's v.Pv, the runs' start
+    squared_distances(ut, rows_of, offsets, m, lp)  # every row's v.Pv = |L^T v|^2
     start = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
     while start < m:
         end = _run_end(keys, missing, start, m)
@@ -146,16 +167,19 @@ def _missing_slice(xct, xc, keys, missing, yt, means_c, precisions, const, w, ou
         q = missing_index(missing, start, index)
         if q < n_features:
             pattern_inverses(precisions, index, q, cache, inverting)
+            missing_products(xct, precisions, shifts, index, q, start, end, pv)
         if q < n_features and end - start >= RUN_ROWS:
-            run_log_densities(yt, cache, const, index, q, start, end, lp, coef)
+            run_log_densities(pv, cache, const, index, q, start, end, lp, coef)
         elif q < n_features:  # a short run: each row's whole E-step now, P_mm^-1 at hand
-            for i in range(start, end):  # its column of xct and yt copied out once
+            for i in range(start, end):  # what it reads of xct, lp and pv copied out once
                 for d in range(n_features):
                     u[d] = xct[d, i]
-                for d in range(yt.shape[0]):
-                    y[d] = yt[d, i]
+                for k in range(n_components):
+                    quads[k] = lp[k, i]
+                    for t in range(q):
+                        y[k * n_features + index[t]] = pv[k * n_features + index[t], i]
                 row_weight, row_loglik = row_estep(
-                    y, u, w[i], means_c, cache, const, index, q, out, one_row
+                    y, u, quads, w[i], cache, const, index, q, out, one_row
                 )
                 weight += row_weight
                 loglik += row_loglik
@@ -222,8 +246,8 @@ def _missing_block(
     rows,
     keys,
     center,
-    precisions_t,
-    means_c,
+    product,
+    triangular,
     precisions,
     const,
     w,
@@ -238,9 +262,12 @@ def _missing_block(
     :func:`~dask_em.families.gaussian_missing_patterns.pattern_groups`) in slices of
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
 
-    precisions_t (K*D, D + 1): row k*D + e is row e of ``P_k`` followed by ``-(P_k
-    mc_k)_e``, so that one BLAS product with ``[xt, 1]^T`` gives ``P_k v_k``;
-    means_c, precisions, const, out as :func:`_missing_slice`; w (n,), or empty for unit
+    product: (packed, starts, groups) of
+    :mod:`~dask_em.families.gaussian_triangular` for the factors ``L_k``, whose BLAS
+    products with each slice give ``L_k^T xt`` (``v_k^T P_k v_k = |L_k^T xt - L_k^T
+    mc_k|^2``, and ``b`` from it: :func:`~dask_em.families.gaussian_triangular.
+    missing_products`); triangular, precisions, const, out as :func:`_missing_slice`;
+    w (n,), or empty for unit
     weights; first, second (P,): the pairs of
     :func:`~dask_em.families.gaussian_slice_loops.upper_pairs`; moments (K, P) gets
     ``sum_i r_ik xt[first[p], i] xt[second[p], i]`` (xt: the rows with NaN as 0, then
@@ -249,7 +276,8 @@ def _missing_block(
     """
     n_features = X.shape[1]
     n_components = const.shape[0]
-    width = precisions_t.shape[0]
+    packed, starts, groups = product
+    width = n_components * n_features
     m = min(SLICE_ROWS, max(len(rows), 1))
     cache = pattern_cache(n_features, n_components)
     lp = np.empty((n_components, m))
@@ -259,26 +287,30 @@ def _missing_block(
         moment_scratch(m, n_features, n_components),
         inverting,
         np.empty(n_features),
-        np.empty(precisions_t.shape[0]),
+        np.empty(width),
+        np.empty(n_components),
         np.empty(n_features, dtype=np.int64),
         np.empty((n_components, m)),
         np.empty(m, dtype=np.int64),
         row_scratch(m, lp),
         row_scratch_of(n_features, n_components),
     )
-    xct, xc, yt, missing, ws = slice_buffers(m, n_features, width)
+    xct, xc, ut, missing, ws = slice_buffers(m, n_features, width)
+    pv = np.empty((width, m))
     part = np.empty(moments.shape)
     weight = 0.0
     loglik = 0.0
     width_first = m
     for start in range(0, len(rows), width_first):
         m = min(width_first, len(rows) - start)
-        xct, yt = gathered_slice(
-            X, rows[start : start + m], center, w, precisions_t, xct, xc, yt, missing, ws
-        )
+        if xct.shape[1] != m:  # the last slice: arrays of its width, for BLAS
+            xct = np.ones((n_features + 1, m))
+            ut = np.empty((width, m))
+        gather_rows(X, rows[start : start + m], center, w, xct, xc, missing, ws)
+        grouped_product(packed, starts, groups, xct, ut)
         part_weight, part_loglik = _missing_slice(
-            xct, xc, keys[start : start + m], missing[:m], yt, means_c, precisions, const, ws,
-            out, cache, buffers,
+            xct, xc, keys[start : start + m], missing[:m], ut, pv, triangular, precisions,
+            const, ws, out, cache, buffers,
         )  # fmt: skip
         weight += part_weight
         loglik += part_loglik
@@ -303,14 +335,16 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w, keys=No
     """
     n_features = X.shape[1]
     n_components = len(means_c)
-    width = n_components * n_features
     factors = np.ascontiguousarray(prec_chol, dtype=np.float64)
     precisions = factors @ factors.transpose(0, 2, 1)
     means_c = np.ascontiguousarray(means_c, dtype=np.float64)
-    # row k*D + e: row e of P_k, then -(P_k mc_k)_e
-    precisions_t = np.empty((width, n_features + 1))
-    precisions_t[:, :n_features] = precisions.reshape(width, n_features)
-    precisions_t[:, n_features] = -np.einsum("kde,ke->kd", precisions, means_c).reshape(width)
+    groups = factor_groups(factors)
+    packed, starts = packed_factors(factors, groups, np.float64)
+    triangular = (
+        product_rows(n_components, n_components, groups),
+        np.einsum("kd,kde->ke", means_c, factors),  # L_k^T mc_k
+        np.einsum("kde,ke->kd", precisions, means_c),  # P_k mc_k
+    )
     out = (
         np.zeros(n_components),
         np.zeros((n_components, n_features)),
@@ -327,7 +361,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w, keys=No
     inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, frequent, frequent_keys, center, precisions_t, means_c,
+        X, frequent, frequent_keys, center, (packed, starts, groups), triangular,
         precisions, const, w, out, first, second, moments, inverting,
     )  # fmt: skip
     if len(rare):  # row by row, the components in lockstep (gaussian_missing_lockstep)

@@ -28,20 +28,18 @@ from dask_em.families.vector_exp import exp_chunk
 
 
 @jit_reassociated
-def row_log_densities(y, x, means_c, cache, const, index, q, lp, coef, b):
+def row_log_densities(y, quads, cache, const, index, q, lp, coef, b):
     """lp (K,) ``log pi_k + log N(x_o | k)`` of one row with pattern ``index[:q]`` and
     ``coef[k, :q] = c_k = P_mm^-1 b`` (coef (K, >= q)).  y (>= K*D,) the row's ``P_k
-    v_k`` at k*D + e (``b = (P_k v_k)_m`` read from it); x (>= D,) the row about the
-    centre, missing entries 0; means_c (K, D); cache as
-    :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, holding the
-    pattern; const (K,) the complete rows' constants; b (>= q,) scratch."""
+    v_k`` at k*D + e, of which ``b = (P_k v_k)_m`` is read; quads (K,) its ``v_k^T P_k
+    v_k``; cache as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`,
+    holding the pattern; const (K,) the complete rows' constants; b (>= q,) scratch."""
     _, inverse, log_dets = cache
-    n_components, n_features = means_c.shape
+    n_components = const.shape[0]
+    n_features = y.shape[0] // n_components
     for k in range(n_components):
         base = k * n_features
-        quad = 0.0
-        for e in range(n_features):
-            quad += (x[e] - means_c[k, e]) * y[base + e]
+        quad = quads[k]
         for t in range(q):
             b[t] = y[base + index[t]]
         for t in range(q):
@@ -120,13 +118,14 @@ def row_scratch_of(n_features, n_components):
 
 
 @jit
-def row_estep(y, x, w, means_c, cache, const, index, q, out, scratch):
+def row_estep(y, x, quads, w, cache, const, index, q, out, scratch):
     """The whole E-step of one row with pattern ``index[:q]`` (q < D; cache holding it):
     its log-densities, Bayes' rule (``w r_k`` left in ``scratch[1]``, (K,)) and its
-    pattern's moment terms, added to out; returns (w, w loglik).  y (>= K*D,) and x
-    (>= D,) contiguous, as :func:`row_log_densities`; scratch: :func:`row_scratch_of`."""
+    pattern's moment terms, added to out; returns (w, w loglik).  y (K*D,), quads (K,)
+    as :func:`row_log_densities`; x (>= D,) the row about the centre, missing entries 0,
+    contiguous; scratch: :func:`row_scratch_of`."""
     lp, held, coef, b, high_bits, low_bits = scratch
-    row_log_densities(y, x, means_c, cache, const, index, q, lp, coef, b)
+    row_log_densities(y, quads, cache, const, index, q, lp, coef, b)
     loglik = row_responsibilities(lp, w, out[0], held, high_bits, low_bits)
     row_moments(held, x, coef, cache, index, q, out)
     return w, loglik

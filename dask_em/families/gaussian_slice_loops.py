@@ -98,17 +98,17 @@ def diag_log_densities(xct, means_c, scales, const, m, squares_sum, lp):
 
 
 @jit_reassociated
-def full_log_densities(yt, rows, offsets, const, m, lp):
-    """``lp[k, i] = const_k - 1/2 sum_e (yt[rows[k, e], i] - offsets[k, e])^2`` for i < m.
+def squared_distances(yt, rows, offsets, m, out):
+    """``out[k, i] = sum_e (yt[rows[k, e], i] - offsets[k, e])^2`` for i < m: each row's
+    ``v_k^T P_k v_k = |L_k^T v_k|^2`` (``v_k = xc - mc_k``).
 
     yt (F*D, >= m) ``(L_k^T xc_i)_e`` at row ``rows[k, e]`` (K, D) int64 (F = K, or 1 for
     one factor shared by every component, tied:
     :func:`~dask_em.families.gaussian_triangular.product_rows`); offsets (K, D) ``L_k^T
-    mc_k`` in yt's dtype; const (K,); lp (K, >= m) of yt's dtype, its first m columns
-    written (and used as the sum's scratch: the squares add up in that dtype)."""
+    mc_k`` in yt's dtype; out (K, >= m) of yt's dtype (the squares add up in it)."""
     n_components, n_features = offsets.shape
     for k in range(n_components):
-        row = lp[k]
+        row = out[k]
         for i in range(m):
             row[i] = 0.0
         at = rows[k]
@@ -129,6 +129,15 @@ def full_log_densities(yt, rows, offsets, const, m, lp):
                 v = y[i] - o
                 row[i] += v * v
             d += 1
+
+
+@jit_reassociated
+def full_log_densities(yt, rows, offsets, const, m, lp):
+    """``lp[k, i] = const_k - 1/2 sum_e (yt[rows[k, e], i] - offsets[k, e])^2`` for i < m
+    (:func:`squared_distances`, into lp); const (K,)."""
+    squared_distances(yt, rows, offsets, m, lp)
+    for k in range(offsets.shape[0]):
+        row = lp[k]
         for i in range(m):
             row[i] = const[k] - 0.5 * row[i]
 
