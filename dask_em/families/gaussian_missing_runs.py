@@ -266,15 +266,12 @@ def pattern_inverses(precisions, index, q, cache, scratch):
 
 @jit_reassociated
 def missing_products(xct, precisions, shifts, index, q, start, end, pv):
-    """``pv[k*D + j, start:end] = (P_k v_k)_j = P_k[j] . xt - (P_k mc_k)_j`` for the
-    missing features ``j = index[:q]`` of a run of rows start:end: its ``b``.
-
-    xct (D + 1, m) the slice about the centre, missing entries 0; precisions (K, D, D);
-    shifts (K, D) ``P_k mc_k``; pv (K*D, >= end).  D products a row, component and
-    missing feature, from the slice's feature rows (in L1), four a pass over the rows,
-    each four serving every component: 8.4 ns a row against 18.3 for ``(L_k u_k)_j``
-    from the product ``u_k = L_k^T v_k`` (its K*D rows in L2; q=1, K=8, D=16, runs of
-    256 rows)."""
+    """``pv[k*D + j, start:end] = (P_k v_k)_j = P_k[j] . xt - (P_k mc_k)_j`` (``b``) for
+    the missing features ``j = index[:q]`` of a run of rows start:end.  xct (D + 1, m)
+    the slice about the centre, missing entries 0; precisions (K, D, D); shifts (K, D)
+    ``P_k mc_k``; pv (K*D, >= end).  Four features of the slice (in L1) a pass, each
+    serving every component: 8.4 ns a row against 18.3 for ``(L_k u_k)_j`` from the
+    product (its K*D rows in L2; q=1, K=8, D=16, runs of 256 rows)."""
     n_components, n_features = shifts.shape
     n = end - start
     for t in range(q):
@@ -312,10 +309,9 @@ def run_log_densities(yt, cache, const, index, q, start, end, lp, coef):
     (module docstring): ``const_k + q/2 log 2 pi - 1/2 log |P_mm| - 1/2 (v.Pv - b.c)``,
     with ``c = P_mm^-1 b`` into ``coef[k, :q, start:end]`` (K, D, m).
 
-    On entry ``lp[k, start:end]`` holds ``v.Pv``
-    (:func:`~dask_em.families.gaussian_slice_loops.squared_distances`); yt (K*D, m):
-    ``b = (P_k v_k)_m`` at rows k*D + j of the missing features j
-    (:func:`~dask_em.families.gaussian_triangular.missing_products`); cache as
+    On entry ``lp[k, start:end]`` holds ``v.Pv`` (:func:`~dask_em.families.
+    gaussian_slice_loops.squared_distances`); yt (K*D, m): ``b = (P_k v_k)_m`` at rows
+    k*D + j of the missing features j (:func:`missing_products`); cache as
     :func:`pattern_inverses` (holding this pattern).  Every loop runs over the run's
     rows, contiguous (views from ``start``: numba checks a loop index that might be
     negative, which would stop the loop from being vectorized).
