@@ -214,8 +214,9 @@ def _missing_slice(
 
 @jit
 def slice_buffers(m, n_features, width):
-    """The buffers :func:`gathered_slice` fills, for slices of m rows: xct (D + 1, m) (its
-    last row ones), xc (m, D), product (width, m), missing (m, D) bool and ws (m,)."""
+    """The buffers of slices of m rows: xct (D + 1, m) (its last row ones), xc (m, D),
+    product (width, m), missing (m, D) bool and ws (m,); :func:`gathered_slice` fills
+    all but product."""
     return (
         np.ones((n_features + 1, m)),
         np.empty((m, n_features)),
@@ -226,17 +227,16 @@ def slice_buffers(m, n_features, width):
 
 
 @jit
-def gathered_slice(X, rows, center, w, matrix, xct, xc, product, missing, ws):
+def gathered_slice(X, rows, center, w, xct, xc, product, missing, ws):
     """The rows ``rows`` of X gathered (:func:`gather_rows`) into xct (D + 1, m), xc,
-    missing and ws, and ``product = matrix @ xct`` (matrix (P, D + 1), product (P, m));
-    returns (xct, product), new arrays of the slice's width when the slice is shorter
-    than they are (the last one), so that every loop over its rows stays contiguous."""
+    missing and ws; returns (xct, product (P, m)), new arrays of the slice's width when
+    the slice is shorter than they are (the last one), so that every loop over its rows
+    stays contiguous and the caller's BLAS product can write the whole of product."""
     m = len(rows)
     if xct.shape[1] != m:
         xct = np.ones((X.shape[1] + 1, m))
-        product = np.empty((matrix.shape[0], m))
+        product = np.empty((product.shape[0], m))
     gather_rows(X, rows, center, w, xct, xc, missing, ws)
-    np.dot(matrix, xct, product)
     return xct, product
 
 
@@ -265,7 +265,7 @@ def _missing_block(
     product: (packed, starts, groups) of
     :mod:`~dask_em.families.gaussian_triangular` for the factors ``L_k``, whose BLAS
     products with each slice give ``L_k^T xt`` (``v_k^T P_k v_k = |L_k^T xt - L_k^T
-    mc_k|^2``, and ``b`` from it: :func:`~dask_em.families.gaussian_triangular.
+    mc_k|^2``; ``b`` per run: :func:`~dask_em.families.gaussian_missing_runs.
     missing_products`); triangular, precisions, const, out as :func:`_missing_slice`;
     w (n,), or empty for unit
     weights; first, second (P,): the pairs of
@@ -303,10 +303,7 @@ def _missing_block(
     width_first = m
     for start in range(0, len(rows), width_first):
         m = min(width_first, len(rows) - start)
-        if xct.shape[1] != m:  # the last slice: arrays of its width, for BLAS
-            xct = np.ones((n_features + 1, m))
-            ut = np.empty((width, m))
-        gather_rows(X, rows[start : start + m], center, w, xct, xc, missing, ws)
+        xct, ut = gathered_slice(X, rows[start : start + m], center, w, xct, xc, ut, missing, ws)
         grouped_product(packed, starts, groups, xct, ut)
         part_weight, part_loglik = _missing_slice(
             xct, xc, keys[start : start + m], missing[:m], ut, pv, triangular, precisions,

@@ -255,9 +255,8 @@ def _tied_missing_block(
     width_first = m
     for begin in range(0, len(rows), width_first):
         m = min(width_first, len(rows) - begin)
-        xct, y = gathered_slice(
-            X, rows[begin : begin + m], center, w, precision_t, xct, xc, y, missing, ws
-        )
+        xct, y = gathered_slice(X, rows[begin : begin + m], center, w, xct, xc, y, missing, ws)
+        np.dot(precision_t, xct, y)
         _quadratic_forms(xct, y, m, lp, scratch)
         slice_keys = keys[begin : begin + m]
         n_runs = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
