@@ -28,3 +28,60 @@ def run_child(script: str, argv: list[str], env: dict[str, str], flag: str = "--
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+#: Prefix of the lines a served child answers with (anything else on its stdout is not
+#: read as an answer).
+ANSWER = "@@answer "
+
+
+class Served:
+    """``script --serve *argv`` running in ``env``, answering one JSON command at a time.
+
+    The child reads a JSON line from stdin per command and prints ``ANSWER`` and a JSON
+    line back (:func:`serve_commands`); its first answer is what it reports once set up.
+    Two of them, one per environment, let a benchmark run each fit in both environments
+    seconds apart instead of a process per environment minutes apart: on a shared host
+    whose pace moves by a fifth from minute to minute, that pairs the two sides of a
+    ratio in time.  Its stderr goes to a temporary file, shown when it fails.
+    """
+
+    def __init__(self, script: str, argv: list[str], env: dict[str, str]) -> None:
+        import tempfile
+
+        self.command = [sys.executable, script, "--serve", *argv]
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._process = subprocess.Popen(
+            self.command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._stderr, text=True, bufsize=1,
+        )  # fmt: skip
+        self.ready = self._answer()
+
+    def _answer(self) -> dict:
+        for line in self._process.stdout:
+            if line.startswith(ANSWER):
+                return json.loads(line[len(ANSWER) :])
+        self._process.wait()
+        self._stderr.seek(0)
+        raise RuntimeError(f"{' '.join(self.command)} failed:\n{self._stderr.read()[-4000:]}")
+
+    def ask(self, command: dict) -> dict:
+        """The child's answer to ``command``."""
+        self._process.stdin.write(json.dumps(command) + "\n")
+        self._process.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        """Ask the child to stop and wait for it."""
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            self._process.wait()
+        self._stderr.close()
+
+
+def serve_commands(ready: dict, answer) -> None:
+    """The child's side of :class:`Served`: ``ready`` printed, then ``answer(command)``
+    printed for each JSON line of stdin until it closes."""
+    print(ANSWER + json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        print(ANSWER + json.dumps(answer(json.loads(line))), flush=True)

@@ -13,17 +13,20 @@ graphs (the default) and as direct passes (Dask config ``dask_em.direct-passes``
 worker runs its blocks, no scheduling; :mod:`dask_em.engine.direct`).  dask_em runs on a
 LocalCluster of 2 workers x 1 thread; scikit-learn in process with NumPy's threads.
 
-Each environment runs in its own process, started from this one: once as given, once
-with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2`` exported (as SLURM
-job scripts and HPC profiles do), so the LocalCluster's workers inherit them.
+Each environment has its own process (:class:`environments.Served`), started from this
+one: once as given, once with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
+MKL_NUM_THREADS=2`` exported (as SLURM job scripts and HPC profiles do), so that its
+LocalCluster's workers inherit them.  Both are set up first (data persisted, kernels
+loaded in the workers); then each fit runs in one environment and at once in the other,
+the first of them alternating from fit to fit, so that the two sides of a thread
+variables' ratio run seconds apart (:func:`round_of_fits`; until the twenty-sixth
+session each environment was a process per round, run one after the other, which put
+minutes between them on a host whose pace moves by a fifth from minute to minute).
 
-Every fit runs ``--rounds`` times (3 by default).  Each round starts the two
-environments' processes in turn (the first of them alternating from round to round),
-and within each, dask_em's fits and scikit-learn's take turns (:func:`child`).  A
+Every fit runs ``--rounds`` times (3 by default); within a round, per covariance type,
+dask_em's fits and scikit-learn's take turns (scikit-learn first in even rounds).  A
 speed-up is the ratio of the two sides' medians, printed with the range of the rounds'
-own ratios; so is each fit's time with the thread variables against as given.  On a
-shared or virtual host, whose speed can move by a fifth between two fits, one fit a
-side gives a ratio as noisy as the host.
+own ratios; so is each fit's time with the thread variables against as given.
 
 Share of GEMM: 4 N K D^2 flops per "full" iteration (the Mahalanobis products and the
 scatter matrices, as dense products compute them) over the seconds per iteration,
@@ -39,7 +42,6 @@ in a one-iteration warm-up fit per configuration on two blocks, reported apart.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -48,7 +50,7 @@ import time
 import warnings
 
 import numpy as np
-from environments import THREAD_VARIABLES, environments, run_child
+from environments import THREAD_VARIABLES, Served, environments, serve_commands
 
 #: How dask_em runs its passes: as graphs (the default) and, with the Dask config
 #: ``dask_em.direct-passes``, each worker running its blocks (dask_em.engine.direct).
@@ -152,13 +154,10 @@ def dask_em_seconds(client, X_dask, start, covariance_type, dtype, n_iter) -> di
     }
 
 
-def child(args) -> dict:
-    """One round in one environment: every measurement, as a dict (printed as JSON).
-
-    Per covariance type, the scikit-learn fit and dask_em's fits take turns
-    (scikit-learn first in even rounds, ``args.round``, last in odd ones), so that a
-    slow stretch of the host falls on both sides of a ratio rather than on one.
-    """
+def serve(args) -> None:
+    """One environment's process (``--serve``): its data persisted on its LocalCluster
+    and the kernels loaded in the workers, then each fit the parent asks for, one at a
+    time (:class:`environments.Served`), until the parent closes stdin."""
     import dask
     import dask.array as da
     from distributed import Client, LocalCluster
@@ -166,8 +165,7 @@ def child(args) -> dict:
 
     N, D, K = args.n_samples, args.n_features, args.components
     X, start = make_data(N, D, K)
-    out = {
-        "gemm_gflops": matmul_gflops(),
+    ready = {
         "blas": sorted({(p["internal_api"], p.get("architecture")) for p in threadpool_info()}),
         "environment": {name: os.environ.get(name) for name in THREAD_VARIABLES},
     }
@@ -185,28 +183,49 @@ def child(args) -> dict:
             client.rebalance()
             # warm-up: the workers load (or, on a first run, compile) the kernels once
             for covariance_type in ("full", "diag"):
-                out[f"warm-up {covariance_type} {dtype}"] = dask_em_seconds(
+                ready[f"warm-up {covariance_type} {dtype}"] = dask_em_seconds(
                     client, data[dtype][: 2 * args.chunk_rows], start, covariance_type, dtype, 1
                 )["per_iteration"]
 
-        def ours(covariance_type: str) -> None:
-            for dtype in ("float64", "float32"):
-                for passes in PASSES:
-                    with dask.config.set({"dask_em.direct-passes": passes == "direct"}):
-                        fit = dask_em_seconds(
-                            client, data[dtype], start, covariance_type, dtype, args.iterations
-                        )
-                    out.setdefault(f"dask_em {covariance_type} {dtype} {passes}", []).append(fit)
+        def answer(command: dict):
+            if command["fit"] == "gemm":
+                return matmul_gflops()
+            if command["fit"] == "sklearn":
+                return sklearn_seconds(X, start, command["covariance"], args.iterations)
+            dtype = command["dtype"]
+            with dask.config.set({"dask_em.direct-passes": command["passes"] == "direct"}):
+                return dask_em_seconds(
+                    client, data[dtype], start, command["covariance"], dtype, args.iterations
+                )
 
-        def theirs(covariance_type: str) -> None:
-            seconds = sklearn_seconds(X, start, covariance_type, args.iterations)
-            out.setdefault(f"sklearn {covariance_type}", []).append(seconds)
-
-        for covariance_type in ("full", "diag"):
-            turns = (theirs, ours) if args.round % 2 == 0 else (ours, theirs)
-            for turn in turns:
-                turn(covariance_type)
+        serve_commands(ready, answer)
         data.clear()  # the persisted data released before the cluster closes
+
+
+def round_of_fits(servers: dict, round_: int) -> dict:
+    """Every fit once in each environment, as ``{label: {key: [result]}}``.
+
+    scikit-learn's fits and dask_em's take turns per covariance type (scikit-learn
+    first in even rounds, last in odd ones), so that a slow stretch of the host falls
+    on both sides of a speed-up; each fit runs in one environment and at once in the
+    other, the first of them alternating from fit to fit, so that the two sides of a
+    thread variables' ratio run seconds apart.
+    """
+    out: dict = {label: {} for label in servers}
+    fits: list[tuple[str, dict]] = [("gemm_gflops", {"fit": "gemm"})]
+    for covariance_type in ("full", "diag"):
+        ours = [
+            (f"dask_em {covariance_type} {dtype} {passes}",
+             {"fit": "dask_em", "covariance": covariance_type, "dtype": dtype, "passes": passes})
+            for dtype in ("float64", "float32")
+            for passes in PASSES
+        ]  # fmt: skip
+        theirs = [(f"sklearn {covariance_type}", {"fit": "sklearn", "covariance": covariance_type})]
+        fits += theirs + ours if round_ % 2 == 0 else ours + theirs
+    labels = list(servers)
+    for i, (key, command) in enumerate(fits):
+        for label in labels if (round_ + i) % 2 == 0 else labels[::-1]:
+            out[label].setdefault(key, []).append(servers[label].ask(command))
     return out
 
 
@@ -233,17 +252,13 @@ def median(values) -> float:
     return float(np.median(values))
 
 
-def merge_rounds(outs: list[dict]) -> dict:
-    """One environment's rounds as one dict: each fit's list and each measurement of the
-    machine (GEMM rate, warm-up seconds) over the rounds; BLAS and environment as the
-    first round saw them."""
-    merged: dict = {"blas": outs[0]["blas"], "environment": outs[0]["environment"]}
+def merge_rounds(ready: dict, outs: list[dict]) -> dict:
+    """One environment's rounds as one dict: what its process reported once set up (BLAS,
+    environment, warm-up seconds) and each measurement's list over the rounds."""
+    merged: dict = {**ready}
     for out in outs:
-        for key, value in out.items():
-            if key.startswith(("dask_em ", "sklearn ")):  # each round's fits, a list
-                merged.setdefault(key, []).extend(value)
-            elif key not in ("blas", "environment"):
-                merged.setdefault(key, []).append(value)
+        for key, values in out.items():
+            merged.setdefault(key, []).extend(values)
     return merged
 
 
@@ -257,7 +272,7 @@ def report(results: dict, args) -> None:
     for label, out in results.items():
         gemm = median(out["gemm_gflops"])
         print(f"\n## {label}: {out['environment']}, BLAS {out['blas']}, GEMM {gemm:.1f} GFLOP/s")
-        warm = {k: round(median(v), 2) for k, v in out.items() if k.startswith("warm-up")}
+        warm = {k: round(v, 2) for k, v in out.items() if k.startswith("warm-up")}
         print(f"first fit on the cluster (kernels loaded in the workers), seconds: {warm}")
         print(
             "| covariance | dtype | passes | dask_em s/iter | median pass | scikit-learn s/iter "
@@ -334,23 +349,27 @@ def main() -> None:
     parser.add_argument("--n-workers", type=int, default=2)
     parser.add_argument("--chunk-rows", type=int, default=62_500)
     parser.add_argument("--rounds", type=int, default=3, help="fits of each kind, in turns")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args)))
+    if args.serve:
+        serve(args)
         return
     cold, warm = compile_seconds()
     print(f"first call of the kernels: {cold:.1f} s compiling, {warm:.2f} s from the disk cache")
-    rounds: dict[str, list[dict]] = {}
-    for round_ in range(args.rounds):
-        # the environments in turns too (each round its own processes), the first of
-        # them alternating, so that the two sides of their ratio run a minute apart
-        order = environments() if round_ % 2 == 0 else environments()[::-1]
-        for label, env in order:
-            argv = [*sys.argv[1:], "--round", str(round_)]
-            rounds.setdefault(label, []).append(run_child(__file__, argv, env))
-    results = {label: merge_rounds(rounds[label]) for label, _ in environments()}
+    # both environments' processes set up first (each its cluster, data and kernels),
+    # then every fit run in one and at once in the other (round_of_fits)
+    servers: dict[str, Served] = {}
+    try:
+        for label, env in environments():
+            servers[label] = Served(__file__, sys.argv[1:], env)
+        rounds = [round_of_fits(servers, round_) for round_ in range(args.rounds)]
+    finally:
+        for server in servers.values():
+            server.close()
+    results = {
+        label: merge_rounds(server.ready, [out[label] for out in rounds])
+        for label, server in servers.items()
+    }
     report(results, args)
 
 
