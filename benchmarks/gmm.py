@@ -321,11 +321,13 @@ def report(results: dict, args) -> None:
 
 def environments_compared(results: dict) -> None:
     """Each fit's seconds per iteration with the thread variables against as given: the
-    ratio of the medians and the range of the rounds' ratios (issue #11: within 1.1x)."""
+    ratio of the medians, and the median and range of the rounds' ratios, each of a fit
+    in one environment and the same fit seconds later or earlier in the other
+    (:func:`round_of_fits`; issue #11: within 1.1x)."""
     (plain, plain_out), (exported, exported_out) = results.items()
     print(f"\n## {exported} against {plain}: seconds per iteration, ratio")
-    print("| fit | ratio of medians | per round |")
-    print("|---|---|---|")
+    print("| fit | ratio of medians | median of the rounds' ratios | per round |")
+    print("|---|---|---|---|")
     for key in plain_out:
         if not key.startswith(("dask_em ", "sklearn ")):
             continue
@@ -335,7 +337,7 @@ def environments_compared(results: dict) -> None:
         ]
         rounds = [b / a for a, b in zip(*seconds, strict=True)]
         print(
-            f"| {key} | {median(seconds[1]) / median(seconds[0]):.2f}x "
+            f"| {key} | {median(seconds[1]) / median(seconds[0]):.2f}x | {median(rounds):.2f}x "
             f"| {min(rounds):.2f}-{max(rounds):.2f}x |"
         )
 
