@@ -4,10 +4,13 @@ profiles do), so that a LocalCluster's workers inherit them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -85,3 +88,49 @@ def serve_commands(ready: dict, answer) -> None:
     print(ANSWER + json.dumps(ready), flush=True)
     for line in sys.stdin:
         print(ANSWER + json.dumps(answer(json.loads(line))), flush=True)
+
+
+@contextlib.contextmanager
+def served_environments(script: str, argv: list[str]) -> Iterator[dict[str, Served]]:
+    """``{label: Served}``, one child per environment of :func:`environments`, each set
+    up before the first is asked anything; closed on leaving."""
+    servers: dict[str, Served] = {}
+    try:
+        for label, env in environments():
+            servers[label] = Served(script, argv, env)
+        yield servers
+    finally:
+        for server in servers.values():
+            server.close()
+
+
+def paired_round(servers: dict[str, Served], fits: list[tuple[str, dict]], round_: int) -> dict:
+    """Each ``(key, command)`` of ``fits``, in order, asked of every environment at once,
+    the first of them alternating from fit to fit (and from round to round), so that
+    the two sides of an environments' ratio run seconds apart: ``{label: {key:
+    [answer]}}``."""
+    out: dict = {label: {} for label in servers}
+    labels = list(servers)
+    for i, (key, command) in enumerate(fits):
+        for label in labels if (round_ + i) % 2 == 0 else labels[::-1]:
+            out[label].setdefault(key, []).append(servers[label].ask(command))
+    return out
+
+
+def environments_compared(seconds: dict[str, dict[str, list[float]]]) -> None:
+    """Print each fit's seconds with the thread variables against as given (issue #11:
+    within 1.1x): the ratio of the medians, and the median and range of the rounds'
+    ratios, each of a fit in one environment and the same fit seconds later or earlier
+    in the other (:func:`paired_round`).  ``seconds``: ``{label: {fit: [seconds per
+    round]}}`` for the two environments, in :func:`environments`' order."""
+    (plain, plain_fits), (exported, exported_fits) = seconds.items()
+    print(f"\n## {exported} against {plain}: seconds per iteration, ratio")
+    print("| fit | ratio of medians | median of the rounds' ratios | per round |")
+    print("|---|---|---|---|")
+    for key, as_given in plain_fits.items():
+        with_variables = exported_fits[key]
+        rounds = [b / a for a, b in zip(as_given, with_variables, strict=True)]
+        print(
+            f"| {key} | {statistics.median(with_variables) / statistics.median(as_given):.2f}x "
+            f"| {statistics.median(rounds):.2f}x | {min(rounds):.2f}-{max(rounds):.2f}x |"
+        )

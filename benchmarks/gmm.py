@@ -50,7 +50,13 @@ import time
 import warnings
 
 import numpy as np
-from environments import THREAD_VARIABLES, Served, environments, serve_commands
+from environments import (
+    THREAD_VARIABLES,
+    environments_compared,
+    paired_round,
+    serve_commands,
+    served_environments,
+)
 
 #: How dask_em runs its passes: as graphs (the default) and, with the Dask config
 #: ``dask_em.direct-passes``, each worker running its blocks (dask_em.engine.direct).
@@ -211,7 +217,6 @@ def round_of_fits(servers: dict, round_: int) -> dict:
     other, the first of them alternating from fit to fit, so that the two sides of a
     thread variables' ratio run seconds apart.
     """
-    out: dict = {label: {} for label in servers}
     fits: list[tuple[str, dict]] = [("gemm_gflops", {"fit": "gemm"})]
     for covariance_type in ("full", "diag"):
         ours = [
@@ -222,11 +227,7 @@ def round_of_fits(servers: dict, round_: int) -> dict:
         ]  # fmt: skip
         theirs = [(f"sklearn {covariance_type}", {"fit": "sklearn", "covariance": covariance_type})]
         fits += theirs + ours if round_ % 2 == 0 else ours + theirs
-    labels = list(servers)
-    for i, (key, command) in enumerate(fits):
-        for label in labels if (round_ + i) % 2 == 0 else labels[::-1]:
-            out[label].setdefault(key, []).append(servers[label].ask(command))
-    return out
+    return paired_round(servers, fits, round_)
 
 
 def compile_seconds() -> tuple[float, float]:
@@ -316,30 +317,16 @@ def report(results: dict, args) -> None:
                 f"{covariance_type}: float32 means vs float64, max relative "
                 f"{np.max(np.abs(a - b)) / np.max(np.abs(a)):.2e}"
             )
-    environments_compared(results)
-
-
-def environments_compared(results: dict) -> None:
-    """Each fit's seconds per iteration with the thread variables against as given: the
-    ratio of the medians, and the median and range of the rounds' ratios, each of a fit
-    in one environment and the same fit seconds later or earlier in the other
-    (:func:`round_of_fits`; issue #11: within 1.1x)."""
-    (plain, plain_out), (exported, exported_out) = results.items()
-    print(f"\n## {exported} against {plain}: seconds per iteration, ratio")
-    print("| fit | ratio of medians | median of the rounds' ratios | per round |")
-    print("|---|---|---|---|")
-    for key in plain_out:
-        if not key.startswith(("dask_em ", "sklearn ")):
-            continue
-        seconds = [
-            [fit["per_iteration"] if isinstance(fit, dict) else fit for fit in out[key]]
-            for out in (plain_out, exported_out)
-        ]
-        rounds = [b / a for a, b in zip(*seconds, strict=True)]
-        print(
-            f"| {key} | {median(seconds[1]) / median(seconds[0]):.2f}x | {median(rounds):.2f}x "
-            f"| {min(rounds):.2f}-{max(rounds):.2f}x |"
-        )
+    environments_compared(
+        {
+            label: {
+                key: [fit["per_iteration"] if isinstance(fit, dict) else fit for fit in values]
+                for key, values in out.items()
+                if key.startswith(("dask_em ", "sklearn "))
+            }
+            for label, out in results.items()
+        }
+    )
 
 
 def main() -> None:
@@ -360,18 +347,10 @@ def main() -> None:
     print(f"first call of the kernels: {cold:.1f} s compiling, {warm:.2f} s from the disk cache")
     # both environments' processes set up first (each its cluster, data and kernels),
     # then every fit run in one and at once in the other (round_of_fits)
-    servers: dict[str, Served] = {}
-    try:
-        for label, env in environments():
-            servers[label] = Served(__file__, sys.argv[1:], env)
+    with served_environments(__file__, sys.argv[1:]) as servers:
         rounds = [round_of_fits(servers, round_) for round_ in range(args.rounds)]
-    finally:
-        for server in servers.values():
-            server.close()
-    results = {
-        label: merge_rounds(server.ready, [out[label] for out in rounds])
-        for label, server in servers.items()
-    }
+        ready = {label: server.ready for label, server in servers.items()}
+    results = {label: merge_rounds(ready[label], [out[label] for out in rounds]) for label in ready}
     report(results, args)
 
 

@@ -10,18 +10,21 @@ checking the data, laying out and persisting the blocks, every pass; for hmmlear
 own checks):
 
 - dask_em: a LocalCluster of 2 workers x 1 thread, started before the clock, whose
-  workers have loaded the compiled kernels once (numba's on-disk cache); once with the
-  passes run as graphs (the default), once as direct passes (Dask config
-  ``dask_em.direct-passes``, :mod:`dask_em.engine.direct`), the two taking turns, the
-  faster of two fits each;
-- hmmlearn ``implementation="scaling"`` (its fastest) in one process (``--with-log``
-  adds its default, ``"log"``), the faster of two fits.
+  workers have loaded the compiled kernels once (numba's on-disk cache); with the passes
+  run as graphs (the default) and as direct passes (Dask config
+  ``dask_em.direct-passes``, :mod:`dask_em.engine.direct`);
+- hmmlearn ``implementation="scaling"`` (its fastest) in the same process
+  (``--with-log`` adds its default, ``"log"``).
 
-Each measurement runs twice, in fresh processes: with the environment as it is, and with
-``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2`` exported, as SLURM job
-scripts and many HPC profiles do.  The script also reports the first-call compilation
-time of the kernels (fresh cache directory) and the time to load them from the cache,
-and checks that the fitted parameters agree before it prints the ratios.
+Two environments, each one process set up once (its data and cluster): the environment
+as it is, and with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2``
+exported, as SLURM job scripts and many HPC profiles do.  Every fit runs ``--rounds``
+times (3 by default), dask_em's and hmmlearn's in turns, and each in one environment and
+at once in the other (:func:`environments.paired_round`); seconds per iteration are the
+medians of the rounds (until the twenty-sixth session: the faster of two fits, an
+environment's process after the other's).  The script also reports the first-call
+compilation time of the kernels (fresh cache directory) and the time to load them from
+the cache, and the largest difference between dask_em's and hmmlearn's parameters.
 """
 
 from __future__ import annotations
@@ -34,7 +37,17 @@ import time
 import warnings
 
 import numpy as np
-from environments import environments, run_child
+from environments import (
+    environments_compared,
+    paired_round,
+    run_child,
+    serve_commands,
+    served_environments,
+)
+
+#: How dask_em runs its passes: as graphs (the default) and, with the Dask config
+#: ``dask_em.direct-passes``, each worker running its blocks (dask_em.engine.direct).
+PASSES = ("graph", "direct")
 
 
 def make_data(n_sequences: int, length: int, n_states: int, n_features: int, seed: int = 0):
@@ -77,7 +90,14 @@ def warm_up_kernels() -> None:
     family.block_stats(params, rng.normal(size=(7, 2)), np.array([4, 3]))
 
 
-def time_hmmlearn(X, lengths, init, n_iter, implementation):
+def fitted(model) -> dict:
+    """A fitted HMM's parameters, as lists (they travel as JSON)."""
+    return {name: getattr(model, name).tolist() for name in ("transmat_", "means_", "covars_")}
+
+
+def fit_hmmlearn(X, lengths, init, n_iter, implementation) -> dict:
+    """One hmmlearn fit: seconds per iteration (``fit()`` wall time / n_iter) and its
+    parameters."""
     from hmmlearn.hmm import GaussianHMM
 
     model = GaussianHMM(
@@ -93,77 +113,90 @@ def time_hmmlearn(X, lengths, init, n_iter, implementation):
     model.means_, model.covars_ = init["means"], init["covars"]
     started = time.perf_counter()
     model.fit(X, lengths)
-    return (time.perf_counter() - started) / n_iter, model
+    return {"seconds": (time.perf_counter() - started) / n_iter, "params": fitted(model)}
 
 
-def time_dask_em(X, lengths, init, n_iter, n_workers, passes=("graph", "direct"), repeats=2):
-    """``({passes: seconds per iteration}, the last model, blocks)``: for each way of
-    running the passes (graphs, the default; direct passes, :mod:`dask_em.engine.direct`)
-    the faster of ``repeats`` fits, the ways taking turns, on one cluster."""
+def fit_dask_em(client, X, lengths, init, n_iter, passes) -> dict:
+    """One dask_em fit on ``client``'s cluster, its passes as graphs or direct passes
+    (``passes``): seconds per iteration (``fit()`` wall time / n_iter, the data's
+    checks, layout and persisting included), blocks, iterations and parameters."""
     import dask
-    from distributed import Client, LocalCluster
 
     from dask_em import GaussianHMM, Sequences
 
-    seconds = {}
+    model = GaussianHMM(
+        len(init["startprob"]),
+        covariance_type="diag",
+        reg_covar=0.0,
+        max_iter=n_iter,
+        tol=0.0,
+        cache="memory",
+        startprob_init=init["startprob"],
+        transmat_init=init["transmat"],
+        means_init=init["means"],
+        covars_init=init["covars"],
+    )
+    with warnings.catch_warnings(), dask.config.set({"dask_em.direct-passes": passes == "direct"}):
+        warnings.simplefilter("ignore")
+        started = time.perf_counter()
+        sequences = Sequences(X, lengths)
+        model.fit(sequences)
+        seconds = (time.perf_counter() - started) / n_iter
+    return {
+        "seconds": seconds,
+        "n_blocks": sequences.n_blocks,
+        "n_iter": int(model.n_iter_),
+        "params": fitted(model),
+    }
+
+
+def serve(args) -> None:
+    """One environment's process (``--serve``): the data, and a LocalCluster whose
+    workers have loaded the compiled kernels (numba's on-disk cache), then each fit the
+    parent asks for (:class:`environments.Served`) until it closes stdin."""
+    from distributed import Client, LocalCluster
+
+    X, lengths, init = make_data(args.n_sequences, args.length, args.n_states, args.n_features)
     with (
         LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=args.n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):
-        client.run(warm_up_kernels)  # numba's cache, loaded once per worker process
-        for way in [way for _ in range(repeats) for way in passes]:
-            model = GaussianHMM(
-                len(init["startprob"]),
-                covariance_type="diag",
-                reg_covar=0.0,
-                max_iter=n_iter,
-                tol=0.0,
-                cache="memory",
-                startprob_init=init["startprob"],
-                transmat_init=init["transmat"],
-                means_init=init["means"],
-                covars_init=init["covars"],
-            )
-            with (
-                warnings.catch_warnings(),
-                dask.config.set({"dask_em.direct-passes": way == "direct"}),
-            ):
-                warnings.simplefilter("ignore")
-                started = time.perf_counter()
-                sequences = Sequences(X, lengths)
-                model.fit(sequences)
-                elapsed = (time.perf_counter() - started) / n_iter
-                seconds[way] = min(elapsed, seconds.get(way, elapsed))
-        return seconds, model, sequences.n_blocks
+        client.run(warm_up_kernels)
+
+        def answer(command: dict) -> dict:
+            if command["fit"] == "dask_em":
+                return fit_dask_em(client, X, lengths, init, args.n_iter, command["passes"])
+            return fit_hmmlearn(X, lengths, init, args.n_iter, command["implementation"])
+
+        serve_commands({}, answer)
 
 
-def one_environment(args) -> dict:
-    """Both fits in this process's environment (run in a fresh process per environment)."""
-    X, lengths, init = make_data(args.n_sequences, args.length, args.n_states, args.n_features)
-    ours, model, n_blocks = time_dask_em(X, lengths, init, args.n_iter, args.n_workers)
-    result = {
-        "dask_em": ours["graph"],
-        "dask_em_direct": ours["direct"],
-        "n_blocks": n_blocks,
-        "n_iter_dask_em": int(model.n_iter_),
-    }
-    for implementation in ("scaling", "log") if args.with_log else ("scaling",):
-        # the faster of two fits, as for dask_em
-        seconds, reference = min(
-            (time_hmmlearn(X, lengths, init, args.n_iter, implementation) for _ in range(2)),
-            key=lambda timed: timed[0],
+def round_of_fits(servers: dict, round_: int, implementations: tuple[str, ...]) -> dict:
+    """Every fit once in each environment (``{label: {key: [answer]}}``): dask_em's (graph
+    and direct passes) and hmmlearn's in turns (hmmlearn first in even rounds), each in
+    one environment and at once in the other (:func:`environments.paired_round`)."""
+    ours = [(f"dask_em {passes}", {"fit": "dask_em", "passes": passes}) for passes in PASSES]
+    theirs = [
+        (f"hmmlearn {implementation}", {"fit": "hmmlearn", "implementation": implementation})
+        for implementation in implementations
+    ]
+    return paired_round(servers, theirs + ours if round_ % 2 == 0 else ours + theirs, round_)
+
+
+def deviation(ours: dict, reference: dict) -> float:
+    """The largest difference between two fits' parameters: transition probabilities
+    absolute, means and variances relative to their largest magnitude."""
+    a = {name: np.array(value) for name, value in ours.items()}
+    b = {name: np.array(value) for name, value in reference.items()}
+    return float(
+        max(
+            np.abs(a["transmat_"] - b["transmat_"]).max(),
+            np.abs(a["means_"] - b["means_"]).max() / np.abs(b["means_"]).max(),
+            np.abs(a["covars_"] - b["covars_"]).max() / b["covars_"].max(),
         )
-        result[implementation] = seconds
-        result[f"deviation_{implementation}"] = float(
-            max(
-                np.abs(model.transmat_ - reference.transmat_).max(),
-                np.abs(model.means_ - reference.means_).max() / np.abs(reference.means_).max(),
-                np.abs(model.covars_ - reference.covars_).max() / reference.covars_.max(),
-            )
-        )
-    return result
+    )
 
 
 def cpu_per_step(args, n_sequences: int = 1310, repeats: int = 5) -> tuple[float, float]:
@@ -244,7 +277,8 @@ def main() -> None:
     parser.add_argument(
         "--per-core", action="store_true", help="also CPU ns per step of one block, no Dask"
     )
-    parser.add_argument("--one-environment", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="fits of each kind, in turns")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--warm-up", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -255,8 +289,8 @@ def main() -> None:
         warm_up_kernels()
         print(json.dumps({"seconds": time.perf_counter() - started}))
         return
-    if args.one_environment:
-        print(json.dumps(one_environment(args)))
+    if args.serve:
+        serve(args)
         return
 
     print(
@@ -265,28 +299,47 @@ def main() -> None:
     )
     first, cached = compile_times(args)
     print(f"compiled kernels: first call {first:.1f} s (empty cache), {cached:.2f} s cached")
-    for label, env in environments():
-        result = _run_child("--one-environment", env, args)
+    implementations = ("scaling", "log") if args.with_log else ("scaling",)
+    with served_environments(__file__, _forwarded(args)) as servers:
+        rounds = [round_of_fits(servers, round_, implementations) for round_ in range(args.rounds)]
+    answers = {
+        label: {key: [a for out in rounds for a in out[label][key]] for key in rounds[0][label]}
+        for label in servers
+    }
+    seconds = {
+        label: {key: [a["seconds"] for a in fits] for key, fits in out.items()}
+        for label, out in answers.items()
+    }
+    print(f"medians of {args.rounds} rounds; per round: the range of the rounds' ratios")
+    for label, out in answers.items():
+        ours = seconds[label]
+        graph = out["dask_em graph"][0]
         print(f"-- environment: {label}")
         print(
-            f"dask_em  ({args.n_workers} workers x 1 thread, {result['n_blocks']} blocks): "
-            f"{result['dask_em']:8.3f} s/iteration (fit wall time / {args.n_iter})"
+            f"dask_em  ({args.n_workers} workers x 1 thread, {graph['n_blocks']} blocks, "
+            f"{graph['n_iter']} iterations): {np.median(ours['dask_em graph']):8.3f} "
+            f"s/iteration (fit wall time / {args.n_iter}); direct passes "
+            f"(dask_em.direct-passes): {np.median(ours['dask_em direct']):8.3f}"
         )
-        print(
-            f"dask_em, direct passes (dask_em.direct-passes): {result['dask_em_direct']:8.3f} "
-            "s/iteration"
-        )
-        for implementation in ("scaling", "log"):
-            if implementation not in result:
-                continue
-            seconds = result[implementation]
-            print(
-                f"hmmlearn ({implementation:7s}, 1 process):{' ' * 15}{seconds:8.3f} s/iteration"
-                f"   dask_em is {seconds / result['dask_em']:5.2f}x faster "
-                f"({seconds / result['dask_em_direct']:5.2f}x with direct passes)"
+        for implementation in implementations:
+            theirs = ours[f"hmmlearn {implementation}"]
+            line = f"hmmlearn ({implementation}, 1 process): {np.median(theirs):8.3f} s/iteration;"
+            for passes in PASSES:
+                mine = ours[f"dask_em {passes}"]
+                per_round = [t / m for t, m in zip(theirs, mine, strict=True)]
+                line += (
+                    f" dask_em {passes} {np.median(theirs) / np.median(mine):5.2f}x faster"
+                    f" ({min(per_round):.2f}-{max(per_round):.2f}x)"
+                )
+            print(line)
+            largest = max(
+                deviation(ours_fit["params"], their_fit["params"])
+                for ours_fit, their_fit in zip(
+                    out["dask_em graph"], out[f"hmmlearn {implementation}"], strict=True
+                )
             )
-            deviation = result[f"deviation_{implementation}"]
-            print(f"  largest parameter deviation from dask_em: {deviation:.1e}")
+            print(f"  largest parameter deviation from dask_em (graph passes): {largest:.1e}")
+    environments_compared(seconds)
     if args.per_core:
         ours, theirs = cpu_per_step(args)
         print(
