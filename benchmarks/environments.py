@@ -1,6 +1,13 @@
 """The two environments the speed benchmarks run in, each in its own process: as given,
 and with the BLAS/OpenMP thread variables exported (as SLURM job scripts and HPC
-profiles do), so that a LocalCluster's workers inherit them."""
+profiles do), so that a LocalCluster's workers inherit them.
+
+Two ways to run them: :func:`run_child`, one process per environment that measures
+everything and exits (``poisson_memory.py``, the compilation probes), and
+:func:`served_environments`, one process per environment set up once and then asked for
+one fit at a time, each fit in both environments seconds apart (:func:`paired_round`;
+``gmm.py``, ``hmm.py``), so that a ratio between the environments is not a ratio
+between two stretches of a shared host's pace."""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -50,8 +59,6 @@ class Served:
     """
 
     def __init__(self, script: str, argv: list[str], env: dict[str, str]) -> None:
-        import tempfile
-
         self.command = [sys.executable, script, "--serve", *argv]
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self._process = subprocess.Popen(
@@ -60,7 +67,7 @@ class Served:
         )  # fmt: skip
         self.ready = self._answer()
 
-    def _answer(self) -> dict:
+    def _answer(self) -> Any:
         for line in self._process.stdout:
             if line.startswith(ANSWER):
                 return json.loads(line[len(ANSWER) :])
@@ -68,10 +75,12 @@ class Served:
         self._stderr.seek(0)
         raise RuntimeError(f"{' '.join(self.command)} failed:\n{self._stderr.read()[-4000:]}")
 
-    def ask(self, command: dict) -> dict:
-        """The child's answer to ``command``."""
-        self._process.stdin.write(json.dumps(command) + "\n")
-        self._process.stdin.flush()
+    def ask(self, command: dict) -> Any:
+        """The child's answer to ``command`` (a RuntimeError with the end of its stderr
+        if it has stopped)."""
+        with contextlib.suppress(BrokenPipeError):  # a child that died: its stderr below
+            self._process.stdin.write(json.dumps(command) + "\n")
+            self._process.stdin.flush()
         return self._answer()
 
     def close(self) -> None:
