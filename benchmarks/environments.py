@@ -65,7 +65,11 @@ class Served:
             self.command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr, text=True, bufsize=1,
         )  # fmt: skip
-        self.ready = self._answer()
+        try:
+            self.ready = self._answer()
+        except BaseException:
+            self.close()
+            raise
 
     def _answer(self) -> Any:
         for line in self._process.stdout:
@@ -83,20 +87,29 @@ class Served:
             self._process.stdin.flush()
         return self._answer()
 
-    def close(self) -> None:
-        """Ask the child to stop and wait for it."""
-        if self._process.poll() is None:
-            self._process.stdin.close()
-            self._process.wait()
-        self._stderr.close()
+    def close(self, timeout: float = 120.0) -> None:
+        """Ask the child to stop (stdin closed), wait for it at most ``timeout`` seconds
+        (reading what it still prints), then kill it."""
+        try:
+            if self._process.poll() is None:
+                with contextlib.suppress(BrokenPipeError):
+                    self._process.stdin.close()
+                try:
+                    self._process.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.communicate()
+        finally:
+            self._stderr.close()
 
 
 def serve_commands(ready: dict, answer) -> None:
     """The child's side of :class:`Served`: ``ready`` printed, then ``answer(command)``
     printed for each JSON line of stdin until it closes."""
-    print(ANSWER + json.dumps(ready), flush=True)
+    # each answer on a line of its own, even after output left without a newline
+    print("\n" + ANSWER + json.dumps(ready), flush=True)
     for line in sys.stdin:
-        print(ANSWER + json.dumps(answer(json.loads(line))), flush=True)
+        print("\n" + ANSWER + json.dumps(answer(json.loads(line))), flush=True)
 
 
 @contextlib.contextmanager
@@ -110,26 +123,45 @@ def served_environments(script: str, argv: list[str]) -> Iterator[dict[str, Serv
         yield servers
     finally:
         for server in servers.values():
-            server.close()
+            with contextlib.suppress(Exception):  # every child closed, whatever one raises
+                server.close()
 
 
-def paired_round(servers: dict[str, Served], fits: list[tuple[str, dict]], round_: int) -> dict:
-    """Each ``(key, command)`` of ``fits``, in order, asked of every environment at once,
-    the first of them alternating from fit to fit (and from round to round), so that
-    the two sides of an environments' ratio run seconds apart: ``{label: {key:
-    [answer]}}``."""
+#: A block of a round: (name, steps), each step (key, command); the answers of steps
+#: whose key is None (setting up, tearing down) are not kept.
+Block = tuple[str, list[tuple[str | None, dict]]]
+
+
+def paired_round(servers: dict[str, Served], blocks: list[Block], round_: int) -> dict:
+    """Each block of ``blocks``, in order, run whole in one environment and right after
+    in the other: ``{label: {key: [answer]}}``.
+
+    Which environment goes first alternates from round to round for every block (by
+    the block's name, so whatever order a round gives its blocks), so that over an even
+    number of rounds each leads as often; the two sides of an environments' ratio run
+    seconds apart, not minutes.  A block is as small as a fit allows: one fit, or the
+    fits that share a cluster started at its start and stopped at its end, so that no
+    other cluster is up, idle, while a fit runs (a 2-core NumPy matmul here, best of 9,
+    three times: 103.5-105.5 GFLOP/s with no cluster up, 93.3-99.0 beside one idle
+    LocalCluster of 2 workers, 89.7-90.8 beside two).
+    """
     out: dict = {label: {} for label in servers}
     labels = list(servers)
-    for i, (key, command) in enumerate(fits):
-        for label in labels if (round_ + i) % 2 == 0 else labels[::-1]:
-            out[label].setdefault(key, []).append(servers[label].ask(command))
+    names = sorted(name for name, _ in blocks)
+    for name, steps in blocks:
+        order = labels if (round_ + names.index(name)) % 2 == 0 else labels[::-1]
+        for label in order:
+            for key, command in steps:
+                answer = servers[label].ask(command)
+                if key is not None:
+                    out[label].setdefault(key, []).append(answer)
     return out
 
 
 def environments_compared(seconds: dict[str, dict[str, list[float]]]) -> None:
     """Print each fit's seconds with the thread variables against as given (issue #11:
     within 1.1x): the ratio of the medians, and the median and range of the rounds'
-    ratios, each of a fit in one environment and the same fit seconds later or earlier
+    ratios, each of a fit in one environment and the same fit seconds before or after
     in the other (:func:`paired_round`).  ``seconds``: ``{label: {fit: [seconds per
     round]}}`` for the two environments, in :func:`environments`' order."""
     (plain, plain_fits), (exported, exported_fits) = seconds.items()

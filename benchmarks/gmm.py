@@ -16,24 +16,30 @@ LocalCluster of 2 workers x 1 thread; scikit-learn in process with NumPy's threa
 Each environment has its own process (:class:`environments.Served`), started from this
 one: once as given, once with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2
 MKL_NUM_THREADS=2`` exported (as SLURM job scripts and HPC profiles do), so that its
-LocalCluster's workers inherit them.  Both are set up first (data persisted, kernels
-loaded in the workers); then each fit runs in one environment and at once in the other,
-the first of them alternating from fit to fit, so that the two sides of a thread
-variables' ratio run seconds apart (:func:`round_of_fits`; until the twenty-sixth
-session each environment was a process per round, run one after the other, which put
-minutes between them on a host whose pace moves by a fifth from minute to minute).
+LocalCluster's workers inherit them.  Each fit runs in one environment and right after
+in the other, which goes first alternating from round to round
+(:func:`environments.paired_round`), so that the two sides of a thread variables' ratio
+run seconds apart: scikit-learn's fit alone, dask_em's four of a covariance type on a
+LocalCluster started for them (the data persisted, the kernels loaded by one-iteration
+warm-up fits on two blocks) and stopped after, so that no other cluster is up, idle,
+during a fit.  Until the twenty-sixth session each environment was a process per round
+with one cluster for all its fits, the environments one after the other, which put
+minutes between the two sides of their ratio on a host whose pace moves by a fifth from
+minute to minute.
 
 Every fit runs ``--rounds`` times (3 by default); within a round, per covariance type,
 dask_em's fits and scikit-learn's take turns (scikit-learn first in even rounds).  A
 speed-up is the ratio of the two sides' medians, printed with the range of the rounds'
-own ratios; so is each fit's time with the thread variables against as given.
+own ratios; so is each fit's time with the thread variables against as given, with the
+median of the rounds' ratios beside it.
 
 Share of GEMM: 4 N K D^2 flops per "full" iteration (the Mahalanobis products and the
 scatter matrices, as dense products compute them) over the seconds per iteration,
 against a 2048^2 float64 NumPy matmul on all cores in the same process.  dask_em's full
 kernel sums each pair of features once (about 3 N K D^2 flops executed), so the share
 is the rate of an equivalent dense computation; 3/4 of it is the share of the flops
-executed.  First-call compilation of the numba kernels is
+executed.  The GEMM rate is measured with no cluster up: once as each environment's
+process starts, then once a round.  First-call compilation of the numba kernels is
 measured apart, in a fresh process with an empty cache (``NUMBA_CACHE_DIR``), then with
 the cache filled; it is not in the iterations: the workers load the cached kernels
 in a one-iteration warm-up fit per configuration on two blocks, reported apart.
@@ -161,9 +167,11 @@ def dask_em_seconds(client, X_dask, start, covariance_type, dtype, n_iter) -> di
 
 
 def serve(args) -> None:
-    """One environment's process (``--serve``): its data persisted on its LocalCluster
-    and the kernels loaded in the workers, then each fit the parent asks for, one at a
-    time (:class:`environments.Served`), until the parent closes stdin."""
+    """One environment's process (``--serve``): its data, then what the parent asks for,
+    one command at a time (:class:`environments.Served`), until it closes stdin: start a
+    LocalCluster (the data persisted, the kernels loaded in the workers), a dask_em fit
+    on it, stop it, a scikit-learn fit, a GEMM rate.  What it reports once set up: BLAS,
+    environment, the GEMM rate with no cluster up."""
     import dask
     import dask.array as da
     from distributed import Client, LocalCluster
@@ -171,53 +179,77 @@ def serve(args) -> None:
 
     N, D, K = args.n_samples, args.n_features, args.components
     X, start = make_data(N, D, K)
+    for covariance_type in ("full", "diag"):  # scikit-learn's first-call costs, untimed
+        sklearn_seconds(X[: 10 * K], start, covariance_type, 1)
     ready = {
         "blas": sorted({(p["internal_api"], p.get("architecture")) for p in threadpool_info()}),
         "environment": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+        "gemm_gflops": matmul_gflops(),
     }
-    with (
-        LocalCluster(
+    up: dict = {}  # the cluster, its client and the persisted data, while started
+
+    def start_cluster(covariance_type: str) -> float:
+        """A LocalCluster with the data persisted and the workers' kernels loaded (or,
+        on a first run, compiled); the seconds of the one-iteration warm-up fits."""
+        cluster = LocalCluster(
             n_workers=args.n_workers, threads_per_worker=1, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        data = {}
-        for dtype in ("float64", "float32"):
-            data[dtype] = client.persist(
-                da.from_array(X.astype(dtype), chunks=(args.chunk_rows, D))
-            )
-            client.rebalance()
-            # warm-up: the workers load (or, on a first run, compile) the kernels once
-            for covariance_type in ("full", "diag"):
-                ready[f"warm-up {covariance_type} {dtype}"] = dask_em_seconds(
-                    client, data[dtype][: 2 * args.chunk_rows], start, covariance_type, dtype, 1
-                )["per_iteration"]
-
-        def answer(command: dict):
-            if command["fit"] == "gemm":
-                return matmul_gflops()
-            if command["fit"] == "sklearn":
-                return sklearn_seconds(X, start, command["covariance"], args.iterations)
-            dtype = command["dtype"]
-            with dask.config.set({"dask_em.direct-passes": command["passes"] == "direct"}):
-                return dask_em_seconds(
-                    client, data[dtype], start, command["covariance"], dtype, args.iterations
+        )
+        client = Client(cluster)
+        up.update(cluster=cluster, client=client, data={})
+        warm_up = 0.0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sending large graph")
+            for dtype in ("float64", "float32"):
+                up["data"][dtype] = client.persist(
+                    da.from_array(X.astype(dtype), chunks=(args.chunk_rows, D))
                 )
+                client.rebalance()
+                warm_up += dask_em_seconds(
+                    client, up["data"][dtype][: 2 * args.chunk_rows], start, covariance_type,
+                    dtype, 1,
+                )["per_iteration"]  # fmt: skip
+        return warm_up
 
-        serve_commands(ready, answer)
-        data.clear()  # the persisted data released before the cluster closes
+    def stop_cluster() -> None:
+        up["data"].clear()  # the persisted data released before the cluster closes
+        up["client"].close()
+        up["cluster"].close()
+        up.clear()
+
+    def answer(command: dict):
+        kind = command["fit"]
+        if kind == "start":
+            return start_cluster(command["covariance"])
+        if kind == "stop":
+            return stop_cluster()
+        if kind == "gemm":
+            return matmul_gflops()
+        if kind == "sklearn":
+            return sklearn_seconds(X, start, command["covariance"], args.iterations)
+        dtype = command["dtype"]
+        with dask.config.set({"dask_em.direct-passes": command["passes"] == "direct"}):
+            return dask_em_seconds(
+                up["client"], up["data"][dtype], start, command["covariance"], dtype,
+                args.iterations,
+            )  # fmt: skip
+
+    serve_commands(ready, answer)
+    if up:
+        stop_cluster()
 
 
 def round_of_fits(servers: dict, round_: int) -> dict:
     """Every fit once in each environment, as ``{label: {key: [result]}}``.
 
-    scikit-learn's fits and dask_em's take turns per covariance type (scikit-learn
-    first in even rounds, last in odd ones), so that a slow stretch of the host falls
-    on both sides of a speed-up; each fit runs in one environment and at once in the
-    other, the first of them alternating from fit to fit, so that the two sides of a
-    thread variables' ratio run seconds apart.
+    Per covariance type, scikit-learn's fit and dask_em's four (float64 and float32,
+    graph and direct passes) take turns (scikit-learn first in even rounds, last in odd
+    ones), so that a slow stretch of the host falls on both sides of a speed-up.  Each
+    runs in one environment and right after in the other
+    (:func:`environments.paired_round`): dask_em's four on a cluster started for them
+    and stopped after, so that no cluster is up while scikit-learn runs, nor an idle one
+    beside dask_em's.
     """
-    fits: list[tuple[str, dict]] = [("gemm_gflops", {"fit": "gemm"})]
+    blocks = [("gemm", [("gemm_gflops", {"fit": "gemm"})])]
     for covariance_type in ("full", "diag"):
         ours = [
             (f"dask_em {covariance_type} {dtype} {passes}",
@@ -225,9 +257,17 @@ def round_of_fits(servers: dict, round_: int) -> dict:
             for dtype in ("float64", "float32")
             for passes in PASSES
         ]  # fmt: skip
-        theirs = [(f"sklearn {covariance_type}", {"fit": "sklearn", "covariance": covariance_type})]
-        fits += theirs + ours if round_ % 2 == 0 else ours + theirs
-    return paired_round(servers, fits, round_)
+        ours_block = (
+            f"dask_em {covariance_type}",
+            [(f"warm-up {covariance_type}", {"fit": "start", "covariance": covariance_type}),
+             *ours, (None, {"fit": "stop"})],
+        )  # fmt: skip
+        theirs = (
+            f"sklearn {covariance_type}",
+            [(f"sklearn {covariance_type}", {"fit": "sklearn", "covariance": covariance_type})],
+        )
+        blocks += [theirs, ours_block] if round_ % 2 == 0 else [ours_block, theirs]
+    return paired_round(servers, blocks, round_)
 
 
 def compile_seconds() -> tuple[float, float]:
@@ -255,8 +295,10 @@ def median(values) -> float:
 
 def merge_rounds(ready: dict, outs: list[dict]) -> dict:
     """One environment's rounds as one dict: what its process reported once set up (BLAS,
-    environment, warm-up seconds) and each measurement's list over the rounds."""
-    merged: dict = {**ready}
+    environment, GEMM rate) and each measurement's list over the rounds (warm-up seconds
+    and GEMM rates too)."""
+    merged: dict = {key: value for key, value in ready.items() if key != "gemm_gflops"}
+    merged["gemm_gflops"] = [ready["gemm_gflops"]]
     for out in outs:
         for key, values in out.items():
             merged.setdefault(key, []).extend(values)
@@ -273,8 +315,11 @@ def report(results: dict, args) -> None:
     for label, out in results.items():
         gemm = median(out["gemm_gflops"])
         print(f"\n## {label}: {out['environment']}, BLAS {out['blas']}, GEMM {gemm:.1f} GFLOP/s")
-        warm = {k: round(v, 2) for k, v in out.items() if k.startswith("warm-up")}
-        print(f"first fit on the cluster (kernels loaded in the workers), seconds: {warm}")
+        warm = {k: round(median(v), 2) for k, v in out.items() if k.startswith("warm-up")}
+        print(
+            "one-iteration warm-up fits on each new cluster (the workers load the kernels), "
+            f"seconds, median: {warm}"
+        )
         print(
             "| covariance | dtype | passes | dask_em s/iter | median pass | scikit-learn s/iter "
             "| speed-up | per round | share of GEMM |"
@@ -340,13 +385,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="fits of each kind, in turns")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.serve:
         serve(args)
         return
     cold, warm = compile_seconds()
     print(f"first call of the kernels: {cold:.1f} s compiling, {warm:.2f} s from the disk cache")
-    # both environments' processes set up first (each its cluster, data and kernels),
-    # then every fit run in one and at once in the other (round_of_fits)
+    # both environments' processes set up first (each its data), then every fit run in
+    # one and right after in the other (round_of_fits)
     with served_environments(__file__, sys.argv[1:]) as servers:
         rounds = [round_of_fits(servers, round_) for round_ in range(args.rounds)]
         ready = {label: server.ready for label, server in servers.items()}

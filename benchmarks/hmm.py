@@ -20,9 +20,12 @@ Two environments, each one process set up once (its data and cluster): the envir
 as it is, and with ``OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2``
 exported, as SLURM job scripts and many HPC profiles do.  Every fit runs ``--rounds``
 times (3 by default), dask_em's and hmmlearn's in turns, and each in one environment and
-at once in the other (:func:`environments.paired_round`); seconds per iteration are the
-medians of the rounds (until the twenty-sixth session: the faster of two fits, an
-environment's process after the other's).  The script also reports the first-call
+right after in the other, which goes first alternating from round to round
+(:func:`environments.paired_round`; dask_em's on a LocalCluster started for them and
+stopped after, so that no cluster is up while hmmlearn runs, nor an idle one beside
+dask_em's); seconds per iteration are the medians of the rounds (until the
+twenty-sixth session: the faster of two fits, an environment's process after the
+other's).  The script also reports the first-call
 compilation time of the kernels (fresh cache directory) and the time to load them from
 the cache, and the largest difference between dask_em's and hmmlearn's parameters.
 """
@@ -116,8 +119,8 @@ def fit_hmmlearn(X, lengths, init, n_iter, implementation) -> dict:
     return {"seconds": (time.perf_counter() - started) / n_iter, "params": fitted(model)}
 
 
-def fit_dask_em(client, X, lengths, init, n_iter, passes) -> dict:
-    """One dask_em fit on ``client``'s cluster, its passes as graphs or direct passes
+def fit_dask_em(X, lengths, init, n_iter, passes) -> dict:
+    """One dask_em fit on the current client's cluster, its passes as graphs or direct passes
     (``passes``): seconds per iteration (``fit()`` wall time / n_iter, the data's
     checks, layout and persisting included), blocks, iterations and parameters."""
     import dask
@@ -151,38 +154,57 @@ def fit_dask_em(client, X, lengths, init, n_iter, passes) -> dict:
 
 
 def serve(args) -> None:
-    """One environment's process (``--serve``): the data, and a LocalCluster whose
-    workers have loaded the compiled kernels (numba's on-disk cache), then each fit the
-    parent asks for (:class:`environments.Served`) until it closes stdin."""
+    """One environment's process (``--serve``): the data, then what the parent asks for
+    (:class:`environments.Served`) until it closes stdin: start a LocalCluster whose
+    workers load the compiled kernels (numba's on-disk cache), a dask_em fit on it,
+    stop it, an hmmlearn fit."""
     from distributed import Client, LocalCluster
 
     X, lengths, init = make_data(args.n_sequences, args.length, args.n_states, args.n_features)
-    with (
-        LocalCluster(
-            n_workers=args.n_workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.run(warm_up_kernels)
+    # hmmlearn's first-call costs, untimed
+    fit_hmmlearn(X[: 10 * args.length], lengths[:10], init, 1, "scaling")
+    up: dict = {}
 
-        def answer(command: dict) -> dict:
-            if command["fit"] == "dask_em":
-                return fit_dask_em(client, X, lengths, init, args.n_iter, command["passes"])
-            return fit_hmmlearn(X, lengths, init, args.n_iter, command["implementation"])
+    def answer(command: dict):
+        kind = command["fit"]
+        if kind == "start":
+            up["cluster"] = LocalCluster(
+                n_workers=args.n_workers, threads_per_worker=1, processes=True,
+                dashboard_address=":0",
+            )  # fmt: skip
+            up["client"] = Client(up["cluster"])
+            up["client"].run(warm_up_kernels)
+            return None
+        if kind == "stop":
+            up.pop("client").close()
+            up.pop("cluster").close()
+            return None
+        if kind == "dask_em":
+            return fit_dask_em(X, lengths, init, args.n_iter, command["passes"])
+        return fit_hmmlearn(X, lengths, init, args.n_iter, command["implementation"])
 
-        serve_commands({}, answer)
+    serve_commands({}, answer)
+    if up:
+        answer({"fit": "stop"})
 
 
 def round_of_fits(servers: dict, round_: int, implementations: tuple[str, ...]) -> dict:
     """Every fit once in each environment (``{label: {key: [answer]}}``): dask_em's (graph
-    and direct passes) and hmmlearn's in turns (hmmlearn first in even rounds), each in
-    one environment and at once in the other (:func:`environments.paired_round`)."""
-    ours = [(f"dask_em {passes}", {"fit": "dask_em", "passes": passes}) for passes in PASSES]
-    theirs = [
-        (f"hmmlearn {implementation}", {"fit": "hmmlearn", "implementation": implementation})
-        for implementation in implementations
-    ]
-    return paired_round(servers, theirs + ours if round_ % 2 == 0 else ours + theirs, round_)
+    and direct passes, on a cluster started for them and stopped after) and hmmlearn's
+    (no cluster up) in turns, hmmlearn first in even rounds; each in one environment and
+    right after in the other (:func:`environments.paired_round`)."""
+    ours = (
+        "dask_em",
+        [(None, {"fit": "start"}),
+         *[(f"dask_em {passes}", {"fit": "dask_em", "passes": passes}) for passes in PASSES],
+         (None, {"fit": "stop"})],
+    )  # fmt: skip
+    theirs = (
+        "hmmlearn",
+        [(f"hmmlearn {implementation}", {"fit": "hmmlearn", "implementation": implementation})
+         for implementation in implementations],
+    )  # fmt: skip
+    return paired_round(servers, [theirs, ours] if round_ % 2 == 0 else [ours, theirs], round_)
 
 
 def deviation(ours: dict, reference: dict) -> float:
@@ -281,6 +303,8 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--warm-up", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     if args.warm_up:
         import dask_em.families.hmm  # noqa: F401  (imports are not compilation)
