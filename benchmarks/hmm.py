@@ -10,7 +10,8 @@ checking the data, laying out and persisting the blocks, every pass; for hmmlear
 own checks):
 
 - dask_em: a LocalCluster of 2 workers x 1 thread, started before the clock, whose
-  workers have loaded the compiled kernels once (numba's on-disk cache); with the passes
+  workers have loaded the compiled kernels (numba's on-disk cache) and run an untimed
+  one-iteration fit of each kind on 1/20 of the sequences; with the passes
   run as graphs (the default) and as direct passes (Dask config
   ``dask_em.direct-passes``, :mod:`dask_em.engine.direct`);
 - hmmlearn ``implementation="scaling"`` (its fastest) in the same process
@@ -156,8 +157,8 @@ def fit_dask_em(X, lengths, init, n_iter, passes) -> dict:
 def serve(args) -> None:
     """One environment's process (``--serve``): the data, then what the parent asks for
     (:class:`environments.Served`) until it closes stdin: start a LocalCluster whose
-    workers load the compiled kernels (numba's on-disk cache), a dask_em fit on it,
-    stop it, an hmmlearn fit."""
+    workers load the compiled kernels (numba's on-disk cache) and run one-iteration
+    warm-up fits, a dask_em fit on it, stop it, an hmmlearn fit."""
     from distributed import Client, LocalCluster
 
     X, lengths, init = make_data(args.n_sequences, args.length, args.n_states, args.n_features)
@@ -174,6 +175,11 @@ def serve(args) -> None:
             )  # fmt: skip
             up["client"] = Client(up["cluster"])
             up["client"].run(warm_up_kernels)
+            # a one-iteration fit of each kind on 1/20 of the sequences, untimed: what a
+            # fit does the first time in the workers (as gmm.py's warm-up fits)
+            part = len(lengths) // 20
+            for passes in PASSES:
+                fit_dask_em(X[: part * args.length], lengths[:part], init, 1, passes)
             return None
         if kind == "stop":
             up.pop("client").close()
