@@ -158,6 +158,17 @@ def paired_round(servers: dict[str, Served], blocks: list[Block], round_: int) -
     return out
 
 
+def merged_rounds(rounds: list[dict]) -> dict:
+    """The answers of :func:`paired_round` over several rounds as one ``{label: {key:
+    [answer of each round]}}``, keys in the first round's order."""
+    merged: dict = {}
+    for out in rounds:
+        for label, answers in out.items():
+            for key, values in answers.items():
+                merged.setdefault(label, {}).setdefault(key, []).extend(values)
+    return merged
+
+
 def environments_compared(seconds: dict[str, dict[str, list[float]]]) -> None:
     """Print each fit's seconds with the thread variables against as given (issue #11:
     within 1.1x): the ratio of the medians, and the median and range of the rounds'

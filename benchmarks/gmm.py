@@ -59,6 +59,7 @@ import numpy as np
 from environments import (
     THREAD_VARIABLES,
     environments_compared,
+    merged_rounds,
     paired_round,
     serve_commands,
     served_environments,
@@ -293,15 +294,13 @@ def median(values) -> float:
     return float(np.median(values))
 
 
-def merge_rounds(ready: dict, outs: list[dict]) -> dict:
-    """One environment's rounds as one dict: what its process reported once set up (BLAS,
-    environment, GEMM rate) and each measurement's list over the rounds (warm-up seconds
-    and GEMM rates too)."""
-    merged: dict = {key: value for key, value in ready.items() if key != "gemm_gflops"}
-    merged["gemm_gflops"] = [ready["gemm_gflops"]]
-    for out in outs:
-        for key, values in out.items():
-            merged.setdefault(key, []).extend(values)
+def with_ready(ready: dict, answers: dict) -> dict:
+    """One environment's results: what its process reported once set up (BLAS,
+    environment, GEMM rate) and each measurement's list over the rounds
+    (:func:`environments.merged_rounds`), the set-up GEMM rate first in its list."""
+    merged = {key: value for key, value in ready.items() if key != "gemm_gflops"}
+    merged.update(answers)
+    merged["gemm_gflops"] = [ready["gemm_gflops"], *answers["gemm_gflops"]]
     return merged
 
 
@@ -397,7 +396,8 @@ def main() -> None:
     with served_environments(__file__, sys.argv[1:]) as servers:
         rounds = [round_of_fits(servers, round_) for round_ in range(args.rounds)]
         ready = {label: server.ready for label, server in servers.items()}
-    results = {label: merge_rounds(ready[label], [out[label] for out in rounds]) for label in ready}
+    answers = merged_rounds(rounds)
+    results = {label: with_ready(ready[label], answers[label]) for label in ready}
     report(results, args)
 
 

@@ -43,6 +43,7 @@ import warnings
 import numpy as np
 from environments import (
     environments_compared,
+    merged_rounds,
     paired_round,
     run_child,
     serve_commands,
@@ -332,10 +333,7 @@ def main() -> None:
     implementations = ("scaling", "log") if args.with_log else ("scaling",)
     with served_environments(__file__, _forwarded(args)) as servers:
         rounds = [round_of_fits(servers, round_, implementations) for round_ in range(args.rounds)]
-    answers = {
-        label: {key: [a for out in rounds for a in out[label][key]] for key in rounds[0][label]}
-        for label in servers
-    }
+    answers = merged_rounds(rounds)
     seconds = {
         label: {key: [a["seconds"] for a in fits] for key, fits in out.items()}
         for label, out in answers.items()

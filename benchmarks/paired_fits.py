@@ -20,7 +20,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from environments import served_environments
+from environments import merged_rounds, paired_round, served_environments
 
 GMM = str(Path(__file__).with_name("gmm.py"))
 
@@ -43,10 +43,9 @@ def main() -> None:
         labels = list(servers)
         for label in labels:
             servers[label].ask({"fit": "start", "covariance": args.covariance_type})
-        fits: dict[str, list[dict]] = {label: [] for label in labels}
-        for i in range(args.pairs):
-            for label in labels if i % 2 == 0 else labels[::-1]:
-                fits[label].append(servers[label].ask(fit))
+        # each pair a round of one block, so its first environment alternates
+        pairs = [paired_round(servers, [("fit", [("fit", fit)])], i) for i in range(args.pairs)]
+        fits = {label: answers["fit"] for label, answers in merged_rounds(pairs).items()}
         for label in labels:
             servers[label].ask({"fit": "stop"})
     print(f"{args.covariance_type} {args.dtype} {args.passes}, {args.pairs} pairs")
