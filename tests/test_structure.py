@@ -29,6 +29,7 @@ DASK_ALLOWED = {
     "dask_em.engine.messages": "distributed's message batching kept short while a fit runs",
     "dask_em.engine.placement": "persisted data: each block's worker, its tasks kept there",
     "dask_em.engine.predict": "prediction graphs",
+    "dask_em.engine.row_order": "persisted blocks with their rows in a model's order",
     "dask_em.engine.scatter": "data held in this process scattered to the workers",
     "dask_em.engine.speculation": "the Dask config: whether accelerated runs speculate",
     "dask_em.engine.threads": "BLAS threads of a task: its worker and the workers per host",

@@ -14,12 +14,12 @@ runs in the client, which then runs the M-step (task stream: ``estep-``, ``reduc
 
 Data placement (``cache``): ``"memory"`` persists X (and the sample weights) in the
 cluster once (data held here is scattered, :mod:`.scatter`; blocks lost with a worker
-are sent again); ``"stream"`` keeps the graph that reads X (from Zarr, say), so every
-pass reads it again, each block's read fused into its E-step task (the per-block layer
-is blockwise over X, optimized as a dask array) so that a worker holds one block per
-thread; ``"auto"`` persists when X takes at most half of the cluster's memory.  A pass
-over persisted data runs one E-step task per worker thread over the blocks its worker
-holds (:mod:`.grouped`; where they are: :mod:`.placement`), or no graph at all with
+are sent again; rows in the model's ``row_order``, :mod:`.row_order`); ``"stream"``
+keeps the graph that reads X (from Zarr, say), so every pass reads it again, each
+block's read fused into its E-step task (the per-block layer is blockwise over X) so
+that a worker holds one block per thread; ``"auto"`` persists when X takes at most half
+of the cluster's memory.  A pass over persisted data runs one E-step task per worker
+thread over its worker's blocks (:mod:`.grouped`, :mod:`.placement`), or no graph with
 ``dask_em.direct-passes`` set (:mod:`.direct`).  Spans and events: :mod:`.monitoring`.
 """
 
@@ -43,7 +43,8 @@ from dask_em.engine.grouped import finish_grouped, grouped_pass_graph, pass_grou
 from dask_em.engine.monitoring import FitMonitor
 from dask_em.engine.placement import HoldersAhead, block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
-from dask_em.engine.scatter import MAX_RESENDS, lost_blocks
+from dask_em.engine.row_order import RowOrder, in_row_order, is_persisted
+from dask_em.engine.scatter import MAX_RESENDS, blocks_here, lost_blocks
 from dask_em.engine.stalls import blocks_of, key_name
 from dask_em.engine.tasks import estep_block_task
 from dask_em.engine.threads import host_threads, limit_threads
@@ -84,6 +85,7 @@ class EMEngine:
         ``distributed.Client`` is active (small in-memory data, where shipping it to the
         cluster and scheduling would cost more than the arithmetic).
     client : the ``distributed.Client`` to run on; None: the active one, if any.
+    row_order : for exchangeable rows, the order each block is read in (:mod:`.row_order`).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class EMEngine:
         split_every: int = 8,
         local: bool = False,
         client: Any = None,
+        row_order: RowOrder | None = None,
     ):
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
@@ -111,6 +114,7 @@ class EMEngine:
                 raise ValueError("lengths must have one block per block of X")
             sample_weight = lengths  # travels in the weights' place, block by block
         self.sequences = lengths is not None
+        self.row_order = None if self.sequences else row_order
         self.model = model
         self.fit_id = uuid.uuid4().hex[:8]
         self.split_every = split_every
@@ -130,7 +134,7 @@ class EMEngine:
         self._direct_wanted = self.persisted and self.client is not None and direct_passes_asked()
         self._direct: DirectPasses | None = None
         self._direct_failures = 0
-        self._local_blocks = self._materialize_blocks() if local else None
+        self._local_blocks = blocks_here(X, sample_weight, self.row_order) if local else None
         self.passes = 0  # passes over the data run so far (every stage)
         self.bytes_read = 0  # bytes of data (X and weights) those passes read
 
@@ -155,23 +159,16 @@ class EMEngine:
     def _persist(self, X, sample_weight):
         collections = (X,) if sample_weight is None else (X, sample_weight)
         if self.client is not None:  # data held here is scattered, the workers balanced
-            blocks = blocks_of(X, sample_weight)
-            persisted, scattered, self._homes = persist_on_workers(self.client, collections, blocks)
+            order = None if is_persisted(X) else self.row_order  # the user's: as it is
+            persisted, scattered, self._homes = persist_on_workers(
+                self.client, collections, blocks_of(X, sample_weight), order
+            )
             self._scattered_from = (X, sample_weight) if scattered else None
         else:
             persisted = dask.persist(*collections)
         where = "the cluster" if self.client is not None else "local memory"
         logger.info("persisted %.1f MB of data in %s", X.nbytes / 1e6, where)
         return persisted[0], (persisted[1] if sample_weight is not None else None)
-
-    def _materialize_blocks(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """In local mode: the blocks as NumPy arrays, computed once (views of X)."""
-        X_blocks = list(self.X.to_delayed().ravel())
-        if self.sample_weight is None:
-            return [(block, None) for block in dask.compute(*X_blocks, scheduler="sync")]
-        w_blocks = list(self.sample_weight.to_delayed().ravel())
-        computed = dask.compute(*X_blocks, *w_blocks, scheduler="sync")
-        return list(zip(computed[: len(X_blocks)], computed[len(X_blocks) :], strict=True))
 
     @property
     def n_blocks(self) -> int:
@@ -283,6 +280,7 @@ class EMEngine:
         """
         self.passes += 1
         self.bytes_read += self.pass_bytes
+        block_func = in_row_order(self.row_order, block_func, stage)
         if self._local_blocks is not None:
             parts = [
                 block_func(shared, X_block, w_block, *(per_block[i] if per_block else ()))

@@ -30,7 +30,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import dask
@@ -40,22 +40,26 @@ from dask.core import flatten
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from dask_em.engine.cluster import persist_watched
+from dask_em.engine.row_order import ordered_collections
 from dask_em.engine.scatter import scatter_in_memory
 from dask_em.engine.stalls import Blocks
 from dask_em.engine.workers import scheduler_workers
 
 
 def persist_on_workers(
-    client: Any, collections: Sequence[da.Array], blocks: Blocks
+    client: Any, collections: Sequence[da.Array], blocks: Blocks, row_order: Callable | None = None
 ) -> tuple[list[da.Array], bool, list[str | None]]:
     """``(persisted collections, scattered from this process?, each block's home)``:
     data held here scattered to the workers, data the workers compute persisted there,
-    balanced either way (``blocks``: the data, for a stall's message)."""
+    balanced either way (``blocks``: the data, for a stall's message); with
+    ``row_order``, each block's rows in that order (:mod:`.row_order`)."""
     from distributed import futures_of
 
-    persisted = scatter_in_memory(client, collections)
+    persisted = scatter_in_memory(client, collections, row_order)
     scattered = persisted is not None
     if not scattered:
+        if row_order is not None:
+            collections = ordered_collections(row_order, collections)
         pinned, placed = in_runs(client, collections)
         persisted = persist_watched(client, pinned, blocks, optimize_graph=not placed)
         if not placed or any(block_homes(client, array, placed) != placed for array in persisted):

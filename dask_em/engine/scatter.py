@@ -15,7 +15,7 @@ in the graph (Zarr stores, anything read by tasks) are returned unchanged.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -23,6 +23,7 @@ import dask.array as da
 import numpy as np
 from dask.core import flatten
 
+from dask_em.engine.row_order import ordered_blocks
 from dask_em.engine.workers import scheduler_workers
 
 #: Times a fit sends its in-memory data again after workers holding it were lost.
@@ -37,7 +38,9 @@ def in_graph_bytes(array: da.Array) -> int:
     )
 
 
-def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array] | None:
+def scatter_in_memory(
+    client: Any, arrays: Sequence[da.Array], row_order: Callable | None = None
+) -> list[da.Array] | None:
     """``arrays`` (X, and its weights or lengths: the same blocks along the rows) with
     their blocks held by the workers of ``client``, as persisted arrays, when all of
     their data is in their graphs; None otherwise.
@@ -48,7 +51,8 @@ def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array]
     the workers start balanced, and each holds a run of consecutive blocks, so the
     reduction tree's lower merges find their blocks on one worker (:mod:`.reduction`;
     a direct pass merges them there, :mod:`.direct`).  Each returned array has its
-    input's shape, chunks and dtype.
+    input's shape, chunks and dtype.  With ``row_order`` (X and weights only), each
+    block's rows go in that order (:func:`dask_em.engine.row_order.ordered_blocks`).
     """
     if any(in_graph_bytes(array) < array.nbytes for array in arrays):
         return None
@@ -58,8 +62,12 @@ def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array]
     token = uuid.uuid4().hex[:16]
     names = [f"scattered-{token}-{n}" for n in range(len(arrays))]
     placed: dict[str, dict] = {}
-    for array, name in zip(arrays, names, strict=True):
-        blocks = dask.compute(*array.to_delayed().ravel(), scheduler="sync")
+    computed = [dask.compute(*array.to_delayed().ravel(), scheduler="sync") for array in arrays]
+    if row_order is not None:
+        weights = computed[1] if len(computed) > 1 else [None] * len(computed[0])
+        pairs = [ordered_blocks(row_order, x, w) for x, w in zip(computed[0], weights, strict=True)]
+        computed = [[x for x, _ in pairs], *([[w for _, w in pairs]] if len(computed) > 1 else [])]
+    for array, name, blocks in zip(arrays, names, computed, strict=True):
         keys = [(name, *key[1:]) for key in flatten(array.__dask_keys__())]
         for i, (key, block) in enumerate(zip(keys, blocks, strict=True)):
             placed.setdefault(workers[i * len(workers) // len(keys)], {})[key] = block
@@ -76,6 +84,24 @@ def scatter_in_memory(client: Any, arrays: Sequence[da.Array]) -> list[da.Array]
         )
         for array, name in zip(arrays, names, strict=True)
     ]
+
+
+def blocks_here(
+    X: da.Array, w: da.Array | None, row_order: Callable | None = None
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Each block of X and of its weights w (None: no weights) as NumPy arrays, computed
+    in this process once (for a local fit: views of an in-memory X), with ``row_order``
+    each block's rows in that order (copies of the blocks it moves)."""
+    X_blocks = list(X.to_delayed().ravel())
+    if w is None:
+        pairs = [(block, None) for block in dask.compute(*X_blocks, scheduler="sync")]
+    else:
+        w_blocks = list(w.to_delayed().ravel())
+        computed = dask.compute(*X_blocks, *w_blocks, scheduler="sync")
+        pairs = list(zip(computed[: len(X_blocks)], computed[len(X_blocks) :], strict=True))
+    if row_order is None:
+        return pairs
+    return [ordered_blocks(row_order, x, block_w) for x, block_w in pairs]
 
 
 def lost_blocks(*arrays: da.Array | None) -> int:

@@ -8,6 +8,7 @@ import numpy as np
 
 from dask_em.checks import FINITE, FiniteOrMissingCheck, ValueCheck
 from dask_em.data import like_input
+from dask_em.engine.row_order import RowOrder
 from dask_em.estimators import gaussian
 from dask_em.estimators.held import parse_names
 from dask_em.estimators.params import Constraint, at_least, check_shape, one_of
@@ -17,6 +18,7 @@ from dask_em.families.gaussian import (
     cholesky_from_precisions,
     precisions_from_cholesky,
 )
+from dask_em.families.gaussian_row_order import nan_pattern_order
 from dask_em.initialization import DEFAULT_SAMPLE_SIZE
 from dask_em.mixture._base import BaseMixture
 
@@ -172,6 +174,14 @@ class GaussianMixture(BaseMixture):
 
     def _family(self) -> GaussianFamily:
         return gaussian.family(self, self.weight_concentration)
+
+    def _row_order(self) -> RowOrder | None:
+        """How the engine orders each block's rows (:mod:`dask_em.engine.row_order`): the
+        missing-value kernels of full and tied covariances read complete rows first and
+        the others by NaN pattern fastest."""
+        if self.missing == "marginalize" and self.covariance_type in ("full", "tied"):
+            return nan_pattern_order
+        return None
 
     def _value_check(self, fitting: bool = False) -> ValueCheck:
         if self.missing == "marginalize":
