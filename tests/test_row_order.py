@@ -151,3 +151,18 @@ def test_an_infinite_value_beside_rows_with_nan_is_reported_where_the_user_has_i
     X[2345, 1] = np.inf
     with pytest.raises(ValueError, match="2345"):
         GaussianMixture(2, cache="memory").fit(da.from_array(X, chunks=(1000, 3)))
+
+
+def test_a_fit_of_data_smaller_than_the_sample_is_the_same_however_it_is_chunked(client):
+    # the sample is every row; each block's rows come in its own pattern order, so the
+    # scan puts the sample in value order before k-means draws from it
+    X = holes(2000, 3, 0.2, seed=10)
+    fits = [
+        GaussianMixture(3, random_state=0, max_iter=30, tol=0, cache="memory").fit(
+            da.from_array(X, chunks=(rows, 3))
+        )
+        for rows in (2000, 500, 300)
+    ]
+    for fit in fits[1:]:
+        np.testing.assert_allclose(fit.means_, fits[0].means_, rtol=1e-8)
+        np.testing.assert_allclose(fit.lower_bound_, fits[0].lower_bound_, rtol=1e-11)

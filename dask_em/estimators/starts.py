@@ -72,6 +72,8 @@ def finish_scan(estimator: Any, scan: dict, check) -> dict:
         warnings.warn(
             estimator._all_missing_message(scan["n_all_missing"]), UserWarning, stacklevel=6
         )
+    if scan["n_nan"] and getattr(estimator, "_row_order", lambda: None)() is not None:
+        _sample_in_value_order(scan)
     sample = scan["sample"]
     scan["fill"] = None
     # initialization and re-seeding need complete rows, and the init pass a fill for NaN
@@ -81,6 +83,18 @@ def finish_scan(estimator: Any, scan: dict, check) -> dict:
         scan["sample"] = np.where(np.isnan(sample), fill, sample)
         scan["fill"] = fill
     return scan
+
+
+def _sample_in_value_order(scan: dict) -> None:
+    """The sample's rows (and weights) sorted by their values, first feature first, NaN
+    last, then by weight.  Where blocks are read in a model's row order
+    (:mod:`dask_em.engine.row_order`), the order a block's rows come in depends on how
+    the rows are cut into blocks; sorted, a sample of every row (data smaller than
+    ``init_sample_size``) is the same however the data is chunked, and so is the start
+    that k-means draws from it."""
+    sample, weights = scan["sample"], np.asarray(scan["sample_weight"], dtype=np.float64)
+    order = np.lexsort((weights, *sample.T[::-1]))
+    scan["sample"], scan["sample_weight"] = sample[order], weights[order]
 
 
 @dataclass
