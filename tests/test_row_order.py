@@ -81,11 +81,15 @@ def test_only_stages_that_read_rows_by_position_get_the_order():
     np.testing.assert_array_equal(ordered(None, X, None), X[nan_pattern_order(X)[0]])
 
 
-def test_data_the_engine_persists_is_held_in_pattern_order_and_the_users_is_left_alone(client):
+def test_data_the_engine_persists_is_held_in_pattern_order_and_the_users_is_left_alone(
+    client, tmp_path
+):
     X = holes(6000, 4, 0.2, seed=5)
     w = np.random.default_rng(6).uniform(0.5, 2.0, len(X))
     lazy_X, lazy_w = da.from_array(X, chunks=(1500, 4)), da.from_array(w, chunks=1500)
-    for source in (lazy_X, lazy_X.map_blocks(np.copy)):  # scattered from here; computed
+    lazy_X.to_zarr(str(tmp_path / "x.zarr"))
+    # scattered from this process; computed by the workers (read from a store)
+    for source in (lazy_X, da.from_zarr(str(tmp_path / "x.zarr"))):
         engine = EMEngine(
             source, lazy_w, model="order", cache="memory", row_order=nan_pattern_order
         )
@@ -166,3 +170,25 @@ def test_a_fit_of_data_smaller_than_the_sample_is_the_same_however_it_is_chunked
     for fit in fits[1:]:
         np.testing.assert_allclose(fit.means_, fits[0].means_, rtol=1e-8)
         np.testing.assert_allclose(fit.lower_bound_, fits[0].lower_bound_, rtol=1e-11)
+
+
+def test_two_fits_over_the_same_weights_and_other_rows_each_hold_their_own_order(client, tmp_path):
+    # the ordered layers are named after both inputs and the order: a layer named after
+    # the weights alone would hand the second fit the first one's ordered weights
+    w = np.random.default_rng(11).uniform(0.5, 2.0, 4000)
+    held = []
+    for seed in (12, 13):
+        X = holes(4000, 3, 0.2, seed=seed)
+        path = str(tmp_path / f"x{seed}.zarr")
+        da.from_array(X, chunks=(1000, 3)).to_zarr(path)
+        engine = EMEngine(
+            da.from_zarr(path), da.from_array(w, chunks=1000), model="order", cache="memory",
+            row_order=nan_pattern_order,
+        )  # fmt: skip
+        held.append((X, engine))
+    for X, engine in held:
+        held_w = engine.sample_weight.compute()
+        for b in range(4):
+            block = slice(1000 * b, 1000 * (b + 1))
+            np.testing.assert_array_equal(held_w[block], w[block][nan_pattern_order(X[block])])
+        engine.release()

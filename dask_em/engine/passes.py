@@ -43,7 +43,7 @@ from dask_em.engine.grouped import finish_grouped, grouped_pass_graph, pass_grou
 from dask_em.engine.monitoring import FitMonitor
 from dask_em.engine.placement import HoldersAhead, block_pins, persist_on_workers, pinned_graph
 from dask_em.engine.reduction import add_lower_levels, merge_in_tree
-from dask_em.engine.row_order import RowOrder, in_row_order, is_persisted
+from dask_em.engine.row_order import RowOrder, in_row_order, is_persisted, ordered_collections
 from dask_em.engine.scatter import MAX_RESENDS, blocks_here, lost_blocks
 from dask_em.engine.stalls import blocks_of, key_name
 from dask_em.engine.tasks import estep_block_task
@@ -158,14 +158,16 @@ class EMEngine:
 
     def _persist(self, X, sample_weight):
         collections = (X,) if sample_weight is None else (X, sample_weight)
+        order = None if is_persisted(X) else self.row_order  # the user's: as it is
         if self.client is not None:  # data held here is scattered, the workers balanced
-            order = None if is_persisted(X) else self.row_order  # the user's: as it is
             persisted, scattered, self._homes = persist_on_workers(
                 self.client, collections, blocks_of(X, sample_weight), order
             )
             self._scattered_from = (X, sample_weight) if scattered else None
         else:
-            persisted = dask.persist(*collections)
+            persisted = dask.persist(
+                *(ordered_collections(order, collections) if order else collections)
+            )
         where = "the cluster" if self.client is not None else "local memory"
         logger.info("persisted %.1f MB of data in %s", X.nbytes / 1e6, where)
         return persisted[0], (persisted[1] if sample_weight is not None else None)

@@ -26,6 +26,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 #: Stages (``map_reduce``'s ``stage``) whose block functions read rows by position.
 ORDER_SENSITIVE_STAGES = frozenset({"scan", "init"})
@@ -57,35 +58,45 @@ def ordered_blocks(
     return X[order], (None if w is None else w[order])
 
 
-def _ordered_x(row_order: RowOrder, X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-    return ordered_blocks(row_order, X, w)[0]
+def _order_of(row_order: RowOrder, X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """The permutation of a block's rows, the identity where ``row_order`` keeps them."""
+    order = row_order(X, w)
+    return np.arange(len(X)) if order is None else np.asarray(order, dtype=np.int64)
 
 
-def _ordered_w(row_order: RowOrder, X: np.ndarray, w: np.ndarray) -> np.ndarray:
-    return ordered_blocks(row_order, X, w)[1]
+def _taken(block: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``block`` (rows first) in ``order``: itself for the identity, else a copy."""
+    return block if np.array_equal(order, np.arange(len(order))) else block[order]
 
 
 def ordered_collections(row_order: RowOrder, collections: Sequence[da.Array]) -> list[da.Array]:
     """``collections`` ``(X,)`` or ``(X, weights)`` (dask arrays, X in one column chunk)
-    with every block's rows in ``row_order``: lazy, one task a block of each (the order
-    is found again for the weights' block from X's; both read the same block of X)."""
-    X = collections[0]
-    if len(collections) == 1:
-        ordered = da.blockwise(
-            functools.partial(_ordered_x, row_order), "ij", X, "ij", dtype=X.dtype,
-            meta=X._meta, name=f"in-row-order-{X.name}",
-        )  # fmt: skip
-        return [ordered]
-    w = collections[1]
-    x_ordered = da.blockwise(
-        functools.partial(_ordered_x, row_order), "ij", X, "ij", w, "i", dtype=X.dtype,
-        meta=X._meta, name=f"in-row-order-{X.name}",
+    with every block's rows in ``row_order``: lazy, a task a block finds the order (from X
+    and the weights) and one a block of each array takes it.  The layers are named by
+    the inputs' names and the order function, so two fits over the same weights and
+    different X (or another order) never share a key."""
+    X, w = collections[0], (collections[1] if len(collections) > 1 else None)
+    token = tokenize(X.name, None if w is None else w.name, row_order)
+    order_args = (X, "ij") if w is None else (X, "ij", w, "i")
+    orders = da.blockwise(
+        functools.partial(_order_of, row_order), "i", *order_args, dtype=np.int64,
+        concatenate=True, name=f"row-order-{token}",
     )  # fmt: skip
-    w_ordered = da.blockwise(
-        functools.partial(_ordered_w, row_order), "i", X, "ij", w, "i", dtype=w.dtype,
-        meta=w._meta, concatenate=True, name=f"in-row-order-{w.name}",
-    )  # fmt: skip
-    return [x_ordered, w_ordered]
+    indices = ("ij", "i")[: len(collections)]
+    return [
+        da.blockwise(
+            _taken,
+            index,
+            array,
+            index,
+            orders,
+            "i",
+            dtype=array.dtype,
+            meta=array._meta,
+            name=f"in-row-order-{array.name}-{token}",  # its input's name kept in sight
+        )
+        for array, index in zip(collections, indices, strict=True)
+    ]
 
 
 def is_persisted(array: da.Array) -> bool:

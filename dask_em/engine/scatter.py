@@ -61,19 +61,25 @@ def scatter_in_memory(
         return None
     token = uuid.uuid4().hex[:16]
     names = [f"scattered-{token}-{n}" for n in range(len(arrays))]
-    placed: dict[str, dict] = {}
     computed = [dask.compute(*array.to_delayed().ravel(), scheduler="sync") for array in arrays]
-    if row_order is not None:
-        weights = computed[1] if len(computed) > 1 else [None] * len(computed[0])
-        pairs = [ordered_blocks(row_order, x, w) for x, w in zip(computed[0], weights, strict=True)]
-        computed = [[x for x, _ in pairs], *([[w for _, w in pairs]] if len(computed) > 1 else [])]
-    for array, name, blocks in zip(arrays, names, computed, strict=True):
-        keys = [(name, *key[1:]) for key in flatten(array.__dask_keys__())]
-        for i, (key, block) in enumerate(zip(keys, blocks, strict=True)):
-            placed.setdefault(workers[i * len(workers) // len(keys)], {})[key] = block
+    keys = [
+        [(name, *key[1:]) for key in flatten(array.__dask_keys__())]
+        for array, name in zip(arrays, names, strict=True)
+    ]
+    n_blocks = len(keys[0])
     futures = {}
-    for worker, data in placed.items():
-        futures.update(client.scatter(data, workers=[worker], hash=False))
+    for worker in workers:  # one worker's blocks at a time: the ordered copies of those only
+        data = {}
+        for i in range(n_blocks):
+            if workers[i * len(workers) // n_blocks] != worker:
+                continue
+            parts = [blocks[i] for blocks in computed]
+            if row_order is not None:
+                x, w = ordered_blocks(row_order, parts[0], parts[1] if len(parts) > 1 else None)
+                parts = [x, w][: len(parts)]
+            data.update({key[i]: part for key, part in zip(keys, parts, strict=True)})
+        if data:
+            futures.update(client.scatter(data, workers=[worker], hash=False))
     return [
         da.Array(
             {key: future for key, future in futures.items() if key[0] == name},

@@ -16,8 +16,9 @@ A fit that holds its data in memory itself (``cache="memory"`` over a store or a
 array) keeps each block in this order (:mod:`dask_em.engine.row_order`); the passes
 whose results depend on row positions (the scan's sample, random initial
 responsibilities) read every block in it, so a fit gives the same result whichever
-way its data is held.  The order is a function of the block's NaN layout alone, and a
-block already in it keeps it (the sorts are stable).
+way its data is held.  The order is a function of the block's values and weights (its
+NaN layout, and whether it holds a value the scan reports by position), and a block
+already in it keeps it (the sorts are stable).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def nan_pattern_order(X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray 
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] > MAX_FEATURES or not np.issubdtype(X.dtype, np.floating):
         return None
-    if np.isfinite(X.sum()):  # no NaN, no inf (either makes the sum NaN or inf): 3 ms
+    with np.errstate(over="ignore", invalid="ignore"):  # huge finite values: inf, not NaN
+        total = X.sum()
+    if np.isfinite(total):  # no NaN, no inf (either makes the sum NaN or inf): 3 ms
         return None  # a 524,288 x 16 float64 block, where isnan().any() took 13-16 ms
     incomplete = np.isnan(X).any(axis=1)
     if not incomplete.any() or np.isinf(X).any():
