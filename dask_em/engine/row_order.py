@@ -53,9 +53,13 @@ def ordered_blocks(
     """A block X (n, D) and its weights w (n,) or None in ``row_order`` (copies), or as
     given where the order keeps them (None, or the identity)."""
     order = row_order(X, w)
-    if order is None or np.array_equal(order, np.arange(len(order))):
+    if order is None or _is_identity(order):
         return X, w
     return X[order], (None if w is None else w[order])
+
+
+def _is_identity(order: np.ndarray) -> bool:
+    return np.array_equal(order, np.arange(len(order)))
 
 
 def _order_of(row_order: RowOrder, X: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -66,7 +70,7 @@ def _order_of(row_order: RowOrder, X: np.ndarray, w: np.ndarray | None = None) -
 
 def _taken(block: np.ndarray, order: np.ndarray) -> np.ndarray:
     """``block`` (rows first) in ``order``: itself for the identity, else a copy."""
-    return block if np.array_equal(order, np.arange(len(order))) else block[order]
+    return block if _is_identity(order) else block[order]
 
 
 def ordered_collections(row_order: RowOrder, collections: Sequence[da.Array]) -> list[da.Array]:

@@ -67,19 +67,19 @@ def scatter_in_memory(
         for array, name in zip(arrays, names, strict=True)
     ]
     n_blocks = len(keys[0])
+    by_worker: dict[str, list[int]] = {}
+    for i in range(n_blocks):
+        by_worker.setdefault(workers[i * len(workers) // n_blocks], []).append(i)
     futures = {}
-    for worker in workers:  # one worker's blocks at a time: the ordered copies of those only
+    for worker, indices in by_worker.items():  # one worker's ordered copies at a time
         data = {}
-        for i in range(n_blocks):
-            if workers[i * len(workers) // n_blocks] != worker:
-                continue
+        for i in indices:
             parts = [blocks[i] for blocks in computed]
             if row_order is not None:
                 x, w = ordered_blocks(row_order, parts[0], parts[1] if len(parts) > 1 else None)
                 parts = [x, w][: len(parts)]
             data.update({key[i]: part for key, part in zip(keys, parts, strict=True)})
-        if data:
-            futures.update(client.scatter(data, workers=[worker], hash=False))
+        futures.update(client.scatter(data, workers=[worker], hash=False))
     return [
         da.Array(
             {key: future for key, future in futures.items() if key[0] == name},

@@ -49,6 +49,12 @@ class Estimator:
         A block it refuses skips its E-step in a pass that is also the scan."""
         return None
 
+    def _row_order(self) -> Callable | None:
+        """How the engine orders each block's rows (:mod:`dask_em.engine.row_order`),
+        for models whose rows are exchangeable and whose kernels read some order
+        faster; None keeps every block as it comes."""
+        return None
+
     #: ``{parameter: constraint}``, merged along the bases (see :mod:`.params`).
     _parameter_constraints: ClassVar[dict[str, params.Constraint]] = {
         "client": params.client,

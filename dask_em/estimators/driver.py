@@ -228,7 +228,7 @@ def open_engine(estimator: Any, data: FitData) -> tuple[EMEngine, str]:
         cache=estimator.cache,
         local=data.local,
         client=estimator.client,
-        row_order=getattr(estimator, "_row_order", lambda: None)(),
+        row_order=estimator._row_order(),
     )
     if not data.local:  # storage secrets reach the workers out of band, never in a graph
         credentials.deliver_to(engine.client)

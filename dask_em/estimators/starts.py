@@ -72,7 +72,7 @@ def finish_scan(estimator: Any, scan: dict, check) -> dict:
         warnings.warn(
             estimator._all_missing_message(scan["n_all_missing"]), UserWarning, stacklevel=6
         )
-    if scan["n_nan"] and getattr(estimator, "_row_order", lambda: None)() is not None:
+    if scan["n_nan"] and estimator._row_order() is not None:
         _sample_in_value_order(scan)
     sample = scan["sample"]
     scan["fill"] = None
