@@ -237,9 +237,7 @@ class EMRun:
             point.evaluations,
         )
         self._passes_before = driver.passes
-        # a family computing in float32 declares a looser tolerance (monotone_tolerance)
-        tolerance = getattr(family, "monotone_tolerance", MONOTONE_TOLERANCE)
-        check_monotone(record, result.history, self.log, tolerance)
+        check_monotone(record, result.history, self.log, self.driver.monotone_tolerance)
         result.history.append(record)
         result.params, result.n_iter = driver.params, record.iteration
         result.lower_bound = record.objective

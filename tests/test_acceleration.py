@@ -539,3 +539,27 @@ def test_on_the_cluster_squarem_through_map_reduce_equals_the_local_run_and_plai
     assert runs["cluster"].passes <= 1.2 * plain.n_iter
     assert_params_close(runs["cluster"].params, plain.params, rtol=1e-4)
     assert runs["cluster"].lower_bound >= plain.lower_bound - 1e-12
+
+
+@pytest.mark.parametrize("accelerate", [None, "squarem", "daarem", "newton"])
+def test_every_driver_checks_monotony_at_its_familys_tolerance(accelerate):
+    """make_driver hands each driver the family's monotone tolerance (float32: 1e-5)."""
+    from dask_em.acceleration import make_driver
+
+    params = separated_gmm()[2]
+    for dtype, tolerance in (("float64", 1e-10), ("float32", 1e-5)):
+        family = GaussianFamily("full", dtype=dtype)
+        driver = make_driver(accelerate, family, params, tol=0.0)
+        assert driver.monotone_tolerance == tolerance
+
+
+@pytest.mark.allow_objective_decrease
+def test_a_driver_reports_a_fall_beyond_its_tolerance_only(caplog):
+    params = separated_gmm()[2]
+    driver = PlainEM(params, tol=0.0, monotone_tolerance=1e-5)
+    with caplog.at_level("WARNING"):
+        driver.tell(-2.0, params, {})
+        driver.tell(-2.0 - 1e-6, params, {})  # within 1e-5 of 2: not reported
+        assert not caplog.records
+        driver.tell(-2.1, params, {})  # 5% lower: reported
+    assert [r.getMessage()[:30] for r in caplog.records] == ["objective decreased after 3 pa"]

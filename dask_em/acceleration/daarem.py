@@ -53,7 +53,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from dask_em.acceleration.coordinates import InfeasiblePoint
-from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM, Repair
+from dask_em.acceleration.driver import (
+    MONOTONE_TOLERANCE,
+    AcceptedPoint,
+    EMState,
+    PlainEM,
+    Repair,
+)
 from dask_em.acceleration.parameter_maps import ParameterMap
 from dask_em.families.base import Params, Stats
 
@@ -144,6 +150,7 @@ class Daarem(PlainEM):
         alpha: float = 1.2,
         kappa: float = 25.0,
         resume: EMState | None = None,
+        monotone_tolerance: float = MONOTONE_TOLERANCE,
     ) -> None:
         if order < 1 or alpha <= 1.0:
             raise ValueError("order must be at least 1 and alpha above 1")
@@ -154,7 +161,9 @@ class Daarem(PlainEM):
         self.kappa = kappa
         self._accepted_proposals = 0
         self._step = 1.0
-        super().__init__(params, tol=tol, repair=repair, resume=resume)
+        super().__init__(
+            params, tol=tol, repair=repair, resume=resume, monotone_tolerance=monotone_tolerance
+        )
 
     def _restore_step(self, last: AcceptedPoint) -> None:
         count = 0

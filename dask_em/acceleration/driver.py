@@ -64,6 +64,14 @@ logger = logging.getLogger(__name__)
 #: An EM step whose objective falls by more than this (relative) is reported.
 MONOTONE_TOLERANCE = 1e-10
 
+
+def monotone_tolerance_of(family: Any) -> float:
+    """The relative fall of the objective a fit of ``family`` tolerates before it reports
+    one: the family's ``monotone_tolerance`` where it declares one (a Gaussian family
+    computing in float32: 1e-5), else :data:`MONOTONE_TOLERANCE`."""
+    return float(getattr(family, "monotone_tolerance", MONOTONE_TOLERANCE))
+
+
 #: What evaluating a companion point may raise (a trial point far out, whose M-step
 #: finds a component without weight): a loop reports such a point as ``(-inf, None,
 #: ...)`` and the driver passes over it.
@@ -138,6 +146,8 @@ class PlainEM:
     tol : stop when a plain EM step changes the mean objective by less than this.
     repair : the loop's re-seeding hook, ``repair(image, stats) -> (image, changed)``.
     resume : continue from a saved :class:`EMState` (``params`` is then ignored).
+    monotone_tolerance : the relative fall of the objective between accepted points
+        that is logged as a decrease (:func:`monotone_tolerance_of` the family).
     """
 
     def __init__(
@@ -147,8 +157,10 @@ class PlainEM:
         tol: float,
         repair: Repair | None = None,
         resume: EMState | None = None,
+        monotone_tolerance: float = MONOTONE_TOLERANCE,
     ) -> None:
         self.tol = tol
+        self.monotone_tolerance = monotone_tolerance
         self.repair = repair
         self.history: list[AcceptedPoint] = []
         self.converged = False
@@ -342,7 +354,7 @@ class PlainEM:
         if not self.history or self.history[-1].reseeded:
             return
         before = self.history[-1].objective
-        if point.objective < before - MONOTONE_TOLERANCE * max(1.0, abs(before)):
+        if point.objective < before - self.monotone_tolerance * max(1.0, abs(before)):
             logger.warning(
                 "objective decreased after %d passes: %.12g -> %.12g",
                 point.passes,

@@ -74,7 +74,13 @@ from typing import Any
 import numpy as np
 
 from dask_em.acceleration.coordinates import InfeasiblePoint
-from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM, Repair
+from dask_em.acceleration.driver import (
+    MONOTONE_TOLERANCE,
+    AcceptedPoint,
+    EMState,
+    PlainEM,
+    Repair,
+)
 from dask_em.acceleration.parameter_maps import ParameterMap
 from dask_em.families.base import Params, Stats
 
@@ -165,6 +171,7 @@ class EMNewton(PlainEM):
         relative_step: float = 1e-6,
         max_coordinates: int = MAX_COORDINATES,
         resume: EMState | None = None,
+        monotone_tolerance: float = MONOTONE_TOLERANCE,
     ) -> None:
         if not all(0.0 <= lam < 1.0 for lam in damping) or relative_step <= 0.0:
             raise ValueError("damping must lie in [0, 1) and relative_step be positive")
@@ -178,7 +185,9 @@ class EMNewton(PlainEM):
         self._jacobian: np.ndarray | None = None  # (n, n), at the last accepted point
         self._centre_damping = NO_CENTRE  # lam of the candidate taken last
         self._plan = _Plan((), None, None)
-        super().__init__(params, tol=tol, repair=repair, resume=resume)
+        super().__init__(
+            params, tol=tol, repair=repair, resume=resume, monotone_tolerance=monotone_tolerance
+        )
         if not self.history:  # the start: its pass measures the first Jacobian
             self._plan = _Plan((), None, measured)
 

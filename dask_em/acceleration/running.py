@@ -21,6 +21,7 @@ from dask_em.acceleration.driver import (
     EMState,
     PlainEM,
     Repair,
+    monotone_tolerance_of,
 )
 from dask_em.acceleration.newton import EMNewton
 from dask_em.acceleration.parameter_maps import parameter_map
@@ -48,17 +49,16 @@ def make_driver(
     HMM's sampling E-step; :func:`check_accelerate` says so before any pass), or, for
     ``"newton"``, a model with more coordinates than it measures in a pass.
     """
+    # a float32 fit's objective moves by its rounding: the family's own tolerance
+    monotone = monotone_tolerance_of(family)
     if accelerate is None:
-        return PlainEM(params, tol=tol, repair=repair, resume=resume)
-    if accelerate == "squarem":
-        mapping = functools.partial(parameter_map, family)
-        return Squarem(params, mapping, tol=tol, repair=repair, resume=resume)
-    if accelerate == "daarem":
-        mapping = functools.partial(parameter_map, family)
-        return Daarem(params, mapping, tol=tol, repair=repair, resume=resume)
-    if accelerate == "newton":
-        mapping = functools.partial(parameter_map, family)
-        return EMNewton(params, mapping, tol=tol, repair=repair, resume=resume)
+        return PlainEM(params, tol=tol, repair=repair, resume=resume, monotone_tolerance=monotone)
+    drivers = {"squarem": Squarem, "daarem": Daarem, "newton": EMNewton}
+    if accelerate in drivers:
+        return drivers[accelerate](
+            params, functools.partial(parameter_map, family), tol=tol, repair=repair,
+            resume=resume, monotone_tolerance=monotone,
+        )  # fmt: skip
     raise ValueError(f"accelerate must be one of {ACCELERATE_METHODS}, got {accelerate!r}")
 
 

@@ -46,7 +46,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_em.acceleration.coordinates import InfeasiblePoint
-from dask_em.acceleration.driver import AcceptedPoint, EMState, PlainEM, Repair
+from dask_em.acceleration.driver import (
+    MONOTONE_TOLERANCE,
+    AcceptedPoint,
+    EMState,
+    PlainEM,
+    Repair,
+)
 from dask_em.acceleration.parameter_maps import ParameterMap
 from dask_em.families.base import Params, Stats
 
@@ -95,6 +101,7 @@ class Squarem(PlainEM):
         mstep: float = 4.0,
         max_backtracks: int = 0,
         resume: EMState | None = None,
+        monotone_tolerance: float = MONOTONE_TOLERANCE,
     ) -> None:
         if step_max0 < 1.0 or mstep < 1.0:
             raise ValueError("step_max0 and mstep must be at least 1")
@@ -107,7 +114,9 @@ class Squarem(PlainEM):
         self._cycle: _Cycle | None = None
         self._step = 1.0
         self._backtracks_left = max_backtracks
-        super().__init__(params, tol=tol, repair=repair, resume=resume)
+        super().__init__(
+            params, tol=tol, repair=repair, resume=resume, monotone_tolerance=monotone_tolerance
+        )
 
     @property
     def step_max(self) -> float:
