@@ -173,6 +173,35 @@ def test_pair_moments_match_the_dense_products(dtype, n_components, n_features):
         np.testing.assert_allclose(out, expected, rtol=rtol, atol=atol)
 
 
+@pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("pairs_per_pass", [4, 2])
+def test_both_pair_moment_passes_match_the_dense_products(dtype, pairs_per_pass):
+    # pair_moments takes one of them by the host (PAIRS_PER_PASS): both are checked on
+    # every host, over pair counts that are and are not multiples of the pass
+    from dask_em.families import gaussian_slice_loops
+
+    four_components = {
+        4: gaussian_slice_loops._four_components,
+        2: gaussian_slice_loops._four_components_two_pairs,
+    }[pairs_per_pass]
+    rng = np.random.default_rng(pairs_per_pass)
+    for n_features in (1, 2, 5, 16):
+        xt = np.ones((n_features + 1, 40), dtype=dtype)
+        xt[:n_features] = rng.normal(size=(n_features, 40))
+        r = rng.random((6, 40)).astype(dtype)
+        first, second = (i.astype(np.int64) for i in np.triu_indices(n_features + 1))
+        out = np.full((6, len(first)), np.nan, dtype=dtype)
+        four_components(r, np.int64(1), xt, 33, first, second, out, dtype(0))  # k = 1..4
+        wide = xt[:, :33].astype(np.float64)
+        expected = np.einsum("ki,di,ei->kde", r[1:5, :33].astype(np.float64), wide, wide)
+        rtol = 1e-13 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(
+            out[1:5], expected[:, first, second], rtol=rtol, atol=rtol * np.abs(expected).max()
+        )
+        assert np.isnan(out[[0, 5]]).all()  # the other components untouched
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_gaussian_compiled_many_missing_values_match_reference(covariance_type):
     # 60 % missing: rows with every q from 0 to D, the q x q solves of every size

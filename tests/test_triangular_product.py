@@ -11,6 +11,7 @@ from dask_em.families.gaussian_triangular import (
     GROUP_FEATURES,
     factor_groups,
     grouped_product,
+    loop_product,
     packed_factors,
     product_rows,
 )
@@ -50,6 +51,24 @@ def test_grouped_product_is_the_dense_product(shape, n_features, n_factors, dtyp
         np.testing.assert_allclose(yt[rows[k]], expected, rtol=tolerance, atol=tolerance)
     # every row of the product is written, each once
     assert sorted(set(rows.ravel())) == list(range(n_factors * n_features))
+
+
+@pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_loop_product_is_the_blas_product(dtype):
+    # grouped_product takes BLAS or these loops by the host (WIDE_VECTORS): the loops
+    # are checked on every host, for heights and widths that are and are not multiples
+    # of four, reading features from an offset, into an output of its own width
+    rng = np.random.default_rng(7)
+    for height in (1, 3, 4, 7, 16, 33):
+        for width in (1, 3, 4, 6, 16):
+            matrix = rng.normal(size=(height, width)).astype(dtype)
+            xt = rng.normal(size=(width + 3, 41)).astype(dtype)
+            out = np.full((height, 41), np.nan, dtype=dtype)
+            loop_product(matrix, xt, 2, out)
+            expected = matrix.astype(np.float64) @ xt[2 : 2 + width].astype(np.float64)
+            tolerance = 1e-13 if dtype == np.float64 else 1e-5
+            np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance * width)
 
 
 def test_factor_groups_read_only_the_features_a_triangle_reaches():

@@ -12,7 +12,8 @@ D=16, one thread) that took the diag log-densities from 4.4 to 3.9 ms (float32: 
 2.0) and the diag moments from 3.8 to 3.1 ms (float32: 2.3 to 1.8).  The sums are the
 same terms in another order (the kernels are compiled with reassociation allowed).
 The moment sums of the full and tied kernels (:func:`pair_moments`) take four
-components and four pairs of features per pass, for the same reason.  How many rows a
+components and four pairs of features per pass (two pairs on hosts without AVX-512,
+:data:`PAIRS_PER_PASS`), for the same reason.  How many rows a
 slice holds is :func:`slice_rows`' choice.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dask_em.families.jit import jit_reassociated
+from dask_em.families.jit import WIDE_VECTORS, jit_reassociated
 
 #: Rows per slice: a slice's buffers are feature-major ((D, rows), (K, rows), and for
 #: full (K*D, rows)), so every compiled loop runs over ``rows`` contiguous values
@@ -192,8 +193,12 @@ def diag_moments(resp, xct, m, sums, second, zero):
 #: pairs: sixteen running sums, held in vector registers across the slice's rows).
 COMPONENTS_PER_PASS = 4
 
-#: (feature, feature) pairs one pass of :func:`pair_moments` takes.
-PAIRS_PER_PASS = 4
+#: (feature, feature) pairs one pass of :func:`pair_moments` takes: four with AVX-512's
+#: 32 vector registers, two on hosts with 16 (AVX2), where sixteen running sums and
+#: their operands spilled to memory: one thread, AMD EPYC Zen 3, a 512-row float32 slice
+#: (K=4, D=16) 13.3 us with four pairs, 10.6 us with two; a 256-row float64 one (K=8)
+#: 31.5 and 22.8 us (:data:`~dask_em.families.jit.WIDE_VECTORS`).
+PAIRS_PER_PASS = 4 if WIDE_VECTORS else 2
 
 
 @jit_reassociated
@@ -207,16 +212,19 @@ def pair_moments(r, xt, m, first, second, out, zero):
     once: half the products of the dense ``(r xc)^T [xc, 1]``) and, in the pairs with
     the row of ones, its first moments.  r (K, >= m) and out (K, P) in xt's dtype, the
     compute dtype; first, second (P,) int64; zero: 0 in that dtype.  Four components
-    and four pairs a pass over the rows (sixteen sums; the pair products
-    ``xt[first] xt[second]`` formed once for four components); components past a
-    multiple of four one at a time.  On a 256-row slice (K=8, D=16, one thread) this
-    took 8.7 us in float32 and 15.9 us in float64 where ``r xc`` and the BLAS product
-    took 13.5 and 26.8 us.
+    and :data:`PAIRS_PER_PASS` pairs a pass over the rows (sixteen or eight sums; the
+    pair products ``xt[first] xt[second]`` formed once for four components); components
+    past a multiple of four one at a time.  On a 256-row slice (K=8, D=16, one thread,
+    AMD EPYC Zen 4) this took 8.7 us in float32 and 15.9 us in float64 where ``r xc``
+    and the BLAS product took 13.5 and 26.8 us.
     """
     n_components = r.shape[0]
     k = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
     while k + COMPONENTS_PER_PASS <= n_components:
-        _four_components(r, k, xt, m, first, second, out, zero)
+        if PAIRS_PER_PASS == 4:
+            _four_components(r, k, xt, m, first, second, out, zero)
+        else:
+            _four_components_two_pairs(r, k, xt, m, first, second, out, zero)
         k += COMPONENTS_PER_PASS
     while k < n_components:
         _one_component(r[k], xt, m, first, second, out[k], zero)
@@ -244,7 +252,7 @@ def _four_components(r, k, xt, m, first, second, out, zero):
     an uneven pair list takes its last pair again: the same sum written twice)."""
     n_pairs = first.shape[0]
     r0, r1, r2, r3 = r[k], r[k + 1], r[k + 2], r[k + 3]
-    for p in range(0, n_pairs, PAIRS_PER_PASS):
+    for p in range(0, n_pairs, 4):
         q0, q1 = p, min(p + 1, n_pairs - 1)
         q2, q3 = min(p + 2, n_pairs - 1), min(p + 3, n_pairs - 1)
         u0, v0, u1, v1 = xt[first[q0]], xt[second[q0]], xt[first[q1]], xt[second[q1]]
@@ -277,10 +285,37 @@ def _four_components(r, k, xt, m, first, second, out, zero):
 
 
 @jit_reassociated
+def _four_components_two_pairs(r, k, xt, m, first, second, out, zero):
+    """:func:`_four_components` two pairs a pass (eight running sums: hosts with 16 vector
+    registers, :data:`PAIRS_PER_PASS`)."""
+    n_pairs = first.shape[0]
+    r0, r1, r2, r3 = r[k], r[k + 1], r[k + 2], r[k + 3]
+    for p in range(0, n_pairs, 2):
+        q0, q1 = p, min(p + 1, n_pairs - 1)
+        u0, v0, u1, v1 = xt[first[q0]], xt[second[q0]], xt[first[q1]], xt[second[q1]]
+        a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = zero
+        for i in range(m):
+            x0, x1 = u0[i] * v0[i], u1[i] * v1[i]
+            w0, w1, w2, w3 = r0[i], r1[i], r2[i], r3[i]
+            a00 += w0 * x0
+            a01 += w0 * x1
+            a10 += w1 * x0
+            a11 += w1 * x1
+            a20 += w2 * x0
+            a21 += w2 * x1
+            a30 += w3 * x0
+            a31 += w3 * x1
+        out[k, q0], out[k, q1] = a00, a01
+        out[k + 1, q0], out[k + 1, q1] = a10, a11
+        out[k + 2, q0], out[k + 2, q1] = a20, a21
+        out[k + 3, q0], out[k + 3, q1] = a30, a31
+
+
+@jit_reassociated
 def _one_component(r, xt, m, first, second, out, zero):
     """:func:`pair_moments` of one component (r (>= m,), out (P,)), four pairs a pass."""
     n_pairs = first.shape[0]
-    for p in range(0, n_pairs, PAIRS_PER_PASS):
+    for p in range(0, n_pairs, 4):
         q0, q1 = p, min(p + 1, n_pairs - 1)
         q2, q3 = min(p + 2, n_pairs - 1), min(p + 3, n_pairs - 1)
         u0, v0, u1, v1 = xt[first[q0]], xt[second[q0]], xt[first[q1]], xt[second[q1]]

@@ -58,6 +58,29 @@ except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
 
+def _host_has_avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512 (llvmlite's view of the host)."""
+    if not HAVE_NUMBA:
+        return False
+    try:
+        from llvmlite import binding
+
+        return bool(binding.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # pragma: no cover - a platform llvmlite cannot read
+        return False
+
+
+#: The host has AVX-512.  Two kernels' shapes follow it (both are tested on every host):
+#: with AVX-512, 32 vector registers hold :func:`~dask_em.families.gaussian_slice_loops.
+#: pair_moments`' sixteen running sums, and OpenBLAS's small-matrix kernels (its
+#: SkylakeX-class targets) run the full/tied factor product; without it (AVX2: 16
+#: registers, OpenBLAS's Haswell-class kernels, which pack every operand first) eight
+#: sums a pass and the product in compiled loops
+#: (:mod:`~dask_em.families.gaussian_triangular`).  A kernel's cached machine code is
+#: kept per CPU by numba, so a cache made on another host is not reused.
+WIDE_VECTORS = _host_has_avx512()
+
+
 def jit(function: F) -> F:
     """Compile ``function`` with numba (nopython, nogil, cached) when available."""
     if not HAVE_NUMBA:
