@@ -178,7 +178,8 @@ def test_pair_moments_match_the_dense_products(dtype, n_components, n_features):
 @pytest.mark.parametrize("pairs_per_pass", [4, 2])
 def test_both_pair_moment_passes_match_the_dense_products(dtype, pairs_per_pass):
     # pair_moments takes one of them by the host (PAIRS_PER_PASS): both are checked on
-    # every host, over pair counts that are and are not multiples of the pass
+    # every host, over pair counts that are (28 for n_features 6: multiples of 4 and 2)
+    # and are not multiples of the pass
     from dask_em.families import gaussian_slice_loops
 
     four_components = {
@@ -186,7 +187,7 @@ def test_both_pair_moment_passes_match_the_dense_products(dtype, pairs_per_pass)
         2: gaussian_slice_loops._four_components_two_pairs,
     }[pairs_per_pass]
     rng = np.random.default_rng(pairs_per_pass)
-    for n_features in (1, 2, 5, 16):
+    for n_features in (1, 2, 5, 6, 16):
         xt = np.ones((n_features + 1, 40), dtype=dtype)
         xt[:n_features] = rng.normal(size=(n_features, 40))
         r = rng.random((6, 40)).astype(dtype)

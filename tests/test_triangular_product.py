@@ -11,6 +11,7 @@ from dask_em.families.gaussian_triangular import (
     GROUP_FEATURES,
     factor_groups,
     grouped_product,
+    grouped_product_by,
     loop_product,
     packed_factors,
     product_rows,
@@ -42,13 +43,19 @@ def test_grouped_product_is_the_dense_product(shape, n_features, n_factors, dtyp
     groups = factor_groups(factors)
     packed, starts = packed_factors(factors, groups, dtype)
     rows = product_rows(n_factors, n_components, groups)
-    yt = np.full((n_factors * n_features, m), np.nan, dtype=dtype)
-    grouped_product(packed, starts, groups, xt, yt)
-    for k in range(n_components):
-        factor = factors[k if n_factors > 1 else 0]
-        expected = factor.T @ xt[:n_features].astype(np.float64)  # (L_k^T xc)_e
-        tolerance = 1e-12 if dtype == np.float64 else 1e-5
-        np.testing.assert_allclose(yt[rows[k]], expected, rtol=tolerance, atol=tolerance)
+    # the host's way (grouped_product) and both ways by name: BLAS and compiled loops
+    for product in (
+        grouped_product,
+        lambda *args: grouped_product_by(*args, True),
+        lambda *args: grouped_product_by(*args, False),
+    ):
+        yt = np.full((n_factors * n_features, m), np.nan, dtype=dtype)
+        product(packed, starts, groups, xt, yt)
+        for k in range(n_components):
+            factor = factors[k if n_factors > 1 else 0]
+            expected = factor.T @ xt[:n_features].astype(np.float64)  # (L_k^T xc)_e
+            tolerance = 1e-12 if dtype == np.float64 else 1e-5
+            np.testing.assert_allclose(yt[rows[k]], expected, rtol=tolerance, atol=tolerance)
     # every row of the product is written, each once
     assert sorted(set(rows.ravel())) == list(range(n_factors * n_features))
 
@@ -69,6 +76,8 @@ def test_the_loop_product_is_the_blas_product(dtype):
             expected = matrix.astype(np.float64) @ xt[2 : 2 + width].astype(np.float64)
             tolerance = 1e-13 if dtype == np.float64 else 1e-5
             np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance * width)
+    with pytest.raises(ValueError, match="loop_product"):  # out wider than xt
+        loop_product(matrix, xt, 0, np.empty((height, 42), dtype=dtype))
 
 
 def test_factor_groups_read_only_the_features_a_triangle_reaches():

@@ -5,7 +5,7 @@ One *pass* over the data evaluates one point ``y``: the E-step at ``y`` gives th
 driver never touches data; any loop (in-process, a Dask cluster, several restarts in
 lockstep) runs it as::
 
-    driver = Squarem(params, mapping, tol=1e-8)        # or PlainEM(params, tol=1e-8)
+    driver = make_driver("squarem", family, params, tol=1e-8)  # or None: plain EM
     while not driver.converged and driver.passes < max_passes:
         y = driver.ask()                               # the point to evaluate
         stats = <one pass at y>                        # E-step, reduced statistics

@@ -19,9 +19,10 @@ is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full),
   in reassociated loops.  The products are K*D short dot products, too small for BLAS
   to beat the call overhead NumPy adds per slice.
 * ``full`` and ``tied``: one compiled call per block (:func:`_full_block`); per slice
-  the BLAS products ``[L_1 ... L_K]^T @ xc^T`` give ``L_k^T xc`` for every k (BLAS
-  runs these D x D products several times faster than loops), in groups of four output
-  features that read only the features the triangular factors reach
+  the products ``[L_1 ... L_K]^T @ xc^T`` give ``L_k^T xc`` for every k (by BLAS where
+  numba compiles for AVX-512, which runs these D x D products several times faster than
+  loops there; in compiled loops elsewhere, where OpenBLAS packs every operand first), in
+  groups of four output features that read only the features the triangular factors reach
   (:mod:`~dask_em.families.gaussian_triangular`: 160 of 256 products a row and
   component for D=16; a 131,072-row float32 block, K=4, 7.0-7.2 -> 6.1-6.2 ms, a
   524,288-row float64 block, K=8, 93-95 -> 81-83 ms, one thread); compiled loops turn it
@@ -220,8 +221,8 @@ def _full_block(
     = ``shared_pairs[:, p]`` (2, P') (tied: the second moments, which only their sum
     over k reaches; empty for full).  Returns (weight, loglik, the indices of the rows
     with NaN, which add nothing, and their patterns' bit masks, :func:`_centred_slice`).
-    The BLAS products of :func:`~dask_em.families.gaussian_triangular.grouped_product`
-    per slice (numba's ``np.dot``), the rest compiled loops.
+    The products of :func:`~dask_em.families.gaussian_triangular.grouped_product` per
+    slice (numba's ``np.dot`` or compiled loops, by host), the rest compiled loops.
     """
     n_rows, n_features = X.shape
     packed, starts, groups, product_rows = product

@@ -2,13 +2,13 @@
 
 The same mathematics as the NumPy reference :mod:`dask_em.families.gaussian_missing`
 (Ghahramani & Jordan, 1994; Schur complements of the precision ``P_k = L_k L_k^T``),
-arranged so that the work shared by all rows runs as for complete rows (a BLAS product,
+arranged so that the work shared by all rows runs as for complete rows (the factor product,
 the moment sums of :func:`~dask_em.families.gaussian_slice_loops.pair_moments`) on the
 rows with their missing entries set to the centre, and only what a row's pattern adds runs in
 compiled loops over the rows of one pattern, with no (n, K, D) temporary:
 
 * ``xt`` = x - center with missing entries 0; the complete rows' product
-  (:mod:`~dask_em.families.gaussian_triangular`: BLAS calls in groups of output
+  (:mod:`~dask_em.families.gaussian_triangular`: products in groups of output
   features that read only what the triangular factors reach) gives ``u_k = L_k^T v_k =
   L_k^T xt - L_k^T mc_k`` for ``v_k = xt - mc_k`` (mc_k = mu_k - center), whose missing
   entries are ``-mc_km`` instead of the reference's 0.  That changes nothing below: the
@@ -231,7 +231,7 @@ def gathered_slice(X, rows, center, w, xct, xc, product, missing, ws):
     """The rows ``rows`` of X gathered (:func:`gather_rows`) into xct (D + 1, m), xc,
     missing and ws; returns (xct, product (P, m)), new arrays of the slice's width when
     the slice is shorter than they are (the last one), so that every loop over its rows
-    stays contiguous and the caller's BLAS product can write the whole of product."""
+    stays contiguous and the caller's factor product can write the whole of product."""
     m = len(rows)
     if xct.shape[1] != m:
         xct = np.ones((X.shape[1] + 1, m))
@@ -263,7 +263,7 @@ def _missing_block(
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
 
     product: (packed, starts, groups) of
-    :mod:`~dask_em.families.gaussian_triangular` for the factors ``L_k``, whose BLAS
+    the :mod:`~dask_em.families.gaussian_triangular` factors ``L_k``, whose grouped
     products with each slice give ``L_k^T xt`` (``v_k^T P_k v_k = |L_k^T xt - L_k^T
     mc_k|^2``; ``b`` per run: :func:`~dask_em.families.gaussian_missing_runs.
     missing_products`); triangular, precisions, const, out as :func:`_missing_slice`;

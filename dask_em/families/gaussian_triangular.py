@@ -9,9 +9,11 @@ the first e + 1 features only (lower: the features from e on).  One dense BLAS p
 of every component's D x D factor with the slice does all D^2 products a row and
 component, half of them with zeros.  Cut into groups of :data:`GROUP_FEATURES` output
 features, group ``[s, e)`` reads features ``[0, e)`` (lower: ``[s, D)``): for D = 16,
-160 products a row and component instead of 256, in a BLAS call per group and slice.
-One thread, 131,072 rows, the product alone (512-row float32 and 256-row float64
-slices):
+160 products a row and component instead of 256, in a product per group and slice: a
+BLAS call where numba compiles for AVX-512, else compiled loops
+(:func:`loop_product`; :data:`~dask_em.families.jit.WIDE_VECTORS`).  One thread,
+131,072 rows, the product alone by BLAS (512-row float32 and 256-row float64 slices;
+AMD EPYC Zen 4):
 
 =====================  ==========  ==============  ===================
 case                   one call    groups of four  groups of two
@@ -40,7 +42,8 @@ import numpy as np
 
 from dask_em.families.jit import WIDE_VECTORS, jit, jit_reassociated
 
-#: Output features per BLAS call of :func:`grouped_product` (module docstring).
+#: Output features per product (a BLAS call or :func:`loop_product`) of
+#: :func:`grouped_product` (module docstring).
 GROUP_FEATURES = 4
 
 
@@ -97,15 +100,22 @@ def product_rows(n_factors: int, n_components: int, groups: np.ndarray) -> np.nd
 @jit
 def grouped_product(packed, starts, groups, xt, yt):
     """yt (F D, m) = the products of :func:`packed_factors`'s matrices with the features
-    of xt (>= D, m) feature-major that each group reads: one BLAS call (numba's
-    ``np.dot``) a group where the host has AVX-512, else :func:`loop_product`
-    (:data:`~dask_em.families.jit.WIDE_VECTORS`)."""
+    of xt (>= D, m) feature-major that each group reads (:func:`grouped_product_by`,
+    by BLAS where numba compiles for AVX-512, else in compiled loops:
+    :data:`~dask_em.families.jit.WIDE_VECTORS`)."""
+    grouped_product_by(packed, starts, groups, xt, yt, WIDE_VECTORS)
+
+
+@jit
+def grouped_product_by(packed, starts, groups, xt, yt, by_blas):
+    """:func:`grouped_product`, one BLAS call (numba's ``np.dot``) a group if by_blas,
+    else :func:`loop_product` a group (both ways tested on every host)."""
     n_factors = yt.shape[0] // groups[-1, 1]
     for j in range(groups.shape[0]):
         s, e, lo, hi = groups[j, 0], groups[j, 1], groups[j, 2], groups[j, 3]
         height = n_factors * (e - s)
         matrix = packed[starts[j] : starts[j] + height * (hi - lo)].reshape((height, hi - lo))
-        if WIDE_VECTORS:
+        if by_blas:
             np.dot(matrix, xt[lo:hi], yt[n_factors * s : n_factors * e])
         else:
             loop_product(matrix, xt, lo, yt[n_factors * s : n_factors * e])
@@ -124,6 +134,8 @@ def loop_product(matrix, xt, lo, out):
     without packing) BLAS took 1.7 and 6.7 ms (Zen 4), so it keeps them there."""
     height = out.shape[0]
     width = matrix.shape[1]
+    if xt.shape[1] < out.shape[1] or xt.shape[0] < lo + width or matrix.shape[0] != height:
+        raise ValueError("loop_product: out (H, m) needs matrix (H, W) and xt (>= lo + W, >= m)")
     j = 0
     while j + 4 <= height:
         _four_rows(matrix, j, xt, lo, width, out)

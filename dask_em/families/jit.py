@@ -58,27 +58,32 @@ except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
 
-def _host_has_avx512() -> bool:
-    """Whether numba compiles for a CPU with AVX-512 (llvmlite's view of the host)."""
+def _target_has_avx512() -> bool:
+    """Whether numba compiles for AVX-512: the ``+avx512f`` feature of its own code
+    generator's target (what its on-disk cache is keyed by, with the CPU's name), so
+    that ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` move both together and a cache made
+    for ``NUMBA_CPU_NAME=generic`` (no features) holds the kernels without it."""
     if not HAVE_NUMBA:
         return False
     try:
-        from llvmlite import binding
+        from numba.core.registry import cpu_target
 
-        return bool(binding.get_host_cpu_features().get("avx512f", False))
-    except Exception:  # pragma: no cover - a platform llvmlite cannot read
+        _, _, features = cpu_target.target_context.codegen().magic_tuple()
+        return "+avx512f" in features.split(",")
+    except Exception:  # pragma: no cover - a numba whose internals moved
         return False
 
 
-#: The host has AVX-512.  Two kernels' shapes follow it (both are tested on every host):
-#: with AVX-512, 32 vector registers hold :func:`~dask_em.families.gaussian_slice_loops.
-#: pair_moments`' sixteen running sums, and OpenBLAS's small-matrix kernels (its
-#: SkylakeX-class targets) run the full/tied factor product; without it (AVX2: 16
-#: registers, OpenBLAS's Haswell-class kernels, which pack every operand first) eight
-#: sums a pass and the product in compiled loops
-#: (:mod:`~dask_em.families.gaussian_triangular`).  A kernel's cached machine code is
-#: kept per CPU by numba, so a cache made on another host is not reused.
-WIDE_VECTORS = _host_has_avx512()
+#: numba compiles for AVX-512.  Two kernels' shapes follow it: with AVX-512, 32 vector
+#: registers hold :func:`~dask_em.families.gaussian_slice_loops.pair_moments`' sixteen
+#: running sums, and OpenBLAS's small-matrix kernels (its SkylakeX-class targets) run
+#: the full/tied factor product; without it (AVX2: 16 registers; OpenBLAS's
+#: Haswell-class kernels, which pack every operand first) eight sums a pass and the
+#: product in compiled loops (:mod:`~dask_em.families.gaussian_triangular`).  Both
+#: shapes are tested on every host; they give the same sums to rounding.  The flag is
+#: read from the target numba's cache is keyed by, so a cached kernel never holds the
+#: other shape.
+WIDE_VECTORS = _target_has_avx512()
 
 
 def jit(function: F) -> F:
