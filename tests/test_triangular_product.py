@@ -7,6 +7,7 @@ import pytest
 
 from dask_em.families import gaussian_compiled, gaussian_linalg
 from dask_em.families.gaussian import GaussianFamily
+from dask_em.families.gaussian_fused_product import product_distances, product_distances_by
 from dask_em.families.gaussian_triangular import (
     GROUP_FEATURES,
     factor_groups,
@@ -58,6 +59,46 @@ def test_grouped_product_is_the_dense_product(shape, n_features, n_factors, dtyp
             np.testing.assert_allclose(yt[rows[k]], expected, rtol=tolerance, atol=tolerance)
     # every row of the product is written, each once
     assert sorted(set(rows.ravel())) == list(range(n_factors * n_features))
+
+
+@pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")
+@pytest.mark.parametrize("shape", ["upper", "lower", "dense"])
+@pytest.mark.parametrize("n_features", [1, 3, 4, 6, 8, 16, 18])
+@pytest.mark.parametrize("n_factors", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_product_distances_every_way_are_the_squared_distances(shape, n_features, n_factors, dtype):
+    # |L_k^T xc_i - L_k^T mc_k|^2: the host's way, and by name fused (one factor per
+    # component only), BLAS then squares, loops then squares; groups whose widths are
+    # not multiples of four (D = 6, 18; lower factors read D - s features) take the
+    # fused kernel's product-then-squares path; only the first m columns are written
+    rng = np.random.default_rng(100 + n_features)
+    factors = _factors(rng, n_factors, n_features, shape)
+    columns, m = 41, 37
+    xt = rng.normal(size=(n_features + 1, columns)).astype(dtype)
+    n_components = n_factors if n_factors > 1 else 4
+    groups = factor_groups(factors)
+    packed, starts = packed_factors(factors, groups, dtype)
+    product = (packed, starts, groups, product_rows(n_factors, n_components, groups))
+    offsets = rng.normal(size=(n_components, n_features)).astype(dtype)
+    expected = np.empty((n_components, m))
+    for k in range(n_components):
+        factor = factors[k if n_factors > 1 else 0]
+        u = factor.T @ xt[:n_features, :m].astype(np.float64) - offsets[k, :, None]
+        expected[k] = (u**2).sum(axis=0)
+    ways = [
+        product_distances,
+        lambda *args: product_distances_by(*args, False, True),
+        lambda *args: product_distances_by(*args, False, False),
+    ]
+    if n_factors == n_components:
+        ways.append(lambda *args: product_distances_by(*args, True, False))
+    for way in ways:
+        out = np.full((n_components, columns), np.nan, dtype=dtype)
+        scratch = np.empty((n_factors * n_features, columns), dtype=dtype)
+        way(product, xt, offsets, m, out, scratch)
+        tolerance = 1e-12 if dtype == np.float64 else 2e-5
+        np.testing.assert_allclose(out[:, :m], expected, rtol=tolerance, atol=tolerance)
+        assert np.isnan(out[:, m:]).all()
 
 
 @pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")

@@ -51,6 +51,7 @@ import math
 import numpy as np
 
 from dask_em.families import gaussian_linalg
+from dask_em.families.gaussian_fused_product import product_distances
 from dask_em.families.gaussian_kernels import centred_stats
 from dask_em.families.gaussian_missing_compiled import missing_block_moments
 from dask_em.families.gaussian_missing_diag import diag_missing_block_moments
@@ -60,19 +61,14 @@ from dask_em.families.gaussian_slice_loops import (
     diag_log_densities,
     diag_moments,
     first_moment_pairs,
-    full_log_densities,
+    log_densities_from_distances,
     moments_from_pairs,
     pair_moments,
     slice_rows,
     summed_pair_moments,
     upper_pairs,
 )
-from dask_em.families.gaussian_triangular import (
-    factor_groups,
-    grouped_product,
-    packed_factors,
-    product_rows,
-)
+from dask_em.families.gaussian_triangular import factor_groups, packed_factors, product_rows
 from dask_em.families.jit import HAVE_NUMBA, jit, jit_reassociated
 from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
 
@@ -221,11 +217,12 @@ def _full_block(
     = ``shared_pairs[:, p]`` (2, P') (tied: the second moments, which only their sum
     over k reaches; empty for full).  Returns (weight, loglik, the indices of the rows
     with NaN, which add nothing, and their patterns' bit masks, :func:`_centred_slice`).
-    The products of :func:`~dask_em.families.gaussian_triangular.grouped_product` per
-    slice (numba's ``np.dot`` or compiled loops, by host), the rest compiled loops.
+    The products and squared distances of
+    :func:`~dask_em.families.gaussian_fused_product.product_distances` per slice (BLAS or
+    compiled loops, fused or not, by host), the rest compiled loops.
     """
     n_rows, n_features = X.shape
-    packed, starts, groups, product_rows = product
+    packed, _, _, product_rows = product
     n_components = offsets.shape[0]
     width = product_rows.max() + 1  # F*D: the rows of the product
     dtype = packed.dtype
@@ -261,8 +258,8 @@ def _full_block(
             for d in range(n_features):
                 for i in range(kept, m):
                     xt[d, i] = 0.0
-        grouped_product(packed, starts, groups, xt, yt)
-        full_log_densities(yt, product_rows, offsets, const, m, lp)
+        product_distances(product, xt, offsets, m, lp, yt)
+        log_densities_from_distances(const, m, lp)
         part_weight, part_loglik = responsibilities(lp, kept, ws, nk, scratch)
         weight += part_weight
         loglik += part_loglik

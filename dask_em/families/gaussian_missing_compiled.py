@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dask_em.families.gaussian_fused_product import product_distances
 from dask_em.families.gaussian_missing_lockstep import lockstep_layout, lockstep_rows
 from dask_em.families.gaussian_missing_patterns import pattern_groups
 from dask_em.families.gaussian_missing_rows import row_estep, row_scratch_of
@@ -70,18 +71,8 @@ from dask_em.families.gaussian_missing_runs import (
     run_log_densities,
     run_moments,
 )
-from dask_em.families.gaussian_slice_loops import (
-    moments_from_pairs,
-    pair_moments,
-    squared_distances,
-    upper_pairs,
-)
-from dask_em.families.gaussian_triangular import (
-    factor_groups,
-    grouped_product,
-    packed_factors,
-    product_rows,
-)
+from dask_em.families.gaussian_slice_loops import moments_from_pairs, pair_moments, upper_pairs
+from dask_em.families.gaussian_triangular import factor_groups, packed_factors, product_rows
 from dask_em.families.jit import jit
 from dask_em.families.responsibilities_compiled import responsibilities, row_scratch
 
@@ -116,14 +107,13 @@ def _run_end(keys, missing, start, m):
 
 @jit
 def _missing_slice(
-    xct, xc, keys, missing, ut, pv, triangular, precisions, const, w, out, cache, buffers
+    xct, xc, keys, missing, pv, triangular, precisions, const, w, out, cache, buffers
 ):
     """One slice of m rows with NaN, sorted by pattern; returns (weight, loglik).
 
     xct (D + 1, m): x - center, feature-major, missing entries 0, last row 1, and xc
     (>= m, D) the same rows row-major; keys (m,) the patterns' bit masks, or empty
-    (:func:`_run_end`); missing (m, D) bool; ut (K*D, m) ``L_k^T xt``
-    (:func:`~dask_em.families.gaussian_triangular.grouped_product`); pv (K*D, >= m)
+    (:func:`_run_end`); missing (m, D) bool; pv (K*D, >= m)
     scratch for ``b = (P_k v_k)_m`` at rows k*D + j; triangular: (the product's rows
     (K, D), offsets ``L_k^T mc_k`` (K, D), shifts ``P_k mc_k`` (K, D)); precisions (K,
     D, D) ``P_k``; const (K,)
@@ -142,7 +132,9 @@ def _missing_slice(
     :func:`~dask_em.families.responsibilities_compiled.row_scratch` and
     :func:`~dask_em.families.gaussian_missing_rows.row_scratch_of`.
 
-    Every row's ``v.Pv`` over the whole slice; per run of one pattern the rest of the
+    lp (``buffers[0]``) comes in holding every row's ``v.Pv = |u_k|^2`` (K, >= m)
+    (:func:`~dask_em.families.gaussian_fused_product.product_distances`); per run of
+    one pattern the rest of the
     log-densities (P_mm factored once); then Bayes' rule over the whole slice; then per
     run the pattern's terms of the moments (P_mm factored again).  A run shorter than
     :data:`RUN_ROWS` rows (a piece of a frequent pattern's rows cut by a slice end; with
@@ -152,13 +144,12 @@ def _missing_slice(
     row's ``w_i r_ik``, for the moment product of ``xct``.
     """
     lp, coef, work, inverting, u, y, quads, index, held, run_ends, scratch, one_row = buffers
-    rows_of, offsets, shifts = triangular
+    _, _, shifts = triangular
     m, n_features = missing.shape
     n_components = const.shape[0]
     weight = 0.0
     loglik = 0.0
     n_runs = 0
-    squared_distances(ut, rows_of, offsets, m, lp)  # every row's v.Pv = |L^T v|^2
     start = np.int64(0)  # int64, not Literal[int](0) (jit docstring)
     while start < m:
         end = _run_end(keys, missing, start, m)
@@ -276,7 +267,8 @@ def _missing_block(
     """
     n_features = X.shape[1]
     n_components = const.shape[0]
-    packed, starts, groups = product
+    product = (product[0], product[1], product[2], triangular[0])  # with its rows
+    offsets = triangular[1]
     width = n_components * n_features
     m = min(SLICE_ROWS, max(len(rows), 1))
     cache = pattern_cache(n_features, n_components)
@@ -304,9 +296,10 @@ def _missing_block(
     for start in range(0, len(rows), width_first):
         m = min(width_first, len(rows) - start)
         xct, ut = gathered_slice(X, rows[start : start + m], center, w, xct, xc, ut, missing, ws)
-        grouped_product(packed, starts, groups, xct, ut)
+        # every row's v.Pv = |L_k^T xt - L_k^T mc_k|^2 into lp (buffers[0])
+        product_distances(product, xct, offsets, m, buffers[0], ut)
         part_weight, part_loglik = _missing_slice(
-            xct, xc, keys[start : start + m], missing[:m], ut, pv, triangular, precisions,
+            xct, xc, keys[start : start + m], missing[:m], pv, triangular, precisions,
             const, ws, out, cache, buffers,
         )  # fmt: skip
         weight += part_weight

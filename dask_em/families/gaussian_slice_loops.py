@@ -133,11 +133,11 @@ def squared_distances(yt, rows, offsets, m, out):
 
 
 @jit_reassociated
-def full_log_densities(yt, rows, offsets, const, m, lp):
-    """``lp[k, i] = const_k - 1/2 sum_e (yt[rows[k, e], i] - offsets[k, e])^2`` for i < m
-    (:func:`squared_distances`, into lp); const (K,)."""
-    squared_distances(yt, rows, offsets, m, lp)
-    for k in range(offsets.shape[0]):
+def log_densities_from_distances(const, m, lp):
+    """``lp[k, i] = const_k - 1/2 lp[k, i]`` for i < m: the log-densities from the squared
+    distances of :func:`squared_distances` (or
+    :func:`~dask_em.families.gaussian_fused_product.product_distances`); const (K,)."""
+    for k in range(lp.shape[0]):
         row = lp[k]
         for i in range(m):
             row[i] = const[k] - 0.5 * row[i]
