@@ -11,12 +11,12 @@ from dask_em.families.gaussian_fused_product import product_distances, product_d
 from dask_em.families.gaussian_triangular import (
     GROUP_FEATURES,
     factor_groups,
-    grouped_product,
     grouped_product_by,
     loop_product,
     packed_factors,
     product_rows,
 )
+from dask_em.families.jit import WIDE_VECTORS
 from tests.helpers import random_gaussian_params
 from tests.test_compiled_kernels import RTOL, assert_same_stats, gaussian_block
 
@@ -44,9 +44,8 @@ def test_grouped_product_is_the_dense_product(shape, n_features, n_factors, dtyp
     groups = factor_groups(factors)
     packed, starts = packed_factors(factors, groups, dtype)
     rows = product_rows(n_factors, n_components, groups)
-    # the host's way (grouped_product) and both ways by name: BLAS and compiled loops
+    # both ways by name: BLAS and compiled loops
     for product in (
-        grouped_product,
         lambda *args: grouped_product_by(*args, True),
         lambda *args: grouped_product_by(*args, False),
     ):
@@ -64,18 +63,22 @@ def test_grouped_product_is_the_dense_product(shape, n_features, n_factors, dtyp
 @pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")
 @pytest.mark.parametrize("shape", ["upper", "lower", "dense"])
 @pytest.mark.parametrize("n_features", [1, 3, 4, 6, 8, 16, 18])
-@pytest.mark.parametrize("n_factors", [1, 3])
+@pytest.mark.parametrize(("n_factors", "n_components"), [(1, 4), (1, 1), (3, 3)])
+@pytest.mark.parametrize("columns", [37, 41])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_product_distances_every_way_are_the_squared_distances(shape, n_features, n_factors, dtype):
+def test_product_distances_every_way_are_the_squared_distances(
+    shape, n_features, n_factors, n_components, columns, dtype
+):
     # |L_k^T xc_i - L_k^T mc_k|^2: the host's way, and by name fused (one factor per
     # component only), BLAS then squares, loops then squares; groups whose widths are
-    # not multiples of four (D = 6, 18; lower factors read D - s features) take the
-    # fused kernel's product-then-squares path; only the first m columns are written
+    # not multiples of four (D = 6, 18) take the fused kernel's product-then-squares
+    # path, and so do lower factors with D = 6, 18, whose groups read a number of features
+    # that is not; only the first m columns are written (the kernels
+    # pass m equal to the columns); the host's way is exactly the way named for the host
     rng = np.random.default_rng(100 + n_features)
     factors = _factors(rng, n_factors, n_features, shape)
-    columns, m = 41, 37
+    m = 37
     xt = rng.normal(size=(n_features + 1, columns)).astype(dtype)
-    n_components = n_factors if n_factors > 1 else 4
     groups = factor_groups(factors)
     packed, starts = packed_factors(factors, groups, dtype)
     product = (packed, starts, groups, product_rows(n_factors, n_components, groups))
@@ -85,26 +88,30 @@ def test_product_distances_every_way_are_the_squared_distances(shape, n_features
         factor = factors[k if n_factors > 1 else 0]
         u = factor.T @ xt[:n_features, :m].astype(np.float64) - offsets[k, :, None]
         expected[k] = (u**2).sum(axis=0)
-    ways = [
-        product_distances,
-        lambda *args: product_distances_by(*args, False, True),
-        lambda *args: product_distances_by(*args, False, False),
-    ]
-    if n_factors == n_components:
-        ways.append(lambda *args: product_distances_by(*args, True, False))
-    for way in ways:
+    ways = {
+        "host": product_distances,
+        "blas": lambda *args: product_distances_by(*args, False, True),
+        "loops": lambda *args: product_distances_by(*args, False, False),
+    }
+    if n_factors == n_components:  # one factor per component: the fused loops
+        ways["fused"] = lambda *args: product_distances_by(*args, True, False)
+    results = {}
+    for name, way in ways.items():
         out = np.full((n_components, columns), np.nan, dtype=dtype)
         scratch = np.empty((n_factors * n_features, columns), dtype=dtype)
         way(product, xt, offsets, m, out, scratch)
         tolerance = 1e-12 if dtype == np.float64 else 2e-5
         np.testing.assert_allclose(out[:, :m], expected, rtol=tolerance, atol=tolerance)
         assert np.isnan(out[:, m:]).all()
+        results[name] = out
+    host_way = "blas" if WIDE_VECTORS else "fused" if n_factors == n_components else "loops"
+    np.testing.assert_array_equal(results["host"], results[host_way])
 
 
 @pytest.mark.skipif(not gaussian_compiled.COMPILED, reason="the compiled kernels are off")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_the_loop_product_is_the_blas_product(dtype):
-    # grouped_product takes BLAS or these loops by the host (WIDE_VECTORS): the loops
+    # grouped_product_by takes BLAS or these loops (the kernels: by WIDE_VECTORS): the loops
     # are checked on every host, for heights and widths that are and are not multiples
     # of four, reading features from an offset, into an output of its own width
     rng = np.random.default_rng(7)

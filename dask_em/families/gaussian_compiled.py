@@ -25,7 +25,9 @@ is filled and take :mod:`dask_em.families.gaussian_missing_compiled` (full),
   groups of four output features that read only the features the triangular factors reach
   (:mod:`~dask_em.families.gaussian_triangular`: 160 of 256 products a row and
   component for D=16; a 131,072-row float32 block, K=4, 7.0-7.2 -> 6.1-6.2 ms, a
-  524,288-row float64 block, K=8, 93-95 -> 81-83 ms, one thread); compiled loops turn it
+  524,288-row float64 block, K=8, 93-95 -> 81-83 ms, one thread); in the loops, a full
+  covariance's products are squared into the distances as they are formed
+  (:mod:`~dask_em.families.gaussian_fused_product`); compiled loops turn them
   into responsibilities, and :func:`~dask_em.families.gaussian_slice_loops.pair_moments`
   sums ``r_ik xc_i xc_i^T`` over each pair of features once (half the products of a
   dense ``(r xc)^T [xc, 1]``, which BLAS ran 1.5x slower than these loops) and, with a

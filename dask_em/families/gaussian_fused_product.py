@@ -2,7 +2,7 @@
 product ``L_k^T xc`` fused into them where a component has its own factor.
 
 The full kernels first formed every row's ``L_k^T xc`` (K*D values a row,
-:func:`~dask_em.families.gaussian_triangular.grouped_product`) into a (K*D, rows) buffer,
+:func:`~dask_em.families.gaussian_triangular.grouped_product_by`) into a (K*D, rows) buffer,
 then read it back to sum the squares
 (:func:`~dask_em.families.gaussian_slice_loops.squared_distances`).  On hosts without
 AVX-512, where the product runs in compiled loops anyway
@@ -78,7 +78,7 @@ def _fused_distances(packed, starts, groups, xt, offsets, m, out, scratch):
                 t = s + j % width
                 _four_features_squared(matrix, j, xt, lo, rows, out[k], offsets[k, t : t + 4], m)
         else:
-            loop_product(matrix, xt[:, :m], lo, rows[:, :m])
+            loop_product(matrix, xt, lo, rows)
             for j in range(height):
                 k = j // width
                 _add_square(rows[j], offsets[k, s + j % width], out[k], m)

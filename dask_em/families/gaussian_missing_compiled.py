@@ -115,7 +115,8 @@ def _missing_slice(
     (>= m, D) the same rows row-major; keys (m,) the patterns' bit masks, or empty
     (:func:`_run_end`); missing (m, D) bool; pv (K*D, >= m)
     scratch for ``b = (P_k v_k)_m`` at rows k*D + j; triangular: (the product's rows
-    (K, D), offsets ``L_k^T mc_k`` (K, D), shifts ``P_k mc_k`` (K, D)); precisions (K,
+    (K, D), offsets ``L_k^T mc_k`` (K, D), shifts ``P_k mc_k`` (K, D)), of which this
+    reads the shifts (:func:`_missing_block` the others); precisions (K,
     D, D) ``P_k``; const (K,)
     the complete rows' ``log pi_k + log |P_k|^1/2 - D/2 log 2 pi``; w (m,), overwritten
     with 0 for a row with nothing observed (it gets no weight) and for the rows of short
@@ -123,7 +124,7 @@ def _missing_slice(
     ``out`` holds nk (K,), sums (K, D), cross (K, D, D) and block (K, D, D) (its upper
     triangle only: symmetric, mirrored at the end), added to.
     ``cache`` as :func:`~dask_em.families.gaussian_missing_runs.pattern_inverses`, kept
-    across slices; ``buffers``: lp (K, m), coef (K, D, m), work
+    across slices; ``buffers``: lp (K, m) (on entry every row's ``v.Pv``), coef (K, D, m), work
     (:func:`~dask_em.families.gaussian_missing_runs.moment_scratch`),
     :func:`~dask_em.families.gaussian_missing_runs.inverse_scratch`, u (D,), y (K*D,)
     and quads (K,) (a short run's row: its values, its ``b`` and its ``v_k^T P_k v_k``),
@@ -253,11 +254,12 @@ def _missing_block(
     :func:`~dask_em.families.gaussian_missing_patterns.pattern_groups`) in slices of
     :data:`SLICE_ROWS`, in one compiled call; returns (weight, loglik).
 
-    product: (packed, starts, groups) of
-    the :mod:`~dask_em.families.gaussian_triangular` factors ``L_k``, whose grouped
-    products with each slice give ``L_k^T xt`` (``v_k^T P_k v_k = |L_k^T xt - L_k^T
-    mc_k|^2``; ``b`` per run: :func:`~dask_em.families.gaussian_missing_runs.
-    missing_products`); triangular, precisions, const, out as :func:`_missing_slice`;
+    product: (packed, starts, groups, product rows) of the
+    :mod:`~dask_em.families.gaussian_triangular` factors ``L_k``, whose products with
+    each slice give every row's ``v_k^T P_k v_k = |L_k^T xt - L_k^T mc_k|^2``
+    (:func:`~dask_em.families.gaussian_fused_product.product_distances`; ``b`` per run:
+    :func:`~dask_em.families.gaussian_missing_runs.missing_products`); triangular,
+    precisions, const, out as :func:`_missing_slice`;
     w (n,), or empty for unit
     weights; first, second (P,): the pairs of
     :func:`~dask_em.families.gaussian_slice_loops.upper_pairs`; moments (K, P) gets
@@ -267,7 +269,6 @@ def _missing_block(
     """
     n_features = X.shape[1]
     n_components = const.shape[0]
-    product = (product[0], product[1], product[2], triangular[0])  # with its rows
     offsets = triangular[1]
     width = n_components * n_features
     m = min(SLICE_ROWS, max(len(rows), 1))
@@ -351,7 +352,7 @@ def missing_block_moments(X, rows, center, prec_chol, means_c, const, w, keys=No
     inverting = inverse_scratch(n_features, n_components)
     center = np.asarray(center, dtype=np.float64)
     weight, loglik = _missing_block(
-        X, frequent, frequent_keys, center, (packed, starts, groups), triangular,
+        X, frequent, frequent_keys, center, (packed, starts, groups, triangular[0]), triangular,
         precisions, const, w, out, first, second, moments, inverting,
     )  # fmt: skip
     if len(rare):  # row by row, the components in lockstep (gaussian_missing_lockstep)

@@ -310,7 +310,7 @@ def run_log_densities(yt, cache, const, index, q, start, end, lp, coef):
     with ``c = P_mm^-1 b`` into ``coef[k, :q, start:end]`` (K, D, m).
 
     On entry ``lp[k, start:end]`` holds ``v.Pv`` (:func:`~dask_em.families.
-    gaussian_slice_loops.squared_distances`); yt (K*D, m): ``b = (P_k v_k)_m`` at rows
+    gaussian_fused_product.product_distances`); yt (K*D, m): ``b = (P_k v_k)_m`` at rows
     k*D + j of the missing features j (:func:`missing_products`); cache as
     :func:`pattern_inverses` (holding this pattern).  Every loop runs over the run's
     rows, contiguous (views from ``start``: numba checks a loop index that might be

@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from dask_em.families.jit import WIDE_VECTORS, jit, jit_reassociated
+from dask_em.families.jit import jit, jit_reassociated
 
 #: Output features per product (a BLAS call or :func:`loop_product`) of
-#: :func:`grouped_product` (module docstring).
+#: :func:`grouped_product_by` (module docstring; the fused product of
+#: :mod:`~dask_em.families.gaussian_fused_product` takes four features a pass too).
 GROUP_FEATURES = 4
 
 
@@ -70,7 +71,7 @@ def factor_groups(factors: np.ndarray) -> np.ndarray:
 def packed_factors(factors: np.ndarray, groups: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
     """``(packed (S,), starts (G,) int64)``: for each group ``(s, e, lo, hi)`` of
     :func:`factor_groups`, the matrix (F w, hi - lo) whose row ``k w + t`` is column
-    ``s + t`` of ``factors[k]`` (F, D, D), rows lo:hi (what :func:`grouped_product`
+    ``s + t`` of ``factors[k]`` (F, D, D), rows lo:hi (what :func:`grouped_product_by`
     multiplies features lo:hi by), C-ordered from ``packed[starts[j]]``, in ``dtype``."""
     n_factors = factors.shape[0]
     pieces = []
@@ -84,7 +85,7 @@ def packed_factors(factors: np.ndarray, groups: np.ndarray, dtype) -> tuple[np.n
 
 
 def product_rows(n_factors: int, n_components: int, groups: np.ndarray) -> np.ndarray:
-    """rows (K, D) int64: the row of :func:`grouped_product`'s output that holds feature d
+    """rows (K, D) int64: the row of :func:`grouped_product_by`'s output that holds feature d
     of component k's ``L_k^T xc`` (module docstring); with one factor (tied,
     ``n_factors`` 1) every component reads the same rows."""
     n_features = int(groups[-1, 1])
@@ -98,18 +99,14 @@ def product_rows(n_factors: int, n_components: int, groups: np.ndarray) -> np.nd
 
 
 @jit
-def grouped_product(packed, starts, groups, xt, yt):
-    """yt (F D, m) = the products of :func:`packed_factors`'s matrices with the features
-    of xt (>= D, m) feature-major that each group reads (:func:`grouped_product_by`,
-    by BLAS where numba compiles for AVX-512, else in compiled loops:
-    :data:`~dask_em.families.jit.WIDE_VECTORS`)."""
-    grouped_product_by(packed, starts, groups, xt, yt, WIDE_VECTORS)
-
-
-@jit
 def grouped_product_by(packed, starts, groups, xt, yt, by_blas):
-    """:func:`grouped_product`, one BLAS call (numba's ``np.dot``) a group if by_blas,
-    else :func:`loop_product` a group (both ways tested on every host)."""
+    """yt (F D, m) = the products of :func:`packed_factors`'s matrices with the features
+    of xt (>= D, m) feature-major that each group reads: one BLAS call (numba's
+    ``np.dot``) a group if by_blas, else :func:`loop_product` a group.  The kernels pass
+    :data:`~dask_em.families.jit.WIDE_VECTORS` (BLAS where numba compiles for AVX-512)
+    or fuse the product into the squared distances
+    (:mod:`~dask_em.families.gaussian_fused_product`); both ways are tested on every
+    host."""
     n_factors = yt.shape[0] // groups[-1, 1]
     for j in range(groups.shape[0]):
         s, e, lo, hi = groups[j, 0], groups[j, 1], groups[j, 2], groups[j, 3]
