@@ -3,9 +3,47 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _kernel_cache_is_empty() -> bool:
+    """No compiled E-step kernel cached for this checkout yet (a fresh clone): numba
+    writes its cache next to the sources' ``__pycache__``, or under NUMBA_CACHE_DIR."""
+    pattern = "gaussian_compiled._full_block-*.nbi"
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return not any(Path(os.environ["NUMBA_CACHE_DIR"]).rglob(pattern))
+    return not any((ROOT / "dask_em" / "families" / "__pycache__").glob(pattern))
+
+
+def pytest_sessionstart(session):
+    """On an empty kernel cache, compile the suite's main kernels once, in two processes
+    side by side (``tests/warm_kernels.py``), before any test process starts: otherwise
+    each of the suite's processes compiles them for itself until one has cached them.
+    Runs in the one process that starts the others (xdist's controller, or the only one)."""
+    if hasattr(session.config, "workerinput") or os.environ.get("DASK_EM_DISABLE_JIT"):
+        return
+    if not _kernel_cache_is_empty():
+        return
+    from tests.warm_kernels import HALVES
+
+    start = time.perf_counter()
+    halves = [
+        subprocess.Popen([sys.executable, "-m", "tests.warm_kernels", half], cwd=ROOT)
+        for half in HALVES
+    ]
+    codes = [half.wait() for half in halves]
+    if any(codes):  # the tests that need those kernels will say what is wrong
+        print(f"compiling the kernels first failed ({codes}); the tests compile them")
+    print(f"compiled the kernels first: {time.perf_counter() - start:.1f} s")
 
 
 def pytest_collection_modifyitems(items):

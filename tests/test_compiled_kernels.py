@@ -589,7 +589,8 @@ if __name__ == "__main__":
     X = da.from_array(rng.normal(size=(4000, 3)), chunks=1000)
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
-            GaussianMixture(2, max_iter=2, random_state=0).fit(X)
+            # diag: the same first-fit path as full, compiled in half the time
+            GaussianMixture(2, covariance_type="diag", max_iter=2, random_state=0).fit(X)
             print(json.dumps(worker_compilations()))  # this process: the driver
             print(json.dumps(list(client.run(worker_compilations).values())))
 """

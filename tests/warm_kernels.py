@@ -1,0 +1,97 @@
+"""Compile the kernels the suite uses most, once, before its test processes start.
+
+numba compiles a kernel in every process that calls it until one of them has written
+it to the on-disk cache, and the suite's processes (two test processes, each with a
+cluster of two workers, and the command line's subprocesses) all start at once with an
+empty cache on a fresh clone: several compile the same kernels side by side on the
+same two cores.  ``conftest.pytest_sessionstart`` runs this module's two halves in two
+processes first, so that every later process loads what they wrote.  Each half fits
+tiny models in this process (no cluster) through the estimators, as a user would, so
+the kernels compiled are the versions the suite's fits ask for; a kernel left out here
+is still compiled where it is first needed, as before.
+
+Run ``python -m tests.warm_kernels gaussian-float64`` (or ``rest``) from the project's
+root, so that it imports the same ``dask_em`` as the tests.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+import numpy as np
+
+#: The two halves, about as long as each other on an empty cache.
+HALVES = ("gaussian-float64", "rest")
+
+
+def _with_nan(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    X = X.copy()
+    X[rng.random(X.shape) < 0.15] = np.nan
+    return X
+
+
+def _gaussian_mixtures(covariance_types: tuple[str, ...], dtypes: tuple[str, ...]) -> None:
+    from dask_em import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    complete = rng.normal(size=(400, 4)) + np.repeat([[0.0], [4.0]], 200, axis=0)
+    for covariance_type in covariance_types:
+        for dtype in dtypes:
+            for X in (complete, _with_nan(complete, rng)):
+                model = GaussianMixture(2, covariance_type=covariance_type, dtype=dtype)
+                model.set_params(max_iter=2, random_state=0).fit(X.astype(dtype))
+                model.predict_proba(X.astype(dtype))
+                model.score_samples(X.astype(dtype))
+
+
+def _discrete_mixtures() -> None:
+    from dask_em import BernoulliMixture, CategoricalMixture, PoissonMixture
+
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(3.0, size=(300, 2))
+    PoissonMixture(2, max_iter=2, random_state=0).fit(counts[:, :1])
+    PoissonMixture(2, max_iter=2, random_state=0).fit(counts)
+    CategoricalMixture(2, max_iter=2, random_state=0).fit(rng.integers(0, 3, size=(300, 2)))
+    BernoulliMixture(2, max_iter=2, random_state=0).fit(rng.integers(0, 2, size=(300, 3)))
+
+
+def _hidden_markov_models() -> None:
+    from dask_em import CategoricalHMM, GaussianHMM, PoissonHMM
+
+    rng = np.random.default_rng(2)
+    lengths = [50] * 6
+    X = rng.normal(size=(300, 2)) + np.repeat([[0.0], [3.0]] * 3, 50, axis=0)
+    for covariance_type in ("diag", "full", "spherical", "tied"):
+        for data in (X, _with_nan(X, rng)):
+            model = GaussianHMM(2, covariance_type=covariance_type, max_iter=2, random_state=0)
+            model.fit(data, lengths)
+            model.predict(data, lengths)
+            model.score(data, lengths)
+    for model, data in (
+        (PoissonHMM(2, max_iter=2, random_state=0), rng.poisson(3.0, size=(300, 1))),
+        (CategoricalHMM(2, max_iter=2, random_state=0), rng.integers(0, 3, size=(300, 1))),
+    ):
+        model.fit(data, lengths)
+        model.predict(data, lengths)
+
+
+def warm(half: str) -> None:
+    """Compile one half of the kernels (:data:`HALVES`) in this process."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # two iterations do not converge: not the point
+        if half == "gaussian-float64":
+            _gaussian_mixtures(("full", "tied", "diag", "spherical"), ("float64",))
+        elif half == "rest":
+            _gaussian_mixtures(("full", "tied", "diag", "spherical"), ("float32",))
+            _discrete_mixtures()
+            _hidden_markov_models()
+        else:
+            raise SystemExit(f"unknown half {half!r}: one of {HALVES}")
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    warm(sys.argv[1])
+    print(f"{sys.argv[1]}: {time.perf_counter() - start:.1f} s")
