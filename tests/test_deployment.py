@@ -54,6 +54,10 @@ def run_script(args: list[str], tmp_path: Path, timeout: float) -> subprocess.Co
         **os.environ,
         # the `python` and `dask` of this test run come first on PATH
         "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+        # and their `dask_em` is this checkout, as in every other test: not a copy
+        # installed earlier (stale after an edit), whose kernels would also compile
+        # again beside this checkout's cache
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "TMPDIR": str(tmp_path),
         "PYTHONUNBUFFERED": "1",
     }

@@ -17,6 +17,7 @@ root, so that it imports the same ``dask_em`` as the tests.
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 import warnings
 
@@ -69,6 +70,8 @@ def _hidden_markov_models() -> None:
             model.fit(data, lengths)
             model.predict(data, lengths)
             model.score(data, lengths)
+    GaussianHMM(2, estep="sample", max_iter=2, random_state=0).fit(X, lengths)  # FFBS
+    _split_sequence(X)
     for model, data in (
         (PoissonHMM(2, max_iter=2, random_state=0), rng.poisson(3.0, size=(300, 1))),
         (CategoricalHMM(2, max_iter=2, random_state=0), rng.integers(0, 3, size=(300, 1))),
@@ -77,15 +80,26 @@ def _hidden_markov_models() -> None:
         model.predict(data, lengths)
 
 
+def _split_sequence(X: np.ndarray) -> None:
+    """A sequence longer than a block, fitted in pieces (the pieces' own kernels)."""
+    from dask_em import GaussianHMM, Sequences
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/sequences.zarr"
+        Sequences.from_arrays([X]).to_zarr(path, chunk_rows=64)
+        pieces = Sequences.from_zarr(path, block_bytes=64 * X.shape[1] * 8)
+        GaussianHMM(2, max_iter=2, random_state=0).fit(pieces)
+
+
 def warm(half: str) -> None:
     """Compile one half of the kernels (:data:`HALVES`) in this process."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # two iterations do not converge: not the point
         if half == "gaussian-float64":
             _gaussian_mixtures(("full", "tied", "diag", "spherical"), ("float64",))
+            _discrete_mixtures()
         elif half == "rest":
             _gaussian_mixtures(("full", "tied", "diag", "spherical"), ("float32",))
-            _discrete_mixtures()
             _hidden_markov_models()
         else:
             raise SystemExit(f"unknown half {half!r}: one of {HALVES}")
