@@ -41,11 +41,11 @@ def _gaussian_mixtures(covariance_types: tuple[str, ...], dtypes: tuple[str, ...
     complete = rng.normal(size=(400, 4)) + np.repeat([[0.0], [4.0]], 200, axis=0)
     for covariance_type in covariance_types:
         for dtype in dtypes:
-            for X in (complete, _with_nan(complete, rng)):
+            for X in (complete.astype(dtype), _with_nan(complete, rng).astype(dtype)):
                 model = GaussianMixture(2, covariance_type=covariance_type, dtype=dtype)
-                model.set_params(max_iter=2, random_state=0).fit(X.astype(dtype))
-                model.predict_proba(X.astype(dtype))
-                model.score_samples(X.astype(dtype))
+                model.set_params(max_iter=2, random_state=0).fit(X)
+                model.predict_proba(X)
+                model.score_samples(X)
 
 
 def _discrete_mixtures() -> None:
